@@ -1,0 +1,127 @@
+"""Tollgate credentials: secret keys, Lava-style forward tokens, and where callers put them.
+
+A caller puts its Tollgate credential wherever its SDK puts the provider key, so every
+provider-style key header is read, and every one of them is stripped before forwarding.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import secrets
+from dataclasses import asdict, dataclass
+
+from addons.errors import BadRequest, NotImplementedYet, Unauthorized
+
+SECRET_PREFIX = "tg_sk_"
+# Header names SDKs put a provider key in: OpenAI & co, Anthropic, Gemini, Azure, ElevenLabs.
+CREDENTIAL_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "api-key", "xi-api-key")
+GATEWAY_HEADER_PREFIXES = ("x-lava-", "x-tollgate-")
+_URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
+_TOKEN_FIELDS = {"secret_key", "customer_id", "meter_slug", "provider_key", "disable_billing"}
+
+
+def new_secret_key() -> str:
+    return SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_secret(secret: str) -> str:
+    """Secret keys carry 256 random bits, so a plain SHA-256 is a safe at-rest form."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def display_prefix(secret: str) -> str:
+    return secret[: len(SECRET_PREFIX) + 4] + "…"
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardToken:
+    secret_key: str
+    customer_id: str | None = None
+    meter_slug: str | None = None
+    provider_key: str | None = None
+    disable_billing: bool = False
+
+
+def encode_forward_token(token: ForwardToken) -> str:
+    fields = {name: value for name, value in asdict(token).items() if value}
+    return base64.b64encode(json.dumps(fields, separators=(",", ":")).encode()).decode()
+
+
+def decode_forward_token(value: str) -> ForwardToken:
+    """Decode base64(JSON); standard and URL-safe alphabets, padding optional."""
+    text = value.strip().translate(_URLSAFE_TO_STANDARD)
+    try:
+        raw = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+        data = json.loads(raw)
+    except (binascii.Error, ValueError, RecursionError):
+        raise BadRequest(
+            "invalid_forward_token",
+            "credential is neither a Tollgate secret key nor a base64 JSON forward token",
+        ) from None
+    if not isinstance(data, dict) or not isinstance(data.get("secret_key"), str) or not data["secret_key"]:
+        raise BadRequest("invalid_forward_token", "forward token must be a JSON object with a secret_key")
+    unknown = set(data) - _TOKEN_FIELDS
+    if unknown:
+        raise BadRequest("invalid_forward_token", f"forward token has unknown fields: {', '.join(sorted(unknown))}")
+    for name in ("customer_id", "meter_slug", "provider_key"):
+        if data.get(name) is not None and not isinstance(data[name], str):
+            raise BadRequest("invalid_forward_token", f"forward token field {name} must be a string")
+    if not isinstance(data.get("disable_billing", False), bool):
+        raise BadRequest("invalid_forward_token", "forward token field disable_billing must be a boolean")
+    token = ForwardToken(
+        secret_key=data["secret_key"],
+        customer_id=data.get("customer_id") or None,
+        meter_slug=data.get("meter_slug") or None,
+        provider_key=data.get("provider_key") or None,
+        disable_billing=data.get("disable_billing", False),
+    )
+    if token.customer_id or token.meter_slug or token.disable_billing:
+        raise NotImplementedYet(
+            "billing_not_available",
+            "customer_id, meter_slug and disable_billing need customer billing, which this gateway does not offer yet",
+        )
+    return token
+
+
+@dataclass(frozen=True, slots=True)
+class CallerCredential:
+    secret_key: str
+    token: ForwardToken | None = None
+
+    @property
+    def provider_key(self) -> str | None:
+        return self.token.provider_key if self.token else None
+
+
+def _header_value(name: str, value: str) -> str:
+    if name == "authorization":
+        scheme, _, rest = value.partition(" ")
+        return rest.strip() if scheme.lower() == "bearer" else value.strip()
+    return value.strip()
+
+
+def read_credential(headers, query_key: str | None) -> CallerCredential:
+    """Find the caller's Tollgate credential; a secret key wins over anything else present."""
+    candidates = [_header_value(name, headers[name]) for name in CREDENTIAL_HEADERS if headers.get(name)]
+    if query_key:
+        candidates.append(query_key.strip())
+    candidates = [c for c in candidates if c]
+    if not candidates:
+        raise Unauthorized("missing_credential", "no Tollgate secret key or forward token was sent")
+    for candidate in candidates:
+        if candidate.startswith(SECRET_PREFIX):
+            return CallerCredential(secret_key=candidate)
+    token = decode_forward_token(candidates[0])
+    return CallerCredential(secret_key=token.secret_key, token=token)
+
+
+def strip_gateway_credentials(headers) -> None:
+    """Remove every credential and gateway header so nothing of Tollgate's reaches a provider."""
+    for name in CREDENTIAL_HEADERS:
+        headers.pop(name, None)
+    for name in list(headers.keys()):
+        if name.lower().startswith(GATEWAY_HEADER_PREFIXES):
+            headers.pop(name, None)

@@ -1,0 +1,65 @@
+"""Make the errors mitmproxy itself answers with (upstream unreachable, bad request line, ...)
+JSON in the gateway's error shape, carrying the request id when the flow had one.
+
+mitmproxy renders these as HTML deep inside its HTTP/1 layer with no hook to change them, so
+this wraps two internals once per process. Both are covered by the end-to-end tests, which
+fail loudly if a mitmproxy upgrade moves them.
+"""
+
+from __future__ import annotations
+
+import json
+
+from mitmproxy import http
+from mitmproxy.net.http import http1
+from mitmproxy.proxy.layers import http as http_layer
+from mitmproxy.proxy.layers.http import _http1
+
+from addons.errors import BadRequest, GatewayError, UpstreamTimeout, UpstreamUnreachable
+
+REQUEST_ID_KEY = "tollgate.request_id"
+_TAG = "\x00tollgate-request-id:"
+
+
+def _error_for(status: int, message: str) -> GatewayError:
+    """Fixed, generic messages: mitmproxy's text may quote client bytes or addresses."""
+    if status == 502 and "timed out" in message.lower():
+        return UpstreamTimeout("upstream_timeout", "the provider did not answer in time")
+    if status == 502:
+        return UpstreamUnreachable("upstream_unreachable", "the provider could not be reached")
+    if 400 <= status < 500:
+        error = BadRequest("bad_http_request", "the request could not be parsed or routed")
+        error.status = status
+        return error
+    error = GatewayError("proxy_error", "the gateway could not complete the request")
+    error.status = status
+    return error
+
+
+def json_error_response(status: int, message: str = "") -> bytes:
+    message, _, request_id = message.partition(_TAG)
+    error = _error_for(status, message)
+    headers = http.Headers(content_type="application/json", connection="close")
+    if request_id:
+        headers["x-lava-request-id"] = headers["x-tollgate-request-id"] = request_id
+    return http1.assemble_response(http.Response.make(error.status, error.body(), headers))
+
+
+def install() -> None:
+    if getattr(_http1.make_error_response, "tollgate", False):
+        return
+    json_error_response.tollgate = True
+    _http1.make_error_response = json_error_response
+    original = http_layer.HttpStream.handle_protocol_error
+
+    def handle_protocol_error(self, event):
+        request_id = self.flow.metadata.get(REQUEST_ID_KEY) if self.flow else None
+        if request_id and isinstance(event, http_layer.ResponseProtocolError) and _TAG not in event.message:
+            event.message = f"{event.message}{_TAG}{request_id}"
+        return (yield from original(self, event))
+
+    http_layer.HttpStream.handle_protocol_error = handle_protocol_error
+
+
+def strip_tag(message: str) -> str:
+    return message.partition(_TAG)[0]

@@ -1,0 +1,67 @@
+"""The errors the gateway itself answers with, as one small tree.
+
+GatewayError                 any refusal made by Tollgate (never a provider's own error)
+├── BadRequest          400  malformed input: forward token, metadata, forward URL
+├── Unauthorized        401  no credential, or one Tollgate does not know
+├── PaymentRequired     402  the paying wallet cannot cover the request
+├── Forbidden           403  a revoked key
+├── NotImplementedYet   501  a forward-token field whose feature has not landed
+├── UpstreamUnreachable 502  the provider could not be reached
+└── UpstreamTimeout     504  the provider did not answer in time
+
+Each renders as {"error": {"type", "code", "message"}}; messages never carry secrets.
+"""
+
+from __future__ import annotations
+
+import json
+
+
+class GatewayError(Exception):
+    status = 500
+    type = "gateway_error"
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def body(self) -> bytes:
+        return json.dumps(
+            {"error": {"type": self.type, "code": self.code, "message": self.message}}
+        ).encode()
+
+
+class BadRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class Unauthorized(GatewayError):
+    status = 401
+    type = "authentication_error"
+
+
+class PaymentRequired(GatewayError):
+    status = 402
+    type = "insufficient_balance"
+
+
+class Forbidden(GatewayError):
+    status = 403
+    type = "permission_error"
+
+
+class NotImplementedYet(GatewayError):
+    status = 501
+    type = "not_implemented"
+
+
+class UpstreamUnreachable(GatewayError):
+    status = 502
+    type = "upstream_error"
+
+
+class UpstreamTimeout(GatewayError):
+    status = 504
+    type = "upstream_timeout"

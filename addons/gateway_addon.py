@@ -1,0 +1,326 @@
+"""Tollgate's request path as one mitmproxy addon: route by host, authenticate, swap credentials,
+stream through, meter, and hand a usage record to the ledger writer.
+
+Loaded through the script addons/gateway.py. Hooks never touch the database themselves: key and
+balance lookups run on a thread pool (cached for `tollgate_cache_ttl_ms`), ledger rows are written by
+a background thread. Failures of the gateway's own making answer with a JSON error response; a
+bug inside a hook answers 500 rather than letting a request through unauthenticated.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from mitmproxy import ctx, http
+from mitmproxy.exceptions import OptionsError
+
+from addons import error_pages
+from addons.catalog import Catalog, Provider, load_catalog
+from addons.credentials import hash_secret, read_credential, strip_gateway_credentials
+from addons.errors import Forbidden, GatewayError, PaymentRequired, Unauthorized
+from addons.forward import FORWARD_PATH, parse_forward_target
+from addons.keystore import KeyStore
+from addons.ledger.accounts import KeyRecord
+from addons.ledger.models import open_database
+from addons.ledger.writer import LedgerWriter, UsageRecord
+from addons.metadata import parse_metadata
+from addons.metering import Meter
+from addons.settings import load_settings, resolve_database_url
+from pricing.cost import Override, price, shipped_overrides
+from pricing.money import format_usd
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADERS = ("x-lava-request-id", "x-tollgate-request-id")
+METADATA_HEADERS = ("x-tollgate-metadata", "x-lava-metadata")
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+class ProviderNotConfigured(GatewayError):
+    status = 503
+    type = "provider_not_configured"
+
+
+def new_request_id() -> str:
+    return f"req_{secrets.token_hex(12)}"
+
+
+def json_response(status: int, body: bytes, request_id: str | None = None) -> http.Response:
+    headers = {"content-type": "application/json"}
+    if request_id:
+        headers.update(dict.fromkeys(REQUEST_ID_HEADERS, request_id))
+    return http.Response.make(status, body, headers)
+
+
+@dataclass(slots=True)
+class Pending:
+    """What a forwarded request carries from `request` to `response`/`error`."""
+
+    request_id: str
+    started: float
+    provider: Provider
+    key: KeyRecord
+    meter: Meter
+    metadata: dict[str, str] | None
+    byok: bool
+    streamed: bool = False
+
+
+class StreamTap:
+    """The flow's stream callable: passes chunks on at once while the meter watches them.
+
+    It answers with a tuple, never with b"": mitmproxy would send an empty chunk, which in
+    HTTP/1 chunked encoding ends the client's response early (the dropped usage chunk).
+    """
+
+    __slots__ = ("meter",)
+
+    def __init__(self, meter: Meter):
+        self.meter = meter
+
+    def __call__(self, chunk: bytes) -> tuple[bytes, ...]:
+        data = self.meter.feed(chunk) if chunk else self.meter.finish()
+        return (data,) if data else ()
+
+
+class Gateway:
+    def __init__(self) -> None:
+        self.catalog: Catalog | None = None
+        self.keys: KeyStore | None = None
+        self.writer: LedgerWriter | None = None
+        self.pending: dict[str, Pending] = {}
+        self.prices: tuple[Override, ...] = ()
+
+    def load(self, loader):
+        loader.add_option(
+            "tollgate_database_url", str, "",
+            "Ledger database URL (sqlite:///path or postgresql://...). "
+            "Default: TOLLGATE_DATABASE_URL, else database_url in config/gateway.yaml.",
+        )
+        loader.add_option(
+            "tollgate_cache_ttl_ms", int, 1000,
+            "Milliseconds a key or balance lookup is cached; revocations and top-ups are seen within it.",
+        )
+        error_pages.install()
+
+    def configure(self, updated):
+        if "tollgate_cache_ttl_ms" in updated and ctx.options.tollgate_cache_ttl_ms < 0:
+            raise OptionsError("tollgate_cache_ttl_ms must not be negative")
+        if "tollgate_database_url" in updated or self.catalog is None:
+            try:
+                settings = load_settings()
+                self.catalog = load_catalog(overrides=settings.provider_overrides)
+                self.prices = settings.price_overrides + shipped_overrides()
+                url = resolve_database_url(ctx.options.tollgate_database_url or settings.database_url)
+                open_database(url)
+            except ValueError as e:
+                raise OptionsError(str(e)) from None
+            self._restart_ledger()
+            self._confine_interception()
+        elif "tollgate_cache_ttl_ms" in updated:
+            self._restart_ledger()
+
+    def _restart_ledger(self) -> None:
+        self.done()
+        self.keys = KeyStore(ttl=ctx.options.tollgate_cache_ttl_ms / 1000)
+        self.writer = LedgerWriter()
+
+    def _confine_interception(self) -> None:
+        """Decrypt only catalog hosts, and connect upstream only where the addon routes to."""
+        updates = {}
+        if not ctx.options.allow_hosts and not ctx.options.ignore_hosts:
+            updates["allow_hosts"] = self.catalog.allow_hosts_patterns()
+        if ctx.options.connection_strategy != "lazy":
+            updates["connection_strategy"] = "lazy"
+        if updates:
+            ctx.options.update(**updates)
+
+    # -- request -------------------------------------------------------------------------
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        provider = self.catalog.by_host(flow.request.host)
+        if provider is None and not self._addressed_to_gateway(flow):
+            return  # not AI traffic: mitmproxy passes it on untouched
+        request_id = new_request_id()
+        flow.metadata[error_pages.REQUEST_ID_KEY] = request_id
+        try:
+            forward_key = None
+            if provider is None:
+                routed = self._route_gateway_endpoint(flow, request_id)
+                if routed is None:
+                    return
+                provider, forward_key = routed
+            await self._forward(flow, provider, request_id, forward_key)
+        except GatewayError as e:
+            flow.response = json_response(e.status, e.body(), request_id)
+        except Exception:
+            log.exception("tollgate: internal error on request %s", request_id)
+            error = GatewayError("internal_error", "the gateway failed to handle this request")
+            flow.response = json_response(500, error.body(), request_id)
+
+    @staticmethod
+    def _addressed_to_gateway(flow: http.HTTPFlow) -> bool:
+        """An origin-form request to the proxy's own address, as to an ordinary HTTP server."""
+        sockname = flow.client_conn.sockname
+        return bool(sockname) and flow.request.port == sockname[1] and (
+            flow.request.host in LOCAL_HOSTS or flow.request.host == sockname[0]
+        )
+
+    def _route_gateway_endpoint(self, flow: http.HTTPFlow, request_id: str) -> tuple[Provider, str | None] | None:
+        """Answer /healthz, or aim a /v1/forward request at its provider; returns it and `key`."""
+        path = flow.request.path.partition("?")[0]
+        if path == "/healthz":
+            flow.response = json_response(200, b'{"status":"ok"}', request_id)
+            return None
+        if path.rstrip("/") != FORWARD_PATH:  # SDKs add a slash to a base_url's path
+            raise GatewayError("not_found", f"no gateway endpoint at {path[:100]}")
+        query = flow.request.query
+        target = parse_forward_target(query.get("u"), self.catalog)
+        flow.request.path = target.path
+        return target.provider, query.get("key")
+
+    async def _forward(
+        self, flow: http.HTTPFlow, provider: Provider, request_id: str, forward_key: str | None
+    ) -> None:
+        request = flow.request
+        credential = read_credential(request.headers, forward_key or request.query.get("key"))
+        request.query.pop("key", None)
+        key = await self.keys.key(hash_secret(credential.secret_key))
+        if key is None:
+            raise Unauthorized("invalid_credential", "unknown Tollgate secret key")
+        if key.revoked:
+            raise Forbidden("key_revoked", "this Tollgate secret key has been revoked")
+        metadata = self._metadata(request.headers)
+        provider_key = credential.provider_key or os.environ.get(provider.credential_env)
+        if not provider_key:
+            raise ProviderNotConfigured(
+                "provider_key_missing", f"no {provider.name} key is configured ({provider.credential_env} is not set)"
+            )
+        byok = credential.provider_key is not None
+        if not byok:
+            available = await self.keys.balance(key.wallet_id)
+            if available <= 0:
+                raise PaymentRequired(
+                    "insufficient_balance", f"wallet balance is {format_usd(available)} USD; top it up to continue"
+                )
+        path, _, query = request.path.partition("?")
+        meter = Meter.for_request(provider.api_family, request.method, path, query, request.raw_content or b"")
+        if meter.request_body is not None:
+            request.content = meter.request_body
+        strip_gateway_credentials(request.headers)
+        self._inject_provider_key(request, provider, provider_key)
+        request.headers["accept-encoding"] = "identity"  # the meter reads bodies as they stream
+        request.scheme, request.host, request.port = provider.origin
+        self.pending[flow.id] = Pending(request_id, time.time(), provider, key, meter, metadata, byok)
+        flow.metadata["tollgate.provider"] = provider.id
+
+    @staticmethod
+    def _metadata(headers) -> dict[str, str] | None:
+        for name in METADATA_HEADERS:
+            if name in headers:
+                return parse_metadata(headers[name])
+        return None
+
+    @staticmethod
+    def _inject_provider_key(request: http.Request, provider: Provider, provider_key: str) -> None:
+        if provider.auth_query:
+            request.query[provider.auth_query] = provider_key
+        else:
+            scheme = f"{provider.auth_scheme} " if provider.auth_scheme else ""
+            request.headers[provider.auth_header] = scheme + provider_key
+
+    # -- response ------------------------------------------------------------------------
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        state = self.pending.get(flow.id)
+        if state is None:
+            return
+        response = flow.response
+        for name in REQUEST_ID_HEADERS:
+            response.headers[name] = state.request_id
+        is_stream = response.headers.get("content-type", "").startswith("text/event-stream")
+        if response.status_code < 400 and (is_stream or state.meter.stream_requested):
+            response.stream = StreamTap(state.meter)
+            state.streamed = True
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        state = self.pending.pop(flow.id, None)
+        if state is None:
+            return
+        if not state.streamed:
+            state.meter.observe_body(flow.response.content or b"", flow.response.headers.get("content-type"))
+        self._record(flow, state, status=flow.response.status_code, error=None)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        if flow.error:
+            flow.error.msg = error_pages.strip_tag(flow.error.msg)
+        state = self.pending.pop(flow.id, None)
+        if state is None:
+            return
+        status = flow.response.status_code if flow.response else None
+        self._record(flow, state, status=status, error=flow.error.msg[:200] if flow.error else "aborted")
+
+    def _record(self, flow: http.HTTPFlow, state: Pending, status: int | None, error: str | None) -> None:
+        result = state.meter.result()
+        model = result.model or state.meter.model
+        cost = price(result.usage, model=model or "", provider_id=state.provider.id,
+                     pricing_id=state.provider.pricing_id, overrides=self.prices,
+                     at=datetime.fromtimestamp(state.started, UTC))
+        succeeded = status is not None and status < 400
+        charged = cost.total_nanos if (succeeded or result.source == "estimated") and not state.byok else 0
+        if charged:
+            self.keys.debit(state.key.wallet_id, charged)
+        response = flow.response
+        ttfb = response.timestamp_start if response else None
+        end = (response.timestamp_end if response else None) or time.time()
+        usage = result.usage
+        self.writer.submit(
+            UsageRecord(
+                id=state.request_id,
+                created_at=datetime.fromtimestamp(state.started, UTC).replace(tzinfo=None),
+                account=state.key.account_id,
+                wallet_id=state.key.wallet_id,
+                key=state.key.key_id,
+                provider=state.provider.id,
+                endpoint=state.meter.endpoint,
+                model=model,
+                status=status,
+                streamed=state.streamed,
+                input_tokens=usage.input_tokens,
+                cache_read_tokens=usage.cache_read_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
+                output_tokens=usage.output_tokens,
+                reasoning_tokens=usage.reasoning_tokens,
+                provider_cost_nanos=cost.total_nanos,
+                charged_nanos=charged,
+                latency_ms=round((end - state.started) * 1000),
+                ttfb_ms=round((ttfb - state.started) * 1000) if ttfb else None,
+                usage_source=result.source,
+                byok=state.byok,
+                error=error,
+                metadata=state.metadata,
+            )
+        )
+        flow.metadata["tollgate.cost"] = format_usd(cost.total_nanos)
+        flow.comment = (
+            f"{state.provider.id} {model or '?'} in={usage.input_tokens} out={usage.output_tokens} "
+            f"${format_usd(cost.total_nanos)}" + (" (estimated)" if result.source == "estimated" else "")
+        )
+        flow.marked = ":moneybag:"
+
+    def done(self) -> None:
+        if self.writer is not None:
+            self.writer.flush(timeout=30)
+            self.writer.close()
+            self.writer = None
+        if self.keys is not None:
+            self.keys.close()
+            self.keys = None
+

@@ -1,0 +1,1 @@
+"""The ledger: accounts, keys, wallets, immutable balance entries and request rows (Peewee)."""

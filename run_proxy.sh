@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Set up and run Tollgate.
+#   ./run_proxy.sh [mitmproxy args...]   set up .venv and the ledger, then run mitmdump with the gateway
+#   ./run_proxy.sh --web [args...]       the same with mitmweb (UI on 127.0.0.1:8081)
+#   ./run_proxy.sh --test [pytest args]  set up .venv with test dependencies and run the test suite
+set -euo pipefail
+cd "$(dirname "$0")"
+
+python_ok() {  # a working interpreter of Python >= 3.12 (pyenv shims of absent versions fail here)
+    "$1" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' >/dev/null 2>&1
+}
+
+find_python() {
+    local candidate root
+    for candidate in python3.13 python3.12 python3; do
+        if command -v "$candidate" >/dev/null 2>&1 && python_ok "$candidate"; then
+            command -v "$candidate"; return 0
+        fi
+    done
+    root=$( (command -v pyenv >/dev/null 2>&1 && pyenv root) || echo "${PYENV_ROOT:-$HOME/.pyenv}")
+    for candidate in $(ls -d "$root"/versions/3.1[2-9]* 2>/dev/null | sort -rV); do
+        if python_ok "$candidate/bin/python"; then
+            echo "$candidate/bin/python"; return 0
+        fi
+    done
+    return 1
+}
+
+mode=run
+case "${1:-}" in
+    --web) mode=web; shift ;;
+    --test) mode=test; shift ;;
+esac
+
+if [ -x .venv/bin/python ] && ! python_ok .venv/bin/python; then
+    rm -rf .venv
+fi
+if [ ! -x .venv/bin/python ]; then
+    if ! python=$(find_python); then
+        echo "run_proxy.sh: Tollgate needs Python >= 3.12 (mitmproxy 12 requires it)." >&2
+        echo "Install python3.12 or python3.13 on PATH, or with pyenv: pyenv install 3.12" >&2
+        exit 1
+    fi
+    echo "Creating .venv with $python" >&2
+    "$python" -m venv .venv
+fi
+
+extras=""
+[ "$mode" = test ] && extras="[test]"
+stamp=".venv/.tollgate-installed${extras}"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${extras}"
+    touch "$stamp"
+fi
+
+if [ "$mode" = test ]; then
+    exec .venv/bin/python -m pytest "$@"
+fi
+
+.venv/bin/tollgate init
+tool=mitmdump
+[ "$mode" = web ] && tool=mitmweb
+defaults=(--listen-host 127.0.0.1 --listen-port 8080 -s addons/gateway.py)
+[ "$mode" = web ] && defaults+=(--set web_open_browser=false)
+exec ".venv/bin/$tool" "${defaults[@]}" "$@"

@@ -1,0 +1,116 @@
+"""Runs the real gateway (mitmdump with addons/gateway.py) as a subprocess against a ledger and
+the mock provider, and drives the `tollgate` CLI the way an operator would."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+PROJECT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+# Real-looking provider keys the gateway injects; tests assert the mock saw exactly these.
+PROVIDER_KEYS = {
+    "OPENAI_API_KEY": "sk-real-openai-0123456789",
+    "ANTHROPIC_API_KEY": "sk-ant-real-0123456789",
+    "GEMINI_API_KEY": "AIza-real-gemini-0123456789",
+    "COHERE_API_KEY": "co-real-0123456789",
+    "GROQ_API_KEY": "gsk-real-0123456789",
+    "MISTRAL_API_KEY": "mistral-real-0123456789",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.upper().endswith("_PROXY") and not k.endswith("_API_KEY") and not k.startswith("TOLLGATE_")}
+    env.update(extra)
+    return env
+
+
+class GatewayProcess:
+    def __init__(self, tmp: Path, database_url: str, upstreams: dict[str, str], prices: list[dict] = ()):
+        self.tmp = tmp
+        self.database_url = database_url
+        self.port = free_port()
+        self.confdir = tmp / "mitmproxy"
+        self.config = tmp / "tollgate.yaml"
+        self.config.write_text(yaml.safe_dump({
+            "providers": {p: {"upstream": u} for p, u in upstreams.items()},
+            "prices": list(prices),
+        }))
+        self.env = clean_env(TOLLGATE_DATABASE_URL=database_url, TOLLGATE_CONFIG=str(self.config), **PROVIDER_KEYS)
+        self.log = tmp / "mitmdump.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ca(self) -> Path:
+        return self.confdir / "mitmproxy-ca-cert.pem"
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run([str(BIN / "tollgate"), *args], env=self.env, capture_output=True, text=True,
+                                timeout=60)
+        if check and result.returncode != 0:
+            raise AssertionError(f"tollgate {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    def cli_json(self, *args: str):
+        return json.loads(self.cli(*args, "--json").stdout)
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [str(BIN / "mitmdump"), "-s", str(PROJECT / "addons" / "gateway.py"),
+             "--listen-host", "127.0.0.1", "--listen-port", str(self.port), "--set", f"confdir={self.confdir}",
+             "--set", "tollgate_cache_ttl_ms=200"],
+            env=self.env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT, cwd=self.tmp,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"mitmdump exited: {self.log.read_text()}")
+            log = self.log.read_text(errors="replace")
+            if "error in script" in log or "Addon error" in log:
+                self.stop()
+                raise AssertionError(f"the gateway addon failed to load: {log}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                if self.ca.exists() and "listening at" in log:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"mitmdump did not start: {self.log.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def request_row(self, request_id: str, timeout: float = 10.0) -> dict:
+        """The ledger row of a request, waiting for the background writer to commit it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = {r["id"]: r for r in self.cli_json("requests", "--limit", "200")}
+            if request_id in rows:
+                return rows[request_id]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"request {request_id} never reached the ledger")
+            time.sleep(0.1)

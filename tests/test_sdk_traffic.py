@@ -1,0 +1,198 @@
+"""The official SDKs through both ways in (HTTPS_PROXY and the forward endpoint), on both ledgers:
+usage and cost recorded per API family, streamed and not, and the provider saw only its real key."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import anthropic
+import openai
+import pytest
+from google import genai
+
+from addons.credentials import ForwardToken, encode_forward_token
+from pricing.cost import price
+from pricing.money import format_usd
+from pricing.usage import TokenUsage
+from tests.harness import PROVIDER_KEYS
+
+OPENAI_CHAT = TokenUsage(input_tokens=17, cache_read_tokens=4, output_tokens=9, reasoning_tokens=3)
+OPENAI_RESPONSES = TokenUsage(input_tokens=19, cache_read_tokens=6, output_tokens=11, reasoning_tokens=5)
+OPENAI_EMBEDDINGS = TokenUsage(input_tokens=8)
+ANTHROPIC = TokenUsage(input_tokens=23 + 7 + 5, cache_read_tokens=5, cache_write_tokens=7, output_tokens=13)
+GEMINI = TokenUsage(input_tokens=29, cache_read_tokens=8, output_tokens=15 + 6, reasoning_tokens=6)
+
+
+@pytest.fixture
+def proxied(gateway, monkeypatch):
+    """Environment of an unmodified app: HTTPS_PROXY plus the mitmproxy CA."""
+    monkeypatch.setenv("HTTPS_PROXY", gateway.url)
+    monkeypatch.setenv("SSL_CERT_FILE", str(gateway.ca))
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    return gateway
+
+
+def assert_row(gateway, request_id, provider, model, usage, *, streamed, endpoint):
+    row = gateway.request_row(request_id)
+    assert (row["provider"], row["model"], row["endpoint"], row["status"], row["streamed"]) == (
+        provider, model, endpoint, 200, streamed)
+    got = TokenUsage(row["input_tokens"], row["cache_read_tokens"], row["cache_write_tokens"],
+                     row["output_tokens"], row["reasoning_tokens"])
+    assert got == usage
+    assert row["usage_source"] == "reported"
+    cost = price(usage, model=model, provider_id=provider, pricing_id=provider)
+    assert cost.total_nanos > 0
+    assert row["provider_cost"] == row["charged"] == format_usd(cost.total_nanos)
+    return row
+
+
+def assert_provider_saw_only_real_key(mock, header, value, admin_key):
+    seen = mock.last.headers
+    assert seen[header] == value
+    raw = " ".join(f"{k}: {v}" for k, v in seen.items_raw())
+    assert admin_key not in raw and "tg_sk_" not in raw and "x-lava" not in raw.lower()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_openai_chat_through_https_proxy(proxied, mock, stream):
+    client = openai.OpenAI(api_key=proxied.admin_key)
+    args = dict(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    if stream:
+        with client.chat.completions.with_streaming_response.create(stream=True, **args) as raw:
+            request_id = raw.headers["x-lava-request-id"]
+            chunks = list(raw.parse())
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello from the mock."
+        assert all(c.usage is None for c in chunks), "the usage chunk the gateway asked for leaked to the client"
+    else:
+        raw = client.chat.completions.with_raw_response.create(**args)
+        request_id = raw.headers["x-lava-request-id"]
+        assert raw.parse().usage.prompt_tokens == 17
+        assert raw.headers["x-request-id"].startswith("req_mock")  # the provider's own header passes through
+    assert request_id.startswith("req_") and raw.headers["x-tollgate-request-id"] == request_id
+    assert_provider_saw_only_real_key(mock, "authorization", f"Bearer {PROVIDER_KEYS['OPENAI_API_KEY']}",
+                                      proxied.admin_key)
+    assert_row(proxied, request_id, "openai", "gpt-4o-mini", OPENAI_CHAT, streamed=stream, endpoint="chat.completions")
+
+
+def test_openai_stream_that_asked_for_usage_keeps_it(proxied):
+    client = openai.OpenAI(api_key=proxied.admin_key)
+    with client.chat.completions.with_streaming_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True,
+        stream_options={"include_usage": True},
+    ) as raw:
+        chunks = list(raw.parse())
+        request_id = raw.headers["x-lava-request-id"]
+    assert chunks[-1].usage.completion_tokens == 9
+    assert_row(proxied, request_id, "openai", "gpt-4o-mini", OPENAI_CHAT, streamed=True, endpoint="chat.completions")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_openai_responses_api(proxied, stream):
+    client = openai.OpenAI(api_key=proxied.admin_key)
+    if stream:
+        with client.responses.with_streaming_response.create(model="gpt-4o-mini", input="hi", stream=True) as raw:
+            events = list(raw.parse())
+            request_id = raw.headers["x-lava-request-id"]
+        assert events[-1].type == "response.completed"
+    else:
+        raw = client.responses.with_raw_response.create(model="gpt-4o-mini", input="hi")
+        request_id = raw.headers["x-lava-request-id"]
+    assert_row(proxied, request_id, "openai", "gpt-4o-mini", OPENAI_RESPONSES, streamed=stream, endpoint="responses")
+
+
+def test_openai_embeddings(proxied):
+    raw = openai.OpenAI(api_key=proxied.admin_key).embeddings.with_raw_response.create(
+        model="text-embedding-3-small", input="hi")
+    assert len(raw.parse().data[0].embedding) == 8
+    assert_row(proxied, raw.headers["x-lava-request-id"], "openai", "text-embedding-3-small", OPENAI_EMBEDDINGS,
+               streamed=False, endpoint="embeddings")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropic_messages(proxied, mock, stream):
+    client = anthropic.Anthropic(api_key=proxied.admin_key)
+    args = dict(model="claude-3-5-haiku-20241022", max_tokens=64, messages=[{"role": "user", "content": "hi"}])
+    if stream:
+        with client.messages.with_streaming_response.create(stream=True, **args) as raw:
+            events = list(raw.parse())
+            request_id = raw.headers["x-lava-request-id"]
+        assert events[-1].type == "message_stop"
+    else:
+        raw = client.messages.with_raw_response.create(**args)
+        request_id = raw.headers["x-lava-request-id"]
+        assert raw.parse().content[0].text == "Hello from the mock."
+    assert_provider_saw_only_real_key(mock, "x-api-key", PROVIDER_KEYS["ANTHROPIC_API_KEY"], proxied.admin_key)
+    assert_row(proxied, request_id, "anthropic", "claude-3-5-haiku-20241022", ANTHROPIC, streamed=stream,
+               endpoint="messages")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_gemini_generate_content(proxied, mock, stream):
+    client = genai.Client(api_key=proxied.admin_key)
+    mock.reset()
+    if stream:
+        text = "".join(c.text or "" for c in client.models.generate_content_stream(model="gemini-2.0-flash", contents="hi"))
+    else:
+        text = client.models.generate_content(model="gemini-2.0-flash", contents="hi").text
+    assert text == "Hello from the mock."
+    assert_provider_saw_only_real_key(mock, "x-goog-api-key", PROVIDER_KEYS["GEMINI_API_KEY"], proxied.admin_key)
+    row = proxied.cli_json("requests", "--limit", "1")[0]
+    assert_row(proxied, row["id"], "gemini", "gemini-2.0-flash", GEMINI, streamed=stream,
+               endpoint="streamGenerateContent" if stream else "generateContent")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_openai_sdk_through_forward_endpoint_with_forward_token(gateway, mock, stream):
+    """Lava-style: base_url is the forward URL, the api key a forward token."""
+    token = encode_forward_token(ForwardToken(secret_key=gateway.admin_key))
+    client = openai.OpenAI(api_key=token, base_url=f"{gateway.url}/v1/forward?u=https://api.openai.com/v1/")
+    args = dict(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    if stream:
+        with client.chat.completions.with_streaming_response.create(stream=True, **args) as raw:
+            assert "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices) == "Hello from the mock."
+            request_id = raw.headers["x-lava-request-id"]
+    else:
+        raw = client.chat.completions.with_raw_response.create(**args)
+        request_id = raw.headers["x-lava-request-id"]
+    assert mock.last.path == "/v1/chat/completions"
+    assert_provider_saw_only_real_key(mock, "authorization", f"Bearer {PROVIDER_KEYS['OPENAI_API_KEY']}",
+                                      gateway.admin_key)
+    assert_row(gateway, request_id, "openai", "gpt-4o-mini", OPENAI_CHAT, streamed=stream, endpoint="chat.completions")
+
+
+def test_anthropic_sdk_through_forward_endpoint_with_secret_key(gateway, mock):
+    client = anthropic.Anthropic(api_key=gateway.admin_key,
+                                 base_url=f"{gateway.url}/v1/forward?u=https://api.anthropic.com")
+    raw = client.messages.with_raw_response.create(
+        model="claude-3-5-haiku-20241022", max_tokens=64, messages=[{"role": "user", "content": "hi"}])
+    assert mock.last.path == "/v1/messages"
+    assert_row(gateway, raw.headers["x-lava-request-id"], "anthropic", "claude-3-5-haiku-20241022", ANTHROPIC,
+               streamed=False, endpoint="messages")
+
+
+def test_bring_your_own_key_reaches_provider_and_is_not_charged(gateway, mock):
+    token = encode_forward_token(ForwardToken(secret_key=gateway.admin_key, provider_key="sk-customer-own"))
+    client = openai.OpenAI(api_key=token, base_url=f"{gateway.url}/v1/forward?u=https://api.openai.com/v1/")
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+    assert mock.last.headers["authorization"] == "Bearer sk-customer-own"
+    row = gateway.request_row(raw.headers["x-lava-request-id"])
+    assert row["byok"] is True and row["charged"] == "0.00" and row["provider_cost"] != "0.00"
+
+
+def test_metadata_is_recorded_and_not_forwarded(gateway, mock):
+    client = openai.OpenAI(api_key=gateway.admin_key, base_url=f"{gateway.url}/v1/forward?u=https://api.openai.com/v1/")
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}],
+        extra_headers={"x-lava-metadata": '{"user_id": "u42", "feature": "chat"}'})
+    assert "x-lava-metadata" not in mock.last.headers
+    assert gateway.request_row(raw.headers["x-lava-request-id"])["metadata"] == {"user_id": "u42", "feature": "chat"}
+
+
+def test_wallet_is_debited_by_exactly_the_recorded_charges(gateway):
+    before = gateway.cli_json("wallet")["balance"]
+    raw = openai.OpenAI(api_key=gateway.admin_key, base_url=f"{gateway.url}/v1/forward?u=https://api.openai.com/v1/"
+                        ).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+    row = gateway.request_row(raw.headers["x-lava-request-id"])
+    assert Decimal(gateway.cli_json("wallet")["balance"]) == Decimal(before) - Decimal(row["charged"])
+    assert gateway.cli_json("audit")["ok"] is True
