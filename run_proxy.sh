@@ -3,6 +3,7 @@
 #   ./run_proxy.sh [mitmproxy args...]   set up .venv and the ledger, then run mitmdump with the gateway
 #   ./run_proxy.sh --web [args...]       the same with mitmweb (UI on 127.0.0.1:8081)
 #   ./run_proxy.sh --test [pytest args]  set up .venv with test dependencies and run the test suite
+#   ./run_proxy.sh --which-python        print the Python >= 3.12 that would build .venv
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -30,27 +31,39 @@ mode=run
 case "${1:-}" in
     --web) mode=web; shift ;;
     --test) mode=test; shift ;;
+    --which-python) mode=which ;;
 esac
+
+no_python() {
+    echo "run_proxy.sh: Tollgate needs Python >= 3.12 (mitmproxy 12 requires it), and none was found." >&2
+    echo "Install python3.12 or python3.13 on PATH, or with pyenv: pyenv install 3.12" >&2
+    exit 1
+}
+if [ "$mode" = which ]; then
+    find_python || no_python
+    exit 0
+fi
 
 if [ -x .venv/bin/python ] && ! python_ok .venv/bin/python; then
     rm -rf .venv
 fi
 if [ ! -x .venv/bin/python ]; then
-    if ! python=$(find_python); then
-        echo "run_proxy.sh: Tollgate needs Python >= 3.12 (mitmproxy 12 requires it)." >&2
-        echo "Install python3.12 or python3.13 on PATH, or with pyenv: pyenv install 3.12" >&2
-        exit 1
-    fi
+    python=$(find_python) || no_python
     echo "Creating .venv with $python" >&2
     "$python" -m venv .venv
 fi
 
-extras=""
-[ "$mode" = test ] && extras="[test]"
-stamp=".venv/.tollgate-installed${extras}"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${extras}"
-    touch "$stamp"
+installed() { [ -f "$1" ] && [ ! pyproject.toml -nt "$1" ]; }
+if [ "$mode" = test ]; then
+    installed .venv/.installed-test || {
+        .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+        touch .venv/.installed-test .venv/.installed
+    }
+else
+    installed .venv/.installed || installed .venv/.installed-test || {
+        .venv/bin/python -m pip install --quiet --disable-pip-version-check -e .
+        touch .venv/.installed
+    }
 fi
 
 if [ "$mode" = test ]; then

@@ -73,7 +73,8 @@ def cmd_init(args) -> None:
         "Next steps:\n"
         "  1. fund the wallet:      .venv/bin/tollgate wallet topup 10\n"
         "  2. trust the proxy's CA: eval \"$(.venv/bin/tollgate ca --exports)\"\n"
-        "  3. point an app at it:   HTTPS_PROXY=http://127.0.0.1:8080 OPENAI_API_KEY=<the key above>"
+        "  3. point an app at it:   OPENAI_API_KEY=<the key above> python my_app.py\n"
+        "The proxy reads real provider keys from its environment: OPENAI_API_KEY=sk-... ./run_proxy.sh"
         if secret
         else f"Ledger ready; account {account.name!r} has balance {format_usd(wallet.balance_nanos)} USD."
     )

@@ -3,9 +3,11 @@ usage and cost recorded per API family, streamed and not, and the provider saw o
 
 from __future__ import annotations
 
+import ssl
 from decimal import Decimal
 
 import anthropic
+import httpx
 import openai
 import pytest
 from google import genai
@@ -196,3 +198,25 @@ def test_wallet_is_debited_by_exactly_the_recorded_charges(gateway):
     row = gateway.request_row(raw.headers["x-lava-request-id"])
     assert Decimal(gateway.cli_json("wallet")["balance"]) == Decimal(before) - Decimal(row["charged"])
     assert gateway.cli_json("audit")["ok"] is True
+
+
+def test_gemini_key_in_query_is_read_and_never_forwarded(proxied, mock):
+    with httpx.Client(proxy=proxied.url, verify=ssl.create_default_context(cafile=str(proxied.ca)),
+                      trust_env=False, timeout=15) as client:
+        response = client.post(
+            "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.0-flash:generateContent",
+            params={"key": proxied.admin_key}, json={"contents": [{"parts": [{"text": "hi"}]}]})
+    assert response.status_code == 200
+    assert "key" not in mock.last.params
+    assert_provider_saw_only_real_key(mock, "x-goog-api-key", PROVIDER_KEYS["GEMINI_API_KEY"], proxied.admin_key)
+
+
+def test_usage_report_totals_match_request_rows(gateway):
+    rows = gateway.cli_json("requests", "--limit", "100000")
+    report = {r["group"]: r for r in gateway.cli_json("usage", "--by", "provider")}
+    assert rows and set(report) == {r["provider"] for r in rows}
+    for provider, totals in report.items():
+        mine = [r for r in rows if r["provider"] == provider]
+        assert totals["requests"] == len(mine)
+        assert totals["output_tokens"] == sum(r["output_tokens"] for r in mine)
+        assert Decimal(totals["provider_cost"]) == sum(Decimal(r["provider_cost"]) for r in mine)

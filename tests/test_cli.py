@@ -1,0 +1,79 @@
+"""The operator's CLI as scripts use it: --json everywhere, money as decimal strings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from tests.harness import BIN, clean_env
+
+
+@pytest.fixture
+def tollgate(tmp_path):
+    env = clean_env(TOLLGATE_DATABASE_URL=f"sqlite:///{tmp_path}/ledger.db", OPENAI_API_KEY="sk-x")
+
+    def run(*args, check=True):
+        result = subprocess.run([str(BIN / "tollgate"), *args], env=env, capture_output=True, text=True, timeout=60)
+        if check:
+            assert result.returncode == 0, result.stderr
+        return result
+
+    run.json = lambda *args: json.loads(run(*args, "--json").stdout)
+    return run
+
+
+def test_init_creates_the_admin_key_once(tollgate):
+    first = tollgate.json("init")
+    assert first["secret_key"].startswith("tg_sk_") and first["balance"] == "0.00"
+    assert tollgate.json("init")["secret_key"] is None
+    keys = tollgate.json("keys", "list")
+    assert [k["name"] for k in keys] == ["admin"]
+    assert first["secret_key"] not in json.dumps(keys)  # only a display prefix is kept
+
+
+def test_keys_lifecycle(tollgate):
+    tollgate("init")
+    key = tollgate.json("keys", "create", "--name", "ci", "--account", "acme")
+    assert key["account"] == "acme" and key["secret_key"].startswith("tg_sk_")
+    revoked = tollgate.json("keys", "revoke", key["id"])
+    assert revoked["revoked_at"]
+    listed = {k["id"]: k for k in tollgate.json("keys", "list")}
+    assert listed[key["id"]]["revoked_at"] and listed[key["id"]]["account"] == "acme"
+    assert tollgate("keys", "revoke", "key_nope", check=False).returncode != 0
+
+
+def test_wallet_topups_are_exact_decimals(tollgate):
+    tollgate("init")
+    tollgate("wallet", "topup", "0.1")
+    assert tollgate.json("wallet", "topup", "0.2")["balance"] == "0.30"
+    assert tollgate.json("audit") == {"ok": True, "mismatches": []}
+
+
+@pytest.mark.parametrize("amount", ["-5", "0", "abc", "0.0000000001", "NaN"])
+def test_wallet_topup_refuses_bad_amounts(tollgate, amount):
+    tollgate("init")
+    result = tollgate("wallet", "topup", amount, check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert tollgate.json("wallet")["balance"] == "0.00"
+
+
+def test_providers_lists_the_catalog_and_configured_keys(tollgate):
+    providers = {p["id"]: p for p in tollgate.json("providers")}
+    assert len(providers) >= 20
+    assert providers["openai"]["configured"] is True and providers["anthropic"]["configured"] is False
+
+
+def test_ca_prints_the_client_exports(tollgate, tmp_path):
+    data = tollgate.json("ca", "--confdir", str(tmp_path))
+    cert = str(tmp_path / "mitmproxy-ca-cert.pem")
+    assert data["ca_cert"] == cert
+    assert {data["exports"][k] for k in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS")} == {cert}
+
+
+def test_empty_ledger_reports(tollgate):
+    tollgate("init")
+    assert tollgate.json("requests") == []
+    for by in ("provider", "model", "key", "day"):
+        assert tollgate.json("usage", "--by", by) == []
