@@ -22,7 +22,7 @@ from addons.reports import USAGE_GROUPS, recent_requests, usage_by
 from addons.settings import load_settings, resolve_database_url
 from pricing.money import format_usd, parse_usd
 
-console = Console()
+console = Console(soft_wrap=True)  # long keys and commands stay copyable on one line
 
 
 def _emit(args, data, table: Table | None = None, text: str | None = None) -> None:

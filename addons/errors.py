@@ -5,8 +5,10 @@ GatewayError                 any refusal made by Tollgate (never a provider's ow
 ├── Unauthorized        401  no credential, or one Tollgate does not know
 ├── PaymentRequired     402  the paying wallet cannot cover the request
 ├── Forbidden           403  a revoked key
+├── NotFound            404  a path on the gateway itself that it does not serve
 ├── NotImplementedYet   501  a forward-token field whose feature has not landed
 ├── UpstreamUnreachable 502  the provider could not be reached
+├── ProviderNotConfigured 503  the operator has not set the provider's key
 └── UpstreamTimeout     504  the provider did not answer in time
 
 Each renders as {"error": {"type", "code", "message"}}; messages never carry secrets.
@@ -52,6 +54,11 @@ class Forbidden(GatewayError):
     type = "permission_error"
 
 
+class NotFound(GatewayError):
+    status = 404
+    type = "not_found"
+
+
 class NotImplementedYet(GatewayError):
     status = 501
     type = "not_implemented"
@@ -60,6 +67,11 @@ class NotImplementedYet(GatewayError):
 class UpstreamUnreachable(GatewayError):
     status = 502
     type = "upstream_error"
+
+
+class ProviderNotConfigured(GatewayError):
+    status = 503
+    type = "provider_not_configured"
 
 
 class UpstreamTimeout(GatewayError):

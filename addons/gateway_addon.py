@@ -22,7 +22,14 @@ from mitmproxy.exceptions import OptionsError
 from addons import error_pages
 from addons.catalog import Catalog, Provider, load_catalog
 from addons.credentials import hash_secret, read_credential, strip_gateway_credentials
-from addons.errors import Forbidden, GatewayError, PaymentRequired, Unauthorized
+from addons.errors import (
+    Forbidden,
+    GatewayError,
+    NotFound,
+    PaymentRequired,
+    ProviderNotConfigured,
+    Unauthorized,
+)
 from addons.forward import FORWARD_PATH, parse_forward_target
 from addons.keystore import KeyStore
 from addons.ledger.accounts import KeyRecord
@@ -39,11 +46,6 @@ log = logging.getLogger(__name__)
 REQUEST_ID_HEADERS = ("x-lava-request-id", "x-tollgate-request-id")
 METADATA_HEADERS = ("x-tollgate-metadata", "x-lava-metadata")
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
-
-
-class ProviderNotConfigured(GatewayError):
-    status = 503
-    type = "provider_not_configured"
 
 
 def new_request_id() -> str:
@@ -116,19 +118,19 @@ class Gateway:
                 settings = load_settings()
                 self.catalog = load_catalog(overrides=settings.provider_overrides)
                 self.prices = settings.price_overrides + shipped_overrides()
-                url = resolve_database_url(ctx.options.tollgate_database_url or settings.database_url)
-                open_database(url)
             except ValueError as e:
                 raise OptionsError(str(e)) from None
-            self._restart_ledger()
+            self.done()  # what the previous ledger was owed is written there before switching
+            try:
+                open_database(resolve_database_url(ctx.options.tollgate_database_url or settings.database_url))
+            except Exception as e:  # peewee/driver errors: name the problem, never the URL (it may hold a password)
+                raise OptionsError(f"cannot open the ledger database: {type(e).__name__}: {e}") from None
+            self.writer = LedgerWriter()
             self._confine_interception()
-        elif "tollgate_cache_ttl_ms" in updated:
-            self._restart_ledger()
-
-    def _restart_ledger(self) -> None:
-        self.done()
-        self.keys = KeyStore(ttl=ctx.options.tollgate_cache_ttl_ms / 1000)
-        self.writer = LedgerWriter()
+        if "tollgate_cache_ttl_ms" in updated or self.keys is None:
+            if self.keys is not None:
+                self.keys.close()
+            self.keys = KeyStore(ttl=ctx.options.tollgate_cache_ttl_ms / 1000)
 
     def _confine_interception(self) -> None:
         """Decrypt only catalog hosts, and connect upstream only where the addon routes to."""
@@ -180,7 +182,7 @@ class Gateway:
             flow.response = json_response(200, b'{"status":"ok"}', request_id)
             return None
         if path.rstrip("/") != FORWARD_PATH:  # SDKs add a slash to a base_url's path
-            raise GatewayError("not_found", f"no gateway endpoint at {path[:100]}")
+            raise NotFound("not_found", "the gateway serves only /v1/forward and /healthz")
         query = flow.request.query
         target = parse_forward_target(query.get("u"), self.catalog)
         flow.request.path = target.path

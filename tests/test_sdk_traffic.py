@@ -220,3 +220,20 @@ def test_usage_report_totals_match_request_rows(gateway):
         assert totals["requests"] == len(mine)
         assert totals["output_tokens"] == sum(r["output_tokens"] for r in mine)
         assert Decimal(totals["provider_cost"]) == sum(Decimal(r["provider_cost"]) for r in mine)
+
+
+@pytest.mark.parametrize(("provider", "url", "model", "usage", "endpoint"), [
+    ("groq", "https://api.groq.com/openai/v1/chat/completions", "llama-3.3-70b-versatile", OPENAI_CHAT,
+     "chat.completions"),
+    ("cohere", "https://api.cohere.com/v2/chat", "command-a-03-2025", TokenUsage(input_tokens=31, output_tokens=17),
+     "cohere.chat"),
+])
+@pytest.mark.parametrize("stream", [False, True])
+def test_other_families_through_forward_endpoint(gateway, provider, url, model, usage, endpoint, stream):
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+    with httpx.Client(trust_env=False, timeout=15) as client:
+        response = client.post(f"{gateway.url}/v1/forward", params={"u": url}, json=body,
+                               headers={"authorization": f"Bearer {gateway.admin_key}"})
+    assert response.status_code == 200
+    assert_row(gateway, response.headers["x-lava-request-id"], provider, model, usage, streamed=stream,
+               endpoint=endpoint)

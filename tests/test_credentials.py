@@ -1,0 +1,175 @@
+import base64
+import hashlib
+import json
+import re
+
+import pytest
+from mitmproxy import http
+
+from addons.credentials import (
+    CallerCredential,
+    ForwardToken,
+    decode_forward_token,
+    encode_forward_token,
+    hash_secret,
+    new_secret_key,
+    read_credential,
+    strip_gateway_credentials,
+)
+from addons.errors import BadRequest, NotImplementedYet, Unauthorized
+
+SECRET = "tg_sk_" + "A" * 43
+# Chosen so the standard encoding holds '+', '/' and '=' padding, which URL-safe forms replace.
+TOKEN = ForwardToken(secret_key="tg_sk_ab??>>~~", provider_key="sk-p??~")
+STANDARD = encode_forward_token(TOKEN)
+
+
+def b64(obj) -> str:
+    raw = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
+    return base64.b64encode(raw).decode()
+
+
+@pytest.mark.parametrize(
+    "headers, query_key",
+    [
+        ({"authorization": f"Bearer {SECRET}"}, None),  # OpenAI & co
+        ({"Authorization": f"bearer  {SECRET} "}, None),
+        ({"x-api-key": SECRET}, None),  # Anthropic
+        ({"x-goog-api-key": SECRET}, None),  # Gemini
+        ({"api-key": SECRET}, None),  # Azure
+        ({"xi-api-key": SECRET}, None),  # ElevenLabs
+        ({}, SECRET),  # ?key= (Gemini REST)
+    ],
+)
+def test_read_credential_from_every_sdk_header(headers, query_key):
+    assert read_credential(http.Headers(**headers), query_key) == CallerCredential(secret_key=SECRET)
+
+
+@pytest.mark.parametrize(
+    "headers, query_key",
+    [
+        ({"authorization": f"Bearer {STANDARD}", "x-api-key": SECRET}, None),
+        ({"authorization": "Bearer sk-openai-provider-key", "x-goog-api-key": SECRET}, None),
+        ({"x-api-key": STANDARD}, SECRET),
+    ],
+)
+def test_secret_key_wins_over_other_credentials(headers, query_key):
+    assert read_credential(http.Headers(**headers), query_key) == CallerCredential(secret_key=SECRET)
+
+
+def test_forward_token_credential_carries_provider_key():
+    credential = read_credential(http.Headers(authorization=f"Bearer {STANDARD}"), None)
+    assert (credential.secret_key, credential.provider_key) == (TOKEN.secret_key, TOKEN.provider_key)
+
+
+@pytest.mark.parametrize(
+    "headers, query_key",
+    [({}, None), ({"authorization": "Bearer "}, None), ({"x-api-key": "  "}, ""), ({"other": SECRET}, None)],
+)
+def test_missing_credential(headers, query_key):
+    with pytest.raises(Unauthorized) as e:
+        read_credential(http.Headers(**headers), query_key)
+    assert (e.value.status, e.value.code) == (401, "missing_credential")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        STANDARD,
+        STANDARD.rstrip("="),
+        STANDARD.translate(str.maketrans("+/", "-_")),
+        STANDARD.translate(str.maketrans("+/", "-_")).rstrip("="),
+        f"  {STANDARD}\n",
+    ],
+)
+def test_decode_forward_token_alphabets_and_padding(text):
+    assert set("+/=") <= set(STANDARD)  # the cases above really differ
+    assert decode_forward_token(text) == TOKEN
+
+
+@pytest.mark.parametrize("token", [ForwardToken("tg_sk_x"), ForwardToken("tg_sk_x", provider_key="sk-1")])
+def test_forward_token_round_trip(token):
+    assert decode_forward_token(encode_forward_token(token)) == token
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not base64!!",
+        "e30",  # "{}" unpadded: no secret_key
+        b64(b"hello"),
+        b64(b"\xff\xfe"),
+        b64([SECRET]),
+        b64("tg_sk_x"),
+        b64(None),
+        b64({"provider_key": "sk-1"}),
+        b64({"secret_key": ""}),
+        b64({"secret_key": "tg_sk_x", "customer": "c"}),
+        b64({"secret_key": 42}),
+        b64({"secret_key": "tg_sk_x", "provider_key": 1}),
+        b64({"secret_key": "tg_sk_x", "customer_id": ["c"]}),
+        b64({"secret_key": "tg_sk_x", "disable_billing": "yes"}),
+        b64(b"[" * 100_000),
+    ],
+)
+def test_malformed_forward_token(text):
+    with pytest.raises(BadRequest) as e:
+        decode_forward_token(text)
+    assert (e.value.status, e.value.code) == (400, "invalid_forward_token")
+
+
+@pytest.mark.parametrize(
+    "fields", [{"customer_id": "cus_1"}, {"meter_slug": "chat"}, {"disable_billing": True}]
+)
+def test_billing_fields_are_not_implemented(fields):
+    with pytest.raises(NotImplementedYet) as e:
+        decode_forward_token(b64({"secret_key": "tg_sk_x", **fields}))
+    assert (e.value.status, e.value.code) == (501, "billing_not_available")
+
+
+@pytest.mark.parametrize(
+    "credential",
+    [
+        "sk-live-provider-Secret123",
+        b64({"secret_key": "tg_sk_Secret123", "provider_key": 5}),
+        b64({"secret_key": "tg_sk_Secret123", "customer_id": "Secret123"}),
+        b64({"secret_key": "tg_sk_Secret123", "extra": "Secret123"}),
+    ],
+)
+def test_error_messages_never_echo_the_credential(credential):
+    with pytest.raises((BadRequest, NotImplementedYet)) as e:
+        read_credential(http.Headers(authorization=f"Bearer {credential}"), None)
+    assert "Secret123" not in str(e.value) and b"Secret123" not in e.value.body()
+
+
+def test_strip_gateway_credentials():
+    headers = http.Headers(
+        [
+            (b"Authorization", b"Bearer a"),
+            (b"authorization", b"Bearer b"),  # a repeated header goes too
+            *[(name.encode(), SECRET.encode()) for name in ("x-api-key", "x-goog-api-key", "api-key", "xi-api-key")],
+            (b"X-Lava-Metadata", b"{}"),
+            (b"x-tollgate-request-id", b"r"),
+            (b"content-type", b"application/json"),
+            (b"anthropic-version", b"2023-06-01"),
+            (b"x-lavalamp", b"kept"),
+        ]
+    )
+    strip_gateway_credentials(headers)
+    assert headers.fields == (
+        (b"content-type", b"application/json"),
+        (b"anthropic-version", b"2023-06-01"),
+        (b"x-lavalamp", b"kept"),
+    )
+
+
+def test_hash_secret_is_stable_sha256_hex():
+    assert hash_secret("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert hash_secret(SECRET) == hash_secret(SECRET) == hashlib.sha256(SECRET.encode()).hexdigest()
+    assert hash_secret(SECRET) != hash_secret(SECRET + "x")
+
+
+def test_new_secret_key():
+    first, second = new_secret_key(), new_secret_key()
+    assert re.fullmatch(r"tg_sk_[A-Za-z0-9_-]{43,}", first)
+    assert first != second

@@ -1,0 +1,74 @@
+import json
+
+import pytest
+from mitmproxy.net.http import http1
+from mitmproxy.proxy.layers.http import _http1
+
+from addons import error_pages
+from addons.error_pages import json_error_response, strip_tag
+
+TAG = error_pages._TAG  # what install() appends to mitmproxy's message before the request id
+
+
+def parse(raw: bytes):
+    head, _, body = raw.partition(b"\r\n\r\n")
+    response = http1.read_response_head([line + b"\r\n" for line in head.split(b"\r\n")])
+    assert int(response.headers["content-length"]) == len(body)
+    return response, json.loads(body)
+
+
+@pytest.mark.parametrize(
+    "status, message, expected_status, error_type, code",
+    [
+        (502, "Connection refused", 502, "upstream_error", "upstream_unreachable"),
+        (502, "[Errno -2] Name or service not known", 502, "upstream_error", "upstream_unreachable"),
+        (502, "Connection timed out", 504, "upstream_timeout", "upstream_timeout"),
+        (502, "TIMED OUT after 10s", 504, "upstream_timeout", "upstream_timeout"),
+        (400, "Bad HTTP request line: b'GE T /'", 400, "invalid_request_error", "bad_http_request"),
+        (413, "Request too large", 413, "invalid_request_error", "bad_http_request"),
+        (500, "boom", 500, "gateway_error", "proxy_error"),
+    ],
+)
+def test_json_error_response(status, message, expected_status, error_type, code):
+    response, body = parse(json_error_response(status, message))
+    assert (response.http_version, response.status_code) == ("HTTP/1.1", expected_status)
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["connection"] == "close"
+    assert body["error"]["type"] == error_type and body["error"]["code"] == code
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+
+
+def test_request_id_tag_becomes_headers():
+    response, _ = parse(json_error_response(502, f"Connection refused{TAG}req_0123abcd"))
+    assert response.headers["x-lava-request-id"] == "req_0123abcd"
+    assert response.headers["x-tollgate-request-id"] == "req_0123abcd"
+
+
+def test_no_request_id_headers_without_tag():
+    response, _ = parse(json_error_response(502, "Connection refused"))
+    assert "x-lava-request-id" not in response.headers and "x-tollgate-request-id" not in response.headers
+
+
+@pytest.mark.parametrize("status", [400, 413, 502, 500])
+@pytest.mark.parametrize(
+    "message", ["Bad request line: b'GET /<script>tg_sk_LEAK'", f"Connection refused: 10.0.0.7:443 tg_sk_LEAK{TAG}req_1"]
+)
+def test_mitmproxy_text_never_reaches_the_body(status, message):
+    raw = json_error_response(status, message)
+    assert b"tg_sk_LEAK" not in raw and b"<script>" not in raw and b"10.0.0.7" not in raw
+
+
+@pytest.mark.parametrize(
+    "message, stripped",
+    [(f"Connection refused{TAG}req_1", "Connection refused"), ("Connection refused", "Connection refused"), ("", "")],
+)
+def test_strip_tag(message, stripped):
+    assert strip_tag(message) == stripped
+
+
+def test_install_replaces_mitmproxy_error_page_once():
+    error_pages.install()
+    handler = error_pages.http_layer.HttpStream.handle_protocol_error
+    error_pages.install()
+    assert _http1.make_error_response is json_error_response
+    assert error_pages.http_layer.HttpStream.handle_protocol_error is handler

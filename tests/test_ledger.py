@@ -1,0 +1,141 @@
+import os
+
+import psycopg2
+import pytest
+
+from addons.credentials import hash_secret
+from addons.ledger.accounts import (
+    KeyRecord,
+    audit_wallets,
+    create_key,
+    credit_wallet,
+    ensure_account,
+    find_key,
+    revoke_key,
+    wallet_balance,
+)
+from addons.ledger.models import LedgerEntry, RequestRow, Wallet, database, open_database, utcnow
+from addons.ledger.writer import LedgerWriter, UsageRecord, write_batch
+
+PG_ADMIN = "dbname=test user=postgres host=127.0.0.1"
+PG_DATABASE = "tollgate_unit"
+START = 10_000_000
+
+
+def postgres_url() -> str:
+    try:
+        conn = psycopg2.connect(PG_ADMIN, connect_timeout=3)
+    except psycopg2.OperationalError as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required in CI: {e}")
+        pytest.skip(f"PostgreSQL not reachable: {e}")
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {PG_DATABASE} WITH (FORCE)")
+        cur.execute(f"CREATE DATABASE {PG_DATABASE}")
+    conn.close()
+    return f"postgresql://postgres@127.0.0.1/{PG_DATABASE}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger(request, tmp_path):
+    """A fresh, empty ledger per test; the global database proxy is left uninitialised afterwards."""
+    url = f"sqlite:///{tmp_path}/l.db" if request.param == "sqlite" else postgres_url()
+    db = open_database(url)
+    yield db
+    db.close()
+    database.initialize(None)
+
+
+@pytest.fixture
+def wallet(ledger) -> Wallet:
+    _, wallet = ensure_account()
+    credit_wallet(wallet.id, START)
+    return wallet
+
+
+def record(wallet: Wallet, request_id: str, charged: int) -> UsageRecord:
+    return UsageRecord(id=request_id, created_at=utcnow(), account=wallet.account_id, wallet_id=wallet.id,
+                       key=None, provider="openai", endpoint="chat.completions", charged_nanos=charged,
+                       provider_cost_nanos=charged, metadata={"team": "a"})
+
+
+def usage_entries() -> list[tuple[str, int]]:
+    query = LedgerEntry.select(LedgerEntry.request_id, LedgerEntry.amount_nanos).where(LedgerEntry.reason == "usage")
+    return sorted(query.tuples())
+
+
+def test_write_batch_debits_exactly_the_charges(wallet):
+    write_batch([record(wallet, "req_a", 300), record(wallet, "req_b", 1_234_567), record(wallet, "req_free", 0)])
+    assert RequestRow.select().count() == 3
+    assert usage_entries() == [("req_a", -300), ("req_b", -1_234_567)]
+    assert wallet_balance(wallet.id) == START - 300 - 1_234_567
+
+
+@pytest.mark.parametrize(
+    "again",
+    [["req_a", "req_b"], ["req_b"], ["req_a", "req_c"]],
+    ids=["all-again", "some-again", "again-with-a-new-one"],
+)
+def test_write_batch_is_idempotent(wallet, again):
+    write_batch([record(wallet, "req_a", 300), record(wallet, "req_b", 200)])
+    write_batch([record(wallet, request_id, 999) for request_id in again])
+    new = 999 if "req_c" in again else 0
+    assert wallet_balance(wallet.id) == START - 500 - new
+    assert len(usage_entries()) == 2 + bool(new)
+    assert RequestRow.get_by_id("req_a").charged_nanos == 300  # the first write stands
+
+
+def test_write_batch_tolerates_a_record_twice_in_one_batch(wallet):
+    write_batch([record(wallet, "req_a", 300), record(wallet, "req_a", 300)])
+    assert wallet_balance(wallet.id) == START - 300 and usage_entries() == [("req_a", -300)]
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "m" * 256, "m" * 5000])
+def test_write_batch_stores_any_caller_supplied_model_name(wallet, model):
+    """The model name comes from the caller's request body: it must not make a batch unwritable."""
+    usage = record(wallet, "req_a", 300)
+    usage.model = model
+    write_batch([usage])
+    assert RequestRow.select().count() == 1 and wallet_balance(wallet.id) == START - 300
+
+
+def test_audit_wallets(wallet):
+    write_batch([record(wallet, "req_a", 300)])
+    assert audit_wallets() == []
+    Wallet.update(balance_nanos=Wallet.balance_nanos + 1).where(Wallet.id == wallet.id).execute()
+    assert audit_wallets() == [(wallet.id, START - 300 + 1, START - 300)]
+
+
+def test_writer_flush_waits_for_everything_submitted(wallet):
+    writer = LedgerWriter(batch_size=7)
+    for i in range(50):
+        writer.submit(record(wallet, f"req_{i}", 10))
+    assert writer.flush(timeout=30)
+    assert RequestRow.select().count() == 50 and wallet_balance(wallet.id) == START - 500
+    assert writer.close()
+
+
+def test_writer_close_writes_everything_submitted(wallet):
+    writer = LedgerWriter(linger=0.5)
+    for i in range(20):
+        writer.submit(record(wallet, f"req_{i}", 10))
+    assert writer.close(timeout=30)
+    assert RequestRow.select().count() == 20 and wallet_balance(wallet.id) == START - 200
+
+
+def test_credit_wallet_returns_the_new_balance(ledger):
+    _, wallet = ensure_account()
+    assert [credit_wallet(wallet.id, amount) for amount in (100, 50, -30)] == [100, 150, 120]
+    assert audit_wallets() == []
+
+
+def test_find_key_sees_revocation(ledger):
+    row, secret = create_key("ci")
+    _, wallet = ensure_account()
+    assert find_key(hash_secret(secret)) == KeyRecord(row.id, row.account_id, wallet.id, revoked=False)
+    revoke_key(row.id)
+    assert find_key(hash_secret(secret)).revoked is True
+    assert find_key(hash_secret(secret + "x")) is None
+    with pytest.raises(LookupError):
+        revoke_key("key_missing")

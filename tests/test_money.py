@@ -1,0 +1,81 @@
+from decimal import Decimal
+
+import pytest
+
+from pricing.money import format_usd, parse_usd, to_nanos, to_usd
+
+
+@pytest.mark.parametrize(
+    "usd, nanos",
+    [
+        (Decimal("0.0000000005"), 1),  # exactly half a nano-dollar rounds up
+        (Decimal("0.0000000004999"), 0),
+        (Decimal("0.0000000015"), 2),
+        (Decimal("0.0000000025"), 3),  # half-up, not banker's rounding
+        (Decimal("-0.0000000005"), -1),  # half away from zero
+        (Decimal("0.00000000049999999999999999"), 0),
+        (Decimal("1.5"), 1_500_000_000),
+        (Decimal("0"), 0),
+    ],
+)
+def test_to_nanos_rounds_half_up(usd, nanos):
+    assert to_nanos(usd) == nanos
+
+
+@pytest.mark.parametrize(
+    "nanos, text",
+    [
+        (10 * 10**9, "10.00"),
+        (1500, "0.0000015"),
+        (0, "0.00"),
+        (1, "0.000000001"),
+        (500_000_000, "0.50"),
+        (123_456_789_012, "123.456789012"),
+        (-1500, "-0.0000015"),
+        (-(10**9), "-1.00"),
+    ],
+)
+def test_format_usd(nanos, text):
+    assert format_usd(nanos) == text
+
+
+@pytest.mark.parametrize("nanos", [0, 1, 1500, 10**9, 123_456_789_012, -7])
+def test_to_usd_round_trips(nanos):
+    assert to_nanos(to_usd(nanos)) == nanos
+
+
+@pytest.mark.parametrize(
+    "text, nanos",
+    [
+        ("10", 10 * 10**9),
+        ("0.5", 500_000_000),
+        ("0.50", 500_000_000),
+        (" 7 ", 7 * 10**9),
+        ("0.000000001", 1),  # 9 places: the smallest amount
+        ("1e2", 100 * 10**9),  # Decimal syntax, exact
+        ("1E-9", 1),
+    ],
+)
+def test_parse_usd_accepts(text, nanos):
+    assert parse_usd(text) == nanos
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "not a decimal amount"),
+        ("abc", "not a decimal amount"),
+        ("1,5", "not a decimal amount"),
+        ("-1", "must be a positive number"),
+        ("0", "must be a positive number"),
+        ("0.000", "must be a positive number"),
+        ("NaN", "must be a positive number"),
+        ("Infinity", "must be a positive number"),
+        ("-Infinity", "must be a positive number"),
+        ("0.0000000001", "more than 9 decimal places"),
+        ("1e-10", "more than 9 decimal places"),
+    ],
+)
+def test_parse_usd_refuses(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_usd(text)
