@@ -183,10 +183,10 @@ class Gateway:
             return None
         if path.rstrip("/") != FORWARD_PATH:  # SDKs add a slash to a base_url's path
             raise NotFound("not_found", "the gateway serves only /v1/forward and /healthz")
-        query = flow.request.query
-        target = parse_forward_target(query.get("u"), self.catalog)
+        query = flow.request.query  # a live view: read it before the path changes under it
+        target, forward_key = parse_forward_target(query.get("u"), self.catalog), query.get("key")
         flow.request.path = target.path
-        return target.provider, query.get("key")
+        return target.provider, forward_key
 
     async def _forward(
         self, flow: http.HTTPFlow, provider: Provider, request_id: str, forward_key: str | None

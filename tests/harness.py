@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import psycopg2
+import pytest
 import yaml
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -24,6 +26,25 @@ PROVIDER_KEYS = {
     "GROQ_API_KEY": "gsk-real-0123456789",
     "MISTRAL_API_KEY": "mistral-real-0123456789",
 }
+
+
+PG_ADMIN = "dbname=test user=postgres host=127.0.0.1 port=5432"
+
+
+def fresh_postgres_database(name: str) -> str:
+    """An empty database on the local server; in CI a missing server fails the test, elsewhere skips it."""
+    try:
+        conn = psycopg2.connect(PG_ADMIN, connect_timeout=3)
+    except psycopg2.OperationalError as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required in CI: {e}")
+        pytest.skip(f"PostgreSQL not reachable: {e}")
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        cur.execute(f"CREATE DATABASE {name}")
+    conn.close()
+    return f"postgresql://postgres@127.0.0.1:5432/{name}"
 
 
 def free_port() -> int:

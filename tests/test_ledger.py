@@ -1,6 +1,5 @@
-import os
+import json
 
-import psycopg2
 import pytest
 
 from addons.credentials import hash_secret
@@ -16,31 +15,15 @@ from addons.ledger.accounts import (
 )
 from addons.ledger.models import LedgerEntry, RequestRow, Wallet, database, open_database, utcnow
 from addons.ledger.writer import LedgerWriter, UsageRecord, write_batch
+from tests.harness import fresh_postgres_database
 
-PG_ADMIN = "dbname=test user=postgres host=127.0.0.1"
-PG_DATABASE = "tollgate_unit"
 START = 10_000_000
-
-
-def postgres_url() -> str:
-    try:
-        conn = psycopg2.connect(PG_ADMIN, connect_timeout=3)
-    except psycopg2.OperationalError as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is required in CI: {e}")
-        pytest.skip(f"PostgreSQL not reachable: {e}")
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {PG_DATABASE} WITH (FORCE)")
-        cur.execute(f"CREATE DATABASE {PG_DATABASE}")
-    conn.close()
-    return f"postgresql://postgres@127.0.0.1/{PG_DATABASE}"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def ledger(request, tmp_path):
     """A fresh, empty ledger per test; the global database proxy is left uninitialised afterwards."""
-    url = f"sqlite:///{tmp_path}/l.db" if request.param == "sqlite" else postgres_url()
+    url = f"sqlite:///{tmp_path}/l.db" if request.param == "sqlite" else fresh_postgres_database("tollgate_unit")
     db = open_database(url)
     yield db
     db.close()
@@ -122,6 +105,19 @@ def test_writer_close_writes_everything_submitted(wallet):
         writer.submit(record(wallet, f"req_{i}", 10))
     assert writer.close(timeout=30)
     assert RequestRow.select().count() == 20 and wallet_balance(wallet.id) == START - 200
+
+
+def test_writer_sets_aside_a_record_the_database_refuses_and_writes_the_rest(wallet, tmp_path):
+    bad = record(wallet, "req_bad", 10)
+    bad.created_at = None  # NOT NULL on every backend
+    writer = LedgerWriter(dead_letters=tmp_path / "rejected.jsonl")
+    for usage in (record(wallet, "req_a", 10), bad, record(wallet, "req_c", 10)):
+        writer.submit(usage)
+    assert writer.flush(timeout=30) and writer.close()
+    assert sorted(r.id for r in RequestRow.select()) == ["req_a", "req_c"]
+    assert wallet_balance(wallet.id) == START - 20 and audit_wallets() == []
+    rejected = [json.loads(line) for line in (tmp_path / "rejected.jsonl").read_text().splitlines()]
+    assert [r["record"]["id"] for r in rejected] == ["req_bad"]
 
 
 def test_credit_wallet_returns_the_new_balance(ledger):
