@@ -6,6 +6,7 @@ Money is printed as decimal strings (USD) in both forms; secret keys are printed
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import sys
@@ -16,21 +17,28 @@ from rich.console import Console
 from rich.table import Table
 
 from addons.catalog import load_catalog
+from addons.credentials import ForwardToken, encode_forward_token, hash_secret
 from addons.ledger import accounts
-from addons.ledger.models import Account, ApiKey, Wallet, open_database
-from addons.reports import USAGE_GROUPS, recent_requests, usage_by
-from addons.settings import load_settings, resolve_database_url
+from addons.ledger.models import Account, ApiKey, Customer, Event, MeterRow, Wallet, open_database
+from addons.reports import USAGE_GROUPS, customer_view, recent_requests, usage_by
+from addons.settings import PROJECT_ROOT, load_settings, resolve_database_url
+from addons.signed_tokens import issue_signed_token, load_signing_key
+from pricing import meters
 from pricing.money import format_usd, parse_usd
 
 console = Console(soft_wrap=True)  # long keys and commands stay copyable on one line
 
 
-def _emit(args, data, table: Table | None = None, text: str | None = None) -> None:
-    if args.json:
+def _emit(args, data, table: Table | None = None, text: str | None = None, csv_rows: list[dict] | None = None) -> None:
+    if getattr(args, "csv", False) and csv_rows is not None:
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(csv_rows[0]) if csv_rows else [], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()} for r in csv_rows)
+    elif args.json:
         print(json.dumps(data, default=_json_default, indent=2))
     elif table is not None:
         console.print(table)
-    if text and not args.json:
+    if text and not args.json and not getattr(args, "csv", False):
         console.print(text)
 
 
@@ -40,10 +48,29 @@ def _json_default(value):
     raise TypeError(type(value).__name__)
 
 
-def _money_fields(row: dict) -> dict:
-    """Replace every *_nanos int with a decimal-string USD field of the same stem."""
-    return {(k[: -len("_nanos")] if k.endswith("_nanos") else k): (format_usd(v or 0) if k.endswith("_nanos") else v)
-            for k, v in row.items()}
+def _money_fields(value):
+    """Every *_nanos int becomes a decimal-string USD field of the same stem, nested dicts too."""
+    if not isinstance(value, dict):
+        return value
+    return {
+        (k[: -len("_nanos")] if k.endswith("_nanos") else k):
+            (format_usd(v) if k.endswith("_nanos") and isinstance(v, int) else _money_fields(v))
+        for k, v in value.items()
+    }
+
+
+def _amount(text: str) -> int:
+    try:
+        return parse_usd(text)
+    except ValueError as e:
+        raise SystemExit(f"tollgate: {e}") from None
+
+
+def _date(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
 def _table(title: str, columns: list[str], rows: list[list]) -> Table:
@@ -109,11 +136,7 @@ def cmd_keys_revoke(args) -> None:
 def cmd_wallet(args) -> None:
     account, wallet = _account(args.account)
     if args.action == "topup":
-        try:
-            amount = parse_usd(args.amount)
-        except ValueError as e:
-            raise SystemExit(f"tollgate: {e}") from None
-        balance = accounts.credit_wallet(wallet.id, amount, "topup", note=args.note)
+        balance = accounts.credit_wallet(wallet.id, _amount(args.amount), "topup", note=args.note)
     else:
         balance = accounts.wallet_balance(wallet.id)
     data = {"account": account.name, "wallet": wallet.id, "balance": format_usd(balance)}
@@ -121,18 +144,121 @@ def cmd_wallet(args) -> None:
 
 
 def cmd_requests(args) -> None:
-    rows = [_money_fields(r) for r in recent_requests(args.limit)]
+    rows = [_money_fields(r) for r in recent_requests(args.limit, customer=args.customer)]
     for row in rows:
         row["metadata"] = json.loads(row["metadata"]) if row["metadata"] else None
-    columns = ["id", "created_at", "provider", "model", "status", "streamed", "input_tokens",
-               "output_tokens", "provider_cost", "charged", "usage_source"]
-    _emit(args, rows, _table("Requests", columns, [[r[c] for c in columns] for r in rows]))
+    columns = ["id", "created_at", "provider", "model", "customer_id", "status", "input_tokens",
+               "output_tokens", "provider_cost", "charged", "fee", "usage_source"]
+    _emit(args, rows, _table("Requests", columns, [[r[c] for c in columns] for r in rows]), csv_rows=rows)
 
 
 def cmd_usage(args) -> None:
-    rows = [_money_fields(r) for r in usage_by(args.by)]
-    columns = ["group", "requests", "input_tokens", "output_tokens", "provider_cost", "charged"]
-    _emit(args, rows, _table(f"Usage by {args.by}", columns, [[r[c] for c in columns] for r in rows]))
+    rows, totals = usage_by(args.by, customer=args.customer, since=args.since, until=args.until)
+    rows, totals = [_money_fields(r) for r in rows], _money_fields(totals)
+    columns = ["group", "requests", "input_tokens", "output_tokens", "provider_cost", "charged", "fee", "margin"]
+    table = _table(f"Usage by {args.by}", columns, [[r[c] for c in columns] for r in rows] +
+                   [["total", *(totals[c] for c in columns[1:])]])
+    _emit(args, {"by": args.by, "rows": rows, "totals": totals}, table, csv_rows=rows)
+
+
+def _customer_or_exit(args) -> Customer:
+    try:
+        return accounts.get_customer(args.account, args.id)
+    except LookupError as e:
+        raise SystemExit(f"tollgate: {e}") from None
+
+
+def cmd_customers(args) -> None:
+    if args.action == "create":
+        if (args.autopay_threshold is None) != (args.autopay_amount is None):
+            raise SystemExit("tollgate: --autopay-threshold and --autopay-amount go together")
+        try:
+            customer = accounts.create_customer(
+                args.account, args.id, balance_nanos=_amount(args.balance) if args.balance else 0,
+                autopay_threshold_nanos=_amount(args.autopay_threshold) if args.autopay_threshold else None,
+                autopay_amount_nanos=_amount(args.autopay_amount) if args.autopay_amount else None,
+                overdraft_limit_nanos=_amount(args.overdraft_limit) if args.overdraft_limit else 0,
+            )
+        except ValueError as e:
+            raise SystemExit(f"tollgate: {e}") from None
+    elif args.action == "topup":
+        customer = _customer_or_exit(args)
+        accounts.credit_wallet(customer.wallet_id, _amount(args.amount), "topup", note=args.note)
+    elif args.action == "list":
+        rows = [_money_fields(customer_view(c)) for c in
+                Customer.select().join(Account).where(Account.name == args.account).order_by(Customer.customer_id)]
+        columns = ["customer_id", "balance", "cycle_fees", "cycle_requests", "autopay_threshold", "autopay_amount"]
+        _emit(args, rows, _table("Customers", columns, [[r[c] for c in columns] for r in rows]), csv_rows=rows)
+        return
+    else:
+        customer = _customer_or_exit(args)
+    view = _money_fields(customer_view(Customer.get_by_id(customer.id)))
+    _emit(args, view, text="\n".join(f"{k}: {v}" for k, v in view.items()))
+
+
+def _meter_dict(row: MeterRow) -> dict:
+    return {"slug": row.slug, "rate_type": row.rate_type, "unit": row.unit, "percentage": row.percentage,
+            "base_cost_payer": row.base_cost_payer, "token_basis": row.token_basis,
+            "tiers": [{"start": start, "rate": rate} for start, rate in json.loads(row.tiers)]}
+
+
+def cmd_meters(args) -> None:
+    account, _ = accounts.ensure_account(args.account)
+    if args.action == "create":
+        try:
+            spec = meters.make_meter_spec(args.slug, args.rate_type, args.unit, args.tier or [], args.percentage,
+                                          args.base_cost_payer, args.token_basis)
+        except ValueError as e:
+            raise SystemExit(f"tollgate: {e}") from None
+        if accounts.find_meter(account.id, spec.slug):
+            raise SystemExit(f"tollgate: meter {spec.slug!r} already exists")
+        row = MeterRow.create(account=account, slug=spec.slug, rate_type=spec.rate_type, unit=spec.unit,
+                              percentage=None if spec.percentage is None else str(spec.percentage),
+                              base_cost_payer=spec.base_cost_payer, token_basis=spec.token_basis,
+                              tiers=meters.tiers_json(spec))
+    elif args.action == "list":
+        rows = [_meter_dict(m) for m in MeterRow.select().where(MeterRow.account == account).order_by(MeterRow.slug)]
+        columns = ["slug", "rate_type", "unit", "percentage", "base_cost_payer", "token_basis"]
+        _emit(args, rows, _table("Meters", columns, [[r[c] for c in columns] for r in rows]), csv_rows=rows)
+        return
+    else:
+        row = accounts.find_meter(account.id, args.slug)
+        if row is None:
+            raise SystemExit(f"tollgate: no meter {args.slug!r}")
+    data = _meter_dict(row)
+    _emit(args, data, text="\n".join(f"{k}: {v}" for k, v in data.items()))
+
+
+def cmd_token(args) -> None:
+    key = ApiKey.get_or_none(ApiKey.key_hash == hash_secret(args.secret_key))
+    if key is None or key.revoked_at is not None:
+        raise SystemExit("tollgate: --secret-key is not an active Tollgate key")
+    if args.signed:
+        try:
+            signing_key = load_signing_key(load_settings().billing.token_signing_key,
+                                           PROJECT_ROOT / "data" / "token-signing.key")
+            token = issue_signed_token(
+                signing_key, key_id=key.id, customer_id=args.customer, meter_slug=args.meter,
+                provider_key=args.provider_key, disable_billing=args.disable_billing, expires_in=args.expires_in,
+                allow_providers=tuple(args.allow_provider or ()), allow_models=tuple(args.allow_model or ()),
+                spend_cap_nanos=_amount(args.spend_cap) if args.spend_cap else None,
+            )
+        except ValueError as e:
+            raise SystemExit(f"tollgate: {e}") from None
+    else:
+        if args.expires_in or args.allow_provider or args.allow_model or args.spend_cap:
+            raise SystemExit("tollgate: --expires-in, --allow-*, --spend-cap need --signed")
+        token = encode_forward_token(ForwardToken(args.secret_key, args.customer, args.meter, args.provider_key,
+                                                  args.disable_billing))
+    _emit(args, {"token": token, "signed": args.signed}, text=token)
+
+
+def cmd_events(args) -> None:
+    rows = [{"id": e.id, "name": e.name, "wallet": e.wallet_id, "data": json.loads(e.data), "created_at": e.created_at}
+            for e in Event.select().order_by(Event.id.desc()).limit(args.limit)]
+    _emit(args, rows, _table("Events", ["id", "name", "wallet", "data", "created_at"],
+                             [[r["id"], r["name"], r["wallet"], json.dumps(r["data"]), r["created_at"]] for r in rows]),
+          csv_rows=rows)
 
 
 def cmd_providers(args) -> None:
@@ -198,12 +324,69 @@ def build_parser() -> argparse.ArgumentParser:
     wallet.add_argument("--note")
     wallet.set_defaults(fn=cmd_wallet)
 
-    requests = sub.add_parser("requests", parents=[common], help="recent requests")
+    export = argparse.ArgumentParser(add_help=False)
+    export.add_argument("--csv", action="store_true", help="CSV rows for export")
+    requests = sub.add_parser("requests", parents=[common, export], help="recent requests")
     requests.add_argument("--limit", type=int, default=20)
+    requests.add_argument("--customer")
     requests.set_defaults(fn=cmd_requests)
-    usage = sub.add_parser("usage", parents=[common], help="usage and cost roll-up")
+    usage = sub.add_parser("usage", parents=[common, export], help="usage, cost, fees and margin roll-up")
     usage.add_argument("--by", choices=sorted(USAGE_GROUPS), default="provider")
+    usage.add_argument("--customer")
+    usage.add_argument("--since", type=_date, help="from this date or time (UTC, inclusive)")
+    usage.add_argument("--until", type=_date, help="up to this date or time (UTC, exclusive)")
     usage.set_defaults(fn=cmd_usage)
+
+    account = argparse.ArgumentParser(add_help=False)
+    account.add_argument("--account", default=accounts.DEFAULT_ACCOUNT, help="the merchant account")
+    customers = sub.add_parser("customers", parents=[common], help="customers and their prepaid balances")
+    csub = customers.add_subparsers(dest="action", required=True)
+    ccreate = csub.add_parser("create", parents=[common, account])
+    ccreate.add_argument("id")
+    ccreate.add_argument("--balance", help="opening balance, USD")
+    ccreate.add_argument("--autopay-threshold", help="top up when the balance falls below this, USD")
+    ccreate.add_argument("--autopay-amount", help="the bundle each auto top-up buys, USD")
+    ccreate.add_argument("--overdraft-limit", help="how far below zero charges may go, USD (default 0)")
+    ctopup = csub.add_parser("topup", parents=[common, account])
+    ctopup.add_argument("id")
+    ctopup.add_argument("amount")
+    ctopup.add_argument("--note")
+    cshow = csub.add_parser("show", parents=[common, account])
+    cshow.add_argument("id")
+    csub.add_parser("list", parents=[common, account, export])
+    customers.set_defaults(fn=cmd_customers)
+
+    meter_cmd = sub.add_parser("meters", parents=[common], help="price lists for customers")
+    msub = meter_cmd.add_subparsers(dest="action", required=True)
+    mcreate = msub.add_parser("create", parents=[common, account])
+    mcreate.add_argument("slug")
+    mcreate.add_argument("--rate-type", required=True, choices=meters.RATE_TYPES)
+    mcreate.add_argument("--unit", required=True, choices=meters.UNITS)
+    mcreate.add_argument("--tier", action="append", help="START:RATE, START in raw units; repeat for tiers")
+    mcreate.add_argument("--percentage", help="markup in percent of the provider cost (percentage, hybrid)")
+    mcreate.add_argument("--base-cost-payer", choices=meters.BASE_COST_PAYERS)
+    mcreate.add_argument("--token-basis", choices=meters.TOKEN_BASES, default="input+output")
+    msub.add_parser("list", parents=[common, account, export])
+    mshow = msub.add_parser("show", parents=[common, account])
+    mshow.add_argument("slug")
+    meter_cmd.set_defaults(fn=cmd_meters)
+
+    token = sub.add_parser("token", parents=[common], help="print a forward token")
+    token.add_argument("--secret-key", required=True)
+    token.add_argument("--customer")
+    token.add_argument("--meter")
+    token.add_argument("--provider-key", help="bring your own provider key")
+    token.add_argument("--disable-billing", action="store_true")
+    token.add_argument("--signed", action="store_true", help="HMAC-signed; does not embed the secret key")
+    token.add_argument("--expires-in", type=int, help="seconds (signed tokens)")
+    token.add_argument("--allow-provider", action="append", help="restrict to a provider id (signed tokens)")
+    token.add_argument("--allow-model", action="append", help="restrict to a model, trailing * allowed (signed)")
+    token.add_argument("--spend-cap", help="USD the token may spend in all (signed tokens)")
+    token.set_defaults(fn=cmd_token)
+
+    events = sub.add_parser("events", parents=[common, export], help="billing events (top-ups, low balances)")
+    events.add_argument("--limit", type=int, default=50)
+    events.set_defaults(fn=cmd_events)
     sub.add_parser("providers", parents=[common], help="the provider catalog").set_defaults(fn=cmd_providers)
     ca = sub.add_parser("ca", parents=[common], help="the CA certificate clients must trust")
     ca.add_argument("--confdir", default=os.environ.get("MITMPROXY_CONFDIR", "~/.mitmproxy"))

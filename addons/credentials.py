@@ -1,4 +1,4 @@
-"""Tollgate credentials: secret keys, Lava-style forward tokens, and where callers put them.
+"""Tollgate credentials: secret keys, Lava-style forward tokens, signed tokens, and where callers put them.
 
 A caller puts its Tollgate credential wherever its SDK puts the provider key, so every
 provider-style key header is read, and every one of them is stripped before forwarding.
@@ -13,7 +13,8 @@ import json
 import secrets
 from dataclasses import asdict, dataclass
 
-from addons.errors import BadRequest, NotImplementedYet, Unauthorized
+from addons.errors import BadRequest, Unauthorized
+from addons.signed_tokens import SIGNED_PREFIX
 
 SECRET_PREFIX = "tg_sk_"
 # Header names SDKs put a provider key in: OpenAI & co, Anthropic, Gemini, Azure, ElevenLabs.
@@ -71,29 +72,22 @@ def decode_forward_token(value: str) -> ForwardToken:
             raise BadRequest("invalid_forward_token", f"forward token field {name} must be a string")
     if not isinstance(data.get("disable_billing", False), bool):
         raise BadRequest("invalid_forward_token", "forward token field disable_billing must be a boolean")
-    token = ForwardToken(
+    return ForwardToken(
         secret_key=data["secret_key"],
         customer_id=data.get("customer_id") or None,
         meter_slug=data.get("meter_slug") or None,
         provider_key=data.get("provider_key") or None,
         disable_billing=data.get("disable_billing", False),
     )
-    if token.customer_id or token.meter_slug or token.disable_billing:
-        raise NotImplementedYet(
-            "billing_not_available",
-            "customer_id, meter_slug and disable_billing need customer billing, which this gateway does not offer yet",
-        )
-    return token
 
 
 @dataclass(frozen=True, slots=True)
 class CallerCredential:
-    secret_key: str
-    token: ForwardToken | None = None
+    """Exactly one of: a secret key (plain, or inside a forward token), or a signed token."""
 
-    @property
-    def provider_key(self) -> str | None:
-        return self.token.provider_key if self.token else None
+    secret_key: str | None = None
+    token: ForwardToken | None = None
+    signed_token: str | None = None
 
 
 def _header_value(name: str, value: str) -> str:
@@ -114,6 +108,8 @@ def read_credential(headers, query_key: str | None) -> CallerCredential:
     for candidate in candidates:
         if candidate.startswith(SECRET_PREFIX):
             return CallerCredential(secret_key=candidate)
+        if candidate.startswith(SIGNED_PREFIX):
+            return CallerCredential(signed_token=candidate)
     token = decode_forward_token(candidates[0])
     return CallerCredential(secret_key=token.secret_key, token=token)
 

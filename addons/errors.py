@@ -1,14 +1,14 @@
 """The errors the gateway itself answers with, as one small tree.
 
 GatewayError                 any refusal made by Tollgate (never a provider's own error)
-├── BadRequest          400  malformed input: forward token, metadata, forward URL
-├── Unauthorized        401  no credential, or one Tollgate does not know
-├── PaymentRequired     402  the paying wallet cannot cover the request
-├── Forbidden           403  a revoked key
+├── BadRequest          400  malformed input: forward token, metadata, forward URL; a
+│                            contradictory token, or a customer or meter the account lacks
+├── Unauthorized        401  no credential, an unknown one, a bad signature, an expired token
+├── PaymentRequired     402  the wallet, customer balance or token spend cap cannot cover it
+├── Forbidden           403  a revoked key, a provider or model outside a token's scope
 ├── NotFound            404  a path on the gateway itself that it does not serve
-├── NotImplementedYet   501  a forward-token field whose feature has not landed
 ├── UpstreamUnreachable 502  the provider could not be reached
-├── ProviderNotConfigured 503  the operator has not set the provider's key
+├── ProviderNotConfigured 503 the operator has not set the provider's key
 └── UpstreamTimeout     504  the provider did not answer in time
 
 Each renders as {"error": {"type", "code", "message"}}; messages never carry secrets.
@@ -57,11 +57,6 @@ class Forbidden(GatewayError):
 class NotFound(GatewayError):
     status = 404
     type = "not_found"
-
-
-class NotImplementedYet(GatewayError):
-    status = 501
-    type = "not_implemented"
 
 
 class UpstreamUnreachable(GatewayError):

@@ -9,6 +9,7 @@ bug inside a hook answers 500 rather than letting a request through unauthentica
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
@@ -21,23 +22,21 @@ from mitmproxy.exceptions import OptionsError
 
 from addons import error_pages
 from addons.catalog import Catalog, Provider, load_catalog
-from addons.credentials import hash_secret, read_credential, strip_gateway_credentials
-from addons.errors import (
-    Forbidden,
-    GatewayError,
-    NotFound,
-    PaymentRequired,
-    ProviderNotConfigured,
-    Unauthorized,
-)
+from addons.billing.autopay import AutoTopUp
+from addons.billing.cashier import Cashier
+from addons.billing.charges import CommitReport
+from addons.billing.plan import BillingPlan, resolve_plan
+from addons.credentials import read_credential, strip_gateway_credentials
+from addons.errors import GatewayError, NotFound, ProviderNotConfigured
 from addons.forward import FORWARD_PATH, parse_forward_target
 from addons.keystore import KeyStore
-from addons.ledger.accounts import KeyRecord
 from addons.ledger.models import open_database
 from addons.ledger.writer import LedgerWriter, UsageRecord
 from addons.metadata import parse_metadata
 from addons.metering import Meter
-from addons.settings import load_settings, resolve_database_url
+from addons.settings import PROJECT_ROOT, Settings, load_settings, resolve_database_url
+from addons.signed_tokens import check_scope, load_signing_key
+from pricing import meters
 from pricing.cost import Override, price, shipped_overrides
 from pricing.money import format_usd
 
@@ -66,10 +65,9 @@ class Pending:
     request_id: str
     started: float
     provider: Provider
-    key: KeyRecord
+    plan: BillingPlan
     meter: Meter
     metadata: dict[str, str] | None
-    byok: bool
     streamed: bool = False
 
 
@@ -97,6 +95,11 @@ class Gateway:
         self.writer: LedgerWriter | None = None
         self.pending: dict[str, Pending] = {}
         self.prices: tuple[Override, ...] = ()
+        self.settings: Settings | None = None
+        self.cashier: Cashier | None = None
+        self.autopay: AutoTopUp | None = None
+        self.signing_key: bytes | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def load(self, loader):
         loader.add_option(
@@ -115,22 +118,38 @@ class Gateway:
             raise OptionsError("tollgate_cache_ttl_ms must not be negative")
         if "tollgate_database_url" in updated or self.catalog is None:
             try:
-                settings = load_settings()
-                self.catalog = load_catalog(overrides=settings.provider_overrides)
-                self.prices = settings.price_overrides + shipped_overrides()
+                self.settings = load_settings()
+                self.catalog = load_catalog(overrides=self.settings.provider_overrides)
+                self.prices = self.settings.price_overrides + shipped_overrides()
+                self.signing_key = load_signing_key(
+                    self.settings.billing.token_signing_key, PROJECT_ROOT / "data" / "token-signing.key"
+                )
             except ValueError as e:
                 raise OptionsError(str(e)) from None
             self.done()  # what the previous ledger was owed is written there before switching
             try:
-                open_database(resolve_database_url(ctx.options.tollgate_database_url or settings.database_url))
+                open_database(resolve_database_url(ctx.options.tollgate_database_url or self.settings.database_url))
             except Exception as e:  # peewee/driver errors: name the problem, never the URL (it may hold a password)
                 raise OptionsError(f"cannot open the ledger database: {type(e).__name__}: {e}") from None
-            self.writer = LedgerWriter()
+            self.autopay = AutoTopUp(self.settings.billing.autopay)
+            self.writer = LedgerWriter(on_commit=self._committed)
             self._confine_interception()
         if "tollgate_cache_ttl_ms" in updated or self.keys is None:
             if self.keys is not None:
                 self.keys.close()
-            self.keys = KeyStore(ttl=ctx.options.tollgate_cache_ttl_ms / 1000)
+            ttl = ctx.options.tollgate_cache_ttl_ms / 1000
+            self.keys = KeyStore(ttl=ttl)
+            self.cashier = Cashier(self.settings.billing, self.keys, self.writer, freshness=ttl)
+
+    def running(self) -> None:
+        self.loop = asyncio.get_running_loop()
+
+    def _committed(self, report: CommitReport) -> None:
+        """In the writer thread, right after a commit."""
+        for wallet_id in report.charged_customer_wallets:
+            self.autopay.notify_charged(wallet_id)
+        if self.loop is not None and self.cashier is not None:
+            self.loop.call_soon_threadsafe(self.cashier.settled, report)
 
     def _confine_interception(self) -> None:
         """Decrypt only catalog hosts, and connect upstream only where the addon routes to."""
@@ -194,33 +213,26 @@ class Gateway:
         request = flow.request
         credential = read_credential(request.headers, forward_key or request.query.get("key"))
         request.query.pop("key", None)
-        key = await self.keys.key(hash_secret(credential.secret_key))
-        if key is None:
-            raise Unauthorized("invalid_credential", "unknown Tollgate secret key")
-        if key.revoked:
-            raise Forbidden("key_revoked", "this Tollgate secret key has been revoked")
+        plan = await resolve_plan(credential, self.keys, self.signing_key)
         metadata = self._metadata(request.headers)
-        provider_key = credential.provider_key or os.environ.get(provider.credential_env)
+        provider_key = plan.provider_key or os.environ.get(provider.credential_env)
         if not provider_key:
             raise ProviderNotConfigured(
                 "provider_key_missing", f"no {provider.name} key is configured ({provider.credential_env} is not set)"
             )
-        byok = credential.provider_key is not None
-        if not byok:
-            available = await self.keys.balance(key.wallet_id)
-            if available <= 0:
-                raise PaymentRequired(
-                    "insufficient_balance", f"wallet balance is {format_usd(available)} USD; top it up to continue"
-                )
         path, _, query = request.path.partition("?")
         meter = Meter.for_request(provider.api_family, request.method, path, query, request.raw_content or b"")
+        if plan.token is not None:
+            check_scope(plan.token, provider.id, meter.model)
+        worst_cost, worst_usage = self.cashier.worst_case_cost(meter, plan, provider.id, provider.pricing_id, self.prices)
+        await self.cashier.admit(request_id, plan, meter, worst_cost, worst_usage)
         if meter.request_body is not None:
             request.content = meter.request_body
         strip_gateway_credentials(request.headers)
         self._inject_provider_key(request, provider, provider_key)
         request.headers["accept-encoding"] = "identity"  # the meter reads bodies as they stream
         request.scheme, request.host, request.port = provider.origin
-        self.pending[flow.id] = Pending(request_id, time.time(), provider, key, meter, metadata, byok)
+        self.pending[flow.id] = Pending(request_id, time.time(), provider, plan, meter, metadata)
         flow.metadata["tollgate.provider"] = provider.id
 
     @staticmethod
@@ -272,27 +284,32 @@ class Gateway:
     def _record(self, flow: http.HTTPFlow, state: Pending, status: int | None, error: str | None) -> None:
         result = state.meter.result()
         model = result.model or state.meter.model
-        cost = price(result.usage, model=model or "", provider_id=state.provider.id,
+        plan, usage = state.plan, result.usage
+        cost = price(usage, model=model or "", provider_id=state.provider.id,
                      pricing_id=state.provider.pricing_id, overrides=self.prices,
                      at=datetime.fromtimestamp(state.started, UTC))
-        succeeded = status is not None and status < 400
-        charged = cost.total_nanos if (succeeded or result.source == "estimated") and not state.byok else 0
-        if charged:
-            self.keys.debit(state.key.wallet_id, charged)
+        billable = (status is not None and status < 400) or result.source == "estimated"
+        merchant_charge, customer_byok_fee = self.cashier.charges(state.request_id, plan, cost.total_nanos, billable)
+        units = (
+            meters.units_of(plan.meter, usage, characters=state.meter.prompt_chars, audio_seconds=state.meter.audio_seconds)
+            if plan.meter and billable else 0
+        )
         response = flow.response
         ttfb = response.timestamp_start if response else None
         end = (response.timestamp_end if response else None) or time.time()
-        usage = result.usage
         self.writer.submit(
             UsageRecord(
                 id=state.request_id,
                 created_at=datetime.fromtimestamp(state.started, UTC).replace(tzinfo=None),
-                account=state.key.account_id,
-                wallet_id=state.key.wallet_id,
-                key=state.key.key_id,
+                account=plan.key.account_id,
+                wallet_id=plan.key.wallet_id,
+                key=plan.key.key_id,
                 provider=state.provider.id,
                 endpoint=state.meter.endpoint,
                 model=model,
+                customer_id=plan.customer.customer_id if plan.customer else None,
+                meter_slug=plan.meter.slug if plan.meter else None,
+                token_id=plan.token.token_id if plan.token else None,
                 status=status,
                 streamed=state.streamed,
                 input_tokens=usage.input_tokens,
@@ -301,13 +318,18 @@ class Gateway:
                 output_tokens=usage.output_tokens,
                 reasoning_tokens=usage.reasoning_tokens,
                 provider_cost_nanos=cost.total_nanos,
-                charged_nanos=charged,
+                charged_nanos=merchant_charge,
                 latency_ms=round((end - state.started) * 1000),
                 ttfb_ms=round((ttfb - state.started) * 1000) if ttfb else None,
                 usage_source=result.source,
-                byok=state.byok,
+                byok=plan.byok,
                 error=error,
                 metadata=state.metadata,
+                customer_wallet_id=plan.customer.wallet_id if plan.customer else None,
+                meter_id=plan.meter_id,
+                units_micro=meters.units_to_micro(units) if units else 0,
+                bill_customer=plan.bill_customer and billable,
+                customer_byok_fee_nanos=customer_byok_fee,
             )
         )
         flow.metadata["tollgate.cost"] = format_usd(cost.total_nanos)
@@ -322,6 +344,9 @@ class Gateway:
             self.writer.flush(timeout=30)
             self.writer.close()
             self.writer = None
+        if self.autopay is not None:
+            self.autopay.close(timeout=10)
+            self.autopay = None
         if self.keys is not None:
             self.keys.close()
             self.keys = None

@@ -1,20 +1,23 @@
-"""Key and balance lookups for the hot path: cached in memory, refreshed off the event loop.
+"""Ledger reads for the hot path: cached in memory, done on a thread pool, never on the event loop.
 
-A cached answer lives for `ttl` seconds, so a revocation or a top-up made by the CLI is seen
-within that time. Charges this process made since a balance was read are subtracted from it,
-so a wallet is not reported positive on the strength of a stale read.
+A cached answer lives for `ttl` seconds, so a revocation, a new customer or a changed meter made
+by the CLI is seen within that time. Balances are not cached here: the hold book keeps them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from addons.ledger.accounts import KeyRecord, find_key, wallet_balance
+from addons.ledger import accounts
+from addons.ledger.accounts import CustomerRecord, KeyRecord
 from addons.ledger.models import database
+from pricing import meters
+
+
+MAX_CACHED = 50_000
 
 
 def _in_connection(fn, *args):
@@ -26,37 +29,46 @@ def _in_connection(fn, *args):
         raise
 
 
+def _meter(account_id: str, slug: str) -> tuple[str, meters.MeterSpec] | None:
+    row = accounts.find_meter(account_id, slug)
+    return row and (row.id, meters.spec_from_row(row))
+
+
 class KeyStore:
     def __init__(self, ttl: float = 1.0, clock: Callable[[], float] = time.monotonic):
         self._ttl = ttl
         self._clock = clock
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tollgate-db-read")
-        self._keys: dict[str, tuple[float, KeyRecord | None]] = {}
-        self._balances: dict[str, tuple[float, int, int]] = {}
-        self._local_debits: dict[str, int] = defaultdict(int)
+        self._cache: dict[tuple, tuple[float, object]] = {}
 
-    async def _read(self, fn, *args):
+    async def read(self, fn, *args):
+        """Uncached: for figures the caller keeps itself (balances, a token's spend)."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, _in_connection, fn, *args)
 
-    async def key(self, key_hash: str) -> KeyRecord | None:
-        cached = self._keys.get(key_hash)
+    async def _cached(self, fn, *args):
+        cached = self._cache.get((fn, *args))
         if cached and cached[0] > self._clock():
             return cached[1]
-        record = await self._read(find_key, key_hash)
-        self._keys[key_hash] = (self._clock() + self._ttl, record)
-        return record
+        value = await self.read(fn, *args)
+        if len(self._cache) >= MAX_CACHED:  # unknown keys a caller invents must not grow memory
+            now = self._clock()
+            self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
+            if len(self._cache) >= MAX_CACHED:
+                self._cache.clear()
+        self._cache[(fn, *args)] = (self._clock() + self._ttl, value)
+        return value
 
-    async def balance(self, wallet_id: str) -> int:
-        cached = self._balances.get(wallet_id)
-        if cached and cached[0] > self._clock():
-            return cached[1] - (self._local_debits[wallet_id] - cached[2])
-        debits_before = self._local_debits[wallet_id]
-        balance = await self._read(wallet_balance, wallet_id)
-        self._balances[wallet_id] = (self._clock() + self._ttl, balance, debits_before)
-        return balance - (self._local_debits[wallet_id] - debits_before)
+    async def key(self, key_hash: str) -> KeyRecord | None:
+        return await self._cached(accounts.find_key, key_hash)
 
-    def debit(self, wallet_id: str, amount_nanos: int) -> None:
-        self._local_debits[wallet_id] += amount_nanos
+    async def key_by_id(self, key_id: str) -> KeyRecord | None:
+        return await self._cached(accounts.find_key_by_id, key_id)
+
+    async def customer(self, account_id: str, customer_id: str) -> CustomerRecord | None:
+        return await self._cached(accounts.find_customer, account_id, customer_id)
+
+    async def meter(self, account_id: str, slug: str) -> tuple[str, meters.MeterSpec] | None:
+        return await self._cached(_meter, account_id, slug)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -18,6 +18,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote
 
@@ -97,6 +98,7 @@ class Meter:
         request_body: bytes | None = None,
         *,
         prompt_chars: int = 0,
+        max_output_tokens: int | None = None,
         gemini_sse: bool = True,
     ) -> None:
         self.family = family
@@ -104,7 +106,9 @@ class Meter:
         self.model = model
         self.stream_requested = stream_requested
         self.request_body = request_body
-        self._prompt_chars = prompt_chars
+        self.prompt_chars = prompt_chars  # text characters of the request: estimates and character meters
+        self.max_output_tokens = max_output_tokens  # what the caller allows, for worst-case holds
+        self.audio_seconds: Decimal | None = None  # audio duration the provider reported, for minute meters
         self._injected = request_body is not None
         json_array = endpoint == "streamGenerateContent" and not gemini_sse
         self._items = _JSONItems() if json_array else None
@@ -150,7 +154,8 @@ class Meter:
             model,
             stream,
             rewritten,
-            prompt_chars=_text_chars(req, _PROMPT_KEYS) if endpoint != "other" else 0,
+            prompt_chars=_text_chars(req, _PROMPT_KEYS),
+            max_output_tokens=_max_output_tokens(req),
             gemini_sse=parse_qs(query or "").get("alt") == ["sse"],
         )
 
@@ -199,11 +204,12 @@ class Meter:
             parsed = _loads(body)
             for item in parsed if isinstance(parsed, list) else [parsed]:
                 self._absorb(item)
+            self.audio_seconds = _audio_seconds(parsed)
         self._final = self._usage is not None
 
     def result(self) -> MeterResult:
         model = self._resp_model or self.model
-        prompt = _tokens(self._prompt_chars)
+        prompt = _tokens(self.prompt_chars)
         output = 0 if self.endpoint in _EMBEDDINGS else _tokens(self._out_chars)
         if self._usage is not None and self._final:
             return MeterResult(model, self._usage, "reported")
@@ -530,6 +536,27 @@ def _text_chars(node: Any, keys: frozenset[str]) -> int:
         elif isinstance(item, dict):
             stack.extend(v for k, v in item.items() if k in keys)
     return total
+
+
+def _max_output_tokens(req: dict[str, Any]) -> int | None:
+    """OpenAI chat / Responses, Anthropic, Gemini's generationConfig: the first positive cap named."""
+    config = _dict(req.get("generationConfig") or req.get("generation_config"))
+    for value in (req.get("max_completion_tokens"), req.get("max_tokens"), req.get("max_output_tokens"),
+                  config.get("maxOutputTokens"), config.get("max_output_tokens")):
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def _audio_seconds(body: Any) -> Decimal | None:
+    """Transcriptions report their audio length: `duration` (verbose_json) or usage {type: duration, seconds}."""
+    if not isinstance(body, dict):
+        return None
+    usage = _dict(body.get("usage"))
+    for value in (usage.get("seconds") if usage.get("type") == "duration" else None, body.get("duration")):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 10**7:
+            return Decimal(str(value))
+    return None
 
 
 def _tokens(chars: int) -> int:

@@ -1,46 +1,85 @@
-"""Read-side queries of the ledger for the CLI: request listings and usage roll-ups."""
+"""Read-side queries of the ledger for the CLI: request listings, usage roll-ups, customer views."""
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from peewee import fn
 
-from addons.ledger.models import ApiKey, RequestRow
+from addons.billing.charges import cycle_start
+from addons.ledger.models import ApiKey, Customer, Hold, MeterRow, MeterUsage, RequestRow, utcnow
+from pricing.meters import micro_to_units
 
 USAGE_GROUPS = {
     "provider": RequestRow.provider,
     "model": RequestRow.model,
     "key": RequestRow.key,
+    "customer": RequestRow.customer_id,
+    "meter": RequestRow.meter_slug,
     "day": fn.DATE(RequestRow.created_at),
 }
+MONEY_SUMS = ("provider_cost_nanos", "charged_nanos", "fee_nanos")
 
 
-def recent_requests(limit: int) -> list[dict]:
-    rows = RequestRow.select().order_by(RequestRow.created_at.desc(), RequestRow.id).limit(limit).dicts()
-    return list(rows)
+def _filtered(query, customer: str | None, since: datetime | None, until: datetime | None):
+    if customer:
+        query = query.where(RequestRow.customer_id == customer)
+    if since:
+        query = query.where(RequestRow.created_at >= since)
+    if until:
+        query = query.where(RequestRow.created_at < until)
+    return query
 
 
-def usage_by(group: str) -> list[dict]:
+def recent_requests(limit: int, customer: str | None = None) -> list[dict]:
+    query = RequestRow.select().order_by(RequestRow.created_at.desc(), RequestRow.id).limit(limit)
+    return list(_filtered(query, customer, None, None).dicts())
+
+
+def usage_by(group: str, customer: str | None = None, since: datetime | None = None,
+             until: datetime | None = None) -> tuple[list[dict], dict]:
+    """Rows per group and the totals; margin is what customers paid less what the merchant paid."""
     column = USAGE_GROUPS[group]
-    query = (
-        RequestRow.select(
-            column.alias("group"),
-            fn.COUNT(RequestRow.id).alias("requests"),
+    sums = [fn.COUNT(RequestRow.id).alias("requests"),
             fn.SUM(RequestRow.input_tokens).alias("input_tokens"),
             fn.SUM(RequestRow.output_tokens).alias("output_tokens"),
-            fn.SUM(RequestRow.provider_cost_nanos).alias("provider_cost_nanos"),
-            fn.SUM(RequestRow.charged_nanos).alias("charged_nanos"),
-        )
-        .group_by(column)
-        .order_by(fn.SUM(RequestRow.provider_cost_nanos).desc(), column)
-        .dicts()
-    )
-    rows = [
-        {k: (int(v) if k != "group" and v is not None else v) for k, v in row.items()} for row in query
-    ]
-    for row in rows:
-        row["group"] = str(row["group"]) if row["group"] is not None else None
+            *(fn.SUM(getattr(RequestRow, name)).alias(name) for name in MONEY_SUMS)]
+    query = _filtered(RequestRow.select(column.alias("group"), *sums), customer, since, until)
+    rows = [_numbers(row) for row in query.group_by(column).order_by(fn.SUM(RequestRow.provider_cost_nanos).desc(), column).dicts()]
+    totals = _numbers(_filtered(RequestRow.select(*sums), customer, since, until).dicts().get())
+    totals.pop("group", None)
     if group == "key":
         names = dict(ApiKey.select(ApiKey.id, ApiKey.name).tuples())
         for row in rows:
             row["key_name"] = names.get(row["group"])
-    return rows
+    return rows, totals
+
+
+def _numbers(row: dict) -> dict:
+    out = {k: (str(v) if k == "group" and v is not None else int(v or 0) if k != "group" else None) for k, v in row.items()}
+    out["margin_nanos"] = out["fee_nanos"] - out["charged_nanos"]
+    return out
+
+
+def customer_view(customer: Customer) -> dict:
+    """Balance, open holds and this cycle's usage per meter of one customer."""
+    now = utcnow()
+    holds = (Hold.select(fn.COUNT(Hold.request_id), fn.COALESCE(fn.SUM(Hold.amount_nanos), 0))
+             .where(Hold.wallet == customer.wallet_id, Hold.expires_at > now).tuples().get())
+    usage = (MeterUsage.select(MeterRow.slug, MeterUsage.units_micro).join(MeterRow)
+             .where(MeterUsage.wallet == customer.wallet_id, MeterUsage.cycle_start == cycle_start(now)).tuples())
+    fees = (RequestRow.select(fn.COALESCE(fn.SUM(RequestRow.fee_nanos), 0), fn.COUNT(RequestRow.id))
+            .where(RequestRow.customer_id == customer.customer_id, RequestRow.account == customer.account_id,
+                   RequestRow.created_at >= cycle_start(now)).tuples().get())
+    return {
+        "customer_id": customer.customer_id,
+        "balance_nanos": customer.wallet.balance_nanos,
+        "holds": {"count": holds[0], "amount_nanos": int(holds[1])},
+        "cycle_start": cycle_start(now),
+        "cycle_usage": {slug: str(micro_to_units(units)) for slug, units in usage},
+        "cycle_fees_nanos": int(fees[0]),
+        "cycle_requests": fees[1],
+        "autopay_threshold_nanos": customer.autopay_threshold_nanos,
+        "autopay_amount_nanos": customer.autopay_amount_nanos,
+        "overdraft_limit_nanos": customer.overdraft_limit_nanos,
+    }

@@ -5,14 +5,34 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import yaml
 
 from pricing.cost import Override, parse_overrides
+from pricing.money import to_nanos
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "config" / "gateway.yaml"
+
+
+@dataclass(frozen=True)
+class AutopaySettings:
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    max_attempts: int = 5
+    retry_base_seconds: float = 1.0  # doubled after every failed attempt
+
+
+@dataclass(frozen=True)
+class BillingSettings:
+    byok_fee_percent: Decimal = Decimal(0)  # of the provider cost the request would have had
+    byok_fee_per_request_nanos: int = 0
+    default_max_output_tokens: int = 4096  # for holds, when a request names no max_tokens
+    hold_ttl_seconds: int = 600  # an unsettled hold is released after this
+    token_signing_key: str | None = None  # HMAC key of signed forward tokens
+    autopay: AutopaySettings = field(default_factory=AutopaySettings)
 
 
 @dataclass(frozen=True)
@@ -21,6 +41,7 @@ class Settings:
     redis_url: str | None = None
     provider_overrides: dict[str, dict] = field(default_factory=dict)
     price_overrides: tuple[Override, ...] = ()
+    billing: BillingSettings = field(default_factory=BillingSettings)
 
 
 def _read_yaml(path: Path) -> dict:
@@ -51,6 +72,50 @@ def resolve_database_url(url: str) -> str:
     return url
 
 
+def _decimal(name: str, value) -> Decimal:
+    if isinstance(value, float) or isinstance(value, bool):
+        raise ValueError(f"settings: {name} must be a quoted decimal string, not {value!r}")
+    try:
+        number = Decimal(str(value))
+    except InvalidOperation:
+        raise ValueError(f"settings: {name} is not a decimal number: {value!r}") from None
+    if not number.is_finite() or number < 0:
+        raise ValueError(f"settings: {name} must be a non-negative number")
+    return number
+
+
+def _positive_int(name: str, value) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"settings: {name} must be a positive integer")
+    return value
+
+
+def parse_billing(data: Mapping, environ: Mapping[str, str]) -> BillingSettings:
+    if not isinstance(data, Mapping):
+        raise ValueError("settings: billing must be a mapping")
+    autopay = data.get("autopay") or {}
+    if not isinstance(autopay, Mapping):
+        raise ValueError("settings: billing.autopay must be a mapping")
+    defaults = BillingSettings()
+    return BillingSettings(
+        byok_fee_percent=_decimal("billing.byok_fee_percent", data.get("byok_fee_percent", "0")),
+        byok_fee_per_request_nanos=to_nanos(
+            _decimal("billing.byok_fee_per_request", data.get("byok_fee_per_request", "0"))
+        ),
+        default_max_output_tokens=_positive_int(
+            "billing.default_max_output_tokens", data.get("default_max_output_tokens", defaults.default_max_output_tokens)
+        ),
+        hold_ttl_seconds=_positive_int("billing.hold_ttl_seconds", data.get("hold_ttl_seconds", defaults.hold_ttl_seconds)),
+        token_signing_key=environ.get("TOLLGATE_TOKEN_SIGNING_KEY") or data.get("token_signing_key") or None,
+        autopay=AutopaySettings(
+            webhook_url=autopay.get("webhook_url") or None,
+            webhook_secret=environ.get("TOLLGATE_AUTOPAY_WEBHOOK_SECRET") or autopay.get("webhook_secret") or None,
+            max_attempts=_positive_int("billing.autopay.max_attempts", autopay.get("max_attempts", 5)),
+            retry_base_seconds=float(_decimal("billing.autopay.retry_base_seconds", autopay.get("retry_base_seconds", "1"))),
+        ),
+    )
+
+
 def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
     data = _read_yaml(DEFAULT_CONFIG) if DEFAULT_CONFIG.exists() else {}
     if environ.get("TOLLGATE_CONFIG"):
@@ -65,4 +130,5 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         redis_url=environ.get("TOLLGATE_REDIS_URL") or data.get("redis_url") or None,
         provider_overrides=providers,
         price_overrides=parse_overrides({"models": data.get("prices") or []}),
+        billing=parse_billing(data.get("billing") or {}, environ),
     )

@@ -75,5 +75,6 @@ def test_ca_prints_the_client_exports(tollgate, tmp_path):
 def test_empty_ledger_reports(tollgate):
     tollgate("init")
     assert tollgate.json("requests") == []
-    for by in ("provider", "model", "key", "day"):
-        assert tollgate.json("usage", "--by", by) == []
+    for by in ("provider", "model", "key", "customer", "meter", "day"):
+        usage = tollgate.json("usage", "--by", by)
+        assert usage["rows"] == [] and usage["totals"]["requests"] == 0 and usage["totals"]["margin"] == "0.00"

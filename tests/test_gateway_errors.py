@@ -54,11 +54,6 @@ def test_malformed_forward_token_is_400(gateway, token):
     assert_error(post(gateway, headers=bearer(token)), 400, "invalid_forward_token")
 
 
-def test_billing_fields_answer_501_until_billing_lands(gateway):
-    token = encode_forward_token(ForwardToken(secret_key=gateway.admin_key, customer_id="cus_1", meter_slug="m"))
-    assert_error(post(gateway, headers=bearer(token)), 501, "billing_not_available")
-
-
 def test_revoked_key_is_403_within_the_cache_ttl(gateway):
     created = gateway.cli_json("keys", "create", "--name", "short-lived")
     assert post(gateway, headers=bearer(created["secret_key"])).status_code == 200

@@ -213,8 +213,11 @@ def test_gemini_key_in_query_is_read_and_never_forwarded(proxied, mock):
 
 def test_usage_report_totals_match_request_rows(gateway):
     rows = gateway.cli_json("requests", "--limit", "100000")
-    report = {r["group"]: r for r in gateway.cli_json("usage", "--by", "provider")}
+    usage = gateway.cli_json("usage", "--by", "provider")
+    report = {r["group"]: r for r in usage["rows"]}
     assert rows and set(report) == {r["provider"] for r in rows}
+    assert usage["totals"]["requests"] == len(rows)
+    assert Decimal(usage["totals"]["provider_cost"]) == sum(Decimal(r["provider_cost"]) for r in rows)
     for provider, totals in report.items():
         mine = [r for r in rows if r["provider"] == provider]
         assert totals["requests"] == len(mine)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from peewee import fn
 
 from addons.credentials import display_prefix, hash_secret, new_secret_key
-from addons.ledger.models import Account, ApiKey, LedgerEntry, Wallet, database, utcnow
+from addons.ledger.models import Account, ApiKey, Customer, LedgerEntry, MeterRow, RequestRow, Wallet, database, utcnow
 
 DEFAULT_ACCOUNT = "default"
 
@@ -47,17 +47,56 @@ def revoke_key(key_id: str) -> ApiKey:
     return key
 
 
-def find_key(key_hash: str) -> KeyRecord | None:
+@dataclass(frozen=True, slots=True)
+class CustomerRecord:
+    customer_id: str
+    wallet_id: str
+    overdraft_limit_nanos: int
+
+
+def _find_key(condition) -> KeyRecord | None:
     row = (
         ApiKey.select(ApiKey, Wallet.id.alias("wallet_id"))
         .join(Wallet, on=(Wallet.account == ApiKey.account) & (Wallet.customer_id == ""))
-        .where(ApiKey.key_hash == key_hash)
+        .where(condition)
         .dicts()
         .first()
     )
     if row is None:
         return None
     return KeyRecord(row["id"], row["account"], row["wallet_id"], row["revoked_at"] is not None)
+
+
+def find_key(key_hash: str) -> KeyRecord | None:
+    return _find_key(ApiKey.key_hash == key_hash)
+
+
+def find_key_by_id(key_id: str) -> KeyRecord | None:
+    return _find_key(ApiKey.id == key_id)
+
+
+def find_customer(account_id: str, customer_id: str) -> CustomerRecord | None:
+    row = Customer.get_or_none(Customer.account == account_id, Customer.customer_id == customer_id)
+    return row and CustomerRecord(row.customer_id, row.wallet_id, row.overdraft_limit_nanos)
+
+
+def find_meter(account_id: str, slug: str) -> MeterRow | None:
+    return MeterRow.get_or_none(MeterRow.account == account_id, MeterRow.slug == slug)
+
+
+def wallet_state(wallet_id: str) -> tuple[int, int]:
+    """(balance, version): the version orders this read against the writer's commits."""
+    row = Wallet.select(Wallet.balance_nanos, Wallet.version).where(Wallet.id == wallet_id).tuples().first()
+    return row or (0, 0)
+
+
+def token_spent(token_id: str) -> int:
+    """What requests made with one signed token have been charged, for its spend cap."""
+    return int(
+        RequestRow.select(fn.COALESCE(fn.SUM(RequestRow.charged_nanos + RequestRow.fee_nanos), 0))
+        .where(RequestRow.token_id == token_id)
+        .scalar()
+    )
 
 
 def wallet_balance(wallet_id: str) -> int:
@@ -68,7 +107,9 @@ def credit_wallet(wallet_id: str, amount_nanos: int, reason: str = "topup", note
     """Insert the entry and move the cached balance in one transaction; returns the new balance."""
     with database.atomic():
         LedgerEntry.create(wallet=wallet_id, amount_nanos=amount_nanos, reason=reason, note=note)
-        Wallet.update(balance_nanos=Wallet.balance_nanos + amount_nanos).where(Wallet.id == wallet_id).execute()
+        Wallet.update(balance_nanos=Wallet.balance_nanos + amount_nanos, version=Wallet.version + 1).where(
+            Wallet.id == wallet_id
+        ).execute()
         return wallet_balance(wallet_id)
 
 
@@ -84,3 +125,29 @@ def audit_wallets() -> list[tuple[str, int, int]]:
         for wallet in Wallet.select()
         if wallet.balance_nanos != int(sums.get(wallet.id, 0))
     ]
+
+
+def create_customer(account_name: str, customer_id: str, *, balance_nanos: int = 0,
+                    autopay_threshold_nanos: int | None = None, autopay_amount_nanos: int | None = None,
+                    overdraft_limit_nanos: int = 0) -> Customer:
+    account, _ = ensure_account(account_name)
+    with database.atomic():
+        if Customer.select().where(Customer.account == account, Customer.customer_id == customer_id).exists():
+            raise ValueError(f"customer {customer_id!r} already exists")
+        wallet = Wallet.create(account=account, customer_id=customer_id)
+        customer = Customer.create(
+            account=account, customer_id=customer_id, wallet=wallet, autopay_threshold_nanos=autopay_threshold_nanos,
+            autopay_amount_nanos=autopay_amount_nanos, overdraft_limit_nanos=overdraft_limit_nanos,
+        )
+        if balance_nanos:
+            credit_wallet(wallet.id, balance_nanos, "topup", note="opening balance")
+    return customer
+
+
+def get_customer(account_name: str, customer_id: str) -> Customer:
+    customer = (
+        Customer.select().join(Account).where(Account.name == account_name, Customer.customer_id == customer_id).first()
+    )
+    if customer is None:
+        raise LookupError(f"no customer {customer_id!r} in account {account_name!r}")
+    return customer

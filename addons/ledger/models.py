@@ -54,10 +54,59 @@ class Wallet(BaseModel):
     account = ForeignKeyField(Account, backref="wallets")
     customer_id = CharField(default="")
     balance_nanos = BigIntegerField(default=0)
+    version = BigIntegerField(default=0)  # bumped with every balance move, so caches can order reads
     created_at = DateTimeField(default=utcnow)
 
     class Meta:
         indexes = ((("account", "customer_id"), True),)
+
+
+class Customer(BaseModel):
+    """A merchant's customer; its prepaid balance is the wallet (account, customer_id)."""
+
+    id = CharField(primary_key=True, default=lambda: new_id("cus"))
+    account = ForeignKeyField(Account, backref="customers")
+    customer_id = CharField()  # the merchant's own id for the customer
+    wallet = ForeignKeyField(Wallet, unique=True)
+    autopay_threshold_nanos = BigIntegerField(null=True)
+    autopay_amount_nanos = BigIntegerField(null=True)
+    overdraft_limit_nanos = BigIntegerField(default=0)  # how far below zero charges may take the balance
+    created_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("account", "customer_id"), True),)
+
+
+class MeterRow(BaseModel):
+    """A price list for customers. Tiers are JSON [[start_units, "rate"], ...], rates decimal strings."""
+
+    id = CharField(primary_key=True, default=lambda: new_id("mtr"))
+    account = ForeignKeyField(Account, backref="meters")
+    slug = CharField()
+    rate_type = CharField()  # fixed | percentage | hybrid
+    percentage = CharField(null=True)  # markup in percent of provider cost, a decimal string
+    base_cost_payer = CharField()  # customer | merchant
+    unit = CharField()  # tokens_1m | characters_1m | minutes | requests
+    token_basis = CharField(default="input+output")  # input+output | output
+    tiers = TextField(default="[]")
+    created_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "meter"
+        indexes = ((("account", "slug"), True),)
+
+
+class MeterUsage(BaseModel):
+    """A customer's running total of a meter's units in one billing cycle, in micro-units."""
+
+    wallet = ForeignKeyField(Wallet)
+    meter = ForeignKeyField(MeterRow)
+    cycle_start = DateTimeField()
+    units_micro = BigIntegerField(default=0)
+
+    class Meta:
+        table_name = "meter_usage"
+        indexes = ((("wallet", "meter", "cycle_start"), True),)
 
 
 class LedgerEntry(BaseModel):
@@ -66,7 +115,7 @@ class LedgerEntry(BaseModel):
     id = BigAutoField()
     wallet = ForeignKeyField(Wallet, backref="entries")
     amount_nanos = BigIntegerField()
-    reason = CharField()  # topup | usage | refund | adjustment
+    reason = CharField()  # topup | usage | autopay | refund | adjustment
     request_id = CharField(null=True)
     note = CharField(null=True)
     created_at = DateTimeField(default=utcnow)
@@ -91,6 +140,8 @@ class RequestRow(BaseModel):
     account = ForeignKeyField(Account)
     key = ForeignKeyField(ApiKey, null=True)
     customer_id = CharField(null=True)
+    meter_slug = CharField(null=True)
+    token_id = CharField(null=True)  # the signed token used, for its spend cap
     provider = CharField()
     model = CharField(null=True)
     endpoint = CharField()
@@ -102,7 +153,9 @@ class RequestRow(BaseModel):
     output_tokens = IntegerField(default=0)
     reasoning_tokens = IntegerField(default=0)
     provider_cost_nanos = BigIntegerField(default=0)
-    charged_nanos = BigIntegerField(default=0)
+    charged_nanos = BigIntegerField(default=0)  # debited from the merchant's wallet
+    fee_nanos = BigIntegerField(default=0)  # debited from the customer's balance
+    fee_uncollected_nanos = BigIntegerField(default=0)  # the part of the fee the balance could not cover
     latency_ms = IntegerField(null=True)
     ttfb_ms = IntegerField(null=True)
     usage_source = CharField()  # reported | estimated | none
@@ -114,14 +167,57 @@ class RequestRow(BaseModel):
         table_name = "request"
 
 
-MODELS = (Account, Wallet, LedgerEntry, ApiKey, RequestRow)
+class TopUp(BaseModel):
+    """An automatic top-up; at most one pending per wallet, enforced by the database."""
+
+    id = CharField(primary_key=True, default=lambda: new_id("top"))
+    wallet = ForeignKeyField(Wallet)
+    amount_nanos = BigIntegerField()
+    status = CharField()  # pending | succeeded | failed
+    attempts = IntegerField(default=0)
+    pending_wallet = CharField(null=True, unique=True)  # = wallet while pending, NULL after: one at a time
+    error = CharField(null=True)
+    created_at = DateTimeField(default=utcnow)
+    finished_at = DateTimeField(null=True)
+
+    class Meta:
+        table_name = "topup"
+
+
+class Hold(BaseModel):
+    """An open hold, mirrored from the proxy so the CLI can show it; removed when its request settles.
+
+    The admission check itself runs in the proxy's memory; a row whose request never settles
+    (a crash) stops counting once expires_at has passed.
+    """
+
+    request_id = CharField(primary_key=True)
+    wallet = ForeignKeyField(Wallet)
+    amount_nanos = BigIntegerField()
+    expires_at = DateTimeField()
+
+
+class Event(BaseModel):
+    """Billing events: topup.requested|succeeded|failed, balance.low, balance.depleted."""
+
+    id = BigAutoField()
+    name = CharField(index=True)
+    wallet = ForeignKeyField(Wallet, null=True)
+    data = TextField(default="{}")
+    created_at = DateTimeField(default=utcnow)
+
+
+MODELS = (Account, Wallet, Customer, MeterRow, MeterUsage, LedgerEntry, ApiKey, RequestRow, TopUp, Hold, Event)
 
 
 def open_database(url: str):
     """Connect by URL (playhouse.db_url) and create the tables; SQLite runs in WAL mode."""
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-        db = connect(url, pragmas={"journal_mode": "wal", "busy_timeout": 10000, "synchronous": "normal"})
+        # BEGIN IMMEDIATE: a transaction that reads a balance and then writes holds the lock from its start
+        db = connect(
+            url, pragmas={"journal_mode": "wal", "busy_timeout": 10000, "synchronous": "normal"}, lock_type="IMMEDIATE"
+        )
     else:
         db = connect(url)
     database.initialize(db)

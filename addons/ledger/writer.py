@@ -15,15 +15,15 @@ import logging
 import queue
 import threading
 import time
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from datetime import datetime
-
 from pathlib import Path
 
 from peewee import InterfaceError, OperationalError
 
-from addons.ledger.models import LedgerEntry, RequestRow, Wallet, database
+from addons.billing.charges import CommitReport, apply_charges
+from addons.ledger.models import Hold, RequestRow, database
 from addons.settings import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
@@ -31,15 +31,19 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class UsageRecord:
+    """A finished request: its row, and what the charges module needs to bill it."""
+
     id: str
     created_at: datetime
     account: str
-    wallet_id: str
+    wallet_id: str  # the merchant's wallet
     key: str | None
     provider: str
     endpoint: str
     model: str | None = None
     customer_id: str | None = None
+    meter_slug: str | None = None
+    token_id: str | None = None
     status: int | None = None
     streamed: bool = False
     input_tokens: int = 0
@@ -48,45 +52,65 @@ class UsageRecord:
     output_tokens: int = 0
     reasoning_tokens: int = 0
     provider_cost_nanos: int = 0
-    charged_nanos: int = 0
+    charged_nanos: int = 0  # the merchant's debit, decided by the gateway
+    fee_nanos: int = 0  # the customer's debit, decided by the charges module
+    fee_uncollected_nanos: int = 0
     latency_ms: int | None = None
     ttfb_ms: int | None = None
     usage_source: str = "none"
     byok: bool = False
     error: str | None = None
     metadata: dict[str, str] | None = field(default=None)
+    # billing inputs, not columns
+    customer_wallet_id: str | None = None
+    meter_id: str | None = None
+    units_micro: int = 0
+    bill_customer: bool = False
+    customer_byok_fee_nanos: int = 0
 
     def row(self) -> dict:
         data = asdict(self)
-        del data["wallet_id"]
+        for name in _NOT_COLUMNS:
+            del data[name]
         data["metadata"] = json.dumps(self.metadata) if self.metadata else None
         data["model"] = self.model[: RequestRow.model.max_length] if self.model else None  # caller-supplied
         return data
 
 
-def write_batch(records: list[UsageRecord]) -> None:
-    """Request rows and their usage entries go in together, so a request already present is skipped whole."""
-    records = list({r.id: r for r in reversed(records)}.values())  # one record per request id
+_NOT_COLUMNS = ("wallet_id", "customer_wallet_id", "meter_id", "units_micro", "bill_customer", "customer_byok_fee_nanos")
+
+
+@dataclass(slots=True)
+class HoldRecord:
+    """A hold the proxy opened, mirrored into the ledger for `tollgate customers show`."""
+
+    request_id: str
+    wallet_id: str
+    amount_nanos: int
+    expires_at: datetime
+
+
+def write_batch(items: list[UsageRecord | HoldRecord]) -> CommitReport:
+    """Request rows and their charges go in together, so a request already present is skipped whole."""
+    holds = [i for i in items if isinstance(i, HoldRecord)]
+    records = list({r.id: r for r in reversed(items) if isinstance(r, UsageRecord)}.values())  # one per request id
     with database.atomic():
-        present = {
-            request_id
-            for (request_id,) in RequestRow.select(RequestRow.id).where(RequestRow.id.in_([r.id for r in records])).tuples()
-        }
-        fresh = [r for r in records if r.id not in present]
-        if not fresh:
-            return
-        RequestRow.insert_many([r.row() for r in fresh]).execute()
-        charged = [r for r in fresh if r.charged_nanos]
-        if not charged:
-            return
-        LedgerEntry.insert_many(
-            [dict(wallet=r.wallet_id, amount_nanos=-r.charged_nanos, reason="usage", request_id=r.id) for r in charged]
-        ).execute()
-        debits: dict[str, int] = defaultdict(int)
-        for r in charged:
-            debits[r.wallet_id] += r.charged_nanos
-        for wallet_id, amount in debits.items():
-            Wallet.update(balance_nanos=Wallet.balance_nanos - amount).where(Wallet.id == wallet_id).execute()
+        if holds:
+            Hold.insert_many(
+                [dict(request_id=h.request_id, wallet=h.wallet_id, amount_nanos=h.amount_nanos, expires_at=h.expires_at)
+                 for h in holds]
+            ).on_conflict_ignore().execute()
+        if not records:
+            return CommitReport()
+        ids = [r.id for r in records]
+        present = {rid for (rid,) in RequestRow.select(RequestRow.id).where(RequestRow.id.in_(ids)).tuples()}
+        fresh = sorted((r for r in records if r.id not in present), key=lambda r: r.created_at)
+        report = apply_charges(fresh) if fresh else CommitReport()
+        if fresh:
+            RequestRow.insert_many([r.row() for r in fresh]).execute()
+        Hold.delete().where(Hold.request_id.in_(ids)).execute()
+        report.request_ids = ids
+        return report
 
 
 class LedgerWriter:
@@ -96,8 +120,10 @@ class LedgerWriter:
         linger: float = 0.02,
         retry_delay: float = 1.0,
         dead_letters: Path = PROJECT_ROOT / "data" / "ledger-rejected.jsonl",
+        on_commit: Callable[[CommitReport], None] | None = None,
     ):
-        self._queue: queue.SimpleQueue[UsageRecord | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[UsageRecord | HoldRecord | None] = queue.SimpleQueue()
+        self._on_commit = on_commit
         self._batch_size = batch_size
         self._linger = linger
         self._retry_delay = retry_delay
@@ -107,7 +133,7 @@ class LedgerWriter:
         self._thread = threading.Thread(target=self._run, name="tollgate-ledger-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, record: UsageRecord) -> None:
+    def submit(self, record: UsageRecord | HoldRecord) -> None:
         """Non-blocking: safe to call from a hook."""
         with self._idle:
             self._pending += 1
@@ -123,7 +149,7 @@ class LedgerWriter:
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
-    def _next_batch(self) -> tuple[list[UsageRecord], bool]:
+    def _next_batch(self) -> tuple[list[UsageRecord | HoldRecord], bool]:
         first = self._queue.get()
         if first is None:
             return [], True
@@ -149,17 +175,17 @@ class LedgerWriter:
                 self._pending -= len(batch)
                 self._idle.notify_all()
 
-    def _write_until_done(self, batch: list[UsageRecord]) -> None:
+    def _write_until_done(self, batch: list[UsageRecord | HoldRecord]) -> None:
         while True:
             try:
                 database.connect(reuse_if_open=True)
-                write_batch(batch)
-                return
+                report = write_batch(batch)
             except (OperationalError, InterfaceError) as e:  # the database is away: keep and retry
                 log.error("ledger write of %d records failed, retrying: %s", len(batch), type(e).__name__)
                 if not database.is_closed():
                     database.close()
                 time.sleep(self._retry_delay)
+                continue
             except Exception as e:  # refused as data: find the record(s) at fault
                 if len(batch) == 1:
                     self._reject(batch[0], e)
@@ -168,9 +194,20 @@ class LedgerWriter:
                 self._write_until_done(batch[:middle])
                 self._write_until_done(batch[middle:])
                 return
+            if self._on_commit and report.request_ids:
+                try:
+                    self._on_commit(report)
+                except Exception:
+                    log.exception("ledger commit callback failed")
+            return
 
-    def _reject(self, record: UsageRecord, error: Exception) -> None:
-        log.error("ledger refused request %s (%s); kept in %s", record.id, type(error).__name__, self._dead_letters)
+    def _reject(self, item: UsageRecord | HoldRecord, error: Exception) -> None:
+        if isinstance(item, HoldRecord):  # a hold mirror is informational: losing one loses no money
+            log.error("ledger refused the hold of %s (%s)", item.request_id, type(error).__name__)
+            return
+        log.error("ledger refused request %s (%s); kept in %s", item.id, type(error).__name__, self._dead_letters)
+        if self._on_commit:  # nothing was charged: let the proxy release the request's holds
+            self._on_commit(CommitReport(request_ids=[item.id]))
         self._dead_letters.parent.mkdir(parents=True, exist_ok=True)
         with self._dead_letters.open("a") as out:
-            out.write(json.dumps({"error": type(error).__name__, "record": record.row()}, default=str) + "\n")
+            out.write(json.dumps({"error": type(error).__name__, "record": item.row()}, default=str) + "\n")

@@ -1,0 +1,1 @@
+"""Customer billing: holds, meters applied to requests, auto top-up."""

@@ -1,0 +1,123 @@
+"""Admission and charging of one request against the pots that pay for it.
+
+Admission (before forwarding): the merchant's wallet must be positive when it pays the provider;
+a billed customer must be able to cover the request's worst case (input estimated from the body,
+output from max_tokens or the configured default, every unit at the meter's highest rate); a
+signed token must stay within its spend cap. The worst case is held until the ledger writer has
+committed the real charge, so concurrent requests see each other's reservations.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+
+from addons.billing.charges import CommitReport
+from addons.billing.holds import HoldBook, InsufficientFunds
+from addons.billing.plan import BillingPlan, byok_fee, worst_case_fee
+from addons.errors import PaymentRequired
+from addons.keystore import KeyStore
+from addons.ledger.accounts import token_spent, wallet_state
+from addons.ledger.writer import HoldRecord, LedgerWriter
+from addons.metering import Meter
+from addons.settings import BillingSettings
+from pricing import meters
+from pricing.cost import price
+from pricing.money import format_usd
+from pricing.usage import TokenUsage
+
+CHARS_PER_TOKEN = 4
+
+
+class Cashier:
+    def __init__(self, settings: BillingSettings, keys: KeyStore, writer: LedgerWriter, freshness: float):
+        self.settings = settings
+        self.keys = keys
+        self.writer = writer
+        self.freshness = freshness  # how old a balance may be before admission re-reads it
+        self.holds = HoldBook(hold_ttl=settings.hold_ttl_seconds)
+        self._overdraft: dict[str, int] = {}
+
+    # -- admission -------------------------------------------------------------------------
+
+    async def _fresh_wallet(self, wallet_id: str, overdraft: int = 0) -> None:
+        self._overdraft[wallet_id] = overdraft
+        if not self.holds.is_fresh(wallet_id, self.freshness):
+            balance, version = await self.keys.read(wallet_state, wallet_id)
+            self.holds.confirm(wallet_id, balance + overdraft, version)
+
+    async def _known_token(self, pot: str, token_id: str, cap: int) -> None:
+        """A token's spend is read once, then kept by this process from the writer's commits."""
+        if not self.holds.is_fresh(pot, math.inf):
+            self.holds.confirm(pot, cap - await self.keys.read(token_spent, token_id), 0)
+
+    def worst_case_cost(self, meter: Meter, plan: BillingPlan, provider_id: str, pricing_id: str | None,
+                        overrides) -> tuple[int, TokenUsage]:
+        usage = TokenUsage(
+            input_tokens=math.ceil(meter.prompt_chars / CHARS_PER_TOKEN),
+            output_tokens=meter.max_output_tokens or self.settings.default_max_output_tokens,
+        )
+        cost = price(usage, model=meter.model or "", provider_id=provider_id, pricing_id=pricing_id,
+                     overrides=overrides)
+        return cost.total_nanos, usage
+
+    async def admit(self, request_id: str, plan: BillingPlan, meter: Meter, worst_cost: int,
+                    worst_usage: TokenUsage) -> None:
+        merchant = plan.key.wallet_id
+        await self._fresh_wallet(merchant)
+        if plan.merchant_pays_provider and self.holds.available(merchant) <= 0:
+            raise PaymentRequired(
+                "insufficient_balance",
+                f"wallet balance is {format_usd(self.holds.available(merchant))} USD; top it up to continue",
+            )
+        pots: dict[str, int] = {}
+        payer_amount = worst_cost if plan.merchant_pays_provider else self._byok(worst_cost)
+        if plan.bill_customer:
+            customer = plan.customer.wallet_id
+            await self._fresh_wallet(customer, plan.customer.overdraft_limit_nanos)
+            units = meters.units_of(plan.meter, worst_usage, characters=meter.prompt_chars)
+            payer_amount = worst_case_fee(plan.meter, units, worst_cost) + (self._byok(worst_cost) if plan.byok else 0)
+            pots[customer] = max(payer_amount, 1)  # an empty balance admits nothing, even a free-looking request
+        if plan.token and plan.token.spend_cap_nanos is not None:
+            pot = f"token:{plan.token.token_id}"
+            await self._known_token(pot, plan.token.token_id, plan.token.spend_cap_nanos)
+            pots[pot] = max(payer_amount, 1)
+        try:
+            self.holds.hold(request_id, pots)
+        except InsufficientFunds as e:
+            whose = "token spend cap" if e.pot.startswith("token:") else "customer balance"
+            raise PaymentRequired(
+                "insufficient_balance",
+                f"{whose} available is {format_usd(e.available)} USD (after open holds); "
+                f"this request may cost up to {format_usd(pots[e.pot])} USD",
+            ) from None
+        if plan.bill_customer:
+            expires = datetime.now(UTC).replace(tzinfo=None) + timedelta(seconds=self.settings.hold_ttl_seconds)
+            self.writer.submit(HoldRecord(request_id, plan.customer.wallet_id, pots[plan.customer.wallet_id], expires))
+
+    def _byok(self, cost_nanos: int) -> int:
+        return byok_fee(cost_nanos, self.settings.byok_fee_percent, self.settings.byok_fee_per_request_nanos)
+
+    # -- charging --------------------------------------------------------------------------
+
+    def charges(self, request_id: str, plan: BillingPlan, cost_nanos: int, billable: bool) -> tuple[int, int]:
+        """(merchant debit, customer BYOK fee) of a finished request; the merchant's is held until committed."""
+        if not billable:
+            return 0, 0
+        if not plan.byok:
+            merchant, customer = cost_nanos, 0
+        elif plan.bill_customer:
+            merchant, customer = 0, self._byok(cost_nanos)
+        else:
+            merchant, customer = self._byok(cost_nanos), 0
+        self.holds.add(request_id, plan.key.wallet_id, merchant)
+        return merchant, customer
+
+    def settled(self, report: CommitReport) -> None:
+        """On the event loop: the writer committed; take its balances and drop the requests' holds."""
+        for wallet_id, (balance, version) in report.wallets.items():
+            self.holds.confirm(wallet_id, balance + self._overdraft.get(wallet_id, 0), version)
+        for token_id, amount in report.token_charges.items():
+            self.holds.spend(f"token:{token_id}", amount)
+        for request_id in report.request_ids:
+            self.holds.release(request_id)

@@ -1,0 +1,93 @@
+"""Who pays for a request, decided from its credential before anything is forwarded.
+
+| credential fields                       | merchant wallet pays      | customer balance pays  |
+|-----------------------------------------|---------------------------|------------------------|
+| secret key                              | provider cost             | -                      |
+| + meter_slug                            | provider cost (metered)   | -                      |
+| + customer_id + meter_slug              | provider cost             | the meter's fee        |
+| ... + disable_billing                   | provider cost             | nothing (tracked)      |
+| ... + provider_key (bring your own key) | BYOK fee, unless customer | BYOK fee, if customer  |
+
+A customer without a meter, or disable_billing without a customer, is a contradiction and
+refused; so is a customer or meter the key's account does not have. Never a silent fallback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from decimal import Decimal
+
+from addons.errors import BadRequest, Forbidden, Unauthorized
+from addons.keystore import KeyStore
+from addons.credentials import CallerCredential, hash_secret
+from addons.ledger.accounts import CustomerRecord, KeyRecord
+from addons.signed_tokens import SignedClaims, verify_signed_token
+from pricing import meters
+from pricing.money import to_nanos
+
+
+@dataclass(frozen=True, slots=True)
+class BillingPlan:
+    key: KeyRecord
+    customer: CustomerRecord | None = None
+    meter_id: str | None = None
+    meter: meters.MeterSpec | None = None
+    bill_customer: bool = False
+    provider_key: str | None = None  # bring your own key
+    token: SignedClaims | None = None
+
+    @property
+    def byok(self) -> bool:
+        return self.provider_key is not None
+
+    @property
+    def merchant_pays_provider(self) -> bool:
+        return not self.byok
+
+
+def _fields(credential: CallerCredential, signed: SignedClaims | None) -> tuple:
+    if signed is not None:
+        return signed.customer_id, signed.meter_slug, signed.provider_key, signed.disable_billing
+    token = credential.token
+    if token is None:
+        return None, None, None, False
+    return token.customer_id, token.meter_slug, token.provider_key, token.disable_billing
+
+
+async def resolve_plan(credential: CallerCredential, keys: KeyStore, signing_key: bytes | None) -> BillingPlan:
+    signed = None
+    if credential.signed_token is not None:
+        if signing_key is None:
+            raise Unauthorized("token_signature_invalid", "signed tokens are not enabled on this gateway")
+        signed = verify_signed_token(credential.signed_token, signing_key)
+        key = await keys.key_by_id(signed.key_id)
+    else:
+        key = await keys.key(hash_secret(credential.secret_key))
+    if key is None:
+        raise Unauthorized("invalid_credential", "unknown Tollgate secret key")
+    if key.revoked:
+        raise Forbidden("key_revoked", "this Tollgate secret key has been revoked")
+    customer_id, meter_slug, provider_key, disable_billing = _fields(credential, signed)
+    if customer_id and not meter_slug:
+        raise BadRequest("contradictory_token", "customer_id needs a meter_slug that prices the customer's usage")
+    if disable_billing and not customer_id:
+        raise BadRequest("contradictory_token", "disable_billing applies only to a customer_id")
+    meter = await keys.meter(key.account_id, meter_slug) if meter_slug else None
+    if meter_slug and meter is None:
+        raise BadRequest("unknown_meter", f"no meter {meter_slug!r} in this key's account")
+    customer = await keys.customer(key.account_id, customer_id) if customer_id else None
+    if customer_id and customer is None:
+        raise BadRequest("unknown_customer", f"no customer {customer_id!r} in this key's account")
+    meter_id, spec = meter or (None, None)
+    return BillingPlan(key, customer, meter_id, spec, bool(customer) and not disable_billing, provider_key, signed)
+
+
+def byok_fee(cost_nanos: int, percent: Decimal, per_request_nanos: int) -> int:
+    """The service fee a bring-your-own-key request pays instead of the provider cost."""
+    return to_nanos(Decimal(cost_nanos) * percent / 100 / 10**9) + per_request_nanos
+
+
+def worst_case_fee(spec: meters.MeterSpec, units: Decimal, provider_cost_nanos: int) -> int:
+    """An upper bound of the meter's fee: every unit at the meter's highest tier rate."""
+    flat = replace(spec, tiers=(meters.Tier(Decimal(0), meters.max_rate(spec)),)) if spec.tiers else spec
+    return meters.fee(flat, units=units, running_before=Decimal(0), provider_cost_nanos=provider_cost_nanos)
