@@ -59,10 +59,12 @@ def _money_fields(value):
     }
 
 
-def _amount(text: str) -> int:
+def _amount(text: str, allow_zero: bool = False) -> int:
     try:
         return parse_usd(text)
     except ValueError as e:
+        if allow_zero and text.strip() in ("0", "0.0", "0.00"):
+            return 0
         raise SystemExit(f"tollgate: {e}") from None
 
 
@@ -174,7 +176,7 @@ def cmd_customers(args) -> None:
             raise SystemExit("tollgate: --autopay-threshold and --autopay-amount go together")
         try:
             customer = accounts.create_customer(
-                args.account, args.id, balance_nanos=_amount(args.balance) if args.balance else 0,
+                args.account, args.id, balance_nanos=_amount(args.balance, allow_zero=True) if args.balance else 0,
                 autopay_threshold_nanos=_amount(args.autopay_threshold) if args.autopay_threshold else None,
                 autopay_amount_nanos=_amount(args.autopay_amount) if args.autopay_amount else None,
                 overdraft_limit_nanos=_amount(args.overdraft_limit) if args.overdraft_limit else 0,

@@ -56,7 +56,8 @@ def usage_by(group: str, customer: str | None = None, since: datetime | None = N
 
 
 def _numbers(row: dict) -> dict:
-    out = {k: (str(v) if k == "group" and v is not None else int(v or 0) if k != "group" else None) for k, v in row.items()}
+    group = row.pop("group", None)
+    out = {"group": None if group is None else str(group), **{k: int(v or 0) for k, v in row.items()}}
     out["margin_nanos"] = out["fee_nanos"] - out["charged_nanos"]
     return out
 
@@ -73,10 +74,11 @@ def customer_view(customer: Customer) -> dict:
                    RequestRow.created_at >= cycle_start(now)).tuples().get())
     return {
         "customer_id": customer.customer_id,
+        "wallet": customer.wallet_id,
         "balance_nanos": customer.wallet.balance_nanos,
         "holds": {"count": holds[0], "amount_nanos": int(holds[1])},
         "cycle_start": cycle_start(now),
-        "cycle_usage": {slug: str(micro_to_units(units)) for slug, units in usage},
+        "cycle_usage": {slug: format(micro_to_units(units).normalize(), "f") for slug, units in usage},
         "cycle_fees_nanos": int(fees[0]),
         "cycle_requests": fees[1],
         "autopay_threshold_nanos": customer.autopay_threshold_nanos,

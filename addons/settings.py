@@ -97,6 +97,9 @@ def parse_billing(data: Mapping, environ: Mapping[str, str]) -> BillingSettings:
     if not isinstance(autopay, Mapping):
         raise ValueError("settings: billing.autopay must be a mapping")
     defaults = BillingSettings()
+    webhook_secret = environ.get("TOLLGATE_AUTOPAY_WEBHOOK_SECRET") or autopay.get("webhook_secret") or None
+    if autopay.get("webhook_url") and not webhook_secret:
+        raise ValueError("settings: billing.autopay.webhook_url needs webhook_secret: payment hook calls are signed")
     return BillingSettings(
         byok_fee_percent=_decimal("billing.byok_fee_percent", data.get("byok_fee_percent", "0")),
         byok_fee_per_request_nanos=to_nanos(
@@ -109,7 +112,7 @@ def parse_billing(data: Mapping, environ: Mapping[str, str]) -> BillingSettings:
         token_signing_key=environ.get("TOLLGATE_TOKEN_SIGNING_KEY") or data.get("token_signing_key") or None,
         autopay=AutopaySettings(
             webhook_url=autopay.get("webhook_url") or None,
-            webhook_secret=environ.get("TOLLGATE_AUTOPAY_WEBHOOK_SECRET") or autopay.get("webhook_secret") or None,
+            webhook_secret=webhook_secret,
             max_attempts=_positive_int("billing.autopay.max_attempts", autopay.get("max_attempts", 5)),
             retry_base_seconds=float(_decimal("billing.autopay.retry_base_seconds", autopay.get("retry_base_seconds", "1"))),
         ),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.harness import GatewayProcess, fresh_postgres_database
+from tests.harness import GatewayProcess, PaymentHook, fresh_postgres_database
 from tests.mock_provider import MockProvider
 
 MOCK_MODEL_PRICE = {"provider": "openai", "model": "mock-*", "input_mtok": "1.00", "output_mtok": "2.00"}
@@ -16,14 +16,27 @@ def mock():
         yield server
 
 
+PAYHOOK_SECRET = "whsec_test_0123456789abcdef"
+BYOK_FEE = {"byok_fee_percent": "10", "byok_fee_per_request": "0.001"}
+
+
+@pytest.fixture(scope="session")
+def payhook():
+    hook = PaymentHook(PAYHOOK_SECRET)
+    yield hook
+    hook.close()
+
+
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
-def gateway(request, mock, tmp_path_factory):
+def gateway(request, mock, payhook, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(f"gateway-{request.param}")
     url = f"sqlite:///{tmp}/ledger.db" if request.param == "sqlite" else fresh_postgres_database("tollgate_test")
     upstreams = {p: mock.url for p in ("openai", "anthropic", "gemini", "cohere", "groq")}
     upstreams["mistral"] = "http://127.0.0.1:9"  # nothing listens: the unreachable-provider case
     # The mock's behaviour models (mock-slow, mock-cut) get a price, as an operator's own model would.
-    gw = GatewayProcess(tmp, url, upstreams, prices=[MOCK_MODEL_PRICE])
+    billing = {**BYOK_FEE, "autopay": {"webhook_url": payhook.url, "webhook_secret": PAYHOOK_SECRET,
+                                       "retry_base_seconds": "0.05"}}
+    gw = GatewayProcess(tmp, url, upstreams, prices=[MOCK_MODEL_PRICE], billing=billing)
     init = gw.cli_json("init")
     gw.admin_key = init["secret_key"]
     gw.cli("wallet", "topup", "100")

@@ -61,7 +61,8 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 class GatewayProcess:
-    def __init__(self, tmp: Path, database_url: str, upstreams: dict[str, str], prices: list[dict] = ()):
+    def __init__(self, tmp: Path, database_url: str, upstreams: dict[str, str], prices: list[dict] = (),
+                 billing: dict | None = None):
         self.tmp = tmp
         self.database_url = database_url
         self.port = free_port()
@@ -70,6 +71,7 @@ class GatewayProcess:
         self.config.write_text(yaml.safe_dump({
             "providers": {p: {"upstream": u} for p, u in upstreams.items()},
             "prices": list(prices),
+            "billing": billing or {},
         }))
         self.env = clean_env(TOLLGATE_DATABASE_URL=database_url, TOLLGATE_CONFIG=str(self.config), **PROVIDER_KEYS)
         self.log = tmp / "mitmdump.log"
@@ -135,3 +137,39 @@ class GatewayProcess:
             if time.monotonic() > deadline:
                 raise AssertionError(f"request {request_id} never reached the ledger")
             time.sleep(0.1)
+
+
+class PaymentHook:
+    """The operator's payment hook for auto top-up: a real local HTTP receiver that records what it is sent."""
+
+    def __init__(self, secret: str):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.secret = secret
+        self.calls: list[tuple[dict, bytes]] = []
+        self._lock = threading.Lock()
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                with hook._lock:
+                    hook.calls.append((dict(self.headers), body))
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/topup"
+
+    def calls_for(self, customer_id: str) -> list[tuple[dict, bytes]]:
+        with self._lock:
+            return [(h, b) for h, b in self.calls if json.loads(b).get("customer_id") == customer_id]
+
+    def close(self) -> None:
+        self._server.shutdown()

@@ -14,7 +14,7 @@ from google import genai
 
 from addons.credentials import ForwardToken, encode_forward_token
 from pricing.cost import price
-from pricing.money import format_usd
+from pricing.money import format_usd, to_nanos
 from pricing.usage import TokenUsage
 from tests.harness import PROVIDER_KEYS
 
@@ -173,13 +173,16 @@ def test_anthropic_sdk_through_forward_endpoint_with_secret_key(gateway, mock):
                streamed=False, endpoint="messages")
 
 
-def test_bring_your_own_key_reaches_provider_and_is_not_charged(gateway, mock):
+def test_bring_your_own_key_pays_the_service_fee_instead_of_the_provider_cost(gateway, mock):
     token = encode_forward_token(ForwardToken(secret_key=gateway.admin_key, provider_key="sk-customer-own"))
     client = openai.OpenAI(api_key=token, base_url=f"{gateway.url}/v1/forward?u=https://api.openai.com/v1/")
     raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
     assert mock.last.headers["authorization"] == "Bearer sk-customer-own"
     row = gateway.request_row(raw.headers["x-lava-request-id"])
-    assert row["byok"] is True and row["charged"] == "0.00" and row["provider_cost"] != "0.00"
+    cost = price(OPENAI_CHAT, model="gpt-4o-mini", provider_id="openai", pricing_id="openai").total_nanos
+    # the gateway runs with byok_fee_percent 10 and byok_fee_per_request 0.001
+    assert row["byok"] is True and row["provider_cost"] == format_usd(cost)
+    assert row["charged"] == format_usd(to_nanos(Decimal(cost) / 10 / 10**9) + 1_000_000)
 
 
 def test_metadata_is_recorded_and_not_forwarded(gateway, mock):

@@ -165,6 +165,9 @@ def _new_spell(wallet_id: str, name: str, credited: int) -> bool:
 
 
 class AutoTopUp:
+    """One per proxy process. `post(url, body, headers) -> status` replaces the httpx call (tests only);
+    `clock` gives the body's unix timestamp."""
+
     def __init__(
         self,
         settings: AutopaySettings,
@@ -218,6 +221,8 @@ class AutoTopUp:
             return self._cond.wait_for(lambda: not (self._wallets or self._tasks or self._busy), timeout)
 
     def close(self, timeout: float = 10.0) -> bool:
+        """Stop: queued notifications are handled, retries due within `timeout` made, later ones failed
+        ("shutdown"); further notifications are ignored. False if the worker is still busy at the end."""
         with self._cond:
             if not self._closing:
                 self._closing = True
@@ -233,8 +238,9 @@ class AutoTopUp:
             heapq.heappush(self._tasks, (time.monotonic() + delay, next(self._seq), kind, topup_id, attempt))
             self._cond.notify_all()
 
-    def _next_work(self) -> tuple | None:
-        """The next due task or queued wallet; None when closing and nothing more can be done in time."""
+    def _next_work(self) -> tuple:
+        """(kind, arg, attempt): a due retry/credit, else a queued wallet ("check"), else, when closing and
+        nothing more falls due in time, ("shutdown", the tasks left, 0)."""
         with self._cond:
             while True:
                 now = time.monotonic()
@@ -367,6 +373,7 @@ class AutoTopUp:
             except IntegrityError:
                 pending = TopUp.get_or_none(TopUp.pending_wallet == wallet_id)
                 if pending is None or not self._abandon(pending):
+                    log.debug("autopay: a top-up is already pending for wallet %s", wallet_id)
                     return None
         return None
 
@@ -420,7 +427,8 @@ class AutoTopUp:
         if attempt >= self._settings.max_attempts:
             self._finish_failed(topup_id, topup.wallet_id, attempt, error)
             return
-        TopUp.update(attempts=attempt, error=error).where((TopUp.id == topup_id) & (TopUp.status == "pending")).execute()
+        still_pending = (TopUp.id == topup_id) & (TopUp.status == "pending")
+        TopUp.update(attempts=attempt, error=error).where(still_pending).execute()
         self._schedule(self._settings.retry_base_seconds * 2 ** (attempt - 1), "pay", topup_id, attempt + 1)
 
     def _call_hook(self, body: bytes, headers: dict[str, str]) -> str | None:
@@ -458,8 +466,12 @@ class AutoTopUp:
 
     def _finish_failed(self, topup_id: str, wallet_id: str, attempts: int, error: str) -> bool:
         with database.atomic():
-            done = TopUp.update(status="failed", pending_wallet=None, attempts=attempts, error=error[:200],
-                                finished_at=utcnow()).where((TopUp.id == topup_id) & (TopUp.status == "pending")).execute()
+            done = (
+                TopUp.update(status="failed", pending_wallet=None, attempts=attempts, error=error[:200],
+                             finished_at=utcnow())
+                .where((TopUp.id == topup_id) & (TopUp.status == "pending"))
+                .execute()
+            )
             if done:
                 record_event(TOPUP_FAILED, wallet_id, topup_id=topup_id, attempts=attempts, error=error[:200])
         return bool(done)

@@ -76,12 +76,12 @@ def apply_charges(records: list) -> CommitReport:
         debits[wallet_id] += amount
         balances[wallet_id] -= amount
         entries.append(dict(wallet=wallet_id, amount_nanos=-amount, reason="usage", request_id=record.id))
-        if record.token_id:
-            report.token_charges[record.token_id] += amount
 
     for record in records:
         if record.charged_nanos:
             debit(record.wallet_id, record.charged_nanos, record)
+            if record.token_id and not record.customer_wallet_id:  # a signed token's spend is its payer's
+                report.token_charges[record.token_id] += record.charged_nanos
         if record.customer_wallet_id and record.bill_customer:
             fee = (_meter_fee(record, specs) if record.meter_id else 0) + record.customer_byok_fee_nanos
             room = max(0, balances[record.customer_wallet_id] + overdraft.get(record.customer_wallet_id, 0))
@@ -90,6 +90,8 @@ def apply_charges(records: list) -> CommitReport:
             if record.fee_nanos:
                 debit(record.customer_wallet_id, record.fee_nanos, record)
                 report.charged_customer_wallets.add(record.customer_wallet_id)
+                if record.token_id:
+                    report.token_charges[record.token_id] += record.fee_nanos
     if entries:
         LedgerEntry.insert_many(entries).execute()
     for wallet_id, amount in debits.items():
