@@ -10,7 +10,7 @@ import csv
 import json
 import os
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
@@ -29,9 +29,11 @@ from pricing.money import format_usd, parse_usd
 console = Console(soft_wrap=True)  # long keys and commands stay copyable on one line
 
 
-def _emit(args, data, table: Table | None = None, text: str | None = None, csv_rows: list[dict] | None = None) -> None:
+def _emit(args, data, table: Table | None = None, text: str | None = None, csv_rows: list[dict] | None = None,
+          csv_columns: list[str] | None = None) -> None:
     if getattr(args, "csv", False) and csv_rows is not None:
-        writer = csv.DictWriter(sys.stdout, fieldnames=list(csv_rows[0]) if csv_rows else [], extrasaction="ignore")
+        columns = csv_columns or (list(csv_rows[0]) if csv_rows else [])
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()} for r in csv_rows)
     elif args.json:
@@ -69,10 +71,12 @@ def _amount(text: str, allow_zero: bool = False) -> int:
 
 
 def _date(text: str) -> datetime:
+    """A date or time; one with a UTC offset is converted, since the ledger keeps naive UTC."""
     try:
-        return datetime.fromisoformat(text)
+        value = datetime.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
 
 
 def _table(title: str, columns: list[str], rows: list[list]) -> Table:
@@ -151,7 +155,8 @@ def cmd_requests(args) -> None:
         row["metadata"] = json.loads(row["metadata"]) if row["metadata"] else None
     columns = ["id", "created_at", "provider", "model", "customer_id", "status", "input_tokens",
                "output_tokens", "provider_cost", "charged", "fee", "usage_source"]
-    _emit(args, rows, _table("Requests", columns, [[r[c] for c in columns] for r in rows]), csv_rows=rows)
+    _emit(args, rows, _table("Requests", columns, [[r[c] for c in columns] for r in rows]), csv_rows=rows,
+          csv_columns=list(rows[0]) if rows else columns)
 
 
 def cmd_usage(args) -> None:
@@ -160,7 +165,7 @@ def cmd_usage(args) -> None:
     columns = ["group", "requests", "input_tokens", "output_tokens", "provider_cost", "charged", "fee", "margin"]
     table = _table(f"Usage by {args.by}", columns, [[r[c] for c in columns] for r in rows] +
                    [["total", *(totals[c] for c in columns[1:])]])
-    _emit(args, {"by": args.by, "rows": rows, "totals": totals}, table, csv_rows=rows)
+    _emit(args, {"by": args.by, "rows": rows, "totals": totals}, table, csv_rows=rows, csv_columns=columns)
 
 
 def _customer_or_exit(args) -> Customer:
@@ -179,7 +184,7 @@ def cmd_customers(args) -> None:
                 args.account, args.id, balance_nanos=_amount(args.balance, allow_zero=True) if args.balance else 0,
                 autopay_threshold_nanos=_amount(args.autopay_threshold) if args.autopay_threshold else None,
                 autopay_amount_nanos=_amount(args.autopay_amount) if args.autopay_amount else None,
-                overdraft_limit_nanos=_amount(args.overdraft_limit) if args.overdraft_limit else 0,
+                overdraft_limit_nanos=_amount(args.overdraft_limit, allow_zero=True) if args.overdraft_limit else 0,
             )
         except ValueError as e:
             raise SystemExit(f"tollgate: {e}") from None
@@ -248,7 +253,7 @@ def cmd_token(args) -> None:
         except ValueError as e:
             raise SystemExit(f"tollgate: {e}") from None
     else:
-        if args.expires_in or args.allow_provider or args.allow_model or args.spend_cap:
+        if any(v is not None for v in (args.expires_in, args.allow_provider, args.allow_model, args.spend_cap)):
             raise SystemExit("tollgate: --expires-in, --allow-*, --spend-cap need --signed")
         token = encode_forward_token(ForwardToken(args.secret_key, args.customer, args.meter, args.provider_key,
                                                   args.disable_billing))

@@ -8,8 +8,6 @@ fail loudly if a mitmproxy upgrade moves them.
 
 from __future__ import annotations
 
-import json
-
 from mitmproxy import http
 from mitmproxy.net.http import http1
 from mitmproxy.proxy.layers import http as http_layer

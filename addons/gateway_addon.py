@@ -21,11 +21,11 @@ from mitmproxy import ctx, http
 from mitmproxy.exceptions import OptionsError
 
 from addons import error_pages
-from addons.catalog import Catalog, Provider, load_catalog
 from addons.billing.autopay import AutoTopUp
 from addons.billing.cashier import Cashier
 from addons.billing.charges import CommitReport
 from addons.billing.plan import BillingPlan, resolve_plan
+from addons.catalog import Catalog, Provider, load_catalog
 from addons.credentials import read_credential, strip_gateway_credentials
 from addons.errors import GatewayError, NotFound, ProviderNotConfigured
 from addons.forward import FORWARD_PATH, parse_forward_target
@@ -224,8 +224,7 @@ class Gateway:
         meter = Meter.for_request(provider.api_family, request.method, path, query, request.raw_content or b"")
         if plan.token is not None:
             check_scope(plan.token, provider.id, meter.model)
-        worst_cost, worst_usage = self.cashier.worst_case_cost(meter, plan, provider.id, provider.pricing_id, self.prices)
-        await self.cashier.admit(request_id, plan, meter, worst_cost, worst_usage)
+        await self.cashier.admit(request_id, plan, meter, lambda usage: self._cost(provider, meter.model, usage).total_nanos)
         if meter.request_body is not None:
             request.content = meter.request_body
         strip_gateway_credentials(request.headers)
@@ -285,9 +284,7 @@ class Gateway:
         result = state.meter.result()
         model = result.model or state.meter.model
         plan, usage = state.plan, result.usage
-        cost = price(usage, model=model or "", provider_id=state.provider.id,
-                     pricing_id=state.provider.pricing_id, overrides=self.prices,
-                     at=datetime.fromtimestamp(state.started, UTC))
+        cost = self._cost(state.provider, model, usage, at=datetime.fromtimestamp(state.started, UTC))
         billable = (status is not None and status < 400) or result.source == "estimated"
         merchant_charge, customer_byok_fee = self.cashier.charges(state.request_id, plan, cost.total_nanos, billable)
         units = (
@@ -338,6 +335,10 @@ class Gateway:
             f"${format_usd(cost.total_nanos)}" + (" (estimated)" if result.source == "estimated" else "")
         )
         flow.marked = ":moneybag:"
+
+    def _cost(self, provider: Provider, model: str | None, usage, at: datetime | None = None):
+        return price(usage, model=model or "", provider_id=provider.id, pricing_id=provider.pricing_id,
+                     overrides=self.prices, at=at)
 
     def done(self) -> None:
         if self.writer is not None:

@@ -16,7 +16,6 @@ from addons.ledger.accounts import CustomerRecord, KeyRecord
 from addons.ledger.models import database
 from pricing import meters
 
-
 MAX_CACHED = 50_000
 
 

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import pytest
 
+from addons.ledger.models import database, open_database
 from tests.harness import GatewayProcess, PaymentHook, fresh_postgres_database
 from tests.mock_provider import MockProvider
 
 MOCK_MODEL_PRICE = {"provider": "openai", "model": "mock-*", "input_mtok": "1.00", "output_mtok": "2.00"}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger(request, tmp_path):
+    """A fresh, empty ledger opened in this process; each test module gets its own PostgreSQL database."""
+    name = "tollgate_" + request.module.__name__.rpartition(".")[2].removeprefix("test_")
+    url = f"sqlite:///{tmp_path}/ledger.db" if request.param == "sqlite" else fresh_postgres_database(name)
+    db = open_database(url)
+    yield db
+    db.close()
+    database.initialize(None)
 
 
 @pytest.fixture(scope="session")

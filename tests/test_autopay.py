@@ -23,11 +23,10 @@ from addons.ledger.models import (
     Wallet,
     database,
     new_id,
-    open_database,
     utcnow,
 )
 from addons.settings import AutopaySettings
-from tests.harness import fresh_postgres_database, free_port
+from tests.harness import free_port
 
 USD = 10**9
 SECRET = "whsec_test_0123456789"
@@ -84,15 +83,6 @@ class Receiver:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def ledger(request, tmp_path):
-    url = f"sqlite:///{tmp_path}/l.db" if request.param == "sqlite" else fresh_postgres_database("tollgate_autopay")
-    db = open_database(url)
-    yield db
-    db.close()
-    database.initialize(None)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import time
 import httpx
 import pytest
 
-from addons.credentials import ForwardToken, encode_forward_token
 from tests.harness import PROVIDER_KEYS
 
 CHAT = "/v1/forward?u=https://api.openai.com/v1/chat/completions"

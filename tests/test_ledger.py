@@ -13,21 +13,10 @@ from addons.ledger.accounts import (
     revoke_key,
     wallet_balance,
 )
-from addons.ledger.models import LedgerEntry, RequestRow, Wallet, database, open_database, utcnow
+from addons.ledger.models import LedgerEntry, RequestRow, Wallet, utcnow
 from addons.ledger.writer import LedgerWriter, UsageRecord, write_batch
-from tests.harness import fresh_postgres_database
 
 START = 10_000_000
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def ledger(request, tmp_path):
-    """A fresh, empty ledger per test; the global database proxy is left uninitialised afterwards."""
-    url = f"sqlite:///{tmp_path}/l.db" if request.param == "sqlite" else fresh_postgres_database("tollgate_unit")
-    db = open_database(url)
-    yield db
-    db.close()
-    database.initialize(None)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ committed the real charge, so concurrent requests see each other's reservations.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from addons.billing.charges import CommitReport
@@ -22,7 +23,6 @@ from addons.ledger.writer import HoldRecord, LedgerWriter
 from addons.metering import Meter
 from addons.settings import BillingSettings
 from pricing import meters
-from pricing.cost import price
 from pricing.money import format_usd
 from pricing.usage import TokenUsage
 
@@ -51,18 +51,14 @@ class Cashier:
         if not self.holds.is_fresh(pot, math.inf):
             self.holds.confirm(pot, cap - await self.keys.read(token_spent, token_id), 0)
 
-    def worst_case_cost(self, meter: Meter, plan: BillingPlan, provider_id: str, pricing_id: str | None,
-                        overrides) -> tuple[int, TokenUsage]:
-        usage = TokenUsage(
+    def worst_case_usage(self, meter: Meter) -> TokenUsage:
+        return TokenUsage(
             input_tokens=math.ceil(meter.prompt_chars / CHARS_PER_TOKEN),
             output_tokens=meter.max_output_tokens or self.settings.default_max_output_tokens,
         )
-        cost = price(usage, model=meter.model or "", provider_id=provider_id, pricing_id=pricing_id,
-                     overrides=overrides)
-        return cost.total_nanos, usage
 
-    async def admit(self, request_id: str, plan: BillingPlan, meter: Meter, worst_cost: int,
-                    worst_usage: TokenUsage) -> None:
+    async def admit(self, request_id: str, plan: BillingPlan, meter: Meter, cost_of: Callable[[TokenUsage], int]) -> None:
+        """Raise PaymentRequired, or hold the request's worst case in every pot that pays for it."""
         merchant = plan.key.wallet_id
         await self._fresh_wallet(merchant)
         if plan.merchant_pays_provider and self.holds.available(merchant) <= 0:
@@ -70,6 +66,11 @@ class Cashier:
                 "insufficient_balance",
                 f"wallet balance is {format_usd(self.holds.available(merchant))} USD; top it up to continue",
             )
+        capped = plan.token is not None and plan.token.spend_cap_nanos is not None
+        if not (plan.bill_customer or capped):
+            return
+        worst_usage = self.worst_case_usage(meter)
+        worst_cost = cost_of(worst_usage)
         pots: dict[str, int] = {}
         payer_amount = worst_cost if plan.merchant_pays_provider else self._byok(worst_cost)
         if plan.bill_customer:
@@ -78,7 +79,7 @@ class Cashier:
             units = meters.units_of(plan.meter, worst_usage, characters=meter.prompt_chars)
             payer_amount = worst_case_fee(plan.meter, units, worst_cost) + (self._byok(worst_cost) if plan.byok else 0)
             pots[customer] = max(payer_amount, 1)  # an empty balance admits nothing, even a free-looking request
-        if plan.token and plan.token.spend_cap_nanos is not None:
+        if capped:
             pot = f"token:{plan.token.token_id}"
             await self._known_token(pot, plan.token.token_id, plan.token.spend_cap_nanos)
             pots[pot] = max(payer_amount, 1)

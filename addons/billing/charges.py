@@ -80,8 +80,6 @@ def apply_charges(records: list) -> CommitReport:
     for record in records:
         if record.charged_nanos:
             debit(record.wallet_id, record.charged_nanos, record)
-            if record.token_id and not record.customer_wallet_id:  # a signed token's spend is its payer's
-                report.token_charges[record.token_id] += record.charged_nanos
         if record.customer_wallet_id and record.bill_customer:
             fee = (_meter_fee(record, specs) if record.meter_id else 0) + record.customer_byok_fee_nanos
             room = max(0, balances[record.customer_wallet_id] + overdraft.get(record.customer_wallet_id, 0))
@@ -90,8 +88,9 @@ def apply_charges(records: list) -> CommitReport:
             if record.fee_nanos:
                 debit(record.customer_wallet_id, record.fee_nanos, record)
                 report.charged_customer_wallets.add(record.customer_wallet_id)
-                if record.token_id:
-                    report.token_charges[record.token_id] += record.fee_nanos
+        if record.token_id:  # a signed token's spend is what its payer was charged
+            record.token_spend_nanos = record.fee_nanos if record.bill_customer else record.charged_nanos
+            report.token_charges[record.token_id] += record.token_spend_nanos
     if entries:
         LedgerEntry.insert_many(entries).execute()
     for wallet_id, amount in debits.items():

@@ -17,9 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from decimal import Decimal
 
+from addons.credentials import CallerCredential, hash_secret
 from addons.errors import BadRequest, Forbidden, Unauthorized
 from addons.keystore import KeyStore
-from addons.credentials import CallerCredential, hash_secret
 from addons.ledger.accounts import CustomerRecord, KeyRecord
 from addons.signed_tokens import SignedClaims, verify_signed_token
 from pricing import meters

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from peewee import Case, fn
+from peewee import fn
 
 from addons.credentials import display_prefix, hash_secret, new_secret_key
 from addons.ledger.models import Account, ApiKey, Customer, LedgerEntry, MeterRow, RequestRow, Wallet, database, utcnow
@@ -92,8 +92,8 @@ def wallet_state(wallet_id: str) -> tuple[int, int]:
 
 def token_spent(token_id: str) -> int:
     """What a signed token's payer has been charged (the customer's fees, else the merchant's debits)."""
-    spent = Case(None, [(RequestRow.customer_id.is_null(), RequestRow.charged_nanos)], RequestRow.fee_nanos)
-    return int(RequestRow.select(fn.COALESCE(fn.SUM(spent), 0)).where(RequestRow.token_id == token_id).scalar())
+    total = fn.COALESCE(fn.SUM(RequestRow.token_spend_nanos), 0)
+    return int(RequestRow.select(total).where(RequestRow.token_id == token_id).scalar())
 
 
 def wallet_balance(wallet_id: str) -> int:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from peewee import (
+    BigAutoField,
     BigIntegerField,
     BooleanField,
     CharField,
@@ -21,7 +22,6 @@ from peewee import (
     IntegerField,
     Model,
     TextField,
-    BigAutoField,
 )
 from playhouse.db_url import connect
 
@@ -142,6 +142,7 @@ class RequestRow(BaseModel):
     customer_id = CharField(null=True)
     meter_slug = CharField(null=True)
     token_id = CharField(null=True)  # the signed token used, for its spend cap
+    token_spend_nanos = BigIntegerField(default=0)  # what counts against that cap: its payer's charge
     provider = CharField()
     model = CharField(null=True)
     endpoint = CharField()

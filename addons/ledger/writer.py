@@ -15,8 +15,8 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import asdict, dataclass, field
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -55,6 +55,7 @@ class UsageRecord:
     charged_nanos: int = 0  # the merchant's debit, decided by the gateway
     fee_nanos: int = 0  # the customer's debit, decided by the charges module
     fee_uncollected_nanos: int = 0
+    token_spend_nanos: int = 0  # set by the charges module
     latency_ms: int | None = None
     ttfb_ms: int | None = None
     usage_source: str = "none"

@@ -1,0 +1,189 @@
+"""HoldBook: money set aside for requests in flight, against a fake clock (no sleeping)."""
+
+from __future__ import annotations
+
+import pytest
+
+from addons.billing.holds import HoldBook, InsufficientFunds
+
+TTL = 60.0
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def book(clock) -> HoldBook:
+    book = HoldBook(hold_ttl=TTL, clock=clock)
+    book.confirm("wallet", 1_000, version=1)
+    book.confirm("token", 300, version=0)
+    return book
+
+
+@pytest.mark.parametrize(
+    "amounts, available",
+    [
+        ({"wallet": 400}, {"wallet": 600, "token": 300}),  # 1000 - 400
+        ({"wallet": 400, "token": 300}, {"wallet": 600, "token": 0}),  # the whole token pot may be held
+        ({"wallet": 1_000}, {"wallet": 0, "token": 300}),
+    ],
+)
+def test_hold_reserves_in_every_pot(book, amounts, available):
+    book.hold("req_a", amounts)
+    assert {pot: book.available(pot) for pot in available} == available
+
+
+@pytest.mark.parametrize(
+    "amounts, short, left",
+    [
+        ({"wallet": 400, "token": 301}, "token", 300),  # the second pot is short by one
+        ({"wallet": 1_001, "token": 10}, "wallet", 1_000),  # the first pot is short
+    ],
+)
+def test_hold_reserves_in_no_pot_when_one_is_short(book, amounts, short, left):
+    with pytest.raises(InsufficientFunds) as caught:
+        book.hold("req_a", amounts)
+    assert (caught.value.pot, caught.value.available) == (short, left)
+    assert (book.available("wallet"), book.available("token")) == (1_000, 300)  # nothing reserved anywhere
+
+
+def test_insufficient_funds_reports_what_is_left_after_other_holds(book):
+    book.hold("req_a", {"wallet": 700})
+    with pytest.raises(InsufficientFunds) as caught:
+        book.hold("req_b", {"wallet": 301})
+    assert (caught.value.pot, caught.value.available) == ("wallet", 300)  # 1000 - 700
+
+
+def test_insufficient_funds_never_reports_a_negative_amount(book):
+    book.confirm("wallet", -50, version=2)  # an overdrawn wallet
+    with pytest.raises(InsufficientFunds) as caught:
+        book.hold("req_a", {"wallet": 1})
+    assert caught.value.available == 0
+
+
+def test_available_is_confirmed_less_open_holds(book):
+    book.hold("req_a", {"wallet": 100})
+    book.hold("req_b", {"wallet": 250})
+    assert book.available("wallet") == 650  # 1000 - 100 - 250
+    book.confirm("wallet", 900, version=2)  # a commit elsewhere moved the balance
+    assert book.available("wallet") == 550  # 900 - 100 - 250
+
+
+def test_release_frees_the_hold(book):
+    book.hold("req_a", {"wallet": 600})
+    book.hold("req_b", {"wallet": 100})
+    book.release("req_a")
+    assert book.available("wallet") == 900  # 1000 - 100
+    book.release("req_a")  # twice is harmless
+    book.release("req_unknown")
+    assert book.available("wallet") == 900
+
+
+def test_a_request_holding_in_two_pots_is_released_from_both(book):
+    book.hold("req_a", {"wallet": 200, "token": 50})
+    book.hold("req_b", {"wallet": 10, "token": 5})
+    book.release("req_a")
+    assert (book.available("wallet"), book.available("token")) == (990, 295)  # only req_b's holds remain
+
+
+@pytest.mark.parametrize(
+    "elapsed, available",
+    [
+        (TTL - 0.001, 600),  # still held: 1000 - 400
+        (TTL, 1_000),  # expires at exactly hold time + ttl
+        (TTL + 3600, 1_000),
+    ],
+)
+def test_an_expired_hold_stops_counting(book, clock, elapsed, available):
+    book.hold("req_a", {"wallet": 400})
+    clock.now += elapsed
+    assert book.available("wallet") == available
+
+
+def test_an_expired_hold_no_longer_blocks_admission(book, clock):
+    book.hold("req_a", {"wallet": 1_000})
+    with pytest.raises(InsufficientFunds):
+        book.hold("req_b", {"wallet": 1})
+    clock.now += TTL + 1
+    book.hold("req_b", {"wallet": 1_000})
+    assert book.available("wallet") == 0
+
+
+@pytest.mark.parametrize(
+    "version, amount, confirmed",
+    [
+        (4, 10, 500),  # older than the version held: ignored (a read raced a commit)
+        (5, 700, 700),  # same version: taken
+        (6, 20, 20),  # newer: taken
+    ],
+)
+def test_confirm_ignores_older_versions(clock, version, amount, confirmed):
+    book = HoldBook(hold_ttl=TTL, clock=clock)
+    book.confirm("wallet", 500, version=5)
+    book.confirm("wallet", amount, version=version)
+    assert book.available("wallet") == confirmed
+
+
+def test_spend_lowers_a_versionless_pot(book):
+    book.hold("req_a", {"token": 100})
+    book.spend("token", 120)  # the commit charged 120
+    book.release("req_a")
+    assert book.available("token") == 180  # 300 - 120
+    book.spend("token", 200)
+    assert book.available("token") == -20  # 180 - 200: spent beyond the cap shows as negative
+    book.spend("token:unknown", 5)  # a pot never confirmed: nothing to lower, no error
+
+
+def test_add_reserves_without_checking_and_goes_with_its_request(book):
+    book.hold("req_a", {"wallet": 900})
+    book.add("req_a", "wallet", 300)  # already incurred: no check, even past the balance
+    assert book.available("wallet") == -200  # 1000 - 900 - 300
+    book.add("req_b", "wallet", 50)
+    book.release("req_a")
+    assert book.available("wallet") == 950  # 1000 - 50
+    book.release("req_b")
+    assert book.available("wallet") == 1_000
+
+
+@pytest.mark.parametrize("pot, amount", [("wallet", 0), ("wallet", -5), ("unknown", 100)])
+def test_add_ignores_nothing_to_hold(book, pot, amount):
+    book.add("req_a", pot, amount)
+    assert book.available("wallet") == 1_000
+
+
+@pytest.mark.parametrize(
+    "age, max_age, fresh",
+    [
+        (0.0, 1.0, True),
+        (0.999, 1.0, True),
+        (1.0, 1.0, False),  # as old as allowed is stale
+        (5.0, 1.0, False),
+        (1e9, float("inf"), True),  # an infinite max age: read once, kept
+    ],
+)
+def test_is_fresh_by_age(clock, age, max_age, fresh):
+    book = HoldBook(hold_ttl=TTL, clock=clock)
+    book.confirm("wallet", 10, version=1)
+    clock.now += age
+    assert book.is_fresh("wallet", max_age) is fresh
+
+
+def test_is_fresh_is_false_for_an_unknown_pot_and_renewed_by_a_confirm(book, clock):
+    assert book.is_fresh("nobody", 1e9) is False
+    clock.now += 10
+    assert book.is_fresh("wallet", 5) is False
+    book.confirm("wallet", 1_000, version=1)  # same version re-read: fresh again
+    assert book.is_fresh("wallet", 5) is True
+    clock.now += 10
+    book.confirm("wallet", 1, version=0)  # an older version renews nothing
+    assert book.is_fresh("wallet", 5) is False
