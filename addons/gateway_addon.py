@@ -108,6 +108,11 @@ class Gateway:
             "Default: TOLLGATE_DATABASE_URL, else database_url in config/gateway.yaml.",
         )
         loader.add_option(
+            "tollgate_redis_url", str, "",
+            "Redis for holds shared by several instances (redis://host:port/db). "
+            "Default: TOLLGATE_REDIS_URL, else redis_url in config/gateway.yaml; none keeps holds in this process.",
+        )
+        loader.add_option(
             "tollgate_cache_ttl_ms", int, 1000,
             "Milliseconds a key or balance lookup is cached; revocations and top-ups are seen within it.",
         )
@@ -134,12 +139,13 @@ class Gateway:
             self.autopay = AutoTopUp(self.settings.billing.autopay)
             self.writer = LedgerWriter(on_commit=self._committed)
             self._confine_interception()
-        if "tollgate_cache_ttl_ms" in updated or self.keys is None:
+        if {"tollgate_cache_ttl_ms", "tollgate_redis_url"} & set(updated) or self.keys is None:
             if self.keys is not None:
                 self.keys.close()
             ttl = ctx.options.tollgate_cache_ttl_ms / 1000
             self.keys = KeyStore(ttl=ttl)
-            self.cashier = Cashier(self.settings.billing, self.keys, self.writer, freshness=ttl)
+            self.cashier = Cashier(self.settings.billing, self.keys, self.writer, freshness=ttl,
+                                   redis_url=ctx.options.tollgate_redis_url or self.settings.redis_url)
 
     def running(self) -> None:
         self.loop = asyncio.get_running_loop()

@@ -32,7 +32,11 @@ PG_ADMIN = "dbname=test user=postgres host=127.0.0.1 port=5432"
 
 
 def fresh_postgres_database(name: str) -> str:
-    """An empty database on the local server; in CI a missing server fails the test, elsewhere skips it."""
+    """An empty database on the local server; in CI a missing server fails the test, elsewhere skips it.
+
+    The name carries this test run's process id, so two runs on one server never drop each other's.
+    """
+    name = f"{name}_{os.getpid()}"
     try:
         conn = psycopg2.connect(PG_ADMIN, connect_timeout=3)
     except psycopg2.OperationalError as e:
@@ -62,7 +66,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 class GatewayProcess:
     def __init__(self, tmp: Path, database_url: str, upstreams: dict[str, str], prices: list[dict] = (),
-                 billing: dict | None = None):
+                 billing: dict | None = None, redis_url: str | None = None):
         self.tmp = tmp
         self.database_url = database_url
         self.port = free_port()
@@ -74,6 +78,8 @@ class GatewayProcess:
             "billing": billing or {},
         }))
         self.env = clean_env(TOLLGATE_DATABASE_URL=database_url, TOLLGATE_CONFIG=str(self.config), **PROVIDER_KEYS)
+        if redis_url:
+            self.env["TOLLGATE_REDIS_URL"] = redis_url
         self.log = tmp / "mitmdump.log"
         self.proc: subprocess.Popen | None = None
 

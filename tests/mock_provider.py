@@ -397,6 +397,7 @@ def _error_body(family: str, status: int, seq: int) -> Any:
 
 
 class _Server(ThreadingHTTPServer):
+    request_queue_size = 1024  # a burst of hundreds of connections must queue, not be refused
     daemon_threads = True
     allow_reuse_address = True
     mock: "MockProvider"

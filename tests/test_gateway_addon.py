@@ -203,8 +203,12 @@ def test_response_is_metered_and_charged(gw):
     usage = {"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500}
     flow.response = tutils.tresp(headers=http.Headers(content_type="application/json"),
                                  content=json.dumps({"model": "gpt-4o-mini", "usage": usage}).encode())
-    gw.responseheaders(flow)
-    gw.response(flow)
+
+    async def respond():  # hooks run on mitmproxy's event loop
+        gw.responseheaders(flow)
+        gw.response(flow)
+
+    asyncio.run(respond())
     assert gw.writer.flush(timeout=10)
     row = RequestRow.get_by_id(flow.response.headers["x-lava-request-id"])
     assert (row.status, row.input_tokens, row.output_tokens, row.usage_source) == (200, 1000, 500, "reported")

@@ -9,12 +9,16 @@ committed the real charge, so concurrent requests see each other's reservations.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from mitmproxy.utils.asyncio_utils import create_task
+
 from addons.billing.charges import CommitReport
-from addons.billing.holds import HoldBook, InsufficientFunds
+from addons.billing.hold_stores import LocalHolds, RedisHolds
+from addons.billing.holds import InsufficientFunds
 from addons.billing.plan import BillingPlan, byok_fee, worst_case_fee
 from addons.errors import PaymentRequired
 from addons.keystore import KeyStore
@@ -27,29 +31,38 @@ from pricing.money import format_usd
 from pricing.usage import TokenUsage
 
 CHARS_PER_TOKEN = 4
+log = logging.getLogger(__name__)
+
+
+def _log_failure(task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("tollgate: hold store update failed: %s", type(task.exception()).__name__)
 
 
 class Cashier:
-    def __init__(self, settings: BillingSettings, keys: KeyStore, writer: LedgerWriter, freshness: float):
+    def __init__(self, settings: BillingSettings, keys: KeyStore, writer: LedgerWriter, freshness: float,
+                 redis_url: str | None = None):
         self.settings = settings
         self.keys = keys
         self.writer = writer
         self.freshness = freshness  # how old a balance may be before admission re-reads it
-        self.holds = HoldBook(hold_ttl=settings.hold_ttl_seconds)
+        self.holds: LocalHolds | RedisHolds = (
+            RedisHolds(redis_url, settings.hold_ttl_seconds) if redis_url else LocalHolds(settings.hold_ttl_seconds)
+        )
         self._overdraft: dict[str, int] = {}
 
     # -- admission -------------------------------------------------------------------------
 
-    async def _fresh_wallet(self, wallet_id: str, overdraft: int = 0) -> None:
+    async def _fresh_wallet(self, wallet_id: str, overdraft: int = 0, force: bool = False) -> None:
         self._overdraft[wallet_id] = overdraft
-        if not self.holds.is_fresh(wallet_id, self.freshness):
+        if force or not await self.holds.is_fresh(wallet_id, self.freshness):
             balance, version = await self.keys.read(wallet_state, wallet_id)
-            self.holds.confirm(wallet_id, balance + overdraft, version)
+            await self.holds.confirm(wallet_id, balance + overdraft, version)
 
     async def _known_token(self, pot: str, token_id: str, cap: int) -> None:
-        """A token's spend is read once, then kept by this process from the writer's commits."""
-        if not self.holds.is_fresh(pot, math.inf):
-            self.holds.confirm(pot, cap - await self.keys.read(token_spent, token_id), 0)
+        """A token's spend is read once, then kept up to date from the writers' commits."""
+        if not await self.holds.is_fresh(pot, math.inf):
+            await self.holds.confirm(pot, cap - await self.keys.read(token_spent, token_id), 0)
 
     def worst_case_usage(self, meter: Meter) -> TokenUsage:
         return TokenUsage(
@@ -61,10 +74,9 @@ class Cashier:
         """Raise PaymentRequired, or hold the request's worst case in every pot that pays for it."""
         merchant = plan.key.wallet_id
         await self._fresh_wallet(merchant)
-        if plan.merchant_pays_provider and self.holds.available(merchant) <= 0:
+        if plan.merchant_pays_provider and (available := await self.holds.available(merchant)) <= 0:
             raise PaymentRequired(
-                "insufficient_balance",
-                f"wallet balance is {format_usd(self.holds.available(merchant))} USD; top it up to continue",
+                "insufficient_balance", f"wallet balance is {format_usd(available)} USD; top it up to continue"
             )
         capped = plan.token is not None and plan.token.spend_cap_nanos is not None
         if not (plan.bill_customer or capped):
@@ -84,7 +96,15 @@ class Cashier:
             await self._known_token(pot, plan.token.token_id, plan.token.spend_cap_nanos)
             pots[pot] = max(payer_amount, 1)
         try:
-            self.holds.hold(request_id, pots)
+            try:
+                await self.holds.hold(request_id, pots)
+            except KeyError:  # the hot store lost a pot (flushed): confirm it from the ledger again
+                if plan.bill_customer:
+                    await self._fresh_wallet(plan.customer.wallet_id, plan.customer.overdraft_limit_nanos, force=True)
+                if capped:
+                    await self._known_token(f"token:{plan.token.token_id}", plan.token.token_id,
+                                            plan.token.spend_cap_nanos)
+                await self.holds.hold(request_id, pots)
         except InsufficientFunds as e:
             whose = "token spend cap" if e.pot.startswith("token:") else "customer balance"
             raise PaymentRequired(
@@ -111,14 +131,25 @@ class Cashier:
             merchant, customer = 0, self._byok(cost_nanos)
         else:
             merchant, customer = self._byok(cost_nanos), 0
-        self.holds.add(request_id, plan.key.wallet_id, merchant)
+        self._background(self.holds.add(request_id, plan.key.wallet_id, merchant))
         return merchant, customer
 
     def settled(self, report: CommitReport) -> None:
         """On the event loop: the writer committed; take its balances and drop the requests' holds."""
+        self._background(self._settle(report))
+
+    async def _settle(self, report: CommitReport) -> None:
         for wallet_id, (balance, version) in report.wallets.items():
-            self.holds.confirm(wallet_id, balance + self._overdraft.get(wallet_id, 0), version)
+            await self.holds.confirm(wallet_id, balance + self._overdraft.get(wallet_id, 0), version)
         for token_id, amount in report.token_charges.items():
-            self.holds.spend(f"token:{token_id}", amount)
+            await self.holds.spend(f"token:{token_id}", amount)
         for request_id in report.request_ids:
-            self.holds.release(request_id)
+            await self.holds.release(request_id)
+
+    @staticmethod
+    def _background(coro) -> None:
+        """Hot-store work the hook need not wait for; a failure is logged and the hold then expires."""
+        create_task(coro, name="tollgate-holds", keep_ref=True).add_done_callback(_log_failure)
+
+    async def close(self) -> None:
+        await self.holds.close()

@@ -1,0 +1,180 @@
+"""Where holds live: in this process (one instance), or in Redis (several instances or machines).
+
+Both expose the same coroutine interface to the cashier. In Redis every operation is one Lua
+script, so checking every pot of a request and reserving in all of them is atomic across all
+instances, and settling is idempotent per request id (a settled request leaves a tombstone, so a
+late `add` for it is ignored). PostgreSQL stays the source of truth: a pot missing from Redis (a
+flush, a restart) is simply not fresh, and the cashier confirms it again from the ledger.
+Keys are built inside the scripts from a prefix, which suits a single Redis node, not Cluster.
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis.asyncio as aioredis
+
+from addons.billing.holds import HoldBook, InsufficientFunds
+
+
+class LocalHolds:
+    """The in-process HoldBook behind the async interface; nothing in it awaits, so it stays atomic."""
+
+    def __init__(self, hold_ttl: float):
+        self.book = HoldBook(hold_ttl)
+
+    async def is_fresh(self, pot: str, max_age: float) -> bool:
+        return self.book.is_fresh(pot, max_age)
+
+    async def confirm(self, pot: str, amount: int, version: int) -> None:
+        self.book.confirm(pot, amount, version)
+
+    async def spend(self, pot: str, amount: int) -> None:
+        self.book.spend(pot, amount)
+
+    async def available(self, pot: str) -> int:
+        return self.book.available(pot)
+
+    async def hold(self, request_id: str, amounts: dict[str, int]) -> None:
+        self.book.hold(request_id, amounts)
+
+    async def add(self, request_id: str, pot: str, amount: int) -> None:
+        self.book.add(request_id, pot, amount)
+
+    async def release(self, request_id: str) -> None:
+        self.book.release(request_id)
+
+    async def close(self) -> None:
+        pass
+
+
+_EXPIRE = """
+local function k(kind, id) return ARGV[1] .. ':' .. kind .. ':' .. id end
+local function expire(pot, now)
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', k('exp', pot), '-inf', now)) do
+    local amount = redis.call('HGET', k('hold', pot), id)
+    if amount then
+      redis.call('HDEL', k('hold', pot), id)
+      redis.call('HINCRBY', k('pot', pot), 'h', -tonumber(amount))
+    end
+    redis.call('ZREM', k('exp', pot), id)
+  end
+end
+"""
+
+# ARGV: prefix, now_ms, ttl_ms, request_id, check ("1"/"0"), n, then n pairs of (pot, amount)
+_HOLD = _EXPIRE + """
+local now, ttl, rid, check, n = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5] == '1', tonumber(ARGV[6])
+if redis.call('EXISTS', k('done', rid)) == 1 then return {1} end
+for i = 0, n - 1 do
+  local pot, amount = ARGV[7 + 2 * i], tonumber(ARGV[8 + 2 * i])
+  expire(pot, now)
+  if check then
+    local confirmed = redis.call('HGET', k('pot', pot), 'c')
+    if not confirmed then return {-1, i, 0} end
+    local held = tonumber(redis.call('HGET', k('pot', pot), 'h') or '0')
+    local mine = tonumber(redis.call('HGET', k('hold', pot), rid) or '0')
+    local available = tonumber(confirmed) - held + mine
+    if amount > available then return {0, i, available} end
+  end
+end
+for i = 0, n - 1 do
+  local pot, amount = ARGV[7 + 2 * i], tonumber(ARGV[8 + 2 * i])
+  local before = tonumber(redis.call('HGET', k('hold', pot), rid) or '0')
+  local after = check and amount or before + amount
+  redis.call('HSET', k('hold', pot), rid, after)
+  redis.call('HINCRBY', k('pot', pot), 'h', after - before)
+  redis.call('ZADD', k('exp', pot), now + ttl, rid)
+  redis.call('SADD', k('req', rid), pot)
+  redis.call('PEXPIRE', k('req', rid), ttl + 60000)
+end
+return {1}
+"""
+
+# ARGV: prefix, now_ms, request_id, ttl_ms
+_RELEASE = _EXPIRE + """
+local rid, ttl = ARGV[3], tonumber(ARGV[4])
+redis.call('SET', k('done', rid), '1', 'PX', ttl + 60000)
+for _, pot in ipairs(redis.call('SMEMBERS', k('req', rid))) do
+  local amount = redis.call('HGET', k('hold', pot), rid)
+  if amount then
+    redis.call('HDEL', k('hold', pot), rid)
+    redis.call('HINCRBY', k('pot', pot), 'h', -tonumber(amount))
+  end
+  redis.call('ZREM', k('exp', pot), rid)
+end
+redis.call('DEL', k('req', rid))
+return 1
+"""
+
+# ARGV: prefix, now_ms, pot, amount, version
+_CONFIRM = _EXPIRE + """
+local key = k('pot', ARGV[3])
+local known = redis.call('HGET', key, 'v')
+if (not redis.call('HGET', key, 'c')) or (not known) or tonumber(ARGV[5]) >= tonumber(known) then
+  redis.call('HSET', key, 'c', ARGV[4], 'v', ARGV[5], 't', ARGV[2])
+end
+return 1
+"""
+
+# ARGV: prefix, now_ms, pot  -> confirmed - held, or false when the pot is unknown
+_AVAILABLE = _EXPIRE + """
+expire(ARGV[3], tonumber(ARGV[2]))
+local confirmed = redis.call('HGET', k('pot', ARGV[3]), 'c')
+if not confirmed then return false end
+return tonumber(confirmed) - tonumber(redis.call('HGET', k('pot', ARGV[3]), 'h') or '0')
+"""
+
+
+class RedisHolds:
+    def __init__(self, url: str, hold_ttl: float, prefix: str = "tollgate"):
+        self.redis = aioredis.from_url(url)
+        self.prefix = prefix
+        self.ttl_ms = int(hold_ttl * 1000)
+        self._hold = self.redis.register_script(_HOLD)
+        self._release = self.redis.register_script(_RELEASE)
+        self._confirm = self.redis.register_script(_CONFIRM)
+        self._available = self.redis.register_script(_AVAILABLE)
+
+    @staticmethod
+    def _now() -> int:
+        return int(time.time() * 1000)
+
+    async def is_fresh(self, pot: str, max_age: float) -> bool:
+        at = await self.redis.hget(f"{self.prefix}:pot:{pot}", "t")
+        return at is not None and (max_age == float("inf") or self._now() - int(at) < max_age * 1000)
+
+    async def confirm(self, pot: str, amount: int, version: int) -> None:
+        await self._confirm(args=[self.prefix, self._now(), pot, amount, version])
+
+    async def spend(self, pot: str, amount: int) -> None:
+        key = f"{self.prefix}:pot:{pot}"
+        if await self.redis.hexists(key, "c"):
+            await self.redis.hincrby(key, "c", -amount)
+
+    async def available(self, pot: str) -> int:
+        value = await self._available(args=[self.prefix, self._now(), pot])
+        if value is None:
+            raise KeyError(pot)
+        return int(value)
+
+    async def hold(self, request_id: str, amounts: dict[str, int]) -> None:
+        pots = list(amounts.items())
+        args = [self.prefix, self._now(), self.ttl_ms, request_id, "1", len(pots)]
+        for pot, amount in pots:
+            args += [pot, amount]
+        result = await self._hold(args=args)
+        if int(result[0]) == -1:  # flushed between the cashier's confirm and this hold
+            raise KeyError(pots[int(result[1])][0])
+        if int(result[0]) != 1:
+            raise InsufficientFunds(pots[int(result[1])][0], max(int(result[2]), 0))
+
+    async def add(self, request_id: str, pot: str, amount: int) -> None:
+        if amount > 0:
+            await self._hold(args=[self.prefix, self._now(), self.ttl_ms, request_id, "0", 1, pot, amount])
+
+    async def release(self, request_id: str) -> None:
+        await self._release(args=[self.prefix, self._now(), request_id, self.ttl_ms])
+
+    async def close(self) -> None:
+        await self.redis.aclose()
