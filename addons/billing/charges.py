@@ -16,8 +16,11 @@ from datetime import datetime
 
 from peewee import PostgresqlDatabase
 
-from addons.ledger.models import Customer, LedgerEntry, MeterRow, MeterUsage, Wallet, database
+from addons.ledger.bulk import bulk_insert
+from addons.ledger.models import Customer, LedgerEntry, MeterRow, MeterUsage, Wallet, database, utcnow
 from pricing import meters
+
+ENTRY_COLUMNS = ("wallet", "amount_nanos", "reason", "request_id", "created_at")
 
 
 def cycle_start(at: datetime) -> datetime:
@@ -39,24 +42,49 @@ def _locked(query):
     return query.for_update() if isinstance(database.obj, PostgresqlDatabase) else query
 
 
-def _meter_fee(record, specs: dict) -> int:
-    if record.meter_id not in specs:
-        specs[record.meter_id] = meters.spec_from_row(MeterRow.get_by_id(record.meter_id))
-    spec = specs[record.meter_id]
-    key = dict(wallet=record.customer_wallet_id, meter=record.meter_id, cycle_start=cycle_start(record.created_at))
-    MeterUsage.insert(**key, units_micro=0).on_conflict_ignore().execute()
-    usage = _locked(MeterUsage.select().where(*(getattr(MeterUsage, k) == v for k, v in key.items()))).get()
-    before = meters.micro_to_units(usage.units_micro)
-    fee = meters.fee(spec, units=meters.micro_to_units(record.units_micro), running_before=before,
-                     provider_cost_nanos=record.provider_cost_nanos)
-    MeterUsage.update(units_micro=MeterUsage.units_micro + record.units_micro).where(
-        MeterUsage.id == usage.id).execute()
-    return fee
+class RunningTotals:
+    """The batch's meter running totals, locked once per (wallet, meter, cycle) and written back once."""
+
+    def __init__(self, records: list):
+        metered = [r for r in records if r.meter_id and r.customer_wallet_id and r.bill_customer]
+        keys = {(r.customer_wallet_id, r.meter_id, cycle_start(r.created_at)) for r in metered}
+        self.specs = {
+            row.id: meters.spec_from_row(row)
+            for row in MeterRow.select().where(MeterRow.id.in_(list({r.meter_id for r in metered})))
+        }
+        self.units: dict[tuple, int] = {}
+        self.ids: dict[tuple, int] = {}
+        self.before: dict[tuple, int] = {}
+        if not keys:
+            return
+        MeterUsage.insert_many(
+            [dict(wallet=w, meter=m, cycle_start=c, units_micro=0) for w, m, c in sorted(keys)]
+        ).on_conflict_ignore().execute()
+        wallets = list({w for w, _, _ in keys})
+        rows = _locked(MeterUsage.select().where(MeterUsage.wallet.in_(wallets)).order_by(MeterUsage.id))
+        for row in rows:
+            key = (row.wallet_id, row.meter_id, row.cycle_start)
+            if key in keys:
+                self.ids[key], self.units[key], self.before[key] = row.id, row.units_micro, row.units_micro
+
+    def fee(self, record) -> int:
+        key = (record.customer_wallet_id, record.meter_id, cycle_start(record.created_at))
+        fee = meters.fee(self.specs[record.meter_id], units=meters.micro_to_units(record.units_micro),
+                         running_before=meters.micro_to_units(self.units[key]),
+                         provider_cost_nanos=record.provider_cost_nanos)
+        self.units[key] += record.units_micro
+        return fee
+
+    def write(self) -> None:
+        for key, units in self.units.items():
+            if units != self.before[key]:
+                MeterUsage.update(units_micro=units).where(MeterUsage.id == self.ids[key]).execute()
 
 
 def apply_charges(records: list) -> CommitReport:
     """Debit merchants and customers for `records` (not yet in the ledger); call inside a transaction."""
     report = CommitReport(request_ids=[r.id for r in records])
+    now = utcnow()
     customer_wallets = {r.customer_wallet_id for r in records if r.customer_wallet_id}
     wallet_ids = sorted({r.wallet_id for r in records} | customer_wallets)
     balances = dict(
@@ -68,20 +96,20 @@ def apply_charges(records: list) -> CommitReport:
         .where(Customer.wallet.in_(list(customer_wallets)))
         .tuples()
     )
-    specs: dict = {}
+    totals = RunningTotals(records)
     debits: dict[str, int] = defaultdict(int)
     entries = []
 
     def debit(wallet_id: str, amount: int, record) -> None:
         debits[wallet_id] += amount
         balances[wallet_id] -= amount
-        entries.append(dict(wallet=wallet_id, amount_nanos=-amount, reason="usage", request_id=record.id))
+        entries.append((wallet_id, -amount, "usage", record.id, now))
 
     for record in records:
         if record.charged_nanos:
             debit(record.wallet_id, record.charged_nanos, record)
         if record.customer_wallet_id and record.bill_customer:
-            fee = (_meter_fee(record, specs) if record.meter_id else 0) + record.customer_byok_fee_nanos
+            fee = (totals.fee(record) if record.meter_id else 0) + record.customer_byok_fee_nanos
             room = max(0, balances[record.customer_wallet_id] + overdraft.get(record.customer_wallet_id, 0))
             record.fee_nanos = min(fee, room)
             record.fee_uncollected_nanos = fee - record.fee_nanos
@@ -91,8 +119,8 @@ def apply_charges(records: list) -> CommitReport:
         if record.token_id:  # a signed token's spend is what its payer was charged
             record.token_spend_nanos = record.fee_nanos if record.bill_customer else record.charged_nanos
             report.token_charges[record.token_id] += record.token_spend_nanos
-    if entries:
-        LedgerEntry.insert_many(entries).execute()
+    totals.write()
+    bulk_insert(LedgerEntry, ENTRY_COLUMNS, entries)
     for wallet_id, amount in debits.items():
         Wallet.update(balance_nanos=Wallet.balance_nanos - amount, version=Wallet.version + 1).where(
             Wallet.id == wallet_id

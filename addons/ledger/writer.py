@@ -16,13 +16,14 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 
 from peewee import InterfaceError, OperationalError
 
 from addons.billing.charges import CommitReport, apply_charges
+from addons.ledger.bulk import bulk_insert
 from addons.ledger.models import Hold, RequestRow, database
 from addons.settings import PROJECT_ROOT
 
@@ -70,15 +71,17 @@ class UsageRecord:
     customer_byok_fee_nanos: int = 0
 
     def row(self) -> dict:
-        data = asdict(self)
-        for name in _NOT_COLUMNS:
-            del data[name]
+        data = {name: getattr(self, name) for name in _COLUMNS}  # not asdict: it deep-copies every field
         data["metadata"] = json.dumps(self.metadata) if self.metadata else None
         data["model"] = self.model[: RequestRow.model.max_length] if self.model else None  # caller-supplied
         return data
 
+    def values(self) -> tuple:
+        return tuple(self.row().values())
+
 
 _NOT_COLUMNS = ("wallet_id", "customer_wallet_id", "meter_id", "units_micro", "bill_customer", "customer_byok_fee_nanos")
+_COLUMNS = tuple(f.name for f in fields(UsageRecord) if f.name not in _NOT_COLUMNS)
 
 
 @dataclass(slots=True)
@@ -108,7 +111,7 @@ def write_batch(items: list[UsageRecord | HoldRecord]) -> CommitReport:
         fresh = sorted((r for r in records if r.id not in present), key=lambda r: r.created_at)
         report = apply_charges(fresh) if fresh else CommitReport()
         if fresh:
-            RequestRow.insert_many([r.row() for r in fresh]).execute()
+            bulk_insert(RequestRow, _COLUMNS, [r.values() for r in fresh])
         Hold.delete().where(Hold.request_id.in_(ids)).execute()
         report.request_ids = ids
         return report
