@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Set up and run Tollgate.
-#   ./run_proxy.sh [mitmproxy args...]   set up .venv and the ledger, then run mitmdump with the gateway
-#   ./run_proxy.sh --web [args...]       the same with mitmweb (UI on 127.0.0.1:8081)
+#   ./run_proxy.sh [--workers N] [mitmproxy args...]
+#                                        set up .venv and the ledger, then run the gateway on a lean
+#                                        mitmproxy (tollgate-proxy): N processes sharing the port
+#                                        (SO_REUSEPORT, supervised by addons/workers.py); default one
+#                                        per core when Redis is configured (shared holds), else one
+#   ./run_proxy.sh --web [args...]       mitmweb instead, one process with all of mitmproxy's addons
+#                                        and its UI on 127.0.0.1:8081 (for interactive inspection)
 #   ./run_proxy.sh --test [pytest args]  set up .venv with test dependencies and run the test suite
 #   ./run_proxy.sh --which-python        print the Python >= 3.12 that would build .venv
 set -euo pipefail
@@ -33,6 +38,24 @@ case "${1:-}" in
     --test) mode=test; shift ;;
     --which-python) mode=which ;;
 esac
+
+workers=""
+if [ "$mode" = run ]; then  # --workers N / --workers=N, anywhere among the arguments
+    args=()
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --workers) [ $# -ge 2 ] || { echo "run_proxy.sh: --workers needs a number" >&2; exit 2; }
+                       workers=$2; shift 2 ;;
+            --workers=*) workers=${1#--workers=}; shift ;;
+            *) args+=("$1"); shift ;;
+        esac
+    done
+    set -- ${args[@]+"${args[@]}"}
+    if [ -n "$workers" ] && ! [[ "$workers" =~ ^([1-9][0-9]*|auto)$ ]]; then
+        echo "run_proxy.sh: --workers needs a positive number or auto, not '$workers'" >&2; exit 2
+    fi
+    [ -n "$workers" ] || workers=auto  # one per core with Redis configured, else one
+fi
 
 no_python() {
     echo "run_proxy.sh: Tollgate needs Python >= 3.12 (mitmproxy 12 requires it), and none was found." >&2
@@ -70,9 +93,10 @@ if [ "$mode" = test ]; then
     exec .venv/bin/python -m pytest "$@"
 fi
 
-.venv/bin/tollgate init
-tool=mitmdump
-[ "$mode" = web ] && tool=mitmweb
-defaults=(--listen-host 127.0.0.1 --listen-port 8080 -s addons/gateway.py)
-[ "$mode" = web ] && defaults+=(--set web_open_browser=false)
-exec ".venv/bin/$tool" "${defaults[@]}" "$@"
+.venv/bin/tollgate init  # once, before any worker starts
+defaults=(--listen-host 127.0.0.1 --listen-port 8080)
+if [ "$mode" = web ]; then
+    exec .venv/bin/mitmweb "${defaults[@]}" -s addons/gateway.py --set web_open_browser=false "$@"
+else
+    exec .venv/bin/python -m addons.workers --workers "$workers" -- "${defaults[@]}" "$@"
+fi

@@ -1,0 +1,276 @@
+"""The lean gateway process: `tollgate-proxy [mitmdump options]` (what ./run_proxy.sh runs).
+
+mitmdump loads all of mitmproxy's default addons plus a per-flow console printer (Dumper); most
+of them serve interactive use, and each one with a flow hook is called on every flow. This
+launcher runs a mitmproxy Master with only what the gateway's request path needs, then the
+Gateway addon itself (no script loader indirection, no script reload watcher).
+
+Kept, in mitmproxy's order:
+    TermLog         startup lines, warnings and errors (no per-flow lines, see below)
+    Core            option validation and the core commands
+    Block           refuses clients from public addresses unless `--set block_global=false`, so a
+                    gateway bound to 0.0.0.0 is not an open proxy by accident
+    StripDnsHttpsRecords, DnsResolver
+                    act only on DNS flows (`--mode dns`, WireGuard); no cost on HTTP flows
+    DisableH2C      refuses h2c upgrades, which mitmproxy cannot proxy
+    ProxyAuth       `--proxyauth` (proxy authentication)
+    Proxyserver     the listeners and connection handling
+    ScriptLoader    so `-s extra.py` still works (the gateway itself is not loaded through it)
+    NextLayer, TlsConfig
+                    protocol detection, interception, the CA in the confdir
+    UpstreamAuth    `--mode upstream:` behind an authenticating proxy
+    UpdateAltSvc    keeps clients of `--mode reverse:` from bypassing the proxy via Alt-Svc
+    ErrorCheck      exits non-zero when startup logged an error (port taken, bad settings)
+    Gateway         addons.gateway_addon, added last, once the command line is parsed
+Dropped (interactive, replay or flow-storage features the gateway does not use):
+    Dumper (per-flow output), KeepServing and ReadFileStdin (reading flow files), Browser,
+    BlockList, AntiCache, AntiComp, ClientPlayback, ServerPlayback, CommandHistory, Comment, Cut,
+    Export, Onboarding (mitm.it; `tollgate ca` gives the CA), MapRemote, MapLocal, ModifyBody,
+    ModifyHeaders, StickyAuth, StickyCookie, Save, SaveHar.
+Their command-line flags are gone (`-w` is an unrecognized argument) and a `--set` of one of their
+options is an error rather than silently ignored. `./run_proxy.sh --web` runs mitmweb with all of
+them for interactive inspection.
+
+mitmproxy logs every client and server connect/disconnect at INFO; here those show only at debug
+verbosity (`-v` or `--set termlog_verbosity=debug`), so a busy gateway writes no per-flow lines.
+
+The event loop is uvloop's when uvloop is installed (an optional speed-up; asyncio's own loop
+otherwise). `TOLLGATE_UVLOOP=0` turns it off. The startup line names the loop in use.
+
+Workers (`--reuse-port`, passed by addons.workers): several processes listen on one port with
+SO_REUSEPORT, and the kernel spreads new connections across them. mitmproxy binds its TCP
+listeners with `asyncio.start_server(handler, host, port)` (proxy/mode_servers.py), which has no
+way to ask for `reuse_port`. Rather than patching mitmproxy's module, or pre-binding a socket that
+mitmproxy would not use, a worker runs on an event loop subclass whose `create_server` (what
+`asyncio.start_server` calls) defaults to `reuse_port=True`: mitmproxy stays untouched, and the
+only servers this process creates are mitmproxy's listeners. A worker refuses modes that do not
+listen on a fixed TCP port (UDP-based ones such as dns, wireguard, reverse:quic; local; port 0),
+which cannot be shared this way. Any process of the same user that also sets SO_REUSEPORT could
+join the port; a plain listener (a second gateway without workers) still gets "address in use".
+`--ready-fd N` (internal) makes a worker write a byte to fd N once it is listening.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from mitmproxy import ctx, exceptions, hooks, master, options, optmanager
+from mitmproxy.addons import (
+    block,
+    core,
+    disable_h2c,
+    dns_resolver,
+    errorcheck,
+    next_layer,
+    proxyauth,
+    proxyserver,
+    script,
+    strip_dns_https_records,
+    tlsconfig,
+    update_alt_svc,
+    upstream_auth,
+)
+from mitmproxy.proxy import mode_specs
+from mitmproxy.tools import cmdline
+from mitmproxy.tools.main import process_options
+from mitmproxy.utils import debug
+
+from addons.gateway_addon import Gateway
+
+PROG = "tollgate-proxy"
+GATEWAY_SCRIPT = Path(__file__).resolve().with_name("gateway.py")
+CONNECTION_LOGGER = "mitmproxy.proxy.server"
+
+
+def lean_addons() -> list:
+    """mitmproxy's default addons minus the interactive ones, in mitmproxy's order (see above)."""
+    return [
+        core.Core(),
+        block.Block(),
+        strip_dns_https_records.StripDnsHttpsRecords(),
+        disable_h2c.DisableH2C(),
+        proxyauth.ProxyAuth(),
+        proxyserver.Proxyserver(),
+        script.ScriptLoader(),
+        dns_resolver.DnsResolver(),
+        next_layer.NextLayer(),
+        tlsconfig.TlsConfig(),
+        upstream_auth.UpstreamAuth(),
+        update_alt_svc.UpdateAltSvc(),
+    ]
+
+
+class QuietConnections:
+    """Keep mitmproxy's per-connection INFO lines (client connect, server disconnect...) for debug verbosity."""
+
+    def load(self, loader):
+        self.configure({"termlog_verbosity"})  # TermLog's option exists already; apply its current value
+
+    def configure(self, updated):
+        if "termlog_verbosity" in updated:
+            debug_level = ctx.options.termlog_verbosity == "debug"
+            logging.getLogger(CONNECTION_LOGGER).setLevel(logging.NOTSET if debug_level else logging.WARNING)
+
+
+class ReadySignal:
+    """Tells the supervisor this worker listens: one byte on an inherited pipe, written when running."""
+
+    def __init__(self, fd: int):
+        self.fd: int | None = fd
+
+    def running(self):
+        if self.fd is not None:
+            try:
+                os.write(self.fd, b"1")
+            finally:
+                os.close(self.fd)
+                self.fd = None
+
+
+class GatewayMaster(master.Master):
+    """A mitmproxy Master with the lean addon set; the Gateway is added by `install_gateway`."""
+
+    def __init__(self, opts: options.Options):
+        super().__init__(opts, with_termlog=True)
+        # ErrorCheck collects errors logged from here on; it has no flow hooks, so its place is free.
+        self.addons.add(QuietConnections(), *lean_addons(), errorcheck.ErrorCheck())
+        self.gateway: Gateway | None = None
+
+    def install_gateway(self) -> None:
+        """Add the Gateway once the command line is parsed, so its first `configure` sees every option
+        (as the script loader does for `-s addons/gateway.py`). It goes last in the chain: the addons
+        whose order matters to it (Block, DisableH2C, ProxyAuth) come before it either way."""
+        self.gateway = Gateway()
+        self.addons.add(self.gateway)
+        self.addons.invoke_addon_sync(self.gateway, hooks.ConfigureHook(set(self.options.keys())))
+
+
+def make_parser(opts: options.Options) -> argparse.ArgumentParser:
+    parser = cmdline.mitmdump(opts)
+    parser.prog = PROG
+    parser.usage = "%(prog)s [options]"
+    parser.description = "Tollgate's gateway on a lean mitmproxy (mitmdump's options, no per-flow output)."
+    for action in parser._actions:  # mitmdump's trailing flow filter: refused below, so not advertised
+        if action.dest == "filter_args":
+            action.help = argparse.SUPPRESS
+    group = parser.add_argument_group("Tollgate")
+    group.add_argument("--reuse-port", action="store_true",
+                       help="listen with SO_REUSEPORT, as one of several workers sharing the port")
+    group.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def check_worker_modes(opts: options.Options) -> None:
+    """A worker can share only fixed TCP listening ports (see the module docstring)."""
+    for spec in opts.mode:
+        mode = mode_specs.ProxyMode.parse(spec)
+        port = mode.listen_port(opts.listen_port)
+        if mode.transport_protocol != "tcp" or port is None:
+            raise exceptions.OptionsError(
+                f"mode {spec!r} cannot be shared by several workers (only TCP listeners can); run one worker for it"
+            )
+        if port == 0:
+            raise exceptions.OptionsError("workers share one port: give a fixed --listen-port, not 0")
+
+
+def _unknown_set_options(opts: options.Options, setoptions: Sequence[str]) -> list[str]:
+    named = {spec.partition("=")[0].strip() for spec in setoptions}
+    return sorted(named & set(opts.deferred))
+
+
+def _loop_factory(reuse_port: bool):
+    base: type[asyncio.AbstractEventLoop] = asyncio.SelectorEventLoop
+    if os.environ.get("TOLLGATE_UVLOOP", "1") != "0":
+        try:
+            import uvloop
+
+            base = uvloop.Loop
+        except ImportError:
+            pass
+    if not reuse_port:
+        return base
+
+    class ReusePortLoop(base):  # type: ignore[misc, valid-type]
+        """`asyncio.start_server` (mitmproxy's listeners) on this loop binds with SO_REUSEPORT."""
+
+        async def create_server(self, *args, **kwargs):
+            kwargs.setdefault("reuse_port", True)
+            return await super().create_server(*args, **kwargs)
+
+    return ReusePortLoop
+
+
+async def _run(argv: Sequence[str]) -> int:
+    # As mitmproxy.tools.main.run, with our Master and the gateway added after parsing.
+    logging.getLogger().setLevel(logging.DEBUG)
+    for name, level in (("asyncio", logging.WARNING), ("hpack", logging.WARNING), ("quic", logging.WARNING)):
+        logging.getLogger(name).setLevel(level)
+    debug.register_info_dumpers()
+
+    opts = options.Options()
+    m = GatewayMaster(opts)
+    parser = make_parser(opts)
+    args = parser.parse_args(argv)
+    try:
+        if args.filter_args:
+            raise exceptions.OptionsError("flow filters do not apply: this process prints no flows")
+        opts.set(*args.setoptions, defer=True)
+        optmanager.load_paths(opts, os.path.join(opts.confdir, "config.yaml"), os.path.join(opts.confdir, "config.yml"))
+        process_options(parser, opts, args)
+        if any(Path(s.strip("'\" ")).expanduser().resolve() == GATEWAY_SCRIPT for s in opts.scripts):
+            raise exceptions.OptionsError(f"{PROG} runs the gateway itself; drop -s {GATEWAY_SCRIPT.name}")
+        m.install_gateway()
+        if args.options:
+            optmanager.dump_defaults(opts, sys.stdout)
+            return 0
+        if args.commands:
+            m.commands.dump()
+            return 0
+        if not opts.scripts and (unknown := _unknown_set_options(opts, args.setoptions)):
+            raise exceptions.OptionsError(
+                f"unknown option(s): {', '.join(unknown)} (this launcher leaves out mitmproxy's interactive "
+                "addons; use ./run_proxy.sh --web for them)"
+            )
+        if args.reuse_port:
+            check_worker_modes(opts)
+        if args.ready_fd is not None:
+            m.addons.add(ReadySignal(args.ready_fd))
+    except exceptions.OptionsError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 1
+
+    loop = asyncio.get_running_loop()
+    event_loop = "uvloop" if any(c.__module__.startswith("uvloop") for c in type(loop).__mro__) else "asyncio"
+    logging.info(f"Tollgate gateway (pid {os.getpid()}, {event_loop} event loop"
+                 + (", a worker sharing its port)" if args.reuse_port else ")"))
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, m.shutdown)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # as mitmproxy: a closed client socket must not kill us
+    await m.run()
+    # Stopped, the ledger flushed: a late second SIGTERM/SIGINT (a process group signal and the
+    # supervisor's own) must not turn the clean exit into a death by signal.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(signum)
+        signal.signal(signum, signal.SIG_IGN)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # The loop exists before the full parser (which needs a Master, which needs the loop).
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--reuse-port", action="store_true")
+    reuse_port = pre.parse_known_args(argv)[0].reuse_port
+    with asyncio.Runner(loop_factory=_loop_factory(reuse_port)) as runner:
+        return runner.run(_run(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
