@@ -64,6 +64,19 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def tollgate_cli(env: dict[str, str]):
+    """The `tollgate` command as a script runs it: run(*args) -> CompletedProcess, run.json(*args) -> data."""
+
+    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run([str(BIN / "tollgate"), *args], env=env, capture_output=True, text=True, timeout=60)
+        if check:
+            assert result.returncode == 0, result.stderr
+        return result
+
+    run.json = lambda *args: json.loads(run(*args, "--json").stdout)
+    return run
+
+
 class GatewayProcess:
     def __init__(self, tmp: Path, database_url: str, upstreams: dict[str, str], prices: list[dict] = (),
                  billing: dict | None = None, redis_url: str | None = None):

@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 
-from tests.harness import BIN, clean_env
+from tests.harness import clean_env, tollgate_cli
 
 
 @pytest.fixture
 def tollgate(tmp_path):
-    env = clean_env(TOLLGATE_DATABASE_URL=f"sqlite:///{tmp_path}/ledger.db", OPENAI_API_KEY="sk-x")
-
-    def run(*args, check=True):
-        result = subprocess.run([str(BIN / "tollgate"), *args], env=env, capture_output=True, text=True, timeout=60)
-        if check:
-            assert result.returncode == 0, result.stderr
-        return result
-
-    run.json = lambda *args: json.loads(run(*args, "--json").stdout)
-    return run
+    return tollgate_cli(clean_env(TOLLGATE_DATABASE_URL=f"sqlite:///{tmp_path}/ledger.db", OPENAI_API_KEY="sk-x"))
 
 
 def test_init_creates_the_admin_key_once(tollgate):

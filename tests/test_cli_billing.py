@@ -8,7 +8,6 @@ import csv
 import io
 import json
 import sqlite3
-import subprocess
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 
@@ -17,7 +16,7 @@ import pytest
 from addons.ledger.models import Account, Event, MeterRow, RequestRow, Wallet, database, open_database, utcnow
 from addons.ledger.writer import HoldRecord, UsageRecord, write_batch
 from addons.signed_tokens import verify_signed_token
-from tests.harness import BIN, clean_env
+from tests.harness import clean_env, tollgate_cli
 
 SIGNING_KEY = "cli-billing-test-signing-key-0123456789"
 USAGE_COLUMNS = ["group", "requests", "input_tokens", "output_tokens", "provider_cost", "charged", "fee", "margin"]
@@ -26,15 +25,7 @@ USAGE_COLUMNS = ["group", "requests", "input_tokens", "output_tokens", "provider
 @pytest.fixture
 def tollgate(tmp_path):
     path = tmp_path / "ledger.db"
-    env = clean_env(TOLLGATE_DATABASE_URL=f"sqlite:///{path}", TOLLGATE_TOKEN_SIGNING_KEY=SIGNING_KEY)
-
-    def run(*args, check=True):
-        result = subprocess.run([str(BIN / "tollgate"), *args], env=env, capture_output=True, text=True, timeout=60)
-        if check:
-            assert result.returncode == 0, result.stderr
-        return result
-
-    run.json = lambda *args: json.loads(run(*args, "--json").stdout)
+    run = tollgate_cli(clean_env(TOLLGATE_DATABASE_URL=f"sqlite:///{path}", TOLLGATE_TOKEN_SIGNING_KEY=SIGNING_KEY))
     run.path = path
     return run
 
