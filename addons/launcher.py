@@ -185,13 +185,33 @@ def _unknown_set_options(opts: options.Options, setoptions: Sequence[str]) -> li
     return sorted(named & set(opts.deferred))
 
 
+def _uvloop_works(uvloop) -> bool:
+    """Some uvloop and Python 3.13 pairs fail under an eager task factory, which mitmproxy installs
+    ('unexpected keyword argument eager_start'): try that path once, else keep asyncio's loop."""
+
+    async def probe() -> None:
+        await asyncio.create_task(asyncio.sleep(0))
+
+    loop, coro = uvloop.new_event_loop(), probe()
+    try:
+        loop.set_task_factory(asyncio.eager_task_factory)
+        loop.run_until_complete(coro)
+        return True
+    except TypeError:
+        coro.close()
+        return False
+    finally:
+        loop.close()
+
+
 def _loop_factory(reuse_port: bool):
     base: type[asyncio.AbstractEventLoop] = asyncio.SelectorEventLoop
     if os.environ.get("TOLLGATE_UVLOOP", "1") != "0":
         try:
             import uvloop
 
-            base = uvloop.Loop
+            if _uvloop_works(uvloop):
+                base = uvloop.Loop
         except ImportError:
             pass
     if not reuse_port:

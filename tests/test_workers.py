@@ -7,6 +7,7 @@ socket inode, and /proc/<pid>/fd says which process holds it.
 from __future__ import annotations
 
 import http.client
+import importlib
 import importlib.util
 import json
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from addons.launcher import _uvloop_works
 from tests.conftest import MOCK_MODEL_PRICE
 from tests.harness import BIN, PROJECT, GatewayProcess
 
@@ -150,8 +152,8 @@ def test_lean_launcher_serves_end_to_end_without_per_flow_output(lean):
     lean.launch([str(BIN / "tollgate-proxy"), *lean.proxy_args()])
     lean.wait_for(lambda: "listening at" in lean.log.read_text() and lean.ca.exists(), message="listening")
     startup = lean.log.read_text()
-    if importlib.util.find_spec("uvloop") is not None:
-        assert "uvloop event loop" in startup
+    uvloop_usable = importlib.util.find_spec("uvloop") is not None and _uvloop_works(importlib.import_module("uvloop"))
+    assert ("uvloop event loop" if uvloop_usable else "asyncio event loop") in startup
 
     ids = []
     for _ in range(3):
