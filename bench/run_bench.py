@@ -473,7 +473,8 @@ class PhaseResult:
     body_size: int = 0
     window: float = 0.0  # wall time of the phase including settling
     foreign: float = 0.0  # CPU seconds used by anything else on the machine during the phase
-    reruns: int = 0
+    noisy_used: int = 0  # phases kept although other processes were busy (no quiet one came)
+    discarded: int = 0  # noisy phases set aside and measured again
 
     @property
     def foreign_pct(self) -> float:
@@ -482,8 +483,7 @@ class PhaseResult:
     def merge(self, o: "PhaseResult") -> None:
         self.lat += o.lat
         self.ttfb += o.ttfb
-        for f in ("ok", "errors", "elapsed", "cpu", "pg_cpu", "client_cpu", "planned", "window", "foreign",
-                  "reruns"):
+        for f in ("ok", "errors", "elapsed", "cpu", "pg_cpu", "client_cpu", "planned", "window", "foreign"):
             setattr(self, f, getattr(self, f) + getattr(o, f))
         self.capped |= o.capped
         self.sample_error = self.sample_error or o.sample_error
@@ -653,9 +653,9 @@ def report(targets: list[Target], results: dict, unavailable: list[tuple[str, st
     out = []
     out.append("# Tollgate gateway overhead benchmark\n")
     out.append(f"Run {meta['date']} on this machine ({os.cpu_count()} cores): load generator + mock provider pinned "
-               f"to CPU {CLIENT_CPU}, every gateway pinned to CPU {GATEWAY_CPU}. One interleaved run: "
-               f"{args.reps} round-robin repetitions, every target in each cell of each repetition, target order "
-               f"rotated per repetition. Wall time {meta['wall']:.0f} s.\n")
+               f"to CPU {CLIENT_CPU}, every gateway pinned to CPU {GATEWAY_CPU}. One interleaved run: each cell's requests "
+               f"are split into {args.reps} phases measured in round-robin rounds, every target in each round, the "
+               f"target order rotated per round, so drift hits every target alike. Wall time {meta['wall']:.0f} s.\n")
     out.append(f"Command: `{meta['command']}`\n")
     out.append(f"Versions: {meta['versions']}\n")
     out.append("Workload: OpenAI `POST /v1/chat/completions` (`model: {m}`) to the MockProvider of tests/mock_provider.py; "
@@ -666,18 +666,17 @@ def report(targets: list[Target], results: dict, unavailable: list[tuple[str, st
     allres = list(results.values())
     window = sum(x.window for x in allres)
     foreign = sum(x.foreign for x in allres)
-    noisy = [k for k, x in results.items() if x.foreign_pct > args.noise_pct]
+    filled = [k for k, x in results.items() if x.noisy_used]
     out.append(f"Other activity on the machine (anything but the gateways, their PostgreSQL backends, the mock "
-               f"and the load generator, from /proc/stat) during the measured phases: "
-               f"{foreign / window * 100 if window else 0:.1f}% of one CPU on average; a phase where it passed "
-               f"{args.noise_pct:.0f}% was measured again up to {args.reruns} time(s) and the quietest attempt "
-               f"kept ({sum(x.reruns for x in allres)} re-measurements, {meta['quiet_spent']:.0f} s of "
-               f"{args.quiet_budget:.0f} s budget for waiting and re-measuring; {meta['quiet']}). "
-               f"Cells whose kept phases still averaged "
-               f"over {args.noise_pct:.0f}%: {len(noisy)} of {len(allres)}"
-               + (" (" + ", ".join(f"{k[0]} {'streamed' if k[1] == 'st' else 'non-streamed'}@{k[2]} "
-                                   f"{results[k].foreign_pct:.0f}%" for k in noisy) + ")"
-                  if noisy else "") + ".\n")
+               f"and the load generator; /proc/stat) is measured during every phase. A phase during which it "
+               f"passed {args.noise_pct:.0f}% of one CPU was set aside and measured again in a later round "
+               f"({sum(x.discarded + x.noisy_used for x in allres)} such phases; {meta['rounds']} rounds in all; "
+               f"{meta['quiet']}). In the phases kept, other activity averaged "
+               f"{foreign / window * 100 if window else 0:.1f}% of one CPU. "
+               + ("Cells that still include noisy phases (no quiet one came in time): " + ", ".join(
+                   f"{k[0]} {'streamed' if k[1] == 'st' else 'non-streamed'}@{k[2]} ({results[k].noisy_used} of "
+                   f"{args.reps}, other load {results[k].foreign_pct:.0f}%)" for k in sorted(filled)) + "."
+                  if filled else "Every cell is made of quiet phases only.") + "\n")
     out.append(f"Requests per target per cell (over all repetitions; fewer if the time cap of {args.phase_cap:.0f} s "
                f"per target per cell hit, marked *): non-streamed {args.requests} at 1 and at 32 clients; "
                f"streamed {args.stream_requests_c1} at 1 client, {args.stream_requests_c32} at 32 clients.\n")
@@ -936,6 +935,7 @@ def run_profile(t: Target, mock_pid: int, args) -> str:
     raw.unlink(missing_ok=True)
     duration = args.profile_seconds
     version = subprocess.run([str(pyspy), "--version"], capture_output=True, text=True).stdout.strip()
+    waited, _ = wait_quiet(60.0, args.noise_pct, False)
     # --nonblocking: in blocking mode py-spy's idle detection let waiting threads (thread-pool workers,
     # the ledger writer's queue wait) through as if they were on CPU, half the samples; --full-filenames
     # so frames can be told apart by package.
@@ -968,7 +968,9 @@ def run_profile(t: Target, mock_pid: int, args) -> str:
             "cpu": f"gateway process at {res.cpu / res.elapsed * 100:.0f}% of one CPU, "
                    f"{res.cpu / max(res.ok, 1) * 1000:.2f} ms CPU per request" if res.elapsed else "",
             "workload": f"non-streamed requests through the forward endpoint at 32 clients ({t.label})",
-            "load": f"{res.ok} requests ok, {res.errors} errors, {res.ok / res.elapsed:.0f} req/s under the profiler"}
+            "load": f"{res.ok} requests ok, {res.errors} errors, {res.ok / res.elapsed:.0f} req/s under the profiler, "
+                    f"other processes on the machine at {res.foreign_pct:.0f}% of a CPU (waited {waited:.0f} s for "
+                    f"quiet first)"}
     return summarize_profile(raw, meta, delta)
 
 
@@ -1009,15 +1011,15 @@ def main() -> int:
     ap.add_argument("--stream-requests-c32", type=int, default=800, help="streamed requests per target at 32 clients")
     ap.add_argument("--reps", type=int, default=4, help="round-robin repetitions the counts are split over")
     ap.add_argument("--noise-pct", type=float, default=10.0,
-                    help="re-measure a phase during which other processes used more than this %% of a CPU")
-    ap.add_argument("--reruns", type=int, default=2, help="re-measurements of a noisy phase (0: none)")
-    ap.add_argument("--quiet-wait", type=float, default=120.0,
+                    help="set aside (and measure again later) a phase during which other processes used more "
+                         "than this %% of a CPU")
+    ap.add_argument("--extra-reps", type=int, default=4,
+                    help="extra rounds in which phases set aside as noisy are measured again")
+    ap.add_argument("--quiet-wait", type=float, default=60.0,
                     help="seconds to wait at most, before the run, for other processes to go quiet")
-    ap.add_argument("--quiet-budget", type=float, default=240.0,
-                    help="seconds the whole run may spend waiting for quiet and re-measuring noisy phases")
     ap.add_argument("--phase-cap", type=float, default=30.0, help="seconds per target per cell (all reps)")
     ap.add_argument("--chunk-delay", type=float, default=0.010, help="mock's delay between SSE events (s)")
-    ap.add_argument("--max-minutes", type=float, default=20.0, help="stop starting phases after this")
+    ap.add_argument("--max-minutes", type=float, default=25.0, help="stop starting phases after this")
     ap.add_argument("--quick", action="store_true", help="a smoke run: tiny counts")
     ap.add_argument("--only", default="", help="comma-separated target names to keep (upstream is always kept)")
     ap.add_argument("--skip", default="", help="comma-separated groups to skip: mitmdump,tollgate-sqlite,"
@@ -1032,7 +1034,7 @@ def main() -> int:
     if args.quick:
         args.requests, args.stream_requests_c1, args.stream_requests_c32 = 64, 8, 64
         args.reps, args.phase_cap, args.profile_seconds = 2, 10.0, 5
-        args.quiet_wait, args.quiet_budget = 10.0, 30.0
+        args.quiet_wait, args.extra_reps = 5.0, 1
     if os.cpu_count() < 2:
         log("needs 2 CPUs (client on 0, gateway on 1)")
         return 2
@@ -1104,57 +1106,69 @@ def main() -> int:
         plan = {("ns", 1): args.requests, ("ns", 32): args.requests,
                 ("st", 1): args.stream_requests_c1, ("st", 32): args.stream_requests_c32}
         results: dict[tuple[str, str, int], PhaseResult] = {}
+        # Phases during which other processes used the machine (other people's test runs on a shared box) are
+        # set aside and the phase is measured again in a later round, still interleaved with every other
+        # target; a cell that never gets enough quiet phases is filled with its quietest noisy ones (and says so).
+        quiet: dict[tuple[str, str, int], list[PhaseResult]] = collections.defaultdict(list)
+        noisy: dict[tuple[str, str, int], list[PhaseResult]] = collections.defaultdict(list)
         stopped_early = False
-        quiet_spent = {"s": 0.0}  # seconds of waiting and re-measuring, bounded by --quiet-budget
         log(f"waiting up to {args.quiet_wait:.0f}s for other processes to use <= {args.noise_pct:.0f}% of a CPU ...")
         waited, last = wait_quiet(args.quiet_wait, args.noise_pct, pg_used)
         meta_quiet = f"waited {waited:.0f} s for a quiet machine before starting (other load then {last:.0f}% of a CPU)"
         log("  " + meta_quiet)
-        for rep in range(args.reps):
-            for (w, c) in CELLS:
-                order = targets[rep % len(targets):] + targets[:rep % len(targets)]
-                for t in order:
-                    if t.dead:
-                        continue
+        rounds = 0
+        interrupted = False
+        try:
+            for rnd in range(args.reps + args.extra_reps):
+                todo = [(w, c, t) for (w, c) in CELLS for t in targets
+                        if not t.dead and len(quiet[(t.name, w, c)]) < args.reps]
+                if not todo or stopped_early:
+                    break
+                rounds += 1
+                shift = rnd % len(targets)
+                order = {t.name: i for i, t in enumerate(targets[shift:] + targets[:shift])}
+                todo.sort(key=lambda x: (CELLS.index((x[0], x[1])), order[x[2].name]))
+                for w, c, t in todo:
                     if time.monotonic() > hard_deadline:
                         stopped_early = True
                         break
                     n = math.ceil(plan[(w, c)] / args.reps)
-                    res = None
-                    for attempt in range(1 + args.reruns):
-                        try:
-                            got = measured_phase(t, mock.pid, w == "st", c, n, args.phase_cap / args.reps)
-                        except Exception as e:  # noqa: BLE001
-                            got = PhaseResult(planned=n, errors=n, sample_error=f"{type(e).__name__}: {e}"[:300])
-                        if res is None or got.foreign_pct < res.foreign_pct:
-                            got.reruns = attempt
-                            res = got
-                        if got.foreign_pct <= args.noise_pct or time.monotonic() > hard_deadline:
-                            break
-                        again = attempt < args.reruns and quiet_spent["s"] < args.quiet_budget
-                        log(f"  other processes used {got.foreign_pct:.0f}% of a CPU during {t.name} {w}@{c}: "
-                            + ("waiting for quiet, then measuring again" if again
-                               else "keeping the quietest attempt"))
-                        if not again:
-                            break
-                        waited, _ = wait_quiet(min(20.0, args.quiet_budget - quiet_spent["s"]), args.noise_pct,
-                                               pg_used)
-                        quiet_spent["s"] += waited + got.window
-                    results.setdefault((t.name, w, c), PhaseResult()).merge(res)
-                    log(f"rep {rep + 1}/{args.reps} {w}@{c:<2} {t.name:<22} ok={res.ok:<5} err={res.errors:<3} "
+                    try:
+                        res = measured_phase(t, mock.pid, w == "st", c, n, args.phase_cap / args.reps)
+                    except Exception as e:  # noqa: BLE001
+                        res = PhaseResult(planned=n, errors=n, sample_error=f"{type(e).__name__}: {e}"[:300])
+                    is_quiet = res.foreign_pct <= args.noise_pct
+                    (quiet if is_quiet else noisy)[(t.name, w, c)].append(res)
+                    log(f"round {rnd + 1} {w}@{c:<2} {t.name:<22} ok={res.ok:<5} err={res.errors:<3} "
                         f"{res.ok / res.elapsed if res.elapsed else 0:7.0f} req/s  p50={ms(pct(res.lat, 50))} ms  "
-                        f"cpu={res.cpu / res.ok * 1000 if res.ok else 0:.2f} ms/req  other={res.foreign_pct:.0f}%")
+                        f"cpu={res.cpu / res.ok * 1000 if res.ok else 0:.2f} ms/req  other={res.foreign_pct:.0f}%"
+                        + ("" if is_quiet else "  (noisy: set aside, measured again later)"))
+        except KeyboardInterrupt:  # report what was measured so far, then stop
+            interrupted = True
+            log("interrupted: reporting the phases measured so far")
+        for key in set(quiet) | set(noisy):
+            phases = quiet[key][:args.reps]
+            fill = sorted(noisy[key], key=lambda x: x.foreign_pct)[:args.reps - len(phases)]
+            cell = PhaseResult()
+            for x in phases + fill:
+                cell.merge(x)
+            cell.noisy_used = len(fill)
+            cell.discarded = len(noisy[key]) - len(fill)
+            results[key] = cell
         for t in targets:
             if t.proc_pid and alive(t.proc_pid):
                 t.rss_after = tree_rss_mb(t.proc_pid)
         meta = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "wall": time.monotonic() - t_start,
                 "command": " ".join([os.path.relpath(sys.executable, PROJECT) if sys.executable.startswith(str(PROJECT))
                                      else sys.executable, os.path.relpath(__file__, PROJECT), *sys.argv[1:]]),
-                "versions": versions(), "quiet": meta_quiet, "quiet_spent": quiet_spent["s"]}
+                "versions": versions(), "quiet": meta_quiet, "rounds": rounds}
         up = results.get(("upstream", "ns", 1))
         meta["ns_body"] = up.body_size if up else "?"
         if stopped_early:
             unavailable.append(("remaining phases", f"--max-minutes {args.max_minutes} reached"))
+        if interrupted:
+            unavailable.append(("remaining phases", "the run was interrupted (SIGINT/SIGTERM); figures are partial"))
+            args.no_profile = True
         text = report(targets, results, unavailable, args, meta)
         print(text)
         Path(args.out).write_text(text)
@@ -1162,7 +1176,8 @@ def main() -> int:
             {f"{k[0]} {k[1]}@{k[2]}": {"ok": v.ok, "errors": v.errors, "elapsed": v.elapsed, "cpu": v.cpu,
                                        "pg_cpu": v.pg_cpu, "client_cpu": v.client_cpu,
                                        "p50": pct(v.lat, 50), "p99": pct(v.lat, 99), "ttfb_p50": pct(v.ttfb, 50),
-                                       "window": v.window, "foreign": v.foreign, "reruns": v.reruns}
+                                       "window": v.window, "foreign": v.foreign, "noisy_used": v.noisy_used,
+                                       "discarded": v.discarded}
              for k, v in results.items()}, indent=1))
         log(f"wrote {args.out}")
 
