@@ -124,12 +124,31 @@ def alive(pid: int) -> bool:
 # ------------------------------------------------------------------------------------------------
 
 STARTED: list[subprocess.Popen] = []
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def watch_signals() -> None:
+    """A stop signal is logged with a snapshot of the machine's processes (on a shared machine someone
+    else's clean-up may hit this process), then raises KeyboardInterrupt: the run reports what it has."""
+    def handler(signum, frame):
+        who = f"received {signal.Signals(signum).name}"
+        log(who)
+        try:
+            ps = subprocess.run(["ps", "-eo", "pid,ppid,pgid,sid,etime,args"], capture_output=True, text=True,
+                                timeout=10).stdout
+            (LOGS / "interrupt.txt").write_text(f"{who} at {time.strftime('%H:%M:%S')}\n\n{ps}")
+        except Exception:  # noqa: BLE001
+            pass
+        raise KeyboardInterrupt
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, handler)
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -789,6 +808,20 @@ def report(targets: list[Target], results: dict, unavailable: list[tuple[str, st
 # Profile
 # ------------------------------------------------------------------------------------------------
 
+# Leaf frames of threads that are waiting, not working: in blocking mode py-spy's idle detection does not
+# see these threads (blocked in C in a futex) as idle on this machine, so they are dropped here.
+IDLE_LEAVES = (
+    ("_worker", "concurrent/futures/thread.py"),  # thread-pool worker in work_queue.get()
+    ("LedgerWriter._next_batch", "addons/ledger/writer.py"),  # writer in SimpleQueue.get()
+    ("Condition.wait", "threading.py"), ("Event.wait", "threading.py"), ("Thread.join", "threading.py"),
+    ("Queue.get", "queue.py"), ("EpollSelector.select", "selectors.py"), ("select", "selectors.py"),
+)
+
+
+def is_idle_leaf(fn: str, file: str) -> bool:
+    return any(fn == f and file.endswith(suffix) for f, suffix in IDLE_LEAVES)
+
+
 FRAME_RE = re.compile(r"^(?P<fn>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
 
@@ -845,7 +878,7 @@ def summarize_profile(raw: Path, meta: dict, thread_cpu_delta: dict[int, float] 
     callers: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     self_cat, total_cat, threads = collections.Counter(), collections.Counter(), collections.Counter()
     tid_names: dict[int, str] = {}
-    total = 0
+    total = idle = 0
     tollgate_incl = 0
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
@@ -868,6 +901,10 @@ def summarize_profile(raw: Path, meta: dict, thread_cpu_delta: dict[int, float] 
             parsed.append((f"{fn} ({short})", categorize(file)))
         if not parsed:
             continue
+        m = FRAME_RE.match(frames[-1])
+        if m and is_idle_leaf(m.group("fn"), m.group("file")):
+            idle += n
+            continue
         total += n
         threads[re.sub(r"^(thread|process)\s*\((0x[0-9a-f]+|\d+)\):?\s*", "", thread) or thread] += n
         self_fn[parsed[-1][0]] += n
@@ -888,16 +925,17 @@ def summarize_profile(raw: Path, meta: dict, thread_cpu_delta: dict[int, float] 
 
     out = ["# Where Tollgate's CPU goes under load\n",
            f"{meta.get('pyspy_version') or 'py-spy'} `record --format raw --threads -r {meta['rate']}` on the Tollgate "
-           f"(SQLite) mitmdump process (`--nonblocking --full-filenames`), {meta['duration']} s of {meta['workload']}. "
+           f"(SQLite) mitmdump process ({meta['mode']}, `--full-filenames`), {meta['duration']} s of {meta['workload']}. "
            f"Idle threads are not sampled, so "
-           f"shares are of on-CPU time. {total} samples used; {meta['spy']}. Load phase: {meta['load']}; "
+           f"shares are of on-CPU time ({idle} samples of threads waiting in a known blocking call, e.g. "
+           f"thread-pool workers and the ledger writer in `queue.get`, were dropped as idle: py-spy's own idle "
+           f"detection misses them here). {total} samples used; {meta['spy']}. Load phase: {meta['load']}; "
            f"{meta['cpu']}.\n",
            f"Stacks that pass through Tollgate's own code (addons/, pricing/): **{share(tollgate_incl)}** of samples; "
            f"the rest is mitmproxy, asyncio, TLS and the interpreter's own machinery.\n",
-           "Caveat: a frame whose thread sits in a blocking C call (e.g. `LedgerWriter._next_batch` in "
-           "`SimpleQueue.get`) is charged whenever py-spy finds that thread runnable, which includes being woken "
-           "and waiting for the GIL: treat such self time as an upper bound. The measured per-thread CPU below "
-           "is the check.\n",
+           "Samples are wall-clock ticks of threads found running. Dropping the known waits as idle also drops "
+           "the little Python work those frames do themselves; the measured per-thread CPU below is the check "
+           "on the sampled thread shares.\n",
            "\n## By thread\n", "| thread | samples | share |", "|---|---|---|"]
     out += [f"| {k} | {v} | {share(v)} |" for k, v in threads.most_common(10)]
     if thread_cpu_delta:
@@ -921,7 +959,7 @@ def summarize_profile(raw: Path, meta: dict, thread_cpu_delta: dict[int, float] 
     for k, v in self_fn.most_common(12):
         top = ", ".join(f"`{c}` {share(m)}" for c, m in callers[k].most_common(3))
         out.append(f"| `{k}` {share(v)} | {top} |")
-    tg = [(k, v) for k, v in total_fn.most_common() if "addons/" in k or "pricing/" in k]
+    tg = [(k, v) for k, v in total_fn.most_common() if " (addons/" in k or " (pricing/" in k]
     out += ["\n## Tollgate functions by inclusive time\n", "| function | inclusive | self |", "|---|---|---|"]
     out += [f"| `{k}` | {share(v)} | {share(self_fn[k])} |" for k, v in tg[:30]]
     return "\n".join(out) + "\n"
@@ -940,8 +978,9 @@ def run_profile(t: Target, mock_pid: int, args) -> str:
     # the ledger writer's queue wait) through as if they were on CPU, half the samples; --full-filenames
     # so frames can be told apart by package.
     # py-spy itself may run on either CPU: pinned to the client's CPU it fell seconds behind.
+    mode = ["--nonblocking"] if args.profile_mode == "nonblocking" else []
     spy = subprocess.Popen(["taskset", "-c", f"{CLIENT_CPU},{GATEWAY_CPU}", str(pyspy), "record",
-                            "--pid", str(t.proc_pid), "--format", "raw", "--threads", "--nonblocking",
+                            "--pid", str(t.proc_pid), "--format", "raw", "--threads", *mode,
                             "--full-filenames", "-r", str(args.profile_rate), "--duration", str(duration),
                             "-o", str(raw)],
                            stdout=(LOGS / "py-spy.log").open("wb"), stderr=subprocess.STDOUT)
@@ -962,14 +1001,15 @@ def run_profile(t: Target, mock_pid: int, args) -> str:
     counts = re.search(r"Samples: (\d+) Errors: (\d+)", spy_log)
     behind = re.findall(r"([\d.]+)s behind in sampling", spy_log)
     meta = {"rate": args.profile_rate, "duration": duration, "pyspy_version": version,
-            "spy": (f"py-spy reported {counts.group(1)} samples and {counts.group(2)} errors (stacks that changed "
-                    f"while read without pausing the process; dropped)" if counts else "")
+            "mode": "`--nonblocking`" if args.profile_mode == "nonblocking" else
+                    "blocking: the process is paused for each sample, so stacks are consistent and req/s is lower",
+            "spy": (f"py-spy reported {counts.group(1)} samples and {counts.group(2)} errors" if counts else "")
                    + (f", and fell up to {max(map(float, behind))} s behind" if behind else ""),
             "cpu": f"gateway process at {res.cpu / res.elapsed * 100:.0f}% of one CPU, "
                    f"{res.cpu / max(res.ok, 1) * 1000:.2f} ms CPU per request" if res.elapsed else "",
             "workload": f"non-streamed requests through the forward endpoint at 32 clients ({t.label})",
             "load": f"{res.ok} requests ok, {res.errors} errors, {res.ok / res.elapsed:.0f} req/s under the profiler, "
-                    f"other processes on the machine at {res.foreign_pct:.0f}% of a CPU (waited {waited:.0f} s for "
+                    f"other processes on the machine (py-spy included) at {res.foreign_pct:.0f}% of a CPU (waited {waited:.0f} s for "
                     f"quiet first)"}
     return summarize_profile(raw, meta, delta)
 
@@ -1027,6 +1067,10 @@ def main() -> int:
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--profile-seconds", type=int, default=20)
     ap.add_argument("--profile-rate", type=int, default=100)
+    ap.add_argument("--profile-mode", choices=["nonblocking", "blocking"], default="blocking",
+                    help="py-spy sampling mode (nonblocking drops many samples as errors on this machine)")
+    ap.add_argument("--profile-only", action="store_true",
+                    help="start only the mock and Tollgate (SQLite) and write only the profile")
     ap.add_argument("--profile-requests", type=int, default=20000)
     ap.add_argument("--out", default=str(BENCH / "results.md"))
     ap.add_argument("--profile-out", default=str(BENCH / "profile.md"))
@@ -1042,12 +1086,15 @@ def main() -> int:
     WORK.mkdir(exist_ok=True)
     LOGS.mkdir(parents=True, exist_ok=True)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    if args.profile_only:
+        skip |= {"mitmdump", "tollgate-pg", "litellm", "portkey"}
+        args.reps = args.extra_reps = 0
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     t_start = time.monotonic()
     hard_deadline = t_start + args.max_minutes * 60
     unavailable: list[tuple[str, str]] = []
     targets: list[Target] = []
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    watch_signals()
     pg_used = False
     try:
         mock, mock_port = start_mock(args.chunk_delay)
@@ -1169,17 +1216,18 @@ def main() -> int:
         if interrupted:
             unavailable.append(("remaining phases", "the run was interrupted (SIGINT/SIGTERM); figures are partial"))
             args.no_profile = True
-        text = report(targets, results, unavailable, args, meta)
+        text = report(targets, results, unavailable, args, meta) if not args.profile_only else ""
         print(text)
-        Path(args.out).write_text(text)
-        (WORK / "results.json").write_text(json.dumps(
-            {f"{k[0]} {k[1]}@{k[2]}": {"ok": v.ok, "errors": v.errors, "elapsed": v.elapsed, "cpu": v.cpu,
-                                       "pg_cpu": v.pg_cpu, "client_cpu": v.client_cpu,
-                                       "p50": pct(v.lat, 50), "p99": pct(v.lat, 99), "ttfb_p50": pct(v.ttfb, 50),
-                                       "window": v.window, "foreign": v.foreign, "noisy_used": v.noisy_used,
-                                       "discarded": v.discarded}
-             for k, v in results.items()}, indent=1))
-        log(f"wrote {args.out}")
+        if not args.profile_only:
+            Path(args.out).write_text(text)
+            log(f"wrote {args.out}")
+            (WORK / "results.json").write_text(json.dumps(
+                {f"{k[0]} {k[1]}@{k[2]}": {"ok": v.ok, "errors": v.errors, "elapsed": v.elapsed, "cpu": v.cpu,
+                                           "pg_cpu": v.pg_cpu, "client_cpu": v.client_cpu,
+                                           "p50": pct(v.lat, 50), "p99": pct(v.lat, 99), "ttfb_p50": pct(v.ttfb, 50),
+                                           "window": v.window, "foreign": v.foreign, "noisy_used": v.noisy_used,
+                                           "discarded": v.discarded}
+                 for k, v in results.items()}, indent=1))
 
         if not args.no_profile:
             tg = next((t for t in targets if t.name == "tollgate-sqlite-fwd" and not t.dead), None)
