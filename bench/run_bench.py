@@ -40,6 +40,9 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 PROJECT = BENCH.parent
+sys.path.insert(0, str(PROJECT))
+from tests.harness import clean_env, free_port  # noqa: E402  the tests' own: no proxies, keys or TOLLGATE_*
+
 WORK = BENCH / "work"
 LOGS = WORK / "logs"
 VENV_BIN = Path(sys.executable).parent
@@ -143,20 +146,6 @@ def watch_signals() -> None:
 
     for signum in STOP_SIGNALS:
         signal.signal(signum, handler)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """As tests/harness.py: no proxies, no provider keys, no TOLLGATE_* from the caller."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.upper().endswith("_PROXY") and not k.endswith("_API_KEY") and not k.startswith("TOLLGATE_")}
-    env.update(extra)
-    return env
 
 
 def spawn(name: str, argv: list[str], env: dict, cpu: int, cwd: Path | None = None) -> subprocess.Popen:
