@@ -31,6 +31,8 @@ Their command-line flags are gone (`-w` is an unrecognized argument) and a `--se
 options is an error rather than silently ignored. `./run_proxy.sh --web` runs mitmweb with all of
 them for interactive inspection.
 
+Hooks are dispatched by addons.hook_index.IndexedAddonManager: only to the addons that handle them.
+
 mitmproxy logs every client and server connect/disconnect at INFO; here those show only at debug
 verbosity (`-v` or `--set termlog_verbosity=debug`), so a busy gateway writes no per-flow lines.
 
@@ -73,6 +75,7 @@ from mitmproxy.addons import (
     proxyserver,
     script,
     strip_dns_https_records,
+    termlog,
     tlsconfig,
     update_alt_svc,
     upstream_auth,
@@ -83,6 +86,7 @@ from mitmproxy.tools.main import process_options
 from mitmproxy.utils import debug
 
 from addons.gateway_addon import Gateway
+from addons.hook_index import IndexedAddonManager
 
 PROG = "tollgate-proxy"
 GATEWAY_SCRIPT = Path(__file__).resolve().with_name("gateway.py")
@@ -138,7 +142,10 @@ class GatewayMaster(master.Master):
     """A mitmproxy Master with the lean addon set; the Gateway is added by `install_gateway`."""
 
     def __init__(self, opts: options.Options):
-        super().__init__(opts, with_termlog=True)
+        super().__init__(opts)
+        self.addons = IndexedAddonManager(self)  # before any addon: see addons/hook_index.py
+        self._termlog_addon = termlog.TermLog()
+        self.addons.add(self._termlog_addon)
         # ErrorCheck collects errors logged from here on; it has no flow hooks, so its place is free.
         self.addons.add(QuietConnections(), *lean_addons(), errorcheck.ErrorCheck())
         self.gateway: Gateway | None = None

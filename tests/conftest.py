@@ -48,7 +48,10 @@ def gateway(request, mock, payhook, tmp_path_factory):
     # The mock's behaviour models (mock-slow, mock-cut) get a price, as an operator's own model would.
     billing = {**BYOK_FEE, "autopay": {"webhook_url": payhook.url, "webhook_secret": PAYHOOK_SECRET,
                                        "retry_base_seconds": "0.05"}}
-    gw = GatewayProcess(tmp, url, upstreams, prices=[MOCK_MODEL_PRICE], billing=billing)
+    # Both ways to run the gateway go through the whole suite: the lean launcher (./run_proxy.sh) on
+    # SQLite, and the addon as a mitmproxy script (as ./run_proxy.sh --web loads it) on PostgreSQL.
+    launcher = "tollgate-proxy" if request.param == "sqlite" else "mitmdump"
+    gw = GatewayProcess(tmp, url, upstreams, prices=[MOCK_MODEL_PRICE], billing=billing, launcher=launcher)
     init = gw.cli_json("init")
     gw.admin_key = init["secret_key"]
     gw.cli("wallet", "topup", "100")

@@ -1,4 +1,4 @@
-"""Runs the real gateway (mitmdump with addons/gateway.py) as a subprocess against a ledger and
+"""Runs the real gateway (tollgate-proxy, or mitmdump with addons/gateway.py) as a subprocess against a ledger and
 the mock provider, and drives the `tollgate` CLI the way an operator would."""
 
 from __future__ import annotations
@@ -79,8 +79,10 @@ def tollgate_cli(env: dict[str, str]):
 
 class GatewayProcess:
     def __init__(self, tmp: Path, database_url: str, upstreams: dict[str, str], prices: list[dict] = (),
-                 billing: dict | None = None, redis_url: str | None = None):
+                 billing: dict | None = None, redis_url: str | None = None, launcher: str = "tollgate-proxy"):
+        """launcher: `tollgate-proxy` (what run_proxy.sh runs) or `mitmdump` (the gateway as a -s script)."""
         self.tmp = tmp
+        self.launcher = launcher
         self.database_url = database_url
         self.port = free_port()
         self.confdir = tmp / "mitmproxy"
@@ -93,7 +95,7 @@ class GatewayProcess:
         self.env = clean_env(TOLLGATE_DATABASE_URL=database_url, TOLLGATE_CONFIG=str(self.config), **PROVIDER_KEYS)
         if redis_url:
             self.env["TOLLGATE_REDIS_URL"] = redis_url
-        self.log = tmp / "mitmdump.log"
+        self.log = tmp / "gateway.log"
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -115,16 +117,17 @@ class GatewayProcess:
         return json.loads(self.cli(*args, "--json").stdout)
 
     def start(self) -> None:
+        launch = ([str(BIN / "tollgate-proxy")] if self.launcher == "tollgate-proxy" else
+                  [str(BIN / "mitmdump"), "-s", str(PROJECT / "addons" / "gateway.py")])
         self.proc = subprocess.Popen(
-            [str(BIN / "mitmdump"), "-s", str(PROJECT / "addons" / "gateway.py"),
-             "--listen-host", "127.0.0.1", "--listen-port", str(self.port), "--set", f"confdir={self.confdir}",
+            [*launch, "--listen-host", "127.0.0.1", "--listen-port", str(self.port), "--set", f"confdir={self.confdir}",
              "--set", "tollgate_cache_ttl_ms=200"],
             env=self.env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT, cwd=self.tmp,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"mitmdump exited: {self.log.read_text()}")
+                raise AssertionError(f"{self.launcher} exited: {self.log.read_text()}")
             log = self.log.read_text(errors="replace")
             if "error in script" in log or "Addon error" in log:
                 self.stop()
@@ -136,7 +139,7 @@ class GatewayProcess:
             except OSError:
                 pass
             time.sleep(0.1)
-        raise AssertionError(f"mitmdump did not start: {self.log.read_text()}")
+        raise AssertionError(f"{self.launcher} did not start: {self.log.read_text()}")
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

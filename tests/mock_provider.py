@@ -587,6 +587,7 @@ class MockProvider:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._conns: set[socket.socket] = set()
+        self.connections_opened = 0  # TCP connections accepted since start: shows upstream keep-alive
         self.requests: list[RecordedRequest] = []
         self.usage: dict[str, dict[str, int]] = copy.deepcopy(USAGE)
         self.release_stream = threading.Event()
@@ -691,6 +692,7 @@ class MockProvider:
     def _track(self, conn: socket.socket, add: bool) -> None:
         with self._lock:
             (self._conns.add if add else self._conns.discard)(conn)
+            self.connections_opened += add
 
     def _record(self, **kw: Any) -> RecordedRequest:
         with self._lock:

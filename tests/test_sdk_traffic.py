@@ -243,3 +243,30 @@ def test_other_families_through_forward_endpoint(gateway, provider, url, model, 
     assert response.status_code == 200
     assert_row(gateway, response.headers["x-lava-request-id"], provider, model, usage, streamed=stream,
                endpoint=endpoint)
+
+
+@pytest.mark.parametrize("way_in", ["forward endpoint", "HTTPS_PROXY"])
+def test_upstream_connection_is_reused_across_requests(gateway, mock, way_in):
+    """A keep-alive client pays one connection to the provider, not one per request, streams included.
+    (httpx here: the openai SDK drops its own connection after every stream, even straight to a provider.)"""
+    if way_in == "HTTPS_PROXY":
+        client = httpx.Client(proxy=gateway.url, verify=ssl.create_default_context(cafile=str(gateway.ca)))
+        url = "https://api.openai.com/v1/chat/completions"
+    else:
+        client = httpx.Client(trust_env=False)
+        url = f"{gateway.url}/v1/forward?u=https://api.openai.com/v1/chat/completions"
+    headers = {"authorization": f"Bearer {gateway.admin_key}"}
+
+    def chat(stream):
+        body = {"model": "gpt-4o-mini", "stream": stream, "messages": [{"role": "user", "content": "hi"}]}
+        with client.stream("POST", url, json=body, headers=headers) as response:
+            data = response.read()
+        assert response.status_code == 200 and (b"[DONE]" in data) == stream
+
+    with client:
+        chat(False)  # opens the client's connection, and the gateway's to the provider
+        before, first_seq = mock.connections_opened, mock.last.seq
+        for stream in (True, False, True, True, False):
+            chat(stream)
+    assert mock.last.seq - first_seq == 5
+    assert mock.connections_opened == before, "the gateway opened a new provider connection for a request"

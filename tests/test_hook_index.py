@@ -1,0 +1,134 @@
+"""IndexedAddonManager dispatches a hook exactly as mitmproxy's AddonManager would, skipping only
+addons that cannot handle it."""
+
+import asyncio
+import logging
+
+from mitmproxy import exceptions, master, options
+from mitmproxy.proxy.layers.http import HttpRequestHook
+from mitmproxy.test import tflow
+
+from addons.hook_index import IndexedAddonManager
+from addons.launcher import GatewayMaster
+
+
+class Recorder:
+    def __init__(self, name, calls, *, halt=False, fail=False):
+        self.name, self.calls, self.halt, self.fail = name, calls, halt, fail
+
+    def request(self, flow):
+        self.calls.append(self.name)
+        if self.fail:
+            raise RuntimeError("boom")
+        if self.halt:
+            raise exceptions.AddonHalt
+
+
+class AsyncRecorder:
+    def __init__(self, name, calls):
+        self.name, self.calls = name, calls
+
+    async def request(self, flow):
+        self.calls.append(self.name)
+
+
+class Bystander:
+    """Has no request hook; counts how often mitmproxy asks for one."""
+
+    def __init__(self, name):
+        self.name, self.lookups = name, 0
+
+    def __getattr__(self, attr):
+        if attr == "request":
+            self.lookups += 1
+        raise AttributeError(attr)
+
+
+class Container:
+    """Like mitmproxy's script loader: children that change while running."""
+
+    def __init__(self, name):
+        self.name, self.addons = name, []
+
+
+def indexed(test):
+    """Run an async test body with a fresh IndexedAddonManager (a Master needs a running loop)."""
+
+    def run(*args):
+        async def body():
+            m = master.Master(options.Options())
+            m.addons = IndexedAddonManager(m)
+            await test(m.addons, *args)
+
+        asyncio.run(body())
+
+    run.__name__ = test.__name__
+    return run
+
+
+async def fire(addons):
+    await addons.trigger_event(HttpRequestHook(tflow.tflow()))
+
+
+@indexed
+async def test_only_handlers_are_called_in_chain_order(manager):
+    calls = []
+    bystander = Bystander("bystander")
+    manager.add(Recorder("a", calls), bystander, AsyncRecorder("b", calls), Recorder("c", calls))
+    await fire(manager)
+    await fire(manager)
+    assert calls == ["a", "b", "c"] * 2
+    assert bystander.lookups == 1  # looked at when the index was built, never per hook
+
+
+@indexed
+async def test_halt_stops_and_errors_are_logged_without_stopping_the_chain(manager):
+    calls = []
+    manager.add(Recorder("a", calls, fail=True), Recorder("b", calls, halt=True), Recorder("c", calls))
+    errors = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = errors.append
+    logging.getLogger("mitmproxy.addonmanager").addHandler(handler)
+    try:
+        await fire(manager)
+    finally:
+        logging.getLogger("mitmproxy.addonmanager").removeHandler(handler)
+    assert calls == ["a", "b"]
+    assert [r.getMessage() for r in errors] == ["Addon error: boom"]
+
+
+@indexed
+async def test_index_follows_add_and_remove(manager):
+    calls = []
+    a = Recorder("a", calls)
+    manager.add(a)
+    await fire(manager)
+    manager.add(Recorder("b", calls))
+    await fire(manager)
+    manager.remove(a)
+    await fire(manager)
+    assert calls == ["a", "a", "b", "b"]
+
+
+@indexed
+async def test_children_added_at_run_time_are_called(manager):
+    calls = []
+    box = Container("box")
+    manager.add(box)
+    await fire(manager)
+    box.addons.append(Recorder("child", calls))
+    await fire(manager)
+    assert calls == ["child"]
+
+
+def test_the_lean_launcher_dispatches_through_the_index():
+    async def make():
+        return GatewayMaster(options.Options())
+
+    m = asyncio.run(make())
+    assert isinstance(m.addons, IndexedAddonManager)
+    assert m.addons.get("termlog") is not None
+    handlers = {type(a).__name__ for a in m.addons.handlers("request")}
+    # DisableH2C and TlsConfig have request hooks, the script loader may have children; no one else.
+    assert handlers == {"DisableH2C", "TlsConfig", "ScriptLoader"}
+    assert {type(a).__name__ for a in m.addons.handlers("update")} == {"ScriptLoader"}
