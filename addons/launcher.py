@@ -42,9 +42,9 @@ otherwise). `TOLLGATE_UVLOOP=0` turns it off. The startup line names the loop in
 Workers (`--reuse-port`, passed by addons.workers): several processes listen on one port with
 SO_REUSEPORT, and the kernel spreads new connections across them. mitmproxy binds its TCP
 listeners with `asyncio.start_server(handler, host, port)` (proxy/mode_servers.py), which has no
-way to ask for `reuse_port`. Rather than patching mitmproxy's module, or pre-binding a socket that
-mitmproxy would not use, a worker runs on an event loop subclass whose `create_server` (what
-`asyncio.start_server` calls) defaults to `reuse_port=True`: mitmproxy stays untouched, and the
+way to ask for `reuse_port` (or a backlog). Rather than patching mitmproxy's module, or pre-binding a
+socket that mitmproxy would not use, the gateway runs on an event loop subclass whose `create_server`
+(what `asyncio.start_server` calls) defaults to a backlog of 4096 and, in a worker, `reuse_port=True`: mitmproxy stays untouched, and the
 only servers this process creates are mitmproxy's listeners. A worker refuses modes that do not
 listen on a fixed TCP port (UDP-based ones such as dns, wireguard, reverse:quic; local; port 0),
 which cannot be shared this way. Any process of the same user that also sets SO_REUSEPORT could
@@ -211,6 +211,9 @@ def _uvloop_works(uvloop) -> bool:
         loop.close()
 
 
+LISTEN_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
+
+
 def _loop_factory(reuse_port: bool):
     base: type[asyncio.AbstractEventLoop] = asyncio.SelectorEventLoop
     if os.environ.get("TOLLGATE_UVLOOP", "1") != "0":
@@ -221,17 +224,20 @@ def _loop_factory(reuse_port: bool):
                 base = uvloop.Loop
         except ImportError:
             pass
-    if not reuse_port:
-        return base
 
-    class ReusePortLoop(base):  # type: ignore[misc, valid-type]
-        """`asyncio.start_server` (mitmproxy's listeners) on this loop binds with SO_REUSEPORT."""
+    class GatewayLoop(base):  # type: ignore[misc, valid-type]
+        """`asyncio.start_server` (mitmproxy's listeners, the only servers this process creates) gets a
+        listen backlog for bursts of new clients (asyncio's default of 100 made about one connection in
+        ten wait for a SYN retry, a second, when 1,000 clients connected within 2 s) and, for a worker,
+        SO_REUSEPORT."""
 
         async def create_server(self, *args, **kwargs):
-            kwargs.setdefault("reuse_port", True)
+            kwargs.setdefault("backlog", LISTEN_BACKLOG)
+            if reuse_port:
+                kwargs.setdefault("reuse_port", True)
             return await super().create_server(*args, **kwargs)
 
-    return ReusePortLoop
+    return GatewayLoop
 
 
 async def _run(argv: Sequence[str]) -> int:

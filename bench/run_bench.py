@@ -5,8 +5,10 @@ Targets (all in front of the same MockProvider from tests/mock_provider.py):
   upstream            the mock directly (the limit)
   mitmdump            stock mitmdump, no addon, reverse mode (buffers bodies)
   mitmdump-stream     the same with --set stream_large_bodies=1
-  tollgate-sqlite-fwd / -proxy   Tollgate on SQLite, forward endpoint / HTTPS_PROXY (CONNECT + TLS)
-  tollgate-pg-fwd / -proxy       Tollgate on PostgreSQL, the same two ways in
+  tollgate-sqlite-fwd / -proxy   Tollgate (tollgate-proxy) on SQLite, forward endpoint / HTTPS_PROXY (CONNECT + TLS)
+  tollgate-pg-fwd / -proxy       Tollgate on PostgreSQL + Redis, the same two ways in
+  tollgate-sqlite-script-fwd     Tollgate as a script under stock mitmdump (what the lean launcher saves)
+  tollgate-sqlite-w1-fwd / -w2-fwd   --workers 1 and 2 through the supervisor, SQLite + Redis, on both CPUs
   litellm             LiteLLM proxy (bench/.venv-litellm), uvicorn, --num_workers 1
   portkey             Portkey gateway (bench/portkey, node)
 
@@ -53,6 +55,8 @@ PORTKEY_ENTRY = PORTKEY_DIR / "node_modules" / "@portkey-ai" / "gateway" / "buil
 PG_ADMIN = "dbname=test user=postgres host=127.0.0.1 port=5432"
 PG_DB = "tollgate_bench"
 CLIENT_CPU, GATEWAY_CPU = 0, 1
+ALL_CPUS = f"{CLIENT_CPU},{GATEWAY_CPU}"
+REDIS_DBS = {"tollgate-pg": 9, "tollgate-sqlite-w1": 10, "tollgate-sqlite-w2": 11}
 MODEL = "gpt-4o-mini"  # genai-prices knows it, so Tollgate prices every request for real
 UPSTREAM_KEY = "sk-real-openai-0123456789"
 PROVIDER_KEYS = {"OPENAI_API_KEY": UPSTREAM_KEY}
@@ -148,7 +152,7 @@ def watch_signals() -> None:
         signal.signal(signum, handler)
 
 
-def spawn(name: str, argv: list[str], env: dict, cpu: int, cwd: Path | None = None) -> subprocess.Popen:
+def spawn(name: str, argv: list[str], env: dict, cpu: int | str, cwd: Path | None = None) -> subprocess.Popen:
     logf = (LOGS / f"{name}.log").open("wb")
     proc = subprocess.Popen(["taskset", "-c", str(cpu), *argv], env=env, cwd=cwd, stdout=logf,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -311,9 +315,13 @@ def pg_backend_pids(db: str) -> list[int]:
         conn.close()
 
 
-def start_tollgate(kind: str, mock_port: int) -> tuple[Target, Target]:
+def start_tollgate(kind: str, mock_port: int, launcher: str = "lean", workers: int = 0) -> tuple[Target, Target]:
+    """kind: sqlite | pg (PostgreSQL + Redis). launcher: lean (`tollgate-proxy`, what run_proxy.sh runs) or
+    script (`mitmdump -s addons/gateway.py`, the reference for the lean launcher's gain). workers > 0: run
+    through the worker supervisor (`python -m addons.workers --workers N`, as `run_proxy.sh --workers N`),
+    with Redis, on both CPUs."""
     import yaml
-    name = f"tollgate-{kind}"
+    name = f"tollgate-{kind}" + ("-script" if launcher == "script" else "") + (f"-w{workers}" if workers else "")
     tmp = WORK / name
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -324,7 +332,10 @@ def start_tollgate(kind: str, mock_port: int) -> tuple[Target, Target]:
         "prices": [],
         "billing": {"token_signing_key": SIGNING_KEY},
     }))
-    env = clean_env(TOLLGATE_DATABASE_URL=url, TOLLGATE_CONFIG=str(config), **PROVIDER_KEYS)
+    extra = {}
+    if kind == "pg" or workers:
+        extra["TOLLGATE_REDIS_URL"] = fresh_redis_db(REDIS_DBS[name])
+    env = clean_env(TOLLGATE_DATABASE_URL=url, TOLLGATE_CONFIG=str(config), **PROVIDER_KEYS, **extra)
 
     def cli(*args):
         r = subprocess.run([str(VENV_BIN / "tollgate"), *args], env=env, capture_output=True, text=True, timeout=120)
@@ -336,10 +347,15 @@ def start_tollgate(kind: str, mock_port: int) -> tuple[Target, Target]:
     cli("wallet", "topup", "100000")
     port = free_port()
     confdir = tmp / "mitmproxy"
+    common = ["-q", "--listen-host", "127.0.0.1", "--listen-port", str(port), "--set", f"confdir={confdir}"]
+    if workers:
+        argv = [str(VENV_BIN / "python"), "-m", "addons.workers", "--workers", str(workers), "--", *common]
+    elif launcher == "script":
+        argv = [str(VENV_BIN / "mitmdump"), "-s", str(PROJECT / "addons" / "gateway.py"), *common]
+    else:
+        argv = [str(VENV_BIN / "tollgate-proxy"), *common]
     t0 = time.monotonic()
-    proc = spawn(name, [str(VENV_BIN / "mitmdump"), "-q", "-s", str(PROJECT / "addons" / "gateway.py"),
-                        "--listen-host", "127.0.0.1", "--listen-port", str(port), "--set", f"confdir={confdir}"],
-                 env, GATEWAY_CPU, cwd=tmp)
+    proc = spawn(name, argv, env, ALL_CPUS if workers else GATEWAY_CPU, cwd=PROJECT if workers else tmp)
     ca = confdir / "mitmproxy-ca-cert.pem"
 
     def ready():
@@ -353,14 +369,24 @@ def start_tollgate(kind: str, mock_port: int) -> tuple[Target, Target]:
     ctx = ssl.create_default_context(cafile=str(ca))
     ctx.set_alpn_protocols(["http/1.1"])
     auth = {"Authorization": f"Bearer {key}"}
-    db_label = "SQLite" if kind == "sqlite" else "PostgreSQL"
+    db_label = "SQLite" if kind == "sqlite" else "PostgreSQL + Redis"
+    how = (f", --workers {workers} (+ Redis), both CPUs" if workers else
+           ", mitmdump -s addons/gateway.py" if launcher == "script" else "")
     pg = PG_DB if kind == "pg" else None
-    fwd = Target(f"{name}-fwd", f"Tollgate ({db_label}), forward endpoint", port,
+    fwd = Target(f"{name}-fwd", f"Tollgate ({db_label}{how}), forward endpoint", port,
                  "/v1/forward?u=https://api.openai.com/v1/chat/completions", auth, proc.pid, name,
                  pg_db=pg, startup_s=startup)
-    prx = Target(f"{name}-proxy", f"Tollgate ({db_label}), HTTPS_PROXY", port, "/v1/chat/completions", auth,
+    prx = Target(f"{name}-proxy", f"Tollgate ({db_label}{how}), HTTPS_PROXY", port, "/v1/chat/completions", auth,
                  proc.pid, name, tunnel_host="api.openai.com", ssl_ctx=ctx, pg_db=pg, startup_s=startup)
     return fwd, prx
+
+
+def fresh_redis_db(db: int) -> str:
+    """An emptied Redis database of its own for one Tollgate target (the tests use 12 and 13)."""
+    import redis
+    url = f"redis://127.0.0.1:6379/{db}"
+    redis.Redis.from_url(url).flushdb()
+    return url
 
 
 def start_litellm(mock_port: int) -> Target:
@@ -648,6 +674,46 @@ def signed_ms(v: float | None) -> str:
 CELLS = [("ns", 1), ("ns", 32), ("st", 1), ("st", 32)]
 
 
+def targets_check(targets: list[Target], r, up_ns1: float | None, up_ttfb1: float | None) -> list[str]:
+    """Issue 4's targets, as ratios within this run, for one Tollgate worker (SQLite, forward endpoint)."""
+    by = {t.name: t for t in targets}
+
+    def rps(name):
+        x = r(by[name], "ns", 32) if name in by else None
+        return x.ok / x.elapsed if x and x.elapsed else None
+
+    def added(name):
+        x = r(by[name], "ns", 1) if name in by else None
+        return pct(x.lat, 50) - up_ns1 if x and up_ns1 is not None else None
+
+    def ttfb_over(name):
+        x = r(by[name], "st", 1) if name in by else None
+        return pct(x.ttfb, 50) - up_ttfb1 if x and up_ttfb1 is not None else None
+
+    def verdict(ok):
+        return "—" if ok is None else ("met" if ok else "NOT met")
+
+    tg, md, pk = rps("tollgate-sqlite-fwd"), rps("mitmdump"), rps("portkey")
+    w1, w2 = rps("tollgate-sqlite-w1-fwd"), rps("tollgate-sqlite-w2-fwd")
+    ttfb, lat_tg, lat_pk = ttfb_over("tollgate-sqlite-fwd"), added("tollgate-sqlite-fwd"), added("portkey")
+    rows = [
+        ("req/s @32 ≥ stock mitmdump (no addon)", f"{tg:.0f} vs {md:.0f} ({tg / md:.2f}x)" if tg and md else "—",
+         verdict(tg >= md if tg and md else None)),
+        ("req/s @32 > Portkey", f"{tg:.0f} vs {pk:.0f} ({tg / pk:.2f}x)" if tg and pk else "—",
+         verdict(tg > pk if tg and pk else None)),
+        ("stream TTFB overhead p50 @1 ≤ 2 ms", signed_ms(ttfb), verdict(ttfb <= 2.0 if ttfb is not None else None)),
+        ("added p50 latency @1 ≤ Portkey's", f"{signed_ms(lat_tg)} vs {signed_ms(lat_pk)}"
+         if lat_tg is not None and lat_pk is not None else "—",
+         verdict(lat_tg <= lat_pk if lat_tg is not None and lat_pk is not None else None)),
+        ("--workers 2 ≥ 1.7x --workers 1 (req/s @32, both on both CPUs, client included)",
+         f"{w2:.0f} vs {w1:.0f} ({w2 / w1:.2f}x)" if w1 and w2 else "—", verdict(w2 >= 1.7 * w1 if w1 and w2 else None)),
+    ]
+    out = ["\n## Targets (issue 4), one Tollgate worker on SQLite through the forward endpoint\n",
+           "| target | this run | |", "|---|---|---|"]
+    out += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return out
+
+
 def report(targets: list[Target], results: dict, unavailable: list[tuple[str, str]], args, meta: dict) -> str:
     def r(t, w, c) -> PhaseResult | None:
         return results.get((t.name, w, c))
@@ -735,6 +801,8 @@ def report(targets: list[Target], results: dict, unavailable: list[tuple[str, st
                    f"{ms(pct(a.ttfb, 99)) if a else '—'} | {ms(pct(a.lat, 50)) if a else '—'} | {ms(t32)} | "
                    f"{signed_ms(o32)} | {ms(pct(b.lat, 50)) if b else '—'} | {ms(pct(b.lat, 99)) if b else '—'} | "
                    f"{rps} | {cpu} | {other(a)} / {other(b)} | {errs} |")
+
+    out.extend(targets_check(targets, r, up_ns1, up_ttfb[1]))
 
     out.append("\n## Gateway process: memory and CPU\n")
     out.append("RSS of the gateway's process tree: idle = started, before any request; after = when the whole run "
@@ -914,7 +982,7 @@ def summarize_profile(raw: Path, meta: dict, thread_cpu_delta: dict[int, float] 
 
     out = ["# Where Tollgate's CPU goes under load\n",
            f"{meta.get('pyspy_version') or 'py-spy'} `record --format raw --threads -r {meta['rate']}` on the Tollgate "
-           f"(SQLite) mitmdump process ({meta['mode']}, `--full-filenames`), {meta['duration']} s of {meta['workload']}. "
+           f"(SQLite) gateway process ({meta['mode']}, `--full-filenames`), {meta['duration']} s of {meta['workload']}. "
            f"Idle threads are not sampled, so "
            f"shares are of on-CPU time ({idle} samples of threads waiting in a known blocking call, e.g. "
            f"thread-pool workers and the ledger writer in `queue.get`, were dropped as idle: py-spy's own idle "
@@ -1052,7 +1120,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="a smoke run: tiny counts")
     ap.add_argument("--only", default="", help="comma-separated target names to keep (upstream is always kept)")
     ap.add_argument("--skip", default="", help="comma-separated groups to skip: mitmdump,tollgate-sqlite,"
-                                                "tollgate-pg,litellm,portkey")
+                                                "tollgate-pg,tollgate-script,tollgate-workers,litellm,portkey")
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--profile-seconds", type=int, default=20)
     ap.add_argument("--profile-rate", type=int, default=100)
@@ -1061,6 +1129,8 @@ def main() -> int:
     ap.add_argument("--profile-only", action="store_true",
                     help="start only the mock and Tollgate (SQLite) and write only the profile")
     ap.add_argument("--profile-requests", type=int, default=20000)
+    ap.add_argument("--profile-launcher", choices=["lean", "script"], default="lean",
+                    help="profile Tollgate (SQLite) under tollgate-proxy (lean) or as mitmdump -s addons/gateway.py")
     ap.add_argument("--out", default=str(BENCH / "results.md"))
     ap.add_argument("--profile-out", default=str(BENCH / "profile.md"))
     args = ap.parse_args()
@@ -1076,7 +1146,8 @@ def main() -> int:
     LOGS.mkdir(parents=True, exist_ok=True)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     if args.profile_only:
-        skip |= {"mitmdump", "tollgate-pg", "litellm", "portkey"}
+        skip |= {"mitmdump", "tollgate-pg", "tollgate-workers", "litellm", "portkey",
+                 "tollgate-sqlite" if args.profile_launcher == "script" else "tollgate-script"}
         args.reps = args.extra_reps = 0
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     t_start = time.monotonic()
@@ -1094,7 +1165,11 @@ def main() -> int:
             ("mitmdump", "stock mitmdump (reverse)", lambda: [start_mitmdump("mitmdump", mock_port, False),
                                                               start_mitmdump("mitmdump-stream", mock_port, True)]),
             ("tollgate-sqlite", "Tollgate (SQLite)", lambda: list(start_tollgate("sqlite", mock_port))),
-            ("tollgate-pg", "Tollgate (PostgreSQL)", lambda: list(start_tollgate("pg", mock_port))),
+            ("tollgate-pg", "Tollgate (PostgreSQL + Redis)", lambda: list(start_tollgate("pg", mock_port))),
+            ("tollgate-script", "Tollgate (SQLite) under mitmdump -s",
+             lambda: [start_tollgate("sqlite", mock_port, launcher="script")[0]]),
+            ("tollgate-workers", "Tollgate --workers 1 and 2 (SQLite + Redis)",
+             lambda: [start_tollgate("sqlite", mock_port, workers=1)[0], start_tollgate("sqlite", mock_port, workers=2)[0]]),
             ("litellm", "LiteLLM proxy", lambda: [start_litellm(mock_port)]),
             ("portkey", "Portkey gateway", lambda: [start_portkey(mock_port)]),
         ]
@@ -1219,7 +1294,8 @@ def main() -> int:
                  for k, v in results.items()}, indent=1))
 
         if not args.no_profile:
-            tg = next((t for t in targets if t.name == "tollgate-sqlite-fwd" and not t.dead), None)
+            wanted = "tollgate-sqlite-script-fwd" if args.profile_launcher == "script" else "tollgate-sqlite-fwd"
+            tg = next((t for t in targets if t.name == wanted and not t.dead), None)
             try:
                 if tg is None:
                     raise Unavailable("Tollgate (SQLite) is not running")

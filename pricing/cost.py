@@ -8,17 +8,22 @@ request it belongs to.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from datetime import UTC, datetime
+from decimal import Context, Decimal, Inexact, InvalidOperation, getcontext, localcontext
 from fnmatch import fnmatchcase
+from fractions import Fraction
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import Literal
 
 import genai_prices
 import yaml
+from genai_prices.data_snapshot import get_snapshot
+from genai_prices.data_units import unit_data
+from genai_prices.types import ModelInfo, ModelPrice, Provider
 
 from pricing.money import to_nanos
 from pricing.usage import TokenUsage
@@ -39,6 +44,7 @@ class Cost:
 
 
 UNPRICED = Cost(0, 0, 0, "unpriced")
+Counts = tuple[int, int, int, int, int]  # _clamped(): input, cache read, cache write, output, reasoning
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +126,10 @@ def shipped_overrides() -> tuple[Override, ...]:
 
 
 @lru_cache(maxsize=4096)  # bounded: model names come from callers
-def _route(provider_id: str, pricing_id: str | None, model: str, overrides: tuple[Override, ...]) -> Override | bool:
-    """Who prices this (provider, model): an Override, True for genai-prices, False for nobody."""
+def _route(
+    provider_id: str, pricing_id: str | None, model: str, overrides: tuple[Override, ...]
+) -> Override | tuple[Provider, ModelInfo] | bool:
+    """Who prices this (provider, model): an Override, genai-prices' (provider, model), False for nobody."""
     lowered = model.lower()
     for override in overrides:
         if override.provider == provider_id and fnmatchcase(lowered, override.model):
@@ -129,14 +137,17 @@ def _route(provider_id: str, pricing_id: str | None, model: str, overrides: tupl
     if pricing_id is None:
         return False
     try:
-        genai_prices.calc_price(genai_prices.Usage(), model, provider_id=pricing_id)
+        return get_snapshot().find_provider_model(model, None, pricing_id, None)
     except LookupError:
         return False
-    return True
 
 
-def _clamped(usage: TokenUsage) -> tuple[int, int, int, int, int]:
+def _clamped(usage: TokenUsage) -> Counts:
     """Counts that keep TokenUsage's invariants even if a provider reported nonsense."""
+    counts = (usage.input_tokens, usage.cache_read_tokens, usage.cache_write_tokens, usage.output_tokens,
+              usage.reasoning_tokens)  # fmt: skip
+    if 0 <= counts[1] and 0 <= counts[2] and counts[1] + counts[2] <= counts[0] and 0 <= counts[4] <= counts[3]:
+        return counts  # already consistent, the usual case: nothing to clamp
     total_in = max(usage.input_tokens, 0)
     cache_read = min(max(usage.cache_read_tokens, 0), total_in)
     cache_write = min(max(usage.cache_write_tokens, 0), total_in - cache_read)
@@ -159,6 +170,169 @@ def _price_override(o: Override, total_in: int, cache_read: int, cache_write: in
     return _cost(input_usd, output_usd, input_usd + output_usd, "override")
 
 
+def _genai_usage(counts: Counts) -> genai_prices.Usage:
+    total_in, cache_read, cache_write, total_out, reasoning = counts
+    # output_tokens already includes reasoning; genai-prices treats output_reasoning_tokens as a
+    # subset of it, billed at the output rate unless the model lists a separate reasoning rate.
+    return genai_prices.Usage(
+        input_tokens=total_in,
+        cache_read_tokens=cache_read,
+        cache_write_tokens=cache_write,
+        output_tokens=total_out,
+        output_reasoning_tokens=reasoning,
+    )
+
+
+def _genai_prices_cost(counts: Counts, model: str, pricing_id: str | None, at: datetime | None) -> Cost:
+    """The reference price: genai-prices' generic unit decomposition, ~100 µs a call."""
+    calc = genai_prices.calc_price(_genai_usage(counts), model, provider_id=pricing_id, genai_request_timestamp=at)
+    return _cost(calc.input_price, calc.output_price, calc.total_price, "genai-prices")
+
+
+# --- Fast path -------------------------------------------------------------------------------
+# For a ModelPrice of plain Decimal rates, genai-prices' cost is an affine function of the five
+# counts (its unit decomposition only subtracts counts), so it is measured once at basis usages
+# and then priced with integer arithmetic. Anything else (tiered rates, unknown or non-decimal
+# units, a failed self-check) takes the reference path.
+
+_GENAI_PRECISION = 28  # Decimal's default precision, the context genai-prices computes in
+_BASIS = 1_000_000  # tokens per basis usage; any size at which genai-prices is exact (_exact_up_to)
+# Where genai-prices is measured: zero usage for the constant (per-request fees), then one usage
+# per count, each the earlier usage it extends (by index) plus _BASIS of that count.
+_FIT: tuple[tuple[Counts, int], ...] = (
+    ((0, 0, 0, 0, 0), 0),
+    ((_BASIS, 0, 0, 0, 0), 0),  # input tokens, over zero usage
+    ((_BASIS, _BASIS, 0, 0, 0), 1),  # cache reads, over plain input
+    ((_BASIS, 0, _BASIS, 0, 0), 1),  # cache writes, over plain input
+    ((0, 0, 0, _BASIS, 0), 0),  # output tokens, over zero usage
+    ((0, 0, 0, _BASIS, _BASIS), 4),  # reasoning, over plain output
+)
+# Mixed usages the fitted coefficients must reproduce. Every count is positive: genai-prices rejects
+# a usage only for which counts are positive, so accepting this one it accepts every usage.
+_CHECKS: tuple[Counts, ...] = ((7_654_321, 1_234_567, 2_345_678, 987_654, 123_457),)
+_LARGEST_FIT_COUNT = max(max(counts) for counts in (*(usage for usage, _ in _FIT), *_CHECKS))
+_EXACT = Context(prec=200, traps=[Inexact])  # fitting arithmetic: exact, or an error, never rounded
+_GENAI_CONTEXT = Context(prec=_GENAI_PRECISION)
+_PER = {unit.get("price_key", usage_key): unit["per"] for usage_key, unit in unit_data.items()}
+_MAX_PLANS = 8192  # keyed by snapshot objects, so bounded by the snapshot anyway
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """Nano-dollars times `denominator`: a constant, then one coefficient per count."""
+
+    input: tuple[int, ...]
+    output: tuple[int, ...]
+    total: tuple[int, ...]
+    denominator: int
+    max_count: int  # beyond it genai-prices' 28-digit Decimals could round; leave it the reference
+
+    def cost(self, counts: Counts) -> Cost | None:
+        if counts[0] > self.max_count or counts[3] > self.max_count or getcontext().prec < _GENAI_PRECISION:
+            return None
+        return Cost(
+            self._nanos(self.total, counts),
+            self._nanos(self.input, counts),
+            self._nanos(self.output, counts),
+            "genai-prices",
+        )
+
+    def _nanos(self, coefficients: tuple[int, ...], counts: Counts) -> int:
+        c0, c1, c2, c3, c4, c5 = coefficients
+        x1, x2, x3, x4, x5 = counts
+        scaled = c0 + c1 * x1 + c2 * x2 + c3 * x3 + c4 * x4 + c5 * x5
+        return scaled if self.denominator == 1 else _round_half_up(scaled, self.denominator)
+
+
+def _round_half_up(numerator: int, denominator: int) -> int:
+    """to_nanos' rounding (half away from zero) on an exact fraction."""
+    quotient, remainder = divmod(abs(numerator), denominator)
+    quotient += 2 * remainder >= denominator
+    return quotient if numerator >= 0 else -quotient
+
+
+def _exact_up_to(model_price: ModelPrice) -> int:
+    """Largest count for which genai-prices' Decimal arithmetic is exact; 0 if it may not be linear.
+
+    Each term is rate * count / per and is a multiple of 10**lowest; no term or partial sum
+    exceeds count * sum(rate / per). Below 10**28 multiples of 10**lowest, nothing rounds.
+    """
+    lowest, rate_sum = 0, Fraction(0)
+    for key, rate in model_price.__dict__.items():
+        if key.startswith("_") or rate is None:
+            continue
+        per = _PER.get(key)
+        if per is None or str(per).rstrip("0") != "1":
+            return 0  # a unit genai-prices ignores, or one whose division could be inexact
+        if not isinstance(rate, Decimal) or not rate.is_finite() or rate < 0:
+            return 0  # tiered rates, or nonsense genai-prices rejects
+        if rate:
+            lowest = min(lowest, rate.as_tuple().exponent - (len(str(per)) - 1))
+            rate_sum += Fraction(rate) / per
+    if not rate_sum:
+        return 10**_GENAI_PRECISION  # free: every term is an exact zero
+    return math.floor(Fraction(10**_GENAI_PRECISION - 1) * Fraction(10) ** lowest / rate_sum)
+
+
+def _measure(provider: Provider, model_info: ModelInfo, model_price: ModelPrice, at: datetime, counts: Counts):
+    """genai-prices' (input, output, total) USD for counts, insisting it prices them with model_price."""
+    calc = model_info.calc_price(_genai_usage(counts), provider, genai_request_timestamp=at)
+    if calc.model_price is not model_price:
+        raise LookupError("genai-prices resolved a different price")
+    return calc.input_price, calc.output_price, calc.total_price
+
+
+def _fit(provider: Provider, model_info: ModelInfo, model_price: ModelPrice, at: datetime) -> _Plan | None:
+    """Measure the affine cost function, then check it on mixed usages; None: not linear here."""
+    max_count = _exact_up_to(model_price)
+    if max_count < _LARGEST_FIT_COUNT:
+        return None
+    try:
+        with localcontext(_GENAI_CONTEXT):  # not the caller's: it may have a lower precision
+            points = [_measure(provider, model_info, model_price, at, usage) for usage, _ in _FIT]
+            with localcontext(_EXACT):
+                # One row per amount (input, output, total): the constant, then USD per unit of each count.
+                rows = [
+                    (
+                        points[0][a],
+                        *((points[i][a] - points[over][a]) / _BASIS for i, (_, over) in enumerate(_FIT) if i),
+                    )
+                    for a in range(3)
+                ]
+                plan = _plan_from(rows, max_count)
+            for counts in _CHECKS:
+                usd = _measure(provider, model_info, model_price, at, counts)
+                with localcontext(_EXACT):
+                    predicted = tuple(row[0] + sum(k * x for k, x in zip(row[1:], counts, strict=True)) for row in rows)
+                if predicted != usd or plan.cost(counts) != _cost(*usd, "genai-prices"):
+                    return None
+    except Exception:  # whatever went wrong, the reference path reproduces it
+        return None
+    return plan
+
+
+def _plan_from(rows: list[tuple[Decimal, ...]], max_count: int) -> _Plan:
+    """USD coefficients as nano-dollar integers over one power-of-ten denominator."""
+    nanos = [[k.scaleb(9) for k in row] for row in rows]
+    places = max(0, *(-k.as_tuple().exponent for row in nanos for k in row))
+    input_, output, total = (tuple(int(k.scaleb(places)) for k in row) for row in nanos)
+    return _Plan(input_, output, total, 10**places, max_count)
+
+
+_plans: dict[tuple[int, int, int], tuple[Provider, ModelInfo, ModelPrice, _Plan | None]] = {}
+
+
+def _plan(provider: Provider, model_info: ModelInfo, model_price: ModelPrice, at: datetime) -> _Plan | None:
+    """_fit, once per snapshot price; the entry holds its key objects so their ids stay unique."""
+    key = (id(provider), id(model_info), id(model_price))
+    entry = _plans.get(key)
+    if entry is None:
+        if len(_plans) >= _MAX_PLANS:
+            _plans.clear()
+        entry = _plans[key] = (provider, model_info, model_price, _fit(provider, model_info, model_price, at))
+    return entry[3]
+
+
 def price(
     usage: TokenUsage,
     *,
@@ -179,21 +353,11 @@ def price(
     route = _route(provider_id, pricing_id, model, shipped_overrides() if overrides is None else tuple(overrides))
     if route is False:
         return UNPRICED
-    total_in, cache_read, cache_write, total_out, reasoning = _clamped(usage)
+    counts = _clamped(usage)
     if isinstance(route, Override):
-        return _price_override(route, total_in, cache_read, cache_write, total_out)
-    # output_tokens already includes reasoning; genai-prices treats output_reasoning_tokens as a
-    # subset of it, billed at the output rate unless the model lists a separate reasoning rate.
-    calc = genai_prices.calc_price(
-        genai_prices.Usage(
-            input_tokens=total_in,
-            cache_read_tokens=cache_read,
-            cache_write_tokens=cache_write,
-            output_tokens=total_out,
-            output_reasoning_tokens=reasoning,
-        ),
-        model,
-        provider_id=pricing_id,
-        genai_request_timestamp=at,
-    )
-    return _cost(calc.input_price, calc.output_price, calc.total_price, "genai-prices")
+        return _price_override(route, *counts[:4])
+    provider, model_info = route
+    at = at or datetime.now(UTC)
+    plan = _plan(provider, model_info, model_info.get_prices(at), at)
+    cost = None if plan is None else plan.cost(counts)
+    return _genai_prices_cost(counts, model, pricing_id, at) if cost is None else cost

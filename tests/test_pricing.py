@@ -1,8 +1,12 @@
+import random
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import Decimal, localcontext
 
 import pytest
+from genai_prices.data_snapshot import get_snapshot
+from genai_prices.types import ModelPrice, TieredPrices
 
+from pricing import cost as cost_module
 from pricing.cost import UNPRICED, Cost, load_overrides, parse_overrides, price
 from pricing.money import to_nanos
 from pricing.usage import TokenUsage
@@ -171,3 +175,130 @@ def test_bad_overrides_are_rejected(tmp_path, yaml_text, message):
     path.write_text(yaml_text)
     with pytest.raises(ValueError, match=message):
         load_overrides(path)
+
+
+# --- The fast path must price exactly as genai-prices does ---------------------------------------
+
+
+def random_usages(count, seed=20240601):
+    rng = random.Random(seed)
+    usages = []
+    for _ in range(count):
+        total_in, total_out = rng.randint(0, 5_000_000), rng.randint(0, 500_000)
+        cache_read = rng.randint(0, total_in)
+        usages.append(TokenUsage(total_in, cache_read, rng.randint(0, total_in - cache_read), total_out,
+                                 rng.randint(0, total_out)))  # fmt: skip
+    return usages
+
+
+EQUIVALENCE_USAGES = [
+    TokenUsage(),
+    TokenUsage(input_tokens=20, output_tokens=9),
+    TokenUsage(1000, 200, 100, 300, 50),
+    TokenUsage(3_000_000, 1_000_000, 500_000, 200_000, 150_000),  # past every tier threshold
+    TokenUsage(7, 7, 0, 1, 1),
+    *random_usages(1),
+]
+# Dated price changes and DeepSeek-style off-peak hours: peak and off-peak, old and new.
+EQUIVALENCE_DATES = [datetime(2024, 1, 1, 12, tzinfo=UTC), datetime(2025, 6, 1, 18, 30, tzinfo=UTC),
+                     datetime(2026, 3, 2, 3, tzinfo=UTC)]  # fmt: skip
+
+
+def outcome(call):
+    """A Cost, or the error it raised: the slow path failing must fail the same way fast."""
+    try:
+        return call()
+    except Exception as e:  # noqa: BLE001 - any failure must match
+        return type(e), str(e)
+
+
+def resolves(model_ref, pricing_id):
+    try:
+        get_snapshot().find_provider_model(model_ref, None, pricing_id, None)
+    except LookupError:
+        return False
+    return True
+
+
+def test_every_snapshot_model_prices_as_genai_prices_does():
+    checked = 0
+    for provider in get_snapshot().providers:
+        for model in provider.models:
+            if not resolves(model.id, provider.id):  # an id its own match rules miss: unpriced, as ever
+                assert price(TokenUsage(1), model=model.id, provider_id=provider.id, pricing_id=provider.id) == UNPRICED
+                continue
+            dated = not isinstance(model.prices, ModelPrice)  # only conditional prices depend on the date
+            for at in EQUIVALENCE_DATES if dated else EQUIVALENCE_DATES[-1:]:
+                for usage in EQUIVALENCE_USAGES:
+                    fast = outcome(lambda: price(usage, model=model.id, provider_id=provider.id,
+                                                 pricing_id=provider.id, overrides=(), at=at))  # fmt: skip
+                    slow = outcome(lambda: cost_module._genai_prices_cost(
+                        cost_module._clamped(usage), model.id, provider.id, at))  # fmt: skip
+                    assert fast == slow, (provider.id, model.id, at, usage)
+                    checked += 1
+    assert checked > 10_000
+
+
+def test_linear_prices_take_the_fast_path(monkeypatch):
+    def slow(*args):
+        raise AssertionError("the slow path was taken")
+
+    monkeypatch.setattr(cost_module, "_genai_prices_cost", slow)
+    usage = TokenUsage(input_tokens=20, output_tokens=9)
+    cost = price(usage, model="gpt-4o-mini", provider_id="openai", pricing_id="openai")
+    assert cost == cost_of("0.15", "0.6", "genai-prices", tokens_in=20, tokens_out=9)
+
+
+def spy_on_slow_path(monkeypatch):
+    calls = []
+    slow = cost_module._genai_prices_cost
+
+    def spy(*args):
+        calls.append(args)
+        return slow(*args)
+
+    monkeypatch.setattr(cost_module, "_genai_prices_cost", spy)
+    return calls
+
+
+def test_tiered_prices_take_the_slow_path(monkeypatch):
+    provider, model = get_snapshot().find_provider_model("gemini-2.5-pro", None, "google", None)
+    at = datetime(2026, 3, 2, 12, tzinfo=UTC)
+    assert any(isinstance(rate, TieredPrices) for rate in model.get_prices(at).__dict__.values())
+    calls = spy_on_slow_path(monkeypatch)
+    usage = TokenUsage(input_tokens=300_000, output_tokens=1000)  # past the 200k tier
+    cost = price(usage, model="gemini-2.5-pro", provider_id="gemini", pricing_id="google", at=at)
+    assert len(calls) == 1
+    assert cost == cost_module._genai_prices_cost(cost_module._clamped(usage), "gemini-2.5-pro", "google", at)
+    assert cost.input_nanos == usd((300_000, "2.5"))  # the tier rate on every token
+
+
+@pytest.mark.parametrize("tokens, slow", [(10**15, False), (10**40, True)])
+def test_counts_too_large_for_exact_decimals_take_the_slow_path(monkeypatch, tokens, slow):
+    calls = spy_on_slow_path(monkeypatch)
+    usage = TokenUsage(input_tokens=tokens, cache_read_tokens=tokens // 3, output_tokens=tokens)
+    cost = price(usage, model="gpt-4o-mini", provider_id="openai", pricing_id="openai")
+    assert len(calls) == slow
+    assert cost == cost_module._genai_prices_cost(cost_module._clamped(usage), "gpt-4o-mini", "openai", None)
+
+
+def test_a_low_decimal_precision_takes_the_slow_path(monkeypatch):
+    usage = TokenUsage(input_tokens=123_456_789, output_tokens=987_654_321)
+    with localcontext(prec=6):
+        calls = spy_on_slow_path(monkeypatch)
+        cost = price(usage, model="gpt-4o-mini", provider_id="openai", pricing_id="openai")
+        assert len(calls) == 1
+        assert cost == cost_module._genai_prices_cost(cost_module._clamped(usage), "gpt-4o-mini", "openai", None)
+
+
+@pytest.mark.parametrize(
+    "usage, counts",
+    [
+        (TokenUsage(10, 3, 2, 5, 1), (10, 3, 2, 5, 1)),
+        (TokenUsage(-5, 3, 2, -1, 1), (0, 0, 0, 0, 0)),
+        (TokenUsage(10, 8, 8, 5, 9), (10, 8, 2, 5, 5)),
+        (TokenUsage(10, -1, 4, 5, -2), (10, 0, 4, 5, 0)),
+    ],
+)
+def test_nonsense_counts_are_clamped(usage, counts):
+    assert cost_module._clamped(usage) == counts

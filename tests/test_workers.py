@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from addons.launcher import _uvloop_works
+from addons.launcher import LISTEN_BACKLOG, _uvloop_works
 from tests.conftest import MOCK_MODEL_PRICE
 from tests.harness import BIN, PROJECT, GatewayProcess
 
@@ -154,6 +154,11 @@ def test_lean_launcher_serves_end_to_end_without_per_flow_output(lean):
     startup = lean.log.read_text()
     uvloop_usable = importlib.util.find_spec("uvloop") is not None and _uvloop_works(importlib.import_module("uvloop"))
     assert ("uvloop event loop" if uvloop_usable else "asyncio event loop") in startup
+
+    # A listen backlog for bursts of new clients, not asyncio's 100 (ss shows a listener's backlog as Send-Q).
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    listener = subprocess.run(["ss", "-Hltn", f"sport = :{lean.port}"], capture_output=True, text=True).stdout.split()
+    assert int(listener[2]) == min(LISTEN_BACKLOG, somaxconn) > 100, listener
 
     ids = []
     for _ in range(3):
