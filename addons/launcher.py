@@ -44,8 +44,9 @@ SO_REUSEPORT, and the kernel spreads new connections across them. mitmproxy bind
 listeners with `asyncio.start_server(handler, host, port)` (proxy/mode_servers.py), which has no
 way to ask for `reuse_port` (or a backlog). Rather than patching mitmproxy's module, or pre-binding a
 socket that mitmproxy would not use, the gateway runs on an event loop subclass whose `create_server`
-(what `asyncio.start_server` calls) defaults to a backlog of 4096 and, in a worker, `reuse_port=True`: mitmproxy stays untouched, and the
-only servers this process creates are mitmproxy's listeners. A worker refuses modes that do not
+(what `asyncio.start_server` calls) defaults to a backlog of 4096 and, in a worker, to
+`reuse_port=True`: mitmproxy stays untouched, and the only servers this process creates are
+mitmproxy's listeners. A worker refuses modes that do not
 listen on a fixed TCP port (UDP-based ones such as dns, wireguard, reverse:quic; local; port 0),
 which cannot be shared this way. Any process of the same user that also sets SO_REUSEPORT could
 join the port; a plain listener (a second gateway without workers) still gets "address in use".
