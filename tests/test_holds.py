@@ -1,9 +1,15 @@
-"""HoldBook: money set aside for requests in flight, against a fake clock (no sleeping)."""
+"""HoldBook: money set aside for requests in flight, against a fake clock (no sleeping); and the
+Redis store's batched release."""
 
 from __future__ import annotations
 
-import pytest
+import asyncio
+import os
 
+import pytest
+import redis
+
+from addons.billing.hold_stores import RedisHolds
 from addons.billing.holds import HoldBook, InsufficientFunds
 
 TTL = 60.0
@@ -187,3 +193,35 @@ def test_is_fresh_is_false_for_an_unknown_pot_and_renewed_by_a_confirm(book, clo
     clock.now += 10
     book.confirm("wallet", 1, version=0)  # an older version renews nothing
     assert book.is_fresh("wallet", 5) is False
+
+
+def test_redis_holds_release_a_committed_batch_in_one_call():
+    """The Redis store: holds of a whole ledger batch go in one call, and a late add for a released
+    request is ignored (the tombstone), as with one request at a time."""
+    url = "redis://127.0.0.1:6379/14"
+    try:
+        redis.Redis.from_url(url).flushdb()
+    except redis.ConnectionError as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"Redis is required in CI: {e}")
+        pytest.skip(f"Redis not reachable: {e}")
+
+    async def scenario():
+        store = RedisHolds(url, hold_ttl=TTL)
+        try:
+            await store.confirm("wallet", 10_000, version=1)
+            ids = [f"req_{i}" for i in range(1200)]  # more than one release script call
+            for request_id in ids:
+                await store.hold(request_id, {"wallet": 5})
+            await store.add("req_keep", "wallet", 7)
+            assert await store.available("wallet") == 10_000 - 1200 * 5 - 7
+            await store.release(*ids)
+            assert await store.available("wallet") == 10_000 - 7
+            await store.add("req_0", "wallet", 100)  # late, after its release: ignored
+            await store.release()  # nothing to release: no call, no error
+            assert await store.available("wallet") == 10_000 - 7
+        finally:
+            await store.close()
+            redis.Redis.from_url(url).flushdb()
+
+    asyncio.run(scenario())

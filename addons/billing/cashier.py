@@ -143,8 +143,8 @@ class Cashier:
             await self.holds.confirm(wallet_id, balance + self._overdraft.get(wallet_id, 0), version)
         for token_id, amount in report.token_charges.items():
             await self.holds.spend(f"token:{token_id}", amount)
-        for request_id in report.request_ids:
-            await self.holds.release(request_id)
+        if report.request_ids:
+            await self.holds.release(*report.request_ids)
 
     @staticmethod
     def _background(coro) -> None:

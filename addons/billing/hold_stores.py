@@ -41,8 +41,9 @@ class LocalHolds:
     async def add(self, request_id: str, pot: str, amount: int) -> None:
         self.book.add(request_id, pot, amount)
 
-    async def release(self, request_id: str) -> None:
-        self.book.release(request_id)
+    async def release(self, *request_ids: str) -> None:
+        for request_id in request_ids:
+            self.book.release(request_id)
 
     async def close(self) -> None:
         pass
@@ -91,19 +92,22 @@ end
 return {1}
 """
 
-# ARGV: prefix, now_ms, request_id, ttl_ms
+# ARGV: prefix, now_ms, ttl_ms, then the request ids to release
 _RELEASE = _EXPIRE + """
-local rid, ttl = ARGV[3], tonumber(ARGV[4])
-redis.call('SET', k('done', rid), '1', 'PX', ttl + 60000)
-for _, pot in ipairs(redis.call('SMEMBERS', k('req', rid))) do
-  local amount = redis.call('HGET', k('hold', pot), rid)
-  if amount then
-    redis.call('HDEL', k('hold', pot), rid)
-    redis.call('HINCRBY', k('pot', pot), 'h', -tonumber(amount))
+local ttl = tonumber(ARGV[3])
+for i = 4, #ARGV do
+  local rid = ARGV[i]
+  redis.call('SET', k('done', rid), '1', 'PX', ttl + 60000)
+  for _, pot in ipairs(redis.call('SMEMBERS', k('req', rid))) do
+    local amount = redis.call('HGET', k('hold', pot), rid)
+    if amount then
+      redis.call('HDEL', k('hold', pot), rid)
+      redis.call('HINCRBY', k('pot', pot), 'h', -tonumber(amount))
+    end
+    redis.call('ZREM', k('exp', pot), rid)
   end
-  redis.call('ZREM', k('exp', pot), rid)
+  redis.call('DEL', k('req', rid))
 end
-redis.call('DEL', k('req', rid))
 return 1
 """
 
@@ -124,6 +128,9 @@ local confirmed = redis.call('HGET', k('pot', ARGV[3]), 'c')
 if not confirmed then return false end
 return tonumber(confirmed) - tonumber(redis.call('HGET', k('pot', ARGV[3]), 'h') or '0')
 """
+
+
+RELEASE_BATCH = 500  # request ids per release script call, so one call never holds Redis for long
 
 
 class RedisHolds:
@@ -173,8 +180,10 @@ class RedisHolds:
         if amount > 0:
             await self._hold(args=[self.prefix, self._now(), self.ttl_ms, request_id, "0", 1, pot, amount])
 
-    async def release(self, request_id: str) -> None:
-        await self._release(args=[self.prefix, self._now(), request_id, self.ttl_ms])
+    async def release(self, *request_ids: str) -> None:
+        """One round trip per RELEASE_BATCH requests: a ledger commit settles a whole batch."""
+        for i in range(0, len(request_ids), RELEASE_BATCH):
+            await self._release(args=[self.prefix, self._now(), self.ttl_ms, *request_ids[i:i + RELEASE_BATCH]])
 
     async def close(self) -> None:
         await self.redis.aclose()
