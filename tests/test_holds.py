@@ -195,9 +195,9 @@ def test_is_fresh_is_false_for_an_unknown_pot_and_renewed_by_a_confirm(book, clo
     assert book.is_fresh("wallet", 5) is False
 
 
-def test_redis_holds_release_a_committed_batch_in_one_call():
-    """The Redis store: holds of a whole ledger batch go in one call, and a late add for a released
-    request is ignored (the tombstone), as with one request at a time."""
+@pytest.fixture
+def url():
+    """An empty Redis database for the Redis hold store (db 14; the e2e tests use 12 and 13)."""
     url = "redis://127.0.0.1:6379/14"
     try:
         redis.Redis.from_url(url).flushdb()
@@ -205,6 +205,13 @@ def test_redis_holds_release_a_committed_batch_in_one_call():
         if os.environ.get("CI"):
             pytest.fail(f"Redis is required in CI: {e}")
         pytest.skip(f"Redis not reachable: {e}")
+    yield url
+    redis.Redis.from_url(url).flushdb()
+
+
+def test_redis_holds_release_a_committed_batch_in_one_call(url):
+    """The Redis store: holds of a whole ledger batch go in one call, and a late add for a released
+    request is ignored (the tombstone), as with one request at a time."""
 
     async def scenario():
         store = RedisHolds(url, hold_ttl=TTL)
@@ -222,6 +229,21 @@ def test_redis_holds_release_a_committed_batch_in_one_call():
             assert await store.available("wallet") == 10_000 - 7
         finally:
             await store.close()
-            redis.Redis.from_url(url).flushdb()
+
+    asyncio.run(scenario())
+
+
+def test_redis_fresh_available_is_none_until_confirmed_and_after_max_age(url):
+
+    async def scenario():
+        store = RedisHolds(url, hold_ttl=TTL)
+        try:
+            assert await store.fresh_available("wallet", 60.0) is None  # never confirmed
+            await store.confirm("wallet", 1_000, version=1)
+            await store.hold("req_a", {"wallet": 300})
+            assert await store.fresh_available("wallet", 60.0) == 700
+            assert await store.fresh_available("wallet", 0.0) is None  # confirmed too long ago for max_age 0
+        finally:
+            await store.close()
 
     asyncio.run(scenario())

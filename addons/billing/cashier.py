@@ -73,8 +73,11 @@ class Cashier:
     async def admit(self, request_id: str, plan: BillingPlan, meter: Meter, cost_of: Callable[[TokenUsage], int]) -> None:
         """Raise PaymentRequired, or hold the request's worst case in every pot that pays for it."""
         merchant = plan.key.wallet_id
-        await self._fresh_wallet(merchant)
-        if plan.merchant_pays_provider and (available := await self.holds.available(merchant)) <= 0:
+        available = await self.holds.fresh_available(merchant, self.freshness)  # one round trip when fresh
+        if available is None:
+            await self._fresh_wallet(merchant, force=True)
+            available = await self.holds.available(merchant)
+        if plan.merchant_pays_provider and available <= 0:
             raise PaymentRequired(
                 "insufficient_balance", f"wallet balance is {format_usd(available)} USD; top it up to continue"
             )

@@ -35,6 +35,9 @@ class LocalHolds:
     async def available(self, pot: str) -> int:
         return self.book.available(pot)
 
+    async def fresh_available(self, pot: str, max_age: float) -> int | None:
+        return self.book.available(pot) if self.book.is_fresh(pot, max_age) else None
+
     async def hold(self, request_id: str, amounts: dict[str, int]) -> None:
         self.book.hold(request_id, amounts)
 
@@ -129,6 +132,15 @@ if not confirmed then return false end
 return tonumber(confirmed) - tonumber(redis.call('HGET', k('pot', ARGV[3]), 'h') or '0')
 """
 
+# ARGV: prefix, now_ms, pot, max_age_ms  -> as _AVAILABLE, or false when the pot was confirmed too long ago
+_FRESH_AVAILABLE = _EXPIRE + """
+local at = redis.call('HGET', k('pot', ARGV[3]), 't')
+if (not at) or tonumber(ARGV[2]) - tonumber(at) >= tonumber(ARGV[4]) then return false end
+expire(ARGV[3], tonumber(ARGV[2]))
+local confirmed = redis.call('HGET', k('pot', ARGV[3]), 'c')
+if not confirmed then return false end
+return tonumber(confirmed) - tonumber(redis.call('HGET', k('pot', ARGV[3]), 'h') or '0')
+"""
 
 RELEASE_BATCH = 500  # request ids per release script call, so one call never holds Redis for long
 
@@ -142,6 +154,7 @@ class RedisHolds:
         self._release = self.redis.register_script(_RELEASE)
         self._confirm = self.redis.register_script(_CONFIRM)
         self._available = self.redis.register_script(_AVAILABLE)
+        self._fresh_available = self.redis.register_script(_FRESH_AVAILABLE)
 
     @staticmethod
     def _now() -> int:
@@ -164,6 +177,11 @@ class RedisHolds:
         if value is None:
             raise KeyError(pot)
         return int(value)
+
+    async def fresh_available(self, pot: str, max_age: float) -> int | None:
+        """`available`, in the same round trip as the freshness check; None when not fresh."""
+        value = await self._fresh_available(args=[self.prefix, self._now(), pot, int(max_age * 1000)])
+        return None if value is None else int(value)
 
     async def hold(self, request_id: str, amounts: dict[str, int]) -> None:
         pots = list(amounts.items())
