@@ -52,22 +52,29 @@ class LocalHolds:
         pass
 
 
-_EXPIRE = """
+_POTS = """
 local function k(kind, id) return ARGV[1] .. ':' .. kind .. ':' .. id end
-local function expire(pot, now)
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', k('exp', pot), '-inf', now)) do
-    local amount = redis.call('HGET', k('hold', pot), id)
-    if amount then
-      redis.call('HDEL', k('hold', pot), id)
-      redis.call('HINCRBY', k('pot', pot), 'h', -tonumber(amount))
-    end
-    redis.call('ZREM', k('exp', pot), id)
+local function drop(pot, id)
+  local amount = redis.call('HGET', k('hold', pot), id)
+  if amount then
+    redis.call('HDEL', k('hold', pot), id)
+    redis.call('HINCRBY', k('pot', pot), 'h', -tonumber(amount))
   end
+  redis.call('ZREM', k('exp', pot), id)
+end
+local function expire(pot, now)
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', k('exp', pot), '-inf', now)) do drop(pot, id) end
+end
+local function available(pot, now)
+  expire(pot, now)
+  local confirmed = redis.call('HGET', k('pot', pot), 'c')
+  if not confirmed then return false end
+  return tonumber(confirmed) - tonumber(redis.call('HGET', k('pot', pot), 'h') or '0')
 end
 """
 
 # ARGV: prefix, now_ms, ttl_ms, request_id, check ("1"/"0"), n, then n pairs of (pot, amount)
-_HOLD = _EXPIRE + """
+_HOLD = _POTS + """
 local now, ttl, rid, check, n = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5] == '1', tonumber(ARGV[6])
 if redis.call('EXISTS', k('done', rid)) == 1 then return {1} end
 for i = 0, n - 1 do
@@ -96,26 +103,19 @@ return {1}
 """
 
 # ARGV: prefix, now_ms, ttl_ms, then the request ids to release
-_RELEASE = _EXPIRE + """
+_RELEASE = _POTS + """
 local ttl = tonumber(ARGV[3])
 for i = 4, #ARGV do
   local rid = ARGV[i]
   redis.call('SET', k('done', rid), '1', 'PX', ttl + 60000)
-  for _, pot in ipairs(redis.call('SMEMBERS', k('req', rid))) do
-    local amount = redis.call('HGET', k('hold', pot), rid)
-    if amount then
-      redis.call('HDEL', k('hold', pot), rid)
-      redis.call('HINCRBY', k('pot', pot), 'h', -tonumber(amount))
-    end
-    redis.call('ZREM', k('exp', pot), rid)
-  end
+  for _, pot in ipairs(redis.call('SMEMBERS', k('req', rid))) do drop(pot, rid) end
   redis.call('DEL', k('req', rid))
 end
 return 1
 """
 
 # ARGV: prefix, now_ms, pot, amount, version
-_CONFIRM = _EXPIRE + """
+_CONFIRM = _POTS + """
 local key = k('pot', ARGV[3])
 local known = redis.call('HGET', key, 'v')
 if (not redis.call('HGET', key, 'c')) or (not known) or tonumber(ARGV[5]) >= tonumber(known) then
@@ -125,21 +125,15 @@ return 1
 """
 
 # ARGV: prefix, now_ms, pot  -> confirmed - held, or false when the pot is unknown
-_AVAILABLE = _EXPIRE + """
-expire(ARGV[3], tonumber(ARGV[2]))
-local confirmed = redis.call('HGET', k('pot', ARGV[3]), 'c')
-if not confirmed then return false end
-return tonumber(confirmed) - tonumber(redis.call('HGET', k('pot', ARGV[3]), 'h') or '0')
+_AVAILABLE = _POTS + """
+return available(ARGV[3], tonumber(ARGV[2]))
 """
 
 # ARGV: prefix, now_ms, pot, max_age_ms  -> as _AVAILABLE, or false when the pot was confirmed too long ago
-_FRESH_AVAILABLE = _EXPIRE + """
+_FRESH_AVAILABLE = _POTS + """
 local at = redis.call('HGET', k('pot', ARGV[3]), 't')
 if (not at) or tonumber(ARGV[2]) - tonumber(at) >= tonumber(ARGV[4]) then return false end
-expire(ARGV[3], tonumber(ARGV[2]))
-local confirmed = redis.call('HGET', k('pot', ARGV[3]), 'c')
-if not confirmed then return false end
-return tonumber(confirmed) - tonumber(redis.call('HGET', k('pot', ARGV[3]), 'h') or '0')
+return available(ARGV[3], tonumber(ARGV[2]))
 """
 
 RELEASE_BATCH = 500  # request ids per release script call, so one call never holds Redis for long
