@@ -674,6 +674,18 @@ def signed_ms(v: float | None) -> str:
 CELLS = [("ns", 1), ("ns", 32), ("st", 1), ("st", 32)]
 
 
+def cpu_cell(t: Target, x: PhaseResult | None) -> str:
+    """Gateway CPU ms per completed request, plus its PostgreSQL backends' where it has them."""
+    if not (x and x.ok and t.proc_pid):
+        return "—"
+    return f"{x.cpu / x.ok * 1000:.2f}" + (f" (+{x.pg_cpu / x.ok * 1000:.2f} PG)" if t.pg_db else "")
+
+
+def rate_cell(x: PhaseResult | None) -> str:
+    """Completed requests per second, * when the phase hit its time cap."""
+    return f"{x.ok / x.elapsed:.0f}" + ("*" if x.capped else "") if x and x.elapsed else "—"
+
+
 def targets_check(targets: list[Target], r, up_ns1: float | None, up_ttfb1: float | None) -> list[str]:
     """Issue 4's targets, as ratios within this run, for one Tollgate worker (SQLite, forward endpoint)."""
     by = {t.name: t for t in targets}
@@ -765,10 +777,7 @@ def report(targets: list[Target], results: dict, unavailable: list[tuple[str, st
             continue
         p50_1 = pct(a.lat, 50) if a else None
         over = None if (p50_1 is None or up_ns1 is None or t is base) else p50_1 - up_ns1
-        cpu = f"{b.cpu / b.ok * 1000:.2f}" if (b and b.ok and t.proc_pid) else "—"
-        if b and b.ok and t.pg_db:
-            cpu += f" (+{b.pg_cpu / b.ok * 1000:.2f} PG)"
-        rps = f"{b.ok / b.elapsed:.0f}" + ("*" if b.capped else "") if b and b.elapsed else "—"
+        cpu, rps = cpu_cell(t, b), rate_cell(b)
         busy = f"{b.client_cpu / b.elapsed * 100:.0f}%" if b and b.elapsed else "—"
         errs = (a.errors if a else 0) + (b.errors if b else 0)
         cap1 = "*" if a and a.capped else ""
@@ -792,10 +801,7 @@ def report(targets: list[Target], results: dict, unavailable: list[tuple[str, st
         t32 = pct(b.ttfb, 50) if b else None
         o1 = None if (t is base or t1 is None or up_ttfb[1] is None) else t1 - up_ttfb[1]
         o32 = None if (t is base or t32 is None or up_ttfb[32] is None) else t32 - up_ttfb[32]
-        cpu = f"{b.cpu / b.ok * 1000:.2f}" if (b and b.ok and t.proc_pid) else "—"
-        if b and b.ok and t.pg_db:
-            cpu += f" (+{b.pg_cpu / b.ok * 1000:.2f} PG)"
-        rps = f"{b.ok / b.elapsed:.0f}" + ("*" if b.capped else "") if b and b.elapsed else "—"
+        cpu, rps = cpu_cell(t, b), rate_cell(b)
         errs = (a.errors if a else 0) + (b.errors if b else 0)
         out.append(f"| {t.label} | {ms(t1)}{'*' if a and a.capped else ''} | {signed_ms(o1)} | "
                    f"{ms(pct(a.ttfb, 99)) if a else '—'} | {ms(pct(a.lat, 50)) if a else '—'} | {ms(t32)} | "
