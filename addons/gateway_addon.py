@@ -30,6 +30,7 @@ from addons.credentials import read_credential, strip_gateway_credentials
 from addons.errors import GatewayError, NotFound, ProviderNotConfigured
 from addons.forward import FORWARD_PATH, parse_forward_target
 from addons.keystore import KeyStore
+from addons.ledger.journal import Journal
 from addons.ledger.models import open_database
 from addons.ledger.writer import LedgerWriter, UsageRecord
 from addons.metadata import parse_metadata
@@ -93,6 +94,7 @@ class Gateway:
         self.catalog: Catalog | None = None
         self.keys: KeyStore | None = None
         self.writer: LedgerWriter | None = None
+        self.journal: Journal | None = None
         self.pending: dict[str, Pending] = {}
         self.prices: tuple[Override, ...] = ()
         self.settings: Settings | None = None
@@ -132,12 +134,15 @@ class Gateway:
             except ValueError as e:
                 raise OptionsError(str(e)) from None
             self.done()  # what the previous ledger was owed is written there before switching
+            database_url = resolve_database_url(ctx.options.tollgate_database_url or self.settings.database_url)
             try:
-                open_database(resolve_database_url(ctx.options.tollgate_database_url or self.settings.database_url))
+                open_database(database_url)
             except Exception as e:  # peewee/driver errors: name the problem, never the URL (it may hold a password)
                 raise OptionsError(f"cannot open the ledger database: {type(e).__name__}: {e}") from None
             self.autopay = AutoTopUp(self.settings.billing.autopay)
+            self.journal = Journal(self.settings.journal_dir, database_url)
             self.writer = LedgerWriter(on_commit=self._committed)
+            self._replay(self.journal.recover())
             self._confine_interception()
         if {"tollgate_cache_ttl_ms", "tollgate_redis_url"} & set(updated) or self.keys is None:
             if self.keys is not None:
@@ -150,8 +155,16 @@ class Gateway:
     def running(self) -> None:
         self.loop = asyncio.get_running_loop()
 
+    def _replay(self, records: list[UsageRecord]) -> None:
+        """Requests a killed process served but may not have written: the ledger skips those it has."""
+        if records:
+            log.warning("tollgate: replaying %d journaled usage records into the ledger", len(records))
+        for record in records:
+            self.writer.submit(record)
+
     def _committed(self, report: CommitReport) -> None:
         """In the writer thread, right after a commit."""
+        self.journal.settled(report.request_ids)
         for wallet_id in report.charged_customer_wallets:
             self.autopay.notify_charged(wallet_id)
         if self.loop is not None and self.cashier is not None:
@@ -287,6 +300,21 @@ class Gateway:
         self._record(flow, state, status=status, error=flow.error.msg[:200] if flow.error else "aborted")
 
     def _record(self, flow: http.HTTPFlow, state: Pending, status: int | None, error: str | None) -> None:
+        """Journal, then hand to the ledger writer; a metering bug still leaves a row, never nothing."""
+        try:
+            record = self._usage_record(flow, state, status, error)
+        except Exception:
+            log.exception("tollgate: metering failed on request %s; recorded without usage", state.request_id)
+            record = UsageRecord(
+                id=state.request_id, created_at=datetime.fromtimestamp(state.started, UTC).replace(tzinfo=None),
+                account=state.plan.key.account_id, wallet_id=state.plan.key.wallet_id, key=state.plan.key.key_id,
+                provider=state.provider.id, endpoint=state.meter.endpoint, model=state.meter.model, status=status,
+                streamed=state.streamed, byok=state.plan.byok, error="metering_failed", metadata=state.metadata,
+            )
+        self.journal.append(record)
+        self.writer.submit(record)
+
+    def _usage_record(self, flow: http.HTTPFlow, state: Pending, status: int | None, error: str | None) -> UsageRecord:
         result = state.meter.result()
         model = result.model or state.meter.model
         plan, usage = state.plan, result.usage
@@ -300,40 +328,38 @@ class Gateway:
         response = flow.response
         ttfb = response.timestamp_start if response else None
         end = (response.timestamp_end if response else None) or time.time()
-        self.writer.submit(
-            UsageRecord(
-                id=state.request_id,
-                created_at=datetime.fromtimestamp(state.started, UTC).replace(tzinfo=None),
-                account=plan.key.account_id,
-                wallet_id=plan.key.wallet_id,
-                key=plan.key.key_id,
-                provider=state.provider.id,
-                endpoint=state.meter.endpoint,
-                model=model,
-                customer_id=plan.customer.customer_id if plan.customer else None,
-                meter_slug=plan.meter.slug if plan.meter else None,
-                token_id=plan.token.token_id if plan.token else None,
-                status=status,
-                streamed=state.streamed,
-                input_tokens=usage.input_tokens,
-                cache_read_tokens=usage.cache_read_tokens,
-                cache_write_tokens=usage.cache_write_tokens,
-                output_tokens=usage.output_tokens,
-                reasoning_tokens=usage.reasoning_tokens,
-                provider_cost_nanos=cost.total_nanos,
-                charged_nanos=merchant_charge,
-                latency_ms=round((end - state.started) * 1000),
-                ttfb_ms=round((ttfb - state.started) * 1000) if ttfb else None,
-                usage_source=result.source,
-                byok=plan.byok,
-                error=error,
-                metadata=state.metadata,
-                customer_wallet_id=plan.customer.wallet_id if plan.customer else None,
-                meter_id=plan.meter_id,
-                units_micro=meters.units_to_micro(units) if units else 0,
-                bill_customer=plan.bill_customer and billable,
-                customer_byok_fee_nanos=customer_byok_fee,
-            )
+        record = UsageRecord(
+            id=state.request_id,
+            created_at=datetime.fromtimestamp(state.started, UTC).replace(tzinfo=None),
+            account=plan.key.account_id,
+            wallet_id=plan.key.wallet_id,
+            key=plan.key.key_id,
+            provider=state.provider.id,
+            endpoint=state.meter.endpoint,
+            model=model,
+            customer_id=plan.customer.customer_id if plan.customer else None,
+            meter_slug=plan.meter.slug if plan.meter else None,
+            token_id=plan.token.token_id if plan.token else None,
+            status=status,
+            streamed=state.streamed,
+            input_tokens=usage.input_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            output_tokens=usage.output_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            provider_cost_nanos=cost.total_nanos,
+            charged_nanos=merchant_charge,
+            latency_ms=round((end - state.started) * 1000),
+            ttfb_ms=round((ttfb - state.started) * 1000) if ttfb else None,
+            usage_source=result.source,
+            byok=plan.byok,
+            error=error,
+            metadata=state.metadata,
+            customer_wallet_id=plan.customer.wallet_id if plan.customer else None,
+            meter_id=plan.meter_id,
+            units_micro=meters.units_to_micro(units) if units else 0,
+            bill_customer=plan.bill_customer and billable,
+            customer_byok_fee_nanos=customer_byok_fee,
         )
         flow.metadata["tollgate.cost"] = format_usd(cost.total_nanos)
         flow.comment = (
@@ -341,6 +367,7 @@ class Gateway:
             f"${format_usd(cost.total_nanos)}" + (" (estimated)" if result.source == "estimated" else "")
         )
         flow.marked = ":moneybag:"
+        return record
 
     def _cost(self, provider: Provider, model: str | None, usage, at: datetime | None = None):
         return price(usage, model=model or "", provider_id=provider.id, pricing_id=provider.pricing_id,
@@ -351,6 +378,9 @@ class Gateway:
             self.writer.flush(timeout=30)
             self.writer.close()
             self.writer = None
+        if self.journal is not None:
+            self.journal.close()
+            self.journal = None
         if self.autopay is not None:
             self.autopay.close(timeout=10)
             self.autopay = None

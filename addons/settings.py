@@ -42,6 +42,7 @@ class Settings:
     provider_overrides: dict[str, dict] = field(default_factory=dict)
     price_overrides: tuple[Override, ...] = ()
     billing: BillingSettings = field(default_factory=BillingSettings)
+    journal_dir: Path = PROJECT_ROOT / "data" / "journal"
 
 
 def _read_yaml(path: Path) -> dict:
@@ -134,4 +135,5 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         provider_overrides=providers,
         price_overrides=parse_overrides({"models": data.get("prices") or []}),
         billing=parse_billing(data.get("billing") or {}, environ),
+        journal_dir=PROJECT_ROOT / (environ.get("TOLLGATE_JOURNAL_DIR") or data.get("journal_dir") or "data/journal"),
     )

@@ -11,6 +11,12 @@ from tests.mock_provider import MockProvider
 MOCK_MODEL_PRICE = {"provider": "openai", "model": "mock-*", "input_mtok": "1.00", "output_mtok": "2.00"}
 
 
+@pytest.fixture(autouse=True)
+def _journal_in_tmp(tmp_path, monkeypatch):
+    """Gateways built in this process journal under the test's own directory, not the project's data/."""
+    monkeypatch.setenv("TOLLGATE_JOURNAL_DIR", str(tmp_path / "journal"))
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def ledger(request, tmp_path):
     """A fresh, empty ledger opened in this process; each test module gets its own PostgreSQL database."""

@@ -91,6 +91,7 @@ class GatewayProcess:
             "providers": {p: {"upstream": u} for p, u in upstreams.items()},
             "prices": list(prices),
             "billing": billing or {},
+            "journal_dir": str(tmp / "journal"),
         }))
         self.env = clean_env(TOLLGATE_DATABASE_URL=database_url, TOLLGATE_CONFIG=str(self.config), **PROVIDER_KEYS)
         if redis_url:

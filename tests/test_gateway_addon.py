@@ -215,6 +215,24 @@ def test_response_is_metered_and_charged(gw):
     assert row.charged_nanos > 0 and wallet_balance(ensure_account()[1].id) == 10**9 - row.charged_nanos
 
 
+def test_a_metering_failure_still_journals_and_records_the_request(gw, monkeypatch):
+    flow = run(gw, api_flow([("authorization", f"Bearer {secret_key()}")]))
+    flow.response = tutils.tresp(headers=http.Headers(content_type="application/json"), content=b"{}")
+    monkeypatch.setattr(gw, "_usage_record", lambda *a: 1 / 0)
+
+    async def respond():
+        gw.responseheaders(flow)
+        gw.response(flow)
+
+    asyncio.run(respond())
+    request_id = flow.response.headers["x-lava-request-id"]
+    assert request_id.encode() in b"".join(p.read_bytes() for p in gw.journal.dir.glob("*.jsonl"))
+    assert gw.writer.flush(timeout=10)
+    row = RequestRow.get_by_id(request_id)
+    assert (row.status, row.error, row.charged_nanos) == (200, "metering_failed", 0)
+    assert gw.journal.unsettled == 0
+
+
 def test_error_hook_strips_the_request_id_tag(gw):
     flow = tflow.tflow(err=tflow.terr(f"Connection refused{error_pages._TAG}req_1"))
     gw.error(flow)

@@ -1,0 +1,98 @@
+import os
+from datetime import datetime
+
+import pytest
+
+from addons.ledger.journal import Journal, decode, encode
+from addons.ledger.writer import UsageRecord
+
+URL = "sqlite:///ledger.db"
+
+
+def record(i: int, **kw) -> UsageRecord:
+    return UsageRecord(id=f"req_{i:04d}", created_at=datetime(2026, 11, 27, 12, 0, i % 60), account="acct_1",
+                       wallet_id="wal_1", key="key_1", provider="openai", endpoint="chat.completions",
+                       model="gpt-4o-mini", status=200, input_tokens=i, output_tokens=2 * i,
+                       provider_cost_nanos=1234 * i, charged_nanos=1234 * i, usage_source="reported",
+                       metadata={"user": "ü"} if i % 2 else None, **kw)
+
+
+def crash(journal: Journal) -> None:
+    """What SIGKILL leaves: the files, and the slot lock released by the kernel."""
+    journal._closing = True
+    journal._dirty.set()
+    journal._syncer.join()
+    os.close(journal._slot_lock)
+
+
+def test_a_record_round_trips_through_its_line():
+    original = record(7, customer_wallet_id="wal_c", units_micro=5, bill_customer=True)
+    assert decode(encode(original)) == original
+
+
+def test_what_a_crashed_process_journaled_is_recovered_by_the_next(tmp_path):
+    first = Journal(tmp_path, URL)
+    for i in range(5):
+        first.append(record(i))
+    first.settled(["req_0001"])
+    crash(first)
+    second = Journal(tmp_path, URL)
+    assert sorted(r.id for r in second.recover()) == ["req_0000", "req_0001", "req_0002", "req_0003", "req_0004"]
+    second.settled([f"req_{i:04d}" for i in range(5)])
+    second.close()
+    assert not list(second.dir.glob("*.jsonl"))  # all settled: nothing is left to replay
+    assert Journal(tmp_path, URL).recover() == []
+
+
+def test_a_clean_close_keeps_only_what_the_ledger_does_not_have(tmp_path):
+    journal = Journal(tmp_path, URL)
+    journal.append(record(1))
+    journal.append(record(2))
+    journal.settled(["req_0001"])
+    journal.close()
+    # The segment still holds req_0002, so it stays whole: the ledger skips the settled req_0001 on replay.
+    assert [r.id for r in Journal(tmp_path, URL).recover()] == ["req_0001", "req_0002"]
+
+
+def test_a_live_process_keeps_its_slot_and_another_ledger_has_its_own(tmp_path):
+    live = Journal(tmp_path, URL)
+    live.append(record(1))
+    assert Journal(tmp_path, URL).recover() == []  # the second process gets slot 1, not the live journal
+    assert Journal(tmp_path, "postgresql://other/db").recover() == []
+    assert live.dir.name == "0"
+
+
+def test_settled_segments_are_deleted_as_the_journal_rotates(tmp_path):
+    journal = Journal(tmp_path, URL, segment_bytes=2000)
+    for i in range(40):
+        journal.append(record(i))
+        journal.settled([f"req_{i:04d}"] if i != 3 else [])
+    segments = sorted(journal.dir.glob("*.jsonl"))
+    assert len(segments) == 2  # the one still holding req_0003, and the current one
+    crash(journal)
+    replayed = {r.id for r in Journal(tmp_path, URL).recover()}
+    assert "req_0003" in replayed and "req_0020" not in replayed and len(replayed) < 10
+
+
+def test_a_torn_last_line_is_skipped(tmp_path, caplog):
+    journal = Journal(tmp_path, URL)
+    journal.append(record(1))
+    crash(journal)
+    segment = next(journal.dir.glob("*.jsonl"))
+    segment.write_bytes(segment.read_bytes() + encode(record(2))[:40])
+    assert [r.id for r in Journal(tmp_path, URL).recover()] == ["req_0001"]
+    assert "unreadable line" in caplog.text
+
+
+@pytest.mark.parametrize("interval", [0.0, 0.05])
+def test_appended_lines_are_fsynced_off_the_callers_thread(tmp_path, monkeypatch, interval):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    journal = Journal(tmp_path, URL, fsync_interval=interval)
+    journal.append(record(1))
+    deadline = datetime.now().timestamp() + 2
+    while not synced and datetime.now().timestamp() < deadline:
+        pass
+    assert synced and journal._fd in synced
+    journal.close()
