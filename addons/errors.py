@@ -9,6 +9,7 @@ GatewayError                 any refusal made by Tollgate (never a provider's ow
 ├── NotFound            404  a path on the gateway itself that it does not serve
 ├── UpstreamUnreachable 502  the provider could not be reached
 ├── ProviderNotConfigured 503 the operator has not set the provider's key
+├── LedgerUnavailable   503  the ledger database cannot be read (policy `tollgate_ledger_outage`)
 └── UpstreamTimeout     504  the provider did not answer in time
 
 Each renders as {"error": {"type", "code", "message"}}; messages never carry secrets.
@@ -67,6 +68,11 @@ class UpstreamUnreachable(GatewayError):
 class ProviderNotConfigured(GatewayError):
     status = 503
     type = "provider_not_configured"
+
+
+class LedgerUnavailable(GatewayError):
+    status = 503
+    type = "ledger_unavailable"
 
 
 class UpstreamTimeout(GatewayError):

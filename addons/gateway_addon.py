@@ -118,6 +118,13 @@ class Gateway:
             "tollgate_cache_ttl_ms", int, 1000,
             "Milliseconds a key or balance lookup is cached; revocations and top-ups are seen within it.",
         )
+        loader.add_option(
+            "tollgate_ledger_outage", str, "serve",
+            "While the ledger database is unreachable: 'serve' keeps answering keys and balances this "
+            "process has cached (usage is journaled and written when the database returns), 'refuse' "
+            "answers 503 ledger_unavailable.",
+            choices=("serve", "refuse"),
+        )
         error_pages.install()
 
     def configure(self, updated):
@@ -144,11 +151,11 @@ class Gateway:
             self.writer = LedgerWriter(on_commit=self._committed)
             self._replay(self.journal.recover())
             self._confine_interception()
-        if {"tollgate_cache_ttl_ms", "tollgate_redis_url"} & set(updated) or self.keys is None:
+        if {"tollgate_cache_ttl_ms", "tollgate_redis_url", "tollgate_ledger_outage"} & set(updated) or self.keys is None:
             if self.keys is not None:
                 self.keys.close()
             ttl = ctx.options.tollgate_cache_ttl_ms / 1000
-            self.keys = KeyStore(ttl=ttl)
+            self.keys = KeyStore(ttl=ttl, serve_stale=ctx.options.tollgate_ledger_outage == "serve")
             self.cashier = Cashier(self.settings.billing, self.keys, self.writer, freshness=ttl,
                                    redis_url=ctx.options.tollgate_redis_url or self.settings.redis_url)
 

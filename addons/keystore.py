@@ -2,21 +2,32 @@
 
 A cached answer lives for `ttl` seconds, so a revocation, a new customer or a changed meter made
 by the CLI is seen within that time. Balances are not cached here: the hold book keeps them.
+
+When the database cannot be reached the store marks the ledger down and probes it until it
+answers. Meanwhile, with `serve_stale`, cached answers are used past their time (a key unknown to
+this process gets 503); without it, every lookup is refused with 503 at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from mitmproxy.utils.asyncio_utils import create_task
+from peewee import InterfaceError, OperationalError
+
+from addons.errors import LedgerUnavailable
 from addons.ledger import accounts
 from addons.ledger.accounts import CustomerRecord, KeyRecord
 from addons.ledger.models import database
 from pricing import meters
 
 MAX_CACHED = 50_000
+LEDGER_ERRORS = (OperationalError, InterfaceError)  # what peewee raises for a database that is away
+log = logging.getLogger(__name__)
 
 
 def _in_connection(fn, *args):
@@ -28,27 +39,66 @@ def _in_connection(fn, *args):
         raise
 
 
+def _ping() -> None:
+    database.execute_sql("SELECT 1")
+
+
 def _meter(account_id: str, slug: str) -> tuple[str, meters.MeterSpec] | None:
     row = accounts.find_meter(account_id, slug)
     return row and (row.id, meters.spec_from_row(row))
 
 
 class KeyStore:
-    def __init__(self, ttl: float = 1.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, ttl: float = 1.0, clock: Callable[[], float] = time.monotonic, serve_stale: bool = True,
+                 probe_interval: float = 0.5):
         self._ttl = ttl
         self._clock = clock
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tollgate-db-read")
         self._cache: dict[tuple, tuple[float, object]] = {}
+        self.serve_stale = serve_stale
+        self.ledger_down = False
+        self._probe_interval = probe_interval
 
     async def read(self, fn, *args):
         """Uncached: for figures the caller keeps itself (balances, a token's spend)."""
-        return await asyncio.get_running_loop().run_in_executor(self._pool, _in_connection, fn, *args)
+        if self.ledger_down and not self.serve_stale:
+            raise _unavailable()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, _in_connection, fn, *args)
+        except LEDGER_ERRORS:
+            self._mark_down()
+            raise _unavailable() from None
+
+    def _mark_down(self) -> None:
+        if not self.ledger_down:
+            self.ledger_down = True
+            log.error("tollgate: the ledger database is unreachable; %s until it answers again",
+                      "serving on cached keys and balances" if self.serve_stale else "refusing requests (503)")
+            create_task(self._probe_until_up(), name="tollgate-ledger-probe", keep_ref=True)
+
+    async def _probe_until_up(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.ledger_down:
+            await asyncio.sleep(self._probe_interval)
+            try:
+                await loop.run_in_executor(self._pool, _in_connection, _ping)
+            except LEDGER_ERRORS:
+                continue
+            except RuntimeError:  # the pool was shut down: this store is closed
+                return
+            self.ledger_down = False
+            log.warning("tollgate: the ledger database answers again")
 
     async def _cached(self, fn, *args):
         cached = self._cache.get((fn, *args))
-        if cached and cached[0] > self._clock():
+        if cached and (cached[0] > self._clock() or (self.ledger_down and self.serve_stale)):
             return cached[1]
-        value = await self.read(fn, *args)
+        try:
+            value = await self.read(fn, *args)
+        except LedgerUnavailable:
+            if cached and self.serve_stale:
+                return cached[1]
+            raise
         if len(self._cache) >= MAX_CACHED:  # unknown keys a caller invents must not grow memory
             now = self._clock()
             self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
@@ -70,4 +120,9 @@ class KeyStore:
         return await self._cached(_meter, account_id, slug)
 
     def close(self) -> None:
+        self.ledger_down = False  # ends a probe
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _unavailable() -> LedgerUnavailable:
+    return LedgerUnavailable("ledger_unavailable", "the gateway cannot reach its ledger database; retry shortly")

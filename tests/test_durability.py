@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import signal
 import sqlite3
+import subprocess
+import tempfile
+import threading
+import time
 from decimal import Decimal
+from pathlib import Path
 
 import httpx
 import psycopg2
 import pytest
 
 from tests.conftest import MOCK_MODEL_PRICE
-from tests.harness import GatewayProcess, fresh_postgres_database
+from tests.harness import GatewayProcess, free_port, fresh_postgres_database
 
 CHAT = "/v1/forward?u=https://api.openai.com/v1/chat/completions"
 
@@ -75,3 +82,111 @@ def test_sigkill_after_responses_loses_no_usage_and_replay_charges_once(fresh_ga
     assert gateway.cli_json("audit")["ok"]
     gateway.stop()
     assert not list((gateway.tmp / "journal").rglob("*.jsonl"))  # all of it is in the ledger now
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of the test's own, to stop and start under load (the shared one serves other tests)."""
+
+    def __init__(self):
+        self.bindir = Path(subprocess.check_output(["pg_config", "--bindir"], text=True).strip())
+        self.root = Path(tempfile.mkdtemp(prefix="tollgate-pg-"))
+        self.port = free_port()
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self.as_user:  # initdb refuses to run as root
+            shutil.chown(self.root, "postgres")
+        self._run("initdb", "-D", str(self.root / "data"), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        self.start()
+
+    def _run(self, tool: str, *args: str) -> None:
+        subprocess.run([*self.as_user, str(self.bindir / tool), *args], check=True, capture_output=True, timeout=60)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        self._run("pg_ctl", "-D", str(self.root / "data"), "-w", "-l", str(self.root / "log"),
+                  "-o", f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.root / "data"), "-w", "-m", "immediate", "stop")
+
+    def remove(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture
+def private_postgres():
+    try:
+        server = PrivatePostgres()
+    except (OSError, subprocess.CalledProcessError) as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"a private PostgreSQL server is required in CI: {e}")
+        pytest.skip(f"cannot run a private PostgreSQL server: {e}")
+    yield server
+    server.remove()
+
+
+class Load:
+    """Clients sending streamed and plain requests until stopped; what each got back is kept."""
+
+    def __init__(self, gateway: GatewayProcess, clients: int = 4):
+        self.gateway, self.results, self.stopping = gateway, [], threading.Event()
+        self.threads = [threading.Thread(target=self._client, args=(i,)) for i in range(clients)]
+        for thread in self.threads:
+            thread.start()
+
+    def _client(self, i: int) -> None:
+        with httpx.Client(base_url=self.gateway.url, trust_env=False, timeout=15) as client:
+            n = 0
+            while not self.stopping.is_set():
+                n += 1
+                response = client.post(CHAT, headers={"authorization": f"Bearer {self.gateway.admin_key}"},
+                                       json={"model": "mock-model", "stream": (i + n) % 2 == 0,
+                                             "messages": [{"role": "user", "content": "hi"}]})
+                response.read()
+                self.results.append((response.status_code, response.headers.get("x-lava-request-id"),
+                                     response.json()["error"]["code"] if response.status_code >= 400 else None))
+                time.sleep(0.01)
+
+    def stop(self) -> list[tuple[int, str, str | None]]:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(30)
+        return self.results
+
+
+@pytest.mark.parametrize("policy", ["serve", "refuse"])
+def test_postgres_stopped_under_load_loses_and_duplicates_nothing(private_postgres, mock, tmp_path, policy):
+    gateway = GatewayProcess(tmp_path, private_postgres.url, {"openai": mock.url}, prices=[MOCK_MODEL_PRICE],
+                             extra_args=["--set", f"tollgate_ledger_outage={policy}"])
+    gateway.admin_key = gateway.cli_json("init")["secret_key"]
+    gateway.cli("wallet", "topup", "10")
+    opening = Decimal(gateway.cli_json("wallet")["balance"])
+    gateway.start()
+    try:
+        load = Load(gateway)
+        time.sleep(1.0)
+        served_before = len(load.results)
+        private_postgres.stop()
+        time.sleep(3.0)
+        during = load.results[served_before:]
+        private_postgres.start()
+        time.sleep(2.0)  # the probe sees it back within 0.5 s; the writer retries each second
+        results = load.stop()
+    finally:
+        gateway.stop()  # a clean stop flushes everything the writer still holds
+    served = {rid for status, rid, _ in results if status == 200}
+    refused = [code for status, _, code in during if status != 200]
+    if policy == "serve":
+        assert during and all(status == 200 for status, _, _ in during)  # cached key and balance
+    else:
+        assert refused and set(refused) == {"ledger_unavailable"}
+    rows = {r["id"]: r for r in gateway.cli_json("requests", "--limit", "100000")}
+    assert set(rows) == served  # every served request exactly once (the id is the primary key), nothing else
+    charged = sum(Decimal(row["charged"]) for row in rows.values())
+    assert Decimal(gateway.cli_json("wallet")["balance"]) == opening - charged
+    assert gateway.cli_json("audit")["ok"]
+    assert results[-1][0] == 200  # served again once the database was back

@@ -20,7 +20,7 @@ from addons.billing.charges import CommitReport
 from addons.billing.hold_stores import LocalHolds, RedisHolds
 from addons.billing.holds import InsufficientFunds
 from addons.billing.plan import BillingPlan, byok_fee, worst_case_fee
-from addons.errors import PaymentRequired
+from addons.errors import LedgerUnavailable, PaymentRequired
 from addons.keystore import KeyStore
 from addons.ledger.accounts import token_spent, wallet_state
 from addons.ledger.writer import HoldRecord, LedgerWriter
@@ -56,7 +56,12 @@ class Cashier:
     async def _fresh_wallet(self, wallet_id: str, overdraft: int = 0, force: bool = False) -> None:
         self._overdraft[wallet_id] = overdraft
         if force or not await self.holds.is_fresh(wallet_id, self.freshness):
-            balance, version = await self.keys.read(wallet_state, wallet_id)
+            try:
+                balance, version = await self.keys.read(wallet_state, wallet_id)
+            except LedgerUnavailable:
+                if self.keys.serve_stale and await self.holds.is_fresh(wallet_id, math.inf):
+                    return  # the ledger is away: its last balance, less what was held since, stands
+                raise
             await self.holds.confirm(wallet_id, balance + overdraft, version)
 
     async def _known_token(self, pot: str, token_id: str, cap: int) -> None:
