@@ -102,6 +102,7 @@ class Gateway:
         self.autopay: AutoTopUp | None = None
         self.signing_key: bytes | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.stopping = False
 
     def load(self, loader):
         loader.add_option(
@@ -125,11 +126,17 @@ class Gateway:
             "answers 503 ledger_unavailable.",
             choices=("serve", "refuse"),
         )
+        loader.add_option(
+            "tollgate_drain_seconds", int, 30,
+            "On SIGTERM (tollgate-proxy): seconds requests in flight, streams included, may take to finish "
+            "after the listener closes; new requests on open connections get 503 shutting_down meanwhile.",
+        )
         error_pages.install()
 
     def configure(self, updated):
-        if "tollgate_cache_ttl_ms" in updated and ctx.options.tollgate_cache_ttl_ms < 0:
-            raise OptionsError("tollgate_cache_ttl_ms must not be negative")
+        for name in ("tollgate_cache_ttl_ms", "tollgate_drain_seconds"):
+            if name in updated and getattr(ctx.options, name) < 0:
+                raise OptionsError(f"{name} must not be negative")
         if "tollgate_database_url" in updated or self.catalog is None:
             try:
                 self.settings = load_settings()
@@ -169,6 +176,14 @@ class Gateway:
         for record in records:
             self.writer.submit(record)
 
+    async def drain(self) -> int:
+        """Refuse new requests and wait for those in flight, up to tollgate_drain_seconds; returns those left."""
+        self.stopping = True
+        deadline = time.monotonic() + ctx.options.tollgate_drain_seconds
+        while self.pending and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return len(self.pending)
+
     def _committed(self, report: CommitReport) -> None:
         """In the writer thread, right after a commit."""
         self.journal.settled(report.request_ids)
@@ -197,6 +212,11 @@ class Gateway:
             return  # not AI traffic: mitmproxy passes it on untouched
         request_id = new_request_id()
         flow.metadata[error_pages.REQUEST_ID_KEY] = request_id
+        if self.stopping:
+            flow.response = json_response(503, GatewayError("shutting_down", "the gateway is stopping; retry").body(),
+                                          request_id)
+            flow.response.headers.update({"connection": "close", "retry-after": "1"})
+            return
         try:
             forward_key = None
             if provider is None:

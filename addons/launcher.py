@@ -84,7 +84,7 @@ from mitmproxy.addons import (
 from mitmproxy.proxy import mode_specs
 from mitmproxy.tools import cmdline
 from mitmproxy.tools.main import process_options
-from mitmproxy.utils import debug
+from mitmproxy.utils import asyncio_utils, debug
 
 from addons.gateway_addon import Gateway
 from addons.hook_index import IndexedAddonManager
@@ -137,6 +137,31 @@ class ReadySignal:
             finally:
                 os.close(self.fd)
                 self.fd = None
+
+
+class GracefulStop:
+    """The first SIGTERM/SIGINT closes the listener and lets requests in flight finish (the Gateway's
+    drain), then stops, which flushes the ledger writer and the journal; a second one stops at once."""
+
+    def __init__(self, m: GatewayMaster):
+        self.master = m
+        self.draining = False
+
+    def __call__(self) -> None:
+        if self.draining:
+            self.master.shutdown()
+            return
+        self.draining = True
+        asyncio_utils.create_task(self._drain(), name="tollgate-drain", keep_ref=True)
+
+    async def _drain(self) -> None:
+        try:
+            await self.master.addons.get("proxyserver").servers.update([])
+            logging.info("Tollgate: stopped listening; waiting for requests in flight")
+            if left := await self.master.gateway.drain():
+                logging.warning(f"Tollgate: {left} request(s) still in flight at the drain timeout are cut")
+        finally:
+            self.master.shutdown()
 
 
 class GatewayMaster(master.Master):
@@ -284,8 +309,9 @@ async def _run(argv: Sequence[str]) -> int:
     event_loop = "uvloop" if any(c.__module__.startswith("uvloop") for c in type(loop).__mro__) else "asyncio"
     logging.info(f"Tollgate gateway (pid {os.getpid()}, {event_loop} event loop"
                  + (", a worker sharing its port)" if args.reuse_port else ")"))
+    stop = GracefulStop(m)
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, m.shutdown)
+        loop.add_signal_handler(signum, stop)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # as mitmproxy: a closed client socket must not kill us
     await m.run()
     # Stopped, the ledger flushed: a late second SIGTERM/SIGINT (a process group signal and the

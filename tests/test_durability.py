@@ -190,3 +190,34 @@ def test_postgres_stopped_under_load_loses_and_duplicates_nothing(private_postgr
     assert Decimal(gateway.cli_json("wallet")["balance"]) == opening - charged
     assert gateway.cli_json("audit")["ok"]
     assert results[-1][0] == 200  # served again once the database was back
+
+
+def test_sigterm_lets_a_stream_in_flight_finish_and_flushes_everything(fresh_gateway, mock):
+    gateway = fresh_gateway
+    mock.release_stream.clear()
+    auth = {"authorization": f"Bearer {gateway.admin_key}"}
+    idle = httpx.Client(base_url=gateway.url, trust_env=False, timeout=15)
+    assert idle.post(CHAT, headers=auth, json={"model": "mock-model", "messages": []}).status_code == 200
+    with httpx.Client(base_url=gateway.url, trust_env=False, timeout=15) as client:
+        with client.stream("POST", CHAT, headers={"authorization": f"Bearer {gateway.admin_key}"},
+                           json={"model": "mock-slow", "stream": True,
+                                 "messages": [{"role": "user", "content": "hi"}]}) as response:
+            chunks, received = response.iter_raw(), b""
+            while b"Hello" not in received:
+                received += next(chunks)
+            gateway.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            with pytest.raises(httpx.ConnectError):  # the listener is closed: new clients go elsewhere
+                httpx.post(gateway.url + CHAT, trust_env=False, timeout=2)
+            drained = idle.post(CHAT, headers=auth, json={"model": "mock-model", "messages": []})  # kept alive
+            assert (drained.status_code, drained.json()["error"]["code"]) == (503, "shutting_down")
+            idle.close()
+            assert gateway.proc.poll() is None  # still running: the stream is in flight
+            mock.release_stream.set()
+            received += b"".join(chunks)
+    assert b"data: [DONE]" in received
+    assert gateway.proc.wait(20) == 0
+    request_id = response.headers["x-lava-request-id"]
+    rows = {r["id"]: r for r in gateway.cli_json("requests", "--limit", "10")}
+    assert rows[request_id]["usage_source"] == "reported" and rows[request_id]["status"] == 200
+    assert not list((gateway.tmp / "journal").rglob("*.jsonl"))
