@@ -19,7 +19,7 @@ import psycopg2
 import pytest
 
 from tests.conftest import MOCK_MODEL_PRICE
-from tests.harness import GatewayProcess, free_port, fresh_postgres_database
+from tests.harness import GatewayProcess, free_port, fresh_postgres_database, private_redis  # noqa: F401
 
 CHAT = "/v1/forward?u=https://api.openai.com/v1/chat/completions"
 
@@ -221,3 +221,30 @@ def test_sigterm_lets_a_stream_in_flight_finish_and_flushes_everything(fresh_gat
     rows = {r["id"]: r for r in gateway.cli_json("requests", "--limit", "10")}
     assert rows[request_id]["usage_source"] == "reported" and rows[request_id]["status"] == 200
     assert not list((gateway.tmp / "journal").rglob("*.jsonl"))
+
+
+def test_redis_stopped_under_load_falls_back_to_local_holds_and_corrupts_nothing(private_redis, mock, tmp_path):
+    gateway = GatewayProcess(tmp_path, fresh_postgres_database("tollgate_redis_outage"), {"openai": mock.url},
+                             prices=[MOCK_MODEL_PRICE], redis_url=private_redis.url)
+    gateway.admin_key = gateway.cli_json("init")["secret_key"]
+    gateway.cli("wallet", "topup", "10")
+    opening = Decimal(gateway.cli_json("wallet")["balance"])
+    gateway.start()
+    try:
+        load = Load(gateway)
+        time.sleep(1.0)
+        private_redis.stop()
+        time.sleep(2.0)
+        private_redis.start()  # empty: the hot state is rebuilt from the ledger
+        time.sleep(2.0)
+        results = load.stop()
+    finally:
+        gateway.stop()
+    assert len(results) > 50 and all(status == 200 for status, _, _ in results)
+    rows = {r["id"]: r for r in gateway.cli_json("requests", "--limit", "100000")}
+    assert set(rows) == {rid for _, rid, _ in results}
+    charged = sum(Decimal(row["charged"]) for row in rows.values())
+    assert Decimal(gateway.cli_json("wallet")["balance"]) == opening - charged
+    assert gateway.cli_json("audit")["ok"]
+    log = gateway.log.read_text()
+    assert "Redis is unreachable" in log and "Redis answers again" in log

@@ -1,5 +1,5 @@
-"""HoldBook: money set aside for requests in flight, against a fake clock (no sleeping); and the
-Redis store's batched release."""
+"""HoldBook: money set aside for requests in flight, against a fake clock (no sleeping); the
+Redis store's batched release; and the failover to the in-process book while Redis is away."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import os
 import pytest
 import redis
 
-from addons.billing.hold_stores import RedisHolds
+from addons.billing.hold_stores import FailoverHolds, LocalHolds, RedisHolds
 from addons.billing.holds import HoldBook, InsufficientFunds
+from tests.harness import private_redis  # noqa: F401 - a fixture
 
 TTL = 60.0
 
@@ -243,6 +244,34 @@ def test_redis_fresh_available_is_none_until_confirmed_and_after_max_age(url):
             await store.hold("req_a", {"wallet": 300})
             assert await store.fresh_available("wallet", 60.0) == 700
             assert await store.fresh_available("wallet", 0.0) is None  # confirmed too long ago for max_age 0
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_failover_holds_in_process_while_redis_is_away_and_returns_to_it(private_redis):
+    async def scenario():
+        store = FailoverHolds(RedisHolds(private_redis.url, hold_ttl=TTL), LocalHolds(TTL), retry_after=0.2)
+        try:
+            await store.confirm("wallet", 1_000, version=1)
+            await store.hold("req_a", {"wallet": 300})
+            assert await store.available("wallet") == 700 and store.redis_up
+            private_redis.stop()
+            assert await store.available("wallet") == 1_000  # the local book: confirmed, not Redis's holds
+            assert not store.redis_up
+            await store.hold("req_b", {"wallet": 900})
+            with pytest.raises(InsufficientFunds):  # the local book still guards this instance
+                await store.hold("req_c", {"wallet": 200})
+            await store.release("req_b")
+            assert await store.available("wallet") == 1_000
+            private_redis.start()  # empty, as after a restart
+            await asyncio.sleep(0.25)
+            assert await store.fresh_available("wallet", 60.0) is None  # Redis again: reconfirm from the ledger
+            assert store.redis_up
+            await store.confirm("wallet", 1_000, version=2)
+            await store.hold("req_d", {"wallet": 100})
+            assert await store.available("wallet") == 900
         finally:
             await store.close()
 

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from mitmproxy.utils.asyncio_utils import create_task
 
 from addons.billing.charges import CommitReport
-from addons.billing.hold_stores import LocalHolds, RedisHolds
+from addons.billing.hold_stores import FailoverHolds, LocalHolds, RedisHolds
 from addons.billing.holds import InsufficientFunds
 from addons.billing.plan import BillingPlan, byok_fee, worst_case_fee
 from addons.errors import LedgerUnavailable, PaymentRequired
@@ -46,8 +46,9 @@ class Cashier:
         self.keys = keys
         self.writer = writer
         self.freshness = freshness  # how old a balance may be before admission re-reads it
-        self.holds: LocalHolds | RedisHolds = (
-            RedisHolds(redis_url, settings.hold_ttl_seconds) if redis_url else LocalHolds(settings.hold_ttl_seconds)
+        local = LocalHolds(settings.hold_ttl_seconds)
+        self.holds: LocalHolds | FailoverHolds = (
+            FailoverHolds(RedisHolds(redis_url, settings.hold_ttl_seconds), local) if redis_url else local
         )
         self._overdraft: dict[str, int] = {}
 

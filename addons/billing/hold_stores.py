@@ -6,15 +6,26 @@ instances, and settling is idempotent per request id (a settled request leaves a
 late `add` for it is ignored). PostgreSQL stays the source of truth: a pot missing from Redis (a
 flush, a restart) is simply not fresh, and the cashier confirms it again from the ledger.
 Keys are built inside the scripts from a prefix, which suits a single Redis node, not Cluster.
+
+FailoverHolds puts the in-process book behind Redis for when Redis is away: the instance goes on
+admitting against its own holds (and balances confirmed from the ledger) and returns to Redis when
+it answers. Redis only ever holds reservations, never money, so an outage can loosen the limit
+across instances for its duration but corrupts nothing: the ledger decides every charge.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from addons.billing.holds import HoldBook, InsufficientFunds
+
+log = logging.getLogger(__name__)
+REDIS_AWAY = (RedisConnectionError, RedisTimeoutError)
 
 
 class LocalHolds:
@@ -141,7 +152,7 @@ RELEASE_BATCH = 500  # request ids per release script call, so one call never ho
 
 class RedisHolds:
     def __init__(self, url: str, hold_ttl: float, prefix: str = "tollgate"):
-        self.redis = aioredis.from_url(url)
+        self.redis = aioredis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
         self.prefix = prefix
         self.ttl_ms = int(hold_ttl * 1000)
         self._hold = self.redis.register_script(_HOLD)
@@ -199,3 +210,76 @@ class RedisHolds:
 
     async def close(self) -> None:
         await self.redis.aclose()
+
+
+class FailoverHolds:
+    """Redis while it answers, this process's own book while it does not (retried every `retry_after` s).
+
+    Reads and reservations go to one store; confirmations, spends and releases go to both, so the
+    local book is warm when Redis fails and a request held in either is released in either.
+    """
+
+    def __init__(self, remote: RedisHolds, local: LocalHolds, retry_after: float = 1.0,
+                 clock=time.monotonic):
+        self.remote, self.local = remote, local
+        self.retry_after = retry_after
+        self._clock = clock
+        self._down_until: float | None = None
+
+    @property
+    def redis_up(self) -> bool:
+        return self._down_until is None or self._clock() >= self._down_until
+
+    async def _one(self, name: str, *args):
+        if self.redis_up:
+            try:
+                result = await getattr(self.remote, name)(*args)
+            except REDIS_AWAY as e:
+                self._away(e)
+            else:
+                if self._down_until is not None:
+                    self._down_until = None
+                    log.warning("tollgate: Redis answers again; holds are shared again")
+                return result
+        return await getattr(self.local, name)(*args)
+
+    async def _both(self, name: str, *args) -> None:
+        await getattr(self.local, name)(*args)
+        if self.redis_up:
+            try:
+                await getattr(self.remote, name)(*args)
+            except REDIS_AWAY as e:
+                self._away(e)
+
+    def _away(self, error: Exception) -> None:
+        if self._down_until is None:
+            log.error("tollgate: Redis is unreachable (%s); holding in this process until it answers",
+                      type(error).__name__)
+        self._down_until = self._clock() + self.retry_after
+
+    async def is_fresh(self, pot: str, max_age: float) -> bool:
+        return await self._one("is_fresh", pot, max_age)
+
+    async def available(self, pot: str) -> int:
+        return await self._one("available", pot)
+
+    async def fresh_available(self, pot: str, max_age: float) -> int | None:
+        return await self._one("fresh_available", pot, max_age)
+
+    async def hold(self, request_id: str, amounts: dict[str, int]) -> None:
+        await self._one("hold", request_id, amounts)
+
+    async def add(self, request_id: str, pot: str, amount: int) -> None:
+        await self._one("add", request_id, pot, amount)
+
+    async def confirm(self, pot: str, amount: int, version: int) -> None:
+        await self._both("confirm", pot, amount, version)
+
+    async def spend(self, pot: str, amount: int) -> None:
+        await self._both("spend", pot, amount)
+
+    async def release(self, *request_ids: str) -> None:
+        await self._both("release", *request_ids)
+
+    async def close(self) -> None:
+        await self.remote.close()
