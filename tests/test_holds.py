@@ -221,12 +221,15 @@ def test_redis_holds_release_a_committed_batch_in_one_call(url):
             ids = [f"req_{i}" for i in range(1200)]  # more than one release script call
             for request_id in ids:
                 await store.hold(request_id, {"wallet": 5})
-            await store.add("req_keep", "wallet", 7)
+            await store.add(("req_keep", "wallet", 3), ("req_keep", "wallet", 4), ("req_none", "wallet", 0))
             assert await store.available("wallet") == 10_000 - 1200 * 5 - 7
             await store.release(*ids)
             assert await store.available("wallet") == 10_000 - 7
-            await store.add("req_0", "wallet", 100)  # late, after its release: ignored
+            await store.add(("req_0", "wallet", 100))  # late, after its release: ignored
             await store.release()  # nothing to release: no call, no error
+            await store.add(*((f"req_late_{i}", "wallet", 1) for i in range(1100)))  # three script calls
+            assert await store.available("wallet") == 10_000 - 7 - 1100
+            await store.release(*(f"req_late_{i}" for i in range(1100)))
             assert await store.available("wallet") == 10_000 - 7
         finally:
             await store.close()

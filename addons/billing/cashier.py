@@ -9,6 +9,7 @@ committed the real charge, so concurrent requests see each other's reservations.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from pricing.money import format_usd
 from pricing.usage import TokenUsage
 
 CHARS_PER_TOKEN = 4
+ADD_LINGER = 0.002  # seconds incurred costs wait to share one hot-store call
 log = logging.getLogger(__name__)
 
 
@@ -51,6 +53,7 @@ class Cashier:
             FailoverHolds(RedisHolds(redis_url, settings.hold_ttl_seconds), local) if redis_url else local
         )
         self._overdraft: dict[str, int] = {}
+        self._adds: list[tuple[str, str, int]] = []  # (request id, merchant wallet, amount), not yet sent
 
     # -- admission -------------------------------------------------------------------------
 
@@ -140,14 +143,24 @@ class Cashier:
             merchant, customer = 0, self._byok(cost_nanos)
         else:
             merchant, customer = self._byok(cost_nanos), 0
-        self._background(self.holds.add(request_id, plan.key.wallet_id, merchant))
+        if merchant > 0:
+            if not self._adds:
+                asyncio.get_running_loop().call_later(ADD_LINGER, self._flush_adds)
+            self._adds.append((request_id, plan.key.wallet_id, merchant))
         return merchant, customer
+
+    def _flush_adds(self) -> None:
+        """The merchant's incurred costs of the last ADD_LINGER seconds, to the hot store in one call."""
+        if self._adds:
+            adds, self._adds = self._adds, []
+            self._background(self.holds.add(*adds))
 
     def settled(self, report: CommitReport) -> None:
         """On the event loop: the writer committed; take its balances and drop the requests' holds."""
         self._background(self._settle(report))
 
     async def _settle(self, report: CommitReport) -> None:
+        self._flush_adds()  # an add must not land after its request's release
         for wallet_id, (balance, version) in report.wallets.items():
             await self.holds.confirm(wallet_id, balance + self._overdraft.get(wallet_id, 0), version)
         for token_id, amount in report.token_charges.items():

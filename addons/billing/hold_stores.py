@@ -52,8 +52,9 @@ class LocalHolds:
     async def hold(self, request_id: str, amounts: dict[str, int]) -> None:
         self.book.hold(request_id, amounts)
 
-    async def add(self, request_id: str, pot: str, amount: int) -> None:
-        self.book.add(request_id, pot, amount)
+    async def add(self, *charges: tuple[str, str, int]) -> None:
+        for request_id, pot, amount in charges:
+            self.book.add(request_id, pot, amount)
 
     async def release(self, *request_ids: str) -> None:
         for request_id in request_ids:
@@ -113,6 +114,23 @@ end
 return {1}
 """
 
+# ARGV: prefix, now_ms, ttl_ms, then (request_id, pot, amount) triples; a settled request is skipped
+_ADD = _POTS + """
+local now, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
+for i = 4, #ARGV, 3 do
+  local rid, pot, amount = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  if redis.call('EXISTS', k('done', rid)) == 0 then
+    expire(pot, now)
+    redis.call('HINCRBY', k('hold', pot), rid, amount)
+    redis.call('HINCRBY', k('pot', pot), 'h', amount)
+    redis.call('ZADD', k('exp', pot), now + ttl, rid)
+    redis.call('SADD', k('req', rid), pot)
+    redis.call('PEXPIRE', k('req', rid), ttl + 60000)
+  end
+end
+return 1
+"""
+
 # ARGV: prefix, now_ms, ttl_ms, then the request ids to release
 _RELEASE = _POTS + """
 local ttl = tonumber(ARGV[3])
@@ -156,6 +174,7 @@ class RedisHolds:
         self.prefix = prefix
         self.ttl_ms = int(hold_ttl * 1000)
         self._hold = self.redis.register_script(_HOLD)
+        self._add = self.redis.register_script(_ADD)
         self._release = self.redis.register_script(_RELEASE)
         self._confirm = self.redis.register_script(_CONFIRM)
         self._available = self.redis.register_script(_AVAILABLE)
@@ -199,9 +218,11 @@ class RedisHolds:
         if int(result[0]) != 1:
             raise InsufficientFunds(pots[int(result[1])][0], max(int(result[2]), 0))
 
-    async def add(self, request_id: str, pot: str, amount: int) -> None:
-        if amount > 0:
-            await self._hold(args=[self.prefix, self._now(), self.ttl_ms, request_id, "0", 1, pot, amount])
+    async def add(self, *charges: tuple[str, str, int]) -> None:
+        """Costs already incurred, (request id, pot, amount) each: one round trip per RELEASE_BATCH."""
+        args = [value for charge in charges if charge[2] > 0 for value in charge]
+        for i in range(0, len(args), 3 * RELEASE_BATCH):
+            await self._add(args=[self.prefix, self._now(), self.ttl_ms, *args[i:i + 3 * RELEASE_BATCH]])
 
     async def release(self, *request_ids: str) -> None:
         """One round trip per RELEASE_BATCH requests: a ledger commit settles a whole batch."""
@@ -269,8 +290,8 @@ class FailoverHolds:
     async def hold(self, request_id: str, amounts: dict[str, int]) -> None:
         await self._one("hold", request_id, amounts)
 
-    async def add(self, request_id: str, pot: str, amount: int) -> None:
-        await self._one("add", request_id, pot, amount)
+    async def add(self, *charges: tuple[str, str, int]) -> None:
+        await self._one("add", *charges)
 
     async def confirm(self, pot: str, amount: int, version: int) -> None:
         await self._both("confirm", pot, amount, version)
