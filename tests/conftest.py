@@ -6,6 +6,7 @@ import pytest
 
 from addons.ledger.models import database, open_database
 from tests.harness import GatewayProcess, PaymentHook, fresh_postgres_database
+from tests.harness import private_postgres, private_redis  # noqa: F401 - fixtures for every test module
 from tests.mock_provider import MockProvider
 
 MOCK_MODEL_PRICE = {"provider": "openai", "model": "mock-*", "input_mtok": "1.00", "output_mtok": "2.00"}

@@ -3,12 +3,14 @@ the mock provider, and drives the `tollgate` CLI the way an operator would."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -241,3 +243,48 @@ def private_redis():
     server = PrivateRedis()
     yield server
     server.stop()
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of the test's own, to stop and start under load (the shared one serves other tests)."""
+
+    def __init__(self):
+        self.bindir = Path(subprocess.check_output(["pg_config", "--bindir"], text=True).strip())
+        self.root = Path(tempfile.mkdtemp(prefix="tollgate-pg-"))
+        self.port = free_port()
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self.as_user:  # initdb refuses to run as root
+            shutil.chown(self.root, "postgres")
+        self._run("initdb", "-D", str(self.root / "data"), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        self.start()
+
+    def _run(self, tool: str, *args: str) -> None:
+        subprocess.run([*self.as_user, str(self.bindir / tool), *args], check=True, capture_output=True, timeout=60)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        self._run("pg_ctl", "-D", str(self.root / "data"), "-w", "-l", str(self.root / "log"),
+                  "-o", f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.root / "data"), "-w", "-m", "immediate", "stop")
+
+    def remove(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture
+def private_postgres():
+    try:
+        server = PrivatePostgres()
+    except (OSError, subprocess.CalledProcessError) as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"a private PostgreSQL server is required in CI: {e}")
+        pytest.skip(f"cannot run a private PostgreSQL server: {e}")
+    yield server
+    server.remove()

@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import signal
 import sqlite3
-import subprocess
-import tempfile
 import threading
 import time
 from decimal import Decimal
-from pathlib import Path
 
 import httpx
 import psycopg2
 import pytest
 
 from tests.conftest import MOCK_MODEL_PRICE
-from tests.harness import GatewayProcess, free_port, fresh_postgres_database, private_redis  # noqa: F401
+from tests.harness import GatewayProcess, fresh_postgres_database
 
 CHAT = "/v1/forward?u=https://api.openai.com/v1/chat/completions"
 
@@ -82,51 +77,6 @@ def test_sigkill_after_responses_loses_no_usage_and_replay_charges_once(fresh_ga
     assert gateway.cli_json("audit")["ok"]
     gateway.stop()
     assert not list((gateway.tmp / "journal").rglob("*.jsonl"))  # all of it is in the ledger now
-
-
-class PrivatePostgres:
-    """A PostgreSQL server of the test's own, to stop and start under load (the shared one serves other tests)."""
-
-    def __init__(self):
-        self.bindir = Path(subprocess.check_output(["pg_config", "--bindir"], text=True).strip())
-        self.root = Path(tempfile.mkdtemp(prefix="tollgate-pg-"))
-        self.port = free_port()
-        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        if self.as_user:  # initdb refuses to run as root
-            shutil.chown(self.root, "postgres")
-        self._run("initdb", "-D", str(self.root / "data"), "-U", "postgres", "--auth=trust", "-E", "UTF8")
-        self.start()
-
-    def _run(self, tool: str, *args: str) -> None:
-        subprocess.run([*self.as_user, str(self.bindir / tool), *args], check=True, capture_output=True, timeout=60)
-
-    @property
-    def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-
-    def start(self) -> None:
-        self._run("pg_ctl", "-D", str(self.root / "data"), "-w", "-l", str(self.root / "log"),
-                  "-o", f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
-
-    def stop(self) -> None:
-        self._run("pg_ctl", "-D", str(self.root / "data"), "-w", "-m", "immediate", "stop")
-
-    def remove(self) -> None:
-        with contextlib.suppress(subprocess.CalledProcessError):
-            self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-@pytest.fixture
-def private_postgres():
-    try:
-        server = PrivatePostgres()
-    except (OSError, subprocess.CalledProcessError) as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"a private PostgreSQL server is required in CI: {e}")
-        pytest.skip(f"cannot run a private PostgreSQL server: {e}")
-    yield server
-    server.remove()
 
 
 class Load:

@@ -11,7 +11,6 @@ import redis
 
 from addons.billing.hold_stores import FailoverHolds, LocalHolds, RedisHolds
 from addons.billing.holds import HoldBook, InsufficientFunds
-from tests.harness import private_redis  # noqa: F401 - a fixture
 
 TTL = 60.0
 
