@@ -10,6 +10,7 @@ GatewayError                 any refusal made by Tollgate (never a provider's ow
 ├── UpstreamUnreachable 502  the provider could not be reached
 ├── ProviderNotConfigured 503 the operator has not set the provider's key
 ├── LedgerUnavailable   503  the ledger database cannot be read (policy `tollgate_ledger_outage`)
+├── ShuttingDown        503  the gateway is draining before it stops
 └── UpstreamTimeout     504  the provider did not answer in time
 
 Each renders as {"error": {"type", "code", "message"}}; messages never carry secrets.
@@ -73,6 +74,11 @@ class ProviderNotConfigured(GatewayError):
 class LedgerUnavailable(GatewayError):
     status = 503
     type = "ledger_unavailable"
+
+
+class ShuttingDown(GatewayError):
+    status = 503
+    type = "unavailable"
 
 
 class UpstreamTimeout(GatewayError):

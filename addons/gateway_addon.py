@@ -27,7 +27,7 @@ from addons.billing.charges import CommitReport
 from addons.billing.plan import BillingPlan, resolve_plan
 from addons.catalog import Catalog, Provider, load_catalog
 from addons.credentials import read_credential, strip_gateway_credentials
-from addons.errors import GatewayError, NotFound, ProviderNotConfigured
+from addons.errors import GatewayError, NotFound, ProviderNotConfigured, ShuttingDown
 from addons.forward import FORWARD_PATH, parse_forward_target
 from addons.keystore import KeyStore
 from addons.ledger.journal import Journal
@@ -213,7 +213,7 @@ class Gateway:
         request_id = new_request_id()
         flow.metadata[error_pages.REQUEST_ID_KEY] = request_id
         if self.stopping:
-            flow.response = json_response(503, GatewayError("shutting_down", "the gateway is stopping; retry").body(),
+            flow.response = json_response(503, ShuttingDown("shutting_down", "the gateway is stopping; retry").body(),
                                           request_id)
             flow.response.headers.update({"connection": "close", "retry-after": "1"})
             return
