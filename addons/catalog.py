@@ -168,12 +168,13 @@ def parse_providers(data: object) -> list[Provider]:
 class Catalog:
     """Lookups the proxy runs per request, so each is a single dict access."""
 
-    __slots__ = ("providers", "_by_id", "_by_host", "_by_upstream")
+    __slots__ = ("providers", "origin_hosts", "_by_id", "_by_host", "_by_upstream")
 
     def __init__(self, providers: Iterable[Provider]) -> None:
         self.providers: tuple[Provider, ...] = tuple(providers)
         self._by_id = {p.id: p for p in self.providers}
         self._by_host = {host: p for p in self.providers for host in p.hosts}
+        self.origin_hosts = frozenset(p.origin[1] for p in self.providers)  # what Tollgate connects to
         self._by_upstream: dict[tuple[str, int], Provider] = {}
         for p in self.providers:
             if p.upstream:

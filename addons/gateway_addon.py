@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from mitmproxy import ctx, http
+from mitmproxy.proxy import server_hooks
 from mitmproxy.exceptions import OptionsError
 
 from addons import error_pages
@@ -131,6 +132,12 @@ class Gateway:
             "On SIGTERM (tollgate-proxy): seconds requests in flight, streams included, may take to finish "
             "after the listener closes; new requests on open connections get 503 shutting_down meanwhile.",
         )
+        loader.add_option(
+            "tollgate_upstream_http2", bool, False,
+            "Offer HTTP/2 (then HTTP/1.1) on TLS connections to providers whatever the client speaks, "
+            "mitmproxy translating; requests in flight on one client connection then share one provider "
+            "connection. Off: the client's protocol is mirrored (HTTP/1.1 keep-alive for the forward endpoint).",
+        )
         error_pages.install()
 
     def configure(self, updated):
@@ -165,6 +172,12 @@ class Gateway:
             self.keys = KeyStore(ttl=ttl, serve_stale=ctx.options.tollgate_ledger_outage == "serve")
             self.cashier = Cashier(self.settings.billing, self.keys, self.writer, freshness=ttl,
                                    redis_url=ctx.options.tollgate_redis_url or self.settings.redis_url)
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        server = data.server
+        if (ctx.options.tollgate_upstream_http2 and server.tls and not server.alpn_offers and server.address
+                and server.address[0] in self.catalog.origin_hosts):
+            server.alpn_offers = (b"h2", b"http/1.1")
 
     def running(self) -> None:
         self.loop = asyncio.get_running_loop()
