@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from mitmproxy import ctx, http
-from mitmproxy.proxy import server_hooks
 from mitmproxy.exceptions import OptionsError
+from mitmproxy.proxy import server_hooks
 
 from addons import error_pages
 from addons.billing.autopay import AutoTopUp
