@@ -2,6 +2,12 @@
 
 A cached answer lives for `ttl` seconds, so a revocation, a new customer or a changed meter made
 by the CLI is seen within that time. Balances are not cached here: the hold book keeps them.
+
+No secret is compared here: a key is found by the SHA-256 of its secret (credentials.hash_secret),
+a dict key in the cache and an indexed column in the ledger. A timing difference could at most
+tell how much of a digest matched, which gives nothing towards a 256-bit secret, so constant-time
+comparison is not needed. Where a secret value is compared (signed-token and webhook signatures),
+it is with hmac.compare_digest.
 """
 
 from __future__ import annotations
