@@ -13,14 +13,30 @@ from mitmproxy.net.http import http1
 from mitmproxy.proxy.layers import http as http_layer
 from mitmproxy.proxy.layers.http import _http1
 
-from addons.errors import BadRequest, GatewayError, UpstreamTimeout, UpstreamUnreachable
+from addons.errors import (
+    BadRequest,
+    GatewayError,
+    HeadersTooLarge,
+    PayloadTooLarge,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 
 REQUEST_ID_KEY = "tollgate.request_id"
 _TAG = "\x00tollgate-request-id:"
+# What addons.upstream_guard puts in server.error; mitmproxy reports it as a 502 quoting it.
+UPSTREAM_REFUSED = "tollgate refused the upstream address"
 
 
 def _error_for(status: int, message: str) -> GatewayError:
     """Fixed, generic messages: mitmproxy's text may quote client bytes or addresses."""
+    if status == 502 and UPSTREAM_REFUSED in message:
+        return UpstreamUnreachable("upstream_address_refused",
+                                   "the provider's host resolved to a private or reserved address; not connecting")
+    if status == 413:
+        return PayloadTooLarge("request_too_large", "the request body is larger than this gateway accepts")
+    if status == 431:
+        return HeadersTooLarge("request_headers_too_large", "the request headers are larger than this gateway accepts")
     if status == 502 and "timed out" in message.lower():
         return UpstreamTimeout("upstream_timeout", "the provider did not answer in time")
     if status == 502:
@@ -41,6 +57,15 @@ def json_error_response(status: int, message: str = "") -> bytes:
     if request_id:
         headers["x-lava-request-id"] = headers["x-tollgate-request-id"] = request_id
     return http1.assemble_response(http.Response.make(error.status, error.body(), headers))
+
+
+def refuse(flow: http.HTTPFlow, error: GatewayError, headers: dict[str, str] | None = None) -> None:
+    """Answer a flow with a gateway error from a hook that runs before the gateway's, request id included."""
+    from addons.gateway_addon import json_response, new_request_id  # it imports this module
+
+    request_id = flow.metadata.setdefault(REQUEST_ID_KEY, new_request_id())
+    flow.response = json_response(error.status, error.body(), request_id)
+    flow.response.headers.update(headers or {})
 
 
 def install() -> None:

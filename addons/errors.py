@@ -7,7 +7,10 @@ GatewayError                 any refusal made by Tollgate (never a provider's ow
 ├── PaymentRequired     402  the wallet, customer balance or token spend cap cannot cover it
 ├── Forbidden           403  a revoked key, a provider or model outside a token's scope
 ├── NotFound            404  a path on the gateway itself that it does not serve
-├── UpstreamUnreachable 502  the provider could not be reached
+├── PayloadTooLarge     413  a request body over tollgate_max_request_body
+├── TooManyRequests     429  a client address over its failed-authentication allowance
+├── HeadersTooLarge     431  request headers over tollgate_max_header_bytes, or oversized metadata
+├── UpstreamUnreachable 502  the provider could not be reached, or resolved to a non-public address
 ├── ProviderNotConfigured 503 the operator has not set the provider's key
 ├── LedgerUnavailable   503  the ledger database cannot be read (policy `tollgate_ledger_outage`)
 ├── ShuttingDown        503  the gateway is draining before it stops
@@ -59,6 +62,21 @@ class Forbidden(GatewayError):
 class NotFound(GatewayError):
     status = 404
     type = "not_found"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+
+
+class TooManyRequests(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+
+
+class HeadersTooLarge(GatewayError):
+    status = 431
+    type = "invalid_request_error"
 
 
 class UpstreamUnreachable(GatewayError):

@@ -6,6 +6,12 @@ by the CLI is seen within that time. Balances are not cached here: the hold book
 When the database cannot be reached the store marks the ledger down and probes it until it
 answers. Meanwhile, with `serve_stale`, cached answers are used past their time (a key unknown to
 this process gets 503); without it, every lookup is refused with 503 at once.
+
+No secret is compared here: a key is found by the SHA-256 of its secret (credentials.hash_secret),
+a dict key in the cache and an indexed column in the ledger. A timing difference could at most
+tell how much of a digest matched, which gives nothing towards a 256-bit secret, so constant-time
+comparison is not needed. Where a secret value is compared (signed-token and webhook signatures),
+it is with hmac.compare_digest.
 """
 
 from __future__ import annotations

@@ -84,11 +84,12 @@ def tollgate_cli(env: dict[str, str]):
 class GatewayProcess:
     def __init__(self, tmp: Path, database_url: str, upstreams: dict[str, str], prices: list[dict] = (),
                  billing: dict | None = None, redis_url: str | None = None, launcher: str = "tollgate-proxy",
-                 extra_args: list[str] = ()):
-        """launcher: `tollgate-proxy` (what run_proxy.sh runs) or `mitmdump` (the gateway as a -s script)."""
+                 args: tuple[str, ...] = ()):
+        """launcher: `tollgate-proxy` (what run_proxy.sh runs) or `mitmdump` (the gateway as a -s script).
+        args: more command-line arguments, after the harness's own (so they win)."""
         self.tmp = tmp
         self.launcher = launcher
-        self.extra_args = list(extra_args)
+        self.args = list(args)
         self.database_url = database_url
         self.port = free_port()
         self.confdir = tmp / "mitmproxy"
@@ -128,7 +129,7 @@ class GatewayProcess:
                   [str(BIN / "mitmdump"), "-s", str(PROJECT / "addons" / "gateway.py")])
         self.proc = subprocess.Popen(
             [*launch, "--listen-host", "127.0.0.1", "--listen-port", str(self.port), "--set", f"confdir={self.confdir}",
-             "--set", "tollgate_cache_ttl_ms=200", *self.extra_args],
+             "--set", "tollgate_cache_ttl_ms=200", *self.args],
             env=self.env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT, cwd=self.tmp,
         )
         deadline = time.monotonic() + 30

@@ -111,7 +111,7 @@ class Load:
 @pytest.mark.parametrize("policy", ["serve", "refuse"])
 def test_postgres_stopped_under_load_loses_and_duplicates_nothing(private_postgres, mock, tmp_path, policy):
     gateway = GatewayProcess(tmp_path, private_postgres.url, {"openai": mock.url}, prices=[MOCK_MODEL_PRICE],
-                             extra_args=["--set", f"tollgate_ledger_outage={policy}"])
+                             args=["--set", f"tollgate_ledger_outage={policy}"])
     gateway.admin_key = gateway.cli_json("init")["secret_key"]
     gateway.cli("wallet", "topup", "10")
     opening = Decimal(gateway.cli_json("wallet")["balance"])

@@ -25,7 +25,9 @@ def parse(raw: bytes):
         (502, "Connection timed out", 504, "upstream_timeout", "upstream_timeout"),
         (502, "TIMED OUT after 10s", 504, "upstream_timeout", "upstream_timeout"),
         (400, "Bad HTTP request line: b'GE T /'", 400, "invalid_request_error", "bad_http_request"),
-        (413, "Request too large", 413, "invalid_request_error", "bad_http_request"),
+        (413, "Request too large", 413, "invalid_request_error", "request_too_large"),
+        (431, "Header too large", 431, "invalid_request_error", "request_headers_too_large"),
+        (502, f"Connection killed: {error_pages.UPSTREAM_REFUSED}", 502, "upstream_error", "upstream_address_refused"),
         (500, "boom", 500, "gateway_error", "proxy_error"),
     ],
 )

@@ -20,7 +20,7 @@ def h2_gateway(request, tmp_path):
     provider = H2Provider(cert, key).start()
     gateway = GatewayProcess(tmp_path, f"sqlite:///{tmp_path}/ledger.db",
                              {"openai": f"https://localhost:{provider.port}"}, prices=[MOCK_MODEL_PRICE],
-                             extra_args=["--set", f"tollgate_upstream_http2={http2}",
+                             args=["--set", f"tollgate_upstream_http2={http2}",
                                          "--set", f"ssl_verify_upstream_trusted_ca={cert}"])
     gateway.admin_key = gateway.cli_json("init")["secret_key"]
     gateway.cli("wallet", "topup", "10")

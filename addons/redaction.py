@@ -1,0 +1,97 @@
+"""Keep credentials out of the flows mitmproxy shows, saves and logs.
+
+The provider key has to be on `flow.request` when the request goes upstream: the gateway injects
+it in `request`. Once the request is sent, nothing needs it, so at `responseheaders` (or `error`,
+whichever comes first) every credential on a gateway flow is replaced by "[redacted]": the
+headers SDKs put keys in, the provider's own auth header or query parameter from the catalog,
+the `key` parameter (also inside the forward endpoint's `u`), and Proxy-Authorization. A refused
+request, which the gateway never rewrote, still carries the caller's Tollgate credential and is
+redacted the same way. The values found are also scrubbed from the flow's error message, which the
+ledger records. mitmproxy's ProxyAuth keeps the proxy password in `flow.metadata["proxyauth"]`;
+it is redacted on every flow.
+
+These hooks run before the ones that save or print flows: the gateway's addons are loaded as
+script children, which come before mitmproxy's Save, SaveHar, Dumper and mitmweb's View in the
+addon chain. So `mitmdump -w`, HAR exports, mitmdump's flow output and mitmweb show "[redacted]".
+While a request is in flight (from its headers arriving until its response headers) mitmweb's live
+view shows the flow as it is at that moment: the caller's credential before the gateway's
+`request` hook, the provider key after it. Intercepting flows in mitmweb pauses them there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from mitmproxy import http
+
+from addons.catalog import Catalog
+from addons.credentials import CREDENTIAL_HEADERS
+from addons.error_pages import REQUEST_ID_KEY
+
+REDACTED = "[redacted]"
+HEADERS = (*CREDENTIAL_HEADERS, "proxy-authorization")
+QUERY = ("key",)
+MIN_SCRUB = 8  # shorter values are not looked for in error messages
+
+
+def masked(value: str) -> str:
+    """"Bearer sk-..." -> "Bearer [redacted]"; a bare value -> "[redacted]"."""
+    scheme, sep, rest = value.partition(" ")
+    return f"{scheme} {REDACTED}" if sep and rest.strip() and scheme.isalpha() else REDACTED
+
+
+class Redaction:
+    def __init__(self, catalog: Callable[[], Catalog | None]):
+        self.catalog = catalog
+        self._names: tuple[Catalog | None, tuple[str, ...], frozenset[str]] = (None, HEADERS, frozenset(QUERY))
+
+    def names(self) -> tuple[tuple[str, ...], frozenset[str]]:
+        """Header and query parameter names that carry credentials, the catalog's included."""
+        catalog = self.catalog()
+        if catalog is not None and self._names[0] is not catalog:
+            headers = tuple(dict.fromkeys([*HEADERS, *(p.auth_header for p in catalog.providers if p.auth_header)]))
+            query = frozenset([*QUERY, *(p.auth_query for p in catalog.providers if p.auth_query)])
+            self._names = (catalog, headers, query)
+        return self._names[1], self._names[2]
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        self.redact(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self.redact(flow)
+
+    def redact(self, flow: http.HTTPFlow) -> None:
+        auth = flow.metadata.get("proxyauth")
+        if isinstance(auth, tuple | list) and len(auth) == 2 and auth[1] != REDACTED:
+            flow.metadata["proxyauth"] = (auth[0], REDACTED)
+        if REQUEST_ID_KEY not in flow.metadata or flow.request is None:
+            return
+        header_names, query_names = self.names()
+        found: list[str] = []
+        headers = flow.request.headers
+        for name in header_names:
+            values = headers.get_all(name)
+            if values:
+                found += [v.partition(" ")[2] or v for v in values]
+                headers.set_all(name, [masked(v) for v in values])
+        query = flow.request.query
+        for name in list(query.keys()):
+            if name in query_names:
+                found += query.get_all(name)
+                query.set_all(name, [REDACTED] * len(query.get_all(name)))
+            elif name == "u":  # the forward endpoint's target, before the gateway rewrote it
+                query.set_all(name, [self._redact_url(u, query_names, found) for u in query.get_all(name)])
+        if flow.error:
+            for value in found:
+                if len(value) >= MIN_SCRUB and value != REDACTED:
+                    flow.error.msg = flow.error.msg.replace(value, REDACTED)
+
+    @staticmethod
+    def _redact_url(url: str, names: frozenset[str], found: list[str]) -> str:
+        parts = urlsplit(url)
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        if not any(k in names for k, _ in pairs):
+            return url
+        found += [v for k, v in pairs if k in names]
+        return urlunsplit(parts._replace(query=urlencode([(k, REDACTED if k in names else v) for k, v in pairs])))
