@@ -175,8 +175,8 @@ class Gateway:
 
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         server = data.server
-        if (ctx.options.tollgate_upstream_http2 and server.tls and not server.alpn_offers and server.address
-                and server.address[0] in self.catalog.origin_hosts):
+        host = server.sni or (server.address and server.address[0])  # the address may be pinned to an IP by now
+        if ctx.options.tollgate_upstream_http2 and server.tls and not server.alpn_offers and host in self.catalog.origin_hosts:
             server.alpn_offers = (b"h2", b"http/1.1")
 
     def running(self) -> None:
