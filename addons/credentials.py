@@ -14,7 +14,7 @@ import secrets
 from dataclasses import asdict, dataclass
 
 from addons.errors import BadRequest, Unauthorized
-from addons.signed_tokens import SIGNED_PREFIX
+from addons.signed_tokens import SIGNED_PREFIX, UNSAFE_TEXT
 
 SECRET_PREFIX = "tg_sk_"
 # Header names SDKs put a provider key in: OpenAI & co, Anthropic, Gemini, Azure, ElevenLabs.
@@ -64,12 +64,15 @@ def decode_forward_token(value: str) -> ForwardToken:
         ) from None
     if not isinstance(data, dict) or not isinstance(data.get("secret_key"), str) or not data["secret_key"]:
         raise BadRequest("invalid_forward_token", "forward token must be a JSON object with a secret_key")
-    unknown = set(data) - _TOKEN_FIELDS
-    if unknown:
-        raise BadRequest("invalid_forward_token", f"forward token has unknown fields: {', '.join(sorted(unknown))}")
-    for name in ("customer_id", "meter_slug", "provider_key"):
+    if set(data) - _TOKEN_FIELDS:  # not named: a mistyped field may hold a secret
+        raise BadRequest(
+            "invalid_forward_token", f"forward token fields must be among {', '.join(sorted(_TOKEN_FIELDS))}"
+        )
+    for name in ("secret_key", "customer_id", "meter_slug", "provider_key"):
         if data.get(name) is not None and not isinstance(data[name], str):
             raise BadRequest("invalid_forward_token", f"forward token field {name} must be a string")
+        if data.get(name) and UNSAFE_TEXT.search(data[name]):
+            raise BadRequest("invalid_forward_token", f"forward token field {name} holds a control character")
     if not isinstance(data.get("disable_billing", False), bool):
         raise BadRequest("invalid_forward_token", "forward token field disable_billing must be a boolean")
     return ForwardToken(
@@ -107,6 +110,8 @@ def read_credential(headers, query_key: str | None) -> CallerCredential:
         raise Unauthorized("missing_credential", "no Tollgate secret key or forward token was sent")
     for candidate in candidates:
         if candidate.startswith(SECRET_PREFIX):
+            if not candidate.isascii():  # e.g. invalid UTF-8, decoded to surrogate escapes: unhashable
+                raise Unauthorized("invalid_credential", "unknown Tollgate secret key")
             return CallerCredential(secret_key=candidate)
         if candidate.startswith(SIGNED_PREFIX):
             return CallerCredential(signed_token=candidate)

@@ -482,15 +482,18 @@ class _JSONItems:
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._parts: list[str] = []
         self._size = 0
+        self._unfinished = 0  # length of the pending text the last parse could not finish
 
     def feed(self, data: bytes, final: bool = False) -> list[Any]:
         text = self._decoder.decode(data, final)
         self._parts.append(text)
         self._size += len(text)
         if self._size > MAX_PENDING:  # give up on this item; the meter falls back to estimating
-            self._parts, self._size = [], 0
+            self._parts, self._size, self._unfinished = [], 0, 0
             return []
-        if not (final or "}" in text or "]" in text):
+        # A parse re-reads the whole pending text: retry an unfinished item only once it has doubled,
+        # so an item that keeps arriving with braces inside costs linear time, not quadratic.
+        if not final and ("}" not in text and "]" not in text or self._size < 2 * self._unfinished):
             return []
         pending, items = "".join(self._parts), []
         while pending := pending.lstrip(" \t\r\n[,]"):
@@ -498,13 +501,16 @@ class _JSONItems:
                 item, end = _DECODER.raw_decode(pending)
             except (ValueError, RecursionError):
                 break
+            if isinstance(item, (int, float)) and not final and pending[end : end + 1] not in _NUMBER_ENDS:
+                break  # "1" or "1e" may be the start of "1e5": wait for what follows
             items.append(item)
             pending = pending[end:]
-        self._parts, self._size = [pending], len(pending)
+        self._parts, self._size, self._unfinished = [pending], len(pending), len(pending)
         return items
 
 
 _DECODER = json.JSONDecoder()
+_NUMBER_ENDS = frozenset(",]} \t\r\n")
 
 
 def _loads(data: bytes | str) -> Any:

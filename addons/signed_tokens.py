@@ -26,6 +26,9 @@ from pricing.money import format_usd, parse_usd
 
 SIGNED_PREFIX = "tgt_"
 MIN_KEY_CHARS = 32
+# A token's strings end up in a header (a provider key), database text columns and hashes: no
+# CR/LF to split a header, no NUL (PostgreSQL refuses it), no lone surrogate (not UTF-8).
+UNSAFE_TEXT = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
 _STRINGS = {"cus": "customer_id", "met": "meter_slug", "pk": "provider_key"}
 _FIELDS = {"v", "jti", "kid", "iat", "exp", "dis", "prov", "mod", "cap", *_STRINGS}
@@ -102,13 +105,13 @@ def verify_signed_token(token: str, signing_key: bytes, *, now: float | None = N
         raise _invalid("signed token claims are not base64url JSON") from None
     if not isinstance(data, dict):
         raise _invalid("signed token claims must be a JSON object")
-    if unknown := set(data) - _FIELDS:
-        raise _invalid(f"signed token has unknown claims: {', '.join(sorted(unknown))}")
+    if set(data) - _FIELDS:
+        raise _invalid(f"signed token claims must be among {', '.join(sorted(_FIELDS))}")
     if data.get("v") != 1 or not _is_int(data["v"]):
         raise _invalid("unsupported signed token version")
     for name in ("jti", "kid", *(n for n in _STRINGS if n in data)):
-        if not isinstance(data.get(name), str) or not data[name]:
-            raise _invalid(f"signed token claim {name} must be a non-empty string")
+        if not isinstance(data.get(name), str) or not data[name] or UNSAFE_TEXT.search(data[name]):
+            raise _invalid(f"signed token claim {name} must be a non-empty string without control characters")
     if not _is_int(data.get("iat")) or not _is_int(data.get("exp", 0)):
         raise _invalid("signed token claims iat and exp must be integers")
     if data.get("dis", True) is not True:

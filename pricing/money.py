@@ -11,6 +11,7 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 NANOS_PER_USD = 10**9
 _NANO = Decimal(1).scaleb(-9)
+MAX_USD = Decimal(2**63 - 1).scaleb(-9)  # what a BIGINT column of nano-dollars holds
 
 
 def to_nanos(usd: Decimal) -> int:
@@ -37,6 +38,8 @@ def parse_usd(text: str) -> int:
         raise ValueError(f"not a decimal amount: {text!r}") from None
     if not value.is_finite() or value <= 0:
         raise ValueError(f"amount must be a positive number: {text!r}")
+    if value > MAX_USD:  # also keeps "1e999990" from costing seconds, or overflowing the context
+        raise ValueError(f"amount is too large: {text!r}")
     if value.as_tuple().exponent < -9:
         raise ValueError(f"amount has more than 9 decimal places: {text!r}")
     return int(value * NANOS_PER_USD)

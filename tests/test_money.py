@@ -54,6 +54,7 @@ def test_to_usd_round_trips(nanos):
         ("0.000000001", 1),  # 9 places: the smallest amount
         ("1e2", 100 * 10**9),  # Decimal syntax, exact
         ("1E-9", 1),
+        ("9223372036.854775807", 2**63 - 1),
     ],
 )
 def test_parse_usd_accepts(text, nanos):
@@ -74,6 +75,9 @@ def test_parse_usd_accepts(text, nanos):
         ("-Infinity", "must be a positive number"),
         ("0.0000000001", "more than 9 decimal places"),
         ("1e-10", "more than 9 decimal places"),
+        ("9223372036.854775808", "too large"),  # one nano-dollar over a BIGINT
+        ("1e999990", "too large"),  # took 30 s (signed token caps are parsed with it)
+        ("1e999999", "too large"),  # decimal.Overflow, not a ValueError
     ],
 )
 def test_parse_usd_refuses(text, message):
