@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from addons.catalog import Timeouts, parse_timeouts
 from pricing.cost import Override, parse_overrides
 from pricing.money import to_nanos
 
@@ -35,6 +36,10 @@ class BillingSettings:
     autopay: AutopaySettings = field(default_factory=AutopaySettings)
 
 
+# Upstream timeouts when gateway.yaml names none (see its `timeouts:` for why these values).
+DEFAULT_TIMEOUTS = Timeouts(connect=10.0, first_byte=600.0, idle=300.0, total=1800.0)
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str
@@ -42,6 +47,7 @@ class Settings:
     provider_overrides: dict[str, dict] = field(default_factory=dict)
     price_overrides: tuple[Override, ...] = ()
     billing: BillingSettings = field(default_factory=BillingSettings)
+    timeouts: Timeouts = DEFAULT_TIMEOUTS  # every provider's, unless its `timeouts` say otherwise
 
 
 def _read_yaml(path: Path) -> dict:
@@ -134,4 +140,5 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         provider_overrides=providers,
         price_overrides=parse_overrides({"models": data.get("prices") or []}),
         billing=parse_billing(data.get("billing") or {}, environ),
+        timeouts=DEFAULT_TIMEOUTS.updated(parse_timeouts("settings: timeouts", data.get("timeouts") or {})),
     )
