@@ -239,6 +239,7 @@ class Gateway:
         request.scheme, request.host, request.port = provider.origin
         self.pending[flow.id] = Pending(request_id, time.time(), provider, plan, meter, metadata)
         flow.metadata["tollgate.provider"] = provider.id
+        flow.metadata["tollgate.endpoint"], flow.metadata["tollgate.stream"] = meter.endpoint, meter.stream_requested
 
     @staticmethod
     def _metadata(headers) -> dict[str, str] | None:

@@ -21,8 +21,9 @@ Kept, in mitmproxy's order:
     UpstreamAuth    `--mode upstream:` behind an authenticating proxy
     UpdateAltSvc    keeps clients of `--mode reverse:` from bypassing the proxy via Alt-Svc
     ErrorCheck      exits non-zero when startup logged an error (port taken, bad settings)
-    Gateway         addons.gateway_addon, added last, once the command line is parsed, followed by
-                    addons.upstream_timeouts (which watches the flows the Gateway forwards)
+    Gateway         addons.gateway_addon, added last, once the command line is parsed, between
+                    addons.upstream_retries (which must change an answer before the Gateway meters it)
+                    and addons.upstream_timeouts (which watches the flows the Gateway forwards)
 Dropped (interactive, replay or flow-storage features the gateway does not use):
     Dumper (per-flow output), KeepServing and ReadFileStdin (reading flow files), Browser,
     BlockList, AntiCache, AntiComp, ClientPlayback, ServerPlayback, CommandHistory, Comment, Cut,
@@ -89,6 +90,7 @@ from mitmproxy.utils import debug
 
 from addons.gateway_addon import Gateway
 from addons.hook_index import IndexedAddonManager
+from addons.upstream_retries import UpstreamRetries
 from addons.upstream_timeouts import UpstreamTimeouts
 
 PROG = "tollgate-proxy"
@@ -155,11 +157,11 @@ class GatewayMaster(master.Master):
 
     def install_gateway(self) -> None:
         """Add the Gateway once the command line is parsed, so its first `configure` sees every option
-        (as the script loader does for `-s addons/gateway.py`). It goes last in the chain, with the timeout
-        addon after it: the addons whose order matters to it (Block, DisableH2C, ProxyAuth) come before it
-        either way."""
+        (as the script loader does for `-s addons/gateway.py`). It goes last in the chain, with the retry
+        and timeout addons around it: the addons whose order matters to it (Block, DisableH2C, ProxyAuth)
+        come before it either way."""
         self.gateway = Gateway()
-        request_path = (self.gateway, UpstreamTimeouts())  # in addons/gateway.py's order
+        request_path = (UpstreamRetries(), self.gateway, UpstreamTimeouts())  # in addons/gateway.py's order
         self.addons.add(*request_path)
         for addon in request_path:
             self.addons.invoke_addon_sync(addon, hooks.ConfigureHook(set(self.options.keys())))
