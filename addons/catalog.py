@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -20,7 +20,7 @@ API_FAMILIES = frozenset({"openai", "anthropic", "gemini", "cohere"})
 DEFAULT_PORTS = {"https": 443, "http": 80}
 
 _REQUIRED = ("id", "name", "hosts", "base_url", "auth", "credential_env", "api_family", "pricing_id")
-_FIELDS = frozenset(_REQUIRED) | {"upstream"}
+_FIELDS = frozenset(_REQUIRED) | {"upstream", "timeouts"}
 _ID = re.compile(r"[a-z0-9][a-z0-9-]*")
 _HOST = re.compile(r"(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+")
 _HEADER = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")  # an RFC 9110 token, lower-cased
@@ -28,6 +28,43 @@ _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9-]*")
 _ENV = re.compile(r"[A-Z_][A-Z0-9_]*")
 
 Origin = tuple[str, str, int]  # (scheme, host, port)
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds one exchange with a provider may take, per phase; None is no limit.
+
+    connect     opening the TCP connection to the provider
+    first_byte  from forwarding the request (connecting included) to the provider's response headers
+    idle        between two chunks of a streamed response (from its headers on)
+    total       from forwarding the request to the end of the response
+    """
+
+    connect: float | None = None
+    first_byte: float | None = None
+    idle: float | None = None
+    total: float | None = None
+
+    def updated(self, changes: tuple[tuple[str, float | None], ...]) -> Timeouts:
+        return replace(self, **dict(changes))
+
+
+TIMEOUT_PHASES = tuple(f.name for f in fields(Timeouts))
+
+
+def parse_timeouts(where: str, value: object) -> tuple[tuple[str, float | None], ...]:
+    """The phases a mapping sets, in TIMEOUT_PHASES order: each a positive number of seconds, or null."""
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{where} must be a mapping of {', '.join(TIMEOUT_PHASES)} to seconds")
+    if unknown := sorted(map(str, set(value) - set(TIMEOUT_PHASES))):
+        raise ValueError(f"{where}: unknown phase(s) {', '.join(unknown)}; known: {', '.join(TIMEOUT_PHASES)}")
+    for phase in TIMEOUT_PHASES:
+        seconds = value.get(phase)
+        if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+                                    or not 0 < seconds < 10**6):
+            raise ValueError(f"{where}.{phase} must be a positive number of seconds or null, not {seconds!r}")
+    return tuple((phase, None if value[phase] is None else float(value[phase])) for phase in TIMEOUT_PHASES
+                 if phase in value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +81,7 @@ class Provider:
     auth_scheme: str | None  # e.g. "Bearer": the header value is "<scheme> <key>"
     auth_query: str | None  # query parameter name, or None for header auth
     origin: Origin  # what Tollgate actually connects to: upstream if set, else base_url's
+    timeouts: tuple[tuple[str, float | None], ...] = ()  # phases set for this provider, over the gateway's
 
 
 def _origin(url: str) -> Origin:
@@ -118,6 +156,7 @@ def _parse_provider(index: int, entry: object) -> Provider:
     if upstream is not None:
         upstream = _parse_url(f"{where}: upstream", upstream, origin_only=True)
     header, scheme, query = _parse_auth(f"{where}: auth", entry["auth"])
+    timeouts = parse_timeouts(f"{where}: timeouts", entry["timeouts"]) if "timeouts" in entry else ()
 
     env = entry["credential_env"]
     if not isinstance(env, str) or not _ENV.fullmatch(env):
@@ -142,6 +181,7 @@ def _parse_provider(index: int, entry: object) -> Provider:
         auth_scheme=scheme,
         auth_query=query,
         origin=_origin(upstream or base_url),
+        timeouts=timeouts,
     )
 
 

@@ -1,5 +1,6 @@
 """Make the errors mitmproxy itself answers with (upstream unreachable, bad request line, ...)
-JSON in the gateway's error shape, carrying the request id when the flow had one.
+JSON in the gateway's error shape, carrying the request id when the flow had one. A provider
+connection that addons.upstream_timeouts closed fails with its "timed out" reason, hence 504.
 
 mitmproxy renders these as HTML deep inside its HTTP/1 layer with no hook to change them, so
 this wraps two internals once per process. Both are covered by the end-to-end tests, which
@@ -23,6 +24,7 @@ from addons.errors import (
 )
 
 REQUEST_ID_KEY = "tollgate.request_id"
+TIMEOUT_KEY = "tollgate.timeout"  # why addons.upstream_timeouts closed the provider connection
 _TAG = "\x00tollgate-request-id:"
 # What addons.upstream_guard puts in server.error; mitmproxy reports it as a 502 quoting it.
 UPSTREAM_REFUSED = "tollgate refused the upstream address"
@@ -76,9 +78,12 @@ def install() -> None:
     original = http_layer.HttpStream.handle_protocol_error
 
     def handle_protocol_error(self, event):
-        request_id = self.flow.metadata.get(REQUEST_ID_KEY) if self.flow else None
-        if request_id and isinstance(event, http_layer.ResponseProtocolError) and _TAG not in event.message:
-            event.message = f"{event.message}{_TAG}{request_id}"
+        metadata = self.flow.metadata if self.flow else {}
+        if isinstance(event, http_layer.ResponseProtocolError) and _TAG not in event.message:
+            # A connection closed for a timeout fails as "server closed connection": say why.
+            event.message = metadata.get(TIMEOUT_KEY, event.message)
+            if request_id := metadata.get(REQUEST_ID_KEY):
+                event.message = f"{event.message}{_TAG}{request_id}"
         return (yield from original(self, event))
 
     http_layer.HttpStream.handle_protocol_error = handle_protocol_error

@@ -1,7 +1,6 @@
-"""The mitmproxy script: `mitmdump -s addons/gateway.py` (what ./run_proxy.sh --web runs)."""
+"""The mitmproxy script: `mitmdump -s addons/gateway.py` (what ./run_proxy.sh --web loads into mitmweb)."""
 
+from addons.chain import gateway_chain
 from addons.gateway_addon import Gateway
-from addons.security import security_addons
 
-gateway = Gateway()
-addons = [*security_addons(lambda: gateway.catalog), gateway]
+addons = gateway_chain(Gateway())

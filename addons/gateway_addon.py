@@ -292,6 +292,7 @@ class Gateway:
         request.scheme, request.host, request.port = provider.origin
         self.pending[flow.id] = Pending(request_id, time.time(), provider, plan, meter, metadata)
         flow.metadata["tollgate.provider"] = provider.id
+        flow.metadata["tollgate.endpoint"], flow.metadata["tollgate.stream"] = meter.endpoint, meter.stream_requested
 
     @staticmethod
     def _metadata(headers) -> dict[str, str] | None:
@@ -336,7 +337,8 @@ class Gateway:
         state = self.pending.pop(flow.id, None)
         if state is None:
             return
-        status = flow.response.status_code if flow.response else None
+        # The provider's status only if its headers went on to the client; else the client got the gateway's error.
+        status = flow.response.status_code if flow.response and state.streamed else None
         self._record(flow, state, status=status, error=flow.error.msg[:200] if flow.error else "aborted")
 
     def _record(self, flow: http.HTTPFlow, state: Pending, status: int | None, error: str | None) -> None:

@@ -21,8 +21,8 @@ Kept, in mitmproxy's order:
     UpstreamAuth    `--mode upstream:` behind an authenticating proxy
     UpdateAltSvc    keeps clients of `--mode reverse:` from bypassing the proxy via Alt-Svc
     ErrorCheck      exits non-zero when startup logged an error (port taken, bad settings)
-    Gateway         addons.gateway_addon, added last, once the command line is parsed, after its
-                    security addons (addons/security.py)
+    Gateway         addons.gateway_addon, added last, once the command line is parsed, with the
+                    addons around it in addons/chain.py's order
 Dropped (interactive, replay or flow-storage features the gateway does not use):
     Dumper (per-flow output), KeepServing and ReadFileStdin (reading flow files), Browser,
     BlockList, AntiCache, AntiComp, ClientPlayback, ServerPlayback, CommandHistory, Comment, Cut,
@@ -89,7 +89,7 @@ from mitmproxy.utils import asyncio_utils, debug
 
 from addons.gateway_addon import Gateway
 from addons.hook_index import IndexedAddonManager
-from addons.security import security_addons
+from addons.chain import gateway_chain
 
 PROG = "tollgate-proxy"
 GATEWAY_SCRIPT = Path(__file__).resolve().with_name("gateway.py")
@@ -180,10 +180,11 @@ class GatewayMaster(master.Master):
 
     def install_gateway(self) -> None:
         """Add the Gateway once the command line is parsed, so its first `configure` sees every option
-        (as the script loader does for `-s addons/gateway.py`). It goes last in the chain: the addons
-        whose order matters to it (Block, DisableH2C, ProxyAuth) come before it either way."""
+        (as the script loader does for `-s addons/gateway.py`). It goes last in the chain, with the addons
+        of addons/chain.py around it: the addons whose order matters to it (Block, DisableH2C, ProxyAuth)
+        come before it either way."""
         self.gateway = Gateway()
-        installed = [*security_addons(lambda: self.gateway.catalog), self.gateway]
+        installed = gateway_chain(self.gateway)
         self.addons.add(*installed)
         for addon in installed:
             self.addons.invoke_addon_sync(addon, hooks.ConfigureHook(set(self.options.keys())))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from addons.catalog import Timeouts, parse_timeouts
 from pricing.cost import Override, parse_overrides
 from pricing.money import to_nanos
 
@@ -35,6 +36,10 @@ class BillingSettings:
     autopay: AutopaySettings = field(default_factory=AutopaySettings)
 
 
+# Upstream timeouts when gateway.yaml names none (see its `timeouts:` for why these values).
+DEFAULT_TIMEOUTS = Timeouts(connect=10.0, first_byte=600.0, idle=300.0, total=1800.0)
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str
@@ -43,6 +48,7 @@ class Settings:
     price_overrides: tuple[Override, ...] = ()
     billing: BillingSettings = field(default_factory=BillingSettings)
     journal_dir: Path = PROJECT_ROOT / "data" / "journal"
+    timeouts: Timeouts = DEFAULT_TIMEOUTS  # every provider's, unless its `timeouts` say otherwise
 
 
 def _read_yaml(path: Path) -> dict:
@@ -136,4 +142,5 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         price_overrides=parse_overrides({"models": data.get("prices") or []}),
         billing=parse_billing(data.get("billing") or {}, environ),
         journal_dir=PROJECT_ROOT / (environ.get("TOLLGATE_JOURNAL_DIR") or data.get("journal_dir") or "data/journal"),
+        timeouts=DEFAULT_TIMEOUTS.updated(parse_timeouts("settings: timeouts", data.get("timeouts") or {})),
     )

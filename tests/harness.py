@@ -84,9 +84,11 @@ def tollgate_cli(env: dict[str, str]):
 class GatewayProcess:
     def __init__(self, tmp: Path, database_url: str, upstreams: dict[str, str], prices: list[dict] = (),
                  billing: dict | None = None, redis_url: str | None = None, launcher: str = "tollgate-proxy",
-                 args: tuple[str, ...] = ()):
+                 providers: dict[str, dict] | None = None, settings: dict | None = None,
+                 options: dict[str, object] | None = None, args: tuple[str, ...] = ()):
         """launcher: `tollgate-proxy` (what run_proxy.sh runs) or `mitmdump` (the gateway as a -s script).
-        args: more command-line arguments, after the harness's own (so they win)."""
+        providers: more fields per provider id (beside its upstream); settings: more top-level settings;
+        options: more mitmproxy options (`--set name=value`); args: more command-line arguments, last."""
         self.tmp = tmp
         self.launcher = launcher
         self.args = list(args)
@@ -94,16 +96,21 @@ class GatewayProcess:
         self.port = free_port()
         self.confdir = tmp / "mitmproxy"
         self.config = tmp / "tollgate.yaml"
+        overrides = {p: {"upstream": u} for p, u in upstreams.items()}
+        for provider, fields in (providers or {}).items():
+            overrides[provider] = {**overrides.get(provider, {}), **fields}
         self.config.write_text(yaml.safe_dump({
-            "providers": {p: {"upstream": u} for p, u in upstreams.items()},
+            "providers": overrides,
             "prices": list(prices),
             "billing": billing or {},
             "journal_dir": str(tmp / "journal"),
+            **(settings or {}),
         }))
         self.env = clean_env(TOLLGATE_DATABASE_URL=database_url, TOLLGATE_CONFIG=str(self.config), **PROVIDER_KEYS)
         if redis_url:
             self.env["TOLLGATE_REDIS_URL"] = redis_url
         self.log = tmp / "gateway.log"
+        self.options = {"tollgate_cache_ttl_ms": 200, **(options or {})}
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -129,7 +136,7 @@ class GatewayProcess:
                   [str(BIN / "mitmdump"), "-s", str(PROJECT / "addons" / "gateway.py")])
         self.proc = subprocess.Popen(
             [*launch, "--listen-host", "127.0.0.1", "--listen-port", str(self.port), "--set", f"confdir={self.confdir}",
-             "--set", "tollgate_cache_ttl_ms=200", *self.args],
+             *(arg for name, value in self.options.items() for arg in ("--set", f"{name}={value}")), *self.args],
             env=self.env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT, cwd=self.tmp,
         )
         deadline = time.monotonic() + 30

@@ -81,11 +81,21 @@ Special model names (matched as substrings of the model)
   ``retry-after: RETRY_AFTER``.
 * ``mock-slow``: a stream sends its preamble and the FIRST content event (setting
   ``mock.slow_stream_started`` just before writing that event), then blocks on ``mock.release_stream`` (an
-  ``Event``; at most ``SLOW_TIMEOUT`` s) before sending the rest.
+  ``Event``; at most ``SLOW_TIMEOUT`` s) before sending the rest.  If the peer closes the
+  connection meanwhile, the mock stops there and sets ``peer_closed_at``.
   Non-stream requests are not delayed.
+* ``mock-hang``: sends nothing at all (no status line) until ``mock.release_stream`` is set (at
+  most ``SLOW_TIMEOUT`` s; then it answers normally) or the peer closes the connection
+  (``peer_closed_at`` is set and nothing is sent).
 * ``mock-cut``: a stream sends its preamble and 2 content events, then closes
   the connection abruptly (no usage, no terminator, no final 0-length chunk).
   A non-stream answer sends its headers and half its body, then closes.
+* ``mock-reset``: as ``mock-cut``, but the connection is reset (TCP RST) instead of closed.
+* ``mock-garbage``: a stream carries junk after its first event (a line that is no SSE field, a
+  ``data:`` line of broken JSON, bytes that are not UTF-8, a comment), and every event that
+  carries a usage object has its JSON broken there, so no usage can be read; it ends normally.
+* ``mock-truncated``: a non-stream answer whose JSON body is cut in half, sent as a complete
+  HTTP message (its ``Content-Length`` is that of the half).
 
 Controls (thread-safe)
 ----------------------
@@ -100,6 +110,8 @@ Controls (thread-safe)
 * ``mock.next_error = (status, json_body_or_None, headers_or_None)``: the next
   request answers with that error (body None -> the family's default body).
 * ``mock.chunk_delay``: seconds to sleep between stream events (default 0).
+* ``rec.peer_closed_at``: when the mock saw the peer close the connection (or a write fail)
+  before the response was complete; None otherwise.
 * ``mock.reset()``: clears requests, next_error, the stream events and usage.
 """
 
@@ -110,6 +122,7 @@ import copy
 import itertools
 import json
 import re
+import select
 import socket
 import struct
 import threading
@@ -129,6 +142,7 @@ __all__ = [
     "EMBEDDING",
     "RETRY_AFTER",
     "SLOW_TIMEOUT",
+    "GARBAGE_EVENTS",
     "ANTHROPIC_START_OUTPUT_TOKENS",
     "wire_usage",
     "mock_provider",
@@ -143,6 +157,13 @@ FULL_TEXT: str = "".join(STREAM_TEXT)
 EMBEDDING: list[float] = [0.125, -0.25, 0.5, -0.75, 1.0, 0.0625, -0.03125, 0.375]
 RETRY_AFTER = "1"
 SLOW_TIMEOUT = 10.0
+# What mock-garbage puts among the events of a stream.
+GARBAGE_EVENTS: list[bytes] = [
+    b"this line is no SSE field\n\n",
+    b'data: {"choices": [{"delta": {"content": "broken\n\n',
+    b"data: \xff\xfe not utf-8\n\n",
+    b": a comment line\n\n",
+]
 ANTHROPIC_START_OUTPUT_TOKENS = 1
 
 USAGE: dict[str, dict[str, int]] = {
@@ -293,6 +314,7 @@ class RecordedRequest:
     first_chunk_at: float | None = None
     finished_at: float | None = None
     complete: bool = False  # False when the mock cut the response (or never finished it)
+    peer_closed_at: float | None = None  # the peer closed the connection before the response was complete
     response_body: bytes = b""  # body bytes sent (chunk framing removed)
     response_headers: Headers = field(default_factory=lambda: Headers([]))  # case-insensitive
 
@@ -404,7 +426,21 @@ class _Server(ThreadingHTTPServer):
 
 
 class _CutConnection(Exception):
+    def __init__(self, reset: bool = False):
+        super().__init__()
+        self.reset = reset
+
+
+class _PeerClosed(Exception):
     pass
+
+
+def _garble(event: bytes) -> bytes:
+    """An event carrying a usage object with its JSON broken there, so the usage cannot be read."""
+    for key in (b'"usageMetadata":{', b'"usage":{'):
+        if key in event:
+            return event.replace(key, key.replace(b'":', b":"), 1)
+    return event
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -476,18 +512,49 @@ class _Handler(BaseHTTPRequestHandler):
                                          "param": None, "code": None}})
         rec.status = plan.status
         try:
+            if "mock-hang" in (rec.model or ""):
+                self._wait_for_release(rec)
             if isinstance(plan, _Json):
                 self._send_json(rec, plan)
             else:
                 self._send_stream(rec, plan)
-        except _CutConnection:
+        except _CutConnection as cut:
             self.close_connection = True
             try:
-                self.connection.shutdown(socket.SHUT_RDWR)
+                if cut.reset:  # close with SO_LINGER 0: the kernel answers with RST
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.connection.close()
+                else:
+                    self.connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        except _PeerClosed:
+            self.close_connection = True
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+            if not rec.complete and rec.peer_closed_at is None:
+                rec.peer_closed_at = time.monotonic()
+
+    def _wait_for_release(self, rec: RecordedRequest) -> None:
+        """Block until mock.release_stream (at most SLOW_TIMEOUT s) or raise _PeerClosed when the peer hangs up."""
+        mock = self.server.mock
+        deadline = time.monotonic() + SLOW_TIMEOUT
+        while not mock.release_stream.wait(0.02):
+            if self._peer_closed():
+                rec.peer_closed_at = time.monotonic()
+                raise _PeerClosed
+            if time.monotonic() > deadline:
+                mock.slow_timeouts += 1
+                return
+
+    def _peer_closed(self) -> bool:
+        readable, _, _ = select.select([self.connection], [], [], 0)
+        if not readable:
+            return False
+        try:
+            return self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
 
     def _common_headers(self, rec: RecordedRequest, extra: dict[str, str]) -> dict[str, str]:
         h: dict[str, str] = {"x-mock-seq": str(rec.seq)}
@@ -509,11 +576,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_json(self, rec: RecordedRequest, plan: _Json) -> None:
         data = _dumps(plan.body).encode()
+        model = rec.model or ""
+        if "mock-truncated" in model and plan.status == 200:
+            data = data[: len(data) // 2]
         ctype = "application/json; charset=UTF-8" if rec.family.startswith("gemini") else "application/json"
         headers = self._common_headers(rec, {"Content-Type": ctype, "Content-Length": str(len(data))})
         headers.update(plan.headers)
         self._start(rec, plan.status, headers)
-        cut = "mock-cut" in (rec.model or "") and plan.status == 200
+        cut = ("mock-cut" in model or "mock-reset" in model) and plan.status == 200
         if cut:
             data = data[: len(data) // 2]
         rec.first_chunk_at = time.monotonic()
@@ -524,7 +594,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
         self.wfile.flush()
         if cut:
-            raise _CutConnection
+            raise _CutConnection(reset="mock-reset" in model)
 
     def _write_chunk(self, rec: RecordedRequest, data: bytes) -> None:
         if rec.first_chunk_at is None:
@@ -536,7 +606,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_stream(self, rec: RecordedRequest, plan: _Stream) -> None:
         mock = self.server.mock
         model = rec.model or ""
-        slow, cut = "mock-slow" in model, "mock-cut" in model
+        slow, cut = "mock-slow" in model, "mock-cut" in model or "mock-reset" in model
+        garbage = "mock-garbage" in model
         headers = self._common_headers(
             rec,
             {
@@ -549,7 +620,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._start(rec, plan.status, headers)
         n_content = 0
         pending: bytes | None = None  # hold one item back so finished_at precedes the last write
-        for kind, data in plan.items:
+        items = plan.items
+        if garbage:
+            items = _with_garbage(items)
+        for kind, data in items:
             if pending is not None:
                 self._write_chunk(rec, pending)
                 if mock.chunk_delay:
@@ -561,12 +635,11 @@ class _Handler(BaseHTTPRequestHandler):
                     mock.slow_stream_started.set()  # set before the write: a client that saw it sees this set
                     self._write_chunk(rec, pending)
                     pending = None
-                    if not mock.release_stream.wait(SLOW_TIMEOUT):
-                        mock.slow_timeouts += 1
+                    self._wait_for_release(rec)
                 elif cut and n_content == 2:
                     self._write_chunk(rec, pending)
                     rec.finished_at = time.monotonic()
-                    raise _CutConnection
+                    raise _CutConnection(reset="mock-reset" in model)
         rec.finished_at = time.monotonic()
         rec.complete = True
         if pending is not None:
@@ -575,6 +648,15 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
+
+
+def _with_garbage(items: StreamItems) -> StreamItems:
+    """mock-garbage: junk after the first event, and the usage of every event made unreadable."""
+    for i, (kind, data) in enumerate(items):
+        yield kind, _garble(data)
+        if i == 0:
+            for junk in GARBAGE_EVENTS:
+                yield kind, junk
 
 
 class MockProvider:

@@ -3,7 +3,7 @@ import re
 import pytest
 from genai_prices.data import providers as genai_providers
 
-from addons.catalog import load_catalog, parse_providers
+from addons.catalog import Timeouts, load_catalog, parse_providers
 
 GENAI = {p.id: p for p in genai_providers}
 REQUIRED_IDS = set(
@@ -55,6 +55,11 @@ def doc(*entries):
         (doc(entry(credential_env="acme-key")), "credential_env 'acme-key'"),
         (doc(entry(), entry(hosts=["api2.acme.test"], base_url="https://api2.acme.test")), "'acme': duplicate id"),
         (doc(entry(), entry(id="copycat", hosts=["API.acme.test"])), "'copycat': host 'api.acme.test' is already"),
+        (doc(entry(timeouts=[30])), "'acme': timeouts must be a mapping of connect, first_byte, idle, total"),
+        (doc(entry(timeouts={"idel": 30})), r"'acme': timeouts: unknown phase\(s\) idel"),
+        (doc(entry(timeouts={"idle": 0})), r"'acme': timeouts\.idle must be a positive number of seconds or null"),
+        (doc(entry(timeouts={"total": "60"})), r"timeouts\.total must be a positive number"),
+        (doc(entry(timeouts={"connect": True})), r"timeouts\.connect must be a positive number"),
     ],
 )
 def test_parse_errors_name_provider_and_field(data, message):
@@ -75,6 +80,13 @@ def test_parse_errors_name_provider_and_field(data, message):
 def test_origin_is_upstream_else_base_url_with_default_port(changes, origin):
     [provider] = parse_providers(doc(entry(**changes)))
     assert provider.origin == origin
+
+
+def test_provider_timeouts_override_the_gateways_phase_by_phase():
+    [provider] = parse_providers(doc(entry(timeouts={"idle": None, "first_byte": 900})))
+    assert provider.timeouts == (("first_byte", 900.0), ("idle", None))
+    assert Timeouts(10, 600, 300, 1800).updated(provider.timeouts) == Timeouts(10, 900, None, 1800)
+    assert load_catalog(overrides={"openai": {"timeouts": {"total": 5}}}).by_id("openai").timeouts == (("total", 5.0),)
 
 
 @pytest.mark.parametrize(

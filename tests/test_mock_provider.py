@@ -21,6 +21,7 @@ from tests.mock_provider import (
     ANTHROPIC_START_OUTPUT_TOKENS,
     EMBEDDING,
     FULL_TEXT,
+    GARBAGE_EVENTS,
     RETRY_AFTER,
     STREAM_TEXT,
     USAGE,
@@ -370,6 +371,48 @@ def test_cut_stream(mock, family):
     assert b"finishReason" not in tail and b"stop_reason" not in tail and b"finish_reason\":\"stop" not in tail
     if family != "gemini":  # Gemini chunks all carry (cumulative) usageMetadata, as Google's do
         assert b"usage" not in tail
+
+
+def test_reset_stream_is_a_connection_reset(mock):
+    body = {"model": "mock-reset", "messages": MSGS, "stream": True}
+    with pytest.raises(httpx.ReadError, match="reset"):
+        with httpx.stream("POST", mock.url + "/v1/chat/completions", json=body) as response:
+            for _ in response.iter_raw():
+                pass
+    assert not mock.last.complete and mock.last.response_body.count(b"data: ") == 3
+
+
+def test_hang_sends_nothing_until_released(mock):
+    started = time.monotonic()
+    threading.Timer(0.2, mock.release_stream.set).start()
+    assert oai(mock).chat.completions.create(model="mock-hang", messages=MSGS).choices[0].message.content == FULL_TEXT
+    assert time.monotonic() - started >= 0.2 and mock.last.peer_closed_at is None
+
+
+@pytest.mark.parametrize("model", ["mock-hang", "mock-slow"])
+def test_a_peer_that_hangs_up_is_noticed(mock, model):
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(mock.url + "/v1/chat/completions", json={"model": model, "messages": MSGS, "stream": True},
+                   timeout=0.2)
+    deadline = time.monotonic() + 2
+    while mock.last.peer_closed_at is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert mock.last.peer_closed_at is not None and not mock.last.complete
+
+
+def test_garbage_stream_carries_junk_and_unreadable_usage(mock):
+    body = {"model": "mock-garbage", "messages": MSGS, "stream": True, "stream_options": {"include_usage": True}}
+    raw = httpx.post(mock.url + "/v1/chat/completions", json=body).content
+    assert all(junk in raw for junk in GARBAGE_EVENTS) and raw.endswith(b"data: [DONE]\n\n")
+    assert b'"usage":{' not in raw and b'"usage:{' in raw and b'"usage":null' in raw
+
+
+def test_truncated_json_is_a_complete_http_message(mock):
+    response = httpx.post(mock.url + "/v1/chat/completions", json={"model": "mock-truncated", "messages": MSGS})
+    assert response.status_code == 200 and len(response.content) == int(response.headers["content-length"])
+    with pytest.raises(json.JSONDecodeError):
+        response.json()
+    assert mock.last.complete
 
 
 # ---------------------------------------------------------------- transport
