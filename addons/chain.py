@@ -32,5 +32,5 @@ def gateway_chain(gateway: Gateway) -> list:
     def catalog():
         return gateway.catalog
 
-    return [ListenGuard(), RequestLimits(), AuthThrottle(catalog), UpstreamGuard(catalog), UpstreamRetries(),
+    return [ListenGuard(), RequestLimits(), AuthThrottle(catalog), UpstreamGuard(catalog), UpstreamRetries(catalog=catalog),
             Redaction(catalog), gateway, UpstreamTimeouts()]

@@ -39,6 +39,7 @@ import logging
 import ssl
 import time
 import weakref
+from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 
 import certifi
@@ -48,8 +49,9 @@ from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy.mode_specs import UpstreamMode
 from mitmproxy.utils.asyncio_utils import create_task
 
-from addons.catalog import Timeouts
+from addons.catalog import Catalog, Timeouts
 from addons.gateway_addon import REQUEST_ID_HEADERS
+from addons.upstream_guard import RESOLVE_TIMEOUT_S, Resolver, is_public, resolve
 from addons.upstream_timeouts import PROVIDER_KEY, load_limits
 
 log = logging.getLogger(__name__)
@@ -83,10 +85,14 @@ def should_retry(response: http.Response) -> bool:
 
 
 class UpstreamRetries:
-    def __init__(self, limits: dict[str, Timeouts] | None = None, transport: httpx.AsyncBaseTransport | None = None):
-        """limits: provider id -> Timeouts (default: from the settings); transport: httpx's, for tests."""
+    def __init__(self, limits: dict[str, Timeouts] | None = None, transport: httpx.AsyncBaseTransport | None = None,
+                 catalog: Callable[[], Catalog | None] = lambda: None, resolver: Resolver = resolve):
+        """limits: provider id -> Timeouts (default: from the settings); transport: httpx's, for tests;
+        catalog and resolver: to check a catalog host's address as UpstreamGuard does."""
         self.limits = limits
         self.transport = transport
+        self.catalog = catalog
+        self.resolver = resolver
         self.client: httpx.AsyncClient | None = None
         self._sent: weakref.WeakKeyDictionary[http.HTTPFlow, http.Request] = weakref.WeakKeyDictionary()
 
@@ -167,14 +173,27 @@ class UpstreamRetries:
         headers = [(k, v) for k, v in request.headers.fields if k.decode("latin-1").lower() not in HOP_BY_HOP]
         timeout = httpx.Timeout(connect=limits.connect, read=limits.first_byte, write=limits.first_byte, pool=None)
         client = self._client()
-        outgoing = client.build_request(request.method, request.url, headers=headers, content=request.raw_content,
-                                        timeout=timeout)
+        url, extensions = await self._checked_target(request)
+        outgoing = client.build_request(request.method, url, headers=headers, content=request.raw_content,
+                                        timeout=timeout, extensions=extensions)
         answer = await client.send(outgoing, stream=True)
         try:
             body = b"".join([chunk async for chunk in answer.aiter_raw()])  # as sent: content-encoding kept
         finally:
             await answer.aclose()
         return answer, body
+
+    async def _checked_target(self, request: http.Request) -> tuple[httpx.URL, dict]:
+        """Where to resend: a catalog host at an address checked as UpstreamGuard checks its connections
+        (the URL gets the IP, TLS keeps the name), else the URL as it is (a configured upstream)."""
+        url, catalog = httpx.URL(request.url), self.catalog()
+        host, port = request.host, request.port
+        if catalog is None or catalog.is_upstream_of(host, port) or catalog.by_host(host) is None:
+            return url, {}
+        addresses = await asyncio.wait_for(self.resolver(host, port), RESOLVE_TIMEOUT_S)
+        if not addresses or not all(map(is_public, addresses)):
+            raise httpx.ConnectError(f"{host} did not resolve to public addresses only")
+        return url.copy_with(host=addresses[0]), {"sni_hostname": host}
 
     @staticmethod
     def _take(response: http.Response, answer: httpx.Response, body: bytes) -> None:

@@ -14,7 +14,7 @@ from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
-from addons.catalog import Timeouts
+from addons.catalog import Timeouts, load_catalog
 from addons.upstream_retries import UpstreamRetries, retry_wait, should_retry
 
 BODY = b'{"model":"gpt-4o-mini","messages":[]}'
@@ -58,8 +58,14 @@ def forwarded(status=503, headers=(("retry-after", "0"),), stream=False, endpoin
 LIMITS = Timeouts(total=10)
 
 
-def retry(flow, provider: Provider, retries: int = 2, max_wait_ms: int = 200):
-    addon = UpstreamRetries({"openai": LIMITS}, transport=httpx.MockTransport(provider))
+def retry(flow, provider: Provider, retries: int = 2, max_wait_ms: int = 200, addresses: list[str] | None = None):
+    """addresses: what api.openai.com resolves to (None: the catalog is not consulted)."""
+    async def resolver(host, port):
+        return addresses
+
+    catalog = load_catalog() if addresses is not None else None
+    addon = UpstreamRetries({"openai": LIMITS}, transport=httpx.MockTransport(provider), catalog=lambda: catalog,
+                            resolver=resolver)
     with taddons.context(addon) as tctx:
         tctx.configure(addon, tollgate_upstream_retries=retries, tollgate_upstream_retry_max_wait_ms=max_wait_ms)
 
@@ -90,6 +96,21 @@ def test_retries_stop_at_the_option_and_pass_the_last_answer_on():
     provider = Provider(*(answer(502, b"again", retry_after="0") for _ in range(3)))
     flow = retry(forwarded(), provider, retries=2)
     assert (flow.response.status_code, flow.response.content, len(provider.seen)) == (502, b"again", 2)
+
+
+def test_a_resend_goes_to_the_checked_address_of_a_catalog_host():
+    provider = Provider(answer(200, json.dumps(ANSWER).encode()))
+    retry(forwarded(), provider, addresses=["162.159.140.245"])
+    [sent] = provider.seen
+    assert (sent.url.host, sent.extensions["sni_hostname"], sent.headers["host"]) == (
+        "162.159.140.245", "api.openai.com", "api.openai.com")
+
+
+@pytest.mark.parametrize("addresses", [["10.0.0.7"], ["162.159.140.245", "127.0.0.1"], []])
+def test_no_resend_to_a_catalog_host_that_resolves_to_a_private_address(addresses):
+    provider = Provider(answer(200, b"{}"))
+    flow = retry(forwarded(), provider, addresses=addresses)
+    assert provider.seen == [] and flow.response.status_code == 503  # the provider's first answer, passed on
 
 
 def test_a_failed_resend_passes_the_last_answer_on():
