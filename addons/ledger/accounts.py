@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from peewee import fn
+from peewee import JOIN, fn
 
 from addons.credentials import display_prefix, hash_secret, new_secret_key
 from addons.ledger.models import Account, ApiKey, Customer, LedgerEntry, MeterRow, RequestRow, Wallet, database, utcnow
@@ -111,17 +111,17 @@ def credit_wallet(wallet_id: str, amount_nanos: int, reason: str = "topup", note
 
 
 def audit_wallets() -> list[tuple[str, int, int]]:
-    """Wallets whose cached balance differs from the sum of their entries: (wallet, cached, summed)."""
-    sums = dict(
-        LedgerEntry.select(LedgerEntry.wallet, fn.COALESCE(fn.SUM(LedgerEntry.amount_nanos), 0))
-        .group_by(LedgerEntry.wallet)
-        .tuples()
-    )
-    return [
-        (wallet.id, wallet.balance_nanos, int(sums.get(wallet.id, 0)))
-        for wallet in Wallet.select()
-        if wallet.balance_nanos != int(sums.get(wallet.id, 0))
-    ]
+    """Wallets whose cached balance differs from the sum of their entries: (wallet, cached, summed).
+
+    One statement, so balances and entries come from one snapshot even while the proxy commits.
+    """
+    sums = (LedgerEntry.select(LedgerEntry.wallet.alias("wallet_id"), fn.SUM(LedgerEntry.amount_nanos).alias("total"))
+            .group_by(LedgerEntry.wallet).alias("sums"))
+    summed = fn.COALESCE(sums.c.total, 0)
+    query = (Wallet.select(Wallet.id, Wallet.balance_nanos, summed)
+             .join(sums, JOIN.LEFT_OUTER, on=(sums.c.wallet_id == Wallet.id))
+             .where(Wallet.balance_nanos != summed))
+    return [(wallet_id, balance, int(total)) for wallet_id, balance, total in query.tuples()]
 
 
 def create_customer(account_name: str, customer_id: str, *, balance_nanos: int = 0,
