@@ -104,6 +104,7 @@ class Gateway:
         self.signing_key: bytes | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stopping = False
+        self.in_flight: set[str] = set()  # flows from their request headers to their response or error
 
     def load(self, loader):
         loader.add_option(
@@ -190,12 +191,20 @@ class Gateway:
             self.writer.submit(record)
 
     async def drain(self) -> int:
-        """Refuse new requests and wait for those in flight, up to tollgate_drain_seconds; returns those left."""
+        """Refuse new requests and wait for those in flight, up to tollgate_drain_seconds; returns those left.
+
+        In flight counts from a request's headers, so one still being authenticated is waited for too;
+        done means none for two checks in a row, so a request that came in between is not cut.
+        """
         self.stopping = True
-        deadline = time.monotonic() + ctx.options.tollgate_drain_seconds
-        while self.pending and time.monotonic() < deadline:
+        deadline, quiet = time.monotonic() + ctx.options.tollgate_drain_seconds, 0
+        while quiet < 2 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        return len(self.pending)
+            quiet = 0 if self.in_flight else quiet + 1
+        return len(self.in_flight)
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self.in_flight.add(flow.id)
 
     def _committed(self, report: CommitReport) -> None:
         """In the writer thread, right after a commit."""
@@ -324,6 +333,7 @@ class Gateway:
             state.streamed = True
 
     def response(self, flow: http.HTTPFlow) -> None:
+        self.in_flight.discard(flow.id)
         state = self.pending.pop(flow.id, None)
         if state is None:
             return
@@ -332,6 +342,7 @@ class Gateway:
         self._record(flow, state, status=flow.response.status_code, error=None)
 
     def error(self, flow: http.HTTPFlow) -> None:
+        self.in_flight.discard(flow.id)
         if flow.error:
             flow.error.msg = error_pages.strip_tag(flow.error.msg)
         state = self.pending.pop(flow.id, None)

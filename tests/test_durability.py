@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import socket
 import sqlite3
 import threading
 import time
@@ -198,3 +199,22 @@ def test_redis_stopped_under_load_falls_back_to_local_holds_and_corrupts_nothing
     assert gateway.cli_json("audit")["ok"]
     log = gateway.log.read_text()
     assert "Redis is unreachable" in log and "Redis answers again" in log
+
+
+def test_sigterm_answers_a_request_whose_body_is_still_arriving(fresh_gateway):
+    """In flight counts from the request's headers: a request not yet authenticated is answered, not cut."""
+    gateway = fresh_gateway
+    body = b'{"model": "mock-model", "messages": []}'
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as conn:
+        conn.sendall(b"POST " + CHAT.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1:" + str(gateway.port).encode() + b"\r\n"
+                     b"Authorization: Bearer " + gateway.admin_key.encode() + b"\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+        time.sleep(0.3)
+        gateway.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        conn.sendall(body)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 503") and b'"shutting_down"' in answer
+    assert gateway.proc.wait(20) == 0

@@ -259,6 +259,7 @@ def test_failover_holds_in_process_while_redis_is_away_and_returns_to_it(private
             await store.confirm("wallet", 1_000, version=1)
             await store.hold("req_a", {"wallet": 300})
             assert await store.available("wallet") == 700 and store.redis_up
+            await asyncio.gather(*(store.available("wallet") for _ in range(8)))  # several pooled connections
             private_redis.stop()
             assert await store.available("wallet") == 1_000  # the local book: confirmed, not Redis's holds
             assert not store.redis_up
@@ -270,7 +271,8 @@ def test_failover_holds_in_process_while_redis_is_away_and_returns_to_it(private
             private_redis.start()  # empty, as after a restart
             await asyncio.sleep(0.25)
             assert await store.fresh_available("wallet", 60.0) is None  # Redis again: reconfirm from the ledger
-            assert store.redis_up
+            await asyncio.gather(*(store.is_fresh("wallet", 60.0) for _ in range(8)))
+            assert store.redis_up  # no pooled connection to the dead server was left to fail once more
             await store.confirm("wallet", 1_000, version=2)
             await store.hold("req_d", {"wallet": 100})
             assert await store.available("wallet") == 900
@@ -278,3 +280,37 @@ def test_failover_holds_in_process_while_redis_is_away_and_returns_to_it(private
             await store.close()
 
     asyncio.run(scenario())
+
+
+def test_failover_returns_to_redis_once_under_load_after_a_restart(private_redis, caplog):
+    """The pool's connections to the dead server are dropped at the first failure, so once Redis is back
+    none of them fails later and sends holds back into the process (seen as flapping in the soak)."""
+
+    async def scenario():
+        store = FailoverHolds(RedisHolds(private_redis.url, hold_ttl=TTL), LocalHolds(TTL), retry_after=0.2)
+        await store.confirm("wallet", 10**12, version=1)
+        stop = asyncio.Event()
+
+        async def client(i: int) -> None:
+            n = 0
+            while not stop.is_set():
+                try:
+                    await store.hold(f"req_{i}_{n}", {"wallet": 1})
+                except KeyError:  # a restarted Redis has no pots: the cashier confirms again
+                    await store.confirm("wallet", 10**12, version=2)
+                n += 1
+                await asyncio.sleep(0.001 * (i % 5))
+
+        clients = [asyncio.create_task(client(i)) for i in range(32)]
+        await asyncio.sleep(0.5)
+        private_redis.stop()
+        await asyncio.sleep(0.5)
+        private_redis.start()
+        await asyncio.sleep(2.0)
+        stop.set()
+        await asyncio.gather(*clients)
+        await store.close()
+
+    asyncio.run(scenario())
+    events = [r.getMessage().split(";")[0] for r in caplog.records if "Redis" in r.getMessage()]
+    assert events == ["tollgate: Redis is unreachable (ConnectionError)", "tollgate: Redis answers again"]

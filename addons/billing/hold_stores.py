@@ -19,6 +19,7 @@ import logging
 import time
 
 import redis.asyncio as aioredis
+from mitmproxy.utils.asyncio_utils import create_task
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -233,6 +234,10 @@ class RedisHolds:
         await self.redis.aclose()
 
 
+class _Away(Exception):
+    """Redis did not answer this call."""
+
+
 class FailoverHolds:
     """Redis while it answers, this process's own book while it does not (retried every `retry_after` s).
 
@@ -246,6 +251,7 @@ class FailoverHolds:
         self.retry_after = retry_after
         self._clock = clock
         self._down_until: float | None = None
+        self._down_since = 0.0
 
     @property
     def redis_up(self) -> bool:
@@ -254,29 +260,48 @@ class FailoverHolds:
     async def _one(self, name: str, *args):
         if self.redis_up:
             try:
-                result = await getattr(self.remote, name)(*args)
-            except REDIS_AWAY as e:
-                self._away(e)
-            else:
-                if self._down_until is not None:
-                    self._down_until = None
-                    log.warning("tollgate: Redis answers again; holds are shared again")
-                return result
+                return await self._remote(name, *args)
+            except _Away:
+                pass
         return await getattr(self.local, name)(*args)
 
     async def _both(self, name: str, *args) -> None:
         await getattr(self.local, name)(*args)
         if self.redis_up:
             try:
-                await getattr(self.remote, name)(*args)
-            except REDIS_AWAY as e:
-                self._away(e)
+                await self._remote(name, *args)
+            except _Away:
+                pass
+
+    async def _remote(self, name: str, *args):
+        """The call on Redis; any answer, a refusal such as InsufficientFunds included, means it is up."""
+        started = self._clock()
+        try:
+            result = await getattr(self.remote, name)(*args)
+        except REDIS_AWAY as e:
+            self._away(e)
+            raise _Away from e
+        except Exception:
+            self._answered(started)
+            raise
+        self._answered(started)
+        return result
+
+    def _answered(self, started: float) -> None:
+        """Only a call begun after the last failure shows Redis back; one begun before was just quicker."""
+        if self._down_until is not None and started >= self._down_since:
+            self._down_until = None
+            log.warning("tollgate: Redis answers again; holds are shared again")
 
     def _away(self, error: Exception) -> None:
         if self._down_until is None:
             log.error("tollgate: Redis is unreachable (%s); holding in this process until it answers",
                       type(error).__name__)
-        self._down_until = self._clock() + self.retry_after
+        # The pool's other connections went with the server: drop them, or each would fail once more
+        # after Redis is back and send holds here again.
+        create_task(self.remote.redis.connection_pool.disconnect(), name="tollgate-redis-reset", keep_ref=True)
+        self._down_since = self._clock()
+        self._down_until = self._down_since + self.retry_after
 
     async def is_fresh(self, pot: str, max_age: float) -> bool:
         return await self._one("is_fresh", pot, max_age)
