@@ -56,8 +56,9 @@ def client_address(flow: http.HTTPFlow) -> str:
 
 def credential_digest(flow: http.HTTPFlow) -> str | None:
     """SHA-256 of the secret part of the caller's credential, or None when it sent none we can read."""
+    request = flow.request
     try:
-        credential = read_credential(flow.request.headers, flow.request.query.get("key"))
+        credential = read_credential(request.headers, request.query.get("key") if "key=" in request.path else None)
     except GatewayError:
         return None
     secret = credential.signed_token or credential.secret_key

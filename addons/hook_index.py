@@ -6,16 +6,23 @@ by an `update` hook, which no addon of a headless gateway handles. With the gate
 that is about 130 empty calls per request, about a fifth of the process's CPU (py-spy, see
 bench/README.md).
 
-This manager keeps, per hook name, the chain entries that handle it, and calls only those. It keeps
-chain order and mitmproxy's own per-addon error handling (`safecall`, AddonHalt). An entry with
-child addons (the script loader) is always called, because its children change at run time. The
-index is rebuilt after any add, remove or clear.
+This manager keeps, per hook name, the handlers of the chain entries that have it, and calls only
+those, directly: the hook's arguments are built once, and an error is caught and logged as
+mitmproxy's `safecall` does ("Addon error", the traceback from the addon on; AddonHalt stops the
+hook, OptionsError goes up). An entry with child addons (the script loader) goes through
+mitmproxy's own walk, because its children change at run time. The index is rebuilt after any add,
+remove or clear.
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
+
 from mitmproxy import exceptions, hooks
-from mitmproxy.addonmanager import AddonManager, safecall, traverse
+from mitmproxy.addonmanager import AddonManager, cut_traceback, safecall, traverse
+
+addon_errors = logging.getLogger("mitmproxy.addonmanager")  # where safecall logs them
 
 
 class IndexedAddonManager(AddonManager):
@@ -45,20 +52,38 @@ class IndexedAddonManager(AddonManager):
         finally:
             self._handlers.clear()
 
-    def handlers(self, name: str) -> list:
-        """The chain entries that may handle hook `name`, in chain order."""
+    def handlers(self, name: str) -> list[tuple[object, object | None]]:
+        """(entry, its handler) per chain entry that may handle hook `name`, in chain order; the handler is
+        None for an entry with child addons."""
         found = self._handlers.get(name)
         if found is None:
             found = self._handlers[name] = [
-                entry for entry in self.chain
-                if hasattr(entry, "addons") or any(getattr(a, name, None) for a in traverse([entry]))
+                (entry, None) if hasattr(entry, "addons") else (entry, getattr(entry, name))
+                for entry in self.chain
+                if hasattr(entry, "addons") or callable(getattr(entry, name, None))
             ]
         return found
 
     async def trigger_event(self, event: hooks.Hook):
-        for addon in self.handlers(event.name):
+        args = None
+        for entry, handler in self.handlers(event.name):
+            if handler is None:
+                try:
+                    with safecall():
+                        await self.invoke_addon(entry, event)
+                except exceptions.AddonHalt:
+                    return
+                continue
+            if args is None:
+                args = event.args()
             try:
-                with safecall():
-                    await self.invoke_addon(addon, event)
-            except exceptions.AddonHalt:
-                return
+                result = handler(*args)
+                if result is not None and inspect.isawaitable(result):
+                    await result
+            except (exceptions.AddonHalt, exceptions.OptionsError) as e:
+                if isinstance(e, exceptions.AddonHalt):
+                    return
+                raise
+            except Exception as e:
+                addon_errors.error(f"Addon error: {e}",
+                                   exc_info=(type(e), e, cut_traceback(e.__traceback__, "trigger_event")))

@@ -44,13 +44,13 @@ def masked(value: str) -> str:
 class Redaction:
     def __init__(self, catalog: Callable[[], Catalog | None]):
         self.catalog = catalog
-        self._names: tuple[Catalog | None, tuple[str, ...], frozenset[str]] = (None, HEADERS, frozenset(QUERY))
+        self._names: tuple[Catalog | None, frozenset[str], frozenset[str]] = (None, frozenset(HEADERS), frozenset(QUERY))
 
-    def names(self) -> tuple[tuple[str, ...], frozenset[str]]:
+    def names(self) -> tuple[frozenset[str], frozenset[str]]:
         """Header and query parameter names that carry credentials, the catalog's included."""
         catalog = self.catalog()
         if catalog is not None and self._names[0] is not catalog:
-            headers = tuple(dict.fromkeys([*HEADERS, *(p.auth_header for p in catalog.providers if p.auth_header)]))
+            headers = frozenset([*HEADERS, *(p.auth_header for p in catalog.providers if p.auth_header)])
             query = frozenset([*QUERY, *(p.auth_query for p in catalog.providers if p.auth_query)])
             self._names = (catalog, headers, query)
         return self._names[1], self._names[2]
@@ -69,23 +69,31 @@ class Redaction:
             return
         header_names, query_names = self.names()
         found: list[str] = []
-        headers = flow.request.headers
-        for name in header_names:
-            values = headers.get_all(name)
-            if values:
-                found += [v.partition(" ")[2] or v for v in values]
-                headers.set_all(name, [masked(v) for v in values])
-        query = flow.request.query
-        for name in list(query.keys()):
-            if name in query_names:
-                found += query.get_all(name)
-                query.set_all(name, [REDACTED] * len(query.get_all(name)))
-            elif name == "u":  # the forward endpoint's target, before the gateway rewrote it
-                query.set_all(name, [self._redact_url(u, query_names, found) for u in query.get_all(name)])
+        request = flow.request
+        fields = request.headers.fields  # one pass over the raw headers: this runs on every request
+        if any(name.lower().decode("latin-1") in header_names for name, _ in fields):
+            request.headers.fields = tuple(self._masked_field(name, value, header_names, found)
+                                           for name, value in fields)
+        if "?" in request.path:
+            query = request.query
+            for name in list(query.keys()):
+                if name in query_names:
+                    found += query.get_all(name)
+                    query.set_all(name, [REDACTED] * len(query.get_all(name)))
+                elif name == "u":  # the forward endpoint's target, before the gateway rewrote it
+                    query.set_all(name, [self._redact_url(u, query_names, found) for u in query.get_all(name)])
         if flow.error:
             for value in found:
                 if len(value) >= MIN_SCRUB and value != REDACTED:
                     flow.error.msg = flow.error.msg.replace(value, REDACTED)
+
+    @staticmethod
+    def _masked_field(name: bytes, value: bytes, header_names, found: list[str]) -> tuple[bytes, bytes]:
+        if name.lower().decode("latin-1") not in header_names:
+            return name, value
+        text = value.decode("latin-1")
+        found.append(text.partition(" ")[2] or text)
+        return name, masked(text).encode("latin-1")
 
     @staticmethod
     def _redact_url(url: str, names: frozenset[str], found: list[str]) -> str:

@@ -20,13 +20,30 @@ from tests.harness import GatewayProcess, fresh_postgres_database
 CHAT = "/v1/forward?u=https://api.openai.com/v1/chat/completions"
 
 
+def funded_gateway(tmp_path, url: str, mock, **kw) -> GatewayProcess:
+    """A started gateway with an admin key and $10 in its wallet (`opening`)."""
+    gateway = GatewayProcess(tmp_path, url, {"openai": mock.url}, prices=[MOCK_MODEL_PRICE], **kw)
+    gateway.admin_key = gateway.cli_json("init")["secret_key"]
+    gateway.cli("wallet", "topup", "10")
+    gateway.opening = Decimal(gateway.cli_json("wallet")["balance"])
+    gateway.start()
+    return gateway
+
+
+def assert_ledger_holds_exactly(gateway: GatewayProcess, request_ids: set[str]) -> list[dict]:
+    """Each request once and nothing else, the wallet down by exactly what they were charged, audit ok."""
+    rows = {r["id"]: r for r in gateway.cli_json("requests", "--limit", "100000")}
+    assert set(rows) == request_ids  # the id is the primary key: once at most, so exactly once
+    charged = sum(Decimal(row["charged"]) for row in rows.values())
+    assert charged > 0 and Decimal(gateway.cli_json("wallet")["balance"]) == gateway.opening - charged
+    assert gateway.cli_json("audit")["ok"]
+    return list(rows.values())
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def fresh_gateway(request, mock, tmp_path):
     url = f"sqlite:///{tmp_path}/ledger.db" if request.param == "sqlite" else fresh_postgres_database("tollgate_durable")
-    gateway = GatewayProcess(tmp_path, url, {"openai": mock.url}, prices=[MOCK_MODEL_PRICE])
-    gateway.admin_key = gateway.cli_json("init")["secret_key"]
-    gateway.cli("wallet", "topup", "10")
-    gateway.start()
+    gateway = funded_gateway(tmp_path, url, mock)
     yield gateway
     gateway.stop()
 
@@ -57,7 +74,6 @@ def chat(client: httpx.Client, key: str, stream: bool) -> str:
 
 def test_sigkill_after_responses_loses_no_usage_and_replay_charges_once(fresh_gateway):
     gateway = fresh_gateway
-    opening = Decimal(gateway.cli_json("wallet")["balance"])
     with ledger_writes_blocked(gateway.database_url):
         with httpx.Client(base_url=gateway.url, trust_env=False, timeout=15) as client:
             served = [chat(client, gateway.admin_key, stream=i % 2 == 0) for i in range(12)]
@@ -70,12 +86,7 @@ def test_sigkill_after_responses_loses_no_usage_and_replay_charges_once(fresh_ga
     assert all(row["status"] == 200 and row["usage_source"] == "reported" for row in rows.values())
     gateway.stop()
     gateway.start()  # a second replay of anything left must charge nothing again
-    listed = [r["id"] for r in gateway.cli_json("requests", "--limit", "100")]
-    assert sorted(listed) == sorted(served)
-    charged = sum(Decimal(row["charged"]) for row in rows.values())
-    assert charged > 0
-    assert Decimal(gateway.cli_json("wallet")["balance"]) == opening - charged
-    assert gateway.cli_json("audit")["ok"]
+    assert_ledger_holds_exactly(gateway, set(served))
     gateway.stop()
     assert not list((gateway.tmp / "journal").rglob("*.jsonl"))  # all of it is in the ledger now
 
@@ -111,12 +122,7 @@ class Load:
 
 @pytest.mark.parametrize("policy", ["serve", "refuse"])
 def test_postgres_stopped_under_load_loses_and_duplicates_nothing(private_postgres, mock, tmp_path, policy):
-    gateway = GatewayProcess(tmp_path, private_postgres.url, {"openai": mock.url}, prices=[MOCK_MODEL_PRICE],
-                             args=["--set", f"tollgate_ledger_outage={policy}"])
-    gateway.admin_key = gateway.cli_json("init")["secret_key"]
-    gateway.cli("wallet", "topup", "10")
-    opening = Decimal(gateway.cli_json("wallet")["balance"])
-    gateway.start()
+    gateway = funded_gateway(tmp_path, private_postgres.url, mock, options={"tollgate_ledger_outage": policy})
     try:
         load = Load(gateway)
         time.sleep(1.0)
@@ -135,11 +141,7 @@ def test_postgres_stopped_under_load_loses_and_duplicates_nothing(private_postgr
         assert during and all(status == 200 for status, _, _ in during)  # cached key and balance
     else:
         assert refused and set(refused) == {"ledger_unavailable"}
-    rows = {r["id"]: r for r in gateway.cli_json("requests", "--limit", "100000")}
-    assert set(rows) == served  # every served request exactly once (the id is the primary key), nothing else
-    charged = sum(Decimal(row["charged"]) for row in rows.values())
-    assert Decimal(gateway.cli_json("wallet")["balance"]) == opening - charged
-    assert gateway.cli_json("audit")["ok"]
+    assert_ledger_holds_exactly(gateway, served)
     assert results[-1][0] == 200  # served again once the database was back
 
 
@@ -175,12 +177,8 @@ def test_sigterm_lets_a_stream_in_flight_finish_and_flushes_everything(fresh_gat
 
 
 def test_redis_stopped_under_load_falls_back_to_local_holds_and_corrupts_nothing(private_redis, mock, tmp_path):
-    gateway = GatewayProcess(tmp_path, fresh_postgres_database("tollgate_redis_outage"), {"openai": mock.url},
-                             prices=[MOCK_MODEL_PRICE], redis_url=private_redis.url)
-    gateway.admin_key = gateway.cli_json("init")["secret_key"]
-    gateway.cli("wallet", "topup", "10")
-    opening = Decimal(gateway.cli_json("wallet")["balance"])
-    gateway.start()
+    gateway = funded_gateway(tmp_path, fresh_postgres_database("tollgate_redis_outage"), mock,
+                             redis_url=private_redis.url)
     try:
         load = Load(gateway)
         time.sleep(1.0)
@@ -192,11 +190,7 @@ def test_redis_stopped_under_load_falls_back_to_local_holds_and_corrupts_nothing
     finally:
         gateway.stop()
     assert len(results) > 50 and all(status == 200 for status, _, _ in results)
-    rows = {r["id"]: r for r in gateway.cli_json("requests", "--limit", "100000")}
-    assert set(rows) == {rid for _, rid, _ in results}
-    charged = sum(Decimal(row["charged"]) for row in rows.values())
-    assert Decimal(gateway.cli_json("wallet")["balance"]) == opening - charged
-    assert gateway.cli_json("audit")["ok"]
+    assert_ledger_holds_exactly(gateway, {rid for _, rid, _ in results})
     log = gateway.log.read_text()
     assert "Redis is unreachable" in log and "Redis answers again" in log
 

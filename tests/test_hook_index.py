@@ -128,7 +128,7 @@ def test_the_lean_launcher_dispatches_through_the_index():
     m = asyncio.run(make())
     assert isinstance(m.addons, IndexedAddonManager)
     assert m.addons.get("termlog") is not None
-    handlers = {type(a).__name__ for a in m.addons.handlers("request")}
+    handlers = {type(a).__name__ for a, _ in m.addons.handlers("request")}
     # DisableH2C and TlsConfig have request hooks, the script loader may have children; no one else.
     assert handlers == {"DisableH2C", "TlsConfig", "ScriptLoader"}
-    assert {type(a).__name__ for a in m.addons.handlers("update")} == {"ScriptLoader"}
+    assert {type(a).__name__ for a, _ in m.addons.handlers("update")} == {"ScriptLoader"}
