@@ -364,7 +364,11 @@ class Gateway:
                 provider=state.provider.id, endpoint=state.meter.endpoint, model=state.meter.model, status=status,
                 streamed=state.streamed, byok=state.plan.byok, error="metering_failed", metadata=state.metadata,
             )
-        self.journal.append(record)
+        try:
+            self.journal.append(record)
+        except OSError as e:  # a full or failing disk: the ledger still gets it, only crash safety is lost
+            log.error("tollgate: cannot journal request %s (%s); it goes to the ledger unjournaled",
+                      record.id, type(e).__name__)
         self.writer.submit(record)
 
     def _usage_record(self, flow: http.HTTPFlow, state: Pending, status: int | None, error: str | None) -> UsageRecord:

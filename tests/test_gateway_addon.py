@@ -233,6 +233,24 @@ def test_a_metering_failure_still_journals_and_records_the_request(gw, monkeypat
     assert gw.journal.unsettled == 0
 
 
+def test_a_journal_that_cannot_write_still_lets_the_record_reach_the_ledger(gw, monkeypatch):
+    flow = run(gw, api_flow([("authorization", f"Bearer {secret_key()}")]))
+    flow.response = tutils.tresp(headers=http.Headers(content_type="application/json"), content=b"{}")
+
+    def disk_full(record):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(gw.journal, "append", disk_full)
+
+    async def respond():
+        gw.responseheaders(flow)
+        gw.response(flow)
+
+    asyncio.run(respond())
+    assert gw.writer.flush(timeout=10)
+    assert RequestRow.get_by_id(flow.response.headers["x-lava-request-id"]).status == 200
+
+
 def test_error_hook_strips_the_request_id_tag(gw):
     flow = tflow.tflow(err=tflow.terr(f"Connection refused{error_pages._TAG}req_1"))
     gw.error(flow)

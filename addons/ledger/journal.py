@@ -155,10 +155,13 @@ class Journal:
             self._dirty.clear()
             with self._lock:
                 fd, retired, self._unsynced = self._fd, self._unsynced, []
-            for old in retired:
-                os.fsync(old)
-                os.close(old)
-            os.fsync(fd)  # a rotation only retires it: the syncer alone closes descriptors
+            try:
+                for old in retired:
+                    os.fsync(old)
+                    os.close(old)
+                os.fsync(fd)  # a rotation only retires it: the syncer alone closes descriptors
+            except OSError as e:  # a failing disk: keep trying; the lines are in the page cache meanwhile
+                log.error("journal: fsync failed (%s)", type(e).__name__)
             time.sleep(self._fsync_interval)
 
     def close(self) -> None:
