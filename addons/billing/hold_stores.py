@@ -78,6 +78,13 @@ end
 local function expire(pot, now)
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', k('exp', pot), '-inf', now)) do drop(pot, id) end
 end
+local function put(pot, rid, delta, now, ttl)  -- the request's hold in the pot grows by delta
+  redis.call('HINCRBY', k('hold', pot), rid, delta)
+  redis.call('HINCRBY', k('pot', pot), 'h', delta)
+  redis.call('ZADD', k('exp', pot), now + ttl, rid)
+  redis.call('SADD', k('req', rid), pot)
+  redis.call('PEXPIRE', k('req', rid), ttl + 60000)
+end
 local function available(pot, now)
   expire(pot, now)
   local confirmed = redis.call('HGET', k('pot', pot), 'c')
@@ -86,31 +93,23 @@ local function available(pot, now)
 end
 """
 
-# ARGV: prefix, now_ms, ttl_ms, request_id, check ("1"/"0"), n, then n pairs of (pot, amount)
+# ARGV: prefix, now_ms, ttl_ms, request_id, n, then n pairs of (pot, amount): all pots or none
 _HOLD = _POTS + """
-local now, ttl, rid, check, n = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5] == '1', tonumber(ARGV[6])
+local now, ttl, rid, n = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
 if redis.call('EXISTS', k('done', rid)) == 1 then return {1} end
 for i = 0, n - 1 do
-  local pot, amount = ARGV[7 + 2 * i], tonumber(ARGV[8 + 2 * i])
+  local pot, amount = ARGV[6 + 2 * i], tonumber(ARGV[7 + 2 * i])
   expire(pot, now)
-  if check then
-    local confirmed = redis.call('HGET', k('pot', pot), 'c')
-    if not confirmed then return {-1, i, 0} end
-    local held = tonumber(redis.call('HGET', k('pot', pot), 'h') or '0')
-    local mine = tonumber(redis.call('HGET', k('hold', pot), rid) or '0')
-    local available = tonumber(confirmed) - held + mine
-    if amount > available then return {0, i, available} end
-  end
+  local confirmed = redis.call('HGET', k('pot', pot), 'c')
+  if not confirmed then return {-1, i, 0} end
+  local held = tonumber(redis.call('HGET', k('pot', pot), 'h') or '0')
+  local mine = tonumber(redis.call('HGET', k('hold', pot), rid) or '0')
+  local available = tonumber(confirmed) - held + mine
+  if amount > available then return {0, i, available} end
 end
 for i = 0, n - 1 do
-  local pot, amount = ARGV[7 + 2 * i], tonumber(ARGV[8 + 2 * i])
-  local before = tonumber(redis.call('HGET', k('hold', pot), rid) or '0')
-  local after = check and amount or before + amount
-  redis.call('HSET', k('hold', pot), rid, after)
-  redis.call('HINCRBY', k('pot', pot), 'h', after - before)
-  redis.call('ZADD', k('exp', pot), now + ttl, rid)
-  redis.call('SADD', k('req', rid), pot)
-  redis.call('PEXPIRE', k('req', rid), ttl + 60000)
+  local pot, amount = ARGV[6 + 2 * i], tonumber(ARGV[7 + 2 * i])
+  put(pot, rid, amount - tonumber(redis.call('HGET', k('hold', pot), rid) or '0'), now, ttl)
 end
 return {1}
 """
@@ -119,14 +118,10 @@ return {1}
 _ADD = _POTS + """
 local now, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
 for i = 4, #ARGV, 3 do
-  local rid, pot, amount = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local rid, pot = ARGV[i], ARGV[i + 1]
   if redis.call('EXISTS', k('done', rid)) == 0 then
     expire(pot, now)
-    redis.call('HINCRBY', k('hold', pot), rid, amount)
-    redis.call('HINCRBY', k('pot', pot), 'h', amount)
-    redis.call('ZADD', k('exp', pot), now + ttl, rid)
-    redis.call('SADD', k('req', rid), pot)
-    redis.call('PEXPIRE', k('req', rid), ttl + 60000)
+    put(pot, rid, tonumber(ARGV[i + 2]), now, ttl)
   end
 end
 return 1
@@ -210,7 +205,7 @@ class RedisHolds:
 
     async def hold(self, request_id: str, amounts: dict[str, int]) -> None:
         pots = list(amounts.items())
-        args = [self.prefix, self._now(), self.ttl_ms, request_id, "1", len(pots)]
+        args = [self.prefix, self._now(), self.ttl_ms, request_id, len(pots)]
         for pot, amount in pots:
             args += [pot, amount]
         result = await self._hold(args=args)
