@@ -245,12 +245,11 @@ class FailoverHolds:
         self.remote, self.local = remote, local
         self.retry_after = retry_after
         self._clock = clock
-        self._down_until: float | None = None
-        self._down_since = 0.0
+        self._down_since: float | None = None  # the last failure while Redis is taken to be away
 
     @property
     def redis_up(self) -> bool:
-        return self._down_until is None or self._clock() >= self._down_until
+        return self._down_since is None or self._clock() >= self._down_since + self.retry_after
 
     async def _one(self, name: str, *args):
         if self.redis_up:
@@ -284,19 +283,18 @@ class FailoverHolds:
 
     def _answered(self, started: float) -> None:
         """Only a call begun after the last failure shows Redis back; one begun before was just quicker."""
-        if self._down_until is not None and started >= self._down_since:
-            self._down_until = None
+        if self._down_since is not None and started >= self._down_since:
+            self._down_since = None
             log.warning("tollgate: Redis answers again; holds are shared again")
 
     def _away(self, error: Exception) -> None:
-        if self._down_until is None:
+        if self._down_since is None:
             log.error("tollgate: Redis is unreachable (%s); holding in this process until it answers",
                       type(error).__name__)
         # The pool's other connections went with the server: drop them, or each would fail once more
         # after Redis is back and send holds here again.
         create_task(self.remote.redis.connection_pool.disconnect(), name="tollgate-redis-reset", keep_ref=True)
         self._down_since = self._clock()
-        self._down_until = self._down_since + self.retry_after
 
     async def is_fresh(self, pot: str, max_age: float) -> bool:
         return await self._one("is_fresh", pot, max_age)
