@@ -119,29 +119,6 @@ class Attempt:
 # Client: paced keep-alive connections; each request keeps what it saw even when cut short
 # ------------------------------------------------------------------------------------------------
 
-async def read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bool]:
-    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:] if ":" in line)}
-    close = head[0].startswith("HTTP/1.0") or headers.get("connection", "").lower() == "close"
-    return int(head[0][9:12]), headers, close
-
-
-async def body_pieces(reader: asyncio.StreamReader, headers: dict[str, str]):
-    """The body as it arrives (chunks, or the whole Content-Length); IncompleteReadError when cut short."""
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            if size == 0:
-                while await reader.readuntil(b"\r\n") != b"\r\n":
-                    pass
-                return
-            yield (await reader.readexactly(size + 2))[:-2]
-    elif "content-length" in headers:
-        yield await reader.readexactly(int(headers["content-length"]))
-    else:
-        yield await reader.read()
-
-
 def judge(kind: Kind, a: Attempt, body: bytes) -> None:
     """The outcome of a response read to its end."""
     if a.status == 200:
@@ -214,9 +191,9 @@ class Load:
         try:
             async with asyncio.timeout(30):
                 writer.write(self.requests[kind.name])
-                a.status, headers, close = await read_head(reader)
+                a.status, headers, close = await rb.read_head(reader)
                 a.rid, a.forwarded = headers.get("x-tollgate-request-id"), "x-mock-seq" in headers
-                async for piece in body_pieces(reader, headers):
+                async for piece in rb.body_pieces(reader, headers):
                     body += piece
                     if kind.hang_up and a.status == 200 and b"data:" in body:
                         a.outcome = "hung up"

@@ -455,40 +455,42 @@ async def open_conn(t: Target):
     return reader, writer
 
 
-async def read_response(reader: asyncio.StreamReader, t_sent: float):
-    """(status, ttfb, body, keep_alive). ttfb = first body bytes available."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head[9:12])
-    length, chunked, close = None, False, head.startswith(b"HTTP/1.0")
-    for line in head.split(b"\r\n")[1:]:
-        k, _, v = line.partition(b":")
-        k = k.strip().lower()
-        if k == b"content-length":
-            length = int(v)
-        elif k == b"transfer-encoding" and b"chunked" in v.lower():
-            chunked = True
-        elif k == b"connection":
-            close = v.strip().lower() == b"close"
-    ttfb = None
-    if chunked:
-        parts = []
+async def read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bool]:
+    """(status, lower-cased headers, connection closes after this response: HTTP/1.0, `connection: close`,
+    or a body without framing, which runs to EOF)."""
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:] if ":" in line)}
+    framed = "chunked" in headers.get("transfer-encoding", "").lower() or "content-length" in headers
+    close = head[0].startswith("HTTP/1.0") or headers.get("connection", "").lower() == "close" or not framed
+    return int(head[0][9:12]), headers, close
+
+
+async def body_pieces(reader: asyncio.StreamReader, headers: dict[str, str]):
+    """The body as it arrives (chunks, or the whole Content-Length, or up to EOF); IncompleteReadError when
+    cut short. The bench scripts time what they need (first byte, each chunk) around it."""
+    if "chunked" in headers.get("transfer-encoding", "").lower():
         while True:
             size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
             if size == 0:
                 while await reader.readuntil(b"\r\n") != b"\r\n":
                     pass
-                break
-            if ttfb is None:
-                ttfb = time.perf_counter() - t_sent
-            parts.append((await reader.readexactly(size + 2))[:-2])
-        body = b"".join(parts)
-    elif length is not None:
-        body = await reader.readexactly(length) if length else b""
-        ttfb = time.perf_counter() - t_sent
+                return
+            yield (await reader.readexactly(size + 2))[:-2]
+    elif "content-length" in headers:
+        yield await reader.readexactly(int(headers["content-length"]))
     else:
-        body = await reader.read()
-        ttfb, close = time.perf_counter() - t_sent, True
-    return status, ttfb, body, not close
+        yield await reader.read()
+
+
+async def read_response(reader: asyncio.StreamReader, t_sent: float):
+    """(status, ttfb, body, keep_alive). ttfb = first body bytes available."""
+    status, headers, close = await read_head(reader)
+    ttfb, parts = None, []
+    async for piece in body_pieces(reader, headers):
+        if ttfb is None:
+            ttfb = time.perf_counter() - t_sent
+        parts.append(piece)
+    return status, ttfb, b"".join(parts), not close
 
 
 @dataclass

@@ -295,37 +295,13 @@ class Response:
 
 
 async def read_response(reader: asyncio.StreamReader) -> Response:
-    head = await reader.readuntil(b"\r\n\r\n")
+    status, headers, close = await rb.read_head(reader)
     t_head = time.perf_counter()
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0][9:12])
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        if ":" in line:
-            k, _, v = line.partition(":")
-            headers[k.strip().lower()] = v.strip()
-    close = lines[0].startswith("HTTP/1.0") or headers.get("connection", "").lower() == "close"
-    times: list[float] = []
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        parts = []
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            if size == 0:
-                while await reader.readuntil(b"\r\n") != b"\r\n":
-                    pass
-                break
-            parts.append((await reader.readexactly(size + 2))[:-2])
-            times.append(time.perf_counter())
-        body = b"".join(parts)
-    elif "content-length" in headers:
-        n = int(headers["content-length"])
-        body = await reader.readexactly(n) if n else b""
+    parts, times = [], []
+    async for piece in rb.body_pieces(reader, headers):
+        parts.append(piece)
         times.append(time.perf_counter())
-    else:
-        body = await reader.read()
-        times.append(time.perf_counter())
-        close = True
-    return Response(status, headers, body, not close, t_head, times)
+    return Response(status, headers, b"".join(parts), not close, t_head, times)
 
 
 def sse_check(body: bytes) -> tuple[int, str, bool]:
