@@ -61,19 +61,34 @@ class KeyStore:
         self._clock = clock
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tollgate-db-read")
         self._cache: dict[tuple, tuple[float, object]] = {}
+        self._running: dict[tuple, asyncio.Future] = {}  # reads in progress, shared by their callers
         self.serve_stale = serve_stale
         self.ledger_down = False
         self._probe_interval = probe_interval
 
     async def read(self, fn, *args):
-        """Uncached: for figures the caller keeps itself (balances, a token's spend)."""
+        """Uncached: for figures the caller keeps itself (balances, a token's spend). Callers asking for the
+        same read while it runs share it: when a cached key expires, all the requests in flight on it miss
+        at once, and one database read serves them all."""
         if self.ledger_down and not self.serve_stale:
             raise _unavailable()
+        query = (fn, *args)
+        running = self._running.get(query)
+        if running is None:
+            running = self._running[query] = asyncio.get_running_loop().run_in_executor(
+                self._pool, _in_connection, fn, *args)
+            running.add_done_callback(lambda done: self._finished(query, done))
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, _in_connection, fn, *args)
+            return await asyncio.shield(running)  # a caller that goes away leaves the read to the others
         except LEDGER_ERRORS:
             self._mark_down()
             raise _unavailable() from None
+
+    def _finished(self, query: tuple, done: asyncio.Future) -> None:
+        if self._running.get(query) is done:
+            del self._running[query]
+        if not done.cancelled():
+            done.exception()  # retrieved, also when every caller went away
 
     def _mark_down(self) -> None:
         if not self.ledger_down:

@@ -1,4 +1,5 @@
 import os
+import time
 from datetime import datetime
 
 import pytest
@@ -20,7 +21,6 @@ def record(i: int, **kw) -> UsageRecord:
 def crash(journal: Journal) -> None:
     """What SIGKILL leaves: the files, and the slot lock released by the kernel."""
     journal._closing = True
-    journal._dirty.set()
     journal._syncer.join()
     os.close(journal._slot_lock)
 
@@ -84,7 +84,7 @@ def test_a_torn_last_line_is_skipped(tmp_path, caplog):
     assert "unreadable line" in caplog.text
 
 
-@pytest.mark.parametrize("interval", [0.0, 0.05])
+@pytest.mark.parametrize("interval", [0.005, 0.05])
 def test_appended_lines_are_fsynced_off_the_callers_thread(tmp_path, monkeypatch, interval):
     synced = []
     real_fsync = os.fsync
@@ -95,4 +95,27 @@ def test_appended_lines_are_fsynced_off_the_callers_thread(tmp_path, monkeypatch
     while not synced and datetime.now().timestamp() < deadline:
         pass
     assert synced and journal._fd in synced
+    journal.close()
+
+
+def test_a_failed_fsync_is_retried_for_every_segment_it_covered(tmp_path, monkeypatch, caplog):
+    failures, synced = [OSError(5, "EIO")], []
+    real_fsync = os.fsync
+
+    def flaky_fsync(fd):
+        if failures:
+            raise failures.pop()
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", flaky_fsync)
+    journal = Journal(tmp_path, URL, segment_bytes=1, fsync_interval=0.01)  # every append retires a segment
+    for n in range(3):
+        journal.append(record(n))
+    retired = list(journal._unsynced)
+    deadline = time.monotonic() + 5
+    while (journal._unsynced or journal._fd not in synced) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert "fsync failed" in caplog.text and not failures
+    assert set(retired) <= set(synced) and journal._fd in synced and not journal._unsynced
     journal.close()

@@ -1,4 +1,6 @@
 import json
+import threading
+import time
 
 import pytest
 
@@ -94,6 +96,34 @@ def test_writer_close_writes_everything_submitted(wallet):
         writer.submit(record(wallet, f"req_{i}", 10))
     assert writer.close(timeout=30)
     assert RequestRow.select().count() == 20 and wallet_balance(wallet.id) == START - 200
+
+
+def test_writer_writes_a_burst_within_its_linger_as_one_batch(wallet):
+    batches = []
+    writer = LedgerWriter(linger=0.3, on_commit=lambda report: batches.append(len(report.request_ids)))
+    for i in range(30):
+        writer.submit(record(wallet, f"req_{i}", 10))
+    assert writer.flush(timeout=30) and writer.close()
+    assert batches == [30] and wallet_balance(wallet.id) == START - 300
+
+
+def test_writer_loses_no_record_submitted_from_many_threads_while_it_writes(wallet):
+    """Submitters only wake the writer for the first record after it took a batch: none may be left behind."""
+    writer = LedgerWriter(batch_size=7, linger=0.0005)
+
+    def submit_many(thread: int):
+        for i in range(300):
+            writer.submit(record(wallet, f"req_{thread}_{i}", 1))
+            if i % 50 == 0:
+                time.sleep(0.002)  # let the writer catch up and wait again, so wake-ups are exercised
+
+    threads = [threading.Thread(target=submit_many, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert writer.flush(timeout=60) and writer.close()
+    assert RequestRow.select().count() == 1200 and wallet_balance(wallet.id) == START - 1200
 
 
 def test_writer_sets_aside_a_record_the_database_refuses_and_writes_the_rest(wallet, tmp_path):

@@ -14,10 +14,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from peewee import PostgresqlDatabase
-
-from addons.ledger.bulk import bulk_insert
-from addons.ledger.models import Customer, LedgerEntry, MeterRow, MeterUsage, Wallet, database, utcnow
+from addons.ledger.bulk import bulk_insert, execute, on_postgres
+from addons.ledger.models import LedgerEntry, MeterRow, MeterUsage, utcnow
 from pricing import meters
 
 ENTRY_COLUMNS = ("wallet", "amount_nanos", "reason", "request_id", "created_at")
@@ -38,8 +36,8 @@ class CommitReport:
     charged_customer_wallets: set[str] = field(default_factory=set)
 
 
-def _locked(query):
-    return query.for_update() if isinstance(database.obj, PostgresqlDatabase) else query
+def _for_update() -> str:
+    return " FOR UPDATE" if on_postgres() else ""  # SQLite: the writer's transaction is IMMEDIATE already
 
 
 class RunningTotals:
@@ -48,24 +46,24 @@ class RunningTotals:
     def __init__(self, records: list):
         metered = [r for r in records if r.meter_id and r.customer_wallet_id and r.bill_customer]
         keys = {(r.customer_wallet_id, r.meter_id, cycle_start(r.created_at)) for r in metered}
+        self.units: dict[tuple, int] = {}
+        self.ids: dict[tuple, int] = {}
+        self.before: dict[tuple, int] = {}
+        self.specs: dict[str, meters.MeterSpec] = {}
+        if not keys:
+            return
         self.specs = {
             row.id: meters.spec_from_row(row)
             for row in MeterRow.select().where(MeterRow.id.in_(list({r.meter_id for r in metered})))
         }
-        self.units: dict[tuple, int] = {}
-        self.ids: dict[tuple, int] = {}
-        self.before: dict[tuple, int] = {}
-        if not keys:
-            return
-        MeterUsage.insert_many(
-            [dict(wallet=w, meter=m, cycle_start=c, units_micro=0) for w, m, c in sorted(keys)]
-        ).on_conflict_ignore().execute()
-        wallets = list({w for w, _, _ in keys})
-        rows = _locked(MeterUsage.select().where(MeterUsage.wallet.in_(wallets)).order_by(MeterUsage.id))
-        for row in rows:
-            key = (row.wallet_id, row.meter_id, row.cycle_start)
+        bulk_insert(MeterUsage, ("wallet", "meter", "cycle_start", "units_micro"),
+                    [(w, m, c, 0) for w, m, c in sorted(keys)], ignore_duplicates=True)
+        rows = execute('SELECT "id", "wallet_id", "meter_id", "cycle_start", "units_micro" FROM "meter_usage" '
+                       'WHERE "wallet_id" IN %(list)s ORDER BY "id"' + _for_update(), {w for w, _, _ in keys})
+        for row_id, wallet_id, meter_id, cycle, units in rows:
+            key = (wallet_id, meter_id, cycle if isinstance(cycle, datetime) else datetime.fromisoformat(cycle))
             if key in keys:
-                self.ids[key], self.units[key], self.before[key] = row.id, row.units_micro, row.units_micro
+                self.ids[key], self.units[key], self.before[key] = row_id, units, units
 
     def fee(self, record) -> int:
         key = (record.customer_wallet_id, record.meter_id, cycle_start(record.created_at))
@@ -78,7 +76,7 @@ class RunningTotals:
     def write(self) -> None:
         for key, units in self.units.items():
             if units != self.before[key]:
-                MeterUsage.update(units_micro=units).where(MeterUsage.id == self.ids[key]).execute()
+                execute('UPDATE "meter_usage" SET "units_micro" = %s WHERE "id" = %s', units, self.ids[key])
 
 
 def apply_charges(records: list) -> CommitReport:
@@ -87,15 +85,10 @@ def apply_charges(records: list) -> CommitReport:
     now = utcnow()
     customer_wallets = {r.customer_wallet_id for r in records if r.customer_wallet_id}
     wallet_ids = sorted({r.wallet_id for r in records} | customer_wallets)
-    balances = dict(
-        _locked(Wallet.select(Wallet.id, Wallet.balance_nanos).where(Wallet.id.in_(wallet_ids)).order_by(Wallet.id))
-        .tuples()
-    )
-    overdraft = dict(
-        Customer.select(Customer.wallet, Customer.overdraft_limit_nanos)
-        .where(Customer.wallet.in_(list(customer_wallets)))
-        .tuples()
-    )
+    balances = dict(execute('SELECT "id", "balance_nanos" FROM "wallet" WHERE "id" IN %(list)s ORDER BY "id"'
+                            + _for_update(), wallet_ids))
+    overdraft = dict(execute('SELECT "wallet_id", "overdraft_limit_nanos" FROM "customer" WHERE "wallet_id" IN %(list)s',
+                             customer_wallets)) if customer_wallets else {}
     totals = RunningTotals(records)
     debits: dict[str, int] = defaultdict(int)
     entries = []
@@ -122,14 +115,9 @@ def apply_charges(records: list) -> CommitReport:
     totals.write()
     bulk_insert(LedgerEntry, ENTRY_COLUMNS, entries)
     for wallet_id, amount in debits.items():
-        Wallet.update(balance_nanos=Wallet.balance_nanos - amount, version=Wallet.version + 1).where(
-            Wallet.id == wallet_id
-        ).execute()
-    report.wallets = {
-        wallet_id: (balance, version)
-        for wallet_id, balance, version in Wallet.select(Wallet.id, Wallet.balance_nanos, Wallet.version)
-        .where(Wallet.id.in_(list(debits)))
-        .tuples()
-    }
+        execute('UPDATE "wallet" SET "balance_nanos" = "balance_nanos" - %s, "version" = "version" + 1 WHERE "id" = %s',
+                amount, wallet_id)
+    if debits:
+        report.wallets = {wallet_id: (balance, version) for wallet_id, balance, version in execute(
+            'SELECT "id", "balance_nanos", "version" FROM "wallet" WHERE "id" IN %(list)s', list(debits))}
     return report
-

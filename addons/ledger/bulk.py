@@ -1,28 +1,69 @@
-"""Bulk inserts for the ledger writer's batches."""
+"""The ledger writer's SQL, bound by the driver: bulk inserts, and statements over a list of ids.
+
+peewee renders every query through its expression tree in Python, and an `IN` list into one
+placeholder per value, so a statement's text changes with the batch. That rendering was most of a
+small batch's CPU (a batch of one request cost about 1 ms; bench/ledger_throughput.py). The batch
+statements are therefore written out here, once per backend: a list is one parameter (an array
+with `= ANY` on PostgreSQL, a JSON array through `json_each` on SQLite), values are bound by the
+driver, and the text never changes.
+"""
 
 from __future__ import annotations
 
+import functools
+import json
 from datetime import datetime
 
-from peewee import PostgresqlDatabase
+from peewee import DateTimeField, PostgresqlDatabase
 from psycopg2.extras import execute_values
 
 from addons.ledger.models import database
 
 
-def bulk_insert(model, columns: tuple[str, ...], rows: list[tuple]) -> None:
-    """One INSERT for many rows, values bound by the driver.
+def on_postgres() -> bool:
+    return isinstance(database.obj, PostgresqlDatabase)
 
-    peewee's insert_many renders every value into SQL in Python, which was most of a batch's CPU
-    (bench/ledger_throughput.py); the driver's own bulk paths do the same work in C.
-    """
+
+@functools.cache
+def _native(sql: str, postgres: bool) -> str:
+    """`sql` uses psycopg2's %s placeholders and writes a list parameter as `IN %(list)s`."""
+    if postgres:
+        return sql.replace("IN %(list)s", "= ANY(%s)")
+    return sql.replace("IN %(list)s", "IN (SELECT value FROM json_each(?))").replace("%s", "?")
+
+
+def _bound(value, postgres: bool):
+    if isinstance(value, list | tuple | set | frozenset):
+        return list(value) if postgres else json.dumps(list(value))
+    if isinstance(value, datetime) and not postgres:
+        return str(value)  # SQLite keeps datetimes as text, in the format peewee writes and reads
+    return value
+
+
+def execute(sql: str, *params):
+    """Run `sql` (see _native) with `params`; a list or set parameter is bound as one value. The cursor."""
+    postgres = on_postgres()
+    cursor = database.cursor()
+    cursor.execute(_native(sql, postgres), tuple(_bound(p, postgres) for p in params))
+    return cursor
+
+
+def bulk_insert(model, columns: tuple[str, ...], rows: list[tuple], ignore_duplicates: bool = False) -> None:
+    """One INSERT for many rows, values bound by the driver (its bulk path does the work in C)."""
     if not rows:
         return
     meta = model._meta
     names = ", ".join(f'"{meta.fields[c].column_name}"' for c in columns)
+    conflict = " ON CONFLICT DO NOTHING" if ignore_duplicates else ""
     cursor = database.cursor()
-    if isinstance(database.obj, PostgresqlDatabase):
-        execute_values(cursor, f'INSERT INTO "{meta.table_name}" ({names}) VALUES %s', rows, page_size=1000)
-    else:  # SQLite keeps datetimes as text, in the format peewee writes and reads
-        rows = [tuple(str(v) if isinstance(v, datetime) else v for v in row) for row in rows]
-        cursor.executemany(f'INSERT INTO "{meta.table_name}" ({names}) VALUES ({", ".join("?" * len(columns))})', rows)
+    if on_postgres():
+        execute_values(cursor, f'INSERT INTO "{meta.table_name}" ({names}) VALUES %s{conflict}', rows, page_size=1000)
+    else:
+        stamps = [i for i, c in enumerate(columns) if isinstance(meta.fields[c], DateTimeField)]
+        if stamps:
+            rows = [list(row) for row in rows]
+            for row in rows:
+                for i in stamps:
+                    row[i] = _bound(row[i], False)
+        placeholders = ", ".join("?" * len(columns))
+        cursor.executemany(f'INSERT INTO "{meta.table_name}" ({names}) VALUES ({placeholders}){conflict}', rows)

@@ -71,7 +71,7 @@ class Journal:
         self._fd = self._open_segment(self._seq)
         self._written = 0
         self._unsynced: list[int] = []  # descriptors of rotated segments, fsynced then closed by the syncer
-        self._dirty = threading.Event()
+        self._dirty = False  # appended since the last fsync; a plain flag, so the hook takes no lock for it
         self._closing = False
         self._syncer = threading.Thread(target=self._sync_loop, name="tollgate-journal-fsync", daemon=True)
         self._syncer.start()
@@ -109,7 +109,7 @@ class Journal:
             self._written += len(line)
             if self._written >= self._segment_bytes:
                 self._rotate()
-        self._dirty.set()
+        self._dirty = True
 
     def settled(self, request_ids) -> None:
         """The ledger has these (or refused them into its dead-letter file): drop them from the journal."""
@@ -148,26 +148,29 @@ class Journal:
         segment.path.unlink(missing_ok=True)
 
     def _sync_loop(self) -> None:
-        while True:
-            self._dirty.wait()
-            if self._closing:
-                return
-            self._dirty.clear()
+        """Every fsync_interval, fsync what was appended. It polls rather than being woken by appends: a
+        wake-up per append (or per round) costs the event loop a GIL hand-over to this thread."""
+        while not self._closing:
+            time.sleep(self._fsync_interval)
+            if not self._dirty:
+                continue
+            self._dirty = False
             with self._lock:
                 fd, retired, self._unsynced = self._fd, self._unsynced, []
             try:
-                for old in retired:
-                    os.fsync(old)
-                    os.close(old)
+                while retired:
+                    os.fsync(retired[0])
+                    os.close(retired.pop(0))
                 os.fsync(fd)  # a rotation only retires it: the syncer alone closes descriptors
             except OSError as e:  # a failing disk: keep trying; the lines are in the page cache meanwhile
                 log.error("journal: fsync failed (%s)", type(e).__name__)
-            time.sleep(self._fsync_interval)
+                with self._lock:
+                    self._unsynced[:0] = retired
+                self._dirty = True
 
     def close(self) -> None:
         """After the writer flushed: sync, and remove the segments that hold nothing unsettled."""
         self._closing = True
-        self._dirty.set()
         self._syncer.join(5)
         with self._lock:
             for fd in (*self._unsynced, self._fd):

@@ -10,9 +10,9 @@ neither wedge the writer nor vanish.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +23,7 @@ from pathlib import Path
 from peewee import InterfaceError, OperationalError
 
 from addons.billing.charges import CommitReport, apply_charges
-from addons.ledger.bulk import bulk_insert
+from addons.ledger.bulk import bulk_insert, execute
 from addons.ledger.models import Hold, RequestRow, database
 from addons.settings import PROJECT_ROOT
 
@@ -82,6 +82,7 @@ class UsageRecord:
 
 _NOT_COLUMNS = ("wallet_id", "customer_wallet_id", "meter_id", "units_micro", "bill_customer", "customer_byok_fee_nanos")
 _COLUMNS = tuple(f.name for f in fields(UsageRecord) if f.name not in _NOT_COLUMNS)
+_HOLD_COLUMNS = ("request_id", "wallet", "amount_nanos", "expires_at")
 
 
 @dataclass(slots=True)
@@ -96,23 +97,18 @@ class HoldRecord:
 
 def write_batch(items: list[UsageRecord | HoldRecord]) -> CommitReport:
     """Request rows and their charges go in together, so a request already present is skipped whole."""
-    holds = [i for i in items if isinstance(i, HoldRecord)]
+    holds = [(h.request_id, h.wallet_id, h.amount_nanos, h.expires_at) for h in items if isinstance(h, HoldRecord)]
     records = list({r.id: r for r in reversed(items) if isinstance(r, UsageRecord)}.values())  # one per request id
     with database.atomic():
-        if holds:
-            Hold.insert_many(
-                [dict(request_id=h.request_id, wallet=h.wallet_id, amount_nanos=h.amount_nanos, expires_at=h.expires_at)
-                 for h in holds]
-            ).on_conflict_ignore().execute()
+        bulk_insert(Hold, _HOLD_COLUMNS, holds, ignore_duplicates=True)
         if not records:
             return CommitReport()
         ids = [r.id for r in records]
-        present = {rid for (rid,) in RequestRow.select(RequestRow.id).where(RequestRow.id.in_(ids)).tuples()}
+        present = {rid for (rid,) in execute('SELECT "id" FROM "request" WHERE "id" IN %(list)s', ids)}
         fresh = sorted((r for r in records if r.id not in present), key=lambda r: r.created_at)
         report = apply_charges(fresh) if fresh else CommitReport()
-        if fresh:
-            bulk_insert(RequestRow, _COLUMNS, [r.values() for r in fresh])
-        Hold.delete().where(Hold.request_id.in_(ids)).execute()
+        bulk_insert(RequestRow, _COLUMNS, [r.values() for r in fresh])
+        execute('DELETE FROM "hold" WHERE "request_id" IN %(list)s', ids)
         report.request_ids = ids
         return report
 
@@ -126,7 +122,8 @@ class LedgerWriter:
         dead_letters: Path = PROJECT_ROOT / "data" / "ledger-rejected.jsonl",
         on_commit: Callable[[CommitReport], None] | None = None,
     ):
-        self._queue: queue.SimpleQueue[UsageRecord | HoldRecord | None] = queue.SimpleQueue()
+        self._inbox: collections.deque[UsageRecord | HoldRecord | None] = collections.deque()
+        self._arrived = threading.Event()  # set by the first record after the writer took a batch
         self._on_commit = on_commit
         self._batch_size = batch_size
         self._linger = linger
@@ -138,10 +135,13 @@ class LedgerWriter:
         self._thread.start()
 
     def submit(self, record: UsageRecord | HoldRecord) -> None:
-        """Non-blocking: safe to call from a hook."""
+        """Non-blocking: safe to call from a hook. Only the first record of a batch wakes the writer thread:
+        a wake-up per record (a futex call and a GIL hand-over to the writer each) cost more than the write."""
         with self._idle:
             self._pending += 1
-        self._queue.put(record)
+        self._inbox.append(record)
+        if not self._arrived.is_set():
+            self._arrived.set()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything submitted so far is written; False on timeout."""
@@ -149,24 +149,30 @@ class LedgerWriter:
             return self._idle.wait_for(lambda: self._pending == 0, timeout)
 
     def close(self, timeout: float = 10.0) -> bool:
-        self._queue.put(None)
+        self._inbox.append(None)
+        self._arrived.set()
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
     def _next_batch(self) -> tuple[list[UsageRecord | HoldRecord], bool]:
-        first = self._queue.get()
-        if first is None:
-            return [], True
-        batch, deadline = [first], time.monotonic() + self._linger
-        while len(batch) < self._batch_size:
-            try:
-                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if item is None:
-                self._queue.put(None)
-                break
-            batch.append(item)
+        """Up to batch_size records: what arrives within `linger` of the first, or is already waiting;
+        (.., True) once close() was called and everything before it is taken."""
+        batch: list[UsageRecord | HoldRecord] = []
+        while not batch:
+            self._arrived.wait()
+            if 0 < len(self._inbox) < self._batch_size and self._inbox[-1] is not None:
+                time.sleep(self._linger)  # meanwhile submit() only appends
+            self._arrived.clear()  # before taking: a record appended after this sets it again
+            while len(batch) < self._batch_size and self._inbox:
+                item = self._inbox.popleft()
+                if item is None:
+                    if not batch:
+                        return [], True
+                    self._inbox.appendleft(None)
+                    break
+                batch.append(item)
+        if self._inbox:
+            self._arrived.set()  # more than one batch was waiting
         return batch, False
 
     def _run(self) -> None:
