@@ -9,9 +9,11 @@ bench/README.md).
 This manager keeps, per hook name, the handlers of the chain entries that have it, and calls only
 those, directly: the hook's arguments are built once, and an error is caught and logged as
 mitmproxy's `safecall` does ("Addon error", the traceback from the addon on; AddonHalt stops the
-hook, OptionsError goes up). An entry with child addons (the script loader) goes through
-mitmproxy's own walk, because its children change at run time. The index is rebuilt after any add,
-remove or clear.
+hook, OptionsError goes up). An entry with child addons (the script loader with scripts loaded)
+goes through mitmproxy's own walk, because its children change at run time. The index is rebuilt
+after any register, add, remove or clear; mitmproxy registers every child it adds (the script
+loader registers each script, a script its module), so an entry without children when the index
+was built (the script loader of a gateway run without `-s`) is called like any other.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import inspect
 import logging
 
 from mitmproxy import exceptions, hooks
-from mitmproxy.addonmanager import AddonManager, cut_traceback, safecall, traverse
+from mitmproxy.addonmanager import AddonManager, cut_traceback, safecall
 
 addon_errors = logging.getLogger("mitmproxy.addonmanager")  # where safecall logs them
 
@@ -58,9 +60,9 @@ class IndexedAddonManager(AddonManager):
         found = self._handlers.get(name)
         if found is None:
             found = self._handlers[name] = [
-                (entry, None) if hasattr(entry, "addons") else (entry, getattr(entry, name))
+                (entry, None) if getattr(entry, "addons", None) else (entry, getattr(entry, name))
                 for entry in self.chain
-                if hasattr(entry, "addons") or callable(getattr(entry, name, None))
+                if getattr(entry, "addons", None) or callable(getattr(entry, name, None))
             ]
         return found
 

@@ -877,7 +877,8 @@ def report(targets: list[Target], results: dict, unavailable: list[tuple[str, st
 # see these threads (blocked in C in a futex) as idle on this machine, so they are dropped here.
 IDLE_LEAVES = (
     ("_worker", "concurrent/futures/thread.py"),  # thread-pool worker in work_queue.get()
-    ("LedgerWriter._next_batch", "addons/ledger/writer.py"),  # writer in SimpleQueue.get()
+    ("LedgerWriter._next_batch", "addons/ledger/writer.py"),  # writer waiting for records, or lingering
+    ("Journal._sync_loop", "addons/ledger/journal.py"),  # fsync thread between rounds, or in fsync()
     ("Condition.wait", "threading.py"), ("Event.wait", "threading.py"), ("Thread.join", "threading.py"),
     ("Queue.get", "queue.py"), ("EpollSelector.select", "selectors.py"), ("select", "selectors.py"),
 )

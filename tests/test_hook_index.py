@@ -4,11 +4,13 @@ addons that cannot handle it."""
 import asyncio
 import logging
 
-from mitmproxy import exceptions, master, options
+import pytest
+from mitmproxy import exceptions, http, master, options
 from mitmproxy.proxy.layers.http import HttpRequestHook
 from mitmproxy.test import tflow
 
 from addons.hook_index import IndexedAddonManager
+from addons import launcher
 from addons.launcher import GatewayMaster
 
 
@@ -116,7 +118,12 @@ async def test_children_added_at_run_time_are_called(manager):
     box = Container("box")
     manager.add(box)
     await fire(manager)
-    box.addons.append(Recorder("child", calls))
+    child = Recorder("child", calls)
+    box.addons.append(child)  # as mitmproxy's script loader adds a script: into its list, then registered
+    manager.register(child)
+    await fire(manager)
+    box.addons.remove(child)
+    manager.remove(child)
     await fire(manager)
     assert calls == ["child"]
 
@@ -129,6 +136,21 @@ def test_the_lean_launcher_dispatches_through_the_index():
     assert isinstance(m.addons, IndexedAddonManager)
     assert m.addons.get("termlog") is not None
     handlers = {type(a).__name__ for a, _ in m.addons.handlers("request")}
-    # DisableH2C and TlsConfig have request hooks, the script loader may have children; no one else.
-    assert handlers == {"DisableH2C", "TlsConfig", "ScriptLoader"}
-    assert {type(a).__name__ for a, _ in m.addons.handlers("update")} == {"ScriptLoader"}
+    # DisableH2C and TlsConfig have request hooks; the script loader has no script to walk; no one else.
+    assert handlers == {"DisableH2C", "TlsConfig"}
+    assert m.addons.handlers("update") == []
+
+
+def test_the_lean_launcher_drops_mitmproxys_debug_only_type_checks(monkeypatch):
+    """mitmproxy checks message field types only `if __debug__`; tollgate-proxy drops that as -O would.
+    Fails if mitmproxy's check moves, so the saving is not silently lost."""
+    monkeypatch.setattr(http.MessageData, "__post_init__", http.MessageData.__post_init__)  # restored after
+
+    def request_with_a_str_port():
+        return http.Request("example.com", "80", b"GET", b"http", b"", b"/", b"HTTP/1.1", http.Headers(), b"", None,
+                            0.0, None)
+
+    with pytest.raises(TypeError):
+        request_with_a_str_port()
+    launcher.skip_debug_type_checks()
+    assert request_with_a_str_port().data.port == "80"
