@@ -2,10 +2,10 @@
 
 peewee renders every query through its expression tree in Python, and an `IN` list into one
 placeholder per value, so a statement's text changes with the batch. That rendering was most of a
-small batch's CPU (a batch of one request cost about 1 ms; bench/ledger_throughput.py). The batch
-statements are therefore written out here, once per backend: a list is one parameter (an array
-with `= ANY` on PostgreSQL, a JSON array through `json_each` on SQLite), values are bound by the
-driver, and the text never changes.
+small batch's CPU: on SQLite, write_batch of one request took about 1 ms of CPU, of ten about 1.4 ms;
+written out as here, 0.3 and 0.65 ms. The batch statements are therefore written out once per
+backend: a list is one parameter (an array with `= ANY` on PostgreSQL, a JSON array through
+`json_each` on SQLite), values are bound by the driver, and the text never changes.
 """
 
 from __future__ import annotations
