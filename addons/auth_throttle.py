@@ -103,7 +103,7 @@ class AuthThrottle:
         if digest is None:
             return
         self.credentials[flow] = digest
-        wait = self.retry_after(client_address(flow))
+        wait = self.retry_after(client_address(flow)) if self.failures else 0
         if wait and digest not in self.trusted:
             error = TooManyRequests("too_many_failed_auths",
                                     f"too many failed authentications from this address; retry in {wait} s")

@@ -20,6 +20,8 @@ SECRET_PREFIX = "tg_sk_"
 # Header names SDKs put a provider key in: OpenAI & co, Anthropic, Gemini, Azure, ElevenLabs.
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "api-key", "xi-api-key")
 GATEWAY_HEADER_PREFIXES = ("x-lava-", "x-tollgate-")
+_CREDENTIAL_FIELDS = {name.encode(): name for name in CREDENTIAL_HEADERS}  # raw lower-case name -> name
+_GATEWAY_PREFIXES = tuple(prefix.encode() for prefix in GATEWAY_HEADER_PREFIXES)
 _URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
 _TOKEN_FIELDS = {"secret_key", "customer_id", "meter_slug", "provider_key", "disable_billing"}
 
@@ -100,9 +102,22 @@ def _header_value(name: str, value: str) -> str:
     return value.strip()
 
 
+def _credential_headers(headers) -> dict[str, str]:
+    """The credential headers present, in one pass over the raw fields (a lookup by name scans them all,
+    once per name). Names compare as mitmproxy's Headers compare them (bytes, ASCII case folded), and a
+    repeated header's values are joined with ", ", as Headers[name] does."""
+    found: dict[str, list[str]] = {}
+    for raw_name, raw_value in headers.fields:
+        name = _CREDENTIAL_FIELDS.get(raw_name.lower())
+        if name is not None:
+            found.setdefault(name, []).append(raw_value.decode("utf-8", "surrogateescape"))
+    return {name: ", ".join(values) for name, values in found.items()}
+
+
 def read_credential(headers, query_key: str | None) -> CallerCredential:
     """Find the caller's Tollgate credential; a secret key wins over anything else present."""
-    candidates = [_header_value(name, headers[name]) for name in CREDENTIAL_HEADERS if headers.get(name)]
+    present = _credential_headers(headers)
+    candidates = [_header_value(name, present[name]) for name in CREDENTIAL_HEADERS if present.get(name)]
     if query_key:
         candidates.append(query_key.strip())
     candidates = [c for c in candidates if c]
@@ -121,8 +136,11 @@ def read_credential(headers, query_key: str | None) -> CallerCredential:
 
 def strip_gateway_credentials(headers) -> None:
     """Remove every credential and gateway header so nothing of Tollgate's reaches a provider."""
-    for name in CREDENTIAL_HEADERS:
-        headers.pop(name, None)
-    for name in list(headers.keys()):
-        if name.lower().startswith(GATEWAY_HEADER_PREFIXES):
-            headers.pop(name, None)
+    kept = tuple((raw_name, raw_value) for raw_name, raw_value in headers.fields
+                 if not _is_gateway_header(raw_name.lower()))
+    if len(kept) != len(headers.fields):
+        headers.fields = kept
+
+
+def _is_gateway_header(name: bytes) -> bool:
+    return name in _CREDENTIAL_FIELDS or name.startswith(_GATEWAY_PREFIXES)

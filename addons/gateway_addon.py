@@ -270,8 +270,10 @@ class Gateway:
             return None
         if path.rstrip("/") != FORWARD_PATH:  # SDKs add a slash to a base_url's path
             raise NotFound("not_found", "the gateway serves only /v1/forward and /healthz")
-        query = flow.request.query  # a live view: read it before the path changes under it
-        target, forward_key = parse_forward_target(query.get("u"), self.catalog), query.get("key")
+        # One parse: every lookup on the live `request.query` view parses the query string again.
+        query = flow.request.query.fields
+        u, forward_key = (next((v for k, v in query if k == name), None) for name in ("u", "key"))
+        target = parse_forward_target(u, self.catalog)
         flow.request.path = target.path
         return target.provider, forward_key
 
@@ -279,8 +281,10 @@ class Gateway:
         self, flow: http.HTTPFlow, provider: Provider, request_id: str, forward_key: str | None
     ) -> None:
         request = flow.request
-        credential = read_credential(request.headers, forward_key or request.query.get("key"))
-        request.query.pop("key", None)
+        in_query = "key" in request.path  # parsing the query costs more than this look
+        credential = read_credential(request.headers, forward_key or (request.query.get("key") if in_query else None))
+        if in_query:
+            request.query.pop("key", None)
         plan = await resolve_plan(credential, self.keys, self.signing_key)
         metadata = self._metadata(request.headers)
         provider_key = plan.provider_key or os.environ.get(provider.credential_env)

@@ -7,8 +7,11 @@ import pytest
 from mitmproxy import http
 
 from addons.credentials import (
+    CREDENTIAL_HEADERS,
+    GATEWAY_HEADER_PREFIXES,
     CallerCredential,
     ForwardToken,
+    _credential_headers,
     decode_forward_token,
     encode_forward_token,
     hash_secret,
@@ -160,6 +163,34 @@ def test_strip_gateway_credentials():
         (b"anthropic-version", b"2023-06-01"),
         (b"x-lavalamp", b"kept"),
     )
+
+
+def _by_mitmproxy_lookups(headers: http.Headers) -> tuple[dict, tuple]:
+    """What read_credential saw and strip_gateway_credentials left when they used Headers' own lookups."""
+    seen = {name: headers[name] for name in CREDENTIAL_HEADERS if name in headers}
+    copy = http.Headers(headers.fields)
+    for name in CREDENTIAL_HEADERS:
+        copy.pop(name, None)
+    for name in list(copy.keys()):
+        if name.lower().startswith(GATEWAY_HEADER_PREFIXES):
+            copy.pop(name, None)
+    return seen, copy.fields
+
+
+@pytest.mark.parametrize("fields", [
+    [(b"Authorization", b"Bearer a"), (b"AUTHORIZATION", b"Bearer b"), (b"content-type", b"application/json")],
+    [(b"X-Api-Key", SECRET.encode()), (b"x-api-key", b""), (b"X-Lava-Forward-Token", b"t"), (b"accept", b"*/*")],
+    [("x-api-\u212aey".encode(), SECRET.encode()), (b"x-goog-api-key", b"\xff\xfe"), (b"X-TOLLGATE-x", b"1")],
+    [(b"api-key", b" padded "), (b"xi-api-key", b"x"), (b"x-lavalamp", b"kept"), (b"x-lava", b"kept")],
+], ids=["repeated", "empty-and-case", "kelvin-and-bytes", "others"])
+def test_one_pass_header_scans_match_mitmproxys_lookups(fields):
+    """The credential scan and the strip walk the raw fields once; they must find and remove exactly what
+    lookups through mitmproxy's Headers would (same case folding, same joining of repeats)."""
+    seen, left = _by_mitmproxy_lookups(http.Headers(fields))
+    headers = http.Headers(fields)
+    assert _credential_headers(headers) == seen
+    strip_gateway_credentials(headers)
+    assert headers.fields == left
 
 
 def test_hash_secret_is_stable_sha256_hex():
