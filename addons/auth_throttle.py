@@ -35,7 +35,7 @@ from mitmproxy.exceptions import OptionsError
 
 from addons import error_pages
 from addons.catalog import Catalog
-from addons.credentials import read_credential
+from addons.credentials import query_key, read_credential
 from addons.error_pages import refuse
 from addons.errors import GatewayError, TooManyRequests
 from addons.gateway_addon import Gateway
@@ -58,7 +58,7 @@ def credential_digest(flow: http.HTTPFlow) -> str | None:
     """SHA-256 of the secret part of the caller's credential, or None when it sent none we can read."""
     request = flow.request
     try:
-        credential = read_credential(request.headers, request.query.get("key") if "key=" in request.path else None)
+        credential = read_credential(request.headers, query_key(request))
     except GatewayError:
         return None
     secret = credential.signed_token or credential.secret_key

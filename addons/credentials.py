@@ -134,6 +134,12 @@ def read_credential(headers, query_key: str | None) -> CallerCredential:
     return CallerCredential(secret_key=token.secret_key, token=token)
 
 
+def query_key(request) -> str | None:
+    """The request's `key` query parameter (where Gemini's SDK puts a key); the query is parsed only when the
+    path could hold one, as parsing costs more than this look."""
+    return request.query.get("key") if "key" in request.path else None
+
+
 def strip_gateway_credentials(headers) -> None:
     """Remove every credential and gateway header so nothing of Tollgate's reaches a provider."""
     kept = tuple((raw_name, raw_value) for raw_name, raw_value in headers.fields

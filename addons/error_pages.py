@@ -30,6 +30,12 @@ _TAG = "\x00tollgate-request-id:"
 UPSTREAM_REFUSED = "tollgate refused the upstream address"
 
 
+def headers_too_large() -> HeadersTooLarge:
+    """The 431 for a request head over tollgate_max_header_bytes, whether mitmproxy's HTTP/1 reader or the
+    requestheaders check (HTTP/2 and 3) caught it."""
+    return HeadersTooLarge("request_headers_too_large", "the request headers are larger than this gateway accepts")
+
+
 def _error_for(status: int, message: str) -> GatewayError:
     """Fixed, generic messages: mitmproxy's text may quote client bytes or addresses."""
     if status == 502 and UPSTREAM_REFUSED in message:
@@ -38,7 +44,7 @@ def _error_for(status: int, message: str) -> GatewayError:
     if status == 413:
         return PayloadTooLarge("request_too_large", "the request body is larger than this gateway accepts")
     if status == 431:
-        return HeadersTooLarge("request_headers_too_large", "the request headers are larger than this gateway accepts")
+        return headers_too_large()
     if status == 502 and "timed out" in message.lower():
         return UpstreamTimeout("upstream_timeout", "the provider did not answer in time")
     if status == 502:

@@ -27,7 +27,7 @@ from addons.billing.cashier import Cashier
 from addons.billing.charges import CommitReport
 from addons.billing.plan import BillingPlan, resolve_plan
 from addons.catalog import Catalog, Provider, load_catalog
-from addons.credentials import read_credential, strip_gateway_credentials
+from addons.credentials import query_key, read_credential, strip_gateway_credentials
 from addons.errors import GatewayError, NotFound, ProviderNotConfigured, ShuttingDown
 from addons.forward import FORWARD_PATH, parse_forward_target
 from addons.keystore import KeyStore
@@ -270,10 +270,11 @@ class Gateway:
             return None
         if path.rstrip("/") != FORWARD_PATH:  # SDKs add a slash to a base_url's path
             raise NotFound("not_found", "the gateway serves only /v1/forward and /healthz")
-        # One parse: every lookup on the live `request.query` view parses the query string again.
-        query = flow.request.query.fields
-        u, forward_key = (next((v for k, v in query if k == name), None) for name in ("u", "key"))
-        target = parse_forward_target(u, self.catalog)
+        # Read once: every lookup on the live `request.query` view parses the query string again.
+        query: dict[str, str] = {}
+        for name, value in flow.request.query.fields:
+            query.setdefault(name, value)  # the first value, as query.get() gives
+        target, forward_key = parse_forward_target(query.get("u"), self.catalog), query.get("key")
         flow.request.path = target.path
         return target.provider, forward_key
 
@@ -281,9 +282,9 @@ class Gateway:
         self, flow: http.HTTPFlow, provider: Provider, request_id: str, forward_key: str | None
     ) -> None:
         request = flow.request
-        in_query = "key" in request.path  # parsing the query costs more than this look
-        credential = read_credential(request.headers, forward_key or (request.query.get("key") if in_query else None))
-        if in_query:
+        key_param = query_key(request)
+        credential = read_credential(request.headers, forward_key or key_param)
+        if key_param is not None:
             request.query.pop("key", None)
         plan = await resolve_plan(credential, self.keys, self.signing_key)
         metadata = self._metadata(request.headers)

@@ -38,7 +38,7 @@ from mitmproxy.proxy.layers import http as http_layer
 from mitmproxy.proxy.layers.http import _http1
 from mitmproxy.utils import human
 
-from addons.error_pages import refuse
+from addons.error_pages import headers_too_large, refuse
 from addons.errors import HeadersTooLarge
 from addons.gateway_addon import METADATA_HEADERS
 
@@ -96,8 +96,7 @@ class RequestLimits:
         if flow.response or flow.error or not flow.live:
             return
         if LIMITS.header_bytes and head_size(flow.request) > LIMITS.header_bytes:
-            refuse(flow, HeadersTooLarge("request_headers_too_large",
-                                         "the request headers are larger than this gateway accepts"))
+            refuse(flow, headers_too_large())
         elif any(len(flow.request.headers.get(name, "")) > METADATA_MAX_BYTES for name in METADATA_HEADERS):
             refuse(flow, HeadersTooLarge("metadata_too_large",
                                          f"request metadata must be at most {METADATA_MAX_BYTES} bytes"))
