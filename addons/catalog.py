@@ -248,12 +248,12 @@ def load_catalog(path: Path | None = None, overrides: Mapping[str, Mapping] | No
         if not isinstance(entries, list):
             raise ValueError(f"{path}: the catalog must be a mapping with a 'providers' list")
         known = {e.get("id"): i for i, e in enumerate(entries) if isinstance(e, Mapping)}
-        for pid, fields in overrides.items():
+        for pid, changes in overrides.items():
             if pid not in known:
                 raise ValueError(f"provider override for unknown provider id {pid!r}")
-            if not isinstance(fields, Mapping) or "id" in fields:
+            if not isinstance(changes, Mapping) or "id" in changes:
                 raise ValueError(f"provider override for {pid!r} must map field names (other than id) to values")
-            entries[known[pid]] = {**entries[known[pid]], **fields}
+            entries[known[pid]] = {**entries[known[pid]], **changes}
     try:
         return Catalog(parse_providers(data))
     except ValueError as e:
