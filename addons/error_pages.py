@@ -9,6 +9,8 @@ fail loudly if a mitmproxy upgrade moves them.
 
 from __future__ import annotations
 
+import secrets
+
 from mitmproxy import http
 from mitmproxy.net.http import http1
 from mitmproxy.proxy.layers import http as http_layer
@@ -24,10 +26,27 @@ from addons.errors import (
 )
 
 REQUEST_ID_KEY = "tollgate.request_id"
+REQUEST_ID_HEADERS = ("x-lava-request-id", "x-tollgate-request-id")
 TIMEOUT_KEY = "tollgate.timeout"  # why addons.upstream_timeouts closed the provider connection
 _TAG = "\x00tollgate-request-id:"
 # What addons.upstream_guard puts in server.error; mitmproxy reports it as a 502 quoting it.
 UPSTREAM_REFUSED = "tollgate refused the upstream address"
+
+
+def new_request_id() -> str:
+    return f"req_{secrets.token_hex(12)}"
+
+
+def json_response(status: int, body: bytes, request_id: str | None = None) -> http.Response:
+    headers = {"content-type": "application/json"}
+    if request_id:
+        headers.update(dict.fromkeys(REQUEST_ID_HEADERS, request_id))
+    return http.Response.make(status, body, headers)
+
+
+def tagged(message: str, request_id: str) -> str:
+    """A protocol error message that carries the request id to json_error_response."""
+    return f"{message}{_TAG}{request_id}"
 
 
 def headers_too_large() -> HeadersTooLarge:
@@ -62,15 +81,14 @@ def json_error_response(status: int, message: str = "") -> bytes:
     message, _, request_id = message.partition(_TAG)
     error = _error_for(status, message)
     headers = http.Headers(content_type="application/json", connection="close")
-    if request_id:
-        headers["x-lava-request-id"] = headers["x-tollgate-request-id"] = request_id
+    request_id = request_id or new_request_id()  # a refusal before any hook ran gets one of its own
+    for name in REQUEST_ID_HEADERS:
+        headers[name] = request_id
     return http1.assemble_response(http.Response.make(error.status, error.body(), headers))
 
 
 def refuse(flow: http.HTTPFlow, error: GatewayError, headers: dict[str, str] | None = None) -> None:
     """Answer a flow with a gateway error from a hook that runs before the gateway's, request id included."""
-    from addons.gateway_addon import json_response, new_request_id  # it imports this module
-
     request_id = flow.metadata.setdefault(REQUEST_ID_KEY, new_request_id())
     flow.response = json_response(error.status, error.body(), request_id)
     flow.response.headers.update(headers or {})
@@ -89,7 +107,7 @@ def install() -> None:
             # A connection closed for a timeout fails as "server closed connection": say why.
             event.message = metadata.get(TIMEOUT_KEY, event.message)
             if request_id := metadata.get(REQUEST_ID_KEY):
-                event.message = f"{event.message}{_TAG}{request_id}"
+                event.message = tagged(event.message, request_id)
         return (yield from original(self, event))
 
     http_layer.HttpStream.handle_protocol_error = handle_protocol_error

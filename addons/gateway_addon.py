@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,6 +21,7 @@ from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy import server_hooks
 
 from addons import error_pages
+from addons.error_pages import REQUEST_ID_HEADERS, json_response, new_request_id
 from addons.billing.autopay import AutoTopUp
 from addons.billing.cashier import Cashier
 from addons.billing.charges import CommitReport
@@ -44,20 +44,8 @@ from pricing.money import format_usd
 
 log = logging.getLogger(__name__)
 
-REQUEST_ID_HEADERS = ("x-lava-request-id", "x-tollgate-request-id")
 METADATA_HEADERS = ("x-tollgate-metadata", "x-lava-metadata")
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
-
-
-def new_request_id() -> str:
-    return f"req_{secrets.token_hex(12)}"
-
-
-def json_response(status: int, body: bytes, request_id: str | None = None) -> http.Response:
-    headers = {"content-type": "application/json"}
-    if request_id:
-        headers.update(dict.fromkeys(REQUEST_ID_HEADERS, request_id))
-    return http.Response.make(status, body, headers)
 
 
 @dataclass(slots=True)

@@ -38,7 +38,7 @@ from mitmproxy.proxy.layers import http as http_layer
 from mitmproxy.proxy.layers.http import _http1
 from mitmproxy.utils import human
 
-from addons.error_pages import headers_too_large, refuse
+from addons.error_pages import REQUEST_ID_KEY, headers_too_large, new_request_id, refuse, tagged
 from addons.errors import HeadersTooLarge
 from addons.gateway_addon import METADATA_HEADERS
 
@@ -137,8 +137,9 @@ def install() -> None:
                 self.flow.error = Error(BODY_TOO_LARGE)
                 yield http_layer.HttpErrorHook(self.flow)
                 too_large = http_layer.ErrorCode.REQUEST_TOO_LARGE
+                message = tagged(BODY_TOO_LARGE, self.flow.metadata.setdefault(REQUEST_ID_KEY, new_request_id()))
                 yield http_layer.SendHttp(
-                    http_layer.ResponseProtocolError(self.stream_id, BODY_TOO_LARGE, too_large), self.context.client
+                    http_layer.ResponseProtocolError(self.stream_id, message, too_large), self.context.client
                 )
                 self.client_state = self.state_errored
                 self.flow.live = False

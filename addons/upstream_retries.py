@@ -50,7 +50,7 @@ from mitmproxy.proxy.mode_specs import UpstreamMode
 from mitmproxy.utils.asyncio_utils import create_task
 
 from addons.catalog import Catalog, Timeouts
-from addons.gateway_addon import REQUEST_ID_HEADERS
+from addons.error_pages import REQUEST_ID_HEADERS
 from addons.upstream_guard import RESOLVE_TIMEOUT_S, Resolver, is_public, resolve
 from addons.upstream_timeouts import PROVIDER_KEY, load_limits
 

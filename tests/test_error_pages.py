@@ -46,9 +46,12 @@ def test_request_id_tag_becomes_headers():
     assert response.headers["x-tollgate-request-id"] == "req_0123abcd"
 
 
-def test_no_request_id_headers_without_tag():
-    response, _ = parse(json_error_response(502, "Connection refused"))
-    assert "x-lava-request-id" not in response.headers and "x-tollgate-request-id" not in response.headers
+def test_an_error_before_any_request_id_gets_a_fresh_one():
+    first, _ = parse(json_error_response(431, "Header too large"))
+    second, _ = parse(json_error_response(431, "Header too large"))
+    assert first.headers["x-lava-request-id"] == first.headers["x-tollgate-request-id"]
+    assert first.headers["x-lava-request-id"].startswith("req_")
+    assert first.headers["x-lava-request-id"] != second.headers["x-lava-request-id"]
 
 
 @pytest.mark.parametrize("status", [400, 413, 502, 500])

@@ -47,6 +47,9 @@ def raw(gw, data: bytes) -> tuple[int, str]:
             answer += chunk
     head, _, body = answer.partition(b"\r\n\r\n")
     assert b"application/json" in head and b"Traceback" not in answer
+    fields = dict(line.split(b": ", 1) for line in head.lower().split(b"\r\n")[1:])
+    assert fields[b"x-lava-request-id"] == fields[b"x-tollgate-request-id"]  # every answer, refusals included
+    assert fields[b"x-lava-request-id"].startswith(b"req_")
     return int(head.split()[1]), json.loads(body)["error"]["code"]
 
 
