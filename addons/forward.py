@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from addons.catalog import Catalog, Provider
 from addons.errors import BadRequest
 
 FORWARD_PATH = "/v1/forward"
+# "https://api.openai.com/v1" + "chat/completions": a version segment with the SDK's path glued on.
+_GLUED_VERSION = re.compile(r"^(https?://[^/?#]*(?:/[^/?#]*)*?/v\d+(?:alpha\d*|beta\d*)?)(?!alpha|beta)(?=[a-z])")
 # urlsplit drops tab/CR/LF silently and keeps spaces and NUL, which would reach the request line.
 _CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
 _PRINTABLE_ASCII = "".join(map(chr, range(0x21, 0x7F)))
@@ -28,6 +30,42 @@ class ForwardTarget:
 
 def _refuse(why: str) -> BadRequest:
     return BadRequest("invalid_forward_url", f"u {why}")
+
+
+def sdk_query(fields: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
+    """The forward endpoint's query parameters. google-genai adds its own query with a second "?"
+    (":streamGenerateContent?alt=sse?u=<base>"), which hides `u` inside another parameter's value."""
+    if any(name == "u" for name, _ in fields):
+        return list(fields)
+    split = []
+    for name, value in fields:
+        value, glued, rest = value.partition("?")
+        split.append((name, value))
+        if glued:
+            split += parse_qsl(rest, keep_blank_values=True)
+    return split
+
+
+def sdk_target(u: str | None, path: str, params: list[tuple[str, str]] = ()) -> str | None:
+    """The provider URL an SDK meant, from a base URL of `/v1/forward?u=<base>` and what it requested.
+
+    SDKs join their own path onto a base URL in two ways. OpenAI's adds a slash to the forward path and
+    appends to the query, so a `u` without a trailing slash arrives as ".../v1chat/completions"; it is
+    read as ".../v1/chat/completions". Google's appends to the path ("/v1/forward/v1beta/models/..."),
+    which is appended to `u`. Either way `u` works with or without its trailing slash. Query parameters
+    the SDK added beside `u` (`params`: all but `u` and `key`, e.g. Gemini's alt=sse) go to the provider.
+    """
+    if not u:
+        return u
+    suffix = path[len(FORWARD_PATH) + 1 :] if path.startswith(FORWARD_PATH + "/") else ""
+    if suffix:
+        base, sep, query = u.partition("?")
+        u = f"{base.rstrip('/')}/{suffix}{sep}{query}"
+    elif path != FORWARD_PATH:
+        u = _GLUED_VERSION.sub(r"\1/", u, count=1)
+    if params:
+        u += ("&" if "?" in u else "?") + urlencode(params)
+    return u
 
 
 def parse_forward_target(u: str | None, catalog: Catalog) -> ForwardTarget:

@@ -29,7 +29,7 @@ from addons.billing.plan import BillingPlan, resolve_plan
 from addons.catalog import Catalog, Provider, load_catalog
 from addons.credentials import query_key, read_credential, strip_gateway_credentials
 from addons.errors import GatewayError, NotFound, ProviderNotConfigured, ShuttingDown
-from addons.forward import FORWARD_PATH, parse_forward_target
+from addons.forward import FORWARD_PATH, parse_forward_target, sdk_query, sdk_target
 from addons.keystore import KeyStore
 from addons.ledger.journal import Journal
 from addons.ledger.models import open_database
@@ -256,13 +256,17 @@ class Gateway:
         if path == "/healthz":
             flow.response = json_response(200, b'{"status":"ok"}', request_id)
             return None
-        if path.rstrip("/") != FORWARD_PATH:  # SDKs add a slash to a base_url's path
+        if path != FORWARD_PATH and not path.startswith(FORWARD_PATH + "/"):  # SDKs add to a base_url's path
             raise NotFound("not_found", "the gateway serves only /v1/forward and /healthz")
         # Read once: every lookup on the live `request.query` view parses the query string again.
         query: dict[str, str] = {}
-        for name, value in flow.request.query.fields:
+        params = []  # what the SDK added beside u and key
+        for name, value in sdk_query(flow.request.query.fields):
             query.setdefault(name, value)  # the first value, as query.get() gives
-        target, forward_key = parse_forward_target(query.get("u"), self.catalog), query.get("key")
+            if name not in ("u", "key"):
+                params.append((name, value))
+        target = parse_forward_target(sdk_target(query.get("u"), path, params), self.catalog)
+        forward_key = query.get("key")
         flow.request.path = target.path
         return target.provider, forward_key
 

@@ -4,7 +4,7 @@ import pytest
 
 from addons.catalog import load_catalog
 from addons.errors import BadRequest
-from addons.forward import parse_forward_target
+from addons.forward import parse_forward_target, sdk_query, sdk_target
 from addons.metadata import parse_metadata
 
 
@@ -33,6 +33,34 @@ def catalog():
 def test_forward_target_accepted(catalog, u, provider, path):
     target = parse_forward_target(u, catalog)
     assert (target.provider.id, target.path) == (provider, path)
+
+
+@pytest.mark.parametrize(
+    "u, path, params, meant",
+    [
+        # the OpenAI SDK: a slash after /v1/forward, its path glued onto u
+        ("https://api.openai.com/v1chat/completions", "/v1/forward/", [], "https://api.openai.com/v1/chat/completions"),
+        ("https://api.openai.com/v1/chat/completions", "/v1/forward/", [], "https://api.openai.com/v1/chat/completions"),
+        ("https://api.groq.com/openai/v1chat/completions", "/v1/forward/", [],
+         "https://api.groq.com/openai/v1/chat/completions"),
+        ("https://g.googleapis.com/v1betamodels/m", "/v1/forward/", [], "https://g.googleapis.com/v1beta/models/m"),
+        ("https://g.googleapis.com/v1beta/models/m", "/v1/forward/", [], "https://g.googleapis.com/v1beta/models/m"),
+        ("https://api.openai.com/v1/models", "/v1/forward/", [("limit", "2")], "https://api.openai.com/v1/models?limit=2"),
+        # google-genai: its path after /v1/forward, alt=sse beside u
+        ("https://g.googleapis.com/", "/v1/forward/v1beta/models/m:streamGenerateContent", [("alt", "sse")],
+         "https://g.googleapis.com/v1beta/models/m:streamGenerateContent?alt=sse"),
+        # a plain /v1/forward?u=<full URL> is taken as it is
+        ("https://api.openai.com/v1chat/completions", "/v1/forward", [], "https://api.openai.com/v1chat/completions"),
+    ],
+)
+def test_sdk_target(u, path, params, meant):
+    assert sdk_target(u, path, params) == meant
+
+
+def test_sdk_query_finds_u_behind_a_second_question_mark():
+    assert sdk_query((("alt", "sse?u=https://g.googleapis.com"),)) == [("alt", "sse"), ("u", "https://g.googleapis.com")]
+    kept = (("u", "https://api.openai.com/v1/models?limit=2"),)
+    assert sdk_query(kept) == list(kept)  # u found: values are never split
 
 
 @pytest.mark.parametrize(

@@ -163,6 +163,34 @@ def test_openai_sdk_through_forward_endpoint_with_forward_token(gateway, mock, s
     assert_row(gateway, request_id, "openai", "gpt-4o-mini", OPENAI_CHAT, streamed=stream, endpoint="chat.completions")
 
 
+@pytest.mark.parametrize("u", ["https://api.openai.com/v1", "https://api.openai.com/v1/"])
+def test_openai_sdk_forward_base_url_with_or_without_trailing_slash(gateway, mock, u):
+    client = openai.OpenAI(api_key=gateway.admin_key, base_url=f"{gateway.url}/v1/forward?u={u}")
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+    assert mock.last.path == "/v1/chat/completions"
+    assert_row(gateway, raw.headers["x-lava-request-id"], "openai", "gpt-4o-mini", OPENAI_CHAT, streamed=False,
+               endpoint="chat.completions")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("u", ["https://generativelanguage.googleapis.com", "https://generativelanguage.googleapis.com/"])
+def test_gemini_sdk_through_forward_endpoint(gateway, mock, u, stream):
+    """google-genai appends its path to the forward path itself, and alt=sse beside u."""
+    client = genai.Client(api_key=gateway.admin_key, http_options={"base_url": f"{gateway.url}/v1/forward?u={u}"})
+    if stream:
+        text = "".join(c.text or "" for c in client.models.generate_content_stream(model="gemini-2.0-flash",
+                                                                                      contents="hi"))
+    else:
+        text = client.models.generate_content(model="gemini-2.0-flash", contents="hi").text
+    assert text == "Hello from the mock."
+    assert mock.last.path.partition("?")[0].endswith(
+        "/models/gemini-2.0-flash:" + ("streamGenerateContent" if stream else "generateContent"))
+    assert_provider_saw_only_real_key(mock, "x-goog-api-key", PROVIDER_KEYS["GEMINI_API_KEY"], gateway.admin_key)
+    row = gateway.cli_json("requests", "--limit", "1")[0]
+    assert_row(gateway, row["id"], "gemini", "gemini-2.0-flash", GEMINI, streamed=stream,
+               endpoint="streamGenerateContent" if stream else "generateContent")
+
+
 def test_anthropic_sdk_through_forward_endpoint_with_secret_key(gateway, mock):
     client = anthropic.Anthropic(api_key=gateway.admin_key,
                                  base_url=f"{gateway.url}/v1/forward?u=https://api.anthropic.com")
