@@ -20,7 +20,7 @@ from mitmproxy import ctx, http
 from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy import server_hooks
 
-from addons import error_pages
+from addons import error_pages, proxyauth_compare
 from addons.error_pages import REQUEST_ID_HEADERS, json_response, new_request_id
 from addons.billing.autopay import AutoTopUp
 from addons.billing.cashier import Cashier
@@ -128,6 +128,7 @@ class Gateway:
             "connection. Off: the client's protocol is mirrored (HTTP/1.1 keep-alive for the forward endpoint).",
         )
         error_pages.install()
+        proxyauth_compare.install()
 
     def configure(self, updated):
         for name in ("tollgate_cache_ttl_ms", "tollgate_drain_seconds"):
