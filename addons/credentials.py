@@ -5,7 +5,7 @@ provider-style key header is read, and every one of them is stripped before forw
 
 An app that was never changed for Tollgate sends its own provider key (`sk-...`) there instead.
 Anything that is neither a secret key, a signed token nor a forward token (base64 of a JSON object:
-"eyJ...") is taken for such a provider key; billing.plan decides what it may do.
+"eyJ..." without dots) is taken for such a provider key; billing.plan decides what it may do.
 """
 
 from __future__ import annotations
@@ -52,8 +52,13 @@ def provider_key_prefix(key: str) -> str:
     return key[: min(5, len(key) // 4)] + "…"
 
 
+def looks_like_forward_token(value: str) -> bool:
+    """Base64 of a JSON object; a JWT (some providers' keys) starts the same but has dots, base64 never."""
+    return value.startswith(FORWARD_TOKEN_PREFIX) and "." not in value
+
+
 def looks_like_tollgate_credential(value: str) -> bool:
-    return value.startswith((SECRET_PREFIX, SIGNED_PREFIX, FORWARD_TOKEN_PREFIX))
+    return value.startswith((SECRET_PREFIX, SIGNED_PREFIX)) or looks_like_forward_token(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +155,7 @@ def read_credential(headers, query_key: str | None) -> CallerCredential:
             return CallerCredential(secret_key=candidate)
         if candidate.startswith(SIGNED_PREFIX):
             return CallerCredential(signed_token=candidate)
-    if candidates[0].startswith(FORWARD_TOKEN_PREFIX):
+    if looks_like_forward_token(candidates[0]):
         token = decode_forward_token(candidates[0])
         return CallerCredential(secret_key=token.secret_key, token=token)
     if not _PROVIDER_KEY.fullmatch(candidates[0]):

@@ -10,8 +10,8 @@ this process gets 503); without it, every lookup is refused with 503 at once.
 No secret is compared here: a key (a Tollgate secret, or a provider key an app registered) is found
 by the SHA-256 of its secret (credentials.hash_secret), a dict key in the cache and an indexed column
 in the ledger. A timing difference could at most tell how much of a digest matched, which gives
-nothing towards a high-entropy secret, so constant-time comparison is not needed. Where a secret value is compared (signed-token and webhook signatures),
-it is with hmac.compare_digest.
+nothing towards a high-entropy secret, so constant-time comparison is not needed. Where a secret
+value is compared (signed-token and webhook signatures), it is with hmac.compare_digest.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
+from addons.auth_throttle import credential_digest
 from addons.billing.plan import byok_fee
 from addons.credentials import CallerCredential, ForwardToken, encode_forward_token, read_credential
 from addons.errors import BadRequest, Unauthorized
@@ -52,6 +53,8 @@ def app_key() -> str:
     ({"x-api-key": "sk-ant-api03-abc"}, None, CallerCredential(provider_key="sk-ant-api03-abc")),
     ({}, "AIzaSyAbc123", CallerCredential(provider_key="AIzaSyAbc123")),  # Gemini's ?key=
     ({"authorization": "Bearer bm90IGpzb24="}, None, CallerCredential(provider_key="bm90IGpzb24=")),  # not "eyJ"
+    ({"authorization": "Bearer eyJhbGciOiJIUzI1NiJ9.e30.c2ln"}, None,  # a JWT: some providers' keys are
+     CallerCredential(provider_key="eyJhbGciOiJIUzI1NiJ9.e30.c2ln")),
     ({"authorization": "Bearer sk-proj-abc", "x-api-key": "tg_sk_abc"}, None, CallerCredential(secret_key="tg_sk_abc")),
     ({"authorization": "Bearer tgt_a.b"}, None, CallerCredential(signed_token="tgt_a.b")),
 ])
@@ -65,7 +68,8 @@ def test_a_forward_token_is_still_a_forward_token():
     assert credential == CallerCredential(secret_key="tg_sk_abc", token=token)
 
 
-@pytest.mark.parametrize("value", ["eyJub3QganNvbg", "eyJ%%%", "eyJzZWNyZXRfa2V5Ijo0Mn0="])  # '{"not json', {"secret_key":42}
+# '{"not json', not base64, {"secret_key":42}
+@pytest.mark.parametrize("value", ["eyJub3QganNvbg", "eyJ%%%", "eyJzZWNyZXRfa2V5Ijo0Mn0="])
 def test_a_malformed_forward_token_is_still_400(value):
     with pytest.raises(BadRequest) as e:
         read_credential(http.Headers(authorization=f"Bearer {value}"), None)
@@ -77,6 +81,12 @@ def test_a_credential_that_cannot_be_a_key_is_401(value):
     with pytest.raises(Unauthorized) as e:
         read_credential(http.Headers([(b"authorization", value.encode())]), None)
     assert (e.value.status, e.value.code) == (401, "invalid_credential") and value not in e.value.message
+
+
+def test_a_provider_key_counts_for_the_failed_auth_throttle():
+    """Unknown provider keys are looked up too, so guessing them is throttled like guessing Tollgate keys."""
+    flow = chat_flow("sk-proj-guess")
+    assert credential_digest(flow) == hashlib.sha256(b"sk-proj-guess").hexdigest()
 
 
 # -- settings --------------------------------------------------------------------------------------
