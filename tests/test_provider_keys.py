@@ -175,6 +175,17 @@ def test_a_registered_key_passes_as_bring_your_own_key(gw, mode):
     assert plan.key.wallet_id == ensure_account("legacy")[1].id
 
 
+def test_a_registered_gemini_key_in_the_query_goes_on_in_gemini_s_header(gw):
+    key = "AIzaSy" + secrets.token_urlsafe(24)
+    register_provider_key("legacy", "gemini", key)
+    req = tutils.treq(host="generativelanguage.googleapis.com", port=443, scheme="https", method="POST",
+                      path=f"/v1beta/models/gemini-2.0-flash:generateContent?key={key}", headers=http.Headers(),
+                      content=b'{"contents": [{"parts": [{"text": "hi"}]}]}')
+    flow = run(gw, tflow.tflow(req=req))
+    assert flow.response is None and "key" not in flow.request.query
+    assert flow.request.headers["x-goog-api-key"] == key and gw.pending[flow.id].plan.byok
+
+
 def test_a_registered_key_with_swap_is_replaced_and_billed_as_managed(gw):
     key = app_key()
     wallet = funded("legacy")
@@ -416,6 +427,16 @@ def test_e2e_swapped_key_is_replaced_by_the_managed_key_and_billed_the_provider_
         False, format_usd(OPENAI_CHAT_COST), format_usd(OPENAI_CHAT_COST))
     assert balance(proxied, "legacy-swap") == before - Decimal(format_usd(OPENAI_CHAT_COST))
     assert proxied.cli_json("audit")["ok"] is True
+
+
+def test_e2e_registered_key_works_on_the_forward_endpoint_too(gateway, mock):
+    key = app_key()
+    register(gateway, key, "legacy-forward")
+    client = openai.OpenAI(api_key=key, base_url=f"{gateway.url}/v1/forward?u=https://api.openai.com/v1/",
+                           max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+    assert mock.last.headers["authorization"] == f"Bearer {key}"
+    assert gateway.request_row(raw.headers["x-lava-request-id"])["byok"] is True
 
 
 def test_e2e_unknown_key_is_401_invalid_credential_and_never_forwarded(proxied, mock):
