@@ -63,11 +63,10 @@ def _fields(credential: CallerCredential, signed: SignedClaims | None) -> tuple:
 
 def unknown_provider_key(provider: str, captured: bool) -> Unauthorized:
     """The refusal of an unregistered provider key: what it looks like, and the two ways to fix it."""
-    fix = (f"send your Tollgate key (tg_sk_…) where the app puts its {provider} key, or register this key "
-           f"for the account that pays: tollgate keys register-provider-key --account A --provider {provider} "
-           "< keyfile")
+    fix = ("send your Tollgate key (tg_sk_…) where the app puts its provider key, or register this key for the "
+           f"account that pays: tollgate keys register-provider-key --account A --provider {provider} < keyfile")
     if captured:
-        return Unauthorized("unknown_provider_key", f"this request carries a {provider} provider key that is not "
+        return Unauthorized("unknown_provider_key", f"this request carries a provider key for {provider} that is not "
                                                     f"registered with the gateway, not a Tollgate credential: {fix}")
     return Unauthorized("invalid_credential", f"this looks like a provider key, not a Tollgate credential: {fix}")
 
