@@ -61,7 +61,7 @@ def credential_digest(flow: http.HTTPFlow) -> str | None:
         credential = read_credential(request.headers, query_key(request))
     except GatewayError:
         return None
-    secret = credential.signed_token or credential.secret_key
+    secret = credential.signed_token or credential.secret_key or credential.provider_key
     return hashlib.sha256(secret.encode()).hexdigest()
 
 

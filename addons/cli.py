@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import getpass
 import json
 import os
 import sys
@@ -137,6 +138,39 @@ def cmd_keys_revoke(args) -> None:
     except LookupError as e:
         raise SystemExit(f"tollgate: {e}") from None
     _emit(args, {"id": key.id, "revoked_at": key.revoked_at}, text=f"Key {key.id} revoked.")
+
+
+def _read_provider_key() -> str:
+    """From stdin, so the key stays out of the shell history and the process list; prompted without echo."""
+    return getpass.getpass("provider key: ") if sys.stdin.isatty() else sys.stdin.read()
+
+
+def cmd_keys_register_provider_key(args) -> None:
+    catalog = load_catalog(overrides=load_settings().provider_overrides)
+    if catalog.by_id(args.provider) is None:
+        raise SystemExit(f"tollgate: no provider {args.provider!r} in the catalog (see tollgate providers)")
+    try:
+        row = accounts.register_provider_key(args.account, args.provider, _read_provider_key(), swap=args.swap)
+    except ValueError as e:
+        raise SystemExit(f"tollgate: {e}") from None
+    billed = "as managed: the gateway's own key replaces it" if row.swap else "as bring-your-own-key"
+    data = {"id": row.id, "account": args.account, "provider": row.provider, "prefix": row.prefix, "swap": row.swap}
+    _emit(args, data, text=f"Provider key {row.prefix} registered as {row.id}: {args.provider} requests carrying it "
+                           f"are billed to account {args.account!r} {billed}.")
+
+
+def cmd_keys_provider_keys(args) -> None:
+    rows = accounts.provider_keys()
+    _emit(args, rows, _table("Provider keys", ["id", "account", "provider", "prefix", "swap", "created", "revoked"],
+                             [list(r.values()) for r in rows]))
+
+
+def cmd_keys_revoke_provider_key(args) -> None:
+    try:
+        row = accounts.revoke_provider_key(args.id)
+    except LookupError as e:
+        raise SystemExit(f"tollgate: {e}") from None
+    _emit(args, {"id": row.id, "revoked_at": row.revoked_at}, text=f"Provider key registration {row.id} revoked.")
 
 
 def cmd_wallet(args) -> None:
@@ -323,6 +357,19 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = keys.add_parser("revoke", parents=[common])
     revoke.add_argument("id")
     revoke.set_defaults(fn=cmd_keys_revoke)
+    register = keys.add_parser("register-provider-key", parents=[common],
+                               help="bill an app that sends its own provider key (read from stdin) to an account")
+    register.add_argument("--account", required=True, help="the account that pays (created if new)")
+    register.add_argument("--provider", required=True, help="catalog provider id the key is for, e.g. openai")
+    register.add_argument("--swap", action="store_true",
+                          help="replace the key with the gateway's own and bill the provider cost (managed), "
+                               "instead of passing it on and billing the BYOK fee")
+    register.set_defaults(fn=cmd_keys_register_provider_key)
+    keys.add_parser("provider-keys", parents=[common], help="registered provider keys").set_defaults(
+        fn=cmd_keys_provider_keys)
+    revoke_provider = keys.add_parser("revoke-provider-key", parents=[common])
+    revoke_provider.add_argument("id")
+    revoke_provider.set_defaults(fn=cmd_keys_revoke_provider_key)
 
     wallet = sub.add_parser("wallet", parents=[common], help="show or top up an account's wallet")
     wallet.add_argument("action", nargs="?", choices=["topup"])

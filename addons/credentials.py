@@ -2,6 +2,10 @@
 
 A caller puts its Tollgate credential wherever its SDK puts the provider key, so every
 provider-style key header is read, and every one of them is stripped before forwarding.
+
+An app that was never changed for Tollgate sends its own provider key (`sk-...`) there instead.
+Anything that is neither a secret key, a signed token nor a forward token (base64 of a JSON object:
+"eyJ..." without dots) is taken for such a provider key; billing.plan decides what it may do.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 import secrets
 from dataclasses import asdict, dataclass
 
@@ -17,6 +22,7 @@ from addons.errors import BadRequest, Unauthorized
 from addons.signed_tokens import SIGNED_PREFIX, UNSAFE_TEXT
 
 SECRET_PREFIX = "tg_sk_"
+FORWARD_TOKEN_PREFIX = "eyJ"  # base64 of '{"': every forward token is a JSON object
 # Header names SDKs put a provider key in: OpenAI & co, Anthropic, Gemini, Azure, ElevenLabs.
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "api-key", "xi-api-key")
 GATEWAY_HEADER_PREFIXES = ("x-lava-", "x-tollgate-")
@@ -24,6 +30,8 @@ _CREDENTIAL_FIELDS = {name.encode(): name for name in CREDENTIAL_HEADERS}  # raw
 _GATEWAY_PREFIXES = tuple(prefix.encode() for prefix in GATEWAY_HEADER_PREFIXES)
 _URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
 _TOKEN_FIELDS = {"secret_key", "customer_id", "meter_slug", "provider_key", "disable_billing"}
+# What a provider key can be made of: printable ASCII, no spaces (it goes back into a header as it came).
+_PROVIDER_KEY = re.compile(r"[\x21-\x7e]+")
 
 
 def new_secret_key() -> str:
@@ -37,6 +45,20 @@ def hash_secret(secret: str) -> str:
 
 def display_prefix(secret: str) -> str:
     return secret[: len(SECRET_PREFIX) + 4] + "…"
+
+
+def provider_key_prefix(key: str) -> str:
+    """"sk-pr…": enough to tell keys apart in a list, never enough to matter (a quarter at most)."""
+    return key[: min(5, len(key) // 4)] + "…"
+
+
+def looks_like_forward_token(value: str) -> bool:
+    """Base64 of a JSON object; a JWT (some providers' keys) starts the same but has dots, base64 never."""
+    return value.startswith(FORWARD_TOKEN_PREFIX) and "." not in value
+
+
+def looks_like_tollgate_credential(value: str) -> bool:
+    return value.startswith((SECRET_PREFIX, SIGNED_PREFIX)) or looks_like_forward_token(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,11 +110,13 @@ def decode_forward_token(value: str) -> ForwardToken:
 
 @dataclass(frozen=True, slots=True)
 class CallerCredential:
-    """Exactly one of: a secret key (plain, or inside a forward token), or a signed token."""
+    """Exactly one of: a secret key (plain, or inside a forward token), a signed token, or a provider key
+    the app sent in place of a Tollgate credential."""
 
     secret_key: str | None = None
     token: ForwardToken | None = None
     signed_token: str | None = None
+    provider_key: str | None = None
 
 
 def _header_value(name: str, value: str) -> str:
@@ -115,7 +139,8 @@ def _credential_headers(headers) -> dict[str, str]:
 
 
 def read_credential(headers, query_key: str | None) -> CallerCredential:
-    """Find the caller's Tollgate credential; a secret key wins over anything else present."""
+    """Find the caller's credential; a secret key or signed token wins over anything else present, else the
+    first one found is a forward token if it is base64 JSON, a provider key otherwise."""
     present = _credential_headers(headers)
     candidates = [_header_value(name, present[name]) for name in CREDENTIAL_HEADERS if present.get(name)]
     if query_key:
@@ -130,8 +155,23 @@ def read_credential(headers, query_key: str | None) -> CallerCredential:
             return CallerCredential(secret_key=candidate)
         if candidate.startswith(SIGNED_PREFIX):
             return CallerCredential(signed_token=candidate)
-    token = decode_forward_token(candidates[0])
-    return CallerCredential(secret_key=token.secret_key, token=token)
+    if looks_like_forward_token(candidates[0]):
+        token = decode_forward_token(candidates[0])
+        return CallerCredential(secret_key=token.secret_key, token=token)
+    if not _PROVIDER_KEY.fullmatch(candidates[0]):
+        raise Unauthorized("invalid_credential", "credential is neither a Tollgate credential nor a provider key")
+    return CallerCredential(provider_key=candidates[0])
+
+
+# mitmproxy modes (ProxyMode.type_name) in which an app reaches the gateway without having been pointed at it.
+CAPTURE_MODES = frozenset({"transparent", "wireguard", "local"})
+
+
+def is_captured(mode) -> bool:
+    """Whether the client was captured (transparent, WireGuard, local) rather than configured to use the
+    gateway (HTTPS_PROXY, the forward endpoint, reverse mode): a captured app's provider key is expected,
+    and refused under its own code."""
+    return mode.type_name in CAPTURE_MODES
 
 
 def query_key(request) -> str | None:

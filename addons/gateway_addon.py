@@ -27,7 +27,7 @@ from addons.billing.cashier import Cashier
 from addons.billing.charges import CommitReport
 from addons.billing.plan import BillingPlan, resolve_plan
 from addons.catalog import Catalog, Provider, load_catalog
-from addons.credentials import query_key, read_credential, strip_gateway_credentials
+from addons.credentials import is_captured, query_key, read_credential, strip_gateway_credentials
 from addons.errors import GatewayError, NotFound, ProviderNotConfigured, ShuttingDown
 from addons.forward import FORWARD_PATH, parse_forward_target, sdk_query, sdk_target
 from addons.keystore import KeyStore
@@ -279,7 +279,8 @@ class Gateway:
         credential = read_credential(request.headers, forward_key or key_param)
         if key_param is not None:
             request.query.pop("key", None)
-        plan = await resolve_plan(credential, self.keys, self.signing_key)
+        plan = await resolve_plan(credential, self.keys, self.signing_key, provider=provider.id,
+                                  capture=self.settings.capture, captured=is_captured(flow.client_conn.proxy_mode))
         metadata = self._metadata(request.headers)
         provider_key = plan.provider_key or os.environ.get(provider.credential_env)
         if not provider_key:

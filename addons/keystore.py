@@ -7,11 +7,11 @@ When the database cannot be reached the store marks the ledger down and probes i
 answers. Meanwhile, with `serve_stale`, cached answers are used past their time (a key unknown to
 this process gets 503); without it, every lookup is refused with 503 at once.
 
-No secret is compared here: a key is found by the SHA-256 of its secret (credentials.hash_secret),
-a dict key in the cache and an indexed column in the ledger. A timing difference could at most
-tell how much of a digest matched, which gives nothing towards a 256-bit secret, so constant-time
-comparison is not needed. Where a secret value is compared (signed-token and webhook signatures),
-it is with hmac.compare_digest.
+No secret is compared here: a key (a Tollgate secret, or a provider key an app registered) is found
+by the SHA-256 of its secret (credentials.hash_secret), a dict key in the cache and an indexed column
+in the ledger. A timing difference could at most tell how much of a digest matched, which gives
+nothing towards a high-entropy secret, so constant-time comparison is not needed. Where a secret
+value is compared (signed-token and webhook signatures), it is with hmac.compare_digest.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from peewee import InterfaceError, OperationalError
 
 from addons.errors import LedgerUnavailable
 from addons.ledger import accounts
-from addons.ledger.accounts import CustomerRecord, KeyRecord
+from addons.ledger.accounts import AccountRecord, CustomerRecord, KeyRecord, ProviderKeyRecord
 from addons.ledger.models import database
 from pricing import meters
 
@@ -133,6 +133,13 @@ class KeyStore:
 
     async def key_by_id(self, key_id: str) -> KeyRecord | None:
         return await self._cached(accounts.find_key_by_id, key_id)
+
+    async def provider_key(self, key_hash: str, provider: str) -> ProviderKeyRecord | None:
+        """A provider key an app sent instead of a Tollgate key, by fingerprint: registered to whom."""
+        return await self._cached(accounts.find_provider_key, key_hash, provider)
+
+    async def account(self, name: str) -> AccountRecord | None:
+        return await self._cached(accounts.find_account, name)
 
     async def customer(self, account_id: str, customer_id: str) -> CustomerRecord | None:
         return await self._cached(accounts.find_customer, account_id, customer_id)

@@ -36,6 +36,17 @@ class BillingSettings:
     autopay: AutopaySettings = field(default_factory=AutopaySettings)
 
 
+PROVIDER_KEY_POLICIES = ("refuse", "track")
+
+
+@dataclass(frozen=True)
+class CaptureSettings:
+    """What to do with a provider key (sk-...) no one registered, sent by an app instead of a Tollgate key."""
+
+    provider_keys: str = "refuse"  # refuse: 401; track: forward it as is, BYOK-metered to `account`
+    account: str | None = None  # None: the default account
+
+
 # Upstream timeouts when gateway.yaml names none (see its `timeouts:` for why these values).
 DEFAULT_TIMEOUTS = Timeouts(connect=10.0, first_byte=600.0, idle=300.0, total=1800.0)
 
@@ -49,6 +60,7 @@ class Settings:
     billing: BillingSettings = field(default_factory=BillingSettings)
     journal_dir: Path = PROJECT_ROOT / "data" / "journal"
     timeouts: Timeouts = DEFAULT_TIMEOUTS  # every provider's, unless its `timeouts` say otherwise
+    capture: CaptureSettings = field(default_factory=CaptureSettings)
 
 
 def _read_yaml(path: Path) -> dict:
@@ -126,6 +138,22 @@ def parse_billing(data: Mapping, environ: Mapping[str, str]) -> BillingSettings:
     )
 
 
+def parse_capture(data: Mapping) -> CaptureSettings:
+    if not isinstance(data, Mapping):
+        raise ValueError("settings: capture must be a mapping")
+    unknown = set(data) - {"provider_keys", "account"}
+    if unknown:
+        raise ValueError(f"settings: capture has no field {sorted(unknown)[0]!r} (fields: provider_keys, account)")
+    policy = "refuse" if data.get("provider_keys") is None else data["provider_keys"]
+    if policy not in PROVIDER_KEY_POLICIES:
+        raise ValueError(f"settings: capture.provider_keys must be one of {', '.join(PROVIDER_KEY_POLICIES)}, "
+                         f"not {policy!r}")
+    account = data.get("account")
+    if account is not None and (not isinstance(account, str) or not account.strip()):
+        raise ValueError("settings: capture.account must be an account name, or null for the default account")
+    return CaptureSettings(provider_keys=policy, account=account)
+
+
 def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
     data = _read_yaml(DEFAULT_CONFIG) if DEFAULT_CONFIG.exists() else {}
     if environ.get("TOLLGATE_CONFIG"):
@@ -143,4 +171,5 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         billing=parse_billing(data.get("billing") or {}, environ),
         journal_dir=PROJECT_ROOT / (environ.get("TOLLGATE_JOURNAL_DIR") or data.get("journal_dir") or "data/journal"),
         timeouts=DEFAULT_TIMEOUTS.updated(parse_timeouts("settings: timeouts", data.get("timeouts") or {})),
+        capture=parse_capture(data.get("capture") or {}),
     )

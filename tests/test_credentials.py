@@ -132,7 +132,7 @@ def test_billing_fields_are_decoded(fields):
 @pytest.mark.parametrize(
     "credential",
     [
-        "sk-live-provider-Secret123",
+        "eyJsk-live-provider-Secret123",
         b64({"secret_key": "tg_sk_Secret123", "provider_key": 5}),
         b64({"secret_key": "tg_sk_Secret123", "customer_id": 123}),
         b64({"secret_key": "tg_sk_Secret123", "extra": "Secret123"}),

@@ -125,7 +125,10 @@ def check_read_credential(headers: list[tuple[str, bytes]], query_key: str | Non
         credential = read_credential(http.Headers([(n.encode(), v) for n, v in headers]), query_key)
     except (BadRequest, Unauthorized) as e:
         return refused(e, "missing_credential", "invalid_credential", "invalid_forward_token")
-    assert (credential.secret_key is None) != (credential.signed_token is None)
+    assert [credential.secret_key, credential.signed_token, credential.provider_key].count(None) == 2
+    if credential.provider_key:  # an app's own key: looked up by its hash, and put back into a header as is
+        assert clean(credential.provider_key) and " " not in credential.provider_key
+        hash_secret(credential.provider_key)
     if credential.secret_key:
         hash_secret(credential.secret_key)  # looked up by its hash: unknown is a 401, not a 500
     if credential.token:

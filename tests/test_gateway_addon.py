@@ -116,7 +116,8 @@ def test_non_catalog_host_is_untouched(gw):
     [
         ([], 401, "missing_credential"),
         ([("authorization", "Bearer tg_sk_" + "x" * 43)], 401, "invalid_credential"),
-        ([("authorization", "Bearer not-a-token")], 400, "invalid_forward_token"),
+        ([("authorization", "Bearer eyJnot-a-token")], 400, "invalid_forward_token"),
+        ([("authorization", "Bearer not-a-token")], 401, "invalid_credential"),  # a provider key, unregistered
     ],
 )
 def test_refused_credentials(gw, headers, status, code):

@@ -10,6 +10,12 @@
 
 A customer without a meter, or disable_billing without a customer, is a contradiction and
 refused; so is a customer or meter the key's account does not have. Never a silent fallback.
+
+An app that sends its own provider key (sk-...) instead of a Tollgate credential is billed to the
+account the key is registered to (`tollgate keys register-provider-key`): as bring-your-own-key,
+the key going on as it came, or, registered with --swap, as managed, the key replaced by the
+gateway's. An unregistered one is refused, or with `capture.provider_keys: track` forwarded as
+bring-your-own-key and metered to `capture.account`.
 """
 
 from __future__ import annotations
@@ -18,9 +24,10 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 
 from addons.credentials import CallerCredential, hash_secret
-from addons.errors import BadRequest, Forbidden, Unauthorized
+from addons.errors import BadRequest, Forbidden, ProviderNotConfigured, Unauthorized
 from addons.keystore import KeyStore
-from addons.ledger.accounts import CustomerRecord, KeyRecord
+from addons.ledger.accounts import DEFAULT_ACCOUNT, CustomerRecord, KeyRecord
+from addons.settings import CaptureSettings
 from addons.signed_tokens import SignedClaims, verify_signed_token
 from pricing import meters
 from pricing.money import to_nanos
@@ -54,7 +61,41 @@ def _fields(credential: CallerCredential, signed: SignedClaims | None) -> tuple:
     return token.customer_id, token.meter_slug, token.provider_key, token.disable_billing
 
 
-async def resolve_plan(credential: CallerCredential, keys: KeyStore, signing_key: bytes | None) -> BillingPlan:
+def unknown_provider_key(provider: str, captured: bool) -> Unauthorized:
+    """The refusal of an unregistered provider key: what it looks like, and the two ways to fix it."""
+    fix = ("send your Tollgate key (tg_sk_…) where the app puts its provider key, or register this key for the "
+           f"account that pays: tollgate keys register-provider-key --account A --provider {provider} < keyfile")
+    if captured:
+        return Unauthorized("unknown_provider_key", f"this request carries a provider key for {provider} that is not "
+                                                    f"registered with the gateway, not a Tollgate credential: {fix}")
+    return Unauthorized("invalid_credential", f"this looks like a provider key, not a Tollgate credential: {fix}")
+
+
+async def provider_key_plan(key: str, provider: str, keys: KeyStore, capture: CaptureSettings,
+                            captured: bool) -> BillingPlan:
+    """Who pays for a request that carries a provider key; no Tollgate key is involved (key_id None)."""
+    registered = await keys.provider_key(hash_secret(key), provider)
+    if registered is not None:
+        payer = KeyRecord(None, registered.account_id, registered.wallet_id, False)
+        return BillingPlan(payer, provider_key=None if registered.swap else key)
+    if capture.provider_keys != "track":
+        raise unknown_provider_key(provider, captured)
+    name = capture.account or DEFAULT_ACCOUNT
+    account = await keys.account(name)
+    if account is None:
+        raise ProviderNotConfigured("capture_account_missing",
+                                    f"capture.account {name!r} is not an account in the ledger; fix the setting")
+    return BillingPlan(KeyRecord(None, account.account_id, account.wallet_id, False), provider_key=key)
+
+
+async def resolve_plan(credential: CallerCredential, keys: KeyStore, signing_key: bytes | None, *,
+                       provider: str = "", capture: CaptureSettings | None = None,
+                       captured: bool = False) -> BillingPlan:
+    """provider: the catalog id the request goes to; captured: the client did not choose the gateway
+    (transparent, WireGuard or local capture), which changes only how an unknown provider key is refused."""
+    if credential.provider_key is not None:
+        return await provider_key_plan(credential.provider_key, provider, keys, capture or CaptureSettings(),
+                                       captured)
     signed = None
     if credential.signed_token is not None:
         if signing_key is None:

@@ -6,8 +6,26 @@ from dataclasses import dataclass
 
 from peewee import JOIN, fn
 
-from addons.credentials import display_prefix, hash_secret, new_secret_key
-from addons.ledger.models import Account, ApiKey, Customer, LedgerEntry, MeterRow, RequestRow, Wallet, database, utcnow
+from addons.credentials import (
+    SECRET_PREFIX,
+    display_prefix,
+    hash_secret,
+    looks_like_tollgate_credential,
+    new_secret_key,
+    provider_key_prefix,
+)
+from addons.ledger.models import (
+    Account,
+    ApiKey,
+    Customer,
+    LedgerEntry,
+    MeterRow,
+    ProviderKeyRow,
+    RequestRow,
+    Wallet,
+    database,
+    utcnow,
+)
 
 DEFAULT_ACCOUNT = "default"
 
@@ -16,7 +34,7 @@ DEFAULT_ACCOUNT = "default"
 class KeyRecord:
     """What the hot path needs to know about a key, detached from the database."""
 
-    key_id: str
+    key_id: str | None  # None: billed through a registered or tracked provider key, no Tollgate key
     account_id: str
     wallet_id: str
     revoked: bool
@@ -45,6 +63,84 @@ def revoke_key(key_id: str) -> ApiKey:
         key.revoked_at = utcnow()
         key.save()
     return key
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRecord:
+    account_id: str
+    wallet_id: str
+
+
+def find_account(name: str) -> AccountRecord | None:
+    row = (Wallet.select(Wallet.id, Wallet.account).join(Account)
+           .where(Account.name == name, Wallet.customer_id == "").tuples().first())
+    return row and AccountRecord(row[1], row[0])
+
+
+# -- provider keys that apps send instead of a Tollgate key -------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class ProviderKeyRecord:
+    """A registered provider key, as the hot path needs it."""
+
+    registration_id: str
+    account_id: str
+    wallet_id: str
+    swap: bool
+
+
+def register_provider_key(account_name: str, provider: str, key: str, swap: bool = False) -> ProviderKeyRow:
+    """Map a provider key's fingerprint to an account; the key itself is not kept. ValueError: not a usable
+    provider key, or one registered already (its registration is named, never the key)."""
+    key = key.strip()
+    if not key:
+        raise ValueError("no provider key given (it is read from stdin)")
+    if key.startswith(SECRET_PREFIX):
+        raise ValueError("this is a Tollgate secret key, not a provider key: apps can send it as it is")
+    if looks_like_tollgate_credential(key):
+        raise ValueError("this is a Tollgate token, not a provider key: apps can send it as it is")
+    if not key.isascii() or not key.isprintable() or " " in key:
+        raise ValueError("a provider key is one line of printable ASCII without spaces")
+    key_hash = hash_secret(key)
+    account, _ = ensure_account(account_name)
+    with database.atomic():
+        existing = (ProviderKeyRow.select(ProviderKeyRow, Account.name.alias("account_name")).join(Account)
+                    .where(ProviderKeyRow.key_hash == key_hash, ProviderKeyRow.revoked_at.is_null()).objects().first())
+        if existing is not None:
+            raise ValueError(f"this key is registered already as {existing.id} (account {existing.account_name!r}, "
+                             f"provider {existing.provider}); revoke that registration first to change it")
+        return ProviderKeyRow.create(account=account, provider=provider, key_hash=key_hash,
+                                     prefix=provider_key_prefix(key), swap=swap)
+
+
+def find_provider_key(key_hash: str, provider: str) -> ProviderKeyRecord | None:
+    """The active registration of this key for this provider; a revoked one is as none."""
+    row = (
+        ProviderKeyRow.select(ProviderKeyRow.id, ProviderKeyRow.account, Wallet.id, ProviderKeyRow.swap)
+        .join(Wallet, on=(Wallet.account == ProviderKeyRow.account) & (Wallet.customer_id == ""))
+        .where(ProviderKeyRow.key_hash == key_hash, ProviderKeyRow.provider == provider,
+               ProviderKeyRow.revoked_at.is_null())
+        .tuples()
+        .first()
+    )
+    return row and ProviderKeyRecord(row[0], row[1], row[2], bool(row[3]))
+
+
+def provider_keys() -> list[dict]:
+    query = (ProviderKeyRow.select(ProviderKeyRow, Account.name.alias("account_name")).join(Account)
+             .order_by(ProviderKeyRow.created_at))
+    return [{"id": r.id, "account": r.account_name, "provider": r.provider, "prefix": r.prefix, "swap": r.swap,
+             "created_at": r.created_at, "revoked_at": r.revoked_at} for r in query.objects()]
+
+
+def revoke_provider_key(registration_id: str) -> ProviderKeyRow:
+    row = ProviderKeyRow.get_or_none(ProviderKeyRow.id == registration_id)
+    if row is None:
+        raise LookupError(f"no provider key registration {registration_id}")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        row.save()
+    return row
 
 
 @dataclass(frozen=True, slots=True)

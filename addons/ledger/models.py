@@ -134,6 +134,26 @@ class ApiKey(BaseModel):
     revoked_at = DateTimeField(null=True)
 
 
+class ProviderKeyRow(BaseModel):
+    """A provider key (sk-...) an app sends instead of a Tollgate key, registered to the account that pays.
+
+    Stored by fingerprint (SHA-256) only. `swap`: the gateway replaces the key with its managed one and
+    bills the provider cost; otherwise the key goes on as bring-your-own-key and the BYOK fee is billed.
+    """
+
+    id = CharField(primary_key=True, default=lambda: new_id("pkey"))
+    account = ForeignKeyField(Account, backref="provider_keys")
+    provider = CharField()  # catalog provider id the key is for
+    key_hash = CharField(index=True)  # unique among active rows, checked on registration
+    prefix = CharField()  # for display: "sk-pr…"
+    swap = BooleanField(default=False)
+    created_at = DateTimeField(default=utcnow)
+    revoked_at = DateTimeField(null=True)
+
+    class Meta:
+        table_name = "provider_key"
+
+
 class RequestRow(BaseModel):
     id = CharField(primary_key=True)
     created_at = DateTimeField(index=True)
@@ -208,7 +228,8 @@ class Event(BaseModel):
     created_at = DateTimeField(default=utcnow)
 
 
-MODELS = (Account, Wallet, Customer, MeterRow, MeterUsage, LedgerEntry, ApiKey, RequestRow, TopUp, Hold, Event)
+MODELS = (Account, Wallet, Customer, MeterRow, MeterUsage, LedgerEntry, ApiKey, ProviderKeyRow, RequestRow, TopUp, Hold,
+          Event)
 
 
 def open_database(url: str):
