@@ -64,11 +64,11 @@ class UsageRecord:
     byok: bool = False
     error: str | None = None
     metadata: dict[str, str] | None = field(default=None)
+    bill_customer: bool = False  # the customer pays a fee; a column too, for `tollgate prices reprice`
     # billing inputs, not columns
     customer_wallet_id: str | None = None
     meter_id: str | None = None
     units_micro: int = 0
-    bill_customer: bool = False  # also a column: `tollgate prices reprice` needs to know who paid
     customer_byok_fee_nanos: int = 0
 
     def row(self) -> dict:
