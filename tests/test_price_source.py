@@ -16,8 +16,10 @@ from playhouse.db_url import connect
 
 from addons.billing import price_guard
 from addons.billing.plan import BillingPlan
-from addons.ledger.accounts import CustomerRecord, KeyRecord
-from addons.ledger.models import Account, RequestRow, database, open_database
+from addons.billing.reprice import reprice
+from addons.ledger.accounts import CustomerRecord, KeyRecord, audit_wallets, credit_wallet, ensure_account, wallet_balance
+from addons.ledger.models import Account, RequestRow, database, open_database, utcnow
+from addons.ledger.writer import UsageRecord, write_batch
 from addons.metering import Meter, price_basis
 from addons.settings import BillingSettings, PricingSettings, Settings, load_settings, parse_pricing
 from pricing import meters
@@ -371,3 +373,26 @@ def test_reprice_charges_what_unpriced_requests_cost_once(flagging):
     assert len(ledger_entries(flagging, billed["id"])) == 2
     assert flagging.cli_json("audit")["ok"] is True
     assert UNPRICED_MODEL not in {r["model"] for r in flagging.cli_json("prices", "missing")}
+
+
+# -- reprice in-process: bring-your-own-key rows ----------------------------------------------
+
+def test_reprice_of_a_byok_row_charges_only_the_share_of_the_cost(ledger):
+    _, wallet = ensure_account()
+    credit_wallet(wallet.id, 10_000_000)
+    per_request = 1_000_000  # the BYOK fee's per-request part, charged when the request ran
+    write_batch([UsageRecord(
+        id="req_byok", created_at=utcnow(), account=wallet.account_id, wallet_id=wallet.id, key=None, provider="openai",
+        endpoint="chat.completions", model=UNPRICED_MODEL, status=200, input_tokens=17, cache_read_tokens=4,
+        output_tokens=9, reasoning_tokens=3, charged_nanos=per_request, usage_source="reported",
+        price_source="unpriced", byok=True)])
+    billing = BillingSettings(byok_fee_percent=Decimal(10), byok_fee_per_request_nanos=per_request)
+    overrides = parse_overrides({"models": [UNRELEASED_PRICE]})
+    done, left = reprice(since=datetime(2020, 1, 1), until=None, pricing_ids={"openai": "openai"},
+                         overrides=overrides, billing=billing)
+    assert (left, [(r.request_id, r.provider_cost_nanos, r.merchant_nanos) for r in done]) == (
+        0, [("req_byok", 35_000, 3_500)])  # 10% of $0.000035
+    assert wallet_balance(wallet.id) == 10_000_000 - per_request - 3_500
+    assert reprice(since=datetime(2020, 1, 1), until=None, pricing_ids={"openai": "openai"}, overrides=overrides,
+                   billing=billing) == ([], 0)
+    assert audit_wallets() == []
