@@ -165,13 +165,29 @@ def cmd_requests(args) -> None:
     _emit(args, rows, table, csv_rows=rows, csv_columns=list(rows[0]) if rows else columns)
 
 
+def _unknown_cost(row: dict) -> dict:
+    """A group whose every request is unpriced or unmetered has no known provider cost: null, not 0.00."""
+    if row["requests"] and row["unpriced_requests"] + row["unmetered_requests"] == row["requests"]:
+        row["provider_cost"] = None
+    return row
+
+
+def _cost_cell(row: dict) -> str:
+    """The known cost, and how many requests it leaves out."""
+    left_out = [f"{row[f'{s}_requests']} {s}" for s in UNKNOWN_COST if row[f"{s}_requests"]]
+    if row["provider_cost"] is None:
+        return " + ".join(left_out)
+    return " + ".join([row["provider_cost"], *left_out])
+
+
 def cmd_usage(args) -> None:
     rows, totals = usage_by(args.by, customer=args.customer, since=args.since, until=args.until)
-    rows, totals = [_money_fields(r) for r in rows], _money_fields(totals)
+    rows, totals = [_unknown_cost(_money_fields(r)) for r in rows], _unknown_cost(_money_fields(totals))
     columns = ["group", "requests", "input_tokens", "output_tokens", "provider_cost", "charged", "fee", "margin",
                "unpriced_requests", "unmetered_requests"]
-    table = _table(f"Usage by {args.by}", columns, [[r[c] for c in columns] for r in rows] +
-                   [["total", *(totals[c] for c in columns[1:])]])
+    shown = [*rows, {**totals, "group": "total"}]
+    table = _table(f"Usage by {args.by}", columns, [[_cost_cell(r) if c == "provider_cost" else r[c] for c in columns]
+                                                    for r in shown])
     unknown = totals["unpriced_requests"] + totals["unmetered_requests"]
     note = (f"{totals['unpriced_requests']} unpriced and {totals['unmetered_requests']} unmetered requests: their "
             "provider cost is not known and not in provider_cost (tollgate prices missing)") if unknown else None

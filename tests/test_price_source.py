@@ -256,6 +256,11 @@ def test_track_mode_serves_an_unpriced_model_flagged_never_as_zero(defaults):
     defaults.env["COLUMNS"] = "300"  # the whole table, one line per row
     line = next(line for line in defaults.cli("requests").stdout.splitlines() if second["id"] in line)
     assert line.split("│")[9].strip() == "unpriced"  # the provider_cost cell
+    by_model = {r["group"]: r for r in defaults.cli_json("usage", "--by", "model")["rows"]}
+    assert (by_model[UNPRICED_MODEL]["provider_cost"], by_model[UNPRICED_MODEL]["unpriced_requests"]) == (None, 2)
+    usage_table = defaults.cli("usage", "--by", "model").stdout
+    assert next(line for line in usage_table.splitlines() if UNPRICED_MODEL in line).split("│")[5].strip() == (
+        "2 unpriced")
     warnings = [line for line in defaults.log.read_text().splitlines() if UNPRICED_MODEL in line]
     assert len(warnings) == 1 and "has no price" in warnings[0]
 
