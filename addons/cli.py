@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import getpass
 import json
 import os
@@ -17,14 +18,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from addons.billing.reprice import reprice
 from addons.catalog import load_catalog
 from addons.credentials import ForwardToken, encode_forward_token, hash_secret
 from addons.ledger import accounts
 from addons.ledger.models import Account, ApiKey, Customer, Event, MeterRow, Wallet, open_database
-from addons.reports import USAGE_GROUPS, customer_view, recent_requests, usage_by
+from addons.reports import UNKNOWN_COST, USAGE_GROUPS, customer_view, missing_prices, recent_requests, usage_by
 from addons.settings import PROJECT_ROOT, load_settings, resolve_database_url
 from addons.signed_tokens import issue_signed_token, load_signing_key
 from pricing import meters
+from pricing.cost import shipped_overrides
 from pricing.money import format_usd, parse_usd
 
 console = Console(soft_wrap=True)  # long keys and commands stay copyable on one line
@@ -187,19 +190,42 @@ def cmd_requests(args) -> None:
     rows = [_money_fields(r) for r in recent_requests(args.limit, customer=args.customer)]
     for row in rows:
         row["metadata"] = json.loads(row["metadata"]) if row["metadata"] else None
+        if row["price_source"] in UNKNOWN_COST:
+            row["provider_cost"] = None  # not known, which is not $0.00
     columns = ["id", "created_at", "provider", "model", "customer_id", "status", "input_tokens",
                "output_tokens", "provider_cost", "charged", "fee", "usage_source"]
-    _emit(args, rows, _table("Requests", columns, [[r[c] for c in columns] for r in rows]), csv_rows=rows,
-          csv_columns=list(rows[0]) if rows else columns)
+    table = _table("Requests", columns, [[r["price_source"] if c == "provider_cost" and r["price_source"] in UNKNOWN_COST
+                                          else r[c] for c in columns] for r in rows])
+    _emit(args, rows, table, csv_rows=rows, csv_columns=list(rows[0]) if rows else columns)
+
+
+def _unknown_cost(row: dict) -> dict:
+    """A group whose every request is unpriced or unmetered has no known provider cost: null, not 0.00."""
+    if row["requests"] and row["unpriced_requests"] + row["unmetered_requests"] == row["requests"]:
+        row["provider_cost"] = None
+    return row
+
+
+def _cost_cell(row: dict) -> str:
+    """The known cost, and how many requests it leaves out."""
+    left_out = [f"{row[f'{s}_requests']} {s}" for s in UNKNOWN_COST if row[f"{s}_requests"]]
+    if row["provider_cost"] is None:
+        return " + ".join(left_out)
+    return " + ".join([row["provider_cost"], *left_out])
 
 
 def cmd_usage(args) -> None:
     rows, totals = usage_by(args.by, customer=args.customer, since=args.since, until=args.until)
-    rows, totals = [_money_fields(r) for r in rows], _money_fields(totals)
-    columns = ["group", "requests", "input_tokens", "output_tokens", "provider_cost", "charged", "fee", "margin"]
-    table = _table(f"Usage by {args.by}", columns, [[r[c] for c in columns] for r in rows] +
-                   [["total", *(totals[c] for c in columns[1:])]])
-    _emit(args, {"by": args.by, "rows": rows, "totals": totals}, table, csv_rows=rows, csv_columns=columns)
+    rows, totals = [_unknown_cost(_money_fields(r)) for r in rows], _unknown_cost(_money_fields(totals))
+    columns = ["group", "requests", "input_tokens", "output_tokens", "provider_cost", "charged", "fee", "margin",
+               "unpriced_requests", "unmetered_requests"]
+    shown = [*rows, {**totals, "group": "total"}]
+    table = _table(f"Usage by {args.by}", columns, [[_cost_cell(r) if c == "provider_cost" else r[c] for c in columns]
+                                                    for r in shown])
+    unknown = totals["unpriced_requests"] + totals["unmetered_requests"]
+    note = (f"{totals['unpriced_requests']} unpriced and {totals['unmetered_requests']} unmetered requests: their "
+            "provider cost is not known and not in provider_cost (tollgate prices missing)") if unknown else None
+    _emit(args, {"by": args.by, "rows": rows, "totals": totals}, table, text=note, csv_rows=rows, csv_columns=columns)
 
 
 def _customer_or_exit(args) -> Customer:
@@ -329,6 +355,34 @@ def cmd_ca(args) -> None:
     _emit(args, data, text="\n".join(lines))
 
 
+def cmd_prices(args) -> None:
+    if args.action == "missing":
+        rows = missing_prices(since=args.since, until=args.until)
+        columns = ["provider", "model", "requests", "input_tokens", "output_tokens", "first_seen", "last_seen"]
+        hint = ("Add a price for each to pricing/overrides.yaml (or `prices:` in the settings), e.g.\n"
+                "  - {provider: PROVIDER, model: MODEL, input_mtok: \"1.00\", output_mtok: \"2.00\"}\n"
+                "then charge what those requests cost: tollgate prices reprice --since DATE"
+                if rows else "No model was seen without a price.")
+        _emit(args, rows, _table("Models without a price", columns, [[r[c] for c in columns] for r in rows]),
+              text=hint, csv_rows=rows, csv_columns=columns)
+        return
+    settings = load_settings()
+    catalog = load_catalog(overrides=settings.provider_overrides)
+    try:
+        overrides = settings.price_overrides + shipped_overrides()
+    except ValueError as e:
+        raise SystemExit(f"tollgate: {e}") from None
+    done, left = reprice(since=args.since, until=args.until, pricing_ids={p.id: p.pricing_id for p in catalog.providers},
+                         overrides=overrides, billing=settings.billing, dry_run=args.dry_run)
+    rows = [_money_fields(dataclasses.asdict(r)) for r in done]
+    columns = ["request_id", "provider", "model", "price_source", "provider_cost", "merchant", "customer",
+               "customer_uncollected"]
+    verb = "would re-price" if args.dry_run else "re-priced"
+    _emit(args, {"dry_run": args.dry_run, "repriced": rows, "still_unpriced": left},
+          _table(f"Requests {verb}", columns, [[r[c] for c in columns] for r in rows]),
+          text=f"{len(rows)} requests {verb} (new ledger entries: reason reprice); {left} still without a price.")
+
+
 def cmd_audit(args) -> None:
     mismatches = [{"wallet": w, "balance": format_usd(c), "entries_sum": format_usd(s)}
                   for w, c, s in accounts.audit_wallets()]
@@ -446,6 +500,17 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--confdir", default=os.environ.get("MITMPROXY_CONFDIR", "~/.mitmproxy"))
     ca.add_argument("--exports", action="store_true", help="print only shell export lines")
     ca.set_defaults(fn=cmd_ca)
+    prices = sub.add_parser("prices", parents=[common], help="models without a price, and charging them later")
+    psub = prices.add_subparsers(dest="action", required=True)
+    pmissing = psub.add_parser("missing", parents=[common, export], help="models seen without a price")
+    pmissing.add_argument("--since", type=_date, help="from this date or time (UTC, inclusive)")
+    pmissing.add_argument("--until", type=_date, help="up to this date or time (UTC, exclusive)")
+    preprice = psub.add_parser("reprice", parents=[common],
+                               help="price unpriced requests with today's price lists; adds ledger entries")
+    preprice.add_argument("--since", type=_date, required=True, help="from this date or time (UTC, inclusive)")
+    preprice.add_argument("--until", type=_date, help="up to this date or time (UTC, exclusive)")
+    preprice.add_argument("--dry-run", action="store_true", help="show what would change, change nothing")
+    prices.set_defaults(fn=cmd_prices)
     sub.add_parser("audit", parents=[common], help="check balances against ledger entries").set_defaults(fn=cmd_audit)
     return parser
 

@@ -21,13 +21,14 @@ from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy import server_hooks
 
 from addons import error_pages, proxyauth_compare
-from addons.error_pages import REQUEST_ID_HEADERS, json_response, new_request_id
+from addons.billing import price_guard
 from addons.billing.autopay import AutoTopUp
 from addons.billing.cashier import Cashier
-from addons.billing.charges import CommitReport
+from addons.billing.charges import CommitReport, is_billable
 from addons.billing.plan import BillingPlan, resolve_plan
 from addons.catalog import Catalog, Provider, load_catalog
 from addons.credentials import is_captured, query_key, read_credential, strip_gateway_credentials
+from addons.error_pages import REQUEST_ID_HEADERS, json_response, new_request_id
 from addons.errors import GatewayError, NotFound, ProviderNotConfigured, ShuttingDown
 from addons.forward import FORWARD_PATH, parse_forward_target, sdk_query, sdk_target
 from addons.keystore import KeyStore
@@ -39,7 +40,7 @@ from addons.metering import Meter
 from addons.settings import PROJECT_ROOT, Settings, load_settings, resolve_database_url
 from addons.signed_tokens import check_scope, load_signing_key
 from pricing import meters
-from pricing.cost import Override, price, shipped_overrides
+from pricing.cost import Override, price, price_source, shipped_overrides
 from pricing.money import format_usd
 
 log = logging.getLogger(__name__)
@@ -288,9 +289,12 @@ class Gateway:
                 "provider_key_missing", f"no {provider.name} key is configured ({provider.credential_env} is not set)"
             )
         path, _, query = request.path.partition("?")
-        meter = Meter.for_request(provider.api_family, request.method, path, query, request.raw_content or b"")
+        meter = Meter.for_request(provider.api_family, request.method, path, query, request.raw_content or b"",
+                                  upgrade="upgrade" in request.headers)
         if plan.token is not None:
             check_scope(plan.token, provider.id, meter.model)
+        price_guard.admit(plan, meter, self.settings, lambda model: price_source(
+            model=model, provider_id=provider.id, pricing_id=provider.pricing_id, overrides=self.prices))
         await self.cashier.admit(request_id, plan, meter, lambda usage: self._cost(provider, meter.model, usage).total_nanos)
         if meter.request_body is not None:
             request.content = meter.request_body
@@ -375,7 +379,9 @@ class Gateway:
         model = result.model or state.meter.model
         plan, usage = state.plan, result.usage
         cost = self._cost(state.provider, model, usage, at=datetime.fromtimestamp(state.started, UTC))
-        billable = (status is not None and status < 400) or result.source == "estimated"
+        billable = is_billable(status, result.source)
+        source = price_guard.price_source(state.meter, cost.source, status)
+        price_guard.warn_once(source, state.provider.id, model, flow.request.path.partition("?")[0])
         merchant_charge, customer_byok_fee = self.cashier.charges(state.request_id, plan, cost.total_nanos, billable)
         units = (
             meters.units_of(plan.meter, usage, characters=state.meter.prompt_chars, audio_seconds=state.meter.audio_seconds)
@@ -408,6 +414,7 @@ class Gateway:
             latency_ms=round((end - state.started) * 1000),
             ttfb_ms=round((ttfb - state.started) * 1000) if ttfb else None,
             usage_source=result.source,
+            price_source=source,
             byok=plan.byok,
             error=error,
             metadata=state.metadata,
@@ -418,6 +425,7 @@ class Gateway:
             customer_byok_fee_nanos=customer_byok_fee,
         )
         flow.metadata["tollgate.cost"] = format_usd(cost.total_nanos)
+        flow.metadata["tollgate.price_source"] = source
         flow.comment = (
             f"{state.provider.id} {model or '?'} in={usage.input_tokens} out={usage.output_tokens} "
             f"${format_usd(cost.total_nanos)}" + (" (estimated)" if result.source == "estimated" else "")

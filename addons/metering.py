@@ -45,6 +45,14 @@ _GEMINI_VERBS = {
 _COHERE_PATHS = (("/v2/chat", "cohere.chat"), ("/v2/embed", "cohere.embed"))
 _EMBEDDINGS = frozenset({"embeddings", "embedContent", "cohere.embed"})
 
+PriceBasis = Literal["metered", "free", "unmetered"]
+# Requests that cost nothing at the provider although no usage is read from them: reading, listing
+# and deleting (GET /v1/models, a stored response or file), and counting tokens. Everything else
+# the meter cannot read is unmetered: images, audio, rerank, batches, and websocket upgrades (a GET
+# that opens a paid OpenAI Realtime or Gemini Live session).
+_FREE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+_FREE_PATH_ENDS = ("/messages/count_tokens", ":countTokens")
+
 # Keys under which requests and responses carry text worth estimating tokens from
 # (never image/audio/file payloads, ids or parameters).
 _PROMPT_KEYS = frozenset(
@@ -86,6 +94,21 @@ class MeterResult:
     source: Source
 
 
+def price_basis(method: str, endpoint: str, path: str, upgrade: bool = False) -> PriceBasis:
+    """Whether Tollgate reads this request's usage ("metered"), the request costs nothing ("free"),
+    or neither ("unmetered": the provider may charge for it, and the ledger cannot say how much).
+
+    `endpoint` is what _endpoint() named it: every endpoint but "other" has its usage read.
+    """
+    if endpoint != "other":
+        return "metered"
+    if upgrade:
+        return "unmetered"
+    if method.upper() in _FREE_METHODS or unquote(path).rstrip("/").endswith(_FREE_PATH_ENDS):
+        return "free"
+    return "unmetered"
+
+
 class Meter:
     """Usage of one request; build with for_request()."""
 
@@ -100,9 +123,11 @@ class Meter:
         prompt_chars: int = 0,
         max_output_tokens: int | None = None,
         gemini_sse: bool = True,
+        basis: PriceBasis | None = None,
     ) -> None:
         self.family = family
         self.endpoint = endpoint
+        self.basis: PriceBasis = basis or ("metered" if endpoint != "other" else "unmetered")
         self.model = model
         self.stream_requested = stream_requested
         self.request_body = request_body
@@ -125,17 +150,21 @@ class Meter:
 
     @classmethod
     def for_request(
-        cls, family: str, method: str, path: str, query: str, body: bytes, *, inject_usage: bool = True
+        cls, family: str, method: str, path: str, query: str, body: bytes, *, inject_usage: bool = True,
+        upgrade: bool = False,
     ) -> Meter:
-        """Never raises: an unreadable request meters nothing, or only estimates."""
+        """Never raises: an unreadable request meters nothing (and is unmetered), or only estimates.
+
+        upgrade: the request asks for a protocol upgrade (a websocket session).
+        """
         try:
-            return cls._for_request(family, method, path, query, body, inject_usage)
+            return cls._for_request(family, method, path, query, body, inject_usage, upgrade)
         except Exception:  # a bad request must not break the proxy
             return cls(family)
 
     @classmethod
     def _for_request(
-        cls, family: str, method: str, path: str, query: str, body: bytes, inject_usage: bool
+        cls, family: str, method: str, path: str, query: str, body: bytes, inject_usage: bool, upgrade: bool
     ) -> Meter:
         endpoint, path_model = _endpoint(family, method, path)
         parsed = _loads(body)
@@ -157,6 +186,7 @@ class Meter:
             prompt_chars=_text_chars(req, _PROMPT_KEYS),
             max_output_tokens=_max_output_tokens(req),
             gemini_sse=parse_qs(query or "").get("alt") == ["sse"],
+            basis=price_basis(method, endpoint, path, upgrade),
         )
 
     # -- response side ---------------------------------------------------------------------

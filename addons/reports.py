@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from peewee import fn
+from peewee import Case, fn
 
 from addons.billing.charges import cycle_start
 from addons.ledger.models import ApiKey, Customer, Hold, MeterRow, MeterUsage, RequestRow, utcnow
@@ -19,6 +19,8 @@ USAGE_GROUPS = {
     "day": fn.DATE(RequestRow.created_at),
 }
 MONEY_SUMS = ("provider_cost_nanos", "charged_nanos", "fee_nanos")
+# Requests whose provider cost is not known, counted apart: a cost total is complete only without them.
+UNKNOWN_COST = ("unpriced", "unmetered")
 
 
 def _filtered(query, customer: str | None, since: datetime | None, until: datetime | None):
@@ -43,7 +45,9 @@ def usage_by(group: str, customer: str | None = None, since: datetime | None = N
     sums = [fn.COUNT(RequestRow.id).alias("requests"),
             fn.SUM(RequestRow.input_tokens).alias("input_tokens"),
             fn.SUM(RequestRow.output_tokens).alias("output_tokens"),
-            *(fn.SUM(getattr(RequestRow, name)).alias(name) for name in MONEY_SUMS)]
+            *(fn.SUM(getattr(RequestRow, name)).alias(name) for name in MONEY_SUMS),
+            *(fn.SUM(Case(None, [(RequestRow.price_source == source, 1)], 0)).alias(f"{source}_requests")
+              for source in UNKNOWN_COST)]
     query = _filtered(RequestRow.select(column.alias("group"), *sums), customer, since, until)
     rows = [_numbers(row) for row in query.group_by(column).order_by(fn.SUM(RequestRow.provider_cost_nanos).desc(), column).dicts()]
     totals = _numbers(_filtered(RequestRow.select(*sums), customer, since, until).dicts().get())
@@ -60,6 +64,26 @@ def _numbers(row: dict) -> dict:
     out = {"group": None if group is None else str(group), **{k: int(v or 0) for k, v in row.items()}}
     out["margin_nanos"] = out["fee_nanos"] - out["charged_nanos"]
     return out
+
+
+def missing_prices(since: datetime | None = None, until: datetime | None = None) -> list[dict]:
+    """Models seen without a price (rows with price_source unpriced), per provider and model."""
+    query = (RequestRow.select(RequestRow.provider, RequestRow.model, fn.COUNT(RequestRow.id).alias("requests"),
+                               fn.SUM(RequestRow.input_tokens).alias("input_tokens"),
+                               fn.SUM(RequestRow.output_tokens).alias("output_tokens"),
+                               fn.MIN(RequestRow.created_at).alias("first_seen"),
+                               fn.MAX(RequestRow.created_at).alias("last_seen"))
+             .where(RequestRow.price_source == "unpriced", RequestRow.model.is_null(False)))
+    query = _filtered(query, None, since, until).group_by(RequestRow.provider, RequestRow.model)
+    rows = []
+    for row in query.order_by(fn.COUNT(RequestRow.id).desc(), RequestRow.provider, RequestRow.model).dicts():
+        for name in ("input_tokens", "output_tokens"):
+            row[name] = int(row[name] or 0)
+        for name in ("first_seen", "last_seen"):  # SQLite's MIN/MAX of a datetime column come back as text
+            if isinstance(row[name], str):
+                row[name] = datetime.fromisoformat(row[name])
+        rows.append(row)
+    return rows
 
 
 def customer_view(customer: Customer) -> dict:

@@ -47,6 +47,29 @@ class CaptureSettings:
     account: str | None = None  # None: the default account
 
 
+PRICING_POLICIES = ("flag", "refuse")
+
+
+@dataclass(frozen=True)
+class PricingSettings:
+    """What to do with a request whose provider cost the ledger cannot know; None: the default
+    (addons/billing/price_guard.py): refuse where a billed customer's fee would come out wrong."""
+
+    unpriced: str | None = None  # a model no price list knows: flag | refuse
+    unmetered: str | None = None  # an endpoint whose usage Tollgate does not read: flag | refuse
+
+
+def parse_pricing(data) -> PricingSettings:
+    if not isinstance(data, Mapping):
+        raise ValueError("settings: pricing must be a mapping")
+    if unknown := sorted(map(str, set(data) - {"unpriced", "unmetered"})):
+        raise ValueError(f"settings: pricing has unknown field(s) {', '.join(unknown)}; expected unpriced, unmetered")
+    for name in ("unpriced", "unmetered"):
+        if data.get(name) is not None and data[name] not in PRICING_POLICIES:
+            raise ValueError(f"settings: pricing.{name} must be flag, refuse or null (the default), not {data[name]!r}")
+    return PricingSettings(unpriced=data.get("unpriced"), unmetered=data.get("unmetered"))
+
+
 # Upstream timeouts when gateway.yaml names none (see its `timeouts:` for why these values).
 DEFAULT_TIMEOUTS = Timeouts(connect=10.0, first_byte=600.0, idle=300.0, total=1800.0)
 
@@ -61,6 +84,7 @@ class Settings:
     journal_dir: Path = PROJECT_ROOT / "data" / "journal"
     timeouts: Timeouts = DEFAULT_TIMEOUTS  # every provider's, unless its `timeouts` say otherwise
     capture: CaptureSettings = field(default_factory=CaptureSettings)
+    pricing: PricingSettings = field(default_factory=PricingSettings)
 
 
 def _read_yaml(path: Path) -> dict:
@@ -172,4 +196,5 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         journal_dir=PROJECT_ROOT / (environ.get("TOLLGATE_JOURNAL_DIR") or data.get("journal_dir") or "data/journal"),
         timeouts=DEFAULT_TIMEOUTS.updated(parse_timeouts("settings: timeouts", data.get("timeouts") or {})),
         capture=parse_capture(data.get("capture") or {}),
+        pricing=parse_pricing(data.get("pricing") or {}),
     )

@@ -3,7 +3,9 @@
 Operator overrides (pricing/overrides.yaml) win, then genai-prices' bundled snapshot. Its
 network updater is never used: prices must not change under a running ledger without a
 deploy. A model nobody prices costs zero and says so ("unpriced") instead of failing the
-request it belongs to.
+request it belongs to; the gateway's pricing.unpriced setting decides whether such a request is served.
+A cost's source is what the ledger records as the request's price_source: "catalog" (genai-prices),
+"override" (pricing/overrides.yaml or the settings' prices) or "unpriced".
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ OVERRIDES_PATH = Path(__file__).resolve().parent / "overrides.yaml"
 _MTOK = Decimal(1_000_000)
 _ENTRY_FIELDS = frozenset({"provider", "model", "input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok"})
 
-Source = Literal["genai-prices", "override", "unpriced"]
+Source = Literal["catalog", "override", "unpriced"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +188,7 @@ def _genai_usage(counts: Counts) -> genai_prices.Usage:
 def _genai_prices_cost(counts: Counts, model: str, pricing_id: str | None, at: datetime | None) -> Cost:
     """The reference price: genai-prices' generic unit decomposition, ~100 µs a call."""
     calc = genai_prices.calc_price(_genai_usage(counts), model, provider_id=pricing_id, genai_request_timestamp=at)
-    return _cost(calc.input_price, calc.output_price, calc.total_price, "genai-prices")
+    return _cost(calc.input_price, calc.output_price, calc.total_price, "catalog")
 
 
 # --- Fast path -------------------------------------------------------------------------------
@@ -234,7 +236,7 @@ class _Plan:
             self._nanos(self.total, counts),
             self._nanos(self.input, counts),
             self._nanos(self.output, counts),
-            "genai-prices",
+            "catalog",
         )
 
     def _nanos(self, coefficients: tuple[int, ...], counts: Counts) -> int:
@@ -304,7 +306,7 @@ def _fit(provider: Provider, model_info: ModelInfo, model_price: ModelPrice, at:
                 usd = _measure(provider, model_info, model_price, at, counts)
                 with localcontext(_EXACT):
                     predicted = tuple(row[0] + sum(k * x for k, x in zip(row[1:], counts, strict=True)) for row in rows)
-                if predicted != usd or plan.cost(counts) != _cost(*usd, "genai-prices"):
+                if predicted != usd or plan.cost(counts) != _cost(*usd, "catalog"):
                     return None
     except Exception:  # whatever went wrong, the reference path reproduces it
         return None
@@ -361,3 +363,16 @@ def price(
     plan = _plan(provider, model_info, model_info.get_prices(at), at)
     cost = None if plan is None else plan.cost(counts)
     return _genai_prices_cost(counts, model, pricing_id, at) if cost is None else cost
+
+
+def price_source(
+    *, model: str, provider_id: str, pricing_id: str | None, overrides: tuple[Override, ...] | None = None
+) -> Source:
+    """Who would price this model, without pricing anything: what the gateway checks before forwarding."""
+    model = model.removeprefix("models/")
+    if not model:
+        return "unpriced"
+    route = _route(provider_id, pricing_id, model, shipped_overrides() if overrides is None else tuple(overrides))
+    if route is False:
+        return "unpriced"
+    return "override" if isinstance(route, Override) else "catalog"

@@ -23,6 +23,7 @@ OpenAI-compatible, routed by path *suffix*, so any prefix works
 * ``.../completions``       family ``openai.completions`` (legacy text completions)
 * ``.../responses``         family ``openai.responses``  (Responses API)
 * ``.../embeddings``        family ``openai.embeddings``
+* ``.../images/generations`` family ``openai.images`` (dall-e style images, no usage)
 
 Anthropic:  ``/v1/messages`` (family ``anthropic.messages``),
             ``/v1/messages/count_tokens`` (family ``anthropic.count_tokens``).
@@ -850,6 +851,7 @@ class MockProvider:
             ("completions", "openai.completions", self._openai_completions),
             ("responses", "openai.responses", self._openai_responses),
             ("embeddings", "openai.embeddings", self._openai_embeddings),
+            ("images/generations", "openai.images", self._openai_images),
         ]
         for suffix, family, fn in table:
             if path.endswith("/" + suffix):
@@ -1007,6 +1009,14 @@ class MockProvider:
             "model": rec.model,
             "usage": wire_usage("openai.embeddings", self.usage),
         })
+
+    def _openai_images(self, rec: RecordedRequest, body: dict) -> _Json:
+        """dall-e style: the images, no usage (what Tollgate cannot meter yet)."""
+        n = body.get("n") if isinstance(body.get("n"), int) and body.get("n") > 0 else 1
+        image = base64.b64encode(b"\x89PNG\r\n\x1a\nmock").decode()
+        item = {"b64_json": image} if body.get("response_format") == "b64_json" else {
+            "url": f"https://images.mock.invalid/{rec.seq}.png"}
+        return _Json(200, {"created": int(time.time()), "data": [dict(item, revised_prompt=FULL_TEXT)] * n})
 
     # -- Anthropic ---------------------------------------------------------
 

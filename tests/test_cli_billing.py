@@ -19,7 +19,8 @@ from addons.signed_tokens import verify_signed_token
 from tests.harness import clean_env, tollgate_cli
 
 SIGNING_KEY = "cli-billing-test-signing-key-0123456789"
-USAGE_COLUMNS = ["group", "requests", "input_tokens", "output_tokens", "provider_cost", "charged", "fee", "margin"]
+USAGE_COLUMNS = ["group", "requests", "input_tokens", "output_tokens", "provider_cost", "charged", "fee", "margin",
+                 "unpriced_requests", "unmetered_requests"]
 
 
 @pytest.fixture
@@ -399,9 +400,9 @@ def read_csv(text: str) -> list[list[str]]:
 @pytest.mark.parametrize(
     "args, body",
     [
-        ([], [["openai", "3", "30", "15", "0.013", "0.013", "0.008", "-0.005"],  # r1 + r3 + r4
-              ["anthropic", "1", "10", "5", "0.002", "0.002", "0.00", "-0.002"]]),
-        (["--since", "2025-02-01"], [["openai", "2", "20", "10", "0.012", "0.012", "0.005", "-0.007"]]),
+        ([], [["openai", "3", "30", "15", "0.013", "0.013", "0.008", "-0.005", "0", "0"],  # r1 + r3 + r4
+              ["anthropic", "1", "10", "5", "0.002", "0.002", "0.00", "-0.002", "0", "0"]]),
+        (["--since", "2025-02-01"], [["openai", "2", "20", "10", "0.012", "0.012", "0.005", "-0.007", "0", "0"]]),
         (["--since", "2030-01-01"], []),  # nothing in range: still the header
     ],
     ids=["all", "since", "no-rows"],

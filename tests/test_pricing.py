@@ -43,7 +43,7 @@ def overrides(*entries):
 )  # fmt: skip
 def test_known_models_are_priced_exactly(provider_id, pricing_id, model, usage, input_nanos, output_nanos):
     cost = price(usage, model=model, provider_id=provider_id, pricing_id=pricing_id, overrides=())
-    assert cost == Cost(input_nanos + output_nanos, input_nanos, output_nanos, "genai-prices")
+    assert cost == Cost(input_nanos + output_nanos, input_nanos, output_nanos, "catalog")
 
 
 @pytest.mark.parametrize("cached", [0, 400, 1000])
@@ -95,7 +95,7 @@ def cost_of(in_rate, out_rate, source, tokens_in=1000, tokens_out=100):
         ("gpt-4o", cost_of("1", "2", "override")),
         ("GPT-4O", cost_of("1", "2", "override")),
         ("my-model-7b", cost_of("0.5", "0.5", "override")),
-        ("gpt-4o-mini", cost_of("0.15", "0.6", "genai-prices")),  # the groq override is not openai's
+        ("gpt-4o-mini", cost_of("0.15", "0.6", "catalog")),  # the groq override is not openai's
     ],
 )
 def test_an_override_wins_over_genai_prices(model, expected):
@@ -246,7 +246,7 @@ def test_linear_prices_take_the_fast_path(monkeypatch):
     monkeypatch.setattr(cost_module, "_genai_prices_cost", slow)
     usage = TokenUsage(input_tokens=20, output_tokens=9)
     cost = price(usage, model="gpt-4o-mini", provider_id="openai", pricing_id="openai")
-    assert cost == cost_of("0.15", "0.6", "genai-prices", tokens_in=20, tokens_out=9)
+    assert cost == cost_of("0.15", "0.6", "catalog", tokens_in=20, tokens_out=9)
 
 
 def spy_on_slow_path(monkeypatch):

@@ -21,6 +21,11 @@ from pricing import meters
 ENTRY_COLUMNS = ("wallet", "amount_nanos", "reason", "request_id", "created_at")
 
 
+def is_billable(status: int | None, usage_source: str) -> bool:
+    """A request is charged if the provider answered it, or if usage was estimated (a cut stream)."""
+    return (status is not None and status < 400) or usage_source == "estimated"
+
+
 def cycle_start(at: datetime) -> datetime:
     """Billing cycles are calendar months in UTC."""
     return at.replace(day=1, hour=0, minute=0, second=0, microsecond=0)

@@ -24,6 +24,7 @@ from peewee import (
     TextField,
 )
 from playhouse.db_url import connect
+from playhouse.migrate import SchemaMigrator, migrate
 
 database = DatabaseProxy()
 
@@ -180,6 +181,10 @@ class RequestRow(BaseModel):
     latency_ms = IntegerField(null=True)
     ttfb_ms = IntegerField(null=True)
     usage_source = CharField()  # reported | estimated | none
+    # catalog | override | unpriced | unmetered | free (addons/billing/price_guard.py); NULL: a row
+    # written before price sources were recorded
+    price_source = CharField(null=True)
+    bill_customer = BooleanField(null=True)  # the customer was billed for it (NULL: an older row)
     byok = BooleanField(default=False)
     error = CharField(null=True)
     metadata = TextField(null=True)
@@ -245,4 +250,27 @@ def open_database(url: str):
     database.initialize(db)
     with db.connection_context():
         db.create_tables(MODELS, safe=True)
+        _add_missing_columns(db)
     return db
+
+
+def _add_missing_columns(db) -> None:
+    """Bring a ledger made by an older release up to date: add the columns it lacks.
+
+    Idempotent, and safe against another process doing the same at once (a column that appeared
+    meanwhile is fine). Old rows get the field's default, or NULL: "not recorded then".
+    """
+    for model in MODELS:
+        table = model._meta.table_name
+        present = {column.name for column in db.get_columns(table)}
+        for field in model._meta.sorted_fields:
+            if field.column_name in present:
+                continue
+            if not field.null and field.default is None:
+                raise RuntimeError(f"ledger table {table} lacks column {field.column_name}, which has no default")
+            try:
+                with db.atomic():
+                    migrate(SchemaMigrator.from_database(db).add_column(table, field.column_name, field))
+            except Exception:
+                if field.column_name not in {column.name for column in db.get_columns(table)}:
+                    raise

@@ -60,14 +60,15 @@ class UsageRecord:
     latency_ms: int | None = None
     ttfb_ms: int | None = None
     usage_source: str = "none"
+    price_source: str | None = None  # catalog | override | unpriced | unmetered | free; None: not known
     byok: bool = False
     error: str | None = None
     metadata: dict[str, str] | None = field(default=None)
+    bill_customer: bool = False  # the customer pays a fee; a column too, for `tollgate prices reprice`
     # billing inputs, not columns
     customer_wallet_id: str | None = None
     meter_id: str | None = None
     units_micro: int = 0
-    bill_customer: bool = False
     customer_byok_fee_nanos: int = 0
 
     def row(self) -> dict:
@@ -80,7 +81,7 @@ class UsageRecord:
         return tuple(self.row().values())
 
 
-_NOT_COLUMNS = ("wallet_id", "customer_wallet_id", "meter_id", "units_micro", "bill_customer", "customer_byok_fee_nanos")
+_NOT_COLUMNS = ("wallet_id", "customer_wallet_id", "meter_id", "units_micro", "customer_byok_fee_nanos")
 _COLUMNS = tuple(f.name for f in fields(UsageRecord) if f.name not in _NOT_COLUMNS)
 _HOLD_COLUMNS = ("request_id", "wallet", "amount_nanos", "expires_at")
 
