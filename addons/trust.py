@@ -68,13 +68,15 @@ class TrustStore:
     name: str
     anchor: Path  # the file Tollgate adds
     command: tuple[str, ...]  # rebuilds the system bundle from the anchors
+    after_removal: tuple[str, ...]  # the same once an anchor is gone
 
 
 STORES = (
+    # without --fresh, Debian's tool leaves the removed CA's links in /etc/ssl/certs (read by -CApath clients)
     TrustStore("Debian/Ubuntu", Path("/usr/local/share/ca-certificates/tollgate-mitmproxy.crt"),
-               ("update-ca-certificates",)),
+               ("update-ca-certificates",), ("update-ca-certificates", "--fresh")),
     TrustStore("Fedora/RHEL", Path("/etc/pki/ca-trust/source/anchors/tollgate-mitmproxy.pem"),
-               ("update-ca-trust", "extract")),
+               ("update-ca-trust", "extract"), ("update-ca-trust", "extract")),
 )
 
 
@@ -92,13 +94,14 @@ def _need_root(action: str, euid: int | None) -> None:
                          f"sudo .venv/bin/tollgate ca --{action}")
 
 
-def _rebuild(store: TrustStore) -> str:
-    result = subprocess.run(store.command, capture_output=True, text=True, timeout=120)
+def _rebuild(command: tuple[str, ...]) -> str:
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     said = (result.stdout.strip() or result.stderr.strip()).splitlines()
     if result.returncode != 0:
-        raise TrustError(f"{' '.join(store.command)} failed (exit {result.returncode}): "
+        raise TrustError(f"{' '.join(command)} failed (exit {result.returncode}): "
                          f"{said[-1] if said else 'no output'}")
-    return f"ran: {' '.join(store.command)}" + (f" ({said[-1]})" if said else "")
+    summary = next((line for line in said if " added, " in line), said[-1] if said else "")  # "1 added, 0 removed"
+    return f"ran: {' '.join(command)}" + (f" ({summary.strip()})" if summary else "")
 
 
 def install(ca: Path, store: TrustStore | None = None, euid: int | None = None) -> list[str]:
@@ -115,7 +118,7 @@ def install(ca: Path, store: TrustStore | None = None, euid: int | None = None) 
     store.anchor.parent.mkdir(parents=True, exist_ok=True)
     store.anchor.write_bytes(pem)
     store.anchor.chmod(0o644)
-    return [f"{verb} {store.anchor} (a copy of {ca})", _rebuild(store)]
+    return [f"{verb} {store.anchor} (a copy of {ca})", _rebuild(store.command)]
 
 
 def uninstall(store: TrustStore | None = None, euid: int | None = None) -> list[str]:
@@ -124,4 +127,4 @@ def uninstall(store: TrustStore | None = None, euid: int | None = None) -> list[
     if not store.anchor.exists():
         return [f"not installed: {store.anchor} does not exist; nothing changed"]
     store.anchor.unlink()
-    return [f"removed {store.anchor}", _rebuild(store)]
+    return [f"removed {store.anchor}", _rebuild(store.after_removal)]
