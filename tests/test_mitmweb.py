@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
+import signal
+import subprocess
 import threading
 import time
 from urllib.parse import parse_qs, urlsplit
@@ -23,7 +26,7 @@ import tornado.websocket
 from addons.credentials import ForwardToken, encode_forward_token
 from addons.web_redaction import check_version
 from tests.conftest import MOCK_MODEL_PRICE
-from tests.harness import PROVIDER_KEYS, GatewayProcess
+from tests.harness import PROJECT, PROVIDER_KEYS, GatewayProcess, clean_env, free_port
 from tests.mock_provider import MockProvider
 
 FORWARD = "/v1/forward?u="
@@ -201,3 +204,31 @@ def test_an_unknown_mitmproxy_version_is_refused_rather_than_shown_keys(version)
     with pytest.raises(RuntimeError, match=f"not {version}"):
         check_version(version)
     check_version("12.3.1")
+
+
+@pytest.mark.parametrize("own", [(), ("--set", "web_open_browser=false")], ids=["default", "user's own"])
+def test_run_proxy_web_prints_one_tokenised_address_and_takes_the_users_browser_setting(tmp_path, own):
+    port, web_port = free_port(), free_port()
+    log = tmp_path / "web.log"
+    env = clean_env(TOLLGATE_DATABASE_URL=f"sqlite:///{tmp_path}/ledger.db",
+                    TOLLGATE_RUNTIME_FILE=str(tmp_path / "gateway.json"))
+    proc = subprocess.Popen([str(PROJECT / "run_proxy.sh"), "--web", "--listen-port", str(port), "--set",
+                             f"web_port={web_port}", "--set", f"confdir={tmp_path}/conf", *own],
+                            env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while "Web server listening at" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        time.sleep(0.5)  # anything printed after it
+        lines = [line for line in log.read_text().splitlines() if "?token=" in line]
+        assert len(lines) == 1, log.read_text()
+        address = lines[0].rsplit(" ", 1)[1]
+        assert address.startswith(f"http://127.0.0.1:{web_port}/?token=")
+        page = httpx.get(address, trust_env=False)  # the address alone logs the user in
+        assert page.status_code == 200
+        flows = httpx.get(f"http://127.0.0.1:{web_port}/flows", cookies=page.cookies, trust_env=False)
+        assert flows.status_code == 200 and flows.json() == []
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
