@@ -249,12 +249,14 @@ class Gateway:
             await self._forward(flow, provider, request_id, forward_key)
         except GatewayError as e:
             flow.response = json_response(e.status, e.body(), request_id)
-            flow.comment, flow.marked = flow_notes.refused_comment(e.status, e.code, e.message, request_id), flow_notes.REFUSED
+            flow.comment = flow_notes.refused_comment(e.status, e.code, e.message, request_id)
+            flow.marked = flow_notes.REFUSED
         except Exception:
             log.exception("tollgate: internal error on request %s", request_id)
             error = GatewayError("internal_error", "the gateway failed to handle this request")
             flow.response = json_response(500, error.body(), request_id)
-            flow.comment, flow.marked = flow_notes.refused_comment(500, error.code, error.message, request_id), flow_notes.REFUSED
+            flow.comment = flow_notes.refused_comment(500, error.code, error.message, request_id)
+            flow.marked = flow_notes.REFUSED
 
     @staticmethod
     def _addressed_to_gateway(flow: http.HTTPFlow) -> bool:

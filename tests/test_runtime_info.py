@@ -88,9 +88,10 @@ def test_workers_report_their_supervisor(tmp_path, mock, private_redis):
     """With --workers the file names the supervisor (the process to stop), whichever worker wrote it."""
     gw = GatewayProcess(tmp_path, f"sqlite:///{tmp_path}/ledger.db", {"openai": mock.url}, redis_url=private_redis.url)
     gw.cli("init")
-    proc = subprocess.Popen([sys.executable, "-m", "addons.workers", "--workers", "2", "--", "--listen-host", "127.0.0.1",
-                             "--listen-port", str(gw.port), "--set", f"confdir={gw.confdir}"],
-                            env=gw.env, cwd=PROJECT, stdout=(tmp_path / "workers.log").open("wb"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-m", "addons.workers", "--workers", "2", "--",
+                             "--listen-host", "127.0.0.1", "--listen-port", str(gw.port), "--set", f"confdir={gw.confdir}"],
+                            env=gw.env, cwd=PROJECT, stdout=(tmp_path / "workers.log").open("wb"),
+                            stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         while b"worker 2 (pid" not in (tmp_path / "workers.log").read_bytes():
