@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from addons.cli import _proxy_url
 from tests.harness import PROJECT, PROVIDER_KEYS, GatewayProcess, clean_env, tollgate_cli
 
 
@@ -113,3 +114,23 @@ def test_without_a_gateway_the_cli_names_the_default_and_the_missing_ca(tmp_path
     assert result.returncode == 1 and result.stdout == ""
     assert "mitmproxy's CA does not exist yet" in result.stderr and "Traceback" not in result.stderr
     assert tollgate.json("ca", "--confdir", str(tmp_path / "conf"))["exists"] is False
+
+
+def listening(*listeners, proxyauth=False) -> dict:
+    return {"pid": 1, "proxyauth": proxyauth,
+            "listeners": [{"mode": mode, "type": mode.partition(":")[0].partition("@")[0], "listen_addrs": addrs}
+                          for mode, addrs in listeners]}
+
+
+@pytest.mark.parametrize("running, url, note", [
+    (listening(("regular", [["127.0.0.1", 8089]])), "http://127.0.0.1:8089", None),
+    (listening(("regular", [["::", 8089], ["0.0.0.0", 8089]])), "http://127.0.0.1:8089", None),
+    (listening(("regular", [["::", 8089]])), "http://[::1]:8089", None),
+    (listening(("transparent", [["127.0.0.1", 8089]]), ("regular@9090", [["127.0.0.1", 9090]])),
+     "http://127.0.0.1:9090", None),
+    (listening(("transparent", [["127.0.0.1", 8089]])), "http://127.0.0.1:8080", "has no HTTP proxy listener"),
+    (listening(("regular", [["127.0.0.1", 8089]]), proxyauth=True), "http://127.0.0.1:8089", "proxy credentials"),
+])
+def test_https_proxy_is_the_running_gateways_proxy_listener(running, url, note):
+    got, said = _proxy_url(None, running)
+    assert got == url and (note in said if note else said is None)
