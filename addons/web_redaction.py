@@ -18,6 +18,8 @@ tollgate-proxy), and undone in `done` so a script reload does not stack wrappers
     mitmproxy.addons.export.formats             "Copy as cURL/HTTPie/raw" (export, export.clip, export.file)
     mitmproxy.addons.cut.extract                the command bar's cut, cut.clip, cut.save
     mitmproxy.addons.savehar.SaveHar.flow_entry save.har and hardump
+    mitmproxy.optmanager.dump_dicts             the Options view: the password in proxyauth,
+                                                upstream_auth, web_password and the ledger and Redis URLs
 
 Every HTTP flow is masked this way, not only the gateway's: under the gateway mitmweb decrypts
 only catalog hosts, and a viewer that hides an Authorization header too many is safe where one
@@ -27,14 +29,17 @@ signatures); on any other version `load` refuses to run rather than show keys.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 
 from mitmproxy import ctx, http, version
 
-from addons.redaction import redact_proxyauth, redact_request
+from addons.redaction import REDACTED, redact_proxyauth, redact_request
 
 SUPPORTED = ((12, 2), (12, 3))
+SECRET_OPTIONS = ("proxyauth", "upstream_auth", "web_password", "tollgate_database_url", "tollgate_redis_url")
+URL_PASSWORD = re.compile(r"(?<=://)([^/@:]*):[^/@]*@")
 
 Names = Callable[[], tuple[frozenset[str], frozenset[str]]]
 
@@ -47,6 +52,18 @@ def check_version(text: str) -> None:
             f"not {text}: check that mitmweb's flow serialization still goes through the patched names, "
             "then add the version to SUPPORTED. Refusing to run mitmweb, which could show provider keys."
         )
+
+
+def masked_option(name: str, value: object) -> object:
+    """An option's value as the Options view may show it: user names and hosts, never a password."""
+    if name not in SECRET_OPTIONS or not isinstance(value, str) or not value:
+        return value
+    if name.endswith("_url"):
+        return URL_PASSWORD.sub(rf"\1:{REDACTED}@", value)
+    if name == "web_password" or value == "any" or value.startswith("@"):  # "any", "@htpasswd": no secret
+        return value if name != "web_password" else REDACTED
+    user, sep, _ = value.partition(":")
+    return f"{user}:{REDACTED}" if sep and not value.startswith("ldap") else REDACTED
 
 
 class Masker:
@@ -104,7 +121,7 @@ class WebRedaction:
             self._undo.append(lambda: setattr(owner, name, original))
 
     def _install(self) -> None:
-        from mitmproxy import io
+        from mitmproxy import io, optmanager
         from mitmproxy.addons import cut, export, savehar
         from mitmproxy.tools.web import app
 
@@ -129,6 +146,15 @@ class WebRedaction:
                 return original(handler, view_name, message, flow, *args, **kwargs)
             return shown
 
+        def dump_dicts(original):
+            def shown(opts, keys=None):
+                dumped = original(opts, keys)
+                for name in SECRET_OPTIONS:
+                    if name in dumped:
+                        dumped[name] = {**dumped[name], "value": masked_option(name, dumped[name]["value"])}
+                return dumped
+            return shown
+
         def takes_flow(original):  # f(flow) -> ...
             return lambda flow, *args, **kwargs: original(masker.flow(flow), *args, **kwargs)
 
@@ -142,3 +168,4 @@ class WebRedaction:
             self._patch(export.formats, name, takes_flow)
         self._patch(cut, "extract", lambda original: lambda spec, flow: original(spec, masker.flow(flow)))
         self._patch(savehar.SaveHar, "flow_entry", method_takes_flow)
+        self._patch(optmanager, "dump_dicts", dump_dicts)

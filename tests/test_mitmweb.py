@@ -24,13 +24,14 @@ import pytest
 import tornado.websocket
 
 from addons.credentials import ForwardToken, encode_forward_token
-from addons.web_redaction import check_version
+from addons.web_redaction import check_version, masked_option
 from tests.conftest import MOCK_MODEL_PRICE
 from tests.harness import PROJECT, PROVIDER_KEYS, GatewayProcess, clean_env, free_port
 from tests.mock_provider import MockProvider
 
 FORWARD = "/v1/forward?u="
 HANG = "mock-hang"  # the mock sends nothing until released: a provider still generating
+UPSTREAM_PROXY_PASSWORD = "upstream-proxy-secret-0123"  # an option's password, for the Options view
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,8 @@ def web(provider, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mitmweb")
     gw = GatewayProcess(tmp, f"sqlite:///{tmp}/ledger.db", {p: provider.url for p in ("openai", "anthropic", "gemini")},
                         prices=[MOCK_MODEL_PRICE, {**MOCK_MODEL_PRICE, "provider": "anthropic"},
-                                {**MOCK_MODEL_PRICE, "provider": "gemini"}], launcher="mitmweb")
+                                {**MOCK_MODEL_PRICE, "provider": "gemini"}], launcher="mitmweb",
+                        options={"upstream_auth": f"proxyuser:{UPSTREAM_PROXY_PASSWORD}"})
     gw.admin_key = gw.cli_json("init")["secret_key"]
     gw.cli("wallet", "topup", "10")
     gw.cli("meters", "create", "chat", "--rate-type", "fixed", "--unit", "tokens_1m", "--tier", "0:3.00")
@@ -98,7 +100,7 @@ def in_flight_at_provider(flows: list[dict], provider) -> list[dict]:
 
 
 def test_no_credential_shows_in_mitmweb_while_requests_are_in_flight(web, provider, tmp_path):
-    credentials = [*PROVIDER_KEYS.values(), web.admin_key, web.token]
+    credentials = [*PROVIDER_KEYS.values(), web.admin_key, web.token, UPSTREAM_PROXY_PASSWORD]
     updates = Updates(web.ws_url)
     updates.start()
     assert updates.connected.wait(10)
@@ -136,6 +138,7 @@ def test_no_credential_shows_in_mitmweb_while_requests_are_in_flight(web, provid
             flows = listing.json()
             waiting = in_flight_at_provider(flows, provider)
             seen.append(("/flows/dump", web.api.get("/flows/dump").content))
+            seen.append(("/options", web.api.get("/options").content))
             cut = "request.header[authorization],request.header[x-api-key],request.header[x-goog-api-key],request.url"
             seen.append(("cut", command(web, "cut", "@all", cut)))
             har = tmp_path / f"flows-{len(seen)}.har"
@@ -165,6 +168,7 @@ def test_no_credential_shows_in_mitmweb_while_requests_are_in_flight(web, provid
     headers = {name.lower(): value for f in shown for name, value in f["request"]["headers"]}
     assert headers["authorization"] == "Bearer [redacted]" and headers["x-api-key"] == "[redacted]"
     assert headers["x-goog-api-key"] == "[redacted]"
+    assert web.api.get("/options").json()["upstream_auth"]["value"] == "proxyuser:[redacted]"
 
 
 def test_metered_and_refused_flows_carry_what_an_operator_looks_for(web, provider):
@@ -197,6 +201,21 @@ def test_metered_and_refused_flows_carry_what_an_operator_looks_for(web, provide
     assert rejected.startswith("refused 401 invalid_credential: "), rejected
     assert comments[rejected]["marked"] == "⛔"
     assert json.loads(refused.content)["error"]["message"] in rejected
+
+
+@pytest.mark.parametrize("name, value, shown", [
+    ("proxyauth", "bob:s3cret", "bob:[redacted]"),
+    ("proxyauth", "@/etc/tollgate.htpasswd", "@/etc/tollgate.htpasswd"),
+    ("proxyauth", "ldaps:ldap.example:636:cn=admin:s3cret:dc=example", "[redacted]"),
+    ("tollgate_database_url", "postgresql://tollgate:s3cret@db:5432/ledger",
+     "postgresql://tollgate:[redacted]@db:5432/ledger"),
+    ("tollgate_redis_url", "redis://:s3cret@cache:6379/0", "redis://:[redacted]@cache:6379/0"),
+    ("tollgate_database_url", "sqlite:///data/tollgate.db", "sqlite:///data/tollgate.db"),
+    ("web_password", "s3cret", "[redacted]"),
+    ("listen_host", "127.0.0.1", "127.0.0.1"),
+])
+def test_the_options_view_shows_no_password(name, value, shown):
+    assert masked_option(name, value) == shown
 
 
 @pytest.mark.parametrize("version", ["11.1.3", "13.0.0", "12.4.0"])
