@@ -60,8 +60,10 @@ def masked_option(name: str, value: object) -> object:
         return value
     if name.endswith("_url"):
         return URL_PASSWORD.sub(rf"\1:{REDACTED}@", value)
-    if name == "web_password" or value == "any" or value.startswith("@"):  # "any", "@htpasswd": no secret
-        return value if name != "web_password" else REDACTED
+    if name == "web_password":
+        return REDACTED
+    if value == "any" or value.startswith("@"):  # any user, an htpasswd file: no secret in the value
+        return value
     user, sep, _ = value.partition(":")
     return f"{user}:{REDACTED}" if sep and not value.startswith("ldap") else REDACTED
 
