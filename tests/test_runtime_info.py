@@ -88,6 +88,7 @@ def test_a_killed_gateways_file_is_ignored(gateway):
 def test_workers_report_their_supervisor(tmp_path, mock, private_redis):
     """With --workers the file names the supervisor (the process to stop), whichever worker wrote it."""
     gw = GatewayProcess(tmp_path, f"sqlite:///{tmp_path}/ledger.db", {"openai": mock.url}, redis_url=private_redis.url)
+    gw.env["TOLLGATE_CA_BUNDLE"] = str(tmp_path / "ca-bundle.pem")
     gw.cli("init")
     proc = subprocess.Popen([sys.executable, "-m", "addons.workers", "--workers", "2", "--",
                              "--listen-host", "127.0.0.1", "--listen-port", str(gw.port), "--set", f"confdir={gw.confdir}"],
