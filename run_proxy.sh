@@ -96,7 +96,13 @@ fi
 .venv/bin/tollgate init  # once, before any worker starts
 defaults=(--listen-host 127.0.0.1 --listen-port 8080)
 if [ "$mode" = web ]; then
-    exec .venv/bin/mitmweb "${defaults[@]}" -s addons/gateway.py --set web_open_browser=false "$@"
+    # mitmweb prints its UI address with the login token on one line ("Web server listening at
+    # http://127.0.0.1:8081/?token=..."); no browser is opened unless the user's own arguments say so
+    browser=(--set web_open_browser=false)
+    for arg in "$@"; do
+        case "$arg" in *web_open_browser*|--web-open-browser|--no-web-open-browser) browser=() ;; esac
+    done
+    exec .venv/bin/mitmweb "${defaults[@]}" -s addons/gateway.py ${browser[@]+"${browser[@]}"} "$@"
 else
     exec .venv/bin/python -m addons.workers --workers "$workers" -- "${defaults[@]}" "$@"
 fi

@@ -12,6 +12,10 @@ mitmdump/mitmweb, and the tollgate-proxy launcher).
                       before the Gateway records them (addons/redaction.py)
     Gateway           the request path itself (addons/gateway_addon.py)
     UpstreamTimeouts  watches the flows the Gateway forwards (addons/upstream_timeouts.py)
+    RuntimeInfo       tells the `tollgate` CLI where the gateway listens and which provider keys it
+                      has (addons/runtime_info.py)
+    WebRedaction      under mitmweb only: credentials out of what its UI shows, in flight too, with
+                      Redaction's definition of a credential (addons/web_redaction.py)
 
 The guards come first so that their `requestheaders` refusals happen before any other work.
 """
@@ -23,14 +27,17 @@ from addons.gateway_addon import Gateway
 from addons.listen_guard import ListenGuard
 from addons.redaction import Redaction
 from addons.request_limits import RequestLimits
+from addons.runtime_info import RuntimeInfo
 from addons.upstream_guard import UpstreamGuard
 from addons.upstream_retries import UpstreamRetries
 from addons.upstream_timeouts import UpstreamTimeouts
+from addons.web_redaction import WebRedaction
 
 
 def gateway_chain(gateway: Gateway) -> list:
     def catalog():
         return gateway.catalog
 
+    redaction = Redaction(catalog)
     return [ListenGuard(), RequestLimits(), AuthThrottle(catalog), UpstreamGuard(catalog), UpstreamRetries(catalog=catalog),
-            Redaction(catalog), gateway, UpstreamTimeouts()]
+            redaction, gateway, UpstreamTimeouts(), RuntimeInfo(catalog), WebRedaction(redaction.names)]

@@ -11,6 +11,7 @@ import dataclasses
 import getpass
 import json
 import os
+import shlex
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,12 +19,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from addons import trust
 from addons.billing.reprice import reprice
 from addons.catalog import load_catalog
 from addons.credentials import ForwardToken, encode_forward_token, hash_secret
 from addons.ledger import accounts
 from addons.ledger.models import Account, ApiKey, Customer, Event, MeterRow, Wallet, open_database
 from addons.reports import UNKNOWN_COST, USAGE_GROUPS, customer_view, missing_prices, recent_requests, usage_by
+from addons.runtime_info import read_running, runtime_file
 from addons.settings import PROJECT_ROOT, load_settings, resolve_database_url
 from addons.signed_tokens import issue_signed_token, load_signing_key
 from pricing import meters
@@ -330,29 +333,82 @@ def cmd_events(args) -> None:
 
 def cmd_providers(args) -> None:
     catalog = load_catalog(overrides=load_settings().provider_overrides)
+    running = read_running()
+    source = "running gateway" if running else "this shell's environment"
+    has_key = set(running.get("provider_keys") or ()) if running else None
     rows = [
         {"id": p.id, "name": p.name, "hosts": list(p.hosts), "api_family": p.api_family,
-         "credential_env": p.credential_env, "configured": bool(os.environ.get(p.credential_env)),
-         "upstream": p.upstream}
+         "credential_env": p.credential_env,
+         "configured": p.id in has_key if running else bool(os.environ.get(p.credential_env)),
+         "source": source, "upstream": p.upstream}
         for p in catalog.providers
     ]
-    _emit(args, rows, _table("Providers", ["id", "hosts", "family", "credential", "configured", "upstream"],
-                             [[r["id"], ", ".join(r["hosts"]), r["api_family"], r["credential_env"],
-                               "yes" if r["configured"] else "no", r["upstream"]] for r in rows]))
+    column = "gateway has key" if running else "key in this shell"
+    text = (f"Keys as the running gateway (pid {running['pid']}, started {running.get('started_at')}) has them."
+            if running else "No running gateway found: the key column reports this shell's environment, "
+                            "which a gateway started from this shell would have.")
+    table = _table("Providers", ["id", "hosts", "family", "credential", column, "upstream"],
+                   [[r["id"], ", ".join(r["hosts"]), r["api_family"], r["credential_env"],
+                     "yes" if r["configured"] else "no", r["upstream"]] for r in rows])
+    table.columns[4].no_wrap = True  # the header says whose keys these are
+    _emit(args, rows, table, text=text)
+
+
+DEFAULT_PROXY = "127.0.0.1:8080"
+
+
+def _proxy_url(port: int | None, running: dict | None) -> tuple[str, str | None]:
+    """HTTPS_PROXY for clients: --port, else the running gateway's proxy listener, else the default; and a note."""
+    if port is not None:
+        return f"http://127.0.0.1:{port}", None
+    if running is None:
+        return f"http://{DEFAULT_PROXY}", (f"no running gateway found ({runtime_file()}); HTTPS_PROXY assumes "
+                                           f"{DEFAULT_PROXY}: pass --port if the gateway listens elsewhere")
+    addrs = [(host, p) for listener in running.get("listeners") or () if listener.get("type") in ("regular", "upstream")
+             for host, p in listener.get("listen_addrs") or ()]
+    if not addrs:
+        modes = ", ".join(listener.get("mode", "?") for listener in running.get("listeners") or ()) or "none"
+        return f"http://{DEFAULT_PROXY}", (f"the running gateway (pid {running['pid']}) has no HTTP proxy listener "
+                                           f"(modes: {modes}); HTTPS_PROXY assumes {DEFAULT_PROXY}")
+    host, p = sorted(addrs, key=lambda a: ":" in a[0])[0]  # IPv4 first
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    note = ("the running gateway requires proxy credentials (--proxyauth): put them in HTTPS_PROXY as "
+            "http://USER:PASS@HOST:PORT" if running.get("proxyauth") else None)
+    return f"http://{f'[{host}]' if ':' in host else host}:{p}", note
 
 
 def cmd_ca(args) -> None:
-    confdir = Path(args.confdir).expanduser()
-    cert = confdir / "mitmproxy-ca-cert.pem"
-    exports = {name: str(cert) for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS")}
-    exports["HTTPS_PROXY"] = "http://127.0.0.1:8080"
-    if args.exports and not args.json:
-        print("\n".join(f"export {k}={v}" for k, v in exports.items()))
+    running = read_running()
+    confdir = Path(args.confdir or (running or {}).get("confdir")
+                   or os.environ.get("MITMPROXY_CONFDIR", "~/.mitmproxy")).expanduser()
+    cert = confdir / trust.CA_FILE
+    if args.install or args.uninstall:
+        try:
+            changes = trust.install(cert) if args.install else trust.uninstall()
+        except trust.TrustError as e:
+            raise SystemExit(f"tollgate: {e}") from None
+        _emit(args, {"ca_cert": str(cert), "changes": changes}, text="\n".join(changes))
         return
-    data = {"ca_cert": str(cert), "exists": cert.exists(), "exports": exports}
-    lines = [f"CA certificate: {cert}" + ("" if cert.exists() else " (created when the proxy first starts)")]
-    lines += [f"export {k}={v}" for k, v in exports.items()]
-    _emit(args, data, text="\n".join(lines))
+    proxy, note = _proxy_url(args.port, running)
+    if note:
+        print(f"tollgate: {note}", file=sys.stderr)
+    if not cert.exists():
+        missing = (f"mitmproxy's CA does not exist yet ({cert}): start the gateway once (./run_proxy.sh), "
+                   "which creates it, then run this again")
+        if args.exports and not args.json:
+            raise SystemExit(f"tollgate: {missing}")
+        _emit(args, {"ca_cert": str(cert), "exists": False, "bundle": None, "exports": {}}, text=missing)
+        return
+    bundle = str(trust.write_bundle(cert))
+    exports = {"SSL_CERT_FILE": bundle, "REQUESTS_CA_BUNDLE": bundle, "NODE_EXTRA_CA_CERTS": str(cert),
+               "HTTPS_PROXY": proxy}
+    lines = [f"export {k}={shlex.quote(v)}" for k, v in exports.items()]
+    if args.exports and not args.json:
+        print("\n".join(lines))
+        return
+    data = {"ca_cert": str(cert), "exists": True, "bundle": bundle, "exports": exports}
+    _emit(args, data, text="\n".join([f"CA certificate: {cert}",
+                                      f"CA bundle (the system's roots and this CA): {bundle}", *lines]))
 
 
 def cmd_prices(args) -> None:
@@ -495,10 +551,16 @@ def build_parser() -> argparse.ArgumentParser:
     events = sub.add_parser("events", parents=[common, export], help="billing events (top-ups, low balances)")
     events.add_argument("--limit", type=int, default=50)
     events.set_defaults(fn=cmd_events)
-    sub.add_parser("providers", parents=[common], help="the provider catalog").set_defaults(fn=cmd_providers)
+    sub.add_parser("providers", parents=[common],
+                   help="the provider catalog, and which keys the running gateway has").set_defaults(fn=cmd_providers)
     ca = sub.add_parser("ca", parents=[common], help="the CA certificate clients must trust")
-    ca.add_argument("--confdir", default=os.environ.get("MITMPROXY_CONFDIR", "~/.mitmproxy"))
+    ca.add_argument("--confdir", help="mitmproxy's confdir (default: the running gateway's, else "
+                                      "MITMPROXY_CONFDIR, else ~/.mitmproxy)")
     ca.add_argument("--exports", action="store_true", help="print only shell export lines")
+    ca.add_argument("--port", type=int, help="the gateway's port for HTTPS_PROXY (default: the running gateway's)")
+    trust_store = ca.add_mutually_exclusive_group()
+    trust_store.add_argument("--install", action="store_true", help="add the CA to the system trust store (root)")
+    trust_store.add_argument("--uninstall", action="store_true", help="remove it from the system trust store (root)")
     ca.set_defaults(fn=cmd_ca)
     prices = sub.add_parser("prices", parents=[common], help="models without a price, and charging them later")
     psub = prices.add_subparsers(dest="action", required=True)

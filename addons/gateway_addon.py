@@ -20,7 +20,7 @@ from mitmproxy import ctx, http
 from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy import server_hooks
 
-from addons import error_pages, proxyauth_compare
+from addons import error_pages, flow_notes, proxyauth_compare
 from addons.billing import price_guard
 from addons.billing.autopay import AutoTopUp
 from addons.billing.cashier import Cashier
@@ -239,10 +239,14 @@ class Gateway:
             await self._forward(flow, provider, request_id, forward_key)
         except GatewayError as e:
             flow.response = json_response(e.status, e.body(), request_id)
+            flow.comment = flow_notes.refused_comment(e.status, e.code, e.message, request_id)
+            flow.marked = flow_notes.REFUSED
         except Exception:
             log.exception("tollgate: internal error on request %s", request_id)
             error = GatewayError("internal_error", "the gateway failed to handle this request")
             flow.response = json_response(500, error.body(), request_id)
+            flow.comment = flow_notes.refused_comment(500, error.code, error.message, request_id)
+            flow.marked = flow_notes.REFUSED
 
     @staticmethod
     def _addressed_to_gateway(flow: http.HTTPFlow) -> bool:
@@ -426,11 +430,8 @@ class Gateway:
         )
         flow.metadata["tollgate.cost"] = format_usd(cost.total_nanos)
         flow.metadata["tollgate.price_source"] = source
-        flow.comment = (
-            f"{state.provider.id} {model or '?'} in={usage.input_tokens} out={usage.output_tokens} "
-            f"${format_usd(cost.total_nanos)}" + (" (estimated)" if result.source == "estimated" else "")
-        )
-        flow.marked = ":moneybag:"
+        flow.comment = flow_notes.metered_comment(record, estimated=result.source == "estimated")
+        flow.marked = flow_notes.METERED
         return record
 
     def _cost(self, provider: Provider, model: str | None, usage, at: datetime | None = None):

@@ -13,9 +13,11 @@ it is redacted on every flow.
 These hooks run before the ones that save or print flows: the gateway's addons are loaded as
 script children, which come before mitmproxy's Save, SaveHar, Dumper and mitmweb's View in the
 addon chain. So `mitmdump -w`, HAR exports, mitmdump's flow output and mitmweb show "[redacted]".
-While a request is in flight (from its headers arriving until its response headers) mitmweb's live
-view shows the flow as it is at that moment: the caller's credential before the gateway's
-`request` hook, the provider key after it. Intercepting flows in mitmweb pauses them there.
+While a request is in flight (from its headers arriving until its response headers) the live flow
+still carries the caller's credential (before the gateway's `request` hook) or the provider key
+(after it, for the whole time the provider takes to answer): it has to, to be sent. What mitmweb
+shows of such a flow is masked by addons/web_redaction.py with `redact_request` below, the one
+definition of where credentials sit on a request.
 """
 
 from __future__ import annotations
@@ -62,44 +64,68 @@ class Redaction:
         self.redact(flow)
 
     def redact(self, flow: http.HTTPFlow) -> None:
-        auth = flow.metadata.get("proxyauth")
-        if isinstance(auth, tuple | list) and len(auth) == 2 and auth[1] != REDACTED:
-            flow.metadata["proxyauth"] = (auth[0], REDACTED)
+        redact_proxyauth(flow.metadata)
         if REQUEST_ID_KEY not in flow.metadata or flow.request is None:
             return
-        header_names, query_names = self.names()
-        found: list[str] = []
-        request = flow.request
-        fields = request.headers.fields  # one pass over the raw headers: this runs on every request
-        if any(name.lower().decode("latin-1") in header_names for name, _ in fields):
-            request.headers.fields = tuple(self._masked_field(name, value, header_names, found)
-                                           for name, value in fields)
-        if "?" in request.path:
-            query = request.query
-            for name in list(query.keys()):
-                if name in query_names:
-                    found += query.get_all(name)
-                    query.set_all(name, [REDACTED] * len(query.get_all(name)))
-                elif name == "u":  # the forward endpoint's target, before the gateway rewrote it
-                    query.set_all(name, [self._redact_url(u, query_names, found) for u in query.get_all(name)])
+        found = redact_request(flow.request, *self.names())
         if flow.error:
             for value in found:
-                if len(value) >= MIN_SCRUB and value != REDACTED:
+                if len(value) >= MIN_SCRUB:
                     flow.error.msg = flow.error.msg.replace(value, REDACTED)
 
-    @staticmethod
-    def _masked_field(name: bytes, value: bytes, header_names, found: list[str]) -> tuple[bytes, bytes]:
-        if name.lower().decode("latin-1") not in header_names:
-            return name, value
-        text = value.decode("latin-1")
-        found.append(text.partition(" ")[2] or text)
-        return name, masked(text).encode("latin-1")
 
-    @staticmethod
-    def _redact_url(url: str, names: frozenset[str], found: list[str]) -> str:
-        parts = urlsplit(url)
-        pairs = parse_qsl(parts.query, keep_blank_values=True)
-        if not any(k in names for k, _ in pairs):
-            return url
-        found += [v for k, v in pairs if k in names]
-        return urlunsplit(parts._replace(query=urlencode([(k, REDACTED if k in names else v) for k, v in pairs])))
+def redact_proxyauth(metadata: dict) -> bool:
+    """mitmproxy's ProxyAuth keeps (user, password) in the flow's metadata; True if it was masked now."""
+    auth = metadata.get("proxyauth")
+    if isinstance(auth, tuple | list) and len(auth) == 2 and auth[1] != REDACTED:
+        metadata["proxyauth"] = (auth[0], REDACTED)
+        return True
+    return False
+
+
+def redact_request(request: http.Request, header_names: frozenset[str], query_names: frozenset[str]) -> list[str]:
+    """Mask every credential on the request in place; returns the values masked now (none: nothing changed).
+
+    The one place that says what a credential on a request is: the Redaction addon applies it to the
+    live flow once it is sent, addons/web_redaction.py to what mitmweb shows of a flow in flight.
+    """
+    found: list[str] = []
+    fields = request.headers.fields  # one pass over the raw headers: this runs on every request
+    if any(name.lower().decode("latin-1") in header_names for name, _ in fields):
+        masked_fields = tuple(_masked_field(name, value, header_names, found) for name, value in fields)
+        if found:
+            request.headers.fields = masked_fields
+    if "?" in request.path:
+        query = request.query
+        for name in list(query.keys()):
+            if name in query_names:
+                values = query.get_all(name)
+                if any(v != REDACTED for v in values):
+                    found += [v for v in values if v != REDACTED]
+                    query.set_all(name, [REDACTED] * len(values))
+            elif name == "u":  # the forward endpoint's target, before the gateway rewrote it
+                before = len(found)
+                urls = [_redact_url(u, query_names, found) for u in query.get_all(name)]
+                if len(found) > before:
+                    query.set_all(name, urls)
+    return found
+
+
+def _masked_field(name: bytes, value: bytes, header_names, found: list[str]) -> tuple[bytes, bytes]:
+    if name.lower().decode("latin-1") not in header_names:
+        return name, value
+    text = value.decode("latin-1")
+    shown = masked(text)
+    if shown != text:
+        found.append(text.partition(" ")[2] or text)
+    return name, shown.encode("latin-1")
+
+
+def _redact_url(url: str, names: frozenset[str], found: list[str]) -> str:
+    parts = urlsplit(url)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    secrets = [v for k, v in pairs if k in names and v != REDACTED]
+    if not secrets:
+        return url
+    found += secrets
+    return urlunsplit(parts._replace(query=urlencode([(k, REDACTED if k in names else v) for k, v in pairs])))

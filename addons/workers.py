@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PROG = "tollgate-workers"
+PID_ENV = "TOLLGATE_GATEWAY_PID"  # the supervisor's pid, for addons/runtime_info.py
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 30.0  # a worker that ran this long before dying is not in a crash loop
@@ -92,6 +93,7 @@ class Supervisor:
             slot.proc = subprocess.Popen(
                 [*self.command, "--reuse-port", "--ready-fd", str(write_fd), *self.worker_args],
                 pass_fds=(write_fd,), preexec_fn=lambda: _die_with_parent(parent),
+                env={**os.environ, PID_ENV: str(parent)},  # the gateway's pid in data/gateway.json
             )
         except OSError:
             os.close(read_fd)

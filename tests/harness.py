@@ -86,7 +86,8 @@ class GatewayProcess:
                  billing: dict | None = None, redis_url: str | None = None, launcher: str = "tollgate-proxy",
                  providers: dict[str, dict] | None = None, settings: dict | None = None,
                  options: dict[str, object] | None = None, args: tuple[str, ...] = ()):
-        """launcher: `tollgate-proxy` (what run_proxy.sh runs) or `mitmdump` (the gateway as a -s script).
+        """launcher: `tollgate-proxy` (what run_proxy.sh runs), `mitmdump` or `mitmweb` (the gateway as a -s
+        script; mitmweb's UI on `web_port`, its address with the login token in `web_url`).
         providers: more fields per provider id (beside its upstream); settings: more top-level settings;
         options: more mitmproxy options (`--set name=value`); args: more command-line arguments, last."""
         self.tmp = tmp
@@ -94,6 +95,7 @@ class GatewayProcess:
         self.args = list(args)
         self.database_url = database_url
         self.port = free_port()
+        self.web_port = free_port()
         self.confdir = tmp / "mitmproxy"
         self.config = tmp / "tollgate.yaml"
         overrides = {p: {"upstream": u} for p, u in upstreams.items()}
@@ -106,7 +108,8 @@ class GatewayProcess:
             "journal_dir": str(tmp / "journal"),
             **(settings or {}),
         }))
-        self.env = clean_env(TOLLGATE_DATABASE_URL=database_url, TOLLGATE_CONFIG=str(self.config), **PROVIDER_KEYS)
+        self.env = clean_env(TOLLGATE_DATABASE_URL=database_url, TOLLGATE_CONFIG=str(self.config),
+                             TOLLGATE_RUNTIME_FILE=str(tmp / "gateway.json"), **PROVIDER_KEYS)
         if redis_url:
             self.env["TOLLGATE_REDIS_URL"] = redis_url
         self.log = tmp / "gateway.log"
@@ -132,8 +135,10 @@ class GatewayProcess:
         return json.loads(self.cli(*args, "--json").stdout)
 
     def start(self) -> None:
-        launch = ([str(BIN / "tollgate-proxy")] if self.launcher == "tollgate-proxy" else
-                  [str(BIN / "mitmdump"), "-s", str(PROJECT / "addons" / "gateway.py")])
+        script = ["-s", str(PROJECT / "addons" / "gateway.py")]
+        launch = {"tollgate-proxy": [str(BIN / "tollgate-proxy")], "mitmdump": [str(BIN / "mitmdump"), *script],
+                  "mitmweb": [str(BIN / "mitmweb"), *script, "--set", f"web_port={self.web_port}",
+                              "--set", "web_open_browser=false"]}[self.launcher]
         self.proc = subprocess.Popen(
             [*launch, "--listen-host", "127.0.0.1", "--listen-port", str(self.port), "--set", f"confdir={self.confdir}",
              *(arg for name, value in self.options.items() for arg in ("--set", f"{name}={value}")), *self.args],
@@ -149,12 +154,17 @@ class GatewayProcess:
                 raise AssertionError(f"the gateway addon failed to load: {log}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                if self.ca.exists() and "listening at" in log:
+                if self.ca.exists() and "listening at" in log and (
+                        self.launcher != "mitmweb" or "Web server listening at" in log):
                     return
             except OSError:
                 pass
             time.sleep(0.1)
         raise AssertionError(f"{self.launcher} did not start: {self.log.read_text()}")
+
+    @property
+    def web_url(self) -> str:
+        return self.log.read_text().split("Web server listening at ", 1)[1].split()[0]
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 
 import pytest
+from mitmproxy.certs import CertStore
 
 from tests.harness import clean_env, tollgate_cli
 
 
 @pytest.fixture
 def tollgate(tmp_path):
-    return tollgate_cli(clean_env(TOLLGATE_DATABASE_URL=f"sqlite:///{tmp_path}/ledger.db", OPENAI_API_KEY="sk-x"))
+    return tollgate_cli(clean_env(TOLLGATE_DATABASE_URL=f"sqlite:///{tmp_path}/ledger.db", OPENAI_API_KEY="sk-x",
+                                  TOLLGATE_RUNTIME_FILE=str(tmp_path / "no-gateway.json"),
+                                  TOLLGATE_CA_BUNDLE=str(tmp_path / "ca-bundle.pem")))
 
 
 def test_init_creates_the_admin_key_once(tollgate):
@@ -56,10 +59,12 @@ def test_providers_lists_the_catalog_and_configured_keys(tollgate):
 
 
 def test_ca_prints_the_client_exports(tollgate, tmp_path):
+    CertStore.from_store(tmp_path, "mitmproxy", 2048)  # the CA a gateway creates on its first start
     data = tollgate.json("ca", "--confdir", str(tmp_path))
-    cert = str(tmp_path / "mitmproxy-ca-cert.pem")
-    assert data["ca_cert"] == cert
-    assert {data["exports"][k] for k in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS")} == {cert}
+    cert, bundle = str(tmp_path / "mitmproxy-ca-cert.pem"), str(tmp_path / "ca-bundle.pem")
+    assert data["ca_cert"] == cert and data["bundle"] == bundle
+    assert [data["exports"][k] for k in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS")] == [
+        bundle, bundle, cert]
 
 
 def test_empty_ledger_reports(tollgate):
