@@ -1,0 +1,321 @@
+"""System-wide capture end to end: apps that know nothing of the gateway are metered.
+
+Each scenario runs in a network namespace of its own (created here, deleted after): the gateway,
+the mock provider and the captured app talk over that namespace's loopback, the iptables rules
+`tollgate capture` installs live in that namespace's firewall, and nothing reaches the host's
+network or changes its firewall. The app runs under a dedicated system user with a clean
+environment (no proxy variables), in a private mount namespace whose /etc/hosts points
+api.openai.com at 127.0.0.2 (where nothing listens: only the redirect gets it to the gateway).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from addons import capture
+from pricing.cost import price
+from pricing.money import format_usd
+from pricing.usage import TokenUsage
+from tests.harness import BIN, PROJECT, GatewayProcess, PrivateRedis, clean_env
+from tests.mock_provider import MockProvider
+
+OPENAI_CHAT = TokenUsage(input_tokens=17, cache_read_tokens=4, output_tokens=9, reasoning_tokens=3)
+PROVIDER_IP = "127.0.0.2"  # what api.openai.com resolves to inside the app's namespace
+OTHER_IP = "127.0.0.3"  # a non-catalog HTTPS site, example.test
+CHAT_BODY = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+
+SDK_APP = """
+import json, os, sys
+import openai
+client = openai.OpenAI(api_key=os.environ["OPENAI_API_KEY"])
+raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+print(json.dumps({"request_id": raw.headers["x-tollgate-request-id"], "content": raw.parse().choices[0].message.content}))
+"""
+
+
+def machine_refuses() -> str | None:
+    """Why this machine cannot run the capture scenarios, or None."""
+    if not sys.platform.startswith("linux"):
+        return "transparent capture needs Linux (iptables, network namespaces)"
+    if os.geteuid() != 0:
+        return "needs root: the tests create network namespaces, a system user and iptables rules"
+    for tool in ("ip", "iptables", "unshare", "setpriv", "useradd", "curl"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (.ci/run installs it)"
+    try:
+        capture.require_net_admin()
+    except capture.CaptureError:
+        return "no CAP_NET_ADMIN in this process"
+    return None
+
+
+REFUSED = machine_refuses()
+pytestmark = pytest.mark.skipif(REFUSED is not None, reason=REFUSED or "")
+
+
+class NetNS:
+    """A network namespace of the test's own, with loopback up."""
+
+    def __init__(self):
+        self.name = f"tgcap-{uuid.uuid4().hex[:8]}"
+        subprocess.run(["ip", "netns", "add", self.name], check=True, capture_output=True)
+        subprocess.run(["ip", "-n", self.name, "link", "set", "lo", "up"], check=True, capture_output=True)
+
+    @contextlib.contextmanager
+    def entered(self):
+        """This thread in the namespace: sockets made and processes started meanwhile belong to it."""
+        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        target = os.open(f"/run/netns/{self.name}", os.O_RDONLY)
+        try:
+            os.setns(target, os.CLONE_NEWNET)
+            yield self
+        finally:
+            os.setns(own, os.CLONE_NEWNET)
+            os.close(own)
+            os.close(target)
+
+    def run(self, *command: str, **kwargs) -> subprocess.CompletedProcess:
+        kwargs.setdefault("capture_output", True)
+        kwargs.setdefault("text", True)
+        kwargs.setdefault("timeout", 60)
+        return subprocess.run(["ip", "netns", "exec", self.name, *command], **kwargs)
+
+    def delete(self) -> None:
+        subprocess.run(["ip", "netns", "delete", self.name], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def app_user():
+    """A dedicated system user for the captured app, removed afterwards."""
+    name = f"tgcap{os.getpid() % 100000}"
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                   check=True, capture_output=True)
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        subprocess.run(["userdel", name], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def app_dir():
+    """Files the app's user reads (hosts file, CA bundles, the SDK script): outside pytest's private tmp."""
+    path = Path(tempfile.mkdtemp(prefix="tollgate-capture-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class OtherSite:
+    """example.test: an HTTPS site outside the catalog, with a certificate from its own CA."""
+
+    def __init__(self, directory: Path):
+        from mitmproxy import certs
+
+        store = certs.CertStore.from_store(directory / "other-ca", "other", 2048)
+        entry = store.get_cert("example.test", [x509.DNSName("example.test")])
+        self.ca = directory / "other-ca" / "other-ca-cert.pem"
+        chain = directory / "other-site.pem"
+        chain.write_bytes(entry.cert.to_pem() + entry.privatekey.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(chain)
+        self.sock = socket.create_server((OTHER_IP, 443))
+        self.context = context
+        self.requests: list[bytes] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                with self.context.wrap_socket(conn, server_side=True) as tls:
+                    self.requests.append(tls.recv(65536))
+                    tls.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 13\r\nconnection: close\r\n\r\nhello, other\n")
+            except (OSError, ssl.SSLError):
+                pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Scene:
+    """One namespace with the mock provider, the gateway (transparent mode) and the captured app."""
+
+    def __init__(self, ns: NetNS, gateway: GatewayProcess, user: pwd.struct_passwd, app_dir: Path):
+        self.ns, self.gateway, self.user, self.dir = ns, gateway, user, app_dir
+        self.hosts = app_dir / "hosts"
+        self.hosts.write_text(f"127.0.0.1 localhost\n{PROVIDER_IP} api.openai.com\n{OTHER_IP} example.test\n")
+        # The system store as the app sees it, the gateway's CA added (what `tollgate ca --install` does)
+        self.system_store = app_dir / "ca-certificates.crt"
+        self.system_store.write_bytes(Path("/etc/ssl/certs/ca-certificates.crt").read_bytes() + gateway.ca.read_bytes())
+        self.bundle = self.system_store  # the exported bundle: system roots plus the gateway's CA
+        (app_dir / "sdk_app.py").write_text(SDK_APP)
+
+    def tollgate(self, *args: str) -> subprocess.CompletedProcess:
+        env = clean_env(PYTHONPATH=str(PROJECT))
+        return self.ns.run(str(BIN / "tollgate"), *args, env=env)
+
+    def as_app(self, *command: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """`command` as the app's user, no proxy variables, private /etc/hosts and system CA store."""
+        app_env = {"PATH": "/usr/bin:/bin", "HOME": str(self.dir), **(env or {})}
+        # The venv's interpreter may live under a home the user cannot enter (/root/.pyenv): it may
+        # read files anywhere (CAP_DAC_READ_SEARCH), nothing more; the redirect matches its uid.
+        caps = ["--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
+        script = ('mount --bind "$1" /etc/hosts && mount --bind "$2" /etc/ssl/certs/ca-certificates.crt && '
+                  'shift 2 && exec "$@"')
+        return self.ns.run(
+            "unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh",
+            str(self.hosts), str(self.system_store),
+            "setpriv", f"--reuid={self.user.pw_uid}", f"--regid={self.user.pw_gid}", "--clear-groups", *caps,
+            "env", "-i", *(f"{k}={v}" for k, v in app_env.items()), *command,
+        )
+
+    def curl_chat(self, key: str) -> subprocess.CompletedProcess:
+        return self.as_app("curl", "-sS", "--max-time", "20", "-D", "-", "https://api.openai.com/v1/chat/completions",
+                           "-H", f"authorization: Bearer {key}", "-H", "content-type: application/json",
+                           "-d", CHAT_BODY)
+
+    def firewall(self) -> str:
+        return "\n".join(self.ns.run(binary, "-t", "nat", "-S").stdout for binary in ("iptables", "ip6tables")
+                         if shutil.which(binary))
+
+
+def header(response: str, name: str) -> str:
+    for line in response.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() == name:
+            return value.strip()
+    raise AssertionError(f"no {name} header in {response!r}")
+
+
+def assert_metered(gateway: GatewayProcess, request_id: str) -> Decimal:
+    row = gateway.request_row(request_id)
+    assert (row["provider"], row["model"], row["status"]) == ("openai", "gpt-4o-mini", 200)
+    got = TokenUsage(row["input_tokens"], row["cache_read_tokens"], row["cache_write_tokens"],
+                     row["output_tokens"], row["reasoning_tokens"])
+    assert got == OPENAI_CHAT and row["usage_source"] == "reported"
+    cost = price(OPENAI_CHAT, model="gpt-4o-mini", provider_id="openai", pricing_id="openai")
+    assert cost.total_nanos > 0 and row["provider_cost"] == row["charged"] == format_usd(cost.total_nanos)
+    return Decimal(row["charged"])
+
+
+def balance(gateway: GatewayProcess) -> Decimal:
+    return Decimal(gateway.cli_json("wallet")["balance"])
+
+
+@pytest.fixture(params=["one process", "two workers"])
+def scene(request, tmp_path, app_user, app_dir):
+    ns = NetNS()
+    started: list = []
+    try:
+        with ns.entered():
+            mock = MockProvider().start()
+            started.append(mock.stop)
+            args: tuple[str, ...] = ("--mode", "transparent")
+            redis_url = None
+            if request.param == "two workers":
+                redis = PrivateRedis()
+                started.append(redis.stop)
+                redis_url = redis.url
+            gateway = GatewayProcess(tmp_path, f"sqlite:///{tmp_path}/ledger.db", {"openai": mock.url},
+                                     redis_url=redis_url, args=args)
+            gateway.admin_key = gateway.cli_json("init")["secret_key"]
+            gateway.cli("wallet", "topup", "10")
+            if request.param == "two workers":
+                start_workers(gateway, 2)
+            else:
+                gateway.start()
+            started.append(gateway.stop)
+            other = OtherSite(app_dir)
+            started.append(other.close)
+        scene = Scene(ns, gateway, app_user, app_dir)
+        scene.mock, scene.other = mock, other
+        yield scene
+    finally:
+        for stop in reversed(started):
+            stop()
+        ns.delete()
+
+
+def start_workers(gateway: GatewayProcess, n: int) -> None:
+    """`./run_proxy.sh --workers N`: the supervisor and N tollgate-proxy workers sharing the port."""
+    command = [sys.executable, "-m", "addons.workers", "--workers", str(n), "--",
+               "--listen-host", "127.0.0.1", "--listen-port", str(gateway.port), "--set", f"confdir={gateway.confdir}",
+               *(arg for name, value in gateway.options.items() for arg in ("--set", f"{name}={value}")), *gateway.args]
+    env = {**gateway.env, "PYTHONPATH": str(PROJECT)}
+    gateway.proc = subprocess.Popen(command, env=env, stdout=gateway.log.open("wb"), stderr=subprocess.STDOUT,
+                                    cwd=gateway.tmp)
+    deadline = time.monotonic() + 60
+    while gateway.log.read_text(errors="replace").count(") is listening") < n:
+        if gateway.proc.poll() is not None or time.monotonic() > deadline:
+            gateway.stop()
+            raise AssertionError(f"the workers did not start: {gateway.log.read_text()}")
+        time.sleep(0.1)
+
+
+def test_transparent_capture_meters_an_app_that_knows_nothing_of_the_gateway(scene):
+    gateway = scene.gateway
+    assert scene.tollgate("capture", "status", "--json").returncode == 0
+    assert json.loads(scene.tollgate("capture", "status", "--json").stdout)["active"] is False
+    refused = scene.curl_chat(gateway.admin_key)
+    assert refused.returncode != 0, "without capture nothing listens at the provider's address"
+
+    on = scene.tollgate("capture", "on", "--uid", scene.user.pw_name, "--port", str(gateway.port))
+    assert on.returncode == 0, on.stderr
+    status = json.loads(scene.tollgate("capture", "status", "--json").stdout)
+    assert status["active"] is True
+    assert any(f"--uid-owner {scene.user.pw_uid}" in rule for rule in status["families"]["ipv4"]["rules"])
+
+    # curl, trusting the gateway's CA through the system store
+    before = balance(gateway)
+    result = scene.curl_chat(gateway.admin_key)
+    assert result.returncode == 0, result.stderr
+    assert "Hello from the mock." in result.stdout
+    charged = assert_metered(gateway, header(result.stdout, "x-tollgate-request-id"))
+    assert scene.mock.last.headers["authorization"] == "Bearer sk-real-openai-0123456789"
+
+    # the openai SDK, trusting the exported bundle (SSL_CERT_FILE); its own key is a Tollgate key
+    sdk = scene.as_app(sys.executable, str(scene.dir / "sdk_app.py"),
+                       env={"OPENAI_API_KEY": gateway.admin_key, "SSL_CERT_FILE": str(scene.bundle)})
+    assert sdk.returncode == 0, sdk.stderr
+    answer = json.loads(sdk.stdout)
+    assert answer["content"] == "Hello from the mock."
+    charged += assert_metered(gateway, answer["request_id"])
+    assert balance(gateway) == before - charged
+
+    # a host outside the catalog: tunnelled untouched (its own certificate, not the gateway's)
+    rows = len(gateway.cli_json("requests", "--limit", "100"))
+    other = scene.as_app("curl", "-sS", "--max-time", "20", "--cacert", str(scene.other.ca), "https://example.test/")
+    assert other.returncode == 0, other.stderr
+    assert other.stdout == "hello, other\n" and scene.other.requests[-1].startswith(b"GET / HTTP/1.1")
+    time.sleep(0.3)
+    assert len(gateway.cli_json("requests", "--limit", "100")) == rows
+
+    # off: no rule of ours left, and the app is no longer captured
+    off = scene.tollgate("capture", "off")
+    assert off.returncode == 0, off.stderr
+    firewall = scene.firewall()
+    assert capture.COMMENT not in firewall and capture.CHAIN not in firewall
+    assert json.loads(scene.tollgate("capture", "status", "--json").stdout)["active"] is False
+    assert scene.curl_chat(gateway.admin_key).returncode != 0
