@@ -1,0 +1,104 @@
+"""Whether a capture mode can run on this machine, checked before anything starts.
+
+mitmproxy starts `--mode local` (its eBPF redirector) after the gateway has announced itself: on a
+host that cannot run it, the redirector prints a page of BPF verifier dump and exits, while the
+proxy keeps running with no listener at all. So the gateway checks first, and refuses with one
+line saying why and what to do instead (ListenGuard raises it at configure time):
+
+    local       Linux only: the capabilities the redirector needs (CAP_NET_ADMIN, CAP_BPF or
+                CAP_SYS_ADMIN) in this process's bounding set, the cgroup v2 hierarchy mounted at
+                /sys/fs/cgroup (where the redirector attaches; hybrid cgroup v1 hosts fail), and
+                `sudo`, through which mitmproxy starts it.
+    wireguard   mitmproxy's own userspace WireGuard: no privilege needed; a UDP port already taken
+                is reported by mitmproxy itself at startup, and the process exits.
+    transparent listens like any proxy; the redirect is the firewall's (`tollgate capture on`).
+
+A redirector that still fails once started is caught by the launcher (addons.launcher), which
+prints its one-line cause and exits.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mitmproxy.proxy import mode_specs
+
+CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF = 12, 21, 39
+ALTERNATIVES = "use --mode transparent with `tollgate capture on`, or --mode wireguard"
+
+
+@dataclass(frozen=True)
+class Host:
+    """What the checks read about this machine; tests pass their own."""
+
+    platform: str
+    bounding_caps: int | None  # None: unknown (no /proc)
+    cgroup2_at_root: bool
+    has_sudo: bool
+    redirector_unavailable: str | None = None
+
+
+def this_host() -> Host:
+    return Host(
+        platform=sys.platform,
+        bounding_caps=_caps("CapBnd"),
+        cgroup2_at_root=Path("/sys/fs/cgroup/cgroup.controllers").exists(),
+        has_sudo=shutil.which("sudo") is not None,
+        redirector_unavailable=_redirector_unavailable(),
+    )
+
+
+def _caps(field: str, status: Path = Path("/proc/self/status")) -> int | None:
+    try:
+        for line in status.read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1], 16)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _redirector_unavailable() -> str | None:
+    try:
+        from mitmproxy_rs.local import LocalRedirector
+
+        return LocalRedirector.unavailable_reason()
+    except Exception as e:  # no mitmproxy_rs build for this platform
+        return f"mitmproxy's local redirector is not available ({type(e).__name__})"
+
+
+def local_mode_refusal(host: Host) -> str | None:
+    """Why `--mode local` cannot run on `host`, as one line with what to do; None if it may."""
+    if not host.platform.startswith("linux"):
+        return None  # macOS and Windows: mitmproxy's own redirectors, with their own prompts
+    if host.redirector_unavailable:
+        return f"--mode local cannot run here: {host.redirector_unavailable}; {ALTERNATIVES}"
+    if host.bounding_caps is not None:
+        missing = [name for name, bit in (("CAP_NET_ADMIN", CAP_NET_ADMIN),) if not host.bounding_caps >> bit & 1]
+        if not (host.bounding_caps >> CAP_BPF & 1 or host.bounding_caps >> CAP_SYS_ADMIN & 1):
+            missing.append("CAP_BPF")
+        if missing:
+            return (f"--mode local cannot run here: its eBPF redirector needs {' and '.join(missing)}, which this "
+                    f"process cannot get (a container without them?); grant them, or {ALTERNATIVES}")
+    if not host.cgroup2_at_root:
+        return ("--mode local cannot run here: its eBPF redirector attaches to the cgroup v2 hierarchy at "
+                f"/sys/fs/cgroup, and this host does not mount cgroup v2 there (cgroup v1 or hybrid); {ALTERNATIVES}")
+    if not host.has_sudo:
+        return f"--mode local needs sudo: mitmproxy starts its eBPF redirector through sudo; install sudo, or {ALTERNATIVES}"
+    return None
+
+
+def refusal(specs: Sequence[str], host: Callable[[], Host] = this_host) -> str | None:
+    """The first reason one of the mode specs cannot run here, or None."""
+    for spec in specs:
+        try:
+            mode = mode_specs.ProxyMode.parse(spec)
+        except ValueError:
+            continue  # Proxyserver reports invalid specs
+        if isinstance(mode, mode_specs.LocalMode):
+            return local_mode_refusal(host())
+    return None
