@@ -9,8 +9,8 @@ line saying why and what to do instead (ListenGuard raises it at configure time)
                 CAP_SYS_ADMIN) in this process's bounding set, the cgroup v2 hierarchy mounted at
                 /sys/fs/cgroup (where the redirector attaches; hybrid cgroup v1 hosts fail), and
                 `sudo`, through which mitmproxy starts it.
-    wireguard   mitmproxy's own userspace WireGuard: no privilege needed; a UDP port already taken
-                is reported by mitmproxy itself at startup, and the process exits.
+    wireguard   mitmproxy's own userspace WireGuard: no privilege needed, only its UDP port, which
+                is checked free (mitmproxy would report a taken one in three lines).
     transparent listens like any proxy; the redirect is the firewall's (`tollgate capture on`).
 
 A redirector that still fails once started is caught by the launcher (addons.launcher), which
@@ -19,7 +19,10 @@ prints its one-line cause and exits.
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import shutil
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -92,13 +95,49 @@ def local_mode_refusal(host: Host) -> str | None:
     return None
 
 
-def refusal(specs: Sequence[str], host: Callable[[], Host] = this_host) -> str | None:
+def worker_refusal(specs: Sequence[str], listen_port: int | None) -> str | None:
+    """Why the modes cannot be shared by several workers (SO_REUSEPORT shares a fixed TCP port only):
+    transparent and regular can; wireguard, dns, reverse:quic (UDP) and local (no port) cannot."""
+    for spec in specs:
+        mode = mode_specs.ProxyMode.parse(spec)
+        port = mode.listen_port(listen_port)
+        if mode.transport_protocol != "tcp" or port is None:
+            return f"mode {spec!r} cannot be shared by several workers (only TCP listeners can); run one worker for it"
+        if port == 0:
+            return "workers share one port: give a fixed --listen-port, not 0"
+    return None
+
+
+def udp_port_refusal(spec: str, host: str, port: int) -> str | None:
+    """Why the WireGuard server cannot have UDP host:port (taken, or no such local address), or None."""
+    try:
+        family = socket.AF_INET6 if host and ipaddress.ip_address(host.strip("[]")).version == 6 else socket.AF_INET
+    except ValueError:
+        family = socket.AF_INET  # a name: mitmproxy resolves it
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((host.strip("[]"), port))
+    except OSError as e:
+        where = f"{host or 'all interfaces'}:{port}"
+        if e.errno == errno.EADDRINUSE:
+            return (f"--mode {spec} cannot listen on UDP {where}: the port is already in use; pick another "
+                    "(--mode wireguard@PORT) or stop what holds it")
+        return f"--mode {spec} cannot listen on UDP {where}: {e.strerror or e}; pick another address or port"
+    return None
+
+
+def refusal(specs: Sequence[str], listen_host: str = "", listen_port: int | None = None,
+            host: Callable[[], Host] = this_host) -> str | None:
     """The first reason one of the mode specs cannot run here, or None."""
     for spec in specs:
         try:
             mode = mode_specs.ProxyMode.parse(spec)
         except ValueError:
             continue  # Proxyserver reports invalid specs
-        if isinstance(mode, mode_specs.LocalMode):
-            return local_mode_refusal(host())
+        if isinstance(mode, mode_specs.LocalMode) and (why := local_mode_refusal(host())):
+            return why
+        if isinstance(mode, mode_specs.WireGuardMode):
+            port = mode.listen_port(listen_port)
+            if port and (why := udp_port_refusal(spec, mode.listen_host(listen_host), port)):
+                return why
     return None

@@ -87,11 +87,11 @@ from mitmproxy.addons import (
     update_alt_svc,
     upstream_auth,
 )
-from mitmproxy.proxy import mode_specs
 from mitmproxy.tools import cmdline
 from mitmproxy.tools.main import process_options
 from mitmproxy.utils import asyncio_utils, debug
 
+from addons import capture_modes
 from addons.gateway_addon import Gateway
 from addons.hook_index import IndexedAddonManager
 from addons.chain import gateway_chain
@@ -261,15 +261,8 @@ def make_parser(opts: options.Options) -> argparse.ArgumentParser:
 
 def check_worker_modes(opts: options.Options) -> None:
     """A worker can share only fixed TCP listening ports (see the module docstring)."""
-    for spec in opts.mode:
-        mode = mode_specs.ProxyMode.parse(spec)
-        port = mode.listen_port(opts.listen_port)
-        if mode.transport_protocol != "tcp" or port is None:
-            raise exceptions.OptionsError(
-                f"mode {spec!r} cannot be shared by several workers (only TCP listeners can); run one worker for it"
-            )
-        if port == 0:
-            raise exceptions.OptionsError("workers share one port: give a fixed --listen-port, not 0")
+    if why := capture_modes.worker_refusal(opts.mode, opts.listen_port):
+        raise exceptions.OptionsError(why)
 
 
 def _unknown_set_options(opts: options.Options, setoptions: Sequence[str]) -> list[str]:
