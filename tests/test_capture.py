@@ -51,13 +51,13 @@ print(json.dumps({"request_id": raw.headers["x-tollgate-request-id"], "content":
 """
 
 
-def machine_refuses() -> str | None:
-    """Why this machine cannot run the capture scenarios, or None."""
+def machine_refuses(*tools: str) -> str | None:
+    """Why this machine cannot run a capture scenario needing `tools`, or None."""
     if not sys.platform.startswith("linux"):
-        return "transparent capture needs Linux (iptables, network namespaces)"
+        return "system-wide capture is tested on Linux (iptables, network namespaces)"
     if os.geteuid() != 0:
-        return "needs root: the tests create network namespaces, a system user and iptables rules"
-    for tool in ("ip", "iptables", "unshare", "setpriv", "useradd", "curl"):
+        return "needs root: the tests create network namespaces, a system user and firewall rules"
+    for tool in ("ip", "unshare", "setpriv", "useradd", "curl", *tools):
         if shutil.which(tool) is None:
             return f"{tool} is not installed (.ci/run installs it)"
     try:
@@ -67,8 +67,10 @@ def machine_refuses() -> str | None:
     return None
 
 
-REFUSED = machine_refuses()
-pytestmark = pytest.mark.skipif(REFUSED is not None, reason=REFUSED or "")
+needs_root = pytest.mark.skipif(bool(machine_refuses()), reason=machine_refuses() or "")
+needs_iptables = pytest.mark.skipif(bool(machine_refuses("iptables")), reason=machine_refuses("iptables") or "")
+needs_wireguard = pytest.mark.skipif(bool(machine_refuses("wg", "wireguard-go")),
+                                     reason=machine_refuses("wg", "wireguard-go") or "")
 
 
 class NetNS:
@@ -160,12 +162,13 @@ class OtherSite:
 
 
 class Scene:
-    """One namespace with the mock provider, the gateway (transparent mode) and the captured app."""
+    """The captured app's namespace, user and files, and the gateway (in the same namespace or not)."""
 
-    def __init__(self, ns: NetNS, gateway: GatewayProcess, user: pwd.struct_passwd, app_dir: Path):
+    def __init__(self, ns: NetNS, gateway: GatewayProcess, user: pwd.struct_passwd, app_dir: Path,
+                 provider_ip: str = PROVIDER_IP):
         self.ns, self.gateway, self.user, self.dir = ns, gateway, user, app_dir
         self.hosts = app_dir / "hosts"
-        self.hosts.write_text(f"127.0.0.1 localhost\n{PROVIDER_IP} api.openai.com\n{OTHER_IP} example.test\n")
+        self.hosts.write_text(f"127.0.0.1 localhost\n{provider_ip} api.openai.com\n{OTHER_IP} example.test\n")
         # The system store as the app sees it, the gateway's CA added (what `tollgate ca --install` does)
         self.system_store = app_dir / "ca-certificates.crt"
         self.system_store.write_bytes(Path("/etc/ssl/certs/ca-certificates.crt").read_bytes() + gateway.ca.read_bytes())
@@ -225,7 +228,7 @@ def balance(gateway: GatewayProcess) -> Decimal:
 
 
 @pytest.fixture(params=["one process", "two workers"])
-def scene(request, tmp_path, app_user, app_dir):
+def transparent(request, tmp_path, app_user, app_dir):
     ns = NetNS()
     started: list = []
     try:
@@ -274,9 +277,29 @@ def start_workers(gateway: GatewayProcess, n: int) -> None:
         time.sleep(0.1)
 
 
-def test_transparent_capture_meters_an_app_that_knows_nothing_of_the_gateway(scene):
+def assert_apps_are_metered(scene: Scene) -> None:
+    """curl (the system store) and the openai SDK (the exported bundle) reach the provider through the
+    gateway, metered and debited; the provider sees only the gateway's key."""
     gateway = scene.gateway
-    assert scene.tollgate("capture", "status", "--json").returncode == 0
+    before = balance(gateway)
+    result = scene.curl_chat(gateway.admin_key)
+    assert result.returncode == 0, result.stderr
+    assert "Hello from the mock." in result.stdout
+    charged = assert_metered(gateway, header(result.stdout, "x-tollgate-request-id"))
+    assert scene.mock.last.headers["authorization"] == "Bearer sk-real-openai-0123456789"
+
+    sdk = scene.as_app(sys.executable, str(scene.dir / "sdk_app.py"),
+                       env={"OPENAI_API_KEY": gateway.admin_key, "SSL_CERT_FILE": str(scene.bundle)})
+    assert sdk.returncode == 0, sdk.stderr
+    answer = json.loads(sdk.stdout)
+    assert answer["content"] == "Hello from the mock."
+    charged += assert_metered(gateway, answer["request_id"])
+    assert balance(gateway) == before - charged
+
+
+@needs_iptables
+def test_transparent_capture_meters_an_app_that_knows_nothing_of_the_gateway(transparent):
+    scene, gateway = transparent, transparent.gateway
     assert json.loads(scene.tollgate("capture", "status", "--json").stdout)["active"] is False
     refused = scene.curl_chat(gateway.admin_key)
     assert refused.returncode != 0, "without capture nothing listens at the provider's address"
@@ -287,22 +310,7 @@ def test_transparent_capture_meters_an_app_that_knows_nothing_of_the_gateway(sce
     assert status["active"] is True
     assert any(f"--uid-owner {scene.user.pw_uid}" in rule for rule in status["families"]["ipv4"]["rules"])
 
-    # curl, trusting the gateway's CA through the system store
-    before = balance(gateway)
-    result = scene.curl_chat(gateway.admin_key)
-    assert result.returncode == 0, result.stderr
-    assert "Hello from the mock." in result.stdout
-    charged = assert_metered(gateway, header(result.stdout, "x-tollgate-request-id"))
-    assert scene.mock.last.headers["authorization"] == "Bearer sk-real-openai-0123456789"
-
-    # the openai SDK, trusting the exported bundle (SSL_CERT_FILE); its own key is a Tollgate key
-    sdk = scene.as_app(sys.executable, str(scene.dir / "sdk_app.py"),
-                       env={"OPENAI_API_KEY": gateway.admin_key, "SSL_CERT_FILE": str(scene.bundle)})
-    assert sdk.returncode == 0, sdk.stderr
-    answer = json.loads(sdk.stdout)
-    assert answer["content"] == "Hello from the mock."
-    charged += assert_metered(gateway, answer["request_id"])
-    assert balance(gateway) == before - charged
+    assert_apps_are_metered(scene)
 
     # a host outside the catalog: tunnelled untouched (its own certificate, not the gateway's)
     rows = len(gateway.cli_json("requests", "--limit", "100"))
@@ -319,3 +327,83 @@ def test_transparent_capture_meters_an_app_that_knows_nothing_of_the_gateway(sce
     assert capture.COMMENT not in firewall and capture.CHAIN not in firewall
     assert json.loads(scene.tollgate("capture", "status", "--json").stdout)["active"] is False
     assert scene.curl_chat(gateway.admin_key).returncode != 0
+
+
+# -- WireGuard ---------------------------------------------------------------------------------------
+
+WG_SERVER, WG_CLIENT, WG_PORT = "10.213.0.1", "10.213.0.2", 51820
+TUNNELLED_IP = "10.213.9.9"  # api.openai.com for the app: routed into the tunnel, answered by the gateway
+
+
+@pytest.fixture
+def wireguard(tmp_path, app_user, app_dir):
+    """The gateway (`--mode wireguard`) in one namespace; in another, joined by a veth pair, a real
+    WireGuard client (wireguard-go) whose default route is the tunnel, and the app."""
+    gw_ns, app_ns = NetNS(), NetNS()
+    started: list = []
+    try:
+        subprocess.run(["ip", "-n", gw_ns.name, "link", "add", "tgv", "type", "veth", "peer", "name", "tgc",
+                        "netns", app_ns.name], check=True, capture_output=True)
+        for ns, dev, address in ((gw_ns, "tgv", WG_SERVER), (app_ns, "tgc", WG_CLIENT)):
+            subprocess.run(["ip", "-n", ns.name, "addr", "add", f"{address}/24", "dev", dev], check=True)
+            subprocess.run(["ip", "-n", ns.name, "link", "set", dev, "up"], check=True)
+        with gw_ns.entered():
+            mock = MockProvider().start()
+            started.append(mock.stop)
+            gateway = GatewayProcess(tmp_path, f"sqlite:///{tmp_path}/ledger.db", {"openai": mock.url},
+                                     args=("--mode", "regular", "--mode", f"wireguard@{WG_SERVER}:{WG_PORT}"))
+            gateway.admin_key = gateway.cli_json("init")["secret_key"]
+            gateway.cli("wallet", "topup", "10")
+            gateway.start()
+            started.append(gateway.stop)
+        client = WireGuardClient(app_ns, gateway.confdir / "wireguard.conf", tmp_path)
+        started.append(client.stop)
+        scene = Scene(app_ns, gateway, app_user, app_dir, provider_ip=TUNNELLED_IP)
+        scene.mock = mock
+        yield scene
+    finally:
+        for stop in reversed(started):
+            stop()
+        app_ns.delete()
+        gw_ns.delete()
+
+
+class WireGuardClient:
+    """wireguard-go in the app's namespace, keyed from the gateway's wireguard.conf, routing everything."""
+
+    def __init__(self, ns: NetNS, conf: Path, tmp: Path):
+        import mitmproxy_rs.wireguard
+
+        keys = json.loads(conf.read_text())
+        private = tmp / "wg-client.key"
+        private.write_text(keys["client_key"] + "\n")
+        private.chmod(0o600)
+        self.proc = subprocess.Popen(["ip", "netns", "exec", ns.name, "wireguard-go", "-f", "wg0"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while ns.run("ip", "link", "show", "wg0").returncode != 0:
+            assert self.proc.poll() is None and time.monotonic() < deadline, "wireguard-go did not create wg0"
+            time.sleep(0.05)
+        for command in (
+            ["wg", "set", "wg0", "private-key", str(private), "peer", mitmproxy_rs.wireguard.pubkey(keys["server_key"]),
+             "endpoint", f"{WG_SERVER}:{WG_PORT}", "allowed-ips", "0.0.0.0/0"],
+            ["ip", "addr", "add", "10.0.0.1/32", "dev", "wg0"],  # the address mitmproxy's client config gives
+            ["ip", "link", "set", "wg0", "up"],
+            ["ip", "route", "add", "default", "dev", "wg0"],
+        ):
+            result = ns.run(*command)
+            assert result.returncode == 0, f"{command}: {result.stderr}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@needs_wireguard
+def test_wireguard_mode_meters_apps_behind_a_real_wireguard_client(wireguard):
+    assert_apps_are_metered(wireguard)
+    handshake = wireguard.ns.run("wg", "show", "wg0", "latest-handshakes").stdout.split()
+    assert len(handshake) == 2 and int(handshake[1]) > 0, "the traffic went through the tunnel"
