@@ -30,7 +30,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from addons import capture
+from addons import capture, capture_modes
 from pricing.cost import price
 from pricing.money import format_usd
 from pricing.usage import TokenUsage
@@ -40,6 +40,7 @@ from tests.mock_provider import MockProvider
 OPENAI_CHAT = TokenUsage(input_tokens=17, cache_read_tokens=4, output_tokens=9, reasoning_tokens=3)
 PROVIDER_IP = "127.0.0.2"  # what api.openai.com resolves to inside the app's namespace
 OTHER_IP = "127.0.0.3"  # a non-catalog HTTPS site, example.test
+IP = shutil.which("ip") or "ip"  # by path: some tests run commands with a PATH that lacks it
 CHAT_BODY = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
 
 SDK_APP = """
@@ -98,7 +99,7 @@ class NetNS:
         kwargs.setdefault("capture_output", True)
         kwargs.setdefault("text", True)
         kwargs.setdefault("timeout", 60)
-        return subprocess.run(["ip", "netns", "exec", self.name, *command], **kwargs)
+        return subprocess.run([IP, "netns", "exec", self.name, *command], **kwargs)
 
     def delete(self) -> None:
         subprocess.run(["ip", "netns", "delete", self.name], capture_output=True)
@@ -407,3 +408,143 @@ def test_wireguard_mode_meters_apps_behind_a_real_wireguard_client(wireguard):
     assert_apps_are_metered(wireguard)
     handshake = wireguard.ns.run("wg", "show", "wg0", "latest-handshakes").stdout.split()
     assert len(handshake) == 2 and int(handshake[1]) > 0, "the traffic went through the tunnel"
+
+
+# -- refusals: one line, why and what to do, and no process left behind ------------------------------
+
+def gateway_refusal(tmp_path: Path, *args: str, wrap: tuple[str, ...] = ()) -> tuple[subprocess.CompletedProcess,
+                                                                                      float]:
+    env = clean_env(TOLLGATE_DATABASE_URL=f"sqlite:///{tmp_path}/ledger.db", PYTHONPATH=str(PROJECT),
+                    TOLLGATE_JOURNAL_DIR=str(tmp_path / "journal"))
+    start = time.monotonic()
+    result = subprocess.run([*wrap, str(BIN / "tollgate-proxy"), "--set", f"confdir={tmp_path / 'mitmproxy'}", *args],
+                            env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    return result, time.monotonic() - start
+
+
+def assert_one_line_refusal(result: subprocess.CompletedProcess, elapsed: float, *says: str) -> None:
+    output = (result.stdout + result.stderr).strip()
+    assert result.returncode == 1 and elapsed < 15, output
+    assert len(output.splitlines()) == 1 and output.startswith("tollgate-proxy: "), output
+    for words in says:
+        assert words in output, output
+
+
+def test_wireguard_on_a_taken_port_is_refused_in_one_line(tmp_path):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        result, elapsed = gateway_refusal(tmp_path, "--mode", f"wireguard@127.0.0.1:{port}")
+    assert_one_line_refusal(result, elapsed, f"UDP 127.0.0.1:{port}", "already in use", "pick another")
+
+
+@pytest.mark.parametrize("mode", ["wireguard", "local:curl"])
+def test_workers_refuse_modes_they_cannot_share_before_starting_any(tmp_path, mode):
+    env = clean_env(PYTHONPATH=str(PROJECT))
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "addons.workers", "--workers", "2", "--", "--mode", mode,
+                             "--set", "tollgate_redis_url=redis://127.0.0.1:1/0"],
+                            env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 1 and time.monotonic() - start < 15
+    assert result.stderr.strip() == (f"tollgate-workers: mode {mode!r} cannot be shared by several workers "
+                                     "(only TCP listeners can); run one worker for it")
+    assert "started" not in result.stdout + result.stderr
+
+
+def test_local_mode_where_this_host_refuses_it_is_one_line(tmp_path):
+    """The host's own verdict (on a cgroup v1 host, in a container...); the end-to-end test runs elsewhere."""
+    why = capture_modes.refusal(["local"])
+    if why is None:
+        pytest.skip("this host can run local mode: test_local_mode_captures_a_process_by_name covers it")
+    result, elapsed = gateway_refusal(tmp_path, "--mode", "local:tollgate-nothing")
+    assert_one_line_refusal(result, elapsed, why)
+
+
+@needs_root
+def test_local_mode_without_its_capabilities_is_one_line(tmp_path):
+    drop = ("setpriv", "--inh-caps=-all", "--bounding-set=-net_admin,-bpf,-sys_admin", "--")
+    result, elapsed = gateway_refusal(tmp_path, "--mode", "local:tollgate-nothing", wrap=drop)
+    assert_one_line_refusal(result, elapsed, "--mode local cannot run here", "CAP_NET_ADMIN and CAP_BPF",
+                            "--mode transparent with `tollgate capture on`")
+
+
+@needs_root
+def test_local_mode_captures_a_process_by_name(tmp_path, app_user, app_dir):
+    """mitmproxy's eBPF redirector captures one program by name; only where the kernel allows it."""
+    if why := capture_modes.refusal(["local"]):
+        pytest.skip(f"the kernel or host refuses local mode: {why}")
+    ns = NetNS()
+    started: list = []
+    try:
+        with ns.entered():
+            mock = MockProvider().start()
+            started.append(mock.stop)
+            client = app_dir / "tgcapclient"  # a name of its own, so the redirector captures nothing else
+            shutil.copy(shutil.which("curl"), client)
+            gateway = GatewayProcess(tmp_path, f"sqlite:///{tmp_path}/ledger.db", {"openai": mock.url},
+                                     args=("--mode", "regular", "--mode", f"local:{client.name}"))
+            gateway.admin_key = gateway.cli_json("init")["secret_key"]
+            gateway.cli("wallet", "topup", "10")
+            gateway.start()
+            started.append(gateway.stop)
+        scene = Scene(ns, gateway, app_user, app_dir)
+        result = scene.as_app(str(client), "-sS", "--max-time", "20", "-D", "-",
+                              "https://api.openai.com/v1/chat/completions", "-H",
+                              f"authorization: Bearer {gateway.admin_key}", "-H", "content-type: application/json",
+                              "-d", CHAT_BODY)
+        assert result.returncode == 0, result.stderr
+        assert_metered(gateway, header(result.stdout, "x-tollgate-request-id"))
+    finally:
+        for stop in reversed(started):
+            stop()
+        ns.delete()
+
+
+# -- tollgate capture: what it refuses and what --dry-run prints -----------------------------------------
+
+@needs_iptables
+def test_capture_refuses_the_gateways_own_uid_no_net_admin_and_no_iptables(tmp_path):
+    env = clean_env(PYTHONPATH=str(PROJECT))
+    tollgate = str(BIN / "tollgate")
+    ns = NetNS()
+    try:
+        own = ns.run(tollgate, "capture", "on", "--uid", "root", env=env)
+        assert own.returncode == 1 and "refusing to capture uid 0 (root)" in own.stderr and "loop" in own.stderr
+        unprivileged = ns.run("setpriv", "--inh-caps=-all", "--bounding-set=-net_admin", "--",
+                              tollgate, "capture", "on", "--uid", "nobody", env=env)
+        assert unprivileged.returncode == 1 and unprivileged.stderr.strip() == (
+            "tollgate capture: changing the firewall needs root (CAP_NET_ADMIN): run it with sudo, or print the "
+            "rules with --dry-run and apply them yourself")
+        no_iptables = ns.run(tollgate, "capture", "on", "--uid", "nobody", env={**env, "PATH": str(tmp_path)})
+        assert no_iptables.returncode == 1 and "iptables is not installed" in no_iptables.stderr
+        assert len(no_iptables.stderr.strip().splitlines()) == 1
+        # nothing was changed by any of them
+        assert capture.COMMENT not in ns.run("iptables", "-t", "nat", "-S").stdout
+    finally:
+        ns.delete()
+
+
+@needs_iptables
+def test_capture_dry_run_prints_the_rules_and_changes_nothing():
+    env = clean_env(PYTHONPATH=str(PROJECT))
+    ns = NetNS()
+    try:
+        result = ns.run(str(BIN / "tollgate"), "capture", "on", "--uid", "nobody", "--port", "8443", "--dry-run",
+                        env=env)
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        nobody = pwd.getpwnam("nobody").pw_uid
+        assert f"iptables -t nat -A TOLLGATE_CAPTURE -p tcp -m multiport --dports 80,443 -m owner --uid-owner {nobody} " \
+               "-m comment --comment tollgate-capture -j REDIRECT --to-ports 8443" in lines
+        assert any(line.startswith("ip6tables ") for line in lines)
+        assert capture.COMMENT not in ns.run("iptables", "-t", "nat", "-S").stdout
+        # what it printed is what `on` applies: run those lines, and `status` and `off` recognise them
+        for line in lines:
+            if line.startswith("iptables ") or shutil.which("ip6tables"):
+                assert ns.run(*line.split()).returncode == 0, line
+        status = json.loads(ns.run(str(BIN / "tollgate"), "capture", "status", "--json", env=env).stdout)
+        assert status["active"] is True
+        assert ns.run(str(BIN / "tollgate"), "capture", "off", env=env).returncode == 0
+        assert capture.COMMENT not in ns.run("iptables", "-t", "nat", "-S").stdout
+    finally:
+        ns.delete()
