@@ -91,7 +91,8 @@ def local_mode_refusal(host: Host) -> str | None:
         return ("--mode local cannot run here: its eBPF redirector attaches to the cgroup v2 hierarchy at "
                 f"/sys/fs/cgroup, and this host does not mount cgroup v2 there (cgroup v1 or hybrid); {ALTERNATIVES}")
     if not host.has_sudo:
-        return f"--mode local needs sudo: mitmproxy starts its eBPF redirector through sudo; install sudo, or {ALTERNATIVES}"
+        return ("--mode local needs sudo: mitmproxy starts its eBPF redirector through sudo; install sudo, "
+                f"or {ALTERNATIVES}")
     return None
 
 

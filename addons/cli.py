@@ -366,7 +366,8 @@ def _capture_status_text(status: dict) -> str:
 
 
 def _add_capture_parser(sub, common) -> None:
-    capture_cmd = sub.add_parser("capture", parents=[common], help="transparent capture of apps on this host (iptables)")
+    capture_cmd = sub.add_parser("capture", parents=[common],
+                                 help="transparent capture of apps on this host (iptables)")
     actions = capture_cmd.add_subparsers(dest="action", required=True)
     on = actions.add_parser("on", parents=[common], help="redirect a user's or cgroup's TCP 80/443 to the gateway")
     who = on.add_mutually_exclusive_group(required=True)

@@ -47,8 +47,10 @@ SDK_APP = """
 import json, os, sys
 import openai
 client = openai.OpenAI(api_key=os.environ["OPENAI_API_KEY"])
-raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
-print(json.dumps({"request_id": raw.headers["x-tollgate-request-id"], "content": raw.parse().choices[0].message.content}))
+messages = [{"role": "user", "content": "hi"}]
+raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=messages)
+answer = raw.parse().choices[0].message.content
+print(json.dumps({"request_id": raw.headers["x-tollgate-request-id"], "content": answer}))
 """
 
 
@@ -541,8 +543,8 @@ def test_capture_dry_run_prints_the_rules_and_changes_nothing():
         assert result.returncode == 0, result.stderr
         lines = result.stdout.splitlines()
         nobody = pwd.getpwnam("nobody").pw_uid
-        assert f"iptables -t nat -A TOLLGATE_CAPTURE -p tcp -m multiport --dports 80,443 -m owner --uid-owner {nobody} " \
-               "-m comment --comment tollgate-capture -j REDIRECT --to-ports 8443" in lines
+        assert (f"iptables -t nat -A TOLLGATE_CAPTURE -p tcp -m multiport --dports 80,443 -m owner --uid-owner "
+                f"{nobody} -m comment --comment tollgate-capture -j REDIRECT --to-ports 8443") in lines
         assert any(line.startswith("ip6tables ") for line in lines)
         assert capture.COMMENT not in ns.run("iptables", "-t", "nat", "-S").stdout
         # what it printed is what `on` applies: run those lines, and `status` and `off` recognise them

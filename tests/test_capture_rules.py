@@ -10,7 +10,6 @@ import subprocess
 
 import pytest
 from mitmproxy.proxy import mode_specs
-from mitmproxy.test import tflow
 
 from addons import capture, capture_modes
 from addons.catalog import load_catalog
@@ -101,7 +100,8 @@ def test_rules_for_a_user_exempt_the_gateway_first_and_redirect_80_and_443():
     steps = capture.plan_on(capture.Selector("uid", "1001"), 8080, gateway_uid=998)
     assert [capture.command_line("iptables", s) for s in steps] == [
         "iptables -t nat -N TOLLGATE_CAPTURE",
-        "iptables -t nat -I TOLLGATE_CAPTURE 1 -m owner --uid-owner 998 -m comment --comment tollgate-capture -j RETURN",
+        "iptables -t nat -I TOLLGATE_CAPTURE 1 -m owner --uid-owner 998 -m comment --comment tollgate-capture "
+        "-j RETURN",
         "iptables -t nat -A TOLLGATE_CAPTURE -p tcp -m multiport --dports 80,443 -m owner --uid-owner 1001 "
         "-m comment --comment tollgate-capture -j REDIRECT --to-ports 8080",
         "iptables -t nat -A OUTPUT -p tcp -m comment --comment tollgate-capture -j TOLLGATE_CAPTURE",
@@ -161,9 +161,9 @@ def test_on_is_idempotent_and_stops_at_the_first_failure():
 
 def test_listener_uid_reads_proc_net(tmp_path):
     header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
-    (tmp_path / "tcp").write_text(header
-                                  + "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000   998 0 1\n"
-                                  + "   1: 0100007F:1F91 0100007F:9C40 01 00000000:00000000 00:00000000 00000000  1001 0 2\n")
+    listening = "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000   998 0 1\n"
+    established = "   1: 0100007F:1F91 0100007F:9C40 01 00000000:00000000 00:00000000 00000000  1001 0 2\n"
+    (tmp_path / "tcp").write_text(header + listening + established)
     (tmp_path / "tcp6").write_text(header)
     assert capture.listener_uid(8080, tmp_path) == 998
     assert capture.listener_uid(8081, tmp_path) is None  # established, not listening
