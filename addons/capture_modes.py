@@ -10,7 +10,8 @@ line saying why and what to do instead (ListenGuard raises it at configure time)
                 /sys/fs/cgroup (where the redirector attaches; hybrid cgroup v1 hosts fail), and
                 `sudo`, through which mitmproxy starts it.
     wireguard   mitmproxy's own userspace WireGuard: no privilege needed, only its UDP port, which
-                is checked free (mitmproxy would report a taken one in three lines).
+                is checked free, and its key file (confdir/wireguard.conf, made on first start),
+                checked readable.
     transparent listens like any proxy; the redirect is the firewall's (`tollgate capture on`).
 
 A redirector that still fails once started is caught by the launcher (addons.launcher), which
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import json
 import shutil
 import socket
 import sys
@@ -127,7 +129,23 @@ def udp_port_refusal(spec: str, host: str, port: int) -> str | None:
     return None
 
 
-def refusal(specs: Sequence[str], listen_host: str = "", listen_port: int | None = None,
+def wireguard_keys_refusal(spec: str, path: Path) -> str | None:
+    """Why the WireGuard key file cannot be used, or None (also when it does not exist yet: it is made)."""
+    if not path.exists():
+        return None
+    try:
+        import mitmproxy_rs.wireguard
+
+        keys = json.loads(path.read_text())
+        for name in ("server_key", "client_key"):
+            mitmproxy_rs.wireguard.pubkey(keys[name])
+    except Exception as e:  # unreadable, not JSON, a key missing or invalid
+        detail = f"no {e}" if isinstance(e, KeyError) else type(e).__name__
+        return f"--mode {spec} cannot use its key file {path} ({detail}); fix it, or remove it to have new keys made"
+    return None
+
+
+def refusal(specs: Sequence[str], listen_host: str = "", listen_port: int | None = None, confdir: str = "~/.mitmproxy",
             host: Callable[[], Host] = this_host) -> str | None:
     """The first reason one of the mode specs cannot run here, or None."""
     for spec in specs:
@@ -140,5 +158,8 @@ def refusal(specs: Sequence[str], listen_host: str = "", listen_port: int | None
         if isinstance(mode, mode_specs.WireGuardMode):
             port = mode.listen_port(listen_port)
             if port and (why := udp_port_refusal(spec, mode.listen_host(listen_host), port)):
+                return why
+            keys = Path(mode.data).expanduser() if mode.data else Path(confdir).expanduser() / "wireguard.conf"
+            if why := wireguard_keys_refusal(spec, keys):
                 return why
     return None

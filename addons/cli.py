@@ -344,6 +344,9 @@ def _capture_on(args) -> None:
             "dry_run": args.dry_run, "commands": commands}
     text = "\n".join(commands) if args.dry_run else (
         f"capturing {what} (the gateway's uid {gateway_uid} excluded); undo with: tollgate capture off")
+    if not args.dry_run and capture.listener_uid(args.port) is None:
+        text += (f"\nnothing listens on port {args.port} yet: start the gateway with --mode transparent "
+                 f"--listen-port {args.port}; until then the captured connections are refused")
     _emit(args, data, text=text)
 
 

@@ -65,9 +65,9 @@ class ListenGuard:
         )
 
     def configure(self, updated):
-        if {"mode", "listen_host", "listen_port"} & set(updated) and (
-            why := capture_modes.refusal(ctx.options.mode, ctx.options.listen_host, ctx.options.listen_port)
-        ):
+        if {"mode", "listen_host", "listen_port", "confdir"} & set(updated) and (why := capture_modes.refusal(
+            ctx.options.mode, ctx.options.listen_host, ctx.options.listen_port, ctx.options.confdir
+        )):
             raise OptionsError(why)
         if not {"listen_host", "mode", "proxyauth", "tollgate_allow_open_proxy"} & set(updated):
             return

@@ -557,3 +557,10 @@ def test_capture_dry_run_prints_the_rules_and_changes_nothing():
         assert capture.COMMENT not in ns.run("iptables", "-t", "nat", "-S").stdout
     finally:
         ns.delete()
+
+
+def test_wireguard_with_a_broken_key_file_is_refused_in_one_line(tmp_path):
+    (tmp_path / "mitmproxy").mkdir()
+    (tmp_path / "mitmproxy" / "wireguard.conf").write_text('{"server_key": "x"}')
+    result, elapsed = gateway_refusal(tmp_path, "--mode", "wireguard@127.0.0.1:0")
+    assert_one_line_refusal(result, elapsed, "cannot use its key file", "remove it to have new keys made")

@@ -3,6 +3,7 @@ builds, and the checks that refuse a capture mode this host cannot run."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import socket
@@ -266,3 +267,19 @@ def test_a_failed_redirector_stops_the_gateway_with_one_line(caplog):
         "--mode transparent with `tollgate capture on`, or --mode wireguard (-v shows its output)"
     ]
     assert caplog.records == []  # the dump is kept for -v
+
+
+def test_a_broken_wireguard_key_file_is_refused_without_its_contents(tmp_path):
+    import mitmproxy_rs.wireguard
+
+    path = tmp_path / "wireguard.conf"
+    assert capture_modes.wireguard_keys_refusal("wireguard", path) is None  # made on first start
+    good = {"server_key": mitmproxy_rs.wireguard.genkey(), "client_key": mitmproxy_rs.wireguard.genkey()}
+    path.write_text(json.dumps(good))
+    assert capture_modes.wireguard_keys_refusal("wireguard", path) is None
+    for broken, says in (({"server_key": good["server_key"]}, "(no 'client_key')"),
+                         ({**good, "client_key": "not-a-key-but-a-secret"}, "(ValueError)"), ("{", "(JSONDecodeError)")):
+        path.write_text(broken if isinstance(broken, str) else json.dumps(broken))
+        why = capture_modes.wireguard_keys_refusal("wireguard", path)
+        assert why == f"--mode wireguard cannot use its key file {path} {says}; fix it, or remove it to have new keys made"
+        assert good["server_key"] not in why and "not-a-key" not in why
