@@ -201,9 +201,9 @@ class Scene:
             "env", "-i", *(f"{k}={v}" for k, v in app_env.items()), *command,
         )
 
-    def curl_chat(self, key: str) -> subprocess.CompletedProcess:
-        return self.as_app("curl", "-sS", "--max-time", "20", "-D", "-", "https://api.openai.com/v1/chat/completions",
-                           "-H", f"authorization: Bearer {key}", "-H", "content-type: application/json",
+    def curl_chat(self, key: str, scheme: str = "https") -> subprocess.CompletedProcess:
+        return self.as_app("curl", "-sS", "--max-time", "20", "-D", "-",
+                           f"{scheme}://api.openai.com/v1/chat/completions", "-H", f"authorization: Bearer {key}", "-H", "content-type: application/json",
                            "-d", CHAT_BODY)
 
     def firewall(self) -> str:
@@ -319,6 +319,9 @@ def test_transparent_capture_meters_an_app_that_knows_nothing_of_the_gateway(tra
     assert any(f"--uid-owner {scene.user.pw_uid}" in rule for rule in status["families"]["ipv4"]["rules"])
 
     assert_apps_are_metered(scene)
+    plain = scene.curl_chat(gateway.admin_key, scheme="http")  # port 80: routed by the Host header
+    assert plain.returncode == 0 and "Hello from the mock." in plain.stdout, plain.stderr
+    assert_metered(gateway, header(plain.stdout, "x-tollgate-request-id"))
 
     # a host outside the catalog: tunnelled untouched (its own certificate, not the gateway's)
     rows = len(gateway.cli_json("requests", "--limit", "100"))
