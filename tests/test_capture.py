@@ -203,8 +203,8 @@ class Scene:
 
     def curl_chat(self, key: str, scheme: str = "https") -> subprocess.CompletedProcess:
         return self.as_app("curl", "-sS", "--max-time", "20", "-D", "-",
-                           f"{scheme}://api.openai.com/v1/chat/completions", "-H", f"authorization: Bearer {key}", "-H", "content-type: application/json",
-                           "-d", CHAT_BODY)
+                           f"{scheme}://api.openai.com/v1/chat/completions", "-H", f"authorization: Bearer {key}",
+                           "-H", "content-type: application/json", "-d", CHAT_BODY)
 
     def firewall(self) -> str:
         return "\n".join(self.ns.run(binary, "-t", "nat", "-S").stdout for binary in ("iptables", "ip6tables")
