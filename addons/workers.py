@@ -4,6 +4,8 @@ Starts N lean gateway processes (addons.launcher with `--reuse-port`) that liste
 port with SO_REUSEPORT; the kernel spreads incoming connections across them. ./run_proxy.sh
 uses this when `--workers` (default: the number of cores) is above 1; one worker needs no
 supervisor. The ledger is initialised before (`tollgate init`, run by ./run_proxy.sh).
+Modes that cannot share a port (wireguard and other UDP modes, local) are refused before any
+worker starts when N is given, and run as one process with `--workers auto`.
 
 - Start-up: the first worker starts alone and the others only once it listens, so the mitmproxy
   CA (and the token signing key, the ledger tables) is created once, by one process, and shared
