@@ -350,7 +350,7 @@ TUNNELLED_IP = "10.213.9.9"  # api.openai.com for the app: routed into the tunne
 def wireguard(request, tmp_path, app_dir):
     """The gateway (`--mode wireguard`) in one namespace; in another, joined by a veth pair, a real
     WireGuard client (wireguard-go) whose default route is the tunnel, and the app."""
-    require("wg", "wireguard-go")
+    require("wg")
     app_user = request.getfixturevalue("app_user")
     gw_ns, app_ns = NetNS(), NetNS()
     started: list = []
@@ -371,6 +371,7 @@ def wireguard(request, tmp_path, app_dir):
             started.append(gateway.stop)
         client = WireGuardClient(app_ns, gateway.confdir / "wireguard.conf", tmp_path)
         started.append(client.stop)
+        client.start()
         scene = Scene(app_ns, gateway, app_user, app_dir, provider_ip=TUNNELLED_IP)
         scene.mock = mock
         yield scene
@@ -382,21 +383,30 @@ def wireguard(request, tmp_path, app_dir):
 
 
 class WireGuardClient:
-    """wireguard-go in the app's namespace, keyed from the gateway's wireguard.conf, routing everything."""
+    """A WireGuard interface in the app's namespace (the kernel's, else wireguard-go's), keyed from the
+    gateway's wireguard.conf, routing everything."""
 
     def __init__(self, ns: NetNS, conf: Path, tmp: Path):
+        self.ns, self.conf, self.tmp = ns, conf, tmp
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
         import mitmproxy_rs.wireguard
 
-        keys = json.loads(conf.read_text())
-        private = tmp / "wg-client.key"
+        ns = self.ns
+        keys = json.loads(self.conf.read_text())
+        private = self.tmp / "wg-client.key"
         private.write_text(keys["client_key"] + "\n")
         private.chmod(0o600)
-        self.proc = subprocess.Popen(["ip", "netns", "exec", ns.name, "wireguard-go", "-f", "wg0"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while ns.run("ip", "link", "show", "wg0").returncode != 0:
-            assert self.proc.poll() is None and time.monotonic() < deadline, "wireguard-go did not create wg0"
-            time.sleep(0.05)
+        if ns.run("ip", "link", "add", "wg0", "type", "wireguard").returncode != 0:  # no kernel module here
+            if shutil.which("wireguard-go") is None:
+                require("wireguard-go")
+            self.proc = subprocess.Popen([IP, "netns", "exec", ns.name, "wireguard-go", "-f", "wg0"],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 10
+            while ns.run("ip", "link", "show", "wg0").returncode != 0:
+                assert self.proc.poll() is None and time.monotonic() < deadline, "wireguard-go did not create wg0"
+                time.sleep(0.05)
         for command in (
             ["wg", "set", "wg0", "private-key", str(private), "peer", mitmproxy_rs.wireguard.pubkey(keys["server_key"]),
              "endpoint", f"{WG_SERVER}:{WG_PORT}", "allowed-ips", "0.0.0.0/0"],
@@ -408,6 +418,8 @@ class WireGuardClient:
             assert result.returncode == 0, f"{command}: {result.stderr}"
 
     def stop(self) -> None:
+        if self.proc is None:
+            return  # the kernel's interface goes with its namespace
         self.proc.terminate()
         try:
             self.proc.wait(10)
