@@ -189,9 +189,10 @@ class Scene:
     def as_app(self, *command: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         """`command` as the app's user, no proxy variables, private /etc/hosts and system CA store."""
         app_env = {"PATH": "/usr/bin:/bin", "HOME": str(self.dir), **(env or {})}
-        # The venv's interpreter may live under a home the user cannot enter (/root/.pyenv): it may
-        # read files anywhere (CAP_DAC_READ_SEARCH), nothing more; the redirect matches its uid.
-        caps = ["--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
+        # The venv's interpreter may live under a home the user cannot enter (/root/.pyenv): Python apps
+        # may read files anywhere (CAP_DAC_READ_SEARCH), nothing more; the redirect matches their uid.
+        python = command[0] == sys.executable
+        caps = ["--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"] if python else []
         script = ('mount --bind "$1" /etc/hosts && mount --bind "$2" /etc/ssl/certs/ca-certificates.crt && '
                   'shift 2 && exec "$@"')
         return self.ns.run(
