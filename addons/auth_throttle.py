@@ -38,7 +38,7 @@ from addons.catalog import Catalog
 from addons.credentials import query_key, read_credential
 from addons.error_pages import refuse
 from addons.errors import GatewayError, TooManyRequests
-from addons.gateway_addon import Gateway
+from addons.routing import addressed_to_gateway, provider_for
 
 MAX_CLIENTS = 10_000
 MAX_TRUSTED = 10_000
@@ -154,5 +154,5 @@ class AuthThrottle:
     def _for_gateway(self, flow: http.HTTPFlow) -> bool:
         catalog = self.catalog()
         return catalog is not None and (
-            catalog.by_host(flow.request.host) is not None or Gateway._addressed_to_gateway(flow)
+            provider_for(flow, catalog) is not None or addressed_to_gateway(flow)
         )

@@ -19,7 +19,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from addons import trust
+from addons import capture, trust
 from addons.billing.reprice import reprice
 from addons.catalog import load_catalog
 from addons.credentials import ForwardToken, encode_forward_token, hash_secret
@@ -449,6 +449,86 @@ def cmd_audit(args) -> None:
         raise SystemExit(1)
 
 
+# -- capture: transparent capture rules on this host (addons/capture.py) ----------------------------
+
+def cmd_capture(args) -> None:
+    try:
+        if args.action == "on":
+            _capture_on(args)
+        elif args.action == "off":
+            _capture_off(args)
+        else:
+            _emit(args, status := capture.capture_status(_capture_binaries()), text=_capture_status_text(status))
+    except capture.CaptureError as e:
+        raise SystemExit(f"tollgate capture: {e}") from None
+
+
+def _capture_binaries() -> dict[str, str]:
+    found = capture.binaries()
+    capture.require_net_admin()
+    return found
+
+
+def _capture_on(args) -> None:
+    if args.uid is not None:
+        selector = capture.Selector("uid", str(capture.resolve_uid(args.uid)))
+    else:
+        selector = capture.Selector("cgroup", args.cgroup)
+    gateway_uid = (capture.resolve_uid(args.gateway_user) if args.gateway_user is not None
+                   else capture.default_gateway_uid(args.port))
+    plan = capture.plan_on(selector, args.port, gateway_uid)
+    if args.dry_run:
+        commands = [capture.command_line(name, step) for _, name in capture.FAMILIES for step in plan]
+    else:
+        commands = capture.capture_on(selector, args.port, gateway_uid, _capture_binaries())
+    what = f"{selector.describe()}: TCP {', '.join(map(str, capture.PORTS))} -> port {args.port}"
+    data = {"selector": {selector.kind: selector.value}, "port": args.port, "gateway_uid": gateway_uid,
+            "dry_run": args.dry_run, "commands": commands}
+    text = "\n".join(commands) if args.dry_run else (
+        f"capturing {what} (the gateway's uid {gateway_uid} excluded); undo with: tollgate capture off")
+    if not args.dry_run and capture.listener_uid(args.port) is None:
+        text += (f"\nnothing listens on port {args.port} yet: start the gateway with --mode transparent "
+                 f"--listen-port {args.port}; until then the captured connections are refused")
+    _emit(args, data, text=text)
+
+
+def _capture_off(args) -> None:
+    if args.dry_run:
+        commands = [capture.command_line(name, step) for _, name in capture.FAMILIES
+                    for step in capture.plan_off([shlex.join(["-A", "OUTPUT", *capture.JUMP])])]
+    else:
+        commands = capture.capture_off(_capture_binaries())
+    text = "\n".join(commands) if args.dry_run else (
+        f"removed {len(commands)} firewall change(s) tagged {capture.COMMENT}" if commands else "no capture rules")
+    _emit(args, {"dry_run": args.dry_run, "commands": commands}, text=text)
+
+
+def _capture_status_text(status: dict) -> str:
+    lines = ["capture is " + ("on" if status["active"] else "off")]
+    for family, found in status["families"].items():
+        lines += [f"{family}: {rule}" for rule in found["jump"] + found["rules"]]
+    return "\n".join(lines)
+
+
+def _add_capture_parser(sub, common) -> None:
+    capture_cmd = sub.add_parser("capture", parents=[common],
+                                 help="transparent capture of apps on this host (iptables)")
+    actions = capture_cmd.add_subparsers(dest="action", required=True)
+    on = actions.add_parser("on", parents=[common], help="redirect a user's or cgroup's TCP 80/443 to the gateway")
+    who = on.add_mutually_exclusive_group(required=True)
+    who.add_argument("--uid", metavar="USER", help="capture this user's connections (name or number)")
+    who.add_argument("--cgroup", metavar="PATH", help="capture this cgroup v2's connections (e.g. /app.slice)")
+    on.add_argument("--port", type=int, default=8080, help="the gateway's transparent-mode port (default 8080)")
+    on.add_argument("--gateway-user", metavar="USER",
+                    help="the user the gateway runs as, never captured (default: the owner of the listener on "
+                         "--port, else you)")
+    on.add_argument("--dry-run", action="store_true", help="print the iptables commands instead of running them")
+    off = actions.add_parser("off", parents=[common], help="remove every rule tollgate capture installed")
+    off.add_argument("--dry-run", action="store_true", help="print the iptables commands instead of running them")
+    actions.add_parser("status", parents=[common], help="show the capture rules in place")
+    capture_cmd.set_defaults(fn=cmd_capture)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
@@ -574,6 +654,7 @@ def build_parser() -> argparse.ArgumentParser:
     preprice.add_argument("--dry-run", action="store_true", help="show what would change, change nothing")
     prices.set_defaults(fn=cmd_prices)
     sub.add_parser("audit", parents=[common], help="check balances against ledger entries").set_defaults(fn=cmd_audit)
+    _add_capture_parser(sub, common)
     return parser
 
 
@@ -582,7 +663,7 @@ def main(argv: list[str] | None = None) -> None:
     args.json = getattr(args, "json", False)
     if args.command == "wallet" and args.action == "topup" and args.amount is None:
         raise SystemExit("tollgate: wallet topup needs an AMOUNT")
-    if args.command not in ("ca", "providers"):
+    if args.command not in ("ca", "providers", "capture"):
         try:
             settings = load_settings()
         except ValueError as e:

@@ -1,5 +1,5 @@
-"""Tollgate's request path as one mitmproxy addon: route by host, authenticate, swap credentials,
-stream through, meter, and hand a usage record to the ledger writer.
+"""Tollgate's request path as one mitmproxy addon: route by SNI or Host (addons.routing), authenticate,
+swap credentials, stream through, meter, and hand a usage record to the ledger writer.
 
 Loaded through the script addons/gateway.py. Hooks never touch the database themselves: key and
 balance lookups run on a thread pool (cached for `tollgate_cache_ttl_ms`), ledger rows are written by
@@ -37,6 +37,7 @@ from addons.ledger.models import open_database
 from addons.ledger.writer import LedgerWriter, UsageRecord
 from addons.metadata import parse_metadata
 from addons.metering import Meter
+from addons.routing import addressed_to_gateway, provider_for
 from addons.settings import PROJECT_ROOT, Settings, load_settings, resolve_database_url
 from addons.signed_tokens import check_scope, load_signing_key
 from pricing import meters
@@ -46,7 +47,6 @@ from pricing.money import format_usd
 log = logging.getLogger(__name__)
 
 METADATA_HEADERS = ("x-tollgate-metadata", "x-lava-metadata")
-LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
 @dataclass(slots=True)
@@ -219,8 +219,8 @@ class Gateway:
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
-        provider = self.catalog.by_host(flow.request.host)
-        if provider is None and not self._addressed_to_gateway(flow):
+        provider = provider_for(flow, self.catalog)
+        if provider is None and not addressed_to_gateway(flow):
             return  # not AI traffic: mitmproxy passes it on untouched
         request_id = new_request_id()
         flow.metadata[error_pages.REQUEST_ID_KEY] = request_id
@@ -247,14 +247,6 @@ class Gateway:
             flow.response = json_response(500, error.body(), request_id)
             flow.comment = flow_notes.refused_comment(500, error.code, error.message, request_id)
             flow.marked = flow_notes.REFUSED
-
-    @staticmethod
-    def _addressed_to_gateway(flow: http.HTTPFlow) -> bool:
-        """An origin-form request to the proxy's own address, as to an ordinary HTTP server."""
-        sockname = flow.client_conn.sockname
-        return bool(sockname) and flow.request.port == sockname[1] and (
-            flow.request.host in LOCAL_HOSTS or flow.request.host == sockname[0]
-        )
 
     def _route_gateway_endpoint(self, flow: http.HTTPFlow, request_id: str) -> tuple[Provider, str | None] | None:
         """Answer /healthz, or aim a /v1/forward request at its provider; returns it and `key`."""

@@ -67,7 +67,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mitmproxy import ctx, exceptions, hooks, http, master, options, optmanager
@@ -87,11 +87,11 @@ from mitmproxy.addons import (
     update_alt_svc,
     upstream_auth,
 )
-from mitmproxy.proxy import mode_specs
 from mitmproxy.tools import cmdline
 from mitmproxy.tools.main import process_options
 from mitmproxy.utils import asyncio_utils, debug
 
+from addons import capture_modes
 from addons.gateway_addon import Gateway
 from addons.hook_index import IndexedAddonManager
 from addons.chain import gateway_chain
@@ -99,6 +99,7 @@ from addons.chain import gateway_chain
 PROG = "tollgate-proxy"
 GATEWAY_SCRIPT = Path(__file__).resolve().with_name("gateway.py")
 CONNECTION_LOGGER = "mitmproxy.proxy.server"
+REDIRECTOR_LOGGER = "mitmproxy.packet_sources.linux"  # what `--mode local`'s redirector process prints
 
 
 def lean_addons() -> list:
@@ -139,6 +140,44 @@ class QuietConnections:
         if "termlog_verbosity" in updated:
             debug_level = ctx.options.termlog_verbosity == "debug"
             logging.getLogger(CONNECTION_LOGGER).setLevel(logging.NOTSET if debug_level else logging.WARNING)
+            for watch in logging.getLogger(REDIRECTOR_LOGGER).filters:
+                if isinstance(watch, RedirectorWatch):
+                    watch.verbose = debug_level
+
+
+class RedirectorWatch(logging.Filter):
+    """`--mode local` on Linux: the eBPF redirector is a separate process, started after the proxy is up.
+    One that fails prints a page of BPF verifier output and exits, leaving a proxy with no listener
+    (addons/capture_modes.py refuses the hosts it can tell in advance). Its lines show only at debug
+    verbosity; when it exits or reports an error, the gateway stops with one line: the redirector's
+    own error and its causes (`Error: ...`, `Caused by:` items), without the dump and backtrace."""
+
+    def __init__(self, fail: Callable[[str], None]):
+        super().__init__()
+        self.fail = fail
+        self.failed: str | None = None
+        self.verbose = False
+        self.error: list[str] = []
+        self.in_causes = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        for line in message.splitlines():
+            text = line.strip()
+            if text.startswith("Error: "):
+                self.error, self.in_causes = [text.removeprefix("Error: ")], False
+            elif text == "Caused by:":
+                self.in_causes = True
+            elif self.in_causes and self.error and text[:1].isdigit() and ": " in text:
+                self.error.append(text.partition(": ")[2])
+            elif not text or text == "Stack backtrace:":
+                self.in_causes = False
+        if self.failed is None and (record.levelno >= logging.ERROR or "exited" in message):
+            cause = ": ".join(self.error) or (message.strip().splitlines() or ["it exited"])[0]
+            self.failed = (f"--mode local failed: mitmproxy's eBPF redirector did not start ({cause}); use "
+                           "--mode transparent with `tollgate capture on`, or --mode wireguard (-v shows its output)")
+            self.fail(self.failed)
+        return self.verbose
 
 
 class ReadySignal:
@@ -222,15 +261,8 @@ def make_parser(opts: options.Options) -> argparse.ArgumentParser:
 
 def check_worker_modes(opts: options.Options) -> None:
     """A worker can share only fixed TCP listening ports (see the module docstring)."""
-    for spec in opts.mode:
-        mode = mode_specs.ProxyMode.parse(spec)
-        port = mode.listen_port(opts.listen_port)
-        if mode.transport_protocol != "tcp" or port is None:
-            raise exceptions.OptionsError(
-                f"mode {spec!r} cannot be shared by several workers (only TCP listeners can); run one worker for it"
-            )
-        if port == 0:
-            raise exceptions.OptionsError("workers share one port: give a fixed --listen-port, not 0")
+    if why := capture_modes.worker_refusal(opts.mode, opts.listen_port):
+        raise exceptions.OptionsError(why)
 
 
 def _unknown_set_options(opts: options.Options, setoptions: Sequence[str]) -> list[str]:
@@ -294,6 +326,18 @@ async def _run(argv: Sequence[str]) -> int:
     debug.register_info_dumpers()
     skip_debug_type_checks()
 
+    loop = asyncio.get_running_loop()
+    failed: list[str] = []
+
+    def fail(why: str) -> None:  # any thread: the redirector's lines come from mitmproxy_rs
+        def stop() -> None:
+            print(f"{PROG}: {why}", file=sys.stderr, flush=True)
+            failed.append(why)
+            m.shutdown()
+
+        loop.call_soon_threadsafe(stop)
+
+    logging.getLogger(REDIRECTOR_LOGGER).addFilter(RedirectorWatch(fail))
     opts = options.Options()
     m = GatewayMaster(opts)
     parser = make_parser(opts)
@@ -326,7 +370,6 @@ async def _run(argv: Sequence[str]) -> int:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 1
 
-    loop = asyncio.get_running_loop()
     event_loop = "uvloop" if any(c.__module__.startswith("uvloop") for c in type(loop).__mro__) else "asyncio"
     logging.info(f"Tollgate gateway (pid {os.getpid()}, {event_loop} event loop"
                  + (", a worker sharing its port)" if args.reuse_port else ")"))
@@ -340,7 +383,7 @@ async def _run(argv: Sequence[str]) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.remove_signal_handler(signum)
         signal.signal(signum, signal.SIG_IGN)
-    return 0
+    return 1 if failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

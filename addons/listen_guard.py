@@ -1,4 +1,5 @@
-"""Refuse to start as an open proxy: a listener other people can reach needs proxy authentication.
+"""Refuse to start as an open proxy (a listener other people can reach needs proxy authentication),
+or with a capture mode this machine cannot run (addons/capture_modes.py: one line, why and what to do).
 
 A proxy mode in which the client names the destination (regular, upstream, socks5) and that
 listens on anything but a loopback address lets whoever reaches the port use the gateway host's
@@ -26,6 +27,8 @@ from collections.abc import Sequence
 from mitmproxy import ctx
 from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy import mode_specs
+
+from addons import capture_modes
 
 CLIENT_ROUTED_MODES = (mode_specs.RegularMode, mode_specs.UpstreamMode, mode_specs.Socks5Mode)
 
@@ -62,6 +65,10 @@ class ListenGuard:
         )
 
     def configure(self, updated):
+        if {"mode", "listen_host", "listen_port", "confdir"} & set(updated) and (why := capture_modes.refusal(
+            ctx.options.mode, ctx.options.listen_host, ctx.options.listen_port, ctx.options.confdir
+        )):
+            raise OptionsError(why)
         if not {"listen_host", "mode", "proxyauth", "tollgate_allow_open_proxy"} & set(updated):
             return
         if ctx.options.tollgate_allow_open_proxy or getattr(ctx.options, "proxyauth", None):

@@ -4,6 +4,8 @@ Starts N lean gateway processes (addons.launcher with `--reuse-port`) that liste
 port with SO_REUSEPORT; the kernel spreads incoming connections across them. ./run_proxy.sh
 uses this when `--workers` (default: the number of cores) is above 1; one worker needs no
 supervisor. The ledger is initialised before (`tollgate init`, run by ./run_proxy.sh).
+Modes that cannot share a port (wireguard and other UDP modes, local) are refused before any
+worker starts when N is given, and run as one process with `--workers auto`.
 
 - Start-up: the first worker starts alone and the others only once it listens, so the mitmproxy
   CA (and the token signing key, the ledger tables) is created once, by one process, and shared
@@ -258,9 +260,37 @@ def worker_count(requested: str, worker_args: Sequence[str]) -> int:
     return int(requested)
 
 
+def _option_values(worker_args: Sequence[str], names: tuple[str, ...]) -> list[str]:
+    """Every value of an option given as `NAME VALUE` or `--name=VALUE` among the tollgate-proxy options."""
+    values, args = [], iter(worker_args)
+    for arg in args:
+        if arg in names:
+            values.append(next(args, ""))
+        elif arg.startswith("--") and arg.partition("=")[0] in names:
+            values.append(arg.partition("=")[2])
+    return values
+
+
+def shared_mode_refusal(worker_args: Sequence[str]) -> str | None:
+    """Refused before any worker starts: modes the workers cannot share (WireGuard, local, UDP)."""
+    from addons.capture_modes import worker_refusal  # here: mitmproxy is not imported when not needed
+
+    ports = _option_values(worker_args, ("--listen-port", "-p"))
+    try:
+        port = int(ports[-1]) if ports else None
+        return worker_refusal(_option_values(worker_args, ("--mode", "-m")) or ["regular"], port)
+    except ValueError:
+        return None  # a bad spec or port: the worker says so
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     workers = worker_count(args.workers, args.worker_args)
+    if workers > 1 and (why := shared_mode_refusal(args.worker_args)):
+        if args.workers != "auto":
+            raise SystemExit(f"{PROG}: {why}")
+        say(f"one worker: {why.partition(' (')[0]}")
+        workers = 1
     if workers == 1:  # no supervisor needed: become the gateway
         launcher = str(Path(sys.executable).with_name("tollgate-proxy"))
         os.execv(launcher, [launcher, *args.worker_args])

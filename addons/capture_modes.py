@@ -1,0 +1,165 @@
+"""Whether a capture mode can run on this machine, checked before anything starts.
+
+mitmproxy starts `--mode local` (its eBPF redirector) after the gateway has announced itself: on a
+host that cannot run it, the redirector prints a page of BPF verifier dump and exits, while the
+proxy keeps running with no listener at all. So the gateway checks first, and refuses with one
+line saying why and what to do instead (ListenGuard raises it at configure time):
+
+    local       Linux only: the capabilities the redirector needs (CAP_NET_ADMIN, CAP_BPF or
+                CAP_SYS_ADMIN) in this process's bounding set, the cgroup v2 hierarchy mounted at
+                /sys/fs/cgroup (where the redirector attaches; hybrid cgroup v1 hosts fail), and
+                `sudo`, through which mitmproxy starts it.
+    wireguard   mitmproxy's own userspace WireGuard: no privilege needed, only its UDP port, which
+                is checked free, and its key file (confdir/wireguard.conf, made on first start),
+                checked readable.
+    transparent listens like any proxy; the redirect is the firewall's (`tollgate capture on`).
+
+A redirector that still fails once started is caught by the launcher (addons.launcher), which
+prints its one-line cause and exits.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import json
+import shutil
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mitmproxy.proxy import mode_specs
+
+CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF = 12, 21, 39
+ALTERNATIVES = "use --mode transparent with `tollgate capture on`, or --mode wireguard"
+
+
+@dataclass(frozen=True)
+class Host:
+    """What the checks read about this machine; tests pass their own."""
+
+    platform: str
+    bounding_caps: int | None  # None: unknown (no /proc)
+    cgroup2_at_root: bool
+    has_sudo: bool
+    redirector_unavailable: str | None = None
+
+
+def this_host() -> Host:
+    return Host(
+        platform=sys.platform,
+        bounding_caps=_caps("CapBnd"),
+        cgroup2_at_root=Path("/sys/fs/cgroup/cgroup.controllers").exists(),
+        has_sudo=shutil.which("sudo") is not None,
+        redirector_unavailable=_redirector_unavailable(),
+    )
+
+
+def _caps(field: str, status: Path = Path("/proc/self/status")) -> int | None:
+    try:
+        for line in status.read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1], 16)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _redirector_unavailable() -> str | None:
+    try:
+        from mitmproxy_rs.local import LocalRedirector
+
+        return LocalRedirector.unavailable_reason()
+    except Exception as e:  # no mitmproxy_rs build for this platform
+        return f"mitmproxy's local redirector is not available ({type(e).__name__})"
+
+
+def local_mode_refusal(host: Host) -> str | None:
+    """Why `--mode local` cannot run on `host`, as one line with what to do; None if it may."""
+    if not host.platform.startswith("linux"):
+        return None  # macOS and Windows: mitmproxy's own redirectors, with their own prompts
+    if host.redirector_unavailable:
+        return f"--mode local cannot run here: {host.redirector_unavailable}; {ALTERNATIVES}"
+    if host.bounding_caps is not None:
+        missing = [name for name, bit in (("CAP_NET_ADMIN", CAP_NET_ADMIN),) if not host.bounding_caps >> bit & 1]
+        if not (host.bounding_caps >> CAP_BPF & 1 or host.bounding_caps >> CAP_SYS_ADMIN & 1):
+            missing.append("CAP_BPF")
+        if missing:
+            return (f"--mode local cannot run here: its eBPF redirector needs {' and '.join(missing)}, which this "
+                    f"process cannot get (a container without them?); grant them, or {ALTERNATIVES}")
+    if not host.cgroup2_at_root:
+        return ("--mode local cannot run here: its eBPF redirector attaches to the cgroup v2 hierarchy at "
+                f"/sys/fs/cgroup, and this host does not mount cgroup v2 there (cgroup v1 or hybrid); {ALTERNATIVES}")
+    if not host.has_sudo:
+        return ("--mode local needs sudo: mitmproxy starts its eBPF redirector through sudo; install sudo, "
+                f"or {ALTERNATIVES}")
+    return None
+
+
+def worker_refusal(specs: Sequence[str], listen_port: int | None) -> str | None:
+    """Why the modes cannot be shared by several workers (SO_REUSEPORT shares a fixed TCP port only):
+    transparent and regular can; wireguard, dns, reverse:quic (UDP) and local (no port) cannot."""
+    for spec in specs:
+        mode = mode_specs.ProxyMode.parse(spec)
+        port = mode.listen_port(listen_port)
+        if mode.transport_protocol != "tcp" or port is None:
+            return f"mode {spec!r} cannot be shared by several workers (only TCP listeners can); run one worker for it"
+        if port == 0:
+            return "workers share one port: give a fixed --listen-port, not 0"
+    return None
+
+
+def udp_port_refusal(spec: str, host: str, port: int) -> str | None:
+    """Why the WireGuard server cannot have UDP host:port (taken, or no such local address), or None."""
+    try:
+        family = socket.AF_INET6 if host and ipaddress.ip_address(host.strip("[]")).version == 6 else socket.AF_INET
+    except ValueError:
+        family = socket.AF_INET  # a name: mitmproxy resolves it
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((host.strip("[]"), port))
+    except OSError as e:
+        where = f"{host or 'all interfaces'}:{port}"
+        if e.errno == errno.EADDRINUSE:
+            return (f"--mode {spec} cannot listen on UDP {where}: the port is already in use; pick another "
+                    "(--mode wireguard@PORT) or stop what holds it")
+        return f"--mode {spec} cannot listen on UDP {where}: {e.strerror or e}; pick another address or port"
+    return None
+
+
+def wireguard_keys_refusal(spec: str, path: Path) -> str | None:
+    """Why the WireGuard key file cannot be used, or None (also when it does not exist yet: it is made)."""
+    if not path.exists():
+        return None
+    try:
+        import mitmproxy_rs.wireguard
+
+        keys = json.loads(path.read_text())
+        for name in ("server_key", "client_key"):
+            mitmproxy_rs.wireguard.pubkey(keys[name])
+    except Exception as e:  # unreadable, not JSON, a key missing or invalid
+        detail = f"no {e}" if isinstance(e, KeyError) else type(e).__name__
+        return f"--mode {spec} cannot use its key file {path} ({detail}); fix it, or remove it to have new keys made"
+    return None
+
+
+def refusal(specs: Sequence[str], listen_host: str = "", listen_port: int | None = None, confdir: str = "~/.mitmproxy",
+            host: Callable[[], Host] = this_host) -> str | None:
+    """The first reason one of the mode specs cannot run here, or None."""
+    for spec in specs:
+        try:
+            mode = mode_specs.ProxyMode.parse(spec)
+        except ValueError:
+            continue  # Proxyserver reports invalid specs
+        if isinstance(mode, mode_specs.LocalMode) and (why := local_mode_refusal(host())):
+            return why
+        if isinstance(mode, mode_specs.WireGuardMode):
+            port = mode.listen_port(listen_port)
+            if port and (why := udp_port_refusal(spec, mode.listen_host(listen_host), port)):
+                return why
+            keys = Path(mode.data).expanduser() if mode.data else Path(confdir).expanduser() / "wireguard.conf"
+            if why := wireguard_keys_refusal(spec, keys):
+                return why
+    return None
