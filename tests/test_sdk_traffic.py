@@ -248,12 +248,21 @@ def test_usage_report_totals_match_request_rows(gateway):
     report = {r["group"]: r for r in usage["rows"]}
     assert rows and set(report) == {r["provider"] for r in rows}
     assert usage["totals"]["requests"] == len(rows)
-    assert Decimal(usage["totals"]["provider_cost"]) == sum(Decimal(r["provider_cost"]) for r in rows)
+
+    def cost(rows):  # unpriced and unmetered rows have no cost (null), and are counted apart
+        return sum(Decimal(r["provider_cost"]) for r in rows if r["provider_cost"] is not None)
+
+    def unknown(rows, source):
+        return sum(r["price_source"] == source for r in rows)
+
+    assert Decimal(usage["totals"]["provider_cost"] or 0) == cost(rows)
     for provider, totals in report.items():
         mine = [r for r in rows if r["provider"] == provider]
         assert totals["requests"] == len(mine)
         assert totals["output_tokens"] == sum(r["output_tokens"] for r in mine)
-        assert Decimal(totals["provider_cost"]) == sum(Decimal(r["provider_cost"]) for r in mine)
+        assert Decimal(totals["provider_cost"] or 0) == cost(mine)
+        for source in ("unpriced", "unmetered"):
+            assert totals[f"{source}_requests"] == unknown(mine, source)
 
 
 @pytest.mark.parametrize(("provider", "url", "model", "usage", "endpoint"), [
