@@ -19,7 +19,7 @@ METERED = ":moneybag:"
 REFUSED = ":no_entry:"
 
 
-def metered_comment(record: UsageRecord, estimated: bool = False) -> str:
+def metered_comment(record: UsageRecord, estimated: bool = False, key_name: str = "") -> str:
     if record.bill_customer and record.meter_id:
         fee = "at-commit"
     elif record.byok:  # the BYOK fee: the customer's when billed, else the merchant's debit
@@ -33,8 +33,10 @@ def metered_comment(record: UsageRecord, estimated: bool = False) -> str:
         f"out={record.output_tokens}",
         _cost(record, estimated),
         f"fee={fee}",
-        f"key={record.key or '?'}",
+        f"key={_word(key_name or record.key or '?')}",
     ]
+    if key_name and record.key:
+        words.append(f"key_id={record.key}")
     if record.customer_id:
         words.append(f"customer={record.customer_id}")
     if record.meter_slug:
@@ -45,6 +47,11 @@ def metered_comment(record: UsageRecord, estimated: bool = False) -> str:
     if record.error:
         words.append(f"error={record.error}")
     return " ".join(words)
+
+
+def _word(value: str) -> str:
+    """A value as one filterable word: quoted when it has spaces."""
+    return f'"{value}"' if " " in value else value
 
 
 def _cost(record: UsageRecord, estimated: bool) -> str:

@@ -422,7 +422,7 @@ class Gateway:
         )
         flow.metadata["tollgate.cost"] = format_usd(cost.total_nanos)
         flow.metadata["tollgate.price_source"] = source
-        flow.comment = flow_notes.metered_comment(record, estimated=result.source == "estimated")
+        flow.comment = flow_notes.metered_comment(record, estimated=result.source == "estimated", key_name=plan.key.name)
         flow.marked = flow_notes.METERED
         return record
 

@@ -148,7 +148,7 @@ def test_credit_wallet_returns_the_new_balance(ledger):
 def test_find_key_sees_revocation(ledger):
     row, secret = create_key("ci")
     _, wallet = ensure_account()
-    assert find_key(hash_secret(secret)) == KeyRecord(row.id, row.account_id, wallet.id, revoked=False)
+    assert find_key(hash_secret(secret)) == KeyRecord(row.id, row.account_id, wallet.id, revoked=False, name=row.name)
     revoke_key(row.id)
     assert find_key(hash_secret(secret)).revoked is True
     assert find_key(hash_secret(secret + "x")) is None

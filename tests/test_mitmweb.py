@@ -192,9 +192,9 @@ def test_metered_and_refused_flows_carry_what_an_operator_looks_for(web, provide
         time.sleep(0.1)
     assert metered, comments
     row = web.request_row(metered_id)
-    key_id = web.cli_json("keys", "list")[0]["id"]
+    key = web.cli_json("keys", "list")[0]
     for word in ("openai", "model=mock-chat", "in=17", "out=9", f"cost=${row['provider_cost']}", "fee=at-commit",
-                 f"key={key_id}", "customer=cus_42", "meter=chat", f"request={metered_id}"):
+                 f"key={key['name']}", f"key_id={key['id']}", "customer=cus_42", "meter=chat", f"request={metered_id}"):
         assert word in metered.split(), (word, metered)
     assert any(w.startswith("latency=") and w.endswith("ms") for w in metered.split())
     assert comments[metered]["marked"] == "💰"

@@ -76,7 +76,8 @@ async def provider_key_plan(key: str, provider: str, keys: KeyStore, capture: Ca
     """Who pays for a request that carries a provider key; no Tollgate key is involved (key_id None)."""
     registered = await keys.provider_key(hash_secret(key), provider)
     if registered is not None:
-        payer = KeyRecord(None, registered.account_id, registered.wallet_id, False)
+        payer = KeyRecord(None, registered.account_id, registered.wallet_id, False,
+                          name=f"provider key {registered.registration_id}")
         return BillingPlan(payer, provider_key=None if registered.swap else key)
     if capture.provider_keys != "track":
         raise unknown_provider_key(provider, captured)
@@ -85,7 +86,8 @@ async def provider_key_plan(key: str, provider: str, keys: KeyStore, capture: Ca
     if account is None:
         raise ProviderNotConfigured("capture_account_missing",
                                     f"capture.account {name!r} is not an account in the ledger; fix the setting")
-    return BillingPlan(KeyRecord(None, account.account_id, account.wallet_id, False), provider_key=key)
+    return BillingPlan(KeyRecord(None, account.account_id, account.wallet_id, False, name="unregistered provider key"),
+                       provider_key=key)
 
 
 async def resolve_plan(credential: CallerCredential, keys: KeyStore, signing_key: bytes | None, *,

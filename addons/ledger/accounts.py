@@ -38,6 +38,7 @@ class KeyRecord:
     account_id: str
     wallet_id: str
     revoked: bool
+    name: str = ""  # what the operator calls it (shown in mitmweb's flow comments)
 
 
 def ensure_account(name: str = DEFAULT_ACCOUNT) -> tuple[Account, Wallet]:
@@ -160,7 +161,7 @@ def _find_key(condition) -> KeyRecord | None:
     )
     if row is None:
         return None
-    return KeyRecord(row["id"], row["account"], row["wallet_id"], row["revoked_at"] is not None)
+    return KeyRecord(row["id"], row["account"], row["wallet_id"], row["revoked_at"] is not None, row["name"])
 
 
 def find_key(key_hash: str) -> KeyRecord | None:
