@@ -27,9 +27,10 @@ def provider_for(flow: http.HTTPFlow, catalog: Catalog) -> Provider | None:
     """The catalog provider the client meant: by SNI, then Host header, then the request's host."""
     if (sni := flow.client_conn.sni) and (provider := catalog.by_host(sni)):
         return provider
-    if (host_header := flow.request.host_header) and (provider := catalog.by_host(_host_of(host_header))):
+    request = flow.request
+    if (host_header := request.host_header) and (provider := catalog.by_host(_host_of(host_header))):
         return provider
-    return catalog.by_host(flow.request.host)
+    return catalog.by_host(request.host)
 
 
 def addressed_to_gateway(flow: http.HTTPFlow) -> bool:
@@ -43,6 +44,13 @@ def addressed_to_gateway(flow: http.HTTPFlow) -> bool:
 
 
 def _host_of(authority: str) -> str:
+    """The host of a Host header. A name or IPv4 address with a port is split here: mitmproxy's parser
+    costs about 5 µs, on every request."""
+    host, colon, port = authority.rpartition(":")
+    if colon and port.isdigit() and "[" not in host and ":" not in host:
+        return host
+    if not colon:
+        return authority
     try:
         return url.parse_authority(authority, check=False)[0]
     except ValueError:
