@@ -7,8 +7,10 @@ line saying why and what to do instead (ListenGuard raises it at configure time)
 
     local       Linux only: the capabilities the redirector needs (CAP_NET_ADMIN, CAP_BPF or
                 CAP_SYS_ADMIN) in this process's bounding set, the cgroup v2 hierarchy mounted at
-                /sys/fs/cgroup (where the redirector attaches; hybrid cgroup v1 hosts fail), and
-                `sudo`, through which mitmproxy starts it.
+                /sys/fs/cgroup in this process's mount namespace (where the redirector, its child,
+                attaches; a hybrid cgroup v1 host has it elsewhere or nowhere, and the gateway then runs
+                in a private mount namespace that mounts it there: README, "Local (eBPF)"), and
+                `sudo`, through which mitmproxy starts the redirector, also as root.
     wireguard   mitmproxy's own userspace WireGuard: no privilege needed, only its UDP port, which
                 is checked free, and its key file (confdir/wireguard.conf, made on first start),
                 checked readable.
@@ -91,10 +93,13 @@ def local_mode_refusal(host: Host) -> str | None:
                     f"process cannot get (a container without them?); grant them, or {ALTERNATIVES}")
     if not host.cgroup2_at_root:
         return ("--mode local cannot run here: its eBPF redirector attaches to the cgroup v2 hierarchy at "
-                f"/sys/fs/cgroup, and this host does not mount cgroup v2 there (cgroup v1 or hybrid); {ALTERNATIVES}")
+                "/sys/fs/cgroup, and this host does not mount cgroup v2 there (cgroup v1 or hybrid); start the "
+                "gateway in a mount namespace of its own that does (as root: unshare --mount --propagation private "
+                f"sh -c 'mount -t cgroup2 none /sys/fs/cgroup && exec ./run_proxy.sh --mode local:APP'; README, "
+                f"\"Local (eBPF)\"), or {ALTERNATIVES}")
     if not host.has_sudo:
-        return ("--mode local needs sudo: mitmproxy starts its eBPF redirector through sudo; install sudo, "
-                f"or {ALTERNATIVES}")
+        return ("--mode local needs sudo: mitmproxy starts its eBPF redirector through sudo, also as root; install "
+                f"sudo, or {ALTERNATIVES}")
     return None
 
 

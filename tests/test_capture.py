@@ -19,10 +19,12 @@ import socket
 import ssl
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
 import uuid
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -181,6 +183,8 @@ class Scene:
         self.system_store.write_bytes(Path("/etc/ssl/certs/ca-certificates.crt").read_bytes() + gateway.ca.read_bytes())
         self.bundle = self.system_store  # the exported bundle: system roots plus the gateway's CA
         (app_dir / "sdk_app.py").write_text(SDK_APP)
+        # the app's programs: local mode captures by name, so it runs them under names of their own
+        self.curl, self.python, self.python_env = "curl", sys.executable, {}
 
     def tollgate(self, *args: str) -> subprocess.CompletedProcess:
         env = clean_env(PYTHONPATH=str(PROJECT))
@@ -191,7 +195,7 @@ class Scene:
         app_env = {"PATH": "/usr/bin:/bin", "HOME": str(self.dir), **(env or {})}
         # The venv's interpreter may live under a home the user cannot enter (/root/.pyenv): Python apps
         # may read files anywhere (CAP_DAC_READ_SEARCH), nothing more; the redirect matches their uid.
-        python = command[0] == sys.executable
+        python = command[0] == self.python
         caps = ["--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"] if python else []
         script = ('mount --bind "$1" /etc/hosts && mount --bind "$2" /etc/ssl/certs/ca-certificates.crt && '
                   'shift 2 && exec "$@"')
@@ -203,7 +207,7 @@ class Scene:
         )
 
     def curl_chat(self, key: str, scheme: str = "https") -> subprocess.CompletedProcess:
-        return self.as_app("curl", "-sS", "--max-time", "20", "-D", "-",
+        return self.as_app(self.curl, "-sS", "--max-time", "20", "-D", "-",
                            f"{scheme}://api.openai.com/v1/chat/completions", "-H", f"authorization: Bearer {key}",
                            "-H", "content-type: application/json", "-d", CHAT_BODY)
 
@@ -298,8 +302,8 @@ def assert_apps_are_metered(scene: Scene) -> None:
     charged = assert_metered(gateway, header(result.stdout, "x-tollgate-request-id"))
     assert scene.mock.last.headers["authorization"] == "Bearer sk-real-openai-0123456789"
 
-    sdk = scene.as_app(sys.executable, str(scene.dir / "sdk_app.py"),
-                       env={"OPENAI_API_KEY": gateway.admin_key, "SSL_CERT_FILE": str(scene.bundle)})
+    sdk = scene.as_app(scene.python, str(scene.dir / "sdk_app.py"), env={
+        "OPENAI_API_KEY": gateway.admin_key, "SSL_CERT_FILE": str(scene.bundle), **scene.python_env})
     assert sdk.returncode == 0, sdk.stderr
     answer = json.loads(sdk.stdout)
     assert answer["content"] == "Hello from the mock."
@@ -479,7 +483,7 @@ def test_local_mode_where_this_host_refuses_it_is_one_line(tmp_path):
     """The host's own verdict (on a cgroup v1 host, in a container...); the end-to-end test runs elsewhere."""
     why = capture_modes.refusal(["local"])
     if why is None:
-        pytest.skip("this host can run local mode: test_local_mode_captures_a_process_by_name covers it")
+        pytest.skip("this host can run local mode: test_local_mode_meters_programs_captured_by_name covers it")
     result, elapsed = gateway_refusal(tmp_path, "--mode", "local:tollgate-nothing")
     assert_one_line_refusal(result, elapsed, why)
 
@@ -492,37 +496,108 @@ def test_local_mode_without_its_capabilities_is_one_line(tmp_path):
                             "--mode transparent with `tollgate capture on`")
 
 
-def test_local_mode_captures_a_process_by_name(request, tmp_path, app_dir):
-    """mitmproxy's eBPF redirector captures one program by name; only where the kernel allows it."""
-    if why := capture_modes.refusal(["local"]):
-        pytest.skip(f"the kernel or host refuses local mode: {why}")
-    require()
+# README "Local (eBPF)": on a hybrid cgroup v1 host, the gateway in a mount namespace of its own where
+# cgroup v2 is mounted at /sys/fs/cgroup (the redirector attaches there); the host's mounts do not change
+PRIVATE_CGROUP2 = ("unshare", "--mount", "--propagation", "private", "--",
+                   "sh", "-c", 'mount -t cgroup2 none /sys/fs/cgroup && exec "$@"', "sh")
+REDIRECTOR_FAILED = "tollgate-proxy: --mode local failed: mitmproxy's eBPF redirector did not start"
+
+
+def local_mode_wrap() -> tuple[str, ...]:
+    """What the gateway runs under to see cgroup v2 at /sys/fs/cgroup: nothing where the host mounts it
+    there, else the README's private mount namespace; skip where the kernel cannot mount cgroup v2."""
+    if Path("/sys/fs/cgroup/cgroup.controllers").exists():
+        return ()
+    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "--",
+                            "mount", "-t", "cgroup2", "none", "/sys/fs/cgroup"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"the kernel cannot mount cgroup v2, where the eBPF redirector attaches: {probe.stderr.strip()}")
+    return PRIVATE_CGROUP2
+
+
+def start_local_gateway(gateway: GatewayProcess, wrap: tuple[str, ...]) -> None:
+    """GatewayProcess.start under `wrap`, ready once the redirector is (its eBPF program attached). A
+    redirector the kernel refuses (loading or attaching BPF) skips, with the gateway's one line."""
+    command = [*wrap, str(BIN / "tollgate-proxy"), "--listen-host", "127.0.0.1", "--listen-port", str(gateway.port),
+               "--set", f"confdir={gateway.confdir}",
+               *(arg for name, value in gateway.options.items() for arg in ("--set", f"{name}={value}")), *gateway.args]
+    gateway.proc = subprocess.Popen(command, env=gateway.env, stdout=gateway.log.open("wb"), stderr=subprocess.STDOUT,
+                                    cwd=gateway.tmp)
+    deadline = time.monotonic() + 30
+    while "Local redirector started." not in (log := gateway.log.read_text(errors="replace")):
+        if gateway.proc.poll() is not None or time.monotonic() > deadline:
+            gateway.stop()
+            failed = log.strip().splitlines()[-1:] or [""]
+            if failed[0].startswith(REDIRECTOR_FAILED) and "bpf" in failed[0].lower():
+                pytest.skip(f"the kernel refuses the eBPF redirector: {failed[0]}")
+            raise AssertionError(f"the gateway did not start local mode: {log}")
+        time.sleep(0.1)
+    time.sleep(0.5)  # a redirector that fails right after starting stops the gateway (addons.launcher)
+    assert gateway.proc.poll() is None, gateway.log.read_text()
+
+
+def descendants(pid: int) -> list[int]:
+    """The pids of `pid`'s children, theirs and so on (from /proc)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            parents[int(stat.parent.name)] = int(stat.read_text().rpartition(")")[2].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def test_local_mode_meters_programs_captured_by_name(request, tmp_path, app_dir):
+    """mitmproxy's eBPF redirector captures two programs by name (curl and the openai SDK's Python,
+    under names of their own), metered and debited; the same curl under its own name is not captured.
+    Where the host mounts cgroup v1 at /sys/fs/cgroup, the gateway runs as the README says."""
+    require("sudo")
+    wrap = local_mode_wrap()
+    if why := capture_modes.refusal(["local"], host=lambda: replace(capture_modes.this_host(), cgroup2_at_root=True)):
+        pytest.skip(f"this machine refuses local mode: {why}")
     app_user = request.getfixturevalue("app_user")
+    curl, python = app_dir / "tgcapcurl", app_dir / "tgcapsdk"  # names nothing else on the host runs under
+    curl.symlink_to(shutil.which("curl"))
+    python.symlink_to(sys.executable)
     ns = NetNS()
     started: list = []
     try:
         with ns.entered():
             mock = MockProvider().start()
             started.append(mock.stop)
-            client = app_dir / "tgcapclient"  # a name of its own, so the redirector captures nothing else
-            shutil.copy(shutil.which("curl"), client)
             gateway = GatewayProcess(tmp_path, f"sqlite:///{tmp_path}/ledger.db", {"openai": mock.url},
-                                     args=("--mode", "regular", "--mode", f"local:{client.name}"))
+                                     args=("--mode", "regular", "--mode", f"local:{curl.name},{python.name}"))
             gateway.admin_key = gateway.cli_json("init")["secret_key"]
             gateway.cli("wallet", "topup", "10")
-            gateway.start()
             started.append(gateway.stop)
+            start_local_gateway(gateway, wrap)
         scene = Scene(ns, gateway, app_user, app_dir)
-        result = scene.as_app(str(client), "-sS", "--max-time", "20", "-D", "-",
-                              "https://api.openai.com/v1/chat/completions", "-H",
-                              f"authorization: Bearer {gateway.admin_key}", "-H", "content-type: application/json",
-                              "-d", CHAT_BODY)
-        assert result.returncode == 0, result.stderr
-        assert_metered(gateway, header(result.stdout, "x-tollgate-request-id"))
+        scene.mock = mock
+        refused = scene.curl_chat(gateway.admin_key)
+        assert refused.returncode != 0, "curl under its own name is not captured: nothing listens at 127.0.0.2"
+
+        scene.curl, scene.python = str(curl), str(python)
+        scene.python_env = {"PYTHONPATH": sysconfig.get_paths()["purelib"]}  # the SDK, from this venv
+        assert_apps_are_metered(scene)
+
+        # stopping the gateway ends the capture: its redirector (sudo's child) exits, the eBPF program with it
+        redirector = descendants(gateway.proc.pid)
+        assert redirector, "the redirector runs as the gateway's descendant"
+        gateway.stop()
+        deadline = time.monotonic() + 15
+        while any(Path(f"/proc/{pid}").exists() for pid in redirector):
+            assert time.monotonic() < deadline, "the redirector outlived the gateway"
+            time.sleep(0.1)
+        assert scene.curl_chat(gateway.admin_key).returncode != 0
     finally:
         for stop in reversed(started):
             stop()
         ns.delete()
+        curl.unlink(missing_ok=True)
+        python.unlink(missing_ok=True)
 
 
 # -- tollgate capture: what it refuses and what --dry-run prints -----------------------------------------
