@@ -102,6 +102,8 @@ if [ "$mode" = web ]; then
     for arg in "$@"; do
         case "$arg" in *web_open_browser*|--web-open-browser|--no-web-open-browser) browser=() ;; esac
     done
+    # a capture mode this host cannot run: one line, as tollgate-proxy says it, before mitmweb starts
+    .venv/bin/python -m addons.capture_modes "${defaults[@]}" "$@" || exit 1
     exec .venv/bin/mitmweb "${defaults[@]}" -s addons/gateway.py ${browser[@]+"${browser[@]}"} "$@"
 else
     exec .venv/bin/python -m addons.workers --workers "$workers" -- "${defaults[@]}" "$@"

@@ -168,3 +168,38 @@ def refusal(specs: Sequence[str], listen_host: str = "", listen_port: int | None
             if why := wireguard_keys_refusal(spec, keys):
                 return why
     return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m addons.capture_modes [mitmweb arguments]`: run_proxy.sh --web checks the modes first.
+
+    mitmweb loads the gateway as a script, whose refusal mitmweb only logs before starting the
+    listeners anyway (a local mode then prints the redirector's BPF dump); so the check runs before
+    mitmweb does, on the same arguments, and prints the one line tollgate-proxy would.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(add_help=False)  # mitmproxy's own parser needs every addon loaded
+    parser.add_argument("-m", "--mode", action="append")
+    parser.add_argument("--listen-host")
+    parser.add_argument("-p", "--listen-port", type=int)
+    parser.add_argument("--set", action="append", dest="setoptions")
+    args, _ = parser.parse_known_args(argv)  # every other argument is mitmweb's business
+    values = {"mode": args.mode or ["regular"], "listen_host": args.listen_host or "",
+              "listen_port": args.listen_port, "confdir": "~/.mitmproxy"}
+    for assignment in args.setoptions or ():
+        name, _, value = assignment.partition("=")
+        if name in ("listen_host", "confdir"):
+            values[name] = value
+        elif name == "listen_port" and value.isdigit():
+            values[name] = int(value)
+        elif name == "mode":
+            values["mode"] = [value]
+    if why := refusal(values["mode"], values["listen_host"], values["listen_port"], values["confdir"]):
+        print(f"mitmweb: {why}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -251,3 +252,20 @@ def test_run_proxy_web_prints_one_tokenised_address_and_takes_the_users_browser_
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
+
+
+def test_run_proxy_web_refuses_a_mode_this_host_cannot_run_in_one_line(tmp_path):
+    """mitmweb only logs the gateway script's refusal and starts anyway; run_proxy.sh checks first."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        udp_port = taken.getsockname()[1]
+        env = clean_env(TOLLGATE_DATABASE_URL=f"sqlite:///{tmp_path}/ledger.db",
+                        TOLLGATE_RUNTIME_FILE=str(tmp_path / "gateway.json"))
+        run = subprocess.run([str(PROJECT / "run_proxy.sh"), "--web", "--listen-port", str(free_port()),
+                              "--mode", f"wireguard@127.0.0.1:{udp_port}", "--set", f"confdir={tmp_path}/conf",
+                              "--set", f"web_port={free_port()}"],
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1
+    refusal = [line for line in run.stderr.splitlines() if line.startswith("mitmweb: ")]
+    assert len(refusal) == 1 and f"wireguard@127.0.0.1:{udp_port}" in refusal[0], run.stderr
+    assert "Traceback" not in run.stderr and "Web server listening" not in run.stdout + run.stderr
