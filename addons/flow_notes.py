@@ -6,8 +6,8 @@ filtered on (`~comment customer=cus_42`, `~comment refused`). Metered flows are 
 ones ⛔.
 
 The customer's meter fee is decided when the ledger writer commits the request (tiers run on the
-customer's monthly total), after the flow is done: a metered customer's flow says `fee=at-commit`;
-`tollgate requests` has the amount.
+customer's monthly total), after the flow is done: a metered customer's flow says `fee=at-commit`
+until then, and the amount charged once the commit is in (`with_fee`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ REFUSED = ":no_entry:"
 
 def metered_comment(record: UsageRecord, estimated: bool = False, key_name: str = "") -> str:
     if record.bill_customer and record.meter_id:
-        fee = "at-commit"
+        fee = FEE_AT_COMMIT.removeprefix("fee=")
     elif record.byok:  # the BYOK fee: the customer's when billed, else the merchant's debit
         fee = "$" + format_usd(record.customer_byok_fee_nanos if record.bill_customer else record.charged_nanos)
     else:
@@ -47,6 +47,14 @@ def metered_comment(record: UsageRecord, estimated: bool = False, key_name: str 
     if record.error:
         words.append(f"error={record.error}")
     return " ".join(words)
+
+
+FEE_AT_COMMIT = "fee=at-commit"
+
+
+def with_fee(comment: str, fee_nanos: int) -> str:
+    """The comment once the ledger has charged the customer's fee."""
+    return comment.replace(FEE_AT_COMMIT, f"fee=${format_usd(fee_nanos)}", 1)
 
 
 def _word(value: str) -> str:

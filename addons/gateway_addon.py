@@ -10,13 +10,14 @@ bug inside a hook answers 500 rather than letting a request through unauthentica
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from mitmproxy import ctx, http
+from mitmproxy import ctx, hooks, http
 from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy import server_hooks
 
@@ -47,6 +48,7 @@ from pricing.money import format_usd
 log = logging.getLogger(__name__)
 
 METADATA_HEADERS = ("x-tollgate-metadata", "x-lava-metadata")
+FEE_PENDING_MAX = 10_000
 
 
 @dataclass(slots=True)
@@ -94,6 +96,9 @@ class Gateway:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stopping = False
         self.in_flight: set[str] = set()  # flows from their request headers to their response or error
+        # request id -> flow whose comment waits for the customer fee the ledger decides at commit
+        self.fee_pending: collections.OrderedDict[str, http.HTTPFlow] = collections.OrderedDict()
+        self.flows_shown = False
 
     def load(self, loader):
         loader.add_option(
@@ -172,6 +177,7 @@ class Gateway:
 
     def running(self) -> None:
         self.loop = asyncio.get_running_loop()
+        self.flows_shown = ctx.master.addons.get("view") is not None  # mitmweb: comments are read live
 
     def _replay(self, records: list[UsageRecord]) -> None:
         """Requests a killed process served but may not have written: the ledger skips those it has."""
@@ -203,6 +209,18 @@ class Gateway:
             self.autopay.notify_charged(wallet_id)
         if self.loop is not None and self.cashier is not None:
             self.loop.call_soon_threadsafe(self.cashier.settled, report)
+        if self.loop is not None and report.customer_fees and self.fee_pending:
+            self.loop.call_soon_threadsafe(self._fees_committed, report.customer_fees)
+
+    def _fees_committed(self, fees: dict[str, int]) -> None:
+        """Flow comments that said fee=at-commit get the fee charged (mitmweb shows the update)."""
+        updated = []
+        for request_id, fee in fees.items():
+            if (flow := self.fee_pending.pop(request_id, None)) is not None:
+                flow.comment = flow_notes.with_fee(flow.comment, fee)
+                updated.append(flow)
+        if updated:
+            ctx.master.addons.trigger(hooks.UpdateHook(updated))
 
     def _confine_interception(self) -> None:
         """Decrypt only catalog hosts, and connect upstream only where the addon routes to."""
@@ -423,6 +441,10 @@ class Gateway:
         flow.metadata["tollgate.cost"] = format_usd(cost.total_nanos)
         flow.metadata["tollgate.price_source"] = source
         flow.comment = flow_notes.metered_comment(record, estimated=result.source == "estimated", key_name=plan.key.name)
+        if self.flows_shown and flow_notes.FEE_AT_COMMIT in flow.comment:
+            self.fee_pending[record.id] = flow
+            if len(self.fee_pending) > FEE_PENDING_MAX:  # records that never commit (a ledger outage)
+                self.fee_pending.popitem(last=False)
         flow.marked = flow_notes.METERED
         return record
 

@@ -194,11 +194,17 @@ def test_metered_and_refused_flows_carry_what_an_operator_looks_for(web, provide
     assert metered, comments
     row = web.request_row(metered_id)
     key = web.cli_json("keys", "list")[0]
-    for word in ("openai", "model=mock-chat", "in=17", "out=9", f"cost=${row['provider_cost']}", "fee=at-commit",
+    deadline = time.monotonic() + 10  # the fee is the ledger's, known once it commits the request
+    while f"fee=${row['fee']}" not in metered.split() and time.monotonic() < deadline:
+        time.sleep(0.1)
+        metered = next(f["comment"] for f in web.api.get("/flows").json() if f"request={metered_id}" in f["comment"])
+        row = web.request_row(metered_id)
+    assert row["fee"] != "0.00"
+    for word in ("openai", "model=mock-chat", "in=17", "out=9", f"cost=${row['provider_cost']}", f"fee=${row['fee']}",
                  f"key={key['name']}", f"key_id={key['id']}", "customer=cus_42", "meter=chat", f"request={metered_id}"):
         assert word in metered.split(), (word, metered)
     assert any(w.startswith("latency=") and w.endswith("ms") for w in metered.split())
-    assert comments[metered]["marked"] == "💰"
+    assert next(f for f in web.api.get("/flows").json() if f["comment"] == metered)["marked"] == "💰"
     assert rejected.startswith("refused 401 invalid_credential: "), rejected
     assert comments[rejected]["marked"] == "⛔"
     assert json.loads(refused.content)["error"]["message"] in rejected

@@ -39,6 +39,7 @@ class CommitReport:
     wallets: dict[str, tuple[int, int]] = field(default_factory=dict)  # wallet -> (balance, version)
     token_charges: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     charged_customer_wallets: set[str] = field(default_factory=set)
+    customer_fees: dict[str, int] = field(default_factory=dict)  # request id -> fee its customer was charged
 
 
 def _for_update() -> str:
@@ -111,6 +112,7 @@ def apply_charges(records: list) -> CommitReport:
             room = max(0, balances[record.customer_wallet_id] + overdraft.get(record.customer_wallet_id, 0))
             record.fee_nanos = min(fee, room)
             record.fee_uncollected_nanos = fee - record.fee_nanos
+            report.customer_fees[record.id] = record.fee_nanos
             if record.fee_nanos:
                 debit(record.customer_wallet_id, record.fee_nanos, record)
                 report.charged_customer_wallets.add(record.customer_wallet_id)
