@@ -33,11 +33,11 @@ from collections.abc import Callable
 from mitmproxy import ctx, http
 from mitmproxy.exceptions import OptionsError
 
-from addons import error_pages
 from addons.catalog import Catalog
 from addons.credentials import query_key, read_credential
 from addons.error_pages import refuse
 from addons.errors import GatewayError, TooManyRequests
+from addons.flow_keys import PROVIDER_KEY, REQUEST_ID_KEY
 from addons.routing import addressed_to_gateway, provider_for
 
 MAX_CLIENTS = 10_000
@@ -119,13 +119,13 @@ class AuthThrottle:
         digest = self.credentials.pop(flow, None)
         if digest is None:
             return
-        if "tollgate.provider" in flow.metadata:  # the gateway forwarded it: the credential is good
+        if PROVIDER_KEY in flow.metadata:  # the gateway forwarded it: the credential is good
             self.trusted[digest] = None
             self.trusted.move_to_end(digest)
             if len(self.trusted) > MAX_TRUSTED:
                 self.trusted.popitem(last=False)
         elif flow.response is not None and flow.response.status_code in FAILED_AUTH \
-                and error_pages.REQUEST_ID_KEY in flow.metadata:
+                and REQUEST_ID_KEY in flow.metadata:
             self.trusted.pop(digest, None)
             self.failed(client_address(flow))
 

@@ -24,10 +24,8 @@ from addons.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from addons.flow_keys import REQUEST_ID_HEADERS, REQUEST_ID_KEY, TIMEOUT_KEY
 
-REQUEST_ID_KEY = "tollgate.request_id"
-REQUEST_ID_HEADERS = ("x-lava-request-id", "x-tollgate-request-id")
-TIMEOUT_KEY = "tollgate.timeout"  # why addons.upstream_timeouts closed the provider connection
 _TAG = "\x00tollgate-request-id:"
 # What addons.upstream_guard puts in server.error; mitmproxy reports it as a 502 quoting it.
 UPSTREAM_REFUSED = "tollgate refused the upstream address"

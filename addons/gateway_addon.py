@@ -25,17 +25,27 @@ from addons import error_pages, flow_notes, proxyauth_compare
 from addons.billing import price_guard
 from addons.billing.autopay import AutoTopUp
 from addons.billing.cashier import Cashier
-from addons.billing.charges import CommitReport, is_billable
+from addons.billing.charges import apply_charges, is_billable
 from addons.billing.plan import BillingPlan, resolve_plan
 from addons.catalog import Catalog, Provider, load_catalog
 from addons.credentials import is_captured, query_key, read_credential, strip_gateway_credentials
-from addons.error_pages import REQUEST_ID_HEADERS, json_response, new_request_id
+from addons.error_pages import json_response, new_request_id
 from addons.errors import GatewayError, NotFound, ProviderNotConfigured, ShuttingDown
+from addons.flow_keys import (
+    COST_KEY,
+    ENDPOINT_KEY,
+    METADATA_HEADERS,
+    PRICE_SOURCE_KEY,
+    PROVIDER_KEY,
+    REQUEST_ID_HEADERS,
+    REQUEST_ID_KEY,
+    STREAM_KEY,
+)
 from addons.forward import FORWARD_PATH, parse_forward_target, sdk_query, sdk_target
 from addons.keystore import KeyStore
 from addons.ledger.journal import Journal
 from addons.ledger.models import open_database
-from addons.ledger.writer import LedgerWriter, UsageRecord
+from addons.ledger.writer import CommitReport, LedgerWriter, UsageRecord
 from addons.metadata import parse_metadata
 from addons.metering import Meter
 from addons.routing import addressed_to_gateway, provider_for
@@ -47,7 +57,6 @@ from pricing.money import format_usd
 
 log = logging.getLogger(__name__)
 
-METADATA_HEADERS = ("x-tollgate-metadata", "x-lava-metadata")
 FEE_PENDING_MAX = 10_000
 
 
@@ -158,7 +167,7 @@ class Gateway:
                 raise OptionsError(f"cannot open the ledger database: {type(e).__name__}: {e}") from None
             self.autopay = AutoTopUp(self.settings.billing.autopay)
             self.journal = Journal(self.settings.journal_dir, database_url)
-            self.writer = LedgerWriter(on_commit=self._committed)
+            self.writer = LedgerWriter(apply_charges, on_commit=self._committed)
             self._replay(self.journal.recover())
             self._confine_interception()
         if {"tollgate_cache_ttl_ms", "tollgate_redis_url", "tollgate_ledger_outage"} & set(updated) or self.keys is None:
@@ -241,7 +250,7 @@ class Gateway:
         if provider is None and not addressed_to_gateway(flow):
             return  # not AI traffic: mitmproxy passes it on untouched
         request_id = new_request_id()
-        flow.metadata[error_pages.REQUEST_ID_KEY] = request_id
+        flow.metadata[REQUEST_ID_KEY] = request_id
         if self.stopping:
             flow.response = json_response(503, ShuttingDown("shutting_down", "the gateway is stopping; retry").body(),
                                           request_id)
@@ -317,8 +326,8 @@ class Gateway:
         request.headers["accept-encoding"] = "identity"  # the meter reads bodies as they stream
         request.scheme, request.host, request.port = provider.origin
         self.pending[flow.id] = Pending(request_id, time.time(), provider, plan, meter, metadata)
-        flow.metadata["tollgate.provider"] = provider.id
-        flow.metadata["tollgate.endpoint"], flow.metadata["tollgate.stream"] = meter.endpoint, meter.stream_requested
+        flow.metadata[PROVIDER_KEY] = provider.id
+        flow.metadata[ENDPOINT_KEY], flow.metadata[STREAM_KEY] = meter.endpoint, meter.stream_requested
 
     @staticmethod
     def _metadata(headers) -> dict[str, str] | None:
@@ -438,8 +447,8 @@ class Gateway:
             bill_customer=plan.bill_customer and billable,
             customer_byok_fee_nanos=customer_byok_fee,
         )
-        flow.metadata["tollgate.cost"] = format_usd(cost.total_nanos)
-        flow.metadata["tollgate.price_source"] = source
+        flow.metadata[COST_KEY] = format_usd(cost.total_nanos)
+        flow.metadata[PRICE_SOURCE_KEY] = source
         flow.comment = flow_notes.metered_comment(record, estimated=result.source == "estimated", key_name=plan.key.name)
         if self.flows_shown and flow_notes.FEE_AT_COMMIT in flow.comment:
             self.fee_pending[record.id] = flow

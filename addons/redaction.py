@@ -29,7 +29,7 @@ from mitmproxy import http
 
 from addons.catalog import Catalog
 from addons.credentials import CREDENTIAL_HEADERS
-from addons.error_pages import REQUEST_ID_KEY
+from addons.flow_keys import REQUEST_ID_KEY
 
 REDACTED = "[redacted]"
 HEADERS = (*CREDENTIAL_HEADERS, "proxy-authorization")

@@ -38,9 +38,9 @@ from mitmproxy.proxy.layers import http as http_layer
 from mitmproxy.proxy.layers.http import _http1
 from mitmproxy.utils import human
 
-from addons.error_pages import REQUEST_ID_KEY, headers_too_large, new_request_id, refuse, tagged
+from addons.error_pages import headers_too_large, new_request_id, refuse, tagged
 from addons.errors import HeadersTooLarge
-from addons.gateway_addon import METADATA_HEADERS
+from addons.flow_keys import METADATA_HEADERS, REQUEST_ID_KEY
 
 METADATA_MAX_BYTES = 64 * 1024
 BODY_TOO_LARGE = "Request body exceeds tollgate_max_request_body."

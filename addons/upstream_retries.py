@@ -50,9 +50,9 @@ from mitmproxy.proxy.mode_specs import UpstreamMode
 from mitmproxy.utils.asyncio_utils import create_task
 
 from addons.catalog import Catalog, Timeouts
-from addons.error_pages import REQUEST_ID_HEADERS
+from addons.flow_keys import ENDPOINT_KEY, PROVIDER_KEY, REQUEST_ID_HEADERS, RETRIES_KEY, STREAM_KEY
 from addons.upstream_guard import RESOLVE_TIMEOUT_S, Resolver, is_public, resolve
-from addons.upstream_timeouts import PROVIDER_KEY, load_limits
+from addons.upstream_timeouts import load_limits
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +133,7 @@ class UpstreamRetries:
         if not ctx.options.tollgate_upstream_retries or flow.error or not flow.live or flow.response is None:
             return False
         metadata = flow.metadata
-        if PROVIDER_KEY not in metadata or metadata.get("tollgate.stream") or metadata.get("tollgate.endpoint",
-                                                                                           "other") == "other":
+        if PROVIDER_KEY not in metadata or metadata.get(STREAM_KEY) or metadata.get(ENDPOINT_KEY, "other") == "other":
             return False
         return should_retry(flow.response) and self._can_resend(flow)
 
@@ -161,7 +160,7 @@ class UpstreamRetries:
                          type(e).__name__)
                 return
             self._take(flow.response, answer, body)
-            metadata["tollgate.retries"] = attempt + 1
+            metadata[RETRIES_KEY] = attempt + 1
             if not should_retry(flow.response):
                 return
 

@@ -1,7 +1,7 @@
 """Upstream timeouts per provider: connect, first byte, idle between stream chunks, total.
 
-Runs right after the Gateway, on the flows the Gateway forwards (those with `tollgate.provider` in
-their metadata). The limits are `timeouts:` in the gateway settings, overridden phase by phase by a
+Runs right after the Gateway, on the flows the Gateway forwards (those with PROVIDER_KEY in their
+metadata, addons/flow_keys.py). The limits are `timeouts:` in the gateway settings, overridden phase by phase by a
 provider's own `timeouts` (see addons.catalog.Timeouts). Timers run on the event loop
 (`loop.call_later`), nothing blocks:
 
@@ -12,7 +12,7 @@ provider's own `timeouts` (see addons.catalog.Timeouts). Timers run on the event
     response, error    everything stops
 
 When a limit runs out, the connection to the provider is closed with a "timed out" reason kept in
-`flow.metadata["tollgate.timeout"]`. mitmproxy then fails the flow as for any provider that hangs up:
+`flow.metadata[TIMEOUT_KEY]`. mitmproxy then fails the flow as for any provider that hangs up:
 the `error` hook fires (the Gateway records the request, usage so far estimated), and a client with
 no response headers yet gets 504 `upstream_timeout` (error_pages reads the reason); one in the middle
 of a stream sees it break off.
@@ -45,12 +45,11 @@ from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
 from addons.catalog import Timeouts, load_catalog
-from addons.error_pages import TIMEOUT_KEY
+from addons.flow_keys import PROVIDER_KEY, TIMEOUT_KEY
 from addons.settings import load_settings
 
 log = logging.getLogger(__name__)
 
-PROVIDER_KEY = "tollgate.provider"
 _SLACK = 0.001  # a timer may fire up to a millisecond early (uvloop's clock)
 
 Closer = Callable[[connection.Client, connection.Server, str], bool]

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg2  # noqa: E402
 
+from addons.billing.charges import apply_charges  # noqa: E402
 from addons.ledger.accounts import create_customer, create_key, credit_wallet, ensure_account  # noqa: E402
 from addons.ledger.models import MeterRow, open_database, utcnow  # noqa: E402
 from addons.ledger.writer import LedgerWriter, UsageRecord  # noqa: E402
@@ -49,7 +50,7 @@ def main() -> None:
     spec = meters.make_meter_spec("bench", "fixed", "tokens_1m", ["0:2.00", "1000000:1.00"])
     meter = MeterRow.create(account=account, slug="bench", rate_type="fixed", unit="tokens_1m",
                             base_cost_payer=spec.base_cost_payer, tiers=meters.tiers_json(spec))
-    writer = LedgerWriter()
+    writer = LedgerWriter(apply_charges)
     started = time.perf_counter()
     for i in range(args.records):
         billed = i % 5 == 0

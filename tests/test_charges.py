@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from addons.billing.charges import cycle_start
+from addons.billing.charges import apply_charges, cycle_start
 from addons.ledger.accounts import (
     audit_wallets,
     create_customer,
@@ -81,7 +81,7 @@ def running_total(wallet: str, meter: MeterRow) -> dict[datetime, int]:
 
 def test_a_request_without_a_customer_debits_only_the_merchant(shop):
     wallet = add_customer()
-    report = write_batch([usage(shop, "req_a", charged=1_234), usage(shop, "req_b", charged=0)])
+    report = write_batch([usage(shop, "req_a", charged=1_234), usage(shop, "req_b", charged=0)], apply_charges)
     assert balance(shop.merchant) == MERCHANT_START - 1_234
     assert balance(wallet) == CUSTOMER_START
     assert fees("req_a", "req_b") == [(0, 0), (0, 0)]
@@ -93,7 +93,7 @@ def test_the_merchant_is_debited_below_zero_the_provider_is_already_paid(ledger)
     account, merchant = ensure_account()
     credit_wallet(merchant.id, 100)
     shop = SimpleNamespace(account=account, merchant=merchant.id, key=None)
-    write_batch([usage(shop, "req_a", charged=250)])
+    write_batch([usage(shop, "req_a", charged=250)], apply_charges)
     assert balance(merchant.id) == -150  # 100 - 250: no floor for the merchant
     assert audit_wallets() == []
 
@@ -104,7 +104,7 @@ def test_fixed_per_request_fee(shop):
     wallet = add_customer()
     meter = add_meter(shop, "per-req", "fixed", "requests", ["0:0.01"])
     write_batch([usage(shop, f"req_{i}", at=T0 + timedelta(seconds=i), charged=70, customer="cus_1", wallet=wallet,
-                       meter=meter, units=1) for i in range(3)])
+                       meter=meter, units=1) for i in range(3)], apply_charges)
     assert fees("req_0", "req_1", "req_2") == [(CENT, 0)] * 3
     assert balance(wallet) == CUSTOMER_START - 3 * CENT  # 1.00 - 3 x 0.01
     assert balance(shop.merchant) == MERCHANT_START - 3 * 70  # the merchant still pays the provider
@@ -124,7 +124,7 @@ def test_tiered_tokens_carry_the_running_total_and_straddle_a_boundary(shop, bat
             "b": usage(shop, "req_b", at=T0 + timedelta(minutes=1), charged=5, customer="cus_1", wallet=wallet,
                        meter=meter, units=700)}
     for batch in batches:
-        write_batch([made[name] for name in batch])
+        write_batch([made[name] for name in batch], apply_charges)
     # a: tokens [0, 600) at $1/M                        = 600 * 1 / 1e6 USD = 600_000 nanos
     # b: tokens [600, 1000) at $1/M + [1000, 1300) at $3/M = (400 + 900) / 1e6 USD = 1_300_000 nanos
     assert fees("req_a", "req_b") == [(600_000, 0), (1_300_000, 0)]
@@ -145,7 +145,8 @@ def test_tiered_tokens_carry_the_running_total_and_straddle_a_boundary(shop, bat
 def test_percentage_fee_with_base_cost(shop, percentage, payer, cost, fee):
     wallet = add_customer()
     meter = add_meter(shop, "pct", "percentage", "tokens_1m", [], percentage, payer)
-    write_batch([usage(shop, "req_a", charged=cost, customer="cus_1", wallet=wallet, meter=meter, units=500)])
+    write_batch([usage(shop, "req_a", charged=cost, customer="cus_1", wallet=wallet, meter=meter, units=500)],
+                apply_charges)
     assert fees("req_a") == [(fee, 0)]
     assert balance(wallet) == CUSTOMER_START - fee
     assert balance(shop.merchant) == MERCHANT_START - cost
@@ -159,7 +160,8 @@ def test_percentage_fee_with_base_cost(shop, percentage, payer, cost, fee):
 def test_hybrid_fee(shop, payer, fee):
     wallet = add_customer()
     meter = add_meter(shop, "hyb", "hybrid", "tokens_1m", ["0:2.00"], "10", payer)
-    write_batch([usage(shop, "req_a", charged=4_000_000, customer="cus_1", wallet=wallet, meter=meter, units=500)])
+    write_batch([usage(shop, "req_a", charged=4_000_000, customer="cus_1", wallet=wallet, meter=meter, units=500)],
+                apply_charges)
     assert fees("req_a") == [(fee, 0)]
     assert balance(wallet) == CUSTOMER_START - fee
     assert audit_wallets() == []
@@ -174,7 +176,7 @@ def test_the_running_total_resets_in_a_new_monthly_cycle(shop, together):
     february = usage(shop, "req_feb", at=datetime(2025, 2, 1, 0, 0, 0), customer="cus_1", wallet=wallet,
                      meter=meter, units=900)
     for batch in ([january, february],) if together else ([january], [february]):
-        write_batch(batch)
+        write_batch(batch, apply_charges)
     # each month starts at 0: 900 tokens at $1/M = 900_000 nanos, both times
     # (had the total carried over: 100 at $1/M + 800 at $3/M = 2_500_000)
     assert fees("req_jan", "req_feb") == [(900_000, 0), (900_000, 0)]
@@ -215,7 +217,7 @@ def test_a_fee_is_capped_at_the_balance_plus_overdraft(shop, start, overdraft, e
     records = [usage(shop, f"req_{i}", at=T0 + timedelta(seconds=i), charged=40, customer="cus_1", wallet=wallet,
                      meter=meter, units=1) for i in range(2)]
     for batch in (records,) if together else ([records[0]], [records[1]]):
-        write_batch(batch)
+        write_batch(batch, apply_charges)
     assert fees("req_0", "req_1") == expected_fees
     assert balance(wallet) == end and end >= -overdraft
     assert balance(shop.merchant) == MERCHANT_START - 80  # the merchant's debit is never capped
@@ -228,7 +230,7 @@ def test_disabled_billing_tracks_the_customer_without_charging_them(shop):
     wallet = add_customer()
     meter = add_meter(shop, "tok", "fixed", "tokens_1m", ["0:1.00"])
     report = write_batch([usage(shop, "req_a", charged=300, customer="cus_1", wallet=wallet, meter=meter,
-                                units=1_000, bill=False)])
+                                units=1_000, bill=False)], apply_charges)
     assert fees("req_a") == [(0, 0)]
     assert RequestRow.get_by_id("req_a").customer_id == "cus_1"  # still attributed
     assert balance(wallet) == CUSTOMER_START and running_total(wallet, meter) in ({}, {cycle_start(T0): 0})
@@ -241,7 +243,7 @@ def test_a_customer_byok_fee_is_added_to_the_meter_fee(shop):
     wallet = add_customer()
     meter = add_meter(shop, "per-req", "fixed", "requests", ["0:0.01"])
     write_batch([usage(shop, "req_a", charged=0, cost=9_000, customer="cus_1", wallet=wallet, meter=meter, units=1,
-                       byok_fee=2_500)])
+                       byok_fee=2_500)], apply_charges)
     assert fees("req_a") == [(CENT + 2_500, 0)]  # 0.01 per request + the BYOK fee
     assert balance(wallet) == CUSTOMER_START - CENT - 2_500
     assert balance(shop.merchant) == MERCHANT_START  # the customer's own provider key: the merchant pays nothing
@@ -256,11 +258,11 @@ def test_the_report_carries_new_balances_and_versions(shop):
     merchant_version = wallet_state(shop.merchant)[1]
     customer_version = wallet_state(wallet)[1]
     first = write_batch([usage(shop, "req_a", charged=500, customer="cus_1", wallet=wallet, meter=meter, units=1),
-                         usage(shop, "req_b", charged=200)])
+                         usage(shop, "req_b", charged=200)], apply_charges)
     assert first.wallets == {shop.merchant: (MERCHANT_START - 700, merchant_version + 1),  # one move per batch
                              wallet: (CUSTOMER_START - CENT, customer_version + 1)}
     assert sorted(first.request_ids) == ["req_a", "req_b"] and first.charged_customer_wallets == {wallet}
-    second = write_batch([usage(shop, "req_c", charged=100)])
+    second = write_batch([usage(shop, "req_c", charged=100)], apply_charges)
     assert second.wallets == {shop.merchant: (MERCHANT_START - 800, merchant_version + 2)}
     assert audit_wallets() == []
 
@@ -280,7 +282,7 @@ def test_token_charges_are_the_payers_and_agree_with_token_spent(shop, customer,
     meter = add_meter(shop, "per-req", "fixed", "requests", ["0:0.01"])
     record = usage(shop, "req_a", charged=700, customer="cus_1" if customer else None,
                    wallet=wallet if customer else None, meter=meter, units=1, bill=bill, token="tok_1")
-    report = write_batch([record, usage(shop, "req_other", charged=999)])  # no token: counts nowhere
+    report = write_batch([record, usage(shop, "req_other", charged=999)], apply_charges)  # no token: counts nowhere
     assert dict(report.token_charges) == {"tok_1": expected}
     assert token_spent("tok_1") == expected
     assert token_spent("tok_unknown") == 0
@@ -294,7 +296,7 @@ def test_token_charges_add_up_over_requests(shop):
         usage(shop, "req_a", charged=700, token="tok_1"),
         usage(shop, "req_b", at=T0 + timedelta(seconds=1), charged=700, customer="cus_1", wallet=wallet,
               meter=meter, units=1, token="tok_1"),
-    ])
+    ], apply_charges)
     assert dict(report.token_charges) == {"tok_1": 700 + CENT}
     assert token_spent("tok_1") == 700 + CENT
 
@@ -310,10 +312,10 @@ def test_resubmitting_a_batch_is_a_no_op(shop):
                       token="tok_1"),
                 usage(shop, "req_b", charged=200)]
 
-    write_batch(batch())
+    write_batch(batch(), apply_charges)
     states = (wallet_state(shop.merchant), wallet_state(wallet), running_total(wallet, meter))
     entries = LedgerEntry.select().count()
-    again = write_batch(batch())
+    again = write_batch(batch(), apply_charges)
     assert (wallet_state(shop.merchant), wallet_state(wallet), running_total(wallet, meter)) == states
     assert LedgerEntry.select().count() == entries and RequestRow.select().count() == 2
     assert again.wallets == {} and dict(again.token_charges) == {} and again.charged_customer_wallets == set()
@@ -328,13 +330,15 @@ def test_a_hold_record_is_mirrored_and_its_request_removes_it(shop):
     wallet = add_customer()
     meter = add_meter(shop, "per-req", "fixed", "requests", ["0:0.01"])
     expires = T0 + timedelta(minutes=10)
-    report = write_batch([HoldRecord("req_a", wallet, 25_000_000, expires), HoldRecord("req_b", wallet, 5, expires)])
+    report = write_batch([HoldRecord("req_a", wallet, 25_000_000, expires), HoldRecord("req_b", wallet, 5, expires)],
+                         apply_charges)
     assert report.request_ids == [] and report.wallets == {}
-    write_batch([HoldRecord("req_a", wallet, 25_000_000, expires)])  # mirrored twice: still one row
+    write_batch([HoldRecord("req_a", wallet, 25_000_000, expires)], apply_charges)  # mirrored twice: still one row
     assert sorted(Hold.select(Hold.request_id, Hold.wallet, Hold.amount_nanos).tuples()) == [
         ("req_a", wallet, 25_000_000), ("req_b", wallet, 5)]
     assert balance(wallet) == CUSTOMER_START  # a hold is not a charge
-    write_batch([usage(shop, "req_a", charged=10, customer="cus_1", wallet=wallet, meter=meter, units=1)])
+    write_batch([usage(shop, "req_a", charged=10, customer="cus_1", wallet=wallet, meter=meter, units=1)],
+                apply_charges)
     assert [h.request_id for h in Hold.select()] == ["req_b"]
     assert audit_wallets() == []
 
@@ -343,6 +347,7 @@ def test_a_hold_and_its_request_in_one_batch_leave_no_hold(shop):
     wallet = add_customer()
     meter = add_meter(shop, "per-req", "fixed", "requests", ["0:0.01"])
     write_batch([HoldRecord("req_a", wallet, CENT, T0 + timedelta(minutes=10)),
-                 usage(shop, "req_a", charged=10, customer="cus_1", wallet=wallet, meter=meter, units=1)])
+                 usage(shop, "req_a", charged=10, customer="cus_1", wallet=wallet, meter=meter, units=1)],
+                apply_charges)
     assert Hold.select().count() == 0 and fees("req_a") == [(CENT, 0)]
     assert audit_wallets() == []

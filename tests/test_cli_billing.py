@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
+from addons.billing.charges import apply_charges
 from addons.ledger.models import Account, Event, MeterRow, RequestRow, Wallet, database, open_database, utcnow
 from addons.ledger.writer import HoldRecord, UsageRecord, write_batch
 from addons.signed_tokens import verify_signed_token
@@ -190,7 +191,7 @@ def test_customers_show_reports_open_holds_and_this_cycles_usage(tollgate):
                         provider="openai", endpoint="chat.completions", customer_id="acme", meter_slug="tok",
                         customer_wallet_id=wallet, meter_id=meter.id, units_micro=1_500 * 1_000_000,
                         bill_customer=True),
-        ])
+        ], apply_charges)
     shown = tollgate.json("customers", "show", "acme")
     assert shown["holds"] == {"count": 1, "amount": "0.25"}
     assert shown["cycle_usage"] == {"tok": "1500"}

@@ -4,6 +4,7 @@ import time
 
 import pytest
 
+from addons.billing.charges import apply_charges
 from addons.credentials import hash_secret
 from addons.ledger.accounts import (
     KeyRecord,
@@ -40,7 +41,8 @@ def usage_entries() -> list[tuple[str, int]]:
 
 
 def test_write_batch_debits_exactly_the_charges(wallet):
-    write_batch([record(wallet, "req_a", 300), record(wallet, "req_b", 1_234_567), record(wallet, "req_free", 0)])
+    write_batch([record(wallet, "req_a", 300), record(wallet, "req_b", 1_234_567), record(wallet, "req_free", 0)],
+                apply_charges)
     assert RequestRow.select().count() == 3
     assert usage_entries() == [("req_a", -300), ("req_b", -1_234_567)]
     assert wallet_balance(wallet.id) == START - 300 - 1_234_567
@@ -52,8 +54,8 @@ def test_write_batch_debits_exactly_the_charges(wallet):
     ids=["all-again", "some-again", "again-with-a-new-one"],
 )
 def test_write_batch_is_idempotent(wallet, again):
-    write_batch([record(wallet, "req_a", 300), record(wallet, "req_b", 200)])
-    write_batch([record(wallet, request_id, 999) for request_id in again])
+    write_batch([record(wallet, "req_a", 300), record(wallet, "req_b", 200)], apply_charges)
+    write_batch([record(wallet, request_id, 999) for request_id in again], apply_charges)
     new = 999 if "req_c" in again else 0
     assert wallet_balance(wallet.id) == START - 500 - new
     assert len(usage_entries()) == 2 + bool(new)
@@ -61,7 +63,7 @@ def test_write_batch_is_idempotent(wallet, again):
 
 
 def test_write_batch_tolerates_a_record_twice_in_one_batch(wallet):
-    write_batch([record(wallet, "req_a", 300), record(wallet, "req_a", 300)])
+    write_batch([record(wallet, "req_a", 300), record(wallet, "req_a", 300)], apply_charges)
     assert wallet_balance(wallet.id) == START - 300 and usage_entries() == [("req_a", -300)]
 
 
@@ -70,19 +72,19 @@ def test_write_batch_stores_any_caller_supplied_model_name(wallet, model):
     """The model name comes from the caller's request body: it must not make a batch unwritable."""
     usage = record(wallet, "req_a", 300)
     usage.model = model
-    write_batch([usage])
+    write_batch([usage], apply_charges)
     assert RequestRow.select().count() == 1 and wallet_balance(wallet.id) == START - 300
 
 
 def test_audit_wallets(wallet):
-    write_batch([record(wallet, "req_a", 300)])
+    write_batch([record(wallet, "req_a", 300)], apply_charges)
     assert audit_wallets() == []
     Wallet.update(balance_nanos=Wallet.balance_nanos + 1).where(Wallet.id == wallet.id).execute()
     assert audit_wallets() == [(wallet.id, START - 300 + 1, START - 300)]
 
 
 def test_writer_flush_waits_for_everything_submitted(wallet):
-    writer = LedgerWriter(batch_size=7)
+    writer = LedgerWriter(apply_charges, batch_size=7)
     for i in range(50):
         writer.submit(record(wallet, f"req_{i}", 10))
     assert writer.flush(timeout=30)
@@ -91,7 +93,7 @@ def test_writer_flush_waits_for_everything_submitted(wallet):
 
 
 def test_writer_close_writes_everything_submitted(wallet):
-    writer = LedgerWriter(linger=0.5)
+    writer = LedgerWriter(apply_charges, linger=0.5)
     for i in range(20):
         writer.submit(record(wallet, f"req_{i}", 10))
     assert writer.close(timeout=30)
@@ -100,7 +102,7 @@ def test_writer_close_writes_everything_submitted(wallet):
 
 def test_writer_writes_a_burst_within_its_linger_as_one_batch(wallet):
     batches = []
-    writer = LedgerWriter(linger=0.3, on_commit=lambda report: batches.append(len(report.request_ids)))
+    writer = LedgerWriter(apply_charges, linger=0.3, on_commit=lambda report: batches.append(len(report.request_ids)))
     for i in range(30):
         writer.submit(record(wallet, f"req_{i}", 10))
     assert writer.flush(timeout=30) and writer.close()
@@ -109,7 +111,7 @@ def test_writer_writes_a_burst_within_its_linger_as_one_batch(wallet):
 
 def test_writer_loses_no_record_submitted_from_many_threads_while_it_writes(wallet):
     """Submitters only wake the writer for the first record after it took a batch: none may be left behind."""
-    writer = LedgerWriter(batch_size=7, linger=0.0005)
+    writer = LedgerWriter(apply_charges, batch_size=7, linger=0.0005)
 
     def submit_many(thread: int):
         for i in range(300):
@@ -129,7 +131,7 @@ def test_writer_loses_no_record_submitted_from_many_threads_while_it_writes(wall
 def test_writer_sets_aside_a_record_the_database_refuses_and_writes_the_rest(wallet, tmp_path):
     bad = record(wallet, "req_bad", 10)
     bad.created_at = None  # NOT NULL on every backend
-    writer = LedgerWriter(dead_letters=tmp_path / "rejected.jsonl")
+    writer = LedgerWriter(apply_charges, dead_letters=tmp_path / "rejected.jsonl")
     for usage in (record(wallet, "req_a", 10), bad, record(wallet, "req_c", 10)):
         writer.submit(usage)
     assert writer.flush(timeout=30) and writer.close()

@@ -15,6 +15,7 @@ import yaml
 from playhouse.db_url import connect
 
 from addons.billing import price_guard
+from addons.billing.charges import apply_charges
 from addons.billing.plan import BillingPlan
 from addons.billing.reprice import reprice
 from addons.ledger.accounts import CustomerRecord, KeyRecord, audit_wallets, credit_wallet, ensure_account, wallet_balance
@@ -390,7 +391,7 @@ def test_reprice_of_a_byok_row_charges_only_the_share_of_the_cost(ledger):
         id="req_byok", created_at=utcnow(), account=wallet.account_id, wallet_id=wallet.id, key=None, provider="openai",
         endpoint="chat.completions", model=UNPRICED_MODEL, status=200, input_tokens=17, cache_read_tokens=4,
         output_tokens=9, reasoning_tokens=3, charged_nanos=per_request, usage_source="reported",
-        price_source="unpriced", byok=True)])
+        price_source="unpriced", byok=True)], apply_charges)
     billing = BillingSettings(byok_fee_percent=Decimal(10), byok_fee_per_request_nanos=per_request)
     overrides = parse_overrides({"models": [UNRELEASED_PRICE]})
     done, left = reprice(since=datetime(2020, 1, 1), until=None, pricing_ids={"openai": "openai"},

@@ -19,6 +19,7 @@ from addons.billing.plan import resolve_plan
 from addons.catalog import load_catalog
 from addons.credentials import CallerCredential, hash_secret
 from addons.errors import Unauthorized
+from addons.flow_keys import PROVIDER_KEY, REQUEST_ID_KEY
 from addons.listen_guard import ListenGuard
 from addons.redaction import REDACTED, Redaction
 from addons.request_limits import LIMITS, METADATA_MAX_BYTES, RequestLimits
@@ -172,9 +173,9 @@ def attempt(throttle, secret, outcome, peer=("10.1.2.3", 5000)):
     flow = flow_to(headers=[("x-api-key", secret)] if secret else [], peer=peer)
     throttle.requestheaders(flow)
     if flow.response is None:  # the gateway's turn
-        flow.metadata[error_pages.REQUEST_ID_KEY] = "req_1"
+        flow.metadata[REQUEST_ID_KEY] = "req_1"
         if outcome == "forwarded":
-            flow.metadata["tollgate.provider"] = "anthropic"
+            flow.metadata[PROVIDER_KEY] = "anthropic"
             flow.response = tutils.tresp()
         else:
             flow.response = http.Response.make(outcome, Unauthorized("invalid_credential", "x").body())
@@ -208,7 +209,7 @@ def test_provider_errors_and_other_hosts_do_not_count(throttle):
     for _ in range(5):
         forwarded = flow_to(headers=[("x-api-key", SECRET)])
         throttle.requestheaders(forwarded)
-        forwarded.metadata.update({error_pages.REQUEST_ID_KEY: "req_1", "tollgate.provider": "anthropic"})
+        forwarded.metadata.update({REQUEST_ID_KEY: "req_1", PROVIDER_KEY: "anthropic"})
         forwarded.response = http.Response.make(401)  # the provider refused the provider key
         throttle.response(forwarded)
         other = flow_to(host="example.com", headers=[("x-api-key", "tg_sk_guess")])
@@ -295,7 +296,7 @@ def test_oversized_metadata_is_431_before_it_is_parsed(limits):
 
 def gateway_flow(headers, path="/v1/messages"):
     flow = flow_to(headers=headers, path=path)
-    flow.metadata[error_pages.REQUEST_ID_KEY] = "req_1"
+    flow.metadata[REQUEST_ID_KEY] = "req_1"
     return flow
 
 

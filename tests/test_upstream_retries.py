@@ -15,6 +15,7 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
 from addons.catalog import Timeouts, load_catalog
+from addons.flow_keys import ENDPOINT_KEY, PROVIDER_KEY, RETRIES_KEY, STREAM_KEY
 from addons.upstream_retries import UpstreamRetries, retry_wait, should_retry
 
 BODY = b'{"model":"gpt-4o-mini","messages":[]}'
@@ -51,7 +52,7 @@ def forwarded(status=503, headers=(("retry-after", "0"),), stream=False, endpoin
                             headers=http.Headers(x_lava_request_id="req_1", **dict(headers)))
     request.timestamp_start = time.time()  # forwarded just now
     flow = tflow.tflow(req=request, resp=response, live=True)
-    flow.metadata.update({"tollgate.provider": "openai", "tollgate.endpoint": endpoint, "tollgate.stream": stream})
+    flow.metadata.update({PROVIDER_KEY: "openai", ENDPOINT_KEY: endpoint, STREAM_KEY: stream})
     return flow
 
 
@@ -86,7 +87,7 @@ def test_the_retry_answer_replaces_the_providers_keeping_the_gateways_headers():
     assert (flow.response.status_code, json.loads(flow.response.content)) == (200, ANSWER)
     assert flow.response.headers["x-request-id"] == "req_mock" and flow.response.headers["x-lava-request-id"] == "req_1"
     assert flow.response.headers["content-length"] == str(len(flow.response.raw_content))
-    assert flow.metadata["tollgate.retries"] == 1
+    assert flow.metadata[RETRIES_KEY] == 1
     [sent] = provider.seen  # the request as the Gateway forwarded it, not as Redaction left it: URL, key, body
     assert (sent.method, str(sent.url), sent.content) == ("POST", "https://api.openai.com/v1/chat/completions", BODY)
     assert sent.headers["authorization"] == "Bearer sk-real"
@@ -116,7 +117,7 @@ def test_no_resend_to_a_catalog_host_that_resolves_to_a_private_address(addresse
 def test_a_failed_resend_passes_the_last_answer_on():
     flow = retry(forwarded(), Provider(httpx.ConnectError("refused")))
     assert (flow.response.status_code, flow.response.content) == (503, b'{"error":{}}')
-    assert "tollgate.retries" not in flow.metadata
+    assert RETRIES_KEY not in flow.metadata
 
 
 @pytest.mark.parametrize("flow, why", [
@@ -136,7 +137,7 @@ def test_not_retried_when_off_or_not_the_gateways():
     provider = Provider()
     retry(forwarded(), provider, retries=0)
     flow = forwarded()
-    del flow.metadata["tollgate.provider"]
+    del flow.metadata[PROVIDER_KEY]
     retry(flow, provider)
     assert provider.seen == []
 

@@ -16,7 +16,7 @@ from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 from mitmproxy.test import taddons, tflow
 
 from addons.catalog import Timeouts
-from addons.error_pages import TIMEOUT_KEY
+from addons.flow_keys import PROVIDER_KEY, TIMEOUT_KEY
 from addons.settings import DEFAULT_TIMEOUTS
 from addons.upstream_timeouts import IdleClock, UpstreamTimeouts, cancel_connection_task
 
@@ -39,7 +39,7 @@ def addon(closer=None, **limits) -> UpstreamTimeouts:
 
 def forwarded(provider: str = "openai"):
     flow = tflow.tflow()
-    flow.metadata["tollgate.provider"] = provider
+    flow.metadata[PROVIDER_KEY] = provider
     return flow
 
 
@@ -80,7 +80,7 @@ def test_bad_settings_are_an_options_error(tmp_path, monkeypatch, timeouts, mess
 
 
 @pytest.mark.parametrize("prepare", [
-    lambda f: f.metadata.pop("tollgate.provider"),  # not AI traffic the Gateway forwards
+    lambda f: f.metadata.pop(PROVIDER_KEY),  # not AI traffic the Gateway forwards
     lambda f: setattr(f, "response", tflow.tresp()),  # answered by an addon ahead (a refusal)
     lambda f: setattr(f, "error", tflow.terr()),
     lambda f: setattr(f, "live", False),  # a replay or a loaded flow

@@ -17,14 +17,13 @@ from datetime import UTC, datetime, timedelta
 
 from mitmproxy.utils.asyncio_utils import create_task
 
-from addons.billing.charges import CommitReport
 from addons.billing.hold_stores import FailoverHolds, LocalHolds, RedisHolds
 from addons.billing.holds import InsufficientFunds
 from addons.billing.plan import BillingPlan, byok_fee, worst_case_fee
 from addons.errors import LedgerUnavailable, PaymentRequired
 from addons.keystore import KeyStore
 from addons.ledger.accounts import token_spent, wallet_state
-from addons.ledger.writer import HoldRecord, LedgerWriter
+from addons.ledger.writer import CommitReport, HoldRecord, LedgerWriter
 from addons.metering import Meter
 from addons.settings import BillingSettings
 from pricing import meters

@@ -11,11 +11,11 @@ the provider has already been paid.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
 from datetime import datetime
 
 from addons.ledger.bulk import bulk_insert, execute, on_postgres
 from addons.ledger.models import LedgerEntry, MeterRow, MeterUsage, utcnow
+from addons.ledger.writer import CommitReport, UsageRecord
 from pricing import meters
 
 ENTRY_COLUMNS = ("wallet", "amount_nanos", "reason", "request_id", "created_at")
@@ -29,17 +29,6 @@ def is_billable(status: int | None, usage_source: str) -> bool:
 def cycle_start(at: datetime) -> datetime:
     """Billing cycles are calendar months in UTC."""
     return at.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-
-
-@dataclass(slots=True)
-class CommitReport:
-    """What a committed batch changed, for the proxy's holds and the auto top-up."""
-
-    request_ids: list[str] = field(default_factory=list)
-    wallets: dict[str, tuple[int, int]] = field(default_factory=dict)  # wallet -> (balance, version)
-    token_charges: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    charged_customer_wallets: set[str] = field(default_factory=set)
-    customer_fees: dict[str, int] = field(default_factory=dict)  # request id -> fee its customer was charged
 
 
 def _for_update() -> str:
@@ -85,8 +74,9 @@ class RunningTotals:
                 execute('UPDATE "meter_usage" SET "units_micro" = %s WHERE "id" = %s', units, self.ids[key])
 
 
-def apply_charges(records: list) -> CommitReport:
-    """Debit merchants and customers for `records` (not yet in the ledger); call inside a transaction."""
+def apply_charges(records: list[UsageRecord]) -> CommitReport:
+    """Debit merchants and customers for `records` (not yet in the ledger); call inside a transaction.
+    The ledger writer's Charge: the gateway hands it to LedgerWriter."""
     report = CommitReport(request_ids=[r.id for r in records])
     now = utcnow()
     customer_wallets = {r.customer_wallet_id for r in records if r.customer_wallet_id}

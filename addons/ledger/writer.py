@@ -6,6 +6,9 @@ A batch that fails on the connection is retried until the database is back. A ba
 database refuses as data (a constraint or a value it cannot hold) is split, and a record it
 refuses on its own is appended to a dead-letter file and logged, so one bad record can
 neither wedge the writer nor vanish.
+
+What a batch charges is billing's business: whoever builds the writer hands it the charging function
+(the gateway passes addons.billing.charges.apply_charges), so the ledger imports nothing of billing.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 import logging
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from datetime import datetime
@@ -22,7 +26,6 @@ from pathlib import Path
 
 from peewee import InterfaceError, OperationalError
 
-from addons.billing.charges import CommitReport, apply_charges
 from addons.ledger.bulk import bulk_insert, execute
 from addons.ledger.models import Hold, RequestRow, database
 from addons.settings import PROJECT_ROOT
@@ -81,6 +84,21 @@ class UsageRecord:
         return tuple(self.row().values())
 
 
+@dataclass(slots=True)
+class CommitReport:
+    """What a committed batch changed, for the proxy's holds and the auto top-up."""
+
+    request_ids: list[str] = field(default_factory=list)
+    wallets: dict[str, tuple[int, int]] = field(default_factory=dict)  # wallet -> (balance, version)
+    token_charges: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    charged_customer_wallets: set[str] = field(default_factory=set)
+    customer_fees: dict[str, int] = field(default_factory=dict)  # request id -> fee its customer was charged
+
+
+# Writes the ledger entries and balance moves of records not yet in the ledger, inside the batch's
+# transaction, and may set their fee fields before the rows go in (addons.billing.charges.apply_charges).
+Charge = Callable[[list[UsageRecord]], CommitReport]
+
 _NOT_COLUMNS = ("wallet_id", "customer_wallet_id", "meter_id", "units_micro", "customer_byok_fee_nanos")
 _COLUMNS = tuple(f.name for f in fields(UsageRecord) if f.name not in _NOT_COLUMNS)
 _HOLD_COLUMNS = ("request_id", "wallet", "amount_nanos", "expires_at")
@@ -96,7 +114,7 @@ class HoldRecord:
     expires_at: datetime
 
 
-def write_batch(items: list[UsageRecord | HoldRecord]) -> CommitReport:
+def write_batch(items: list[UsageRecord | HoldRecord], charge: Charge) -> CommitReport:
     """Request rows and their charges go in together, so a request already present is skipped whole."""
     holds = [(h.request_id, h.wallet_id, h.amount_nanos, h.expires_at) for h in items if isinstance(h, HoldRecord)]
     records = list({r.id: r for r in reversed(items) if isinstance(r, UsageRecord)}.values())  # one per request id
@@ -107,7 +125,7 @@ def write_batch(items: list[UsageRecord | HoldRecord]) -> CommitReport:
         ids = [r.id for r in records]
         present = {rid for (rid,) in execute('SELECT "id" FROM "request" WHERE "id" IN %(list)s', ids)}
         fresh = sorted((r for r in records if r.id not in present), key=lambda r: r.created_at)
-        report = apply_charges(fresh) if fresh else CommitReport()
+        report = charge(fresh) if fresh else CommitReport()
         bulk_insert(RequestRow, _COLUMNS, [r.values() for r in fresh])
         execute('DELETE FROM "hold" WHERE "request_id" IN %(list)s', ids)
         report.request_ids = ids
@@ -117,6 +135,7 @@ def write_batch(items: list[UsageRecord | HoldRecord]) -> CommitReport:
 class LedgerWriter:
     def __init__(
         self,
+        charge: Charge,
         batch_size: int = 500,
         linger: float = 0.02,
         retry_delay: float = 1.0,
@@ -125,6 +144,7 @@ class LedgerWriter:
     ):
         self._inbox: collections.deque[UsageRecord | HoldRecord | None] = collections.deque()
         self._arrived = threading.Event()  # set by the first record after the writer took a batch
+        self._charge = charge
         self._on_commit = on_commit
         self._batch_size = batch_size
         self._linger = linger
@@ -190,7 +210,7 @@ class LedgerWriter:
         while True:
             try:
                 database.connect(reuse_if_open=True)
-                report = write_batch(batch)
+                report = write_batch(batch, self._charge)
             except (OperationalError, InterfaceError) as e:  # the database is away: keep and retry
                 log.error("ledger write of %d records failed, retrying: %s", len(batch), type(e).__name__)
                 if not database.is_closed():

@@ -1,0 +1,124 @@
+"""The rules the gateway's imports obey, read from the source with `ast` (imports inside functions too).
+
+- no module imports itself back, however indirectly;
+- pricing/ is plain price arithmetic: it imports nothing of addons/;
+- the guards (the chain's addons other than the Gateway, addons/chain.py) never import the Gateway's
+  module: names they share with it live in addons/flow_keys.py;
+- the ledger never imports billing: billing hands the ledger writer its charging function.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("addons", "pricing")
+GATEWAY = "addons.gateway_addon"
+GUARDS = (
+    "addons.listen_guard",
+    "addons.request_limits",
+    "addons.auth_throttle",
+    "addons.upstream_guard",
+    "addons.upstream_retries",
+    "addons.redaction",
+    "addons.upstream_timeouts",
+    "addons.runtime_info",
+    "addons.web_redaction",
+)
+
+
+def module_files() -> dict[str, Path]:
+    found = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+MODULES = module_files()
+
+
+def imported(name: str, path: Path) -> set[str]:
+    """The project modules `name` imports anywhere in its source, each resolved to the module itself."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    targets = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            for alias in node.names:  # `from addons import error_pages` imports the module addons.error_pages
+                targets.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base)
+    return {t for t in targets if t in MODULES and t != name}
+
+
+GRAPH = {name: imported(name, path) for name, path in MODULES.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a path that ends where it starts, or None."""
+    state: dict[str, str] = {}  # "open" while on the DFS stack, "done" after
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = "open"
+        stack.append(node)
+        for target in sorted(graph[node]):
+            if state.get(target) == "open":
+                return stack[stack.index(target):] + [target]
+            if target not in state and (cycle := visit(target)):
+                return cycle
+        stack.pop()
+        state[node] = "done"
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def offending(sources, forbidden) -> list[str]:
+    return [f"{source} imports {target}" for source in sorted(sources) for target in sorted(GRAPH[source])
+            if forbidden(target)]
+
+
+def test_the_graph_is_read_from_the_source():
+    """Guards the checks below against passing on an empty or misread graph."""
+    assert {"addons.billing.charges", "addons.ledger.writer"} <= GRAPH[GATEWAY]
+    assert "addons.flow_notes" in GRAPH[GATEWAY]  # `from addons import flow_notes`
+    assert "pricing.money" in GRAPH["pricing.cost"]
+
+
+def test_the_guards_are_the_chains_addons_but_the_gateway():
+    assert set(GUARDS) == GRAPH["addons.chain"] - {GATEWAY}, "update GUARDS to match addons/chain.py"
+
+
+def test_no_import_cycles():
+    cycle = find_cycle(GRAPH)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_find_cycle_reports_the_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+@pytest.mark.parametrize(("rule", "sources", "forbidden"), [
+    ("pricing/ imports nothing of addons/",
+     [m for m in MODULES if m.split(".")[0] == "pricing"], lambda t: t.split(".")[0] == "addons"),
+    ("the guards never import the Gateway's module (shared names live in addons/flow_keys.py)",
+     GUARDS, lambda t: t == GATEWAY),
+    ("addons/ledger/ never imports addons/billing/ (billing hands the writer its charging function)",
+     [m for m in MODULES if m.startswith("addons.ledger")], lambda t: t.startswith("addons.billing")),
+])
+def test_layer_rule(rule, sources, forbidden):
+    broken = offending(sources, forbidden)
+    assert not broken, f"{rule}; broken by: " + ", ".join(broken)
