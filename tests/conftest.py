@@ -8,13 +8,14 @@ import pytest
 
 from addons.ledger.models import database, open_database
 from tests.harness import GatewayProcess, PaymentHook, fresh_postgres_database
-from tests.harness import private_postgres, private_redis  # noqa: F401 - fixtures for every test module
+# Fixtures for every test module:
+from tests.harness import private_postgres, private_postgres_cluster, private_redis  # noqa: F401
 from tests.mock_provider import MockProvider
 
 MOCK_MODEL_PRICE = {"provider": "openai", "model": "mock-*", "input_mtok": "1.00", "output_mtok": "2.00"}
 
 # A test that uses one of these (directly or through another fixture) starts processes or servers: end-to-end.
-PROCESS_FIXTURES = {"gateway", "mock", "payhook", "private_postgres", "private_redis"}
+PROCESS_FIXTURES = {"gateway", "mock", "payhook", "private_postgres", "private_postgres_cluster", "private_redis"}
 
 
 def pytest_collection_modifyitems(config, items):
