@@ -2,14 +2,42 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from addons.ledger.models import database, open_database
 from tests.harness import GatewayProcess, PaymentHook, fresh_postgres_database
-from tests.harness import private_postgres, private_redis  # noqa: F401 - fixtures for every test module
+# Fixtures for every test module:
+from tests.harness import private_postgres, private_postgres_cluster, private_redis  # noqa: F401
 from tests.mock_provider import MockProvider
 
 MOCK_MODEL_PRICE = {"provider": "openai", "model": "mock-*", "input_mtok": "1.00", "output_mtok": "2.00"}
+
+# A test that uses one of these (directly or through another fixture) starts processes or servers: end-to-end.
+PROCESS_FIXTURES = {"gateway", "mock", "payhook", "private_postgres", "private_postgres_cluster", "private_redis"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test is `e2e` or `unit`: e2e where it starts processes (a process fixture, or marked so in its
+    module because it starts them itself), unit otherwise, so `-m unit` is the fast in-process loop."""
+    for item in items:
+        if item.get_closest_marker("e2e") is None and PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
+        if item.get_closest_marker("e2e") is None:
+            item.add_marker(pytest.mark.unit)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_process(request, monkeypatch):
+    """Keeps the unit loop honest: a unit test that starts a process fails, naming the mark it needs."""
+    if request.node.get_closest_marker("unit") is None:
+        return
+
+    def refuse(self, args, *rest, **kwargs):
+        raise AssertionError(f"a unit test started a process ({args!r}): mark the test or its module e2e")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
 
 
 @pytest.fixture(autouse=True)

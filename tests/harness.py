@@ -264,12 +264,16 @@ def private_redis():
 
 
 class PrivatePostgres:
-    """A PostgreSQL server of the test's own, to stop and start under load (the shared one serves other tests)."""
+    """A PostgreSQL server of the tests' own, to stop and start under load (the shared one serves other tests).
+
+    One cluster serves the whole session (initdb costs seconds); each test gets it running, with a fresh database.
+    """
 
     def __init__(self):
         self.bindir = Path(subprocess.check_output(["pg_config", "--bindir"], text=True).strip())
         self.root = Path(tempfile.mkdtemp(prefix="tollgate-pg-"))
         self.port = free_port()
+        self.database = "postgres"
         self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         if self.as_user:  # initdb refuses to run as root
             shutil.chown(self.root, "postgres")
@@ -281,7 +285,12 @@ class PrivatePostgres:
 
     @property
     def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{self.database}"
+
+    def running(self) -> bool:
+        status = subprocess.run([*self.as_user, str(self.bindir / "pg_ctl"), "-D", str(self.root / "data"), "status"],
+                                capture_output=True, timeout=60)
+        return status.returncode == 0
 
     def start(self) -> None:
         self._run("pg_ctl", "-D", str(self.root / "data"), "-w", "-l", str(self.root / "log"),
@@ -290,14 +299,27 @@ class PrivatePostgres:
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.root / "data"), "-w", "-m", "immediate", "stop")
 
+    def reset(self, database: str) -> None:
+        """Running again (a test may have left it stopped), with `database` new and empty: what the next test sees."""
+        if not self.running():
+            self.start()
+        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",
+                                connect_timeout=10)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+            cur.execute(f"CREATE DATABASE {database}")
+        conn.close()
+        self.database = database
+
     def remove(self) -> None:
         with contextlib.suppress(subprocess.CalledProcessError):
             self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-@pytest.fixture
-def private_postgres():
+@pytest.fixture(scope="session")
+def private_postgres_cluster():
     try:
         server = PrivatePostgres()
     except (OSError, subprocess.CalledProcessError) as e:
@@ -306,3 +328,10 @@ def private_postgres():
         pytest.skip(f"cannot run a private PostgreSQL server: {e}")
     yield server
     server.remove()
+
+
+@pytest.fixture
+def private_postgres(private_postgres_cluster):
+    """The session's private server, running, with an empty database of this test's own in its url."""
+    private_postgres_cluster.reset("tollgate_private")
+    return private_postgres_cluster

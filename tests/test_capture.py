@@ -39,6 +39,8 @@ from pricing.usage import TokenUsage
 from tests.harness import BIN, PROJECT, GatewayProcess, PrivateRedis, clean_env
 from tests.mock_provider import MockProvider
 
+pytestmark = pytest.mark.e2e  # starts the gateway, network namespaces and WireGuard as processes
+
 OPENAI_CHAT = TokenUsage(input_tokens=17, cache_read_tokens=4, output_tokens=9, reasoning_tokens=3)
 PROVIDER_IP = "127.0.0.2"  # what api.openai.com resolves to inside the app's namespace
 OTHER_IP = "127.0.0.3"  # a non-catalog HTTPS site, example.test

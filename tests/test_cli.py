@@ -9,6 +9,8 @@ from mitmproxy.certs import CertStore
 
 from tests.harness import clean_env, tollgate_cli
 
+pytestmark = pytest.mark.e2e  # runs the `tollgate` CLI as a process
+
 
 @pytest.fixture
 def tollgate(tmp_path):

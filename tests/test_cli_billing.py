@@ -19,6 +19,8 @@ from addons.ledger.writer import HoldRecord, UsageRecord, write_batch
 from addons.signed_tokens import verify_signed_token
 from tests.harness import clean_env, tollgate_cli
 
+pytestmark = pytest.mark.e2e  # runs the `tollgate` CLI as a process
+
 SIGNING_KEY = "cli-billing-test-signing-key-0123456789"
 USAGE_COLUMNS = ["group", "requests", "input_tokens", "output_tokens", "provider_cost", "charged", "fee", "margin",
                  "unpriced_requests", "unmetered_requests"]

@@ -100,6 +100,7 @@ def in_flight_at_provider(flows: list[dict], provider) -> list[dict]:
     return [f for f in flows if f["request"]["port"] == provider.port and "response" not in f and not f.get("error")]
 
 
+@pytest.mark.e2e
 def test_no_credential_shows_in_mitmweb_while_requests_are_in_flight(web, provider, tmp_path):
     credentials = [*PROVIDER_KEYS.values(), web.admin_key, web.token, UPSTREAM_PROXY_PASSWORD]
     updates = Updates(web.ws_url)
@@ -172,6 +173,7 @@ def test_no_credential_shows_in_mitmweb_while_requests_are_in_flight(web, provid
     assert web.api.get("/options").json()["upstream_auth"]["value"] == "proxyuser:[redacted]"
 
 
+@pytest.mark.e2e
 def test_metered_and_refused_flows_carry_what_an_operator_looks_for(web, provider):
     provider.release_stream.set()
     client = openai.OpenAI(api_key=web.token, base_url=f"{web.url}{FORWARD}https://api.openai.com/v1/",
@@ -232,6 +234,7 @@ def test_an_unknown_mitmproxy_version_is_refused_rather_than_shown_keys(version)
     check_version("12.3.1")
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("own", [(), ("--set", "web_open_browser=false")], ids=["default", "user's own"])
 def test_run_proxy_web_prints_one_tokenised_address_and_takes_the_users_browser_setting(tmp_path, own):
     port, web_port = free_port(), free_port()
@@ -260,6 +263,7 @@ def test_run_proxy_web_prints_one_tokenised_address_and_takes_the_users_browser_
         proc.wait(30)
 
 
+@pytest.mark.e2e
 def test_run_proxy_web_refuses_a_mode_this_host_cannot_run_in_one_line(tmp_path):
     """mitmweb only logs the gateway script's refusal and starts anyway; run_proxy.sh checks first."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:

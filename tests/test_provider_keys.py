@@ -304,6 +304,7 @@ def cli(tmp_path):
     return call
 
 
+@pytest.mark.e2e
 def test_register_reads_the_key_from_stdin_and_stores_only_its_hash(cli, tmp_path):
     key = app_key()
     result = cli("keys", "register-provider-key", "--account", "legacy", "--provider", "openai", "--json",
@@ -323,6 +324,7 @@ def test_register_reads_the_key_from_stdin_and_stores_only_its_hash(cli, tmp_pat
     assert all(key[6:].encode() not in path.read_bytes() for path in cli.db_files())  # nowhere in the ledger
 
 
+@pytest.mark.e2e
 def test_list_and_revoke(cli):
     first = json.loads(cli("keys", "register-provider-key", "--account", "legacy", "--provider", "openai", "--json",
                            stdin=app_key()).stdout)
@@ -338,6 +340,7 @@ def test_list_and_revoke(cli):
     assert missing.returncode != 0 and "no provider key registration pkey_nope" in missing.stderr
 
 
+@pytest.mark.e2e
 def test_a_revoked_key_can_be_registered_again(cli):
     key = app_key()
     first = json.loads(cli("keys", "register-provider-key", "--account", "a", "--provider", "openai", "--json",
@@ -352,12 +355,14 @@ def test_a_revoked_key_can_be_registered_again(cli):
     (("--provider", "openai"), "tg_sk_abcdefghijklmnop", "this is a Tollgate secret key, not a provider key"),
     (("--provider", "openai"), "sk-two words", "one line of printable ASCII"),
 ])
+@pytest.mark.e2e
 def test_bad_registrations_are_refused(cli, args, stdin, message):
     result = cli("keys", "register-provider-key", "--account", "legacy", *args, stdin=stdin, check=False)
     assert result.returncode != 0 and message in result.stderr
     assert json.loads(cli("keys", "provider-keys", "--json").stdout) == []
 
 
+@pytest.mark.e2e
 def test_a_key_registered_twice_is_refused_naming_the_registration(cli):
     key = app_key()
     first = json.loads(cli("keys", "register-provider-key", "--account", "legacy", "--provider", "openai", "--json",

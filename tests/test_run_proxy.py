@@ -8,8 +8,11 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.harness import PROJECT, clean_env, free_port
+
+pytestmark = pytest.mark.e2e  # runs ./run_proxy.sh and the gateway it starts
 
 SCRIPT = PROJECT / "run_proxy.sh"
 

@@ -108,6 +108,7 @@ def test_workers_report_their_supervisor(tmp_path, mock, private_redis):
     assert not (tmp_path / "gateway.json").exists()
 
 
+@pytest.mark.e2e
 def test_without_a_gateway_the_cli_names_the_default_and_the_missing_ca(tmp_path):
     tollgate = tollgate_cli(clean_env(TOLLGATE_RUNTIME_FILE=str(tmp_path / "none.json"),
                                       TOLLGATE_CA_BUNDLE=str(tmp_path / "bundle.pem")))

@@ -87,6 +87,7 @@ def test_the_bundle_verifies_intercepted_and_tunnelled_hosts(tmp_path, mock, mon
         gw.stop()
 
 
+@pytest.mark.e2e
 def test_the_cli_bundle_is_the_system_roots_plus_the_ca_and_follows_the_ca(tmp_path):
     tollgate = tollgate_cli(clean_env(TOLLGATE_RUNTIME_FILE=str(tmp_path / "none.json"),
                                       TOLLGATE_CA_BUNDLE=str(tmp_path / "ca-bundle.pem")))
@@ -128,6 +129,7 @@ def system_store(tmp_path):
     subprocess.run(["update-ca-certificates", "--fresh"], capture_output=True, check=True, timeout=300)
 
 
+@pytest.mark.e2e
 def test_install_and_uninstall_change_the_system_store_and_say_what_changed(system_store, tmp_path):
     make_ca(tmp_path / "conf")
     ca = tmp_path / "conf" / "mitmproxy-ca-cert.pem"

@@ -10,6 +10,8 @@ from tests.h2_provider import USAGE, H2Provider
 from tests.harness import GatewayProcess
 from tests.test_streaming_and_interception import _self_signed
 
+pytestmark = pytest.mark.e2e  # starts the gateway as a process
+
 CHAT = "/v1/forward?u=https://api.openai.com/v1/chat/completions"
 
 
