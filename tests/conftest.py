@@ -93,3 +93,13 @@ def gateway(request, mock, payhook, tmp_path_factory):
     gw.start()
     yield gw
     gw.stop()
+
+
+@pytest.fixture
+def proxied(gateway, monkeypatch):
+    """Environment of an unmodified app: HTTPS_PROXY plus the mitmproxy CA."""
+    monkeypatch.setenv("HTTPS_PROXY", gateway.url)
+    monkeypatch.setenv("SSL_CERT_FILE", str(gateway.ca))
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    return gateway

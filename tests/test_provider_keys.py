@@ -375,16 +375,6 @@ def test_a_key_registered_twice_is_refused_naming_the_registration(cli):
 
 # -- end to end: the openai SDK through HTTPS_PROXY, a real gateway and ledger ---------------------
 
-@pytest.fixture
-def proxied(gateway, monkeypatch):
-    """An unmodified app's environment: HTTPS_PROXY and the mitmproxy CA, and its own provider key."""
-    monkeypatch.setenv("HTTPS_PROXY", gateway.url)
-    monkeypatch.setenv("SSL_CERT_FILE", str(gateway.ca))
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    monkeypatch.delenv("no_proxy", raising=False)
-    return gateway
-
-
 def chat(key: str):
     return openai.OpenAI(api_key=key, max_retries=0).chat.completions.with_raw_response.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])

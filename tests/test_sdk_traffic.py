@@ -25,16 +25,6 @@ ANTHROPIC = TokenUsage(input_tokens=23 + 7 + 5, cache_read_tokens=5, cache_write
 GEMINI = TokenUsage(input_tokens=29, cache_read_tokens=8, output_tokens=15 + 6, reasoning_tokens=6)
 
 
-@pytest.fixture
-def proxied(gateway, monkeypatch):
-    """Environment of an unmodified app: HTTPS_PROXY plus the mitmproxy CA."""
-    monkeypatch.setenv("HTTPS_PROXY", gateway.url)
-    monkeypatch.setenv("SSL_CERT_FILE", str(gateway.ca))
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    monkeypatch.delenv("no_proxy", raising=False)
-    return gateway
-
-
 def assert_row(gateway, request_id, provider, model, usage, *, streamed, endpoint):
     row = gateway.request_row(request_id)
     assert (row["provider"], row["model"], row["endpoint"], row["status"], row["streamed"]) == (

@@ -56,14 +56,19 @@ def create_key(name: str, account_name: str = DEFAULT_ACCOUNT) -> tuple[ApiKey, 
     return row, secret
 
 
+def _revoke(model, row_id: str, what: str):
+    """Mark a key or registration revoked, once; the row stays for the ledger's history."""
+    row = model.get_or_none(model.id == row_id)
+    if row is None:
+        raise LookupError(f"no {what} {row_id}")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        row.save()
+    return row
+
+
 def revoke_key(key_id: str) -> ApiKey:
-    key = ApiKey.get_or_none(ApiKey.id == key_id)
-    if key is None:
-        raise LookupError(f"no key {key_id}")
-    if key.revoked_at is None:
-        key.revoked_at = utcnow()
-        key.save()
-    return key
+    return _revoke(ApiKey, key_id, "key")
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,13 +140,7 @@ def provider_keys() -> list[dict]:
 
 
 def revoke_provider_key(registration_id: str) -> ProviderKeyRow:
-    row = ProviderKeyRow.get_or_none(ProviderKeyRow.id == registration_id)
-    if row is None:
-        raise LookupError(f"no provider key registration {registration_id}")
-    if row.revoked_at is None:
-        row.revoked_at = utcnow()
-        row.save()
-    return row
+    return _revoke(ProviderKeyRow, registration_id, "provider key registration")
 
 
 @dataclass(frozen=True, slots=True)
