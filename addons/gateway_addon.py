@@ -265,15 +265,16 @@ class Gateway:
                 provider, forward_key = routed
             await self._forward(flow, provider, request_id, forward_key)
         except GatewayError as e:
-            flow.response = json_response(e.status, e.body(), request_id)
-            flow.comment = flow_notes.refused_comment(e.status, e.code, e.message, request_id)
-            flow.marked = flow_notes.REFUSED
+            self._refuse(flow, e, request_id)
         except Exception:
             log.exception("tollgate: internal error on request %s", request_id)
-            error = GatewayError("internal_error", "the gateway failed to handle this request")
-            flow.response = json_response(500, error.body(), request_id)
-            flow.comment = flow_notes.refused_comment(500, error.code, error.message, request_id)
-            flow.marked = flow_notes.REFUSED
+            self._refuse(flow, GatewayError("internal_error", "the gateway failed to handle this request"), request_id)
+
+    @staticmethod
+    def _refuse(flow: http.HTTPFlow, error: GatewayError, request_id: str) -> None:
+        flow.response = json_response(error.status, error.body(), request_id)
+        flow.comment = flow_notes.refused_comment(error.status, error.code, error.message, request_id)
+        flow.marked = flow_notes.REFUSED
 
     def _route_gateway_endpoint(self, flow: http.HTTPFlow, request_id: str) -> tuple[Provider, str | None] | None:
         """Answer /healthz, or aim a /v1/forward request at its provider; returns it and `key`."""
@@ -404,7 +405,7 @@ class Gateway:
         cost = self._cost(state.provider, model, usage, at=datetime.fromtimestamp(state.started, UTC))
         billable = is_billable(status, result.source)
         source = price_guard.price_source(state.meter, cost.source, status)
-        price_guard.warn_once(source, state.provider.id, model, flow.request.path.partition("?")[0])
+        price_guard.warn_once(source, state.provider.id, model, flow.request.path)
         merchant_charge, customer_byok_fee = self.cashier.charges(state.request_id, plan, cost.total_nanos, billable)
         units = (
             meters.units_of(plan.meter, usage, characters=state.meter.prompt_chars, audio_seconds=state.meter.audio_seconds)

@@ -94,10 +94,10 @@ class Warnings:
     def __init__(self) -> None:
         self._seen: set[tuple[str, str, str]] = set()
 
-    def flagged(self, source: str, provider: str, model: str | None, endpoint_path: str | None = None) -> None:
+    def flagged(self, source: str, provider: str, model: str | None, path: str | None = None) -> None:
         if source not in ("unpriced", "unmetered"):
             return
-        what = (model or "?") if source == "unpriced" else (endpoint_path or "?")
+        what = (model or "?") if source == "unpriced" else ((path or "").partition("?")[0] or "?")
         key = (source, provider, what[:200])
         if key in self._seen or len(self._seen) >= _WARNED_MAX:
             return
@@ -113,6 +113,7 @@ class Warnings:
 _warnings = Warnings()
 
 
-def warn_once(source: str, provider: str, model: str | None, endpoint_path: str | None = None) -> None:
-    """Log a flagged (unpriced or unmetered) request, once per model or endpoint in this process."""
-    _warnings.flagged(source, provider, model, endpoint_path)
+def warn_once(source: str, provider: str, model: str | None, path: str | None = None) -> None:
+    """Log a flagged (unpriced or unmetered) request, once per model or endpoint path (its query dropped)
+    in this process."""
+    _warnings.flagged(source, provider, model, path)
