@@ -335,6 +335,16 @@ def _plan(provider: Provider, model_info: ModelInfo, model_price: ModelPrice, at
     return entry[3]
 
 
+def _who_prices(
+    model: str, provider_id: str, pricing_id: str | None, overrides: tuple[Override, ...] | None
+) -> tuple[str, Override | tuple[Provider, ModelInfo] | bool]:
+    """The model name as priced, and _route's answer for it (False: nobody, an empty name included)."""
+    model = model.removeprefix("models/")  # Gemini's resource name; genai-prices matches few such names
+    if not model:
+        return model, False
+    return model, _route(provider_id, pricing_id, model, shipped_overrides() if overrides is None else tuple(overrides))
+
+
 def price(
     usage: TokenUsage,
     *,
@@ -349,10 +359,7 @@ def price(
     `at` is when the request ran (default: now); some prices depend on it, e.g. DeepSeek's
     off-peak hours and dated price changes.
     """
-    model = model.removeprefix("models/")  # Gemini's resource name; genai-prices matches few such names
-    if not model:
-        return UNPRICED
-    route = _route(provider_id, pricing_id, model, shipped_overrides() if overrides is None else tuple(overrides))
+    model, route = _who_prices(model, provider_id, pricing_id, overrides)
     if route is False:
         return UNPRICED
     counts = _clamped(usage)
@@ -369,10 +376,7 @@ def price_source(
     *, model: str, provider_id: str, pricing_id: str | None, overrides: tuple[Override, ...] | None = None
 ) -> Source:
     """Who would price this model, without pricing anything: what the gateway checks before forwarding."""
-    model = model.removeprefix("models/")
-    if not model:
-        return "unpriced"
-    route = _route(provider_id, pricing_id, model, shipped_overrides() if overrides is None else tuple(overrides))
+    _, route = _who_prices(model, provider_id, pricing_id, overrides)
     if route is False:
         return "unpriced"
     return "override" if isinstance(route, Override) else "catalog"
