@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import datetime
 
-from addons.ledger.bulk import bulk_insert, execute, on_postgres
+from addons.ledger.bulk import bulk_insert, execute, for_update
 from addons.ledger.models import LedgerEntry, MeterRow, MeterUsage, utcnow
 from addons.ledger.writer import CommitReport, UsageRecord
 from pricing import meters
@@ -29,10 +29,6 @@ def is_billable(status: int | None, usage_source: str) -> bool:
 def cycle_start(at: datetime) -> datetime:
     """Billing cycles are calendar months in UTC."""
     return at.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-
-
-def _for_update() -> str:
-    return " FOR UPDATE" if on_postgres() else ""  # SQLite: the writer's transaction is IMMEDIATE already
 
 
 class RunningTotals:
@@ -54,7 +50,7 @@ class RunningTotals:
         bulk_insert(MeterUsage, ("wallet", "meter", "cycle_start", "units_micro"),
                     [(w, m, c, 0) for w, m, c in sorted(keys)], ignore_duplicates=True)
         rows = execute('SELECT "id", "wallet_id", "meter_id", "cycle_start", "units_micro" FROM "meter_usage" '
-                       'WHERE "wallet_id" IN %(list)s ORDER BY "id"' + _for_update(), {w for w, _, _ in keys})
+                       'WHERE "wallet_id" IN %(list)s ORDER BY "id"' + for_update(), {w for w, _, _ in keys})
         for row_id, wallet_id, meter_id, cycle, units in rows:
             key = (wallet_id, meter_id, cycle if isinstance(cycle, datetime) else datetime.fromisoformat(cycle))
             if key in keys:
@@ -82,7 +78,7 @@ def apply_charges(records: list[UsageRecord]) -> CommitReport:
     customer_wallets = {r.customer_wallet_id for r in records if r.customer_wallet_id}
     wallet_ids = sorted({r.wallet_id for r in records} | customer_wallets)
     balances = dict(execute('SELECT "id", "balance_nanos" FROM "wallet" WHERE "id" IN %(list)s ORDER BY "id"'
-                            + _for_update(), wallet_ids))
+                            + for_update(), wallet_ids))
     overdraft = dict(execute('SELECT "wallet_id", "overdraft_limit_nanos" FROM "customer" WHERE "wallet_id" IN %(list)s',
                              customer_wallets)) if customer_wallets else {}
     totals = RunningTotals(records)

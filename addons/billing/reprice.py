@@ -26,7 +26,7 @@ from decimal import Decimal
 
 from addons.billing.charges import is_billable
 from addons.billing.plan import byok_fee
-from addons.ledger.bulk import execute, on_postgres
+from addons.ledger.bulk import execute, for_update
 from addons.ledger.models import Customer, LedgerEntry, MeterRow, RequestRow, Wallet, database, utcnow
 from addons.settings import BillingSettings
 from pricing import meters
@@ -46,10 +46,6 @@ class Repriced:
     merchant_nanos: int  # debited from the merchant's wallet now
     customer_nanos: int  # debited from the customer's balance now
     customer_uncollected_nanos: int  # the part of the customer's fee its balance could not cover
-
-
-def _for_update() -> str:
-    return " FOR UPDATE" if on_postgres() else ""
 
 
 def _cost(row: RequestRow, pricing_ids: Mapping[str, str | None], overrides: tuple[Override, ...]):
@@ -90,7 +86,7 @@ def _debit(wallet_id: str, amount: int, request_id: str, now: datetime) -> None:
 
 def _apply(request_id: str, pricing_ids, overrides, billing: BillingSettings, dry_run: bool) -> Repriced | None:
     # Locked first (SQLite: the transaction is IMMEDIATE), so two runs cannot both charge the row.
-    execute('SELECT "id" FROM "request" WHERE "id" = %s' + _for_update(), request_id)
+    execute('SELECT "id" FROM "request" WHERE "id" = %s' + for_update(), request_id)
     row = RequestRow.select().where(RequestRow.id == request_id, RequestRow.price_source == "unpriced").first()
     if row is None:  # another run took it meanwhile
         return None
@@ -103,7 +99,7 @@ def _apply(request_id: str, pricing_ids, overrides, billing: BillingSettings, dr
                 if customer_fee else None)
     collected = 0
     if customer is not None:
-        balance = next(iter(execute('SELECT "balance_nanos" FROM "wallet" WHERE "id" = %s' + _for_update(),
+        balance = next(iter(execute('SELECT "balance_nanos" FROM "wallet" WHERE "id" = %s' + for_update(),
                                     customer.wallet_id)))[0]
         collected = min(customer_fee, max(0, balance + customer.overdraft_limit_nanos))
     result = Repriced(row.id, row.provider, row.model, cost.source, cost.total_nanos, merchant, collected,

@@ -24,6 +24,11 @@ def on_postgres() -> bool:
     return isinstance(database.obj, PostgresqlDatabase)
 
 
+def for_update() -> str:
+    """Row locks for a read-then-write: SQLite's transaction is IMMEDIATE already, and has no FOR UPDATE."""
+    return " FOR UPDATE" if on_postgres() else ""
+
+
 @functools.cache
 def _native(sql: str, postgres: bool) -> str:
     """`sql` uses psycopg2's %s placeholders and writes a list parameter as `IN %(list)s`."""
