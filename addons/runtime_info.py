@@ -30,6 +30,7 @@ from pathlib import Path
 from mitmproxy import ctx
 
 from addons.catalog import Catalog
+from addons.files import write_atomically
 from addons.settings import PROJECT_ROOT
 from addons.workers import PID_ENV  # set in the workers' environment
 
@@ -61,20 +62,6 @@ def read_running(path: Path | None = None) -> dict | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) and pid_alive(data.get("pid")) else None
-
-
-def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 class RuntimeInfo:

@@ -20,6 +20,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from addons.files import write_atomically
 from addons.settings import PROJECT_ROOT
 
 CA_FILE = "mitmproxy-ca-cert.pem"
@@ -55,11 +56,7 @@ def write_bundle(ca: Path, path: Path | None = None, roots: Path | None = None) 
             return path
     except OSError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.chmod(0o644)  # certificates, no secret: apps running as other users read it
-    os.replace(tmp, path)
+    write_atomically(path, text, 0o644)  # certificates, no secret: apps running as other users read it
     return path
 
 
