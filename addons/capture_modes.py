@@ -170,6 +170,44 @@ def refusal(specs: Sequence[str], listen_host: str = "", listen_port: int | None
     return None
 
 
+@dataclass(frozen=True)
+class ListenOptions:
+    """What the mode checks need of a command line: modes, listen address, confdir."""
+
+    modes: list[str]
+    listen_host: str = ""
+    listen_port: int | None = None
+    confdir: str = "~/.mitmproxy"
+
+
+def listen_options(argv: Sequence[str]) -> ListenOptions:
+    """Read from mitmproxy-style arguments (`--mode`/`-m`, `--listen-host`, `--listen-port`/`-p`, and the
+    same as `--set NAME=VALUE`); every other argument is ignored, and so is a value that does not parse
+    (the proxy itself reports it). mitmproxy's own parser would need every addon loaded."""
+    import argparse
+
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    parser.add_argument("-m", "--mode", action="append")
+    parser.add_argument("--listen-host")
+    parser.add_argument("-p", "--listen-port")
+    parser.add_argument("--set", action="append", dest="setoptions")
+    try:
+        args, _ = parser.parse_known_args(argv)
+    except argparse.ArgumentError:  # e.g. an option missing its value
+        return ListenOptions(["regular"])
+    values = {"mode": args.mode, "listen_host": args.listen_host, "listen_port": args.listen_port}
+    confdir = None
+    for assignment in args.setoptions or ():
+        name, _, value = assignment.partition("=")
+        if name in values:
+            values[name] = [value] if name == "mode" else value
+        elif name == "confdir":
+            confdir = value
+    port = values["listen_port"]
+    return ListenOptions(values["mode"] or ["regular"], values["listen_host"] or "",
+                         int(port) if port and port.isdigit() else None, confdir or "~/.mitmproxy")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m addons.capture_modes [mitmweb arguments]`: run_proxy.sh --web checks the modes first.
 
@@ -177,25 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     listeners anyway (a local mode then prints the redirector's BPF dump); so the check runs before
     mitmweb does, on the same arguments, and prints the one line tollgate-proxy would.
     """
-    import argparse
-
-    parser = argparse.ArgumentParser(add_help=False)  # mitmproxy's own parser needs every addon loaded
-    parser.add_argument("-m", "--mode", action="append")
-    parser.add_argument("--listen-host")
-    parser.add_argument("-p", "--listen-port", type=int)
-    parser.add_argument("--set", action="append", dest="setoptions")
-    args, _ = parser.parse_known_args(argv)  # every other argument is mitmweb's business
-    values = {"mode": args.mode or ["regular"], "listen_host": args.listen_host or "",
-              "listen_port": args.listen_port, "confdir": "~/.mitmproxy"}
-    for assignment in args.setoptions or ():
-        name, _, value = assignment.partition("=")
-        if name in ("listen_host", "confdir"):
-            values[name] = value
-        elif name == "listen_port" and value.isdigit():
-            values[name] = int(value)
-        elif name == "mode":
-            values["mode"] = [value]
-    if why := refusal(values["mode"], values["listen_host"], values["listen_port"], values["confdir"]):
+    opts = listen_options(sys.argv[1:] if argv is None else argv)
+    if why := refusal(opts.modes, opts.listen_host, opts.listen_port, opts.confdir):
         print(f"mitmweb: {why}", file=sys.stderr)
         return 1
     return 0

@@ -260,27 +260,15 @@ def worker_count(requested: str, worker_args: Sequence[str]) -> int:
     return int(requested)
 
 
-def _option_values(worker_args: Sequence[str], names: tuple[str, ...]) -> list[str]:
-    """Every value of an option given as `NAME VALUE` or `--name=VALUE` among the tollgate-proxy options."""
-    values, args = [], iter(worker_args)
-    for arg in args:
-        if arg in names:
-            values.append(next(args, ""))
-        elif arg.startswith("--") and arg.partition("=")[0] in names:
-            values.append(arg.partition("=")[2])
-    return values
-
-
 def shared_mode_refusal(worker_args: Sequence[str]) -> str | None:
     """Refused before any worker starts: modes the workers cannot share (WireGuard, local, UDP)."""
-    from addons.capture_modes import worker_refusal  # here: mitmproxy is not imported when not needed
+    from addons.capture_modes import listen_options, worker_refusal  # here: mitmproxy is not imported when not needed
 
-    ports = _option_values(worker_args, ("--listen-port", "-p"))
+    opts = listen_options(worker_args)
     try:
-        port = int(ports[-1]) if ports else None
-        return worker_refusal(_option_values(worker_args, ("--mode", "-m")) or ["regular"], port)
+        return worker_refusal(opts.modes, opts.listen_port)
     except ValueError:
-        return None  # a bad spec or port: the worker says so
+        return None  # a bad spec: the worker says so
 
 
 def main(argv: Sequence[str] | None = None) -> int:

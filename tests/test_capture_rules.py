@@ -16,7 +16,6 @@ from addons import capture, capture_modes
 from addons.catalog import load_catalog
 from addons.launcher import RedirectorWatch
 from addons.routing import addressed_to_gateway, provider_for
-from addons.workers import _option_values
 from tests.test_gateway_addon import PROVIDER_KEY, api_flow, gw, run, secret_key  # noqa: F401 - gw is a fixture
 
 CATALOG = load_catalog()
@@ -227,8 +226,9 @@ def test_which_modes_workers_can_share(specs, port, shareable):
 
 def test_workers_read_modes_from_the_proxy_options():
     args = ["--listen-port", "9090", "--mode", "regular", "-m", "wireguard", "--mode=local:curl", "--set", "x=1"]
-    assert _option_values(args, ("--mode", "-m")) == ["regular", "wireguard", "local:curl"]
-    assert _option_values(args, ("--listen-port", "-p")) == ["9090"]
+    opts = capture_modes.listen_options(args)
+    assert opts.modes == ["regular", "wireguard", "local:curl"]
+    assert opts.listen_port == 9090
 
 
 # What mitmproxy's redirector printed on this project's test host (kernel 6.18, hybrid cgroups), abridged.
