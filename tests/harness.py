@@ -134,6 +134,12 @@ class GatewayProcess:
     def cli_json(self, *args: str):
         return json.loads(self.cli(*args, "--json").stdout)
 
+    def fund(self, amount: str = "10") -> str:
+        """`tollgate init` and a wallet top-up, as a first run does; the admin key, also as .admin_key."""
+        self.admin_key = self.cli_json("init")["secret_key"]
+        self.cli("wallet", "topup", amount)
+        return self.admin_key
+
     def start(self) -> None:
         script = ["-s", str(PROJECT / "addons" / "gateway.py")]
         launch = {"tollgate-proxy": [str(BIN / "tollgate-proxy")], "mitmdump": [str(BIN / "mitmdump"), *script],

@@ -259,8 +259,7 @@ def transparent(request, tmp_path, app_dir):
                 redis_url = redis.url
             gateway = GatewayProcess(tmp_path, f"sqlite:///{tmp_path}/ledger.db", {"openai": mock.url},
                                      redis_url=redis_url, args=args)
-            gateway.admin_key = gateway.cli_json("init")["secret_key"]
-            gateway.cli("wallet", "topup", "10")
+            gateway.fund()
             if request.param == "two workers":
                 start_workers(gateway, 2)
             else:
@@ -372,8 +371,7 @@ def wireguard(request, tmp_path, app_dir):
             started.append(mock.stop)
             gateway = GatewayProcess(tmp_path, f"sqlite:///{tmp_path}/ledger.db", {"openai": mock.url},
                                      args=("--mode", "regular", "--mode", f"wireguard@{WG_SERVER}:{WG_PORT}"))
-            gateway.admin_key = gateway.cli_json("init")["secret_key"]
-            gateway.cli("wallet", "topup", "10")
+            gateway.fund()
             gateway.start()
             started.append(gateway.stop)
         client = WireGuardClient(app_ns, gateway.confdir / "wireguard.conf", tmp_path)
@@ -572,8 +570,7 @@ def test_local_mode_meters_programs_captured_by_name(request, tmp_path, app_dir)
             started.append(mock.stop)
             gateway = GatewayProcess(tmp_path, f"sqlite:///{tmp_path}/ledger.db", {"openai": mock.url},
                                      args=("--mode", "regular", "--mode", f"local:{curl.name},{python.name}"))
-            gateway.admin_key = gateway.cli_json("init")["secret_key"]
-            gateway.cli("wallet", "topup", "10")
+            gateway.fund()
             started.append(gateway.stop)
             start_local_gateway(gateway, wrap)
         scene = Scene(ns, gateway, app_user, app_dir)

@@ -23,8 +23,7 @@ CHAT = "/v1/forward?u=https://api.openai.com/v1/chat/completions"
 def funded_gateway(tmp_path, url: str, mock, **kw) -> GatewayProcess:
     """A started gateway with an admin key and $10 in its wallet (`opening`)."""
     gateway = GatewayProcess(tmp_path, url, {"openai": mock.url}, prices=[MOCK_MODEL_PRICE], **kw)
-    gateway.admin_key = gateway.cli_json("init")["secret_key"]
-    gateway.cli("wallet", "topup", "10")
+    gateway.fund()
     gateway.opening = Decimal(gateway.cli_json("wallet")["balance"])
     gateway.start()
     return gateway

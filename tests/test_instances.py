@@ -40,8 +40,7 @@ def instances(mock, hot_store, tmp_path_factory):
     pair = [GatewayProcess(tmp_path_factory.mktemp(f"instance{i}"), url, {"openai": mock.url},
                            prices=[MOCK_MODEL_PRICE], redis_url=REDIS_URL) for i in range(2)]
     first = pair[0]
-    first.admin_key = first.cli_json("init")["secret_key"]
-    first.cli("wallet", "topup", "100")
+    first.fund("100")
     first.cli("meters", "create", "per-request", "--rate-type", "fixed", "--unit", "requests", "--tier", "0:0.01")
     for gateway in pair:
         gateway.start()

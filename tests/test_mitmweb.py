@@ -48,8 +48,7 @@ def web(provider, tmp_path_factory):
                         prices=[MOCK_MODEL_PRICE, {**MOCK_MODEL_PRICE, "provider": "anthropic"},
                                 {**MOCK_MODEL_PRICE, "provider": "gemini"}], launcher="mitmweb",
                         options={"upstream_auth": f"proxyuser:{UPSTREAM_PROXY_PASSWORD}"})
-    gw.admin_key = gw.cli_json("init")["secret_key"]
-    gw.cli("wallet", "topup", "10")
+    gw.fund()
     gw.cli("meters", "create", "chat", "--rate-type", "fixed", "--unit", "tokens_1m", "--tier", "0:3.00")
     gw.cli("customers", "create", "cus_42", "--balance", "10")
     gw.token = encode_forward_token(ForwardToken(gw.admin_key, customer_id="cus_42", meter_slug="chat"))

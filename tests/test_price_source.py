@@ -175,8 +175,7 @@ def test_open_database_adds_price_source_to_an_older_ledger(ledger_url):
 def start_gateway(tmp, mock, url: str, pricing: dict | None = None) -> GatewayProcess:
     settings = {"pricing": pricing} if pricing is not None else {}
     gw = GatewayProcess(tmp, url, {"openai": mock.url}, prices=[MOCK_MODEL_PRICE], settings=settings)
-    gw.admin_key = gw.cli_json("init")["secret_key"]
-    gw.cli("wallet", "topup", "10")
+    gw.fund()
     gw.start()
     return gw
 

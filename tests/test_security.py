@@ -58,8 +58,7 @@ def start(tmp, mock, unreachable=(), **kwargs) -> GatewayProcess:
     upstreams = {p: mock.url for p in ("openai", "anthropic", "gemini")}
     upstreams |= dict.fromkeys(unreachable, "http://127.0.0.1:9")
     gw = GatewayProcess(tmp, f"sqlite:///{tmp}/ledger.db", upstreams, **kwargs)
-    gw.admin_key = gw.cli_json("init")["secret_key"]
-    gw.cli("wallet", "topup", "10")
+    gw.fund()
     gw.start()
     return gw
 

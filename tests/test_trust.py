@@ -62,8 +62,7 @@ class TlsServer:
 
 def test_the_bundle_verifies_intercepted_and_tunnelled_hosts(tmp_path, mock, monkeypatch):
     gw = GatewayProcess(tmp_path, f"sqlite:///{tmp_path}/ledger.db", {"openai": mock.url})
-    admin = gw.cli_json("init")["secret_key"]
-    gw.cli("wallet", "topup", "5")
+    admin = gw.fund("5")
     public_root = make_ca(tmp_path / "public-root")  # stands in for the system's roots, offline
     roots = tmp_path / "system-roots.pem"
     roots.write_bytes((tmp_path / "public-root" / "mitmproxy-ca-cert.pem").read_bytes())

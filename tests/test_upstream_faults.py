@@ -301,8 +301,7 @@ def strict(request, mock, blackhole, tmp_path_factory):
         settings={"timeouts": LIMITS}, providers={"anthropic": {"timeouts": {"first_byte": None}}},
         options={"tollgate_upstream_retries": 2, "tollgate_upstream_retry_max_wait_ms": 600},
     )
-    gw.admin_key = gw.cli_json("init")["secret_key"]
-    gw.cli("wallet", "topup", "100")
+    gw.fund("100")
     gw.start()
     yield gw
     gw.stop()

@@ -24,8 +24,7 @@ def h2_gateway(request, tmp_path):
                              {"openai": f"https://localhost:{provider.port}"}, prices=[MOCK_MODEL_PRICE],
                              args=["--set", f"tollgate_upstream_http2={http2}",
                                          "--set", f"ssl_verify_upstream_trusted_ca={cert}"])
-    gateway.admin_key = gateway.cli_json("init")["secret_key"]
-    gateway.cli("wallet", "topup", "10")
+    gateway.fund()
     gateway.start()
     yield gateway, provider
     gateway.stop()

@@ -143,8 +143,7 @@ def bare(tmp_path, mock):
 @pytest.fixture
 def lean(bare):
     """... with the admin key and a funded wallet, as after `./run_proxy.sh` and `tollgate wallet topup`."""
-    bare.admin_key = bare.cli_json("init")["secret_key"]
-    bare.cli("wallet", "topup", "100")
+    bare.fund("100")
     return bare
 
 
