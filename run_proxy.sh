@@ -3,7 +3,7 @@
 #   ./run_proxy.sh [--workers N] [mitmproxy args...]
 #                                        set up .venv and the ledger, then run the gateway on a lean
 #                                        mitmproxy (tollgate-proxy): N processes sharing the port
-#                                        (SO_REUSEPORT, supervised by addons/workers.py); default one
+#                                        (SO_REUSEPORT, supervised by addons/runtime/workers.py); default one
 #                                        per core when Redis is configured (shared holds), else one
 #   ./run_proxy.sh --web [args...]       mitmweb instead, one process with all of mitmproxy's addons
 #                                        and its UI on 127.0.0.1:8081 (for interactive inspection)
@@ -103,8 +103,8 @@ if [ "$mode" = web ]; then
         case "$arg" in *web_open_browser*|--web-open-browser|--no-web-open-browser) browser=() ;; esac
     done
     # a capture mode this host cannot run: one line, as tollgate-proxy says it, before mitmweb starts
-    .venv/bin/python -m addons.capture_modes "${defaults[@]}" "$@" || exit 1
+    .venv/bin/python -m addons.host.capture_modes "${defaults[@]}" "$@" || exit 1
     exec .venv/bin/mitmweb "${defaults[@]}" -s addons/gateway.py ${browser[@]+"${browser[@]}"} "$@"
 else
-    exec .venv/bin/python -m addons.workers --workers "$workers" -- "${defaults[@]}" "$@"
+    exec .venv/bin/python -m addons.runtime.workers --workers "$workers" -- "${defaults[@]}" "$@"
 fi

@@ -318,7 +318,7 @@ def pg_backend_pids(db: str) -> list[int]:
 def start_tollgate(kind: str, mock_port: int, launcher: str = "lean", workers: int = 0) -> tuple[Target, Target]:
     """kind: sqlite | pg (PostgreSQL + Redis). launcher: lean (`tollgate-proxy`, what run_proxy.sh runs) or
     script (`mitmdump -s addons/gateway.py`, the reference for the lean launcher's gain). workers > 0: run
-    through the worker supervisor (`python -m addons.workers --workers N`, as `run_proxy.sh --workers N`),
+    through the worker supervisor (`python -m addons.runtime.workers --workers N`, as `run_proxy.sh --workers N`),
     with Redis, on both CPUs."""
     import yaml
     name = f"tollgate-{kind}" + ("-script" if launcher == "script" else "") + (f"-w{workers}" if workers else "")
@@ -349,7 +349,7 @@ def start_tollgate(kind: str, mock_port: int, launcher: str = "lean", workers: i
     confdir = tmp / "mitmproxy"
     common = ["-q", "--listen-host", "127.0.0.1", "--listen-port", str(port), "--set", f"confdir={confdir}"]
     if workers:
-        argv = [str(VENV_BIN / "python"), "-m", "addons.workers", "--workers", str(workers), "--", *common]
+        argv = [str(VENV_BIN / "python"), "-m", "addons.runtime.workers", "--workers", str(workers), "--", *common]
     elif launcher == "script":
         argv = [str(VENV_BIN / "mitmdump"), "-s", str(PROJECT / "addons" / "gateway.py"), *common]
     else:

@@ -7,9 +7,16 @@ import subprocess
 import pytest
 
 from addons.ledger.models import database, open_database
-from tests.harness import GatewayProcess, PaymentHook, fresh_postgres_database
+
 # Fixtures for every test module:
-from tests.harness import private_postgres, private_postgres_cluster, private_redis  # noqa: F401
+from tests.harness import (  # noqa: F401
+    GatewayProcess,
+    PaymentHook,
+    fresh_postgres_database,
+    private_postgres,
+    private_postgres_cluster,
+    private_redis,
+)
 from tests.mock_provider import MockProvider
 
 MOCK_MODEL_PRICE = {"provider": "openai", "model": "mock-*", "input_mtok": "1.00", "output_mtok": "2.00"}

@@ -14,6 +14,7 @@ import pytest
 
 from addons.billing import events
 from addons.billing.autopay import AutoTopUp, _HttpPost, sign, verify_signature
+from addons.core.settings import AutopaySettings
 from addons.ledger.accounts import audit_wallets, credit_wallet, ensure_account, wallet_balance
 from addons.ledger.models import (
     Customer,
@@ -25,7 +26,6 @@ from addons.ledger.models import (
     new_id,
     utcnow,
 )
-from addons.settings import AutopaySettings
 from tests.harness import free_port
 
 USD = 10**9

@@ -32,7 +32,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from addons import capture, capture_modes
+from addons.host import capture, capture_modes
 from pricing.cost import price
 from pricing.money import format_usd
 from pricing.usage import TokenUsage
@@ -278,7 +278,7 @@ def transparent(request, tmp_path, app_dir):
 
 def start_workers(gateway: GatewayProcess, n: int) -> None:
     """`./run_proxy.sh --workers N`: the supervisor and N tollgate-proxy workers sharing the port."""
-    command = [sys.executable, "-m", "addons.workers", "--workers", str(n), "--",
+    command = [sys.executable, "-m", "addons.runtime.workers", "--workers", str(n), "--",
                "--listen-host", "127.0.0.1", "--listen-port", str(gateway.port), "--set", f"confdir={gateway.confdir}",
                *(arg for name, value in gateway.options.items() for arg in ("--set", f"{name}={value}")), *gateway.args]
     env = {**gateway.env, "PYTHONPATH": str(PROJECT)}
@@ -470,7 +470,7 @@ def test_wireguard_on_a_taken_port_is_refused_in_one_line(tmp_path):
 def test_workers_refuse_modes_they_cannot_share_before_starting_any(tmp_path, mode):
     env = clean_env(PYTHONPATH=str(PROJECT))
     start = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "addons.workers", "--workers", "2", "--", "--mode", mode,
+    result = subprocess.run([sys.executable, "-m", "addons.runtime.workers", "--workers", "2", "--", "--mode", mode,
                              "--set", "tollgate_redis_url=redis://127.0.0.1:1/0"],
                             env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert result.returncode == 1 and time.monotonic() - start < 15
@@ -532,7 +532,7 @@ def start_local_gateway(gateway: GatewayProcess, wrap: tuple[str, ...]) -> None:
                 pytest.skip(f"the kernel refuses the eBPF redirector: {failed[0]}")
             raise AssertionError(f"the gateway did not start local mode: {log}")
         time.sleep(0.1)
-    time.sleep(0.5)  # a redirector that fails right after starting stops the gateway (addons.launcher)
+    time.sleep(0.5)  # a redirector that fails right after starting stops the gateway (addons.runtime.launcher)
     assert gateway.proc.poll() is None, gateway.log.read_text()
 
 

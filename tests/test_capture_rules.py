@@ -12,10 +12,10 @@ import subprocess
 import pytest
 from mitmproxy.proxy import mode_specs
 
-from addons import capture, capture_modes
-from addons.catalog import load_catalog
-from addons.launcher import RedirectorWatch
-from addons.routing import addressed_to_gateway, provider_for
+from addons.core.catalog import load_catalog
+from addons.host import capture, capture_modes
+from addons.proxy.routing import addressed_to_gateway, provider_for
+from addons.runtime.launcher import RedirectorWatch
 from tests.test_gateway_addon import PROVIDER_KEY, api_flow, gw, run, secret_key  # noqa: F401 - gw is a fixture
 
 CATALOG = load_catalog()

@@ -3,7 +3,7 @@ import re
 import pytest
 from genai_prices.data import providers as genai_providers
 
-from addons.catalog import Timeouts, load_catalog, parse_providers
+from addons.core.catalog import Timeouts, load_catalog, parse_providers
 
 GENAI = {p.id: p for p in genai_providers}
 REQUIRED_IDS = set(

@@ -13,10 +13,10 @@ from datetime import datetime, timedelta
 
 import pytest
 
+from addons.auth.signed_tokens import verify_signed_token
 from addons.billing.charges import apply_charges
 from addons.ledger.models import Account, Event, MeterRow, RequestRow, Wallet, database, open_database, utcnow
 from addons.ledger.writer import HoldRecord, UsageRecord, write_batch
-from addons.signed_tokens import verify_signed_token
 from tests.harness import clean_env, tollgate_cli
 
 pytestmark = pytest.mark.e2e  # runs the `tollgate` CLI as a process

@@ -6,7 +6,7 @@ import re
 import pytest
 from mitmproxy import http
 
-from addons.credentials import (
+from addons.auth.credentials import (
     CREDENTIAL_HEADERS,
     GATEWAY_HEADER_PREFIXES,
     CallerCredential,
@@ -19,7 +19,7 @@ from addons.credentials import (
     read_credential,
     strip_gateway_credentials,
 )
-from addons.errors import BadRequest, Unauthorized
+from addons.core.errors import BadRequest, Unauthorized
 
 SECRET = "tg_sk_" + "A" * 43
 # Chosen so the standard encoding holds '+', '/' and '=' padding, which URL-safe forms replace.

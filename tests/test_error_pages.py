@@ -4,8 +4,8 @@ import pytest
 from mitmproxy.net.http import http1
 from mitmproxy.proxy.layers.http import _http1
 
-from addons import error_pages
-from addons.error_pages import json_error_response, strip_tag
+from addons.proxy import error_pages
+from addons.proxy.error_pages import json_error_response, strip_tag
 
 TAG = error_pages._TAG  # what install() appends to mitmproxy's message before the request id
 

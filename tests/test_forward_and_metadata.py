@@ -2,10 +2,10 @@ import json
 
 import pytest
 
-from addons.catalog import load_catalog
-from addons.errors import BadRequest
-from addons.forward import parse_forward_target, sdk_query, sdk_target
-from addons.metadata import parse_metadata
+from addons.core.catalog import load_catalog
+from addons.core.errors import BadRequest
+from addons.proxy.forward import parse_forward_target, sdk_query, sdk_target
+from addons.proxy.metadata import parse_metadata
 
 
 @pytest.fixture(scope="module")

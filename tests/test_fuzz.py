@@ -21,15 +21,15 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from mitmproxy import http
 
-from addons import metering
-from addons.catalog import load_catalog
-from addons.credentials import CREDENTIAL_HEADERS, decode_forward_token, hash_secret, read_credential
-from addons.errors import BadRequest, GatewayError, Unauthorized
-from addons.forward import parse_forward_target
-from addons.metadata import parse_metadata
-from addons.metering import Meter
-from addons.signed_tokens import SIGNED_PREFIX, issue_signed_token, verify_signed_token
-from addons.sse import SSEDecoder
+from addons.auth.credentials import CREDENTIAL_HEADERS, decode_forward_token, hash_secret, read_credential
+from addons.auth.signed_tokens import SIGNED_PREFIX, issue_signed_token, verify_signed_token
+from addons.core.catalog import load_catalog
+from addons.core.errors import BadRequest, GatewayError, Unauthorized
+from addons.proxy.forward import parse_forward_target
+from addons.proxy.metadata import parse_metadata
+from addons.usage import metering
+from addons.usage.metering import Meter
+from addons.usage.sse import SSEDecoder
 from tests.mock_provider import Headers, MockProvider, RecordedRequest
 
 FUZZ = settings(max_examples=80, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])

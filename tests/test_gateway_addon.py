@@ -8,11 +8,11 @@ from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.exceptions import OptionsError
 from mitmproxy.test import taddons, tflow, tutils
 
-from addons import error_pages
-from addons.gateway_addon import Gateway, StreamTap
 from addons.ledger.accounts import create_key, credit_wallet, ensure_account, revoke_key, wallet_balance
 from addons.ledger.models import RequestRow, database
-from addons.metering import Meter
+from addons.proxy import error_pages
+from addons.proxy.gateway_addon import Gateway, StreamTap
+from addons.usage.metering import Meter
 
 PROVIDER_KEY = "sk-test-provider-key"
 CHAT = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'

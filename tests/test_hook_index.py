@@ -9,9 +9,9 @@ from mitmproxy import exceptions, http, master, options
 from mitmproxy.proxy.layers.http import HttpRequestHook
 from mitmproxy.test import tflow
 
-from addons.hook_index import IndexedAddonManager
-from addons import launcher
-from addons.launcher import GatewayMaster
+from addons.runtime import launcher
+from addons.runtime.hook_index import IndexedAddonManager
+from addons.runtime.launcher import GatewayMaster
 
 
 class Recorder:

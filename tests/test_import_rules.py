@@ -2,8 +2,8 @@
 
 - no module imports itself back, however indirectly;
 - pricing/ is plain price arithmetic: it imports nothing of addons/;
-- the guards (the chain's addons other than the Gateway, addons/chain.py) never import the Gateway's
-  module: names they share with it live in addons/flow_keys.py;
+- the guards (the chain's addons other than the Gateway, addons/proxy/chain.py) never import the Gateway's
+  module: names they share with it live in addons/proxy/flow_keys.py;
 - the ledger never imports billing: billing hands the ledger writer its charging function.
 """
 
@@ -16,17 +16,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("addons", "pricing")
-GATEWAY = "addons.gateway_addon"
+GATEWAY = "addons.proxy.gateway_addon"
 GUARDS = (
-    "addons.listen_guard",
-    "addons.request_limits",
-    "addons.auth_throttle",
-    "addons.upstream_guard",
-    "addons.upstream_retries",
-    "addons.redaction",
-    "addons.upstream_timeouts",
-    "addons.runtime_info",
-    "addons.web_redaction",
+    "addons.proxy.listen_guard",
+    "addons.proxy.request_limits",
+    "addons.proxy.auth_throttle",
+    "addons.proxy.upstream_guard",
+    "addons.proxy.upstream_retries",
+    "addons.proxy.redaction",
+    "addons.proxy.upstream_timeouts",
+    "addons.proxy.runtime_info",
+    "addons.proxy.web_redaction",
 )
 
 
@@ -54,7 +54,7 @@ def imported(name: str, path: Path) -> set[str]:
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([base] if base else []))
-            for alias in node.names:  # `from addons import error_pages` imports the module addons.error_pages
+            for alias in node.names:  # `from addons import error_pages` imports the module addons.proxy.error_pages
                 targets.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base)
     return {t for t in targets if t in MODULES and t != name}
 
@@ -93,12 +93,12 @@ def offending(sources, forbidden) -> list[str]:
 def test_the_graph_is_read_from_the_source():
     """Guards the checks below against passing on an empty or misread graph."""
     assert {"addons.billing.charges", "addons.ledger.writer"} <= GRAPH[GATEWAY]
-    assert "addons.flow_notes" in GRAPH[GATEWAY]  # `from addons import flow_notes`
+    assert "addons.proxy.flow_notes" in GRAPH[GATEWAY]  # `from addons import flow_notes`
     assert "pricing.money" in GRAPH["pricing.cost"]
 
 
 def test_the_guards_are_the_chains_addons_but_the_gateway():
-    assert set(GUARDS) == GRAPH["addons.chain"] - {GATEWAY}, "update GUARDS to match addons/chain.py"
+    assert set(GUARDS) == GRAPH["addons.proxy.chain"] - {GATEWAY}, "update GUARDS to match addons/proxy/chain.py"
 
 
 def test_no_import_cycles():
@@ -114,7 +114,7 @@ def test_find_cycle_reports_the_cycle():
 @pytest.mark.parametrize(("rule", "sources", "forbidden"), [
     ("pricing/ imports nothing of addons/",
      [m for m in MODULES if m.split(".")[0] == "pricing"], lambda t: t.split(".")[0] == "addons"),
-    ("the guards never import the Gateway's module (shared names live in addons/flow_keys.py)",
+    ("the guards never import the Gateway's module (shared names live in addons/proxy/flow_keys.py)",
      GUARDS, lambda t: t == GATEWAY),
     ("addons/ledger/ never imports addons/billing/ (billing hands the writer its charging function)",
      [m for m in MODULES if m.startswith("addons.ledger")], lambda t: t.startswith("addons.billing")),

@@ -8,8 +8,8 @@ import threading
 import pytest
 from peewee import OperationalError
 
-from addons.errors import LedgerUnavailable
-from addons.keystore import KeyStore
+from addons.auth.keystore import KeyStore
+from addons.core.errors import LedgerUnavailable
 from addons.ledger.models import database, open_database
 
 

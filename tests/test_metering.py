@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from addons.metering import Meter, MeterResult
+from addons.usage.metering import Meter, MeterResult
 from pricing.usage import TokenUsage
 from tests.test_sse import SPLITS, split
 

@@ -24,8 +24,8 @@ import openai
 import pytest
 import tornado.websocket
 
-from addons.credentials import ForwardToken, encode_forward_token
-from addons.web_redaction import check_version, masked_option
+from addons.auth.credentials import ForwardToken, encode_forward_token
+from addons.proxy.web_redaction import check_version, masked_option
 from tests.conftest import MOCK_MODEL_PRICE
 from tests.harness import PROJECT, PROVIDER_KEYS, GatewayProcess, clean_env, free_port
 from tests.mock_provider import MockProvider

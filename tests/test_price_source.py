@@ -18,11 +18,18 @@ from addons.billing import price_guard
 from addons.billing.charges import apply_charges
 from addons.billing.plan import BillingPlan
 from addons.billing.reprice import reprice
-from addons.ledger.accounts import CustomerRecord, KeyRecord, audit_wallets, credit_wallet, ensure_account, wallet_balance
+from addons.core.settings import BillingSettings, PricingSettings, Settings, load_settings, parse_pricing
+from addons.ledger.accounts import (
+    CustomerRecord,
+    KeyRecord,
+    audit_wallets,
+    credit_wallet,
+    ensure_account,
+    wallet_balance,
+)
 from addons.ledger.models import Account, RequestRow, database, open_database, utcnow
 from addons.ledger.writer import UsageRecord, write_batch
-from addons.metering import Meter, price_basis
-from addons.settings import BillingSettings, PricingSettings, Settings, load_settings, parse_pricing
+from addons.usage.metering import Meter, price_basis
 from pricing import meters
 from pricing.cost import parse_overrides, price_source
 from tests.conftest import MOCK_MODEL_PRICE

@@ -18,11 +18,10 @@ from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
-from addons.auth_throttle import credential_digest
+from addons.auth.credentials import CallerCredential, ForwardToken, encode_forward_token, read_credential
 from addons.billing.plan import byok_fee
-from addons.credentials import CallerCredential, ForwardToken, encode_forward_token, read_credential
-from addons.errors import BadRequest, Unauthorized
-from addons.gateway_addon import Gateway
+from addons.core.errors import BadRequest, Unauthorized
+from addons.core.settings import CaptureSettings, parse_capture
 from addons.ledger.accounts import (
     DEFAULT_ACCOUNT,
     create_key,
@@ -32,7 +31,8 @@ from addons.ledger.accounts import (
     revoke_provider_key,
 )
 from addons.ledger.models import ProviderKeyRow, database, open_database
-from addons.settings import CaptureSettings, parse_capture
+from addons.proxy.auth_throttle import credential_digest
+from addons.proxy.gateway_addon import Gateway
 from pricing.cost import price
 from pricing.money import format_usd, to_nanos
 from tests.harness import BIN, PROVIDER_KEYS, clean_env

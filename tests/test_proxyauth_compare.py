@@ -3,7 +3,7 @@ import hmac
 import pytest
 from mitmproxy.addons import proxyauth
 
-from addons import proxyauth_compare
+from addons.proxy import proxyauth_compare
 
 
 @pytest.fixture(autouse=True)

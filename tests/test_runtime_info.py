@@ -1,4 +1,4 @@
-"""What the running gateway tells the CLI (addons/runtime_info.py): its real address for `tollgate ca
+"""What the running gateway tells the CLI (addons/proxy/runtime_info.py): its real address for `tollgate ca
 --exports`, the provider keys it has for `tollgate providers`; and what the CLI says without one."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from addons.cli import _proxy_url
+from addons.cli.main import _proxy_url
 from tests.harness import PROJECT, PROVIDER_KEYS, GatewayProcess, clean_env, tollgate_cli
 
 
@@ -90,7 +90,7 @@ def test_workers_report_their_supervisor(tmp_path, mock, private_redis):
     gw = GatewayProcess(tmp_path, f"sqlite:///{tmp_path}/ledger.db", {"openai": mock.url}, redis_url=private_redis.url)
     gw.env["TOLLGATE_CA_BUNDLE"] = str(tmp_path / "ca-bundle.pem")
     gw.cli("init")
-    proc = subprocess.Popen([sys.executable, "-m", "addons.workers", "--workers", "2", "--",
+    proc = subprocess.Popen([sys.executable, "-m", "addons.runtime.workers", "--workers", "2", "--",
                              "--listen-host", "127.0.0.1", "--listen-port", str(gw.port), "--set", f"confdir={gw.confdir}"],
                             env=gw.env, cwd=PROJECT, stdout=(tmp_path / "workers.log").open("wb"),
                             stderr=subprocess.STDOUT)

@@ -12,7 +12,7 @@ import openai
 import pytest
 from google import genai
 
-from addons.credentials import ForwardToken, encode_forward_token
+from addons.auth.credentials import ForwardToken, encode_forward_token
 from pricing.cost import price
 from pricing.money import format_usd, to_nanos
 from pricing.usage import TokenUsage

@@ -13,8 +13,8 @@ import httpx
 import pytest
 from mitmproxy import io
 
-from addons.credentials import ForwardToken, encode_forward_token
-from addons.redaction import REDACTED
+from addons.auth.credentials import ForwardToken, encode_forward_token
+from addons.proxy.redaction import REDACTED
 from tests.harness import BIN, PROJECT, PROVIDER_KEYS, GatewayProcess, clean_env, free_port
 
 OPENAI = "/v1/forward?u=https://api.openai.com/v1/chat/completions"

@@ -12,18 +12,19 @@ from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy import server_hooks
 from mitmproxy.test import taddons, tflow, tutils
 
-from addons import auth_throttle, error_pages, signed_tokens, upstream_guard
-from addons.auth_throttle import AuthThrottle, client_address
+from addons.auth import signed_tokens
+from addons.auth.credentials import CallerCredential, hash_secret
 from addons.billing import autopay
 from addons.billing.plan import resolve_plan
-from addons.catalog import load_catalog
-from addons.credentials import CallerCredential, hash_secret
-from addons.errors import Unauthorized
-from addons.flow_keys import PROVIDER_KEY, REQUEST_ID_KEY
-from addons.listen_guard import ListenGuard
-from addons.redaction import REDACTED, Redaction
-from addons.request_limits import LIMITS, METADATA_MAX_BYTES, RequestLimits
-from addons.upstream_guard import UpstreamGuard, is_public
+from addons.core.catalog import load_catalog
+from addons.core.errors import Unauthorized
+from addons.proxy import auth_throttle, error_pages, upstream_guard
+from addons.proxy.auth_throttle import AuthThrottle, client_address
+from addons.proxy.flow_keys import PROVIDER_KEY, REQUEST_ID_KEY
+from addons.proxy.listen_guard import ListenGuard
+from addons.proxy.redaction import REDACTED, Redaction
+from addons.proxy.request_limits import LIMITS, METADATA_MAX_BYTES, RequestLimits
+from addons.proxy.upstream_guard import UpstreamGuard, is_public
 
 CATALOG = load_catalog(overrides={"openai": {"upstream": "http://127.0.0.1:9999"}})
 SECRET = "tg_sk_" + "s" * 43

@@ -7,9 +7,8 @@ import threading
 
 import pytest
 
-from addons.credentials import hash_secret
-from addons.errors import BadRequest, Forbidden, Unauthorized
-from addons.signed_tokens import (
+from addons.auth.credentials import hash_secret
+from addons.auth.signed_tokens import (
     SIGNED_PREFIX,
     SignedClaims,
     check_scope,
@@ -17,6 +16,7 @@ from addons.signed_tokens import (
     load_signing_key,
     verify_signed_token,
 )
+from addons.core.errors import BadRequest, Forbidden, Unauthorized
 
 KEY = b"k" * 32
 SECRET = "tg_sk_" + "S" * 43

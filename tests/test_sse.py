@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from addons.sse import SSEDecoder
+from addons.usage.sse import SSEDecoder
 
 SPLITS = ["whole", "bytes", "random0", "random1", "random2"]
 

@@ -1,4 +1,4 @@
-"""Trusting the gateway's CA (addons/trust.py): the bundle `tollgate ca --exports` points clients at keeps
+"""Trusting the gateway's CA (addons/host/trust.py): the bundle `tollgate ca --exports` points clients at keeps
 tunnelled hosts verifying, and `tollgate ca --install/--uninstall` changes the real system trust store."""
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from mitmproxy.certs import CertStore
 
-from addons import cli, trust
+from addons.cli import main as cli
+from addons.host import trust
 from tests.harness import GatewayProcess, clean_env, tollgate_cli
 
 SYSTEM_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")

@@ -1,7 +1,7 @@
 """Upstream and client faults, injected end to end through the real proxy (both ledgers, both
 launchers): what the client sees, the one ledger row the fault leaves, the paying customer's hold
-released and `tollgate audit` clean. Then the timeouts (addons/upstream_timeouts.py) and retries
-(addons/upstream_retries.py), on a second gateway with tight limits.
+released and `tollgate audit` clean. Then the timeouts (addons/proxy/upstream_timeouts.py) and retries
+(addons/proxy/upstream_retries.py), on a second gateway with tight limits.
 
 Ledger reads run the `tollgate` CLI inside this process: as a subprocess it costs about a second a call.
 """
@@ -23,8 +23,8 @@ import httpx2  # the SDKs' transport
 import openai
 import pytest
 
-from addons import cli
-from addons.credentials import ForwardToken, encode_forward_token
+from addons.auth.credentials import ForwardToken, encode_forward_token
+from addons.cli import main as cli
 from addons.ledger.models import database
 from tests.conftest import MOCK_MODEL_PRICE
 from tests.harness import GatewayProcess, fresh_postgres_database

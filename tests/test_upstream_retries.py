@@ -14,9 +14,9 @@ from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
-from addons.catalog import Timeouts, load_catalog
-from addons.flow_keys import ENDPOINT_KEY, PROVIDER_KEY, RETRIES_KEY, STREAM_KEY
-from addons.upstream_retries import UpstreamRetries, retry_wait, should_retry
+from addons.core.catalog import Timeouts, load_catalog
+from addons.proxy.flow_keys import ENDPOINT_KEY, PROVIDER_KEY, RETRIES_KEY, STREAM_KEY
+from addons.proxy.upstream_retries import UpstreamRetries, retry_wait, should_retry
 
 BODY = b'{"model":"gpt-4o-mini","messages":[]}'
 ANSWER = {"id": "chatcmpl-1", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}

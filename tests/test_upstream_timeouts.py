@@ -15,10 +15,10 @@ from mitmproxy.proxy.server import ConnectionIO
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 from mitmproxy.test import taddons, tflow
 
-from addons.catalog import Timeouts
-from addons.flow_keys import PROVIDER_KEY, TIMEOUT_KEY
-from addons.settings import DEFAULT_TIMEOUTS
-from addons.upstream_timeouts import IdleClock, UpstreamTimeouts, cancel_connection_task
+from addons.core.catalog import Timeouts
+from addons.core.settings import DEFAULT_TIMEOUTS
+from addons.proxy.flow_keys import PROVIDER_KEY, TIMEOUT_KEY
+from addons.proxy.upstream_timeouts import IdleClock, UpstreamTimeouts, cancel_connection_task
 
 TICK = 0.05  # the limits in these tests; each waits several of them for a timer to fire
 

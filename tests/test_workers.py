@@ -1,4 +1,4 @@
-"""The lean launcher (tollgate-proxy) and the multi-core supervisor (python -m addons.workers).
+"""The lean launcher (tollgate-proxy) and the multi-core supervisor (python -m addons.runtime.workers).
 
 Which worker served a connection is read from /proc: the server side of each TCP connection is a
 socket inode, and /proc/<pid>/fd says which process holds it.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from addons.launcher import LISTEN_BACKLOG, _uvloop_works
+from addons.runtime.launcher import LISTEN_BACKLOG, _uvloop_works
 from tests.conftest import MOCK_MODEL_PRICE
 from tests.harness import BIN, PROJECT, GatewayProcess
 
@@ -192,7 +192,7 @@ def test_lean_launcher_refuses_what_it_does_not_do(bare):
 
 
 def test_workers_share_the_port_restart_and_stop_cleanly(lean):
-    lean.launch([sys.executable, "-m", "addons.workers", "--workers", "2", "--", *lean.proxy_args()])
+    lean.launch([sys.executable, "-m", "addons.runtime.workers", "--workers", "2", "--", *lean.proxy_args()])
     supervisor = lean.proc.pid
 
     def two_listening() -> bool:
@@ -248,7 +248,7 @@ def test_workers_that_cannot_start_make_the_supervisor_give_up(bare):
     with socket.socket() as taken:  # a listener without SO_REUSEPORT: no worker can join the port
         taken.bind(("127.0.0.1", bare.port))
         taken.listen()
-        bare.launch([sys.executable, "-m", "addons.workers", "--workers", "2", "--max-start-failures", "2", "--",
+        bare.launch([sys.executable, "-m", "addons.runtime.workers", "--workers", "2", "--max-start-failures", "2", "--",
                      *bare.proxy_args()])
         assert bare.proc.wait(30) == 1
     log = bare.log.read_text()
@@ -258,9 +258,9 @@ def test_workers_that_cannot_start_make_the_supervisor_give_up(bare):
 
 def test_several_workers_need_redis_and_auto_falls_back_to_one(bare):
     del bare.env["TOLLGATE_REDIS_URL"]
-    refused = subprocess.run([sys.executable, "-m", "addons.workers", "--workers", "2", "--", *bare.proxy_args()],
+    refused = subprocess.run([sys.executable, "-m", "addons.runtime.workers", "--workers", "2", "--", *bare.proxy_args()],
                              env=bare.env, capture_output=True, text=True, timeout=30)
     assert refused.returncode != 0 and "needs Redis" in refused.stderr
-    bare.launch([sys.executable, "-m", "addons.workers", "--workers", "auto", "--", *bare.proxy_args()])
+    bare.launch([sys.executable, "-m", "addons.runtime.workers", "--workers", "auto", "--", *bare.proxy_args()])
     bare.wait_for(lambda: "listening at" in bare.log.read_text(), message="the gateway listening")
     assert children(bare.proc.pid) == set()  # the supervisor became the one gateway process

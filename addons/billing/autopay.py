@@ -74,8 +74,8 @@ from addons.billing.events import (
     event_data,
     record_event,
 )
+from addons.core.settings import AutopaySettings
 from addons.ledger.models import Account, Customer, Event, LedgerEntry, TopUp, Wallet, database, utcnow
-from addons.settings import AutopaySettings
 from pricing.money import format_usd
 
 log = logging.getLogger(__name__)

@@ -17,15 +17,15 @@ from datetime import UTC, datetime, timedelta
 
 from mitmproxy.utils.asyncio_utils import create_task
 
+from addons.auth.keystore import KeyStore
 from addons.billing.hold_stores import FailoverHolds, LocalHolds, RedisHolds
 from addons.billing.holds import InsufficientFunds
 from addons.billing.plan import BillingPlan, byok_fee, worst_case_fee
-from addons.errors import LedgerUnavailable, PaymentRequired
-from addons.keystore import KeyStore
+from addons.core.errors import LedgerUnavailable, PaymentRequired
+from addons.core.settings import BillingSettings
 from addons.ledger.accounts import token_spent, wallet_state
 from addons.ledger.writer import CommitReport, HoldRecord, LedgerWriter
-from addons.metering import Meter
-from addons.settings import BillingSettings
+from addons.usage.metering import Meter
 from pricing import meters
 from pricing.money import format_usd
 from pricing.usage import TokenUsage

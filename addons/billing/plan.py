@@ -23,12 +23,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from decimal import Decimal
 
-from addons.credentials import CallerCredential, hash_secret
-from addons.errors import BadRequest, Forbidden, ProviderNotConfigured, Unauthorized
-from addons.keystore import KeyStore
+from addons.auth.credentials import CallerCredential, hash_secret
+from addons.auth.keystore import KeyStore
+from addons.auth.signed_tokens import SignedClaims, verify_signed_token
+from addons.core.errors import BadRequest, Forbidden, ProviderNotConfigured, Unauthorized
+from addons.core.settings import CaptureSettings
 from addons.ledger.accounts import DEFAULT_ACCOUNT, CustomerRecord, KeyRecord
-from addons.settings import CaptureSettings
-from addons.signed_tokens import SignedClaims, verify_signed_token
 from pricing import meters
 from pricing.money import to_nanos
 

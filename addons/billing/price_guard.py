@@ -18,9 +18,9 @@ import logging
 from collections.abc import Callable
 
 from addons.billing.plan import BillingPlan
-from addons.errors import PaymentRequired
-from addons.metering import Meter
-from addons.settings import Settings
+from addons.core.errors import PaymentRequired
+from addons.core.settings import Settings
+from addons.usage.metering import Meter
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ from decimal import Decimal
 
 from addons.billing.charges import is_billable
 from addons.billing.plan import byok_fee
+from addons.core.settings import BillingSettings
 from addons.ledger.bulk import execute, for_update
 from addons.ledger.models import Customer, LedgerEntry, MeterRow, RequestRow, Wallet, database, utcnow
-from addons.settings import BillingSettings
 from pricing import meters
 from pricing.cost import Override, price
 from pricing.usage import TokenUsage

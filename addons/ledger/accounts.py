@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from peewee import JOIN, fn
 
-from addons.credentials import (
+from addons.auth.credentials import (
     SECRET_PREFIX,
     display_prefix,
     hash_secret,

@@ -26,9 +26,9 @@ from pathlib import Path
 
 from peewee import InterfaceError, OperationalError
 
+from addons.core.settings import PROJECT_ROOT
 from addons.ledger.bulk import bulk_insert, execute
 from addons.ledger.models import Hold, RequestRow, database
-from addons.settings import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 

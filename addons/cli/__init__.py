@@ -1,0 +1,1 @@
+"""`tollgate`: the operator's command line, a thin shell over addons.services."""

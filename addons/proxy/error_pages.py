@@ -1,0 +1,115 @@
+"""Make the errors mitmproxy itself answers with (upstream unreachable, bad request line, ...)
+JSON in the gateway's error shape, carrying the request id when the flow had one. A provider
+connection that addons.proxy.upstream_timeouts closed fails with its "timed out" reason, hence 504.
+
+mitmproxy renders these as HTML deep inside its HTTP/1 layer with no hook to change them, so
+this wraps two internals once per process. Both are covered by the end-to-end tests, which
+fail loudly if a mitmproxy upgrade moves them.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from mitmproxy import http
+from mitmproxy.net.http import http1
+from mitmproxy.proxy.layers import http as http_layer
+from mitmproxy.proxy.layers.http import _http1
+
+from addons.core.errors import (
+    BadRequest,
+    GatewayError,
+    HeadersTooLarge,
+    PayloadTooLarge,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+from addons.proxy.flow_keys import REQUEST_ID_HEADERS, REQUEST_ID_KEY, TIMEOUT_KEY
+
+_TAG = "\x00tollgate-request-id:"
+# What addons.proxy.upstream_guard puts in server.error; mitmproxy reports it as a 502 quoting it.
+UPSTREAM_REFUSED = "tollgate refused the upstream address"
+
+
+def new_request_id() -> str:
+    return f"req_{secrets.token_hex(12)}"
+
+
+def json_response(status: int, body: bytes, request_id: str | None = None) -> http.Response:
+    headers = {"content-type": "application/json"}
+    if request_id:
+        headers.update(dict.fromkeys(REQUEST_ID_HEADERS, request_id))
+    return http.Response.make(status, body, headers)
+
+
+def tagged(message: str, request_id: str) -> str:
+    """A protocol error message that carries the request id to json_error_response."""
+    return f"{message}{_TAG}{request_id}"
+
+
+def headers_too_large() -> HeadersTooLarge:
+    """The 431 for a request head over tollgate_max_header_bytes, whether mitmproxy's HTTP/1 reader or the
+    requestheaders check (HTTP/2 and 3) caught it."""
+    return HeadersTooLarge("request_headers_too_large", "the request headers are larger than this gateway accepts")
+
+
+def _error_for(status: int, message: str) -> GatewayError:
+    """Fixed, generic messages: mitmproxy's text may quote client bytes or addresses."""
+    if status == 502 and UPSTREAM_REFUSED in message:
+        return UpstreamUnreachable("upstream_address_refused",
+                                   "the provider's host resolved to a private or reserved address; not connecting")
+    if status == 413:
+        return PayloadTooLarge("request_too_large", "the request body is larger than this gateway accepts")
+    if status == 431:
+        return headers_too_large()
+    if status == 502 and "timed out" in message.lower():
+        return UpstreamTimeout("upstream_timeout", "the provider did not answer in time")
+    if status == 502:
+        return UpstreamUnreachable("upstream_unreachable", "the provider could not be reached")
+    if 400 <= status < 500:
+        error = BadRequest("bad_http_request", "the request could not be parsed or routed")
+        error.status = status
+        return error
+    error = GatewayError("proxy_error", "the gateway could not complete the request")
+    error.status = status
+    return error
+
+
+def json_error_response(status: int, message: str = "") -> bytes:
+    message, _, request_id = message.partition(_TAG)
+    error = _error_for(status, message)
+    headers = http.Headers(content_type="application/json", connection="close")
+    request_id = request_id or new_request_id()  # a refusal before any hook ran gets one of its own
+    for name in REQUEST_ID_HEADERS:
+        headers[name] = request_id
+    return http1.assemble_response(http.Response.make(error.status, error.body(), headers))
+
+
+def refuse(flow: http.HTTPFlow, error: GatewayError, headers: dict[str, str] | None = None) -> None:
+    """Answer a flow with a gateway error from a hook that runs before the gateway's, request id included."""
+    request_id = flow.metadata.setdefault(REQUEST_ID_KEY, new_request_id())
+    flow.response = json_response(error.status, error.body(), request_id)
+    flow.response.headers.update(headers or {})
+
+
+def install() -> None:
+    if getattr(_http1.make_error_response, "tollgate", False):
+        return
+    json_error_response.tollgate = True
+    _http1.make_error_response = json_error_response
+    original = http_layer.HttpStream.handle_protocol_error
+
+    def handle_protocol_error(self, event):
+        metadata = self.flow.metadata if self.flow else {}
+        if isinstance(event, http_layer.ResponseProtocolError) and _TAG not in event.message:
+            # A connection closed for a timeout fails as "server closed connection": say why.
+            event.message = metadata.get(TIMEOUT_KEY, event.message)
+            if request_id := metadata.get(REQUEST_ID_KEY):
+                event.message = tagged(event.message, request_id)
+        return (yield from original(self, event))
+
+    http_layer.HttpStream.handle_protocol_error = handle_protocol_error
+
+
+def strip_tag(message: str) -> str:
+    return message.partition(_TAG)[0]

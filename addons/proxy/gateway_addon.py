@@ -1,0 +1,479 @@
+"""Tollgate's request path as one mitmproxy addon: route by SNI or Host (addons.proxy.routing), authenticate,
+swap credentials, stream through, meter, and hand a usage record to the ledger writer.
+
+Loaded through the script addons/gateway.py. Hooks never touch the database themselves: key and
+balance lookups run on a thread pool (cached for `tollgate_cache_ttl_ms`), ledger rows are written by
+a background thread. Failures of the gateway's own making answer with a JSON error response; a
+bug inside a hook answers 500 rather than letting a request through unauthenticated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from mitmproxy import ctx, hooks, http
+from mitmproxy.exceptions import OptionsError
+from mitmproxy.proxy import server_hooks
+
+from addons.auth.credentials import is_captured, query_key, read_credential, strip_gateway_credentials
+from addons.auth.keystore import KeyStore
+from addons.auth.signed_tokens import check_scope, load_signing_key
+from addons.billing import price_guard
+from addons.billing.autopay import AutoTopUp
+from addons.billing.cashier import Cashier
+from addons.billing.charges import apply_charges, is_billable
+from addons.billing.plan import BillingPlan, resolve_plan
+from addons.core.catalog import Catalog, Provider, load_catalog
+from addons.core.errors import GatewayError, NotFound, ProviderNotConfigured, ShuttingDown
+from addons.core.settings import PROJECT_ROOT, Settings, load_settings, resolve_database_url
+from addons.ledger.journal import Journal
+from addons.ledger.models import open_database
+from addons.ledger.writer import CommitReport, LedgerWriter, UsageRecord
+from addons.proxy import error_pages, flow_notes, proxyauth_compare
+from addons.proxy.error_pages import json_response, new_request_id
+from addons.proxy.flow_keys import (
+    COST_KEY,
+    ENDPOINT_KEY,
+    METADATA_HEADERS,
+    PRICE_SOURCE_KEY,
+    PROVIDER_KEY,
+    REQUEST_ID_HEADERS,
+    REQUEST_ID_KEY,
+    STREAM_KEY,
+)
+from addons.proxy.forward import FORWARD_PATH, parse_forward_target, sdk_query, sdk_target
+from addons.proxy.metadata import parse_metadata
+from addons.proxy.routing import addressed_to_gateway, provider_for
+from addons.usage.metering import Meter
+from pricing import meters
+from pricing.cost import Override, price, price_source, shipped_overrides
+from pricing.money import format_usd
+
+log = logging.getLogger(__name__)
+
+FEE_PENDING_MAX = 10_000
+
+
+@dataclass(slots=True)
+class Pending:
+    """What a forwarded request carries from `request` to `response`/`error`."""
+
+    request_id: str
+    started: float
+    provider: Provider
+    plan: BillingPlan
+    meter: Meter
+    metadata: dict[str, str] | None
+    streamed: bool = False
+
+
+class StreamTap:
+    """The flow's stream callable: passes chunks on at once while the meter watches them.
+
+    It answers with a tuple, never with b"": mitmproxy would send an empty chunk, which in
+    HTTP/1 chunked encoding ends the client's response early (the dropped usage chunk).
+    """
+
+    __slots__ = ("meter",)
+
+    def __init__(self, meter: Meter):
+        self.meter = meter
+
+    def __call__(self, chunk: bytes) -> tuple[bytes, ...]:
+        data = self.meter.feed(chunk) if chunk else self.meter.finish()
+        return (data,) if data else ()
+
+
+class Gateway:
+    def __init__(self) -> None:
+        self.catalog: Catalog | None = None
+        self.keys: KeyStore | None = None
+        self.writer: LedgerWriter | None = None
+        self.journal: Journal | None = None
+        self.pending: dict[str, Pending] = {}
+        self.prices: tuple[Override, ...] = ()
+        self.settings: Settings | None = None
+        self.cashier: Cashier | None = None
+        self.autopay: AutoTopUp | None = None
+        self.signing_key: bytes | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stopping = False
+        self.in_flight: set[str] = set()  # flows from their request headers to their response or error
+        # request id -> flow whose comment waits for the customer fee the ledger decides at commit
+        self.fee_pending: collections.OrderedDict[str, http.HTTPFlow] = collections.OrderedDict()
+        self.flows_shown = False
+
+    def load(self, loader):
+        loader.add_option(
+            "tollgate_database_url", str, "",
+            "Ledger database URL (sqlite:///path or postgresql://...). "
+            "Default: TOLLGATE_DATABASE_URL, else database_url in config/gateway.yaml.",
+        )
+        loader.add_option(
+            "tollgate_redis_url", str, "",
+            "Redis for holds shared by several instances (redis://host:port/db). "
+            "Default: TOLLGATE_REDIS_URL, else redis_url in config/gateway.yaml; none keeps holds in this process.",
+        )
+        loader.add_option(
+            "tollgate_cache_ttl_ms", int, 1000,
+            "Milliseconds a key or balance lookup is cached; revocations and top-ups are seen within it.",
+        )
+        loader.add_option(
+            "tollgate_ledger_outage", str, "serve",
+            "While the ledger database is unreachable: 'serve' keeps answering keys and balances this "
+            "process has cached (usage is journaled and written when the database returns), 'refuse' "
+            "answers 503 ledger_unavailable.",
+            choices=("serve", "refuse"),
+        )
+        loader.add_option(
+            "tollgate_drain_seconds", int, 30,
+            "On SIGTERM (tollgate-proxy): seconds requests in flight, streams included, may take to finish "
+            "after the listener closes; new requests on open connections get 503 shutting_down meanwhile.",
+        )
+        loader.add_option(
+            "tollgate_upstream_http2", bool, False,
+            "Offer HTTP/2 (then HTTP/1.1) on TLS connections to providers whatever the client speaks, "
+            "mitmproxy translating; requests in flight on one client connection then share one provider "
+            "connection. Off: the client's protocol is mirrored (HTTP/1.1 keep-alive for the forward endpoint).",
+        )
+        error_pages.install()
+        proxyauth_compare.install()
+
+    def configure(self, updated):
+        for name in ("tollgate_cache_ttl_ms", "tollgate_drain_seconds"):
+            if name in updated and getattr(ctx.options, name) < 0:
+                raise OptionsError(f"{name} must not be negative")
+        if "tollgate_database_url" in updated or self.catalog is None:
+            try:
+                self.settings = load_settings()
+                self.catalog = load_catalog(overrides=self.settings.provider_overrides)
+                self.prices = self.settings.price_overrides + shipped_overrides()
+                self.signing_key = load_signing_key(
+                    self.settings.billing.token_signing_key, PROJECT_ROOT / "data" / "token-signing.key"
+                )
+            except ValueError as e:
+                raise OptionsError(str(e)) from None
+            self.done()  # what the previous ledger was owed is written there before switching
+            database_url = resolve_database_url(ctx.options.tollgate_database_url or self.settings.database_url)
+            try:
+                open_database(database_url)
+            except Exception as e:  # peewee/driver errors: name the problem, never the URL (it may hold a password)
+                raise OptionsError(f"cannot open the ledger database: {type(e).__name__}: {e}") from None
+            self.autopay = AutoTopUp(self.settings.billing.autopay)
+            self.journal = Journal(self.settings.journal_dir, database_url)
+            self.writer = LedgerWriter(apply_charges, on_commit=self._committed)
+            self._replay(self.journal.recover())
+            self._confine_interception()
+        if {"tollgate_cache_ttl_ms", "tollgate_redis_url", "tollgate_ledger_outage"} & set(updated) or self.keys is None:
+            if self.keys is not None:
+                self.keys.close()
+            ttl = ctx.options.tollgate_cache_ttl_ms / 1000
+            self.keys = KeyStore(ttl=ttl, serve_stale=ctx.options.tollgate_ledger_outage == "serve")
+            self.cashier = Cashier(self.settings.billing, self.keys, self.writer, freshness=ttl,
+                                   redis_url=ctx.options.tollgate_redis_url or self.settings.redis_url)
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        server = data.server
+        host = server.sni or (server.address and server.address[0])  # the address may be pinned to an IP by now
+        if ctx.options.tollgate_upstream_http2 and server.tls and not server.alpn_offers and host in self.catalog.origin_hosts:
+            server.alpn_offers = (b"h2", b"http/1.1")
+
+    def running(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.flows_shown = ctx.master.addons.get("view") is not None  # mitmweb: comments are read live
+
+    def _replay(self, records: list[UsageRecord]) -> None:
+        """Requests a killed process served but may not have written: the ledger skips those it has."""
+        if records:
+            log.warning("tollgate: replaying %d journaled usage records into the ledger", len(records))
+        for record in records:
+            self.writer.submit(record)
+
+    async def drain(self) -> int:
+        """Refuse new requests and wait for those in flight, up to tollgate_drain_seconds; returns those left.
+
+        In flight counts from a request's headers, so one still being authenticated is waited for too;
+        done means none for two checks in a row, so a request that came in between is not cut.
+        """
+        self.stopping = True
+        deadline, quiet = time.monotonic() + ctx.options.tollgate_drain_seconds, 0
+        while quiet < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            quiet = 0 if self.in_flight else quiet + 1
+        return len(self.in_flight)
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self.in_flight.add(flow.id)
+
+    def _committed(self, report: CommitReport) -> None:
+        """In the writer thread, right after a commit."""
+        self.journal.settled(report.request_ids)
+        for wallet_id in report.charged_customer_wallets:
+            self.autopay.notify_charged(wallet_id)
+        if self.loop is not None and self.cashier is not None:
+            self.loop.call_soon_threadsafe(self.cashier.settled, report)
+        if self.loop is not None and report.customer_fees and self.fee_pending:
+            self.loop.call_soon_threadsafe(self._fees_committed, report.customer_fees)
+
+    def _fees_committed(self, fees: dict[str, int]) -> None:
+        """Flow comments that said fee=at-commit get the fee charged (mitmweb shows the update)."""
+        updated = []
+        for request_id, fee in fees.items():
+            if (flow := self.fee_pending.pop(request_id, None)) is not None:
+                flow.comment = flow_notes.with_fee(flow.comment, fee)
+                updated.append(flow)
+        if updated:
+            ctx.master.addons.trigger(hooks.UpdateHook(updated))
+
+    def _confine_interception(self) -> None:
+        """Decrypt only catalog hosts, and connect upstream only where the addon routes to."""
+        updates = {}
+        if not ctx.options.allow_hosts and not ctx.options.ignore_hosts:
+            updates["allow_hosts"] = self.catalog.allow_hosts_patterns()
+        if ctx.options.connection_strategy != "lazy":
+            updates["connection_strategy"] = "lazy"
+        if updates:
+            ctx.options.update(**updates)
+
+    # -- request -------------------------------------------------------------------------
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        provider = provider_for(flow, self.catalog)
+        if provider is None and not addressed_to_gateway(flow):
+            return  # not AI traffic: mitmproxy passes it on untouched
+        request_id = new_request_id()
+        flow.metadata[REQUEST_ID_KEY] = request_id
+        if self.stopping:
+            flow.response = json_response(503, ShuttingDown("shutting_down", "the gateway is stopping; retry").body(),
+                                          request_id)
+            flow.response.headers.update({"connection": "close", "retry-after": "1"})
+            return
+        try:
+            forward_key = None
+            if provider is None:
+                routed = self._route_gateway_endpoint(flow, request_id)
+                if routed is None:
+                    return
+                provider, forward_key = routed
+            await self._forward(flow, provider, request_id, forward_key)
+        except GatewayError as e:
+            self._refuse(flow, e, request_id)
+        except Exception:
+            log.exception("tollgate: internal error on request %s", request_id)
+            self._refuse(flow, GatewayError("internal_error", "the gateway failed to handle this request"), request_id)
+
+    @staticmethod
+    def _refuse(flow: http.HTTPFlow, error: GatewayError, request_id: str) -> None:
+        flow.response = json_response(error.status, error.body(), request_id)
+        flow.comment = flow_notes.refused_comment(error.status, error.code, error.message, request_id)
+        flow.marked = flow_notes.REFUSED
+
+    def _route_gateway_endpoint(self, flow: http.HTTPFlow, request_id: str) -> tuple[Provider, str | None] | None:
+        """Answer /healthz, or aim a /v1/forward request at its provider; returns it and `key`."""
+        path = flow.request.path.partition("?")[0]
+        if path == "/healthz":
+            flow.response = json_response(200, b'{"status":"ok"}', request_id)
+            return None
+        if path != FORWARD_PATH and not path.startswith(FORWARD_PATH + "/"):  # SDKs add to a base_url's path
+            raise NotFound("not_found", "the gateway serves only /v1/forward and /healthz")
+        # Read once: every lookup on the live `request.query` view parses the query string again.
+        query: dict[str, str] = {}
+        params = []  # what the SDK added beside u and key
+        for name, value in sdk_query(flow.request.query.fields):
+            query.setdefault(name, value)  # the first value, as query.get() gives
+            if name not in ("u", "key"):
+                params.append((name, value))
+        target = parse_forward_target(sdk_target(query.get("u"), path, params), self.catalog)
+        forward_key = query.get("key")
+        flow.request.path = target.path
+        return target.provider, forward_key
+
+    async def _forward(
+        self, flow: http.HTTPFlow, provider: Provider, request_id: str, forward_key: str | None
+    ) -> None:
+        request = flow.request
+        key_param = query_key(request)
+        credential = read_credential(request.headers, forward_key or key_param)
+        if key_param is not None:
+            request.query.pop("key", None)
+        plan = await resolve_plan(credential, self.keys, self.signing_key, provider=provider.id,
+                                  capture=self.settings.capture, captured=is_captured(flow.client_conn.proxy_mode))
+        metadata = self._metadata(request.headers)
+        provider_key = plan.provider_key or os.environ.get(provider.credential_env)
+        if not provider_key:
+            raise ProviderNotConfigured(
+                "provider_key_missing", f"no {provider.name} key is configured ({provider.credential_env} is not set)"
+            )
+        path, _, query = request.path.partition("?")
+        meter = Meter.for_request(provider.api_family, request.method, path, query, request.raw_content or b"",
+                                  upgrade="upgrade" in request.headers)
+        if plan.token is not None:
+            check_scope(plan.token, provider.id, meter.model)
+        price_guard.admit(plan, meter, self.settings, lambda model: price_source(
+            model=model, provider_id=provider.id, pricing_id=provider.pricing_id, overrides=self.prices))
+        await self.cashier.admit(request_id, plan, meter, lambda usage: self._cost(provider, meter.model, usage).total_nanos)
+        if meter.request_body is not None:
+            request.content = meter.request_body
+        strip_gateway_credentials(request.headers)
+        self._inject_provider_key(request, provider, provider_key)
+        request.headers["accept-encoding"] = "identity"  # the meter reads bodies as they stream
+        request.scheme, request.host, request.port = provider.origin
+        self.pending[flow.id] = Pending(request_id, time.time(), provider, plan, meter, metadata)
+        flow.metadata[PROVIDER_KEY] = provider.id
+        flow.metadata[ENDPOINT_KEY], flow.metadata[STREAM_KEY] = meter.endpoint, meter.stream_requested
+
+    @staticmethod
+    def _metadata(headers) -> dict[str, str] | None:
+        for name in METADATA_HEADERS:
+            if name in headers:
+                return parse_metadata(headers[name])
+        return None
+
+    @staticmethod
+    def _inject_provider_key(request: http.Request, provider: Provider, provider_key: str) -> None:
+        if provider.auth_query:
+            request.query[provider.auth_query] = provider_key
+        else:
+            scheme = f"{provider.auth_scheme} " if provider.auth_scheme else ""
+            request.headers[provider.auth_header] = scheme + provider_key
+
+    # -- response ------------------------------------------------------------------------
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        state = self.pending.get(flow.id)
+        if state is None:
+            return
+        response = flow.response
+        for name in REQUEST_ID_HEADERS:
+            response.headers[name] = state.request_id
+        is_stream = response.headers.get("content-type", "").startswith("text/event-stream")
+        if response.status_code < 400 and (is_stream or state.meter.stream_requested):
+            response.stream = StreamTap(state.meter)
+            state.streamed = True
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self.in_flight.discard(flow.id)
+        state = self.pending.pop(flow.id, None)
+        if state is None:
+            return
+        if not state.streamed:
+            state.meter.observe_body(flow.response.content or b"", flow.response.headers.get("content-type"))
+        self._record(flow, state, status=flow.response.status_code, error=None)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self.in_flight.discard(flow.id)
+        if flow.error:
+            flow.error.msg = error_pages.strip_tag(flow.error.msg)
+        state = self.pending.pop(flow.id, None)
+        if state is None:
+            return
+        # The provider's status only if its headers went on to the client; else the client got the gateway's error.
+        status = flow.response.status_code if flow.response and state.streamed else None
+        self._record(flow, state, status=status, error=flow.error.msg[:200] if flow.error else "aborted")
+
+    def _record(self, flow: http.HTTPFlow, state: Pending, status: int | None, error: str | None) -> None:
+        """Journal, then hand to the ledger writer; a metering bug still leaves a row, never nothing."""
+        try:
+            record = self._usage_record(flow, state, status, error)
+        except Exception:
+            log.exception("tollgate: metering failed on request %s; recorded without usage", state.request_id)
+            record = UsageRecord(
+                id=state.request_id, created_at=datetime.fromtimestamp(state.started, UTC).replace(tzinfo=None),
+                account=state.plan.key.account_id, wallet_id=state.plan.key.wallet_id, key=state.plan.key.key_id,
+                provider=state.provider.id, endpoint=state.meter.endpoint, model=state.meter.model, status=status,
+                streamed=state.streamed, byok=state.plan.byok, error="metering_failed", metadata=state.metadata,
+            )
+        try:
+            self.journal.append(record)
+        except OSError as e:  # a full or failing disk: the ledger still gets it, only crash safety is lost
+            log.error("tollgate: cannot journal request %s (%s); it goes to the ledger unjournaled",
+                      record.id, type(e).__name__)
+        self.writer.submit(record)
+
+    def _usage_record(self, flow: http.HTTPFlow, state: Pending, status: int | None, error: str | None) -> UsageRecord:
+        result = state.meter.result()
+        model = result.model or state.meter.model
+        plan, usage = state.plan, result.usage
+        cost = self._cost(state.provider, model, usage, at=datetime.fromtimestamp(state.started, UTC))
+        billable = is_billable(status, result.source)
+        source = price_guard.price_source(state.meter, cost.source, status)
+        price_guard.warn_once(source, state.provider.id, model, flow.request.path)
+        merchant_charge, customer_byok_fee = self.cashier.charges(state.request_id, plan, cost.total_nanos, billable)
+        units = (
+            meters.units_of(plan.meter, usage, characters=state.meter.prompt_chars, audio_seconds=state.meter.audio_seconds)
+            if plan.meter and billable else 0
+        )
+        response = flow.response
+        ttfb = response.timestamp_start if response else None
+        end = (response.timestamp_end if response else None) or time.time()
+        record = UsageRecord(
+            id=state.request_id,
+            created_at=datetime.fromtimestamp(state.started, UTC).replace(tzinfo=None),
+            account=plan.key.account_id,
+            wallet_id=plan.key.wallet_id,
+            key=plan.key.key_id,
+            provider=state.provider.id,
+            endpoint=state.meter.endpoint,
+            model=model,
+            customer_id=plan.customer.customer_id if plan.customer else None,
+            meter_slug=plan.meter.slug if plan.meter else None,
+            token_id=plan.token.token_id if plan.token else None,
+            status=status,
+            streamed=state.streamed,
+            input_tokens=usage.input_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            output_tokens=usage.output_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            provider_cost_nanos=cost.total_nanos,
+            charged_nanos=merchant_charge,
+            latency_ms=round((end - state.started) * 1000),
+            ttfb_ms=round((ttfb - state.started) * 1000) if ttfb else None,
+            usage_source=result.source,
+            price_source=source,
+            byok=plan.byok,
+            error=error,
+            metadata=state.metadata,
+            customer_wallet_id=plan.customer.wallet_id if plan.customer else None,
+            meter_id=plan.meter_id,
+            units_micro=meters.units_to_micro(units) if units else 0,
+            bill_customer=plan.bill_customer and billable,
+            customer_byok_fee_nanos=customer_byok_fee,
+        )
+        flow.metadata[COST_KEY] = format_usd(cost.total_nanos)
+        flow.metadata[PRICE_SOURCE_KEY] = source
+        flow.comment = flow_notes.metered_comment(record, estimated=result.source == "estimated", key_name=plan.key.name)
+        if self.flows_shown and flow_notes.FEE_AT_COMMIT in flow.comment:
+            self.fee_pending[record.id] = flow
+            if len(self.fee_pending) > FEE_PENDING_MAX:  # records that never commit (a ledger outage)
+                self.fee_pending.popitem(last=False)
+        flow.marked = flow_notes.METERED
+        return record
+
+    def _cost(self, provider: Provider, model: str | None, usage, at: datetime | None = None):
+        return price(usage, model=model or "", provider_id=provider.id, pricing_id=provider.pricing_id,
+                     overrides=self.prices, at=at)
+
+    def done(self) -> None:
+        if self.writer is not None:
+            self.writer.flush(timeout=30)
+            self.writer.close()
+            self.writer = None
+        if self.journal is not None:
+            self.journal.close()
+            self.journal = None
+        if self.autopay is not None:
+            self.autopay.close(timeout=10)
+            self.autopay = None
+        if self.keys is not None:
+            self.keys.close()
+            self.keys = None
+

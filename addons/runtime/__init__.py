@@ -1,0 +1,1 @@
+"""Running the gateway: the lean launcher, the worker supervisor, the per-hook addon index."""
