@@ -18,15 +18,18 @@ from addons.billing import autopay
 from addons.billing.plan import resolve_plan
 from addons.core.catalog import load_catalog
 from addons.core.errors import Unauthorized
+from addons.core.settings import Settings
 from addons.proxy import auth_throttle, error_pages, upstream_guard
 from addons.proxy.auth_throttle import AuthThrottle, client_address
 from addons.proxy.flow_keys import PROVIDER_KEY, REQUEST_ID_KEY
+from addons.proxy.gateway_config import GatewayConfig, SharedConfig
 from addons.proxy.listen_guard import ListenGuard
 from addons.proxy.redaction import REDACTED, Redaction
 from addons.proxy.request_limits import LIMITS, METADATA_MAX_BYTES, RequestLimits
 from addons.proxy.upstream_guard import UpstreamGuard, is_public
 
 CATALOG = load_catalog(overrides={"openai": {"upstream": "http://127.0.0.1:9999"}})
+CONFIG = SharedConfig(GatewayConfig(Settings(database_url="sqlite:///:memory:"), CATALOG))
 SECRET = "tg_sk_" + "s" * 43
 
 
@@ -105,7 +108,7 @@ class FakeResolver:
 
 def connect(answers, address=("api.anthropic.com", 443)):
     resolver = FakeResolver(answers)
-    guard = UpstreamGuard(lambda: CATALOG, resolver)
+    guard = UpstreamGuard(CONFIG, resolver)
     server = connection.Server(address=address, sni=address[0])
     data = server_hooks.ServerConnectionHookData(server=server, client=tflow.tclient_conn())
     asyncio.run(guard.server_connect(data))
@@ -144,7 +147,7 @@ def test_resolution_failure_is_a_connect_error():
 
 def test_slow_resolution_is_a_timeout(monkeypatch):
     monkeypatch.setattr(upstream_guard, "RESOLVE_TIMEOUT_S", 0.01)
-    guard = UpstreamGuard(lambda: CATALOG, lambda host, port: asyncio.sleep(1))
+    guard = UpstreamGuard(CONFIG, lambda host, port: asyncio.sleep(1))
     server = connection.Server(address=("api.anthropic.com", 443))
     asyncio.run(guard.server_connect(server_hooks.ServerConnectionHookData(server=server, client=tflow.tclient_conn())))
     assert server.error == "timed out resolving api.anthropic.com"  # error_pages: 504 upstream_timeout
@@ -162,7 +165,7 @@ class Clock:
 
 @pytest.fixture
 def throttle():
-    addon = AuthThrottle(lambda: CATALOG, clock=Clock())
+    addon = AuthThrottle(CONFIG, clock=Clock())
     with taddons.context(addon) as tctx:
         tctx.configure(addon, tollgate_auth_fail_limit=3, tollgate_auth_fail_window_s=60)
         addon.tctx = tctx
@@ -306,7 +309,7 @@ def test_sent_provider_credentials_are_redacted():
                          ("x-goog-api-key", "AIza-0123456789"), ("anthropic-version", "2023-06-01")],
                         path="/v1beta/models/g:generateContent?key=AIza-0123456789&alt=sse")
     flow.metadata["proxyauth"] = ("user", "proxy-pass")
-    Redaction(lambda: CATALOG).responseheaders(flow)
+    Redaction(CONFIG).responseheaders(flow)
     headers = flow.request.headers
     assert (headers["authorization"], headers["x-api-key"], headers["x-goog-api-key"]) == (
         f"Bearer {REDACTED}", REDACTED, REDACTED)
@@ -321,7 +324,7 @@ def test_refused_request_loses_the_callers_credential_also_inside_u():
     inner = f"https://generativelanguage.googleapis.com/v1beta/models/g:generateContent?key={SECRET}"
     flow = gateway_flow([("api-key", SECRET)], path=f"/v1/forward?u={inner}&key={SECRET}")
     flow.error = tflow.terr(f"Connection refused for {SECRET}")
-    Redaction(lambda: CATALOG).error(flow)
+    Redaction(CONFIG).error(flow)
     assert SECRET not in json.dumps(flow.get_state(), default=repr)
     assert flow.error.msg == f"Connection refused for {REDACTED}"
     assert flow.request.query["u"].startswith("https://generativelanguage.googleapis.com/")
@@ -329,7 +332,7 @@ def test_refused_request_loses_the_callers_credential_also_inside_u():
 
 def test_flows_the_gateway_did_not_handle_are_left_alone():
     flow = flow_to(host="example.com", headers=[("authorization", "Bearer their-own-token")])
-    Redaction(lambda: CATALOG).responseheaders(flow)
+    Redaction(CONFIG).responseheaders(flow)
     assert flow.request.headers["authorization"] == "Bearer their-own-token"
 
 

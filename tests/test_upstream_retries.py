@@ -14,8 +14,10 @@ from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
-from addons.core.catalog import Timeouts, load_catalog
+from addons.core.catalog import Catalog, Timeouts, load_catalog
+from addons.core.settings import Settings
 from addons.proxy.flow_keys import ENDPOINT_KEY, PROVIDER_KEY, RETRIES_KEY, STREAM_KEY
+from addons.proxy.gateway_config import GatewayConfig, SharedConfig
 from addons.proxy.upstream_retries import UpstreamRetries, retry_wait, should_retry
 
 BODY = b'{"model":"gpt-4o-mini","messages":[]}'
@@ -64,9 +66,9 @@ def retry(flow, provider: Provider, retries: int = 2, max_wait_ms: int = 200, ad
     async def resolver(host, port):
         return addresses
 
-    catalog = load_catalog() if addresses is not None else None
-    addon = UpstreamRetries({"openai": LIMITS}, transport=httpx.MockTransport(provider), catalog=lambda: catalog,
-                            resolver=resolver)
+    catalog = load_catalog() if addresses is not None else Catalog(())
+    config = GatewayConfig(Settings(database_url="sqlite:///:memory:"), catalog, timeouts={"openai": LIMITS})
+    addon = UpstreamRetries(SharedConfig(config), transport=httpx.MockTransport(provider), resolver=resolver)
     with taddons.context(addon) as tctx:
         tctx.configure(addon, tollgate_upstream_retries=retries, tollgate_upstream_retry_max_wait_ms=max_wait_ms)
 
@@ -186,6 +188,6 @@ def test_should_retry(status, headers, expected):
     ({"tollgate_upstream_retry_max_wait_ms": -1}, "must not be negative"),
 ])
 def test_options_are_checked(options, message):
-    addon = UpstreamRetries({})
+    addon = UpstreamRetries()
     with taddons.context(addon) as tctx, pytest.raises(OptionsError, match=message):
         tctx.configure(addon, **options)

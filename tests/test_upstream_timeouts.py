@@ -15,9 +15,10 @@ from mitmproxy.proxy.server import ConnectionIO
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 from mitmproxy.test import taddons, tflow
 
-from addons.core.catalog import Timeouts
-from addons.core.settings import DEFAULT_TIMEOUTS
+from addons.core.catalog import Catalog, Timeouts
+from addons.core.settings import DEFAULT_TIMEOUTS, Settings
 from addons.proxy.flow_keys import PROVIDER_KEY, TIMEOUT_KEY
+from addons.proxy.gateway_config import GatewayConfig, SharedConfig
 from addons.proxy.upstream_timeouts import IdleClock, UpstreamTimeouts, cancel_connection_task
 
 TICK = 0.05  # the limits in these tests; each waits several of them for a timer to fire
@@ -34,7 +35,8 @@ class Closer:
 
 
 def addon(closer=None, **limits) -> UpstreamTimeouts:
-    return UpstreamTimeouts({"openai": Timeouts(**limits)}, close=closer or Closer())
+    config = GatewayConfig(Settings(database_url="sqlite:///:memory:"), Catalog(()), timeouts={"openai": Timeouts(**limits)})
+    return UpstreamTimeouts(SharedConfig(config), close=closer or Closer())
 
 
 def forwarded(provider: str = "openai"):

@@ -34,10 +34,10 @@ from mitmproxy import ctx, http
 from mitmproxy.exceptions import OptionsError
 
 from addons.auth.credentials import query_key, read_credential
-from addons.core.catalog import Catalog
 from addons.core.errors import GatewayError, TooManyRequests
 from addons.proxy.error_pages import refuse
 from addons.proxy.flow_keys import PROVIDER_KEY, REQUEST_ID_KEY
+from addons.proxy.gateway_config import SharedConfig
 from addons.proxy.routing import addressed_to_gateway, provider_for
 
 MAX_CLIENTS = 10_000
@@ -66,8 +66,8 @@ def credential_digest(flow: http.HTTPFlow) -> str | None:
 
 
 class AuthThrottle:
-    def __init__(self, catalog: Callable[[], Catalog | None], clock: Callable[[], float] = time.monotonic):
-        self.catalog = catalog
+    def __init__(self, config: SharedConfig, clock: Callable[[], float] = time.monotonic):
+        self.config = config
         self.clock = clock
         self.limit = 0
         self.window = 0.0
@@ -152,7 +152,7 @@ class AuthThrottle:
         return max(1, math.ceil(times[0] + self.window - now))
 
     def _for_gateway(self, flow: http.HTTPFlow) -> bool:
-        catalog = self.catalog()
+        catalog = self.config.catalog
         return catalog is not None and (
             provider_for(flow, catalog) is not None or addressed_to_gateway(flow)
         )

@@ -18,6 +18,10 @@ mitmdump/mitmweb, and the tollgate-proxy launcher).
                       Redaction's definition of a credential (addons/proxy/web_redaction.py)
 
 The guards come first so that their `requestheaders` refusals happen before any other work.
+
+The addons that read config (the catalog, settings, upstream timeouts) are handed one object, the
+Gateway's SharedConfig (addons/proxy/gateway_config.py): the files are read once per process, by
+the first addon to configure that needs them, and every addon sees the same catalog.
 """
 
 from __future__ import annotations
@@ -35,9 +39,7 @@ from addons.proxy.web_redaction import WebRedaction
 
 
 def gateway_chain(gateway: Gateway) -> list:
-    def catalog():
-        return gateway.catalog
-
-    redaction = Redaction(catalog)
-    return [ListenGuard(), RequestLimits(), AuthThrottle(catalog), UpstreamGuard(catalog), UpstreamRetries(catalog=catalog),
-            redaction, gateway, UpstreamTimeouts(), RuntimeInfo(catalog), WebRedaction(redaction.names)]
+    config = gateway.config
+    redaction = Redaction(config)
+    return [ListenGuard(), RequestLimits(), AuthThrottle(config), UpstreamGuard(config), UpstreamRetries(config),
+            redaction, gateway, UpstreamTimeouts(config), RuntimeInfo(config), WebRedaction(redaction.names)]

@@ -23,15 +23,15 @@ from mitmproxy.proxy import server_hooks
 
 from addons.auth.credentials import is_captured, query_key, read_credential, strip_gateway_credentials
 from addons.auth.keystore import KeyStore
-from addons.auth.signed_tokens import check_scope, load_signing_key
+from addons.auth.signed_tokens import check_scope
 from addons.billing import price_guard
 from addons.billing.autopay import AutoTopUp
 from addons.billing.cashier import Cashier
 from addons.billing.charges import apply_charges, is_billable
 from addons.billing.plan import BillingPlan, resolve_plan
-from addons.core.catalog import Catalog, Provider, load_catalog
+from addons.core.catalog import Catalog, Provider
 from addons.core.errors import GatewayError, NotFound, ProviderNotConfigured, ShuttingDown
-from addons.core.settings import PROJECT_ROOT, Settings, load_settings, resolve_database_url
+from addons.core.settings import Settings, resolve_database_url
 from addons.ledger.journal import Journal
 from addons.ledger.models import open_database
 from addons.ledger.writer import CommitReport, LedgerWriter, UsageRecord
@@ -48,11 +48,12 @@ from addons.proxy.flow_keys import (
     STREAM_KEY,
 )
 from addons.proxy.forward import FORWARD_PATH, parse_forward_target, sdk_query, sdk_target
+from addons.proxy.gateway_config import SharedConfig
 from addons.proxy.metadata import parse_metadata
 from addons.proxy.routing import addressed_to_gateway, provider_for
 from addons.usage.metering import Meter
 from pricing import meters
-from pricing.cost import Override, price, price_source, shipped_overrides
+from pricing.cost import Override, price, price_source
 from pricing.money import format_usd
 
 log = logging.getLogger(__name__)
@@ -91,17 +92,15 @@ class StreamTap:
 
 
 class Gateway:
-    def __init__(self) -> None:
-        self.catalog: Catalog | None = None
+    def __init__(self, config: SharedConfig | None = None) -> None:
+        """config: the chain's shared config (addons/proxy/chain.py); alone, the Gateway has its own."""
+        self.config = config if config is not None else SharedConfig()
         self.keys: KeyStore | None = None
         self.writer: LedgerWriter | None = None
         self.journal: Journal | None = None
         self.pending: dict[str, Pending] = {}
-        self.prices: tuple[Override, ...] = ()
-        self.settings: Settings | None = None
         self.cashier: Cashier | None = None
         self.autopay: AutoTopUp | None = None
-        self.signing_key: bytes | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stopping = False
         self.in_flight: set[str] = set()  # flows from their request headers to their response or error
@@ -145,31 +144,65 @@ class Gateway:
         error_pages.install()
         proxyauth_compare.install()
 
+    # What the hooks read of the shared config, under the names they have always used; None until it
+    # is loaded (mitmproxy reads every attribute of an addon when it registers it).
+
+    @property
+    def settings(self) -> Settings | None:
+        return self.config.current.settings if self.config.current else None
+
+    @property
+    def catalog(self) -> Catalog | None:
+        return self.config.catalog
+
+    @property
+    def prices(self) -> tuple[Override, ...]:
+        return self.config.current.prices if self.config.current else ()
+
+    @property
+    def signing_key(self) -> bytes | None:
+        return self.config.current.signing_key if self.config.current else None
+
+    def _load_config(self) -> None:
+        """The shared config: read on the first configure (unless an addon ahead read it), again on a new ledger URL."""
+        if self.writer is None:
+            self.config.load()
+        else:
+            self.config.reload()
+
+    def _open_ledger(self) -> str:
+        """Bind the ledger models to the database; returns its URL."""
+        database_url = resolve_database_url(ctx.options.tollgate_database_url or self.settings.database_url)
+        try:
+            open_database(database_url)
+        except Exception as e:  # peewee/driver errors: name the problem, never the URL (it may hold a password)
+            raise OptionsError(f"cannot open the ledger database: {type(e).__name__}: {e}") from None
+        return database_url
+
+    def _start_ledger_services(self, database_url: str) -> None:
+        """Auto top-up, the crash journal and the ledger writer (threads), then the journal's replay."""
+        self.autopay = AutoTopUp(self.settings.billing.autopay)
+        self.journal = Journal(self.settings.journal_dir, database_url)
+        self.writer = LedgerWriter(apply_charges, on_commit=self._committed)
+        self._replay(self.journal.recover())
+
     def configure(self, updated):
+        """Check the options; load the config (once), open the ledger and start its services; then the
+        key cache and cashier. A new ledger URL reads the config again and switches ledgers."""
         for name in ("tollgate_cache_ttl_ms", "tollgate_drain_seconds"):
             if name in updated and getattr(ctx.options, name) < 0:
                 raise OptionsError(f"{name} must not be negative")
-        if "tollgate_database_url" in updated or self.catalog is None:
-            try:
-                self.settings = load_settings()
-                self.catalog = load_catalog(overrides=self.settings.provider_overrides)
-                self.prices = self.settings.price_overrides + shipped_overrides()
-                self.signing_key = load_signing_key(
-                    self.settings.billing.token_signing_key, PROJECT_ROOT / "data" / "token-signing.key"
-                )
-            except ValueError as e:
-                raise OptionsError(str(e)) from None
+        if "tollgate_database_url" in updated or self.writer is None:
+            self._load_config()
             self.done()  # what the previous ledger was owed is written there before switching
-            database_url = resolve_database_url(ctx.options.tollgate_database_url or self.settings.database_url)
-            try:
-                open_database(database_url)
-            except Exception as e:  # peewee/driver errors: name the problem, never the URL (it may hold a password)
-                raise OptionsError(f"cannot open the ledger database: {type(e).__name__}: {e}") from None
-            self.autopay = AutoTopUp(self.settings.billing.autopay)
-            self.journal = Journal(self.settings.journal_dir, database_url)
-            self.writer = LedgerWriter(apply_charges, on_commit=self._committed)
-            self._replay(self.journal.recover())
+            database_url = self._open_ledger()
+            self._start_ledger_services(database_url)
             self._confine_interception()
+        self._restart_key_cache(updated)
+
+    def _restart_key_cache(self, updated) -> None:
+        """The key and balance cache, and the cashier that holds balances through it: built on the first
+        configure, built again when their options change."""
         if {"tollgate_cache_ttl_ms", "tollgate_redis_url", "tollgate_ledger_outage"} & set(updated) or self.keys is None:
             if self.keys is not None:
                 self.keys.close()

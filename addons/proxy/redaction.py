@@ -22,7 +22,6 @@ definition of where credentials sit on a request.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from mitmproxy import http
@@ -30,6 +29,7 @@ from mitmproxy import http
 from addons.auth.credentials import CREDENTIAL_HEADERS
 from addons.core.catalog import Catalog
 from addons.proxy.flow_keys import REQUEST_ID_KEY
+from addons.proxy.gateway_config import SharedConfig
 
 REDACTED = "[redacted]"
 HEADERS = (*CREDENTIAL_HEADERS, "proxy-authorization")
@@ -44,13 +44,13 @@ def masked(value: str) -> str:
 
 
 class Redaction:
-    def __init__(self, catalog: Callable[[], Catalog | None]):
-        self.catalog = catalog
+    def __init__(self, config: SharedConfig):
+        self.config = config
         self._names: tuple[Catalog | None, frozenset[str], frozenset[str]] = (None, frozenset(HEADERS), frozenset(QUERY))
 
     def names(self) -> tuple[frozenset[str], frozenset[str]]:
         """Header and query parameter names that carry credentials, the catalog's included."""
-        catalog = self.catalog()
+        catalog = self.config.catalog
         if catalog is not None and self._names[0] is not catalog:
             headers = frozenset([*HEADERS, *(p.auth_header for p in catalog.providers if p.auth_header)])
             query = frozenset([*QUERY, *(p.auth_query for p in catalog.providers if p.auth_query)])

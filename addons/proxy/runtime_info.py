@@ -23,15 +23,14 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 from mitmproxy import ctx
 
-from addons.core.catalog import Catalog
 from addons.core.files import write_atomically
 from addons.core.settings import PROJECT_ROOT
+from addons.proxy.gateway_config import SharedConfig
 from addons.runtime.workers import PID_ENV  # set in the workers' environment
 
 log = logging.getLogger(__name__)
@@ -65,8 +64,8 @@ def read_running(path: Path | None = None) -> dict | None:
 
 
 class RuntimeInfo:
-    def __init__(self, catalog: Callable[[], Catalog | None]):
-        self.catalog = catalog
+    def __init__(self, config: SharedConfig):
+        self.config = config
         self.pid = int(os.environ.get(PID_ENV) or os.getpid())
         self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
         self.path: Path | None = None
@@ -82,7 +81,7 @@ class RuntimeInfo:
     def _write(self) -> None:
         if self.path is None:
             return
-        catalog = self.catalog()
+        catalog = self.config.catalog
         listeners = [
             {"mode": server.mode.full_spec, "type": server.mode.type_name,
              "listen_addrs": [[addr[0], addr[1]] for addr in server.listen_addrs]}

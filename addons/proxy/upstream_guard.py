@@ -32,8 +32,8 @@ from collections.abc import Awaitable, Callable
 
 from mitmproxy.proxy import server_hooks
 
-from addons.core.catalog import Catalog
 from addons.proxy.error_pages import UPSTREAM_REFUSED
+from addons.proxy.gateway_config import SharedConfig
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +62,13 @@ def is_public(address: str) -> bool:
 
 
 class UpstreamGuard:
-    def __init__(self, catalog: Callable[[], Catalog | None], resolver: Resolver = resolve):
-        self.catalog = catalog
+    def __init__(self, config: SharedConfig, resolver: Resolver = resolve):
+        self.config = config
         self.resolver = resolver
         self.pinned: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # server -> its (host, port)
 
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
-        server, catalog = data.server, self.catalog()
+        server, catalog = data.server, self.config.catalog
         if server.error or server.via or not server.address or catalog is None:
             return
         host, port = server.address[0], server.address[1]

@@ -39,7 +39,6 @@ import logging
 import ssl
 import time
 import weakref
-from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 
 import certifi
@@ -49,10 +48,10 @@ from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy.mode_specs import UpstreamMode
 from mitmproxy.utils.asyncio_utils import create_task
 
-from addons.core.catalog import Catalog, Timeouts
+from addons.core.catalog import Timeouts
 from addons.proxy.flow_keys import ENDPOINT_KEY, PROVIDER_KEY, REQUEST_ID_HEADERS, RETRIES_KEY, STREAM_KEY
+from addons.proxy.gateway_config import SharedConfig
 from addons.proxy.upstream_guard import RESOLVE_TIMEOUT_S, Resolver, is_public, resolve
-from addons.proxy.upstream_timeouts import load_limits
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +84,13 @@ def should_retry(response: http.Response) -> bool:
 
 
 class UpstreamRetries:
-    def __init__(self, limits: dict[str, Timeouts] | None = None, transport: httpx.AsyncBaseTransport | None = None,
-                 catalog: Callable[[], Catalog | None] = lambda: None, resolver: Resolver = resolve):
-        """limits: provider id -> Timeouts (default: from the settings); transport: httpx's, for tests;
-        catalog and resolver: to check a catalog host's address as UpstreamGuard does."""
-        self.limits = limits
+    def __init__(self, config: SharedConfig | None = None, transport: httpx.AsyncBaseTransport | None = None,
+                 resolver: Resolver = resolve):
+        """config: the chain's, for the providers' timeouts and catalog hosts (alone: its own, loaded on
+        configure when retries are on); transport: httpx's, for tests; resolver: to check a catalog host's
+        address as UpstreamGuard does."""
+        self.config = config if config is not None else SharedConfig()
         self.transport = transport
-        self.catalog = catalog
         self.resolver = resolver
         self.client: httpx.AsyncClient | None = None
         self._sent: weakref.WeakKeyDictionary[http.HTTPFlow, http.Request] = weakref.WeakKeyDictionary()
@@ -114,8 +113,8 @@ class UpstreamRetries:
             raise OptionsError(f"tollgate_upstream_retries must be between 0 and {MAX_RETRIES}")
         if "tollgate_upstream_retry_max_wait_ms" in updated and ctx.options.tollgate_upstream_retry_max_wait_ms < 0:
             raise OptionsError("tollgate_upstream_retry_max_wait_ms must not be negative")
-        if ctx.options.tollgate_upstream_retries and self.limits is None:
-            self.limits = load_limits()
+        if ctx.options.tollgate_upstream_retries:
+            self.config.load()
         if {"ssl_insecure", "ssl_verify_upstream_trusted_ca", "ssl_verify_upstream_trusted_confdir"} & set(updated):
             self._drop_client()
 
@@ -142,7 +141,7 @@ class UpstreamRetries:
         if sent is None or flow.response.stream or not self._retryable(flow):
             return
         retries, metadata = ctx.options.tollgate_upstream_retries, flow.metadata
-        limits = self.limits.get(metadata[PROVIDER_KEY], Timeouts())
+        limits = self.config.current.timeouts.get(metadata[PROVIDER_KEY], Timeouts())
         deadline = flow.request.timestamp_start + limits.total if limits.total else None
         max_wait = ctx.options.tollgate_upstream_retry_max_wait_ms / 1000
         for attempt in range(retries):
@@ -185,7 +184,7 @@ class UpstreamRetries:
     async def _checked_target(self, request: http.Request) -> tuple[httpx.URL, dict]:
         """Where to resend: a catalog host at an address checked as UpstreamGuard checks its connections
         (the URL gets the IP, TLS keeps the name), else the URL as it is (a configured upstream)."""
-        url, catalog = httpx.URL(request.url), self.catalog()
+        url, catalog = httpx.URL(request.url), self.config.catalog
         host, port = request.host, request.port
         if catalog is None or catalog.is_upstream_of(host, port) or catalog.by_host(host) is None:
             return url, {}

@@ -2,7 +2,8 @@
 
 Runs right after the Gateway, on the flows the Gateway forwards (those with PROVIDER_KEY in their
 metadata, addons/proxy/flow_keys.py). The limits are `timeouts:` in the gateway settings, overridden phase by phase by a
-provider's own `timeouts` (see addons.core.catalog.Timeouts). Timers run on the event loop
+provider's own `timeouts` (see addons.core.catalog.Timeouts), as the chain's shared config has them
+(addons/proxy/gateway_config.py). Timers run on the event loop
 (`loop.call_later`), nothing blocks:
 
     request            first_byte and total start: the request is about to be forwarded
@@ -41,28 +42,17 @@ import time
 from collections.abc import Callable, Mapping
 
 from mitmproxy import connection, ctx, http
-from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
-from addons.core.catalog import Timeouts, load_catalog
-from addons.core.settings import load_settings
+from addons.core.catalog import Timeouts
 from addons.proxy.flow_keys import PROVIDER_KEY, TIMEOUT_KEY
+from addons.proxy.gateway_config import SharedConfig
 
 log = logging.getLogger(__name__)
 
 _SLACK = 0.001  # a timer may fire up to a millisecond early (uvloop's clock)
 
 Closer = Callable[[connection.Client, connection.Server, str], bool]
-
-
-def load_limits() -> dict[str, Timeouts]:
-    """Each catalog provider's timeouts: the settings' `timeouts:` with the provider's own over them."""
-    try:
-        settings = load_settings()
-        catalog = load_catalog(overrides=settings.provider_overrides)
-    except ValueError as e:
-        raise OptionsError(str(e)) from None
-    return {p.id: settings.timeouts.updated(p.timeouts) for p in catalog.providers}
 
 
 def cancel_connection_task(client: connection.Client, server: connection.Server, reason: str) -> bool:
@@ -114,17 +104,22 @@ class IdleClock:
 
 
 class UpstreamTimeouts:
-    def __init__(self, limits: Mapping[str, Timeouts] | None = None, close: Closer = cancel_connection_task):
-        """limits: provider id -> Timeouts (default: read from the settings and the catalog)."""
-        self.limits: dict[str, Timeouts] | None = dict(limits) if limits is not None else None
+    def __init__(self, config: SharedConfig | None = None, close: Closer = cancel_connection_task):
+        """config: the chain's (alone: its own, loaded on configure); close: how a timed-out connection is closed."""
+        self.config = config if config is not None else SharedConfig()
         self.close = close
         self.watches: dict[str, _Watch] = {}  # flow id ->
         self.by_client: dict[str, list[_Watch]] = {}  # client connection id -> its flows awaiting a connection
         self.connecting: dict[str, _Watch] = {}  # server connection id ->
 
+    @property
+    def limits(self) -> Mapping[str, Timeouts]:
+        """Provider id -> its Timeouts; none until the config is loaded."""
+        config = self.config.current
+        return config.timeouts if config is not None else {}
+
     def configure(self, updated) -> None:
-        if self.limits is None:
-            self.limits = load_limits()
+        self.config.load()
 
     def done(self) -> None:
         for watch in list(self.watches.values()):
