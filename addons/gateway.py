@@ -2,5 +2,7 @@
 
 from addons.proxy.chain import gateway_chain
 from addons.proxy.gateway_addon import Gateway
+from addons.runtime import mitmproxy_internals
 
+mitmproxy_internals.install(web=mitmproxy_internals.under_mitmweb())  # refuses an unsupported mitmproxy
 addons = gateway_chain(Gateway())

@@ -35,7 +35,7 @@ from addons.core.settings import PROJECT_ROOT, Settings, load_settings, resolve_
 from addons.ledger.journal import Journal
 from addons.ledger.models import open_database
 from addons.ledger.writer import CommitReport, LedgerWriter, UsageRecord
-from addons.proxy import error_pages, flow_notes, proxyauth_compare
+from addons.proxy import error_pages, flow_notes
 from addons.proxy.error_pages import json_response, new_request_id
 from addons.proxy.flow_keys import (
     COST_KEY,
@@ -142,8 +142,6 @@ class Gateway:
             "mitmproxy translating; requests in flight on one client connection then share one provider "
             "connection. Off: the client's protocol is mirrored (HTTP/1.1 keep-alive for the forward endpoint).",
         )
-        error_pages.install()
-        proxyauth_compare.install()
 
     def configure(self, updated):
         for name in ("tollgate_cache_ttl_ms", "tollgate_drain_seconds"):

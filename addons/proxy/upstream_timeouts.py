@@ -47,6 +47,7 @@ from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 from addons.core.catalog import Timeouts, load_catalog
 from addons.core.settings import load_settings
 from addons.proxy.flow_keys import PROVIDER_KEY, TIMEOUT_KEY
+from addons.runtime import mitmproxy_internals
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +69,7 @@ def load_limits() -> dict[str, Timeouts]:
 def cancel_connection_task(client: connection.Client, server: connection.Server, reason: str) -> bool:
     """Close `server` as mitmproxy does when it cannot write to it; False when it has no open task."""
     proxyserver = ctx.master.addons.get("proxyserver")
-    handler = proxyserver.connections.get(client.id) if proxyserver else None
-    transport = handler.transports.get(server) if handler else None
-    if transport is None or transport.handler is None or transport.handler.done():
-        return False
-    transport.handler.cancel(reason)
-    return True
+    return proxyserver is not None and mitmproxy_internals.cancel_server_task(proxyserver, client, server, reason)
 
 
 class _Watch:
