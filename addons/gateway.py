@@ -1,6 +1,8 @@
 """The mitmproxy script: `mitmdump -s addons/gateway.py` (what ./run_proxy.sh --web loads into mitmweb)."""
 
+from addons.proxy import mitmproxy_internals
 from addons.proxy.chain import gateway_chain
 from addons.proxy.gateway_addon import Gateway
 
+mitmproxy_internals.install(web=mitmproxy_internals.under_mitmweb())  # refuses an unsupported mitmproxy
 addons = gateway_chain(Gateway())

@@ -23,12 +23,13 @@ from typing import Literal
 
 import genai_prices
 import yaml
-from genai_prices.data_snapshot import get_snapshot
-from genai_prices.data_units import unit_data
-from genai_prices.types import ModelInfo, ModelPrice, Provider
 
+from pricing import genai_prices_internals
+from pricing.genai_prices_internals import ModelInfo, ModelPrice, Provider
 from pricing.money import to_nanos
 from pricing.usage import TokenUsage
+
+genai_prices_internals.check_version()  # refuses an unchecked genai-prices, whose internals the fast path reads
 
 OVERRIDES_PATH = Path(__file__).resolve().parent / "overrides.yaml"
 _MTOK = Decimal(1_000_000)
@@ -139,7 +140,7 @@ def _route(
     if pricing_id is None:
         return False
     try:
-        return get_snapshot().find_provider_model(model, None, pricing_id, None)
+        return genai_prices_internals.find_provider_model(model, pricing_id)
     except LookupError:
         return False
 
@@ -215,7 +216,6 @@ _CHECKS: tuple[Counts, ...] = ((7_654_321, 1_234_567, 2_345_678, 987_654, 123_45
 _LARGEST_FIT_COUNT = max(max(counts) for counts in (*(usage for usage, _ in _FIT), *_CHECKS))
 _EXACT = Context(prec=200, traps=[Inexact])  # fitting arithmetic: exact, or an error, never rounded
 _GENAI_CONTEXT = Context(prec=_GENAI_PRECISION)
-_PER = {unit.get("price_key", usage_key): unit["per"] for usage_key, unit in unit_data.items()}
 _MAX_PLANS = 8192  # keyed by snapshot objects, so bounded by the snapshot anyway
 
 
@@ -260,10 +260,8 @@ def _exact_up_to(model_price: ModelPrice) -> int:
     exceeds count * sum(rate / per). Below 10**28 multiples of 10**lowest, nothing rounds.
     """
     lowest, rate_sum = 0, Fraction(0)
-    for key, rate in model_price.__dict__.items():
-        if key.startswith("_") or rate is None:
-            continue
-        per = _PER.get(key)
+    for key, rate in genai_prices_internals.rates(model_price):
+        per = genai_prices_internals.PER.get(key)
         if per is None or str(per).rstrip("0") != "1":
             return 0  # a unit genai-prices ignores, or one whose division could be inexact
         if not isinstance(rate, Decimal) or not rate.is_finite() or rate < 0:

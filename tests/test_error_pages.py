@@ -2,12 +2,12 @@ import json
 
 import pytest
 from mitmproxy.net.http import http1
-from mitmproxy.proxy.layers.http import _http1
 
 from addons.proxy import error_pages
-from addons.proxy.error_pages import json_error_response, strip_tag
+from addons.proxy.error_pages import json_error_response, protocol_error_message, strip_tag
+from addons.proxy.flow_keys import REQUEST_ID_KEY, TIMEOUT_KEY
 
-TAG = error_pages._TAG  # what install() appends to mitmproxy's message before the request id
+TAG = error_pages._TAG  # what protocol_error_message appends to mitmproxy's message before the request id
 
 
 def parse(raw: bytes):
@@ -71,9 +71,15 @@ def test_strip_tag(message, stripped):
     assert strip_tag(message) == stripped
 
 
-def test_install_replaces_mitmproxy_error_page_once():
-    error_pages.install()
-    handler = error_pages.http_layer.HttpStream.handle_protocol_error
-    error_pages.install()
-    assert _http1.make_error_response is json_error_response
-    assert error_pages.http_layer.HttpStream.handle_protocol_error is handler
+@pytest.mark.parametrize(
+    "metadata, message, reworded",
+    [
+        ({}, "server closed connection", "server closed connection"),
+        ({REQUEST_ID_KEY: "req_1"}, "server closed connection", f"server closed connection{TAG}req_1"),
+        ({TIMEOUT_KEY: "first byte timed out", REQUEST_ID_KEY: "req_1"}, "server closed connection",
+         f"first byte timed out{TAG}req_1"),
+        ({TIMEOUT_KEY: "timed out", REQUEST_ID_KEY: "req_2"}, f"too large{TAG}req_1", f"too large{TAG}req_1"),
+    ],
+)
+def test_protocol_error_message_says_why_and_carries_the_request_id(metadata, message, reworded):
+    assert protocol_error_message(metadata, message) == reworded

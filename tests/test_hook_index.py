@@ -9,7 +9,7 @@ from mitmproxy import exceptions, http, master, options
 from mitmproxy.proxy.layers.http import HttpRequestHook
 from mitmproxy.test import tflow
 
-from addons.runtime import launcher
+from addons.proxy import mitmproxy_internals
 from addons.runtime.hook_index import IndexedAddonManager
 from addons.runtime.launcher import GatewayMaster
 
@@ -152,5 +152,5 @@ def test_the_lean_launcher_drops_mitmproxys_debug_only_type_checks(monkeypatch):
 
     with pytest.raises(TypeError):
         request_with_a_str_port()
-    launcher.skip_debug_type_checks()
+    mitmproxy_internals.drop_debug_type_checks()
     assert request_with_a_str_port().data.port == "80"

@@ -25,7 +25,8 @@ import pytest
 import tornado.websocket
 
 from addons.auth.credentials import ForwardToken, encode_forward_token
-from addons.proxy.web_redaction import check_version, masked_option
+from addons.proxy.mitmproxy_internals import check_version
+from addons.proxy.web_redaction import masked_option
 from tests.conftest import MOCK_MODEL_PRICE
 from tests.harness import PROJECT, PROVIDER_KEYS, GatewayProcess, clean_env, free_port
 from tests.mock_provider import MockProvider
@@ -228,7 +229,7 @@ def test_the_options_view_shows_no_password(name, value, shown):
 
 @pytest.mark.parametrize("version", ["11.1.3", "13.0.0", "12.4.0"])
 def test_an_unknown_mitmproxy_version_is_refused_rather_than_shown_keys(version):
-    with pytest.raises(RuntimeError, match=f"not {version}"):
+    with pytest.raises(RuntimeError, match=f"mitmproxy {version} is not supported"):
         check_version(version)
     check_version("12.3.1")
 

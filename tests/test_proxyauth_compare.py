@@ -3,12 +3,12 @@ import hmac
 import pytest
 from mitmproxy.addons import proxyauth
 
-from addons.proxy import proxyauth_compare
+from addons.proxy import mitmproxy_internals
 
 
 @pytest.fixture(autouse=True)
 def installed():
-    proxyauth_compare.install()
+    mitmproxy_internals.install()
 
 
 @pytest.mark.parametrize(

@@ -2,9 +2,8 @@
 JSON in the gateway's error shape, carrying the request id when the flow had one. A provider
 connection that addons.proxy.upstream_timeouts closed fails with its "timed out" reason, hence 504.
 
-mitmproxy renders these as HTML deep inside its HTTP/1 layer with no hook to change them, so
-this wraps two internals once per process. Both are covered by the end-to-end tests, which
-fail loudly if a mitmproxy upgrade moves them.
+mitmproxy renders these as HTML deep inside its HTTP/1 layer with no hook to change them:
+addons/proxy/mitmproxy_internals.py puts json_error_response and protocol_error_message there.
 """
 
 from __future__ import annotations
@@ -13,8 +12,6 @@ import secrets
 
 from mitmproxy import http
 from mitmproxy.net.http import http1
-from mitmproxy.proxy.layers import http as http_layer
-from mitmproxy.proxy.layers.http import _http1
 
 from addons.core.errors import (
     BadRequest,
@@ -92,23 +89,15 @@ def refuse(flow: http.HTTPFlow, error: GatewayError, headers: dict[str, str] | N
     flow.response.headers.update(headers or {})
 
 
-def install() -> None:
-    if getattr(_http1.make_error_response, "tollgate", False):
-        return
-    json_error_response.tollgate = True
-    _http1.make_error_response = json_error_response
-    original = http_layer.HttpStream.handle_protocol_error
-
-    def handle_protocol_error(self, event):
-        metadata = self.flow.metadata if self.flow else {}
-        if isinstance(event, http_layer.ResponseProtocolError) and _TAG not in event.message:
-            # A connection closed for a timeout fails as "server closed connection": say why.
-            event.message = metadata.get(TIMEOUT_KEY, event.message)
-            if request_id := metadata.get(REQUEST_ID_KEY):
-                event.message = tagged(event.message, request_id)
-        return (yield from original(self, event))
-
-    http_layer.HttpStream.handle_protocol_error = handle_protocol_error
+def protocol_error_message(metadata: dict, message: str) -> str:
+    """A protocol error's message as json_error_response should read it: a connection closed for a
+    timeout (it fails as "server closed connection") says why, and the request id goes along."""
+    if _TAG in message:
+        return message
+    message = metadata.get(TIMEOUT_KEY, message)
+    if request_id := metadata.get(REQUEST_ID_KEY):
+        message = tagged(message, request_id)
+    return message
 
 
 def strip_tag(message: str) -> str:

@@ -35,7 +35,7 @@ from addons.core.settings import Settings, resolve_database_url
 from addons.ledger.journal import Journal
 from addons.ledger.models import open_database
 from addons.ledger.writer import CommitReport, LedgerWriter, UsageRecord
-from addons.proxy import error_pages, flow_notes, proxyauth_compare
+from addons.proxy import error_pages, flow_notes
 from addons.proxy.error_pages import json_response, new_request_id
 from addons.proxy.flow_keys import (
     COST_KEY,
@@ -141,8 +141,6 @@ class Gateway:
             "mitmproxy translating; requests in flight on one client connection then share one provider "
             "connection. Off: the client's protocol is mirrored (HTTP/1.1 keep-alive for the forward endpoint).",
         )
-        error_pages.install()
-        proxyauth_compare.install()
 
     # What the hooks read of the shared config, under the names they have always used; None until it
     # is loaded (mitmproxy reads every attribute of an addon when it registers it).

@@ -4,14 +4,14 @@ Request bodies. The gateway buffers a request's whole body (the meter reads it),
 has no limit by default. mitmproxy's `body_size_limit` would do, but it applies to responses as
 well: a file download, a video or a large embeddings batch over the limit would be cut off. So
 `tollgate_max_request_body` limits requests only. It acts where mitmproxy's own check does
-(HttpStream.check_body_size, wrapped here): a declared Content-Length over the limit is refused
+(HttpStream.check_body_size): a declared Content-Length over the limit is refused
 before any of the body is read, a chunked body as soon as what is buffered passes it. The client
 gets 413 `request_too_large` (JSON, via addons.proxy.error_pages) and the connection is closed.
 
 Request headers. mitmproxy's HTTP/1 server reads a request head of any size ("FIXME: protect
 against header size DoS" in proxy/layers/http/_http1.py). With `tollgate_max_header_bytes`, a head
 that grows past the limit without ending is answered 431 `request_headers_too_large` and the
-connection closed, before it is parsed (Http1Server.read_headers, wrapped here). HTTP/2 and 3
+connection closed, before it is parsed (Http1Server.read_headers). HTTP/2 and 3
 heads, which their own decoders bound, are measured in `requestheaders` against the same limit.
 
 Metadata. A metadata header over METADATA_MAX_BYTES is 431 `metadata_too_large` before its JSON is
@@ -20,30 +20,25 @@ parsed (addons.proxy.metadata then checks pairs and lengths: 400 `invalid_metada
 Ledger: these refusals happen before the gateway's `request` hook, so no request row is written
 (as for every request refused before it is forwarded).
 
-The two wraps are installed once per process; the end-to-end tests fail loudly if a mitmproxy
-upgrade moves what they wrap.
+The HTTP/1 limits act inside mitmproxy, through the two wraps in addons/proxy/mitmproxy_internals.py;
+this module says what they enforce (body_limit, body_refusal, header_limit, head_refusal).
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 from mitmproxy import ctx, http
 from mitmproxy.exceptions import OptionsError
-from mitmproxy.flow import Error
-from mitmproxy.net.http.http1 import expected_http_body_size
-from mitmproxy.proxy import commands, events
-from mitmproxy.proxy.layers import http as http_layer
-from mitmproxy.proxy.layers.http import _http1
 from mitmproxy.utils import human
 
 from addons.core.errors import HeadersTooLarge
-from addons.proxy.error_pages import headers_too_large, new_request_id, refuse, tagged
+from addons.proxy.error_pages import headers_too_large, json_error_response, new_request_id, refuse, tagged
 from addons.proxy.flow_keys import METADATA_HEADERS, REQUEST_ID_KEY
 
 METADATA_MAX_BYTES = 64 * 1024
 BODY_TOO_LARGE = "Request body exceeds tollgate_max_request_body."
+HEAD_TOO_LARGE = "request head over tollgate_max_header_bytes"  # logged, after the client's address
 
 
 @dataclass(slots=True)
@@ -52,7 +47,7 @@ class Limits:
     header_bytes: int | None = None
 
 
-LIMITS = Limits()  # read by the wrapped mitmproxy internals; set by RequestLimits.configure
+LIMITS = Limits()  # read by the wrapped mitmproxy internals (body_limit, header_limit); set by RequestLimits.configure
 
 
 def head_size(request: http.Request) -> int:
@@ -84,7 +79,6 @@ class RequestLimits:
             "Largest request head (request line and headers) the gateway accepts (bytes, or with a k/m "
             "suffix; 0 for no limit). Larger ones get 431 and the connection is closed.",
         )
-        install()
 
     def configure(self, updated):
         if "tollgate_max_request_body" in updated:
@@ -105,59 +99,22 @@ class RequestLimits:
         LIMITS.body = LIMITS.header_bytes = None
 
 
-# -- the two wraps of mitmproxy internals ------------------------------------------------------
+# -- what the two wraps in addons/proxy/mitmproxy_internals.py enforce -----------------------------
 
 
-def _declared_size(request: http.Request) -> int | None:
-    try:
-        return expected_http_body_size(request)
-    except ValueError:
-        return None  # mitmproxy answers an invalid Content-Length itself
+def body_limit() -> int | None:
+    return LIMITS.body
 
 
-def _head_ends_within(buf, limit: int) -> bool:
-    head = bytes(buf)[: limit + 4]
-    return b"\r\n\r\n" in head or b"\n\n" in head
+def header_limit() -> int | None:
+    return LIMITS.header_bytes
 
 
-def install() -> None:
-    stream, server = http_layer.HttpStream, _http1.Http1Server
-    if getattr(stream.check_body_size, "tollgate", False):
-        return
-    check_body_size, read_headers = stream.check_body_size, server.read_headers
+def body_refusal(flow: http.HTTPFlow) -> str:
+    """The protocol error for a body over the limit (413 via error_pages), with the flow's request id."""
+    return tagged(BODY_TOO_LARGE, flow.metadata.setdefault(REQUEST_ID_KEY, new_request_id()))
 
-    def limited_check_body_size(self, request: bool):
-        limit = LIMITS.body
-        if request and limit and self.flow is not None:
-            size = len(self.request_body_buf) or _declared_size(self.flow.request)
-            if size is not None and size > limit:
-                # As mitmproxy's own body_size_limit refusal does (HttpStream.check_body_size).
-                if not self.request_body_buf:
-                    yield http_layer.HttpRequestHeadersHook(self.flow)
-                self.flow.error = Error(BODY_TOO_LARGE)
-                yield http_layer.HttpErrorHook(self.flow)
-                too_large = http_layer.ErrorCode.REQUEST_TOO_LARGE
-                message = tagged(BODY_TOO_LARGE, self.flow.metadata.setdefault(REQUEST_ID_KEY, new_request_id()))
-                yield http_layer.SendHttp(
-                    http_layer.ResponseProtocolError(self.stream_id, message, too_large), self.context.client
-                )
-                self.client_state = self.state_errored
-                self.flow.live = False
-                return True
-        return (yield from check_body_size(self, request))
 
-    def limited_read_headers(self, event):
-        limit = LIMITS.header_bytes
-        unfinished = isinstance(event, events.DataReceived) and limit and len(self.buf) > limit
-        if unfinished and not _head_ends_within(self.buf, limit):
-            peer = human.format_address(self.conn.peername)
-            yield commands.Log(f"{peer}: request head over tollgate_max_header_bytes", logging.INFO)
-            yield commands.SendData(self.conn, _http1.make_error_response(431, "Request header fields too large"))
-            yield commands.CloseConnection(self.conn)
-            self.state = self.done
-            return
-        return (yield from read_headers(self, event))
-
-    limited_check_body_size.tollgate = True
-    stream.check_body_size = limited_check_body_size
-    server.read_headers = limited_read_headers
+def head_refusal() -> bytes:
+    """The 431 for an HTTP/1 head over the limit, sent before it is parsed (so no request id of its own)."""
+    return json_error_response(431, "Request header fields too large")

@@ -45,6 +45,7 @@ from mitmproxy import connection, ctx, http
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
 from addons.core.catalog import Timeouts
+from addons.proxy import mitmproxy_internals
 from addons.proxy.flow_keys import PROVIDER_KEY, TIMEOUT_KEY
 from addons.proxy.gateway_config import SharedConfig
 
@@ -58,12 +59,7 @@ Closer = Callable[[connection.Client, connection.Server, str], bool]
 def cancel_connection_task(client: connection.Client, server: connection.Server, reason: str) -> bool:
     """Close `server` as mitmproxy does when it cannot write to it; False when it has no open task."""
     proxyserver = ctx.master.addons.get("proxyserver")
-    handler = proxyserver.connections.get(client.id) if proxyserver else None
-    transport = handler.transports.get(server) if handler else None
-    if transport is None or transport.handler is None or transport.handler.done():
-        return False
-    transport.handler.cancel(reason)
-    return True
+    return proxyserver is not None and mitmproxy_internals.cancel_server_task(proxyserver, client, server, reason)
 
 
 class _Watch:

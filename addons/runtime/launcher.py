@@ -34,10 +34,9 @@ them for interactive inspection.
 
 Hooks are dispatched by addons.runtime.hook_index.IndexedAddonManager: only to the addons that handle them.
 
-mitmproxy type-checks every field of each request and response it builds (MessageData.__post_init__),
-but only `if __debug__`: a development aid that `python -O` removes, and about 6% of the gateway's
-CPU (bench/profile.md). This process drops it the same way, without -O's other effects; mitmdump and
-mitmweb keep it.
+mitmproxy's internals are patched by addons.proxy.mitmproxy_internals.install(lean=True), called
+before anything runs (it refuses an unsupported mitmproxy); `lean` also drops mitmproxy's debug-only
+per-field type checks of messages, in this process only.
 
 mitmproxy logs every client and server connect/disconnect at INFO; here those show only at debug
 verbosity (`-v` or `--set termlog_verbosity=debug`), so a busy gateway writes no per-flow lines.
@@ -70,7 +69,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from mitmproxy import ctx, exceptions, hooks, http, master, options, optmanager
+from mitmproxy import ctx, exceptions, hooks, master, options, optmanager
 from mitmproxy.addons import (
     block,
     core,
@@ -92,6 +91,7 @@ from mitmproxy.tools.main import process_options
 from mitmproxy.utils import asyncio_utils, debug
 
 from addons.host import capture_modes
+from addons.proxy import mitmproxy_internals
 from addons.proxy.chain import gateway_chain
 from addons.proxy.gateway_addon import Gateway
 from addons.runtime.hook_index import IndexedAddonManager
@@ -118,16 +118,6 @@ def lean_addons() -> list:
         upstream_auth.UpstreamAuth(),
         update_alt_svc.UpdateAltSvc(),
     ]
-
-
-def skip_debug_type_checks() -> None:
-    """What `python -O` does to mitmproxy's messages (see above); a no-op if mitmproxy has no such check."""
-    if "__post_init__" in vars(http.MessageData):
-        http.MessageData.__post_init__ = _no_type_check  # its dataclass __init__s call it: keep a callable
-
-
-def _no_type_check(self) -> None:
-    pass
 
 
 class QuietConnections:
@@ -324,7 +314,6 @@ async def _run(argv: Sequence[str]) -> int:
     for name, level in (("asyncio", logging.WARNING), ("hpack", logging.WARNING), ("quic", logging.WARNING)):
         logging.getLogger(name).setLevel(level)
     debug.register_info_dumpers()
-    skip_debug_type_checks()
 
     loop = asyncio.get_running_loop()
     failed: list[str] = []
@@ -388,6 +377,11 @@ async def _run(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        mitmproxy_internals.install(lean=True)
+    except mitmproxy_internals.UnsupportedMitmproxy as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 1
     # The loop exists before the full parser (which needs a Master, which needs the loop).
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--reuse-port", action="store_true")

@@ -1,0 +1,343 @@
+"""Every place Tollgate reaches into mitmproxy's private parts, checked against the mitmproxy it runs on.
+
+mitmproxy offers no hook for these, so each one replaces or wraps a private function or method, or
+reads private state. They live here and nowhere else: this module is the mechanism, the addons named
+in each patch are the policy (what the error body says, which limit applies, what counts as a
+credential), handed in by `install`. Why each patch exists and what it buys is said once, at its
+function below.
+
+`install()` checks the version first and refuses an unknown one (`check_version`): a patch whose target
+moved would fail silently (an HTML error page, no size limit, a provider key shown in mitmweb), so an
+unchecked mitmproxy does not run at all. It is called explicitly, before anything runs, by the two ways
+to run the gateway: addons/runtime/launcher.py (tollgate-proxy; `lean=True`) and addons/gateway.py (the
+script for mitmdump and mitmweb; `web=True` under mitmweb). It is idempotent: a script reload calls it
+again and nothing stacks.
+
+Not here, because it uses only mitmproxy's public API: addons/runtime/hook_index.py's AddonManager
+subclass (each hook sent only to the addons that handle it, about a fifth of the lean process's CPU).
+
+To support a new mitmproxy: read each patch's target in the new version (the names and signatures
+below, and the e2e tests named at each patch), then add the version to SUPPORTED.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Protocol
+
+from mitmproxy import connection, ctx, http, version
+from mitmproxy.addons import proxyauth
+from mitmproxy.flow import Error
+from mitmproxy.net.http.http1 import expected_http_body_size
+from mitmproxy.proxy import commands, events
+from mitmproxy.proxy.layers import http as http_layer
+from mitmproxy.proxy.layers.http import _http1
+from mitmproxy.utils import human
+
+from addons.proxy import error_pages, proxyauth_compare, request_limits
+
+SUPPORTED = ((12, 2), (12, 3))  # major.minor; read on 12.2.3, run and tested on 12.3.1
+
+
+class UnsupportedMitmproxy(RuntimeError):
+    """The installed mitmproxy is not one these patches were checked against."""
+
+
+def check_version(text: str | None = None) -> None:
+    """Raise UnsupportedMitmproxy unless mitmproxy `text` (default: the installed one) is in SUPPORTED."""
+    text = version.VERSION if text is None else text
+    major_minor = tuple(int(part) for part in text.split(".")[:2] if part.isdigit())
+    if major_minor not in SUPPORTED:
+        supported = ", ".join("%d.%d" % v for v in SUPPORTED)
+        raise UnsupportedMitmproxy(
+            f"mitmproxy {text} is not supported (Tollgate patches mitmproxy internals checked on {supported} only): "
+            f"install mitmproxy {supported}, or check each patch in addons/proxy/mitmproxy_internals.py "
+            f"against {text} and add it to SUPPORTED."
+        )
+
+
+# -- patching, once --------------------------------------------------------------------------------
+
+_placed: dict[str, tuple[object, str, object]] = {}  # patch label -> (owner, name, what we put there)
+
+
+def _get(owner, name: str):
+    return owner[name] if isinstance(owner, dict) else getattr(owner, name)
+
+
+def _replace(label: str, owner, name: str, make: Callable[[object], object]) -> None:
+    """Put make(current) at owner.name (or owner[name]) unless our replacement is there already."""
+    if label in _placed and _get(owner, name) is _placed[label][2]:
+        return
+    replacement = make(_get(owner, name))
+    if isinstance(owner, dict):
+        owner[name] = replacement
+    else:
+        setattr(owner, name, replacement)
+    _placed[label] = (owner, name, replacement)
+
+
+def patched() -> set[str]:
+    """The patches in place now, by label (`module.name` or `Class.method`)."""
+    return {label for label, (owner, name, replacement) in _placed.items() if _get(owner, name) is replacement}
+
+
+# -- the patches -----------------------------------------------------------------------------------
+
+
+def answer_errors_with(render: Callable[[int, str], bytes]) -> None:
+    """The errors mitmproxy answers itself (provider unreachable, bad request line, body or head too
+    large, ...) in the gateway's JSON error shape instead of mitmproxy's HTML page, which quotes client
+    bytes and addresses and which no API client can parse. mitmproxy renders them in its HTTP/1 layer
+    with no hook to change them: this replaces `_http1.make_error_response(status, message) -> bytes`.
+    Policy: addons.proxy.error_pages.json_error_response. Covered end to end by tests/test_gateway_errors.py."""
+    _replace("_http1.make_error_response", _http1, "make_error_response", lambda original: render)
+
+
+def reword_protocol_errors(reword: Callable[[dict, str], str]) -> None:
+    """A provider connection closed for a timeout (addons.proxy.upstream_timeouts) fails in mitmproxy as
+    "server closed connection"; the client should get 504 with the reason, and every error page the
+    request id its flow already has. The message of a ResponseProtocolError is the only thing that reaches
+    make_error_response, so this wraps `HttpStream.handle_protocol_error` and rewrites it first with
+    reword(flow metadata, message). Policy: addons.proxy.error_pages.protocol_error_message."""
+
+    def wrap(original):
+        def handle_protocol_error(self, event):
+            if isinstance(event, http_layer.ResponseProtocolError):
+                event.message = reword(self.flow.metadata if self.flow else {}, event.message)
+            return (yield from original(self, event))
+
+        return handle_protocol_error
+
+    _replace("HttpStream.handle_protocol_error", http_layer.HttpStream, "handle_protocol_error", wrap)
+
+
+def _declared_size(request: http.Request) -> int | None:
+    try:
+        return expected_http_body_size(request)
+    except ValueError:
+        return None  # mitmproxy answers an invalid Content-Length itself
+
+
+def limit_request_bodies(limit: Callable[[], int | None], error: str, message: Callable[[http.HTTPFlow], str]) -> None:
+    """A request body limit that leaves responses alone (mitmproxy's body_size_limit cuts both, so a large
+    download or embeddings batch would break): the gateway buffers each request body whole, and mitmproxy
+    has no limit by default. It acts where mitmproxy's own body_size_limit refusal does, the same way, by
+    wrapping `HttpStream.check_body_size`: a declared Content-Length over limit() is refused before any
+    of the body is read, a chunked body once what is buffered passes it; flow.error is `error`, the client
+    gets the protocol error `message(flow)` (413 via answer_errors_with) and the connection is closed.
+    Policy: addons.proxy.request_limits. Covered end to end by tests/test_security.py."""
+
+    def wrap(original):
+        def check_body_size(self, request: bool):
+            most = limit()
+            if request and most and self.flow is not None:
+                size = len(self.request_body_buf) or _declared_size(self.flow.request)
+                if size is not None and size > most:
+                    if not self.request_body_buf:
+                        yield http_layer.HttpRequestHeadersHook(self.flow)
+                    self.flow.error = Error(error)
+                    yield http_layer.HttpErrorHook(self.flow)
+                    too_large = http_layer.ErrorCode.REQUEST_TOO_LARGE
+                    yield http_layer.SendHttp(
+                        http_layer.ResponseProtocolError(self.stream_id, message(self.flow), too_large),
+                        self.context.client,
+                    )
+                    self.client_state = self.state_errored
+                    self.flow.live = False
+                    return True
+            return (yield from original(self, request))
+
+        return check_body_size
+
+    _replace("HttpStream.check_body_size", http_layer.HttpStream, "check_body_size", wrap)
+
+
+def _head_ends_within(buf, limit: int) -> bool:
+    head = bytes(buf)[: limit + 4]
+    return b"\r\n\r\n" in head or b"\n\n" in head
+
+
+def limit_request_heads(limit: Callable[[], int | None], answer: Callable[[], bytes], reason: str) -> None:
+    """mitmproxy's HTTP/1 server reads a request head of any size ("FIXME: protect against header size
+    DoS" in proxy/layers/http/_http1.py). This wraps `Http1Server.read_headers`: a head that grows past
+    limit() without ending is answered with answer() (431), logged at INFO as "<peer>: <reason>", and its
+    connection closed, before it is parsed. HTTP/2 and 3 heads are bounded by their own decoders.
+    Policy: addons.proxy.request_limits. Covered end to end by tests/test_security.py."""
+
+    def wrap(original):
+        def read_headers(self, event):
+            most = limit()
+            unfinished = isinstance(event, events.DataReceived) and most and len(self.buf) > most
+            if unfinished and not _head_ends_within(self.buf, most):
+                yield commands.Log(f"{human.format_address(self.conn.peername)}: {reason}", logging.INFO)
+                yield commands.SendData(self.conn, answer())
+                yield commands.CloseConnection(self.conn)
+                self.state = self.done
+                return
+            return (yield from original(self, event))
+
+        return read_headers
+
+    _replace("Http1Server.read_headers", _http1.Http1Server, "read_headers", wrap)
+
+
+def compare_single_user_with(same: Callable[[str, str, str, str], bool]) -> None:
+    """`--proxyauth user:pass`: mitmproxy's SingleUser validator compares with `==`, which returns at the
+    first differing character, so how long a refusal takes tells an attacker how much of a guess was
+    right. This replaces `proxyauth.SingleUser.__call__` with same(expected user, expected password, user,
+    password). htpasswd and LDAP validators are left alone (they compare hashes or ask the server).
+    Policy: addons.proxy.proxyauth_compare.same_credentials (hmac.compare_digest on both fields)."""
+
+    def make(original):
+        def single_user(self, username: str, password: str) -> bool:
+            return same(self.username, self.password, username, password)
+
+        return single_user
+
+    _replace("proxyauth.SingleUser.__call__", proxyauth.SingleUser, "__call__", make)
+
+
+def _no_type_check(self) -> None:
+    pass
+
+
+def drop_debug_type_checks() -> None:
+    """mitmproxy type-checks every field of each request and response it builds (`MessageData.__post_init__`),
+    but only `if __debug__`: a development aid that `python -O` removes, and about 6% of the gateway's CPU
+    (bench/profile.md). The lean launcher drops it the same way, without -O's other effects; mitmdump and
+    mitmweb keep it. A no-op if mitmproxy has no such check. Checked by tests/test_hook_index.py."""
+    if "__post_init__" in vars(http.MessageData):  # its dataclass __init__s call it: keep a callable
+        _replace("MessageData.__post_init__", http.MessageData, "__post_init__", lambda original: _no_type_check)
+
+
+def cancel_server_task(proxyserver, client: connection.Client, server: connection.Server, reason: str) -> bool:
+    """Close `server` as mitmproxy does when it cannot write to it (`ConnectionHandler.drain_writers`): by
+    cancelling the task that owns it, found through the Proxyserver addon's `connections` and the handler's
+    `transports`. mitmproxy 12 has no connect or read timeout towards servers, and `flow.kill()` does not
+    stop a flow waiting on a silent provider (mitmproxy issue #4711); addons.proxy.upstream_timeouts needs
+    this to enforce its timeouts. False when the connection has no open task. Covered end to end by
+    tests/test_upstream_faults.py."""
+    handler = proxyserver.connections.get(client.id)
+    transport = handler.transports.get(server) if handler else None
+    if transport is None or transport.handler is None or transport.handler.done():
+        return False
+    transport.handler.cancel(reason)
+    return True
+
+
+# -- mitmweb -----------------------------------------------------------------------------------------
+
+
+class WebView(Protocol):
+    """What mitmweb may show (addons.proxy.web_redaction.Masker): the object itself, or a masked copy."""
+
+    def request(self, request: http.Request) -> http.Request: ...
+
+    def flow(self, flow): ...
+
+    def options(self, dumped: dict) -> dict: ...
+
+
+_web_view: WebView | None = None
+_WEB_VIEWS = "app.flow_to_json"  # the label of the first web patch: whether they are installed
+
+
+def under_mitmweb() -> bool:
+    web = sys.modules.get("mitmproxy.tools.web.master")
+    return web is not None and isinstance(getattr(ctx, "master", None), web.WebMaster)
+
+
+def show_web_through(view: WebView) -> None:
+    """Let mitmweb show flows and options only as `view` shows them; refuses when mask_web_views is not
+    installed, rather than run a mitmweb that shows provider keys."""
+    global _web_view
+    if _WEB_VIEWS not in patched():
+        raise RuntimeError("mitmweb's views are not masked: run the gateway with -s addons/gateway.py, which "
+                           "calls addons.proxy.mitmproxy_internals.install(web=True). Refusing to show provider keys.")
+    _web_view = view
+
+
+def stop_showing_web_through(view: WebView) -> None:
+    global _web_view
+    if _web_view is view:
+        _web_view = None
+
+
+def mask_web_views() -> None:
+    """Keep credentials out of everything mitmweb shows, also while a request is in flight. The provider
+    key has to be on the live `flow.request` until the request is sent, and a non-streamed answer can take
+    minutes to start; mitmweb reads the live flow whenever it serializes one, so what it shows is masked at
+    serialization (the flow that goes upstream is untouched). Each of mitmweb's ways out is wrapped to go
+    through the view that addons.proxy.web_redaction.WebRedaction hands to show_web_through (unmasked while
+    none is): /flows and the /updates websocket (`app.flow_to_json`), request content views
+    (`app.FlowContentView.message_to_json`; the `query` view shows `?key=`), /flows/dump and save.file
+    (`io.FlowWriter.add`), "Copy as cURL/HTTPie/raw" (`export.formats`), the command bar's cut
+    (`cut.extract`), save.har and hardump (`savehar.SaveHar.flow_entry`), and the Options view
+    (`optmanager.dump_dicts`). Covered end to end by tests/test_mitmweb.py."""
+    from mitmproxy import io, optmanager
+    from mitmproxy.addons import cut, export, savehar
+    from mitmproxy.tools.web import app
+
+    def shown_flow(flow):
+        return flow if _web_view is None else _web_view.flow(flow)
+
+    def flow_to_json(original):
+        def shown(flow):
+            data = original(flow)
+            if _web_view is not None and isinstance(flow, http.HTTPFlow) and "request" in data:
+                request = _web_view.request(flow.request)
+                if request is not flow.request:
+                    data["request"]["headers"] = tuple(request.headers.items(True))
+                    data["request"]["path"] = request.path
+            return data
+        return shown
+
+    def message_to_json(original):
+        def shown(handler, view_name, message, flow, *args, **kwargs):
+            if isinstance(flow, http.HTTPFlow) and message is flow.request:
+                flow = shown_flow(flow)
+                message = flow.request
+            return original(handler, view_name, message, flow, *args, **kwargs)
+        return shown
+
+    def dump_dicts(original):
+        def shown(opts, keys=None):
+            dumped = original(opts, keys)
+            return dumped if _web_view is None else _web_view.options(dumped)
+        return shown
+
+    def takes_flow(original):  # f(flow) -> ...
+        return lambda flow, *args, **kwargs: original(shown_flow(flow), *args, **kwargs)
+
+    def method_takes_flow(original):  # self.f(flow, ...) -> ...
+        return lambda self, flow, *args, **kwargs: original(self, shown_flow(flow), *args, **kwargs)
+
+    _replace(_WEB_VIEWS, app, "flow_to_json", flow_to_json)
+    _replace("app.FlowContentView.message_to_json", app.FlowContentView, "message_to_json", message_to_json)
+    _replace("io.FlowWriter.add", io.FlowWriter, "add", method_takes_flow)
+    for name in list(export.formats):
+        _replace(f"export.formats[{name}]", export.formats, name, takes_flow)
+    _replace("cut.extract", cut, "extract", lambda original: lambda spec, flow: original(spec, shown_flow(flow)))
+    _replace("savehar.SaveHar.flow_entry", savehar.SaveHar, "flow_entry", method_takes_flow)
+    _replace("optmanager.dump_dicts", optmanager, "dump_dicts", dump_dicts)
+
+
+# -- the one entry point -----------------------------------------------------------------------------
+
+
+def install(*, lean: bool = False, web: bool = False) -> None:
+    """Check the version, then put every patch in place (again: a no-op). `lean`: the tollgate-proxy
+    process (drop_debug_type_checks); `web`: under mitmweb (mask_web_views)."""
+    check_version()
+    answer_errors_with(error_pages.json_error_response)
+    reword_protocol_errors(error_pages.protocol_error_message)
+    limit_request_bodies(request_limits.body_limit, request_limits.BODY_TOO_LARGE, request_limits.body_refusal)
+    limit_request_heads(request_limits.header_limit, request_limits.head_refusal, request_limits.HEAD_TOO_LARGE)
+    compare_single_user_with(proxyauth_compare.same_credentials)
+    if lean:
+        drop_debug_type_checks()
+    if web:
+        mask_web_views()

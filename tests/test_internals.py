@@ -1,0 +1,145 @@
+"""The one module per library that touches its internals: a version check that refuses an unchecked
+version with a readable line, and (mitmproxy) one idempotent install that puts every patch in place."""
+
+from __future__ import annotations
+
+import pytest
+from mitmproxy import http, version
+from mitmproxy.addons import proxyauth
+from mitmproxy.proxy.layers.http import HttpStream, _http1
+
+from addons.proxy import error_pages, mitmproxy_internals, proxyauth_compare
+from pricing import genai_prices_internals
+
+ALWAYS = {"_http1.make_error_response", "HttpStream.handle_protocol_error", "HttpStream.check_body_size",
+          "Http1Server.read_headers", "proxyauth.SingleUser.__call__"}
+
+
+@pytest.fixture
+def type_checks_kept(monkeypatch):
+    """install(lean=True) drops mitmproxy's debug type checks; other tests expect them back."""
+    monkeypatch.setattr(http.MessageData, "__post_init__", http.MessageData.__post_init__)
+
+
+# -- mitmproxy ---------------------------------------------------------------------------------------
+
+
+def test_the_installed_mitmproxy_is_supported():
+    mitmproxy_internals.check_version()
+    mitmproxy_internals.check_version(version.VERSION)
+
+
+@pytest.mark.parametrize("found", ["11.1.3", "12.4.0", "13.0.0", "12", "dev"])
+def test_an_unknown_mitmproxy_is_refused_in_one_readable_line(found):
+    with pytest.raises(mitmproxy_internals.UnsupportedMitmproxy) as refused:
+        mitmproxy_internals.check_version(found)
+    said = str(refused.value)
+    assert f"mitmproxy {found} is not supported" in said and "12.2, 12.3" in said
+    assert "addons/proxy/mitmproxy_internals.py" in said and "\n" not in said
+
+
+def test_install_refuses_an_unknown_mitmproxy_before_patching(monkeypatch):
+    monkeypatch.setattr(version, "VERSION", "13.0.0")
+    with pytest.raises(mitmproxy_internals.UnsupportedMitmproxy, match="mitmproxy 13.0.0 is not supported"):
+        mitmproxy_internals.install()
+
+
+def test_install_puts_every_patch_in_place_once(type_checks_kept):
+    mitmproxy_internals.install(lean=True)
+    placed = {"make_error_response": _http1.make_error_response, "handle": HttpStream.handle_protocol_error,
+              "body": HttpStream.check_body_size, "head": _http1.Http1Server.read_headers,
+              "auth": proxyauth.SingleUser.__call__, "types": http.MessageData.__post_init__}
+    mitmproxy_internals.install(lean=True)
+    assert ALWAYS | {"MessageData.__post_init__"} <= mitmproxy_internals.patched()
+    assert _http1.make_error_response is error_pages.json_error_response
+    assert placed == {"make_error_response": _http1.make_error_response, "handle": HttpStream.handle_protocol_error,
+                      "body": HttpStream.check_body_size, "head": _http1.Http1Server.read_headers,
+                      "auth": proxyauth.SingleUser.__call__, "types": http.MessageData.__post_init__}
+
+
+def test_install_wraps_again_what_was_put_back(monkeypatch):
+    """Idempotence is read from the targets, not from a flag: a target restored (a test's monkeypatch) is wrapped again."""
+    mitmproxy_internals.install()
+    monkeypatch.setattr(proxyauth.SingleUser, "__call__", lambda self, user, password: True)
+    assert "proxyauth.SingleUser.__call__" not in mitmproxy_internals.patched()
+    mitmproxy_internals.install()
+    assert "proxyauth.SingleUser.__call__" in mitmproxy_internals.patched()
+    assert not proxyauth.SingleUser("user:pass")("user", "wrong")
+
+
+def test_the_type_checks_are_dropped_only_for_the_lean_process(type_checks_kept):
+    mitmproxy_internals.install()
+    assert "MessageData.__post_init__" not in mitmproxy_internals.patched()
+
+
+def test_single_user_goes_through_the_policy():
+    mitmproxy_internals.install()
+    assert proxyauth.SingleUser("user:pass")("user", "pass")
+    assert proxyauth_compare.same_credentials("user", "pass", "user", "pass")
+    assert not proxyauth_compare.same_credentials("user", "pass", "user", "pasS")
+
+
+class ShowNothing:
+    def request(self, request):
+        shown = request.copy()
+        shown.path = "/hidden"
+        return shown
+
+    def flow(self, flow):
+        return flow
+
+    def options(self, dumped):
+        return {name: {**option, "value": "hidden"} for name, option in dumped.items()}
+
+
+def test_mitmweb_shows_flows_and_options_through_the_view_handed_in():
+    from mitmproxy import options, optmanager
+    from mitmproxy.test import tflow
+    from mitmproxy.tools.web import app
+
+    mitmproxy_internals.install(web=True)
+    assert {"app.flow_to_json", "optmanager.dump_dicts", "export.formats[curl]"} <= mitmproxy_internals.patched()
+    flow, view = tflow.tflow(), ShowNothing()
+    assert app.flow_to_json(flow)["request"]["path"] == flow.request.path  # no view: unmasked
+    mitmproxy_internals.show_web_through(view)
+    try:
+        assert app.flow_to_json(flow)["request"]["path"] == "/hidden"
+        assert {o["value"] for o in optmanager.dump_dicts(options.Options(), ["mode"]).values()} == {"hidden"}
+    finally:
+        mitmproxy_internals.stop_showing_web_through(view)
+    assert app.flow_to_json(flow)["request"]["path"] == flow.request.path
+
+
+def test_no_web_view_without_the_wraps(monkeypatch):
+    monkeypatch.setattr(mitmproxy_internals, "_placed", {})
+    with pytest.raises(RuntimeError, match="Refusing to show provider keys"):
+        mitmproxy_internals.show_web_through(ShowNothing())
+
+
+# -- genai-prices ------------------------------------------------------------------------------------
+
+
+def test_the_installed_genai_prices_is_supported():
+    genai_prices_internals.check_version()
+
+
+@pytest.mark.parametrize("found", ["0.1.9", "0.3.0", "1.0.0"])
+def test_an_unknown_genai_prices_is_refused_in_one_readable_line(found, monkeypatch):
+    with pytest.raises(genai_prices_internals.UnsupportedGenaiPrices) as refused:
+        genai_prices_internals.check_version(found)
+    said = str(refused.value)
+    assert f"genai-prices {found} is not supported" in said and "0.2" in said
+    assert "pricing/genai_prices_internals.py" in said and "\n" not in said
+    monkeypatch.setattr(genai_prices_internals.metadata, "version", lambda name: found)
+    with pytest.raises(genai_prices_internals.UnsupportedGenaiPrices, match=f"genai-prices {found} "):
+        genai_prices_internals.check_version()
+
+
+def test_what_the_fast_path_reads_is_still_there():
+    provider, model = genai_prices_internals.find_provider_model("gpt-4o", "openai")
+    assert (provider.id, genai_prices_internals.PER["input_mtok"], genai_prices_internals.PER["output_mtok"]) == (
+        "openai", 1_000_000, 1_000_000)
+    price = model.prices if not isinstance(model.prices, list) else model.prices[0].prices
+    assert {"input_mtok", "output_mtok"} <= dict(genai_prices_internals.rates(price)).keys()
+    with pytest.raises(LookupError):
+        genai_prices_internals.find_provider_model("no-such-model-anywhere", "openai")
