@@ -26,7 +26,7 @@ import yaml
 
 from pricing import genai_prices_internals
 from pricing.genai_prices_internals import ModelInfo, ModelPrice, Provider
-from pricing.money import to_nanos
+from pricing.money import Refusals, non_negative_decimal, to_nanos
 from pricing.usage import TokenUsage
 
 genai_prices_internals.check_version()  # refuses an unchecked genai-prices, whose internals the fast path reads
@@ -69,16 +69,13 @@ _DecimalLoader.add_constructor(
 )
 
 
+_RATE = Refusals(wrong_type="{name} must be a decimal number of USD per million tokens, got {value}",
+                 not_a_number="{name} {value} is not a decimal number",
+                 out_of_range="{name} {value} must be a finite, non-negative number")
+
+
 def _rate(where: str, value: object) -> Decimal:
-    if isinstance(value, bool) or not isinstance(value, (str, int, Decimal)):
-        raise ValueError(f"{where} must be a decimal number of USD per million tokens, got {value!r}")
-    try:
-        rate = Decimal(str(value).strip())
-    except InvalidOperation:
-        raise ValueError(f"{where} {value!r} is not a decimal number") from None
-    if not rate.is_finite() or rate < 0:
-        raise ValueError(f"{where} {value!r} must be a finite, non-negative number")
-    return rate
+    return non_negative_decimal(value, where, plain=False, refusals=_RATE)
 
 
 def parse_overrides(data: object) -> tuple[Override, ...]:

@@ -40,7 +40,7 @@ from decimal import (
     localcontext,
 )
 
-from pricing.money import to_nanos
+from pricing.money import non_negative_decimal, to_nanos
 from pricing.usage import TokenUsage
 
 UNITS = ("tokens_1m", "characters_1m", "minutes", "requests")
@@ -52,8 +52,6 @@ _MILLION = Decimal(1_000_000)
 _PER = {"tokens_1m": _MILLION, "characters_1m": _MILLION, "minutes": Decimal(1), "requests": Decimal(1)}
 _DEFAULT_PAYER = {"fixed": "merchant", "percentage": "customer", "hybrid": "customer"}
 _SLUG = re.compile(r"[a-z0-9_-]{1,64}")
-_WHOLE = re.compile(r"\d+")
-_DECIMAL = re.compile(r"\d+(?:\.\d+)?")  # no sign, exponent, underscore, nan or inf
 _MICRO = Decimal(1).scaleb(-6)
 # Every intermediate result must be exact: a step that would round raises decimal.Inexact.
 _EXACT = Context(prec=200, rounding=ROUND_HALF_UP, traps=[Inexact, InvalidOperation, DivisionByZero, Overflow])
@@ -76,30 +74,20 @@ class MeterSpec:
     token_basis: str  # input+output | output
 
 
-def _decimal(what: str, text: str, pattern: re.Pattern[str] = _DECIMAL) -> Decimal:
-    """A plain non-negative decimal, so "1e6", "-1", "nan" or "1_000" never slip in as prices."""
-    if not isinstance(text, str) or not pattern.fullmatch(text.strip()):
-        kind = "a non-negative whole number" if pattern is _WHOLE else "a non-negative decimal number"
-        raise ValueError(f"{what} must be {kind}, got {text!r}")
-    return Decimal(text.strip())
-
-
 def parse_tier(text: str) -> Tier:
     """Parse "START:RATE"; "1000000:3.00" prices units beyond the first million at 3.00 (per million for *_1m)."""
     if not isinstance(text, str) or text.count(":") != 1:
         raise ValueError(f"tier must be START:RATE, e.g. 1000000:3.00, got {text!r}")
     start, rate = text.split(":")
-    return Tier(_decimal("tier start", start, _WHOLE), _decimal("tier rate", rate))
+    return Tier(non_negative_decimal(start, "tier start", whole=True), non_negative_decimal(rate, "tier rate"))
 
 
 def _check_tiers(tiers: tuple[Tier, ...]) -> None:
     for tier in tiers:
         if not isinstance(tier, Tier):
             raise ValueError(f"tier must be a Tier or a START:RATE string, got {tier!r}")
-        if not (tier.start.is_finite() and tier.start >= 0 and tier.start == tier.start.to_integral_value()):
-            raise ValueError(f"tier start must be a non-negative whole number, got {tier.start}")
-        if not (tier.rate.is_finite() and tier.rate >= 0):
-            raise ValueError(f"tier rate must be a non-negative number, got {tier.rate}")
+        non_negative_decimal(tier.start, "tier start", whole=True)
+        non_negative_decimal(tier.rate, "tier rate")
     if tiers and tiers[0].start != 0:
         raise ValueError(f"the first tier must start at 0, not {tiers[0].start}")
     for before, after in zip(tiers, tiers[1:]):
@@ -145,12 +133,8 @@ def make_meter_spec(
         pct = None
     elif percentage is None:
         raise ValueError(f"{rate_type} meters need a percentage")
-    elif isinstance(percentage, Decimal):
-        if not (percentage.is_finite() and percentage >= 0):
-            raise ValueError(f"percentage must be a non-negative decimal number, got {percentage}")
-        pct = percentage
     else:
-        pct = _decimal("percentage", percentage)
+        pct = non_negative_decimal(percentage, "percentage")
     return MeterSpec(slug, rate_type, unit, parsed, pct, base_cost_payer, token_basis)
 
 

@@ -14,7 +14,12 @@ import httpx
 import openai
 import pytest
 
+from addons.auth.authentication import Caller
 from addons.billing.autopay import verify_signature
+from addons.billing.plan import BillingPlan, plan_for
+from addons.core.errors import BadRequest
+from addons.ledger.accounts import CustomerRecord, KeyRecord
+from pricing import meters
 from pricing.cost import price
 from pricing.money import format_usd, to_nanos
 from pricing.usage import TokenUsage
@@ -64,6 +69,48 @@ def per_request_meter(gateway):
 
 
 # -- the token table ---------------------------------------------------------------------
+
+KEY = KeyRecord("key_1", "acc_1", "wal_1", False)
+GOLD = meters.make_meter_spec("gold", "fixed", "requests", ["0:0.01"])
+CUSTOMER = CustomerRecord("cus_1", "wal_2", 0)
+
+
+class PlanCache:
+    """The account cache's meter and customer lookups for account acc_1, in-process."""
+
+    async def meter(self, account_id, slug):
+        return ("mtr_1", GOLD) if (account_id, slug) == ("acc_1", "gold") else None
+
+    async def customer(self, account_id, customer_id):
+        return CUSTOMER if (account_id, customer_id) == ("acc_1", "cus_1") else None
+
+
+@pytest.mark.parametrize(("fields", "plan"), [
+    ({}, BillingPlan(KEY)),
+    ({"meter_slug": "gold"}, BillingPlan(KEY, None, "mtr_1", GOLD)),
+    ({"customer_id": "cus_1", "meter_slug": "gold"}, BillingPlan(KEY, CUSTOMER, "mtr_1", GOLD, True)),
+    ({"customer_id": "cus_1", "meter_slug": "gold", "disable_billing": True},
+     BillingPlan(KEY, CUSTOMER, "mtr_1", GOLD, False)),
+    ({"provider_key": "sk-own"}, BillingPlan(KEY, provider_key="sk-own")),
+])
+def test_the_plan_of_an_authenticated_caller(fields, plan):
+    assert asyncio.run(plan_for(Caller(KEY, **fields), PlanCache())) == plan
+
+
+@pytest.mark.parametrize(("fields", "code"), [
+    ({"customer_id": "cus_1"}, "contradictory_token"),
+    ({"disable_billing": True}, "contradictory_token"),
+    ({"meter_slug": "silver"}, "unknown_meter"),
+    ({"customer_id": "cus_2", "meter_slug": "gold"}, "unknown_customer"),
+    (dict(customer_id="cus_1", meter_slug="gold") | {"key": KeyRecord("key_2", "acc_2", "wal_3", False)},
+     "unknown_meter"),  # another account's caller
+])
+def test_the_plan_refuses_fields_the_keys_account_cannot_bill(fields, code):
+    caller = Caller(**({"key": KEY} | fields))
+    with pytest.raises(BadRequest) as refused:
+        asyncio.run(plan_for(caller, PlanCache()))
+    assert refused.value.code == code
+
 
 def test_meter_only_is_paid_by_the_merchant_and_attributed(gateway, per_request_meter):
     before = balance(gateway)

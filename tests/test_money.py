@@ -2,7 +2,7 @@ from decimal import Decimal
 
 import pytest
 
-from pricing.money import format_usd, parse_usd, to_nanos, to_usd
+from pricing.money import Refusals, format_usd, non_negative_decimal, parse_usd, to_nanos, to_usd
 
 
 @pytest.mark.parametrize(
@@ -83,3 +83,53 @@ def test_parse_usd_accepts(text, nanos):
 def test_parse_usd_refuses(text, message):
     with pytest.raises(ValueError, match=message):
         parse_usd(text)
+
+
+@pytest.mark.parametrize(
+    "value, options, number",
+    [
+        ("1.50", {}, Decimal("1.50")),
+        (" 7 ", {}, Decimal(7)),
+        ("0", {"whole": True}, Decimal(0)),
+        (3, {}, Decimal(3)),
+        (Decimal("0.25"), {}, Decimal("0.25")),
+        ("1e2", {"plain": False}, Decimal(100)),  # any Decimal syntax when not plain
+        (Decimal("1E+3"), {"whole": True}, Decimal(1000)),
+    ],
+)
+def test_non_negative_decimal_accepts(value, options, number):
+    assert non_negative_decimal(value, "rate", **options) == number
+
+
+@pytest.mark.parametrize(
+    "value, options, message",
+    [
+        ("-1", {}, "rate must be a non-negative decimal number, got '-1'"),
+        ("1e6", {}, "got '1e6'"),  # plain: digits and a fraction only
+        ("1_000", {}, "got '1_000'"),
+        ("nan", {}, "got 'nan'"),
+        (".5", {}, "got '.5'"),
+        ("0.5", {"whole": True}, "rate must be a non-negative whole number, got '0.5'"),
+        (Decimal("0.5"), {"whole": True}, "whole number, got 0.5"),
+        (Decimal(-1), {}, "got -1$"),
+        (Decimal("NaN"), {}, "got NaN"),
+        (1.5, {}, "got 1.5"),  # a float is never exact enough to be read
+        (True, {}, "got True"),
+        (None, {}, "got None"),
+        ("abc", {"plain": False}, "got 'abc'"),
+        ("-Infinity", {"plain": False}, "got '-Infinity'"),
+    ],
+)
+def test_non_negative_decimal_refuses(value, options, message):
+    with pytest.raises(ValueError, match=message):
+        non_negative_decimal(value, "rate", **options)
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [(0.5, "wrong type: rate 0.5"), ("x", "not a number: rate 'x'"), ("-2", "out of range: rate '-2'")],
+)
+def test_non_negative_decimal_words_each_refusal_as_its_caller_does(value, message):
+    refusals = Refusals("wrong type: {name} {value}", "not a number: {name} {value}", "out of range: {name} {value}")
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        non_negative_decimal(value, "rate", plain=False, refusals=refusals)

@@ -13,9 +13,9 @@ from mitmproxy.proxy import server_hooks
 from mitmproxy.test import taddons, tflow, tutils
 
 from addons.auth import signed_tokens
+from addons.auth.authentication import authenticate
 from addons.auth.credentials import CallerCredential, hash_secret
 from addons.billing import autopay
-from addons.billing.plan import resolve_plan
 from addons.core.catalog import load_catalog
 from addons.core.errors import Unauthorized
 from addons.core.settings import Settings
@@ -339,7 +339,7 @@ def test_flows_the_gateway_did_not_handle_are_left_alone():
 # -- constant-time comparison ----------------------------------------------------------------------
 
 
-class KeyStoreSpy:
+class AccountCacheSpy:
     def __init__(self):
         self.asked = []
 
@@ -348,9 +348,9 @@ class KeyStoreSpy:
 
 
 def test_secret_keys_are_looked_up_by_hash_only():
-    keys = KeyStoreSpy()
+    keys = AccountCacheSpy()
     with pytest.raises(Unauthorized):
-        asyncio.run(resolve_plan(CallerCredential(secret_key=SECRET), keys, None))
+        asyncio.run(authenticate(CallerCredential(secret_key=SECRET), keys, None))
     assert keys.asked == [hash_secret(SECRET)] and SECRET not in keys.asked[0]
 
 

@@ -1,1 +1,2 @@
-"""Who is calling: Tollgate credentials, signed tokens, and the cached ledger reads that resolve them."""
+"""Who is calling: Tollgate credentials, signed tokens, the cached account records, and authentication,
+which resolves a credential to its caller."""

@@ -5,7 +5,7 @@ provider-style key header is read, and every one of them is stripped before forw
 
 An app that was never changed for Tollgate sends its own provider key (`sk-...`) there instead.
 Anything that is neither a secret key, a signed token nor a forward token (base64 of a JSON object:
-"eyJ..." without dots) is taken for such a provider key; billing.plan decides what it may do.
+"eyJ..." without dots) is taken for such a provider key; auth.authentication decides what it may do.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 from mitmproxy.utils.asyncio_utils import create_task
 
-from addons.auth.keystore import KeyStore
+from addons.auth.account_cache import AccountCache
 from addons.billing.hold_stores import FailoverHolds, LocalHolds, RedisHolds
 from addons.billing.holds import InsufficientFunds
 from addons.billing.plan import BillingPlan, byok_fee, worst_case_fee
@@ -41,7 +41,7 @@ def _log_failure(task) -> None:
 
 
 class Cashier:
-    def __init__(self, settings: BillingSettings, keys: KeyStore, writer: LedgerWriter, freshness: float,
+    def __init__(self, settings: BillingSettings, keys: AccountCache, writer: LedgerWriter, freshness: float,
                  redis_url: str | None = None):
         self.settings = settings
         self.keys = keys

@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 
 import yaml
 
 from addons.core.catalog import Timeouts, parse_timeouts
 from pricing.cost import Override, parse_overrides
-from pricing.money import to_nanos
+from pricing.money import Refusals, non_negative_decimal, to_nanos
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = PROJECT_ROOT / "config" / "gateway.yaml"
@@ -115,16 +115,14 @@ def resolve_database_url(url: str) -> str:
     return url
 
 
+# YAML floats are refused (0.1 is not exact); a quoted string or an int is read, in any Decimal syntax.
+_SETTING = Refusals(wrong_type="settings: {name} must be a quoted decimal string, not {value}",
+                    not_a_number="settings: {name} is not a decimal number: {value}",
+                    out_of_range="settings: {name} must be a non-negative number")
+
+
 def _decimal(name: str, value) -> Decimal:
-    if isinstance(value, float) or isinstance(value, bool):
-        raise ValueError(f"settings: {name} must be a quoted decimal string, not {value!r}")
-    try:
-        number = Decimal(str(value))
-    except InvalidOperation:
-        raise ValueError(f"settings: {name} is not a decimal number: {value!r}") from None
-    if not number.is_finite() or number < 0:
-        raise ValueError(f"settings: {name} must be a non-negative number")
-    return number
+    return non_negative_decimal(value, name, plain=False, refusals=_SETTING)
 
 
 def _positive_int(name: str, value) -> int:

@@ -21,14 +21,15 @@ from mitmproxy import ctx, hooks, http
 from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy import server_hooks
 
+from addons.auth.account_cache import AccountCache
+from addons.auth.authentication import authenticate
 from addons.auth.credentials import is_captured, query_key, read_credential, strip_gateway_credentials
-from addons.auth.keystore import KeyStore
 from addons.auth.signed_tokens import check_scope
 from addons.billing import price_guard
 from addons.billing.autopay import AutoTopUp
 from addons.billing.cashier import Cashier
 from addons.billing.charges import apply_charges, is_billable
-from addons.billing.plan import BillingPlan, resolve_plan
+from addons.billing.plan import BillingPlan, plan_for
 from addons.core.catalog import Catalog, Provider
 from addons.core.errors import GatewayError, NotFound, ProviderNotConfigured, ShuttingDown
 from addons.core.settings import Settings, resolve_database_url
@@ -95,7 +96,7 @@ class Gateway:
     def __init__(self, config: SharedConfig | None = None) -> None:
         """config: the chain's shared config (addons/proxy/chain.py); alone, the Gateway has its own."""
         self.config = config if config is not None else SharedConfig()
-        self.keys: KeyStore | None = None
+        self.keys: AccountCache | None = None
         self.writer: LedgerWriter | None = None
         self.journal: Journal | None = None
         self.pending: dict[str, Pending] = {}
@@ -205,7 +206,7 @@ class Gateway:
             if self.keys is not None:
                 self.keys.close()
             ttl = ctx.options.tollgate_cache_ttl_ms / 1000
-            self.keys = KeyStore(ttl=ttl, serve_stale=ctx.options.tollgate_ledger_outage == "serve")
+            self.keys = AccountCache(ttl=ttl, serve_stale=ctx.options.tollgate_ledger_outage == "serve")
             self.cashier = Cashier(self.settings.billing, self.keys, self.writer, freshness=ttl,
                                    redis_url=ctx.options.tollgate_redis_url or self.settings.redis_url)
 
@@ -335,8 +336,9 @@ class Gateway:
         credential = read_credential(request.headers, forward_key or key_param)
         if key_param is not None:
             request.query.pop("key", None)
-        plan = await resolve_plan(credential, self.keys, self.signing_key, provider=provider.id,
-                                  capture=self.settings.capture, captured=is_captured(flow.client_conn.proxy_mode))
+        caller = await authenticate(credential, self.keys, self.signing_key, provider=provider.id,
+                                    capture=self.settings.capture, captured=is_captured(flow.client_conn.proxy_mode))
+        plan = await plan_for(caller, self.keys)
         metadata = self._metadata(request.headers)
         provider_key = plan.provider_key or os.environ.get(provider.credential_env)
         if not provider_key:

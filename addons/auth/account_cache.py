@@ -1,9 +1,13 @@
-"""Ledger reads for the hot path: cached in memory, done on a thread pool, never on the event loop.
+"""The ledger's account records, cached for the hot path: read on a thread pool, never on the event loop.
+
+What it holds: keys (by secret hash and by id), provider-key registrations, accounts, customers and
+meters, the records that say who a caller is and how it is billed. Balances and a token's spend are
+not cached here (the hold book keeps them); `read` runs them uncached, sharing a read in flight.
 
 A cached answer lives for `ttl` seconds, so a revocation, a new customer or a changed meter made
-by the CLI is seen within that time. Balances are not cached here: the hold book keeps them.
+by the CLI is seen within that time.
 
-When the database cannot be reached the store marks the ledger down and probes it until it
+When the database cannot be reached the cache marks the ledger down and probes it until it
 answers. Meanwhile, with `serve_stale`, cached answers are used past their time (a key unknown to
 this process gets 503); without it, every lookup is refused with 503 at once.
 
@@ -54,7 +58,7 @@ def _meter(account_id: str, slug: str) -> tuple[str, meters.MeterSpec] | None:
     return row and (row.id, meters.spec_from_row(row))
 
 
-class KeyStore:
+class AccountCache:
     def __init__(self, ttl: float = 1.0, clock: Callable[[], float] = time.monotonic, serve_stale: bool = True,
                  probe_interval: float = 0.5):
         self._ttl = ttl
@@ -105,7 +109,7 @@ class KeyStore:
                 await loop.run_in_executor(self._pool, _in_connection, _ping)
             except LEDGER_ERRORS:
                 continue
-            except RuntimeError:  # the pool was shut down: this store is closed
+            except RuntimeError:  # the pool was shut down: this cache is closed
                 return
             self.ledger_down = False
             log.warning("tollgate: the ledger database answers again")
