@@ -27,8 +27,8 @@ from addons.core.catalog import load_catalog
 from addons.core.errors import BadRequest, GatewayError, Unauthorized
 from addons.proxy.forward import parse_forward_target
 from addons.proxy.metadata import parse_metadata
-from addons.usage import metering
-from addons.usage.metering import Meter
+from addons.usage import base
+from addons.usage.readers import UsageReading, for_request
 from addons.usage.sse import SSEDecoder
 from tests.mock_provider import Headers, MockProvider, RecordedRequest
 
@@ -348,8 +348,8 @@ def wire(path: str, body: dict, query: str = "") -> bytes:
 
 
 def stream_case(family, path, body, query="", injected=False):
-    """(meter arguments, upstream bytes, what the client must get)."""
-    if injected:  # the meter asks for usage and hides it again
+    """(reader arguments, upstream bytes, what the client must get)."""
+    if injected:  # the reader asks for usage and hides it again
         upstream = wire(path, {**body, "stream_options": {"include_usage": True}}, query)
         return (family, "POST", path, query, json.dumps(body).encode()), upstream, wire(path, body, query)
     payload = wire(path, body, query)
@@ -372,10 +372,10 @@ NUMBERED = _array.replace(b"\n,", b"\n,1e5,", 1)  # a damaged array: a number be
 STREAMS["gemini_array_number"] = (_args, NUMBERED, NUMBERED)
 
 
-def run(args: tuple, chunks: list[bytes]) -> tuple[bytes, metering.MeterResult]:
-    meter = Meter.for_request(*args)
-    out = b"".join(meter.feed(c) for c in chunks) + meter.feed(b"")
-    result = meter.result()
+def run(args: tuple, chunks: list[bytes]) -> tuple[bytes, UsageReading]:
+    reader = for_request(*args)
+    out = b"".join(reader.feed(c) for c in chunks) + reader.feed(b"")
+    result = reader.result()
     usage = result.usage
     assert min(usage.input_tokens, usage.cache_read_tokens, usage.cache_write_tokens, usage.output_tokens,
                usage.reasoning_tokens) >= 0
@@ -387,7 +387,7 @@ def run(args: tuple, chunks: list[bytes]) -> tuple[bytes, metering.MeterResult]:
 @given(cuts=cut_points)
 @example(cuts=[NUMBERED.index(b"1e5") + 1])  # "1" | "e5,{...}": a number taken whole stalled the items after it
 @example(cuts=[NUMBERED.index(b"1e5") + 2])  # atheris: "1e" | "5,{...}", the same
-def test_meter_is_blind_to_chunking(name, cuts):
+def test_reader_is_blind_to_chunking(name, cuts):
     args, upstream, client = STREAMS[name]
     whole = run(args, [upstream])
     assert whole[0] == client and whole[1].source == "reported" and whole[1].usage.output_tokens > 0
@@ -397,7 +397,7 @@ def test_meter_is_blind_to_chunking(name, cuts):
 @pytest.mark.parametrize("name", STREAMS)
 @FUZZ
 @given(data=st.data(), cuts=cut_points)
-def test_meter_on_a_damaged_stream_is_still_blind_to_chunking(name, data, cuts):
+def test_reader_on_a_damaged_stream_is_still_blind_to_chunking(name, data, cuts):
     args, upstream, _ = STREAMS[name]
     payload = data.draw(mutated(upstream))
     out, result = run(args, chunked(payload, cuts))
@@ -415,30 +415,30 @@ ENDPOINTS = [("openai", "/v1/chat/completions", b'{"stream":true}'), ("openai", 
 @FUZZ
 @given(payload=sse_bytes | st.binary(max_size=200), cuts=cut_points, content_type=st.sampled_from(
     [None, "text/event-stream", "application/json", ""]))
-def test_meter_on_garbage_estimates_at_most(family, path, body, payload, cuts, content_type):
+def test_reader_on_garbage_estimates_at_most(family, path, body, payload, cuts, content_type):
     out, result = run((family, "POST", path, "", body), chunked(payload, cuts))
     assert out == payload and result.source in ("estimated", "none")
-    meter = Meter.for_request(family, "POST", path, "", body)
-    meter.observe_body(payload, content_type)
-    assert meter.result().source in ("estimated", "none")
+    reader = for_request(family, "POST", path, "", body)
+    reader.observe_body(payload, content_type)
+    assert reader.result().source in ("estimated", "none")
 
 
 @pytest.mark.parametrize("name", ["chat_injected", "gemini_sse", "gemini_array"])
 def test_max_pending_bounds_a_stream_that_never_ends_an_event(name, monkeypatch):
-    monkeypatch.setattr(metering, "MAX_PENDING", 4096)
+    monkeypatch.setattr(base, "MAX_PENDING", 4096)
     args, upstream, _ = STREAMS[name]
-    meter, sent, forwarded = Meter.for_request(*args), 0, 0
+    reader, sent, forwarded = for_request(*args), 0, 0
     for chunk in [upstream[:40], *[b'x"}]' * 250] * 40]:  # 40 kB inside one event, or one array item
-        sent, forwarded = sent + len(chunk), forwarded + len(meter.feed(chunk))
+        sent, forwarded = sent + len(chunk), forwarded + len(reader.feed(chunk))
         assert sent - forwarded <= 4096  # what the client has not got yet
-        assert len(meter._sse._buf) <= 4096 and (meter._items is None or meter._items._size <= 4096)
-    assert meter.result().source == "estimated"
+        assert len(reader._sse._buf) <= 4096 and (reader._items is None or reader._items._size <= 4096)
+    assert reader.result().source == "estimated"
 
 
 def test_a_large_unfinished_array_item_costs_linear_time():
     """Review: each chunk holding a '}' re-parsed the whole pending item (16 MB in 4 kB chunks: minutes)."""
-    meter, start = Meter.for_request(*STREAMS["gemini_array"][0]), time.perf_counter()
-    meter.feed(b'[{"candidates": [{"content": {"parts": [{"text": "')
+    reader, start = for_request(*STREAMS["gemini_array"][0]), time.perf_counter()
+    reader.feed(b'[{"candidates": [{"content": {"parts": [{"text": "')
     for _ in range(2000):  # 8 MB: 9 s before, 0.02 s now
-        meter.feed(b"x}" * 2048)
-    assert time.perf_counter() - start < 2 and meter.result().source == "estimated"
+        reader.feed(b"x}" * 2048)
+    assert time.perf_counter() - start < 2 and reader.result().source == "estimated"

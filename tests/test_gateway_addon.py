@@ -12,7 +12,7 @@ from addons.ledger.accounts import create_key, credit_wallet, ensure_account, re
 from addons.ledger.models import RequestRow, database
 from addons.proxy import error_pages
 from addons.proxy.gateway_addon import Gateway, StreamTap
-from addons.usage.metering import Meter
+from addons.usage.readers import UsageReader, for_request
 
 PROVIDER_KEY = "sk-test-provider-key"
 CHAT = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
@@ -258,10 +258,10 @@ def test_error_hook_strips_the_request_id_tag(gw):
     assert flow.error.msg == "Connection refused"
 
 
-def stream_meter() -> Meter:
-    meter = Meter.for_request("openai", "POST", "/v1/chat/completions", "", STREAM_CHAT)
-    assert meter.request_body is not None  # usage was injected, so the meter filters events
-    return meter
+def stream_reader() -> UsageReader:
+    reader = for_request("openai", "POST", "/v1/chat/completions", "", STREAM_CHAT)
+    assert reader.request_body is not None  # usage was injected, so the reader filters events
+    return reader
 
 
 CONTENT = b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"hi"}}],"usage":null}\n\n'
@@ -280,11 +280,11 @@ USAGE_ONLY = b'data: {"id":"c","choices":[],"usage":{"prompt_tokens":3,"completi
     ],
 )
 def test_stream_tap_never_returns_empty_bytes(chunks, outputs):
-    tap = StreamTap(stream_meter())
+    tap = StreamTap(stream_reader())
     assert [tap(chunk) for chunk in chunks] == outputs
 
 
 def test_stream_tap_passes_unmetered_chunks_through():
-    tap = StreamTap(Meter.for_request("anthropic", "POST", "/v1/messages", "", b'{"stream":true}'))
+    tap = StreamTap(for_request("anthropic", "POST", "/v1/messages", "", b'{"stream":true}'))
     assert tap(b"event: ping\n") == (b"event: ping\n",)
     assert tap(b"") == ()

@@ -29,7 +29,8 @@ from addons.ledger.accounts import (
 )
 from addons.ledger.models import Account, RequestRow, database, open_database, utcnow
 from addons.ledger.writer import UsageRecord, write_batch
-from addons.usage.metering import Meter, price_basis
+from addons.usage.base import UsageReader, price_basis
+from addons.usage.readers import for_request
 from pricing import meters
 from pricing.cost import parse_overrides, price_source
 from tests.conftest import MOCK_MODEL_PRICE
@@ -63,12 +64,12 @@ def unique(prefix: str) -> str:
     ("POST", "/v1/messages/count_tokens", False, "free"),
     ("POST", "/v1beta/models/gemini-2.0-flash:countTokens", False, "free"),
 ])
-def test_price_basis_says_which_requests_the_meter_reads(method, path, upgrade, expected):
+def test_price_basis_says_which_requests_the_reader_reads(method, path, upgrade, expected):
     family = "cohere" if "rerank" in path else "gemini" if "v1beta" in path else (
         "anthropic" if "/messages" in path else "openai")
-    meter = Meter.for_request(family, method, path, "", b'{"model": "m"}', upgrade=upgrade)
-    assert meter.basis == expected
-    assert price_basis(method, meter.endpoint, path, upgrade) == expected
+    reader = for_request(family, method, path, "", b'{"model": "m"}', upgrade=upgrade)
+    assert reader.basis == expected
+    assert price_basis(method, reader.endpoint, path, upgrade) == expected
 
 
 def test_pricing_settings_parse_and_default_to_null():
@@ -134,7 +135,7 @@ def test_price_sources_of_models():
     ("free", 200, "unpriced", "free"),
 ])
 def test_row_price_source(basis, status, cost_source, expected):
-    assert price_guard.price_source(Meter("openai", basis=basis), cost_source, status) == expected
+    assert price_guard.price_source(UsageReader("openai", basis=basis), cost_source, status) == expected
 
 
 def test_flagged_requests_warn_once_per_model(caplog):

@@ -25,7 +25,7 @@ from addons.core.errors import LedgerUnavailable, PaymentRequired
 from addons.core.settings import BillingSettings
 from addons.ledger.accounts import token_spent, wallet_state
 from addons.ledger.writer import CommitReport, HoldRecord, LedgerWriter
-from addons.usage.metering import Meter
+from addons.usage.base import UsageReader
 from pricing import meters
 from pricing.money import format_usd
 from pricing.usage import TokenUsage
@@ -72,13 +72,13 @@ class Cashier:
         if not await self.holds.is_fresh(pot, math.inf):
             await self.holds.confirm(pot, cap - await self.keys.read(token_spent, token_id), 0)
 
-    def worst_case_usage(self, meter: Meter) -> TokenUsage:
+    def worst_case_usage(self, reader: UsageReader) -> TokenUsage:
         return TokenUsage(
-            input_tokens=math.ceil(meter.prompt_chars / CHARS_PER_TOKEN),
-            output_tokens=meter.max_output_tokens or self.settings.default_max_output_tokens,
+            input_tokens=math.ceil(reader.prompt_chars / CHARS_PER_TOKEN),
+            output_tokens=reader.max_output_tokens or self.settings.default_max_output_tokens,
         )
 
-    async def admit(self, request_id: str, plan: BillingPlan, meter: Meter, cost_of: Callable[[TokenUsage], int]) -> None:
+    async def admit(self, request_id: str, plan: BillingPlan, reader: UsageReader, cost_of: Callable[[TokenUsage], int]) -> None:
         """Raise PaymentRequired, or hold the request's worst case in every pot that pays for it."""
         merchant = plan.key.wallet_id
         available = await self.holds.fresh_available(merchant, self.freshness)  # one round trip when fresh
@@ -92,14 +92,14 @@ class Cashier:
         capped = plan.token is not None and plan.token.spend_cap_nanos is not None
         if not (plan.bill_customer or capped):
             return
-        worst_usage = self.worst_case_usage(meter)
+        worst_usage = self.worst_case_usage(reader)
         worst_cost = cost_of(worst_usage)
         pots: dict[str, int] = {}
         payer_amount = worst_cost if plan.merchant_pays_provider else self._byok(worst_cost)
         if plan.bill_customer:
             customer = plan.customer.wallet_id
             await self._fresh_wallet(customer, plan.customer.overdraft_limit_nanos)
-            units = meters.units_of(plan.meter, worst_usage, characters=meter.prompt_chars)
+            units = meters.units_of(plan.meter, worst_usage, characters=reader.prompt_chars)
             payer_amount = worst_case_fee(plan.meter, units, worst_cost) + (self._byok(worst_cost) if plan.byok else 0)
             pots[customer] = max(payer_amount, 1)  # an empty balance admits nothing, even a free-looking request
         if capped:

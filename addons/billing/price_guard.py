@@ -1,7 +1,7 @@
 """No request served at a silent $0: what to do when the ledger cannot know a request's provider cost.
 
 Two holes, one per side: a model no price list knows (`unpriced`), and an endpoint whose usage
-Tollgate does not read (`unmetered`: images, audio, rerank, ...; addons/metering.price_basis).
+Tollgate does not read (`unmetered`: images, audio, rerank, ...; addons/usage/base.price_basis).
 Settings `pricing.unpriced` / `pricing.unmetered` say `flag` (serve, record the row as such, warn
 once per process) or `refuse` (402 before forwarding, so nothing is charged). Unset, the default
 refuses exactly where a customer's fee would silently come out wrong: an unpriced model when the
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from addons.billing.plan import BillingPlan
 from addons.core.errors import PaymentRequired
 from addons.core.settings import Settings
-from addons.usage.metering import Meter
+from addons.usage.base import UsageReader
 
 log = logging.getLogger(__name__)
 
@@ -55,34 +55,34 @@ def unmetered_policy(plan: BillingPlan, settings: Settings) -> str:
     return "refuse" if plan.bill_customer else "flag"
 
 
-def admit(plan: BillingPlan, meter: Meter, settings: Settings, source_of: Callable[[str], str]) -> None:
+def admit(plan: BillingPlan, reader: UsageReader, settings: Settings, source_of: Callable[[str], str]) -> None:
     """Before forwarding (and before any hold): raise PriceUnknown where the policy refuses.
 
     source_of(model) is the price source the model would get. A model known only from the response
     cannot be checked here; its row is flagged instead.
     """
-    if meter.basis == "unmetered" and unmetered_policy(plan, settings) == "refuse":
+    if reader.basis == "unmetered" and unmetered_policy(plan, settings) == "refuse":
         raise PriceUnknown(
             "endpoint_unmetered",
             "Tollgate does not read usage for this endpoint yet, so it cannot be charged; "
             "the operator can serve it unmetered with the setting pricing.unmetered: flag",
         )
-    if meter.basis == "metered" and meter.model and unpriced_policy(plan, settings) == "refuse":
-        if source_of(meter.model) == "unpriced":
+    if reader.basis == "metered" and reader.model and unpriced_policy(plan, settings) == "refuse":
+        if source_of(reader.model) == "unpriced":
             raise PriceUnknown(
                 "model_unpriced",
-                f"model {meter.model[:100]!r} has no price in this gateway's price lists, so it cannot be "
+                f"model {reader.model[:100]!r} has no price in this gateway's price lists, so it cannot be "
                 "charged; the operator can add it to pricing/overrides.yaml or the settings' prices",
             )
 
 
-def price_source(meter: Meter, cost_source: str, status: int | None) -> str:
+def price_source(reader: UsageReader, cost_source: str, status: int | None) -> str:
     """The row's price_source. A provider's error answer (status >= 400) is priced as its model,
     never `unmetered`: nothing was generated, and its usage_source stays `none`."""
     answered_error = status is not None and status >= 400
-    if meter.basis == "free":
+    if reader.basis == "free":
         return "free"
-    if meter.basis == "unmetered" and not answered_error:
+    if reader.basis == "unmetered" and not answered_error:
         return "unmetered"
     return cost_source
 

@@ -52,7 +52,7 @@ from addons.proxy.forward import FORWARD_PATH, parse_forward_target, sdk_query, 
 from addons.proxy.gateway_config import SharedConfig
 from addons.proxy.metadata import parse_metadata
 from addons.proxy.routing import addressed_to_gateway, provider_for
-from addons.usage.metering import Meter
+from addons.usage.readers import UsageReader, for_request
 from pricing import meters
 from pricing.cost import Override, price, price_source
 from pricing.money import format_usd
@@ -70,25 +70,25 @@ class Pending:
     started: float
     provider: Provider
     plan: BillingPlan
-    meter: Meter
+    reader: UsageReader
     metadata: dict[str, str] | None
     streamed: bool = False
 
 
 class StreamTap:
-    """The flow's stream callable: passes chunks on at once while the meter watches them.
+    """The flow's stream callable: passes chunks on at once while the usage reader watches them.
 
     It answers with a tuple, never with b"": mitmproxy would send an empty chunk, which in
     HTTP/1 chunked encoding ends the client's response early (the dropped usage chunk).
     """
 
-    __slots__ = ("meter",)
+    __slots__ = ("reader",)
 
-    def __init__(self, meter: Meter):
-        self.meter = meter
+    def __init__(self, reader: UsageReader):
+        self.reader = reader
 
     def __call__(self, chunk: bytes) -> tuple[bytes, ...]:
-        data = self.meter.feed(chunk) if chunk else self.meter.finish()
+        data = self.reader.feed(chunk) if chunk else self.reader.finish()
         return (data,) if data else ()
 
 
@@ -346,22 +346,22 @@ class Gateway:
                 "provider_key_missing", f"no {provider.name} key is configured ({provider.credential_env} is not set)"
             )
         path, _, query = request.path.partition("?")
-        meter = Meter.for_request(provider.api_family, request.method, path, query, request.raw_content or b"",
-                                  upgrade="upgrade" in request.headers)
+        reader = for_request(provider.api_family, request.method, path, query, request.raw_content or b"",
+                             upgrade="upgrade" in request.headers)
         if plan.token is not None:
-            check_scope(plan.token, provider.id, meter.model)
-        price_guard.admit(plan, meter, self.settings, lambda model: price_source(
+            check_scope(plan.token, provider.id, reader.model)
+        price_guard.admit(plan, reader, self.settings, lambda model: price_source(
             model=model, provider_id=provider.id, pricing_id=provider.pricing_id, overrides=self.prices))
-        await self.cashier.admit(request_id, plan, meter, lambda usage: self._cost(provider, meter.model, usage).total_nanos)
-        if meter.request_body is not None:
-            request.content = meter.request_body
+        await self.cashier.admit(request_id, plan, reader, lambda usage: self._cost(provider, reader.model, usage).total_nanos)
+        if reader.request_body is not None:
+            request.content = reader.request_body
         strip_gateway_credentials(request.headers)
         self._inject_provider_key(request, provider, provider_key)
-        request.headers["accept-encoding"] = "identity"  # the meter reads bodies as they stream
+        request.headers["accept-encoding"] = "identity"  # the usage reader reads bodies as they stream
         request.scheme, request.host, request.port = provider.origin
-        self.pending[flow.id] = Pending(request_id, time.time(), provider, plan, meter, metadata)
+        self.pending[flow.id] = Pending(request_id, time.time(), provider, plan, reader, metadata)
         flow.metadata[PROVIDER_KEY] = provider.id
-        flow.metadata[ENDPOINT_KEY], flow.metadata[STREAM_KEY] = meter.endpoint, meter.stream_requested
+        flow.metadata[ENDPOINT_KEY], flow.metadata[STREAM_KEY] = reader.endpoint, reader.stream_requested
 
     @staticmethod
     def _metadata(headers) -> dict[str, str] | None:
@@ -388,8 +388,8 @@ class Gateway:
         for name in REQUEST_ID_HEADERS:
             response.headers[name] = state.request_id
         is_stream = response.headers.get("content-type", "").startswith("text/event-stream")
-        if response.status_code < 400 and (is_stream or state.meter.stream_requested):
-            response.stream = StreamTap(state.meter)
+        if response.status_code < 400 and (is_stream or state.reader.stream_requested):
+            response.stream = StreamTap(state.reader)
             state.streamed = True
 
     def response(self, flow: http.HTTPFlow) -> None:
@@ -398,7 +398,7 @@ class Gateway:
         if state is None:
             return
         if not state.streamed:
-            state.meter.observe_body(flow.response.content or b"", flow.response.headers.get("content-type"))
+            state.reader.observe_body(flow.response.content or b"", flow.response.headers.get("content-type"))
         self._record(flow, state, status=flow.response.status_code, error=None)
 
     def error(self, flow: http.HTTPFlow) -> None:
@@ -421,7 +421,7 @@ class Gateway:
             record = UsageRecord(
                 id=state.request_id, created_at=datetime.fromtimestamp(state.started, UTC).replace(tzinfo=None),
                 account=state.plan.key.account_id, wallet_id=state.plan.key.wallet_id, key=state.plan.key.key_id,
-                provider=state.provider.id, endpoint=state.meter.endpoint, model=state.meter.model, status=status,
+                provider=state.provider.id, endpoint=state.reader.endpoint, model=state.reader.model, status=status,
                 streamed=state.streamed, byok=state.plan.byok, error="metering_failed", metadata=state.metadata,
             )
         try:
@@ -432,16 +432,16 @@ class Gateway:
         self.writer.submit(record)
 
     def _usage_record(self, flow: http.HTTPFlow, state: Pending, status: int | None, error: str | None) -> UsageRecord:
-        result = state.meter.result()
-        model = result.model or state.meter.model
+        result = state.reader.result()
+        model = result.model or state.reader.model
         plan, usage = state.plan, result.usage
         cost = self._cost(state.provider, model, usage, at=datetime.fromtimestamp(state.started, UTC))
         billable = is_billable(status, result.source)
-        source = price_guard.price_source(state.meter, cost.source, status)
+        source = price_guard.price_source(state.reader, cost.source, status)
         price_guard.warn_once(source, state.provider.id, model, flow.request.path)
         merchant_charge, customer_byok_fee = self.cashier.charges(state.request_id, plan, cost.total_nanos, billable)
         units = (
-            meters.units_of(plan.meter, usage, characters=state.meter.prompt_chars, audio_seconds=state.meter.audio_seconds)
+            meters.units_of(plan.meter, usage, characters=state.reader.prompt_chars, audio_seconds=state.reader.audio_seconds)
             if plan.meter and billable else 0
         )
         response = flow.response
@@ -454,7 +454,7 @@ class Gateway:
             wallet_id=plan.key.wallet_id,
             key=plan.key.key_id,
             provider=state.provider.id,
-            endpoint=state.meter.endpoint,
+            endpoint=state.reader.endpoint,
             model=model,
             customer_id=plan.customer.customer_id if plan.customer else None,
             meter_slug=plan.meter.slug if plan.meter else None,

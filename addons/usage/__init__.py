@@ -1,1 +1,1 @@
-"""Reading usage off the wire: one reader per API family, over incremental SSE framing."""
+"""Reading usage off the wire: one reader per API family (readers.py's table), over incremental SSE framing."""

@@ -3,7 +3,8 @@ import math
 
 import pytest
 
-from addons.usage.metering import Meter, MeterResult
+from addons.core.catalog import API_FAMILIES, load_catalog
+from addons.usage.readers import READERS, UsageReader, UsageReading, for_request
 from pricing.usage import TokenUsage
 from tests.test_sse import SPLITS, split
 
@@ -16,8 +17,8 @@ def events(*pairs: tuple[str, str]) -> bytes:
     return "".join(f"event: {name}\ndata: {data}\n\n" for name, data in pairs).encode()
 
 
-def run(meter: Meter, chunks: list[bytes]) -> bytes:
-    return b"".join(meter.feed(c) for c in chunks) + meter.feed(b"")
+def run(reader: UsageReader, chunks: list[bytes]) -> bytes:
+    return b"".join(reader.feed(c) for c in chunks) + reader.feed(b"")
 
 
 def chat_request(**extra) -> bytes:
@@ -25,8 +26,8 @@ def chat_request(**extra) -> bytes:
     return json.dumps(body).encode()
 
 
-def openai_meter(body: bytes, path: str = "/v1/chat/completions") -> Meter:
-    return Meter.for_request("openai", "POST", path, "", body)
+def openai_reader(body: bytes, path: str = "/v1/chat/completions") -> UsageReader:
+    return for_request("openai", "POST", path, "", body)
 
 
 # What OpenAI streams for a chat completion; {U} marks where include_usage adds "usage":null.
@@ -45,20 +46,20 @@ CHAT_USAGE = TokenUsage(input_tokens=19, cache_read_tokens=3, output_tokens=6)
 
 @pytest.mark.parametrize("how", SPLITS)
 def test_injected_usage_is_invisible_to_the_client(how):
-    meter = openai_meter(chat_request(stream=True))
-    assert json.loads(meter.request_body)["stream_options"] == {"include_usage": True}
-    assert run(meter, split(CHAT_WITH_USAGE, how)) == CHAT_WITHOUT_USAGE
-    assert meter.result() == MeterResult("gpt-4o-mini-2024-07-18", CHAT_USAGE, "reported")
+    reader = openai_reader(chat_request(stream=True))
+    assert json.loads(reader.request_body)["stream_options"] == {"include_usage": True}
+    assert run(reader, split(CHAT_WITH_USAGE, how)) == CHAT_WITHOUT_USAGE
+    assert reader.result() == UsageReading("gpt-4o-mini-2024-07-18", CHAT_USAGE, "reported")
 
 
 @pytest.mark.parametrize("how", SPLITS)
 def test_client_requested_usage_passes_through_chunk_by_chunk(how):
-    meter = openai_meter(chat_request(stream=True, stream_options={"include_usage": True}))
+    reader = openai_reader(chat_request(stream=True, stream_options={"include_usage": True}))
     chunks = split(CHAT_WITH_USAGE, how)
-    assert meter.request_body is None
-    assert [meter.feed(c) for c in chunks] == chunks
-    assert meter.feed(b"") == b""
-    assert (meter.result().source, meter.result().usage) == ("reported", CHAT_USAGE)
+    assert reader.request_body is None
+    assert [reader.feed(c) for c in chunks] == chunks
+    assert reader.feed(b"") == b""
+    assert (reader.result().source, reader.result().usage) == ("reported", CHAT_USAGE)
 
 
 @pytest.mark.parametrize(
@@ -75,24 +76,24 @@ def test_client_requested_usage_passes_through_chunk_by_chunk(how):
     ],
 )
 def test_request_rewrite(extra, expected):
-    meter = openai_meter(chat_request(**extra))
+    reader = openai_reader(chat_request(**extra))
     if expected is None:
-        assert meter.request_body is None
+        assert reader.request_body is None
         return
-    rewritten = json.loads(meter.request_body)
+    rewritten = json.loads(reader.request_body)
     assert rewritten == {**json.loads(chat_request(**extra)), "stream_options": expected}
-    assert 'wörld"'.encode() in meter.request_body and b", " not in meter.request_body
+    assert 'wörld"'.encode() in reader.request_body and b", " not in reader.request_body
 
 
 def test_rewrite_keeps_lone_surrogates_as_escapes():
-    meter = openai_meter(b'{"model":"m","stream":true,"messages":[{"role":"user","content":"\\ud800"}]}')
-    assert b'"\\ud800"' in meter.request_body
+    reader = openai_reader(b'{"model":"m","stream":true,"messages":[{"role":"user","content":"\\ud800"}]}')
+    assert b'"\\ud800"' in reader.request_body
 
 
 def test_held_back_bytes_are_only_the_incomplete_event():
-    meter = openai_meter(chat_request(stream=True))
+    reader = openai_reader(chat_request(stream=True))
     first = CHAT_WITH_USAGE.index(b"\n\n") + 2
-    assert meter.feed(CHAT_WITH_USAGE[: first + 5]) == CHAT_WITHOUT_USAGE[: CHAT_WITHOUT_USAGE.index(b"\n\n") + 2]
+    assert reader.feed(CHAT_WITH_USAGE[: first + 5]) == CHAT_WITHOUT_USAGE[: CHAT_WITHOUT_USAGE.index(b"\n\n") + 2]
 
 
 @pytest.mark.parametrize(
@@ -106,15 +107,15 @@ def test_held_back_bytes_are_only_the_incomplete_event():
     ],
 )
 def test_null_usage_member_is_removed_exactly(upstream, client):
-    meter = openai_meter(chat_request(stream=True))
-    assert run(meter, [sse(upstream)]) == sse(client or upstream)
+    reader = openai_reader(chat_request(stream=True))
+    assert run(reader, [sse(upstream)]) == sse(client or upstream)
 
 
 def test_json_error_fed_as_stream_meters_nothing():
-    meter = openai_meter(chat_request(stream=True))
+    reader = openai_reader(chat_request(stream=True))
     body = b'{\n  "error": {\n    "message": "Rate limit reached",\n    "type": "requests"\n  }\n}\n'
-    assert run(meter, [body]) == body
-    assert meter.result().source == "none"
+    assert run(reader, [body]) == body
+    assert reader.result().source == "none"
 
 
 ANTHROPIC_STREAM = events(
@@ -179,18 +180,18 @@ STREAMS = {
 @pytest.mark.parametrize("name", STREAMS)
 def test_stream_usage(name, how):
     family, path, query, body, payload, usage, model = STREAMS[name]
-    meter = Meter.for_request(family, "POST", path, query, body)
-    assert meter.stream_requested and meter.request_body is None
-    assert run(meter, split(payload, how)) == payload
-    assert meter.result() == MeterResult(model, usage, "reported")
+    reader = for_request(family, "POST", path, query, body)
+    assert reader.stream_requested and reader.request_body is None
+    assert run(reader, split(payload, how)) == payload
+    assert reader.result() == UsageReading(model, usage, "reported")
 
 
 @pytest.mark.parametrize("name", STREAMS)
 def test_buffered_stream_body(name):
     family, path, query, body, payload, usage, model = STREAMS[name]
-    meter = Meter.for_request(family, "POST", path, query, body)
-    meter.observe_body(payload, "application/json" if name == "gemini_array" else "text/event-stream")
-    assert (meter.result().usage, meter.result().source) == (usage, "reported")
+    reader = for_request(family, "POST", path, query, body)
+    reader.observe_body(payload, "application/json" if name == "gemini_array" else "text/event-stream")
+    assert (reader.result().usage, reader.result().source) == (usage, "reported")
 
 
 BODIES = {
@@ -209,33 +210,33 @@ BODIES = {
 @pytest.mark.parametrize("name", BODIES)
 def test_body_usage(name):
     family, path, body, usage = BODIES[name]
-    meter = Meter.for_request(family, "POST", path, "", b"{}")
-    meter.observe_body(json.dumps(body).encode(), "application/json")
-    assert (meter.result().usage, meter.result().source) == (usage, "reported")
+    reader = for_request(family, "POST", path, "", b"{}")
+    reader.observe_body(json.dumps(body).encode(), "application/json")
+    assert (reader.result().usage, reader.result().source) == (usage, "reported")
 
 
 def test_cut_stream_without_usage_is_estimated_from_text():
-    meter = openai_meter(chat_request(stream=True))
+    reader = openai_reader(chat_request(stream=True))
     cut = CHAT_WITH_USAGE[: CHAT_WITH_USAGE.index(b'"finish_reason":"stop"')]
-    meter.feed(cut)  # the client went away: no feed(b"")
+    reader.feed(cut)  # the client went away: no feed(b"")
     prompt, streamed = len("Say hello to the wörld"), len("Hello, wörld 👋")
     expected = TokenUsage(input_tokens=math.ceil(prompt / 4), output_tokens=math.ceil(streamed / 4))
-    assert (meter.result().usage, meter.result().source) == (expected, "estimated")
+    assert (reader.result().usage, reader.result().source) == (expected, "estimated")
 
 
 def test_cut_stream_keeps_partial_reported_usage():
-    meter = Meter.for_request("anthropic", "POST", "/v1/messages", "", b'{"stream":true}')
-    meter.feed(ANTHROPIC_STREAM[: ANTHROPIC_STREAM.index(b"event: message_delta")])
+    reader = for_request("anthropic", "POST", "/v1/messages", "", b'{"stream":true}')
+    reader.feed(ANTHROPIC_STREAM[: ANTHROPIC_STREAM.index(b"event: message_delta")])
     chars = len("Greet them.") + len("Hello there, friend!")
-    assert meter.result().usage == TokenUsage(2125, 2000, 100, math.ceil(chars / 4))
-    assert meter.result().source == "estimated"
+    assert reader.result().usage == TokenUsage(2125, 2000, 100, math.ceil(chars / 4))
+    assert reader.result().source == "estimated"
 
 
 def test_gemini_embed_without_usage_estimates_input_only():
     body = b'{"content": {"parts": [{"text": "twelve chars"}]}}'
-    meter = Meter.for_request("gemini", "POST", "/v1beta/models/text-embedding-004:embedContent", "", body)
-    meter.observe_body(b'{"embedding": {"values": [0.1, 0.2]}}', "application/json")
-    assert (meter.result().usage, meter.result().source) == (TokenUsage(input_tokens=3), "estimated")
+    reader = for_request("gemini", "POST", "/v1beta/models/text-embedding-004:embedContent", "", body)
+    reader.observe_body(b'{"embedding": {"values": [0.1, 0.2]}}', "application/json")
+    assert (reader.result().usage, reader.result().source) == (TokenUsage(input_tokens=3), "estimated")
 
 
 @pytest.mark.parametrize(
@@ -250,9 +251,9 @@ def test_gemini_embed_without_usage_estimates_input_only():
     ],
 )
 def test_errors_and_other_endpoints_meter_nothing(family, path, body):
-    meter = Meter.for_request(family, "POST", path, "", b'{"model":"m"}')
-    meter.observe_body(body, "application/json")
-    assert (meter.result().usage, meter.result().source) == (TokenUsage(), "none")
+    reader = for_request(family, "POST", path, "", b'{"model":"m"}')
+    reader.observe_body(body, "application/json")
+    assert (reader.result().usage, reader.result().source) == (TokenUsage(), "none")
 
 
 @pytest.mark.parametrize(
@@ -272,8 +273,8 @@ def test_errors_and_other_endpoints_meter_nothing(family, path, body):
     ],
 )
 def test_request_classification(family, method, path, query, body, expected):
-    meter = Meter.for_request(family, method, path, query, body)
-    assert (meter.endpoint, meter.model, meter.stream_requested) == expected
+    reader = for_request(family, method, path, query, body)
+    assert (reader.endpoint, reader.model, reader.stream_requested) == expected
 
 
 NASTY = [b"", b"null", b"[]", b'"str"', b"42", b"\xff\xfe\x00garbage", b"{", b'{"stream": true',
@@ -288,9 +289,27 @@ NASTY = [b"", b"null", b"[]", b'"str"', b"42", b"\xff\xfe\x00garbage", b"{", b'{
                                           ("gemini", "/v1beta/models/g:streamGenerateContent"), ("cohere", "/v2/chat"),
                                           ("bogus", "/\x00")])
 def test_garbage_never_raises(family, path, body):
-    meter = Meter.for_request(family, "POST", path, "alt=sse&&=%zz", body)
+    reader = for_request(family, "POST", path, "alt=sse&&=%zz", body)
     for chunk in (body, b"data: {\n\n", b"data: [1]\n\nevent: message_delta\ndata: {\"usage\": 5}\n\n"):
-        meter.feed(chunk)
-    meter.finish()
-    meter.observe_body(body, None)
-    assert meter.result().source in ("none", "estimated")
+        reader.feed(chunk)
+    reader.finish()
+    reader.observe_body(body, None)
+    assert reader.result().source in ("none", "estimated")
+
+
+def test_every_family_in_the_catalog_has_its_reader():
+    assert {p.api_family for p in load_catalog().providers} <= READERS.keys()
+    assert READERS.keys() == API_FAMILIES  # what the catalog accepts is what the table reads
+
+
+@pytest.mark.parametrize("family", sorted(READERS))
+def test_the_table_picks_the_familys_reader(family):
+    assert type(for_request(family, "GET", "/v1/models", "", b"")) is READERS[family]
+
+
+def test_an_unknown_family_gets_the_reader_that_reads_nothing():
+    reader = for_request("bogus", "POST", "/v1/chat/completions", "", b'{"model":"m","stream":true}')
+    assert type(reader) is UsageReader
+    assert (reader.endpoint, reader.model, reader.stream_requested, reader.request_body) == ("other", "m", True, None)
+    assert run(reader, [CHAT_WITH_USAGE]) == CHAT_WITH_USAGE
+    assert reader.result() == UsageReading("m", TokenUsage(), "none")

@@ -1,0 +1,54 @@
+"""Asking an OpenAI-style chat stream for its usage on the client's behalf, and hiding the answer.
+
+Such streams report usage only when asked (`stream_options.include_usage`). The reader asks
+(ask_for_usage rewrites the request) and the client still gets the stream it asked for: the
+usage-only chunk is dropped and strip_null_usage removes the `"usage":null` member every other
+chunk then carries, byte-exactly. (A chunk is left as is when that member cannot be located
+unambiguously, or when a provider puts the usage in a content chunk.)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+_USAGE_KEY = b'"usage"'
+_NULL_LAST = re.compile(rb'"usage"[ \t]*:[ \t]*null(?=[ \t]*[,}])')  # after a comma
+_NULL_FIRST = re.compile(rb'"usage"[ \t]*:[ \t]*null[ \t]*,[ \t]*')  # right after "{"
+
+
+def ask_for_usage(req: dict[str, Any]) -> bytes | None:
+    """The request body with `stream_options.include_usage` set, or None when it needs no rewrite
+    (already asked for) or cannot take one (stream_options is not an object)."""
+    options = req.get("stream_options")
+    if options is None:
+        options = {}
+    if not isinstance(options, dict) or options.get("include_usage") is True:
+        return None
+    rewritten = {**req, "stream_options": {**options, "include_usage": True}}
+    try:
+        return json.dumps(rewritten, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # lone surrogates survive only as \u escapes
+        return json.dumps(rewritten, separators=(",", ":")).encode()
+
+
+def strip_null_usage(raw: bytes) -> bytes:
+    """Remove the one `"usage":null` member include_usage added; leave ambiguous events alone.
+
+    Outside strings JSON has no unescaped quote, so `"usage"` followed by a colon is a key.
+    """
+    spans, at = [], raw.find(_USAGE_KEY)
+    while at >= 0:
+        before = at - 1
+        while before >= 0 and raw[before] in b" \t":
+            before -= 1
+        if raw[before : before + 1] == b"," and (m := _NULL_LAST.match(raw, at)):
+            spans.append((before, m.end()))
+        elif raw[before : before + 1] == b"{" and (m := _NULL_FIRST.match(raw, at)):
+            spans.append((at, m.end()))
+        at = raw.find(_USAGE_KEY, at + 1)
+    if len(spans) != 1:
+        return raw
+    (start, end), = spans
+    return raw[:start] + raw[end:]
