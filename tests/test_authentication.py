@@ -7,9 +7,10 @@ import asyncio
 import pytest
 
 from addons.auth.authentication import Caller, authenticate
-from addons.auth.credentials import CallerCredential, ForwardToken, hash_secret
+from addons.auth.credentials import CallerCredential, ForwardToken
 from addons.auth.signed_tokens import issue_signed_token
 from addons.core.errors import GatewayError
+from addons.core.secret_formats import hash_secret
 from addons.core.settings import CaptureSettings
 from addons.ledger.accounts import AccountRecord, KeyRecord, ProviderKeyRecord
 

@@ -14,12 +14,11 @@ from addons.auth.credentials import (
     _credential_headers,
     decode_forward_token,
     encode_forward_token,
-    hash_secret,
-    new_secret_key,
     read_credential,
     strip_gateway_credentials,
 )
 from addons.core.errors import BadRequest, Unauthorized
+from addons.core.secret_formats import hash_secret, new_secret_key
 
 SECRET = "tg_sk_" + "A" * 43
 # Chosen so the standard encoding holds '+', '/' and '=' padding, which URL-safe forms replace.

@@ -21,10 +21,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from mitmproxy import http
 
-from addons.auth.credentials import CREDENTIAL_HEADERS, decode_forward_token, hash_secret, read_credential
+from addons.auth.credentials import CREDENTIAL_HEADERS, decode_forward_token, read_credential
 from addons.auth.signed_tokens import SIGNED_PREFIX, issue_signed_token, verify_signed_token
 from addons.core.catalog import load_catalog
 from addons.core.errors import BadRequest, GatewayError, Unauthorized
+from addons.core.secret_formats import hash_secret
 from addons.proxy.forward import parse_forward_target
 from addons.proxy.metadata import parse_metadata
 from addons.usage import base

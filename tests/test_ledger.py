@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from addons.auth.credentials import hash_secret
 from addons.billing.charges import apply_charges
+from addons.core.secret_formats import hash_secret
 from addons.ledger.accounts import (
     KeyRecord,
     audit_wallets,

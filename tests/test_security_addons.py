@@ -14,10 +14,11 @@ from mitmproxy.test import taddons, tflow, tutils
 
 from addons.auth import signed_tokens
 from addons.auth.authentication import authenticate
-from addons.auth.credentials import CallerCredential, hash_secret
+from addons.auth.credentials import CallerCredential
 from addons.billing import autopay
 from addons.core.catalog import load_catalog
 from addons.core.errors import Unauthorized
+from addons.core.secret_formats import hash_secret
 from addons.core.settings import Settings
 from addons.proxy import auth_throttle, error_pages, upstream_guard
 from addons.proxy.auth_throttle import AuthThrottle, client_address

@@ -7,7 +7,6 @@ import threading
 
 import pytest
 
-from addons.auth.credentials import hash_secret
 from addons.auth.signed_tokens import (
     SIGNED_PREFIX,
     SignedClaims,
@@ -17,6 +16,7 @@ from addons.auth.signed_tokens import (
     verify_signed_token,
 )
 from addons.core.errors import BadRequest, Forbidden, Unauthorized
+from addons.core.secret_formats import hash_secret
 
 KEY = b"k" * 32
 SECRET = "tg_sk_" + "S" * 43

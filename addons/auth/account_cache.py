@@ -12,7 +12,7 @@ answers. Meanwhile, with `serve_stale`, cached answers are used past their time 
 this process gets 503); without it, every lookup is refused with 503 at once.
 
 No secret is compared here: a key (a Tollgate secret, or a provider key an app registered) is found
-by the SHA-256 of its secret (credentials.hash_secret), a dict key in the cache and an indexed column
+by the SHA-256 of its secret (core.secret_formats.hash_secret), a dict key in the cache and an indexed column
 in the ledger. A timing difference could at most tell how much of a digest matched, which gives
 nothing towards a high-entropy secret, so constant-time comparison is not needed. Where a secret
 value is compared (signed-token and webhook signatures), it is with hmac.compare_digest.

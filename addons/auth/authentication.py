@@ -17,9 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from addons.auth.account_cache import AccountCache
-from addons.auth.credentials import CallerCredential, hash_secret
+from addons.auth.credentials import CallerCredential
 from addons.auth.signed_tokens import SignedClaims, verify_signed_token
 from addons.core.errors import Forbidden, ProviderNotConfigured, Unauthorized
+from addons.core.secret_formats import hash_secret
 from addons.core.settings import CaptureSettings
 from addons.ledger.accounts import DEFAULT_ACCOUNT, KeyRecord
 

@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import re
-import secrets
 from dataclasses import asdict, dataclass
 
-from addons.auth.signed_tokens import SIGNED_PREFIX, UNSAFE_TEXT
+from addons.auth.signed_tokens import UNSAFE_TEXT
 from addons.core.errors import BadRequest, Unauthorized
+from addons.core.secret_formats import SECRET_PREFIX, SIGNED_PREFIX, looks_like_forward_token
 
-SECRET_PREFIX = "tg_sk_"
-FORWARD_TOKEN_PREFIX = "eyJ"  # base64 of '{"': every forward token is a JSON object
 # Header names SDKs put a provider key in: OpenAI & co, Anthropic, Gemini, Azure, ElevenLabs.
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "api-key", "xi-api-key")
 GATEWAY_HEADER_PREFIXES = ("x-lava-", "x-tollgate-")
@@ -32,33 +29,6 @@ _URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
 _TOKEN_FIELDS = {"secret_key", "customer_id", "meter_slug", "provider_key", "disable_billing"}
 # What a provider key can be made of: printable ASCII, no spaces (it goes back into a header as it came).
 _PROVIDER_KEY = re.compile(r"[\x21-\x7e]+")
-
-
-def new_secret_key() -> str:
-    return SECRET_PREFIX + secrets.token_urlsafe(32)
-
-
-def hash_secret(secret: str) -> str:
-    """Secret keys carry 256 random bits, so a plain SHA-256 is a safe at-rest form."""
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def display_prefix(secret: str) -> str:
-    return secret[: len(SECRET_PREFIX) + 4] + "…"
-
-
-def provider_key_prefix(key: str) -> str:
-    """"sk-pr…": enough to tell keys apart in a list, never enough to matter (a quarter at most)."""
-    return key[: min(5, len(key) // 4)] + "…"
-
-
-def looks_like_forward_token(value: str) -> bool:
-    """Base64 of a JSON object; a JWT (some providers' keys) starts the same but has dots, base64 never."""
-    return value.startswith(FORWARD_TOKEN_PREFIX) and "." not in value
-
-
-def looks_like_tollgate_credential(value: str) -> bool:
-    return value.startswith((SECRET_PREFIX, SIGNED_PREFIX)) or looks_like_forward_token(value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from addons.core.errors import BadRequest, Forbidden, Unauthorized
+from addons.core.secret_formats import SIGNED_PREFIX
 from pricing.money import format_usd, parse_usd
 
-SIGNED_PREFIX = "tgt_"
 MIN_KEY_CHARS = 32
 # A token's strings end up in a header (a provider key), database text columns and hashes: no
 # CR/LF to split a header, no NUL (PostgreSQL refuses it), no lone surrogate (not UTF-8).

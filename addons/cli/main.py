@@ -19,10 +19,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from addons.auth.credentials import ForwardToken, encode_forward_token, hash_secret
+from addons.auth.credentials import ForwardToken, encode_forward_token
 from addons.auth.signed_tokens import issue_signed_token, load_signing_key
 from addons.billing.reprice import reprice
 from addons.core.catalog import load_catalog
+from addons.core.secret_formats import hash_secret
 from addons.core.settings import PROJECT_ROOT, load_settings, resolve_database_url
 from addons.host import capture, trust
 from addons.ledger import accounts

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from peewee import JOIN, fn
 
-from addons.auth.credentials import (
+from addons.core.secret_formats import (
     SECRET_PREFIX,
     display_prefix,
     hash_secret,

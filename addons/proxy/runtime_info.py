@@ -29,9 +29,9 @@ from pathlib import Path
 from mitmproxy import ctx
 
 from addons.core.files import write_atomically
+from addons.core.process_env import PID_ENV  # set in the workers' environment
 from addons.core.settings import PROJECT_ROOT
 from addons.proxy.gateway_config import SharedConfig
-from addons.runtime.workers import PID_ENV  # set in the workers' environment
 
 log = logging.getLogger(__name__)
 

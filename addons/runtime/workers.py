@@ -37,8 +37,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from addons.core.process_env import PID_ENV  # a stdlib-only module: the supervisor stays light
+
 PROG = "tollgate-workers"
-PID_ENV = "TOLLGATE_GATEWAY_PID"  # the supervisor's pid, for addons/proxy/runtime_info.py
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 30.0  # a worker that ran this long before dying is not in a crash loop
