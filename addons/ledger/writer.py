@@ -103,7 +103,7 @@ class UsageRecord(_facts_of(RequestRow, leave_out=_FEE_COLUMNS)):
         data = {name: getattr(self, name) for name in _FACT_COLUMNS}  # not asdict: it deep-copies every field
         data["metadata"] = json.dumps(self.metadata) if self.metadata else None
         data["model"] = self.model[: RequestRow.model.max_length] if self.model else None  # caller-supplied
-        data.update(zip(_FEE_COLUMNS, (fees.fee_nanos, fees.fee_uncollected_nanos, fees.token_spend_nanos)))
+        data.update({name: getattr(fees, name) for name in _FEE_COLUMNS})
         return data
 
     def values(self, fees: RequestFees = NO_FEES) -> tuple:
