@@ -4,13 +4,18 @@ overdraft, disabled billing, BYOK fees, the commit report, idempotence and hold 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
+from decimal import Decimal
 from types import SimpleNamespace
 
 import pytest
 
-from addons.billing.charges import apply_charges, cycle_start
+from addons.billing.charges import RequestCharges, apply_charges, cycle_start, request_charges
+from addons.billing.plan import BillingPlan
+from addons.core.settings import BillingSettings
 from addons.ledger.accounts import (
+    KeyRecord,
     audit_wallets,
     create_customer,
     create_key,
@@ -20,7 +25,7 @@ from addons.ledger.accounts import (
     wallet_state,
 )
 from addons.ledger.models import Hold, LedgerEntry, MeterRow, MeterUsage, RequestRow
-from addons.ledger.writer import HoldRecord, UsageRecord, write_batch
+from addons.ledger.writer import HoldRecord, RequestFees, UsageRecord, write_batch
 from pricing.meters import make_meter_spec, tiers_json
 
 MERCHANT_START = 100_000_000_000  # $100
@@ -299,6 +304,43 @@ def test_token_charges_add_up_over_requests(shop):
     ], apply_charges)
     assert dict(report.token_charges) == {"tok_1": 700 + CENT}
     assert token_spent("tok_1") == 700 + CENT
+
+
+# -- the amounts, each decided by one function ----------------------------------------------------------
+
+SETTINGS = BillingSettings(byok_fee_percent=Decimal(10), byok_fee_per_request_nanos=1_000)
+
+
+@pytest.mark.parametrize(
+    "byok, bill, billable, expected",
+    [
+        (False, False, True, RequestCharges(merchant_nanos=9_000)),  # managed key: the provider cost
+        (False, True, True, RequestCharges(merchant_nanos=9_000)),  # a billed customer's fee comes at commit
+        (True, False, True, RequestCharges(merchant_nanos=1_900)),  # BYOK: 10% of the cost + the per-request part
+        (True, True, True, RequestCharges(customer_byok_fee_nanos=1_900)),  # ... the billed customer's, then
+        (False, False, False, RequestCharges()),  # not billable: nothing
+        (True, True, False, RequestCharges()),
+    ],
+    ids=["managed", "managed-customer", "byok", "byok-customer", "unbillable", "unbillable-byok"],
+)
+def test_request_charges(byok, bill, billable, expected):
+    plan = BillingPlan(KeyRecord("key_1", "acct_1", "wal_1", False), bill_customer=bill,
+                       provider_key="sk-own" if byok else None)
+    assert request_charges(plan, 9_000, billable, SETTINGS) == expected
+
+
+def test_charging_returns_the_fees_and_leaves_the_records_as_they_are(shop):
+    wallet = add_customer(balance=4_000_000)
+    meter = add_meter(shop, "per-req", "fixed", "requests", ["0:0.01"])
+    batch = [usage(shop, "req_a", charged=700, customer="cus_1", wallet=wallet, meter=meter, units=1, token="tok_1"),
+             usage(shop, "req_b", charged=200)]
+    before = [replace(r) for r in batch]
+    report = write_batch(batch, apply_charges)
+    assert batch == before
+    assert report.fees == {"req_a": RequestFees(4_000_000, CENT - 4_000_000, 4_000_000)}  # req_b: no fees
+    assert report.customer_fees == {"req_a": 4_000_000}
+    assert fees("req_a", "req_b") == [(4_000_000, CENT - 4_000_000), (0, 0)]
+    assert RequestRow.get_by_id("req_a").token_spend_nanos == 4_000_000
 
 
 # -- idempotence -----------------------------------------------------------------------------------------

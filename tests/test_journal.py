@@ -1,3 +1,4 @@
+import json
 import os
 import time
 from datetime import datetime
@@ -28,6 +29,22 @@ def crash(journal: Journal) -> None:
 def test_a_record_round_trips_through_its_line():
     original = record(7, customer_wallet_id="wal_c", units_micro=5, bill_customer=True)
     assert decode(encode(original)) == original
+
+
+def test_a_line_the_previous_release_wrote_still_decodes():
+    """It carried the fee columns too (always 0 before commit): they are billing's at commit now, and ignored."""
+    old = {"id": "req_0001", "created_at": "2026-11-27T12:00:01", "account": "acct_1", "wallet_id": "wal_1",
+           "key": "key_1", "provider": "openai", "endpoint": "chat.completions", "model": "gpt-4o-mini",
+           "customer_id": "cus_1", "meter_slug": "tok", "token_id": None, "status": 200, "streamed": False,
+           "input_tokens": 1, "cache_read_tokens": 0, "cache_write_tokens": 0, "output_tokens": 2,
+           "reasoning_tokens": 0, "provider_cost_nanos": 1234, "charged_nanos": 1234, "fee_nanos": 0,
+           "fee_uncollected_nanos": 0, "token_spend_nanos": 0, "latency_ms": 5, "ttfb_ms": 3,
+           "usage_source": "reported", "price_source": "catalog", "byok": False, "error": None,
+           "metadata": {"user": "ü"}, "bill_customer": True, "customer_wallet_id": "wal_c", "meter_id": "mtr_1",
+           "units_micro": 3_000_000, "customer_byok_fee_nanos": 0}
+    decoded = decode(json.dumps(old).encode())
+    assert decoded == record(1, customer_id="cus_1", meter_slug="tok", latency_ms=5, ttfb_ms=3, price_source="catalog",
+                             bill_customer=True, customer_wallet_id="wal_c", meter_id="mtr_1", units_micro=3_000_000)
 
 
 def test_what_a_crashed_process_journaled_is_recovered_by_the_next(tmp_path):

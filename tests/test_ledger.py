@@ -1,6 +1,7 @@
 import json
 import threading
 import time
+from dataclasses import fields
 
 import pytest
 
@@ -17,7 +18,7 @@ from addons.ledger.accounts import (
     wallet_balance,
 )
 from addons.ledger.models import LedgerEntry, RequestRow, Wallet, utcnow
-from addons.ledger.writer import LedgerWriter, UsageRecord, write_batch
+from addons.ledger.writer import LedgerWriter, RequestFees, UsageRecord, write_batch
 
 START = 10_000_000
 
@@ -60,6 +61,13 @@ def test_write_batch_is_idempotent(wallet, again):
     assert wallet_balance(wallet.id) == START - 500 - new
     assert len(usage_entries()) == 2 + bool(new)
     assert RequestRow.get_by_id("req_a").charged_nanos == 300  # the first write stands
+
+
+def test_a_usage_record_has_a_field_per_request_column_but_the_fees_billing_decides_at_commit():
+    columns = {column.name for column in RequestRow._meta.sorted_fields}
+    record_fields = {f.name for f in fields(UsageRecord)}
+    assert columns - record_fields == {f.name for f in fields(RequestFees)}
+    assert not record_fields & {f.name for f in fields(RequestFees)}
 
 
 def test_write_batch_tolerates_a_record_twice_in_one_batch(wallet):

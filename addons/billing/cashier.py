@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from mitmproxy.utils.asyncio_utils import create_task
 
 from addons.auth.account_cache import AccountCache
+from addons.billing.charges import RequestCharges, request_charges
 from addons.billing.hold_stores import FailoverHolds, LocalHolds, RedisHolds
 from addons.billing.holds import InsufficientFunds
 from addons.billing.plan import BillingPlan, byok_fee, worst_case_fee
@@ -132,21 +133,15 @@ class Cashier:
 
     # -- charging --------------------------------------------------------------------------
 
-    def charges(self, request_id: str, plan: BillingPlan, cost_nanos: int, billable: bool) -> tuple[int, int]:
-        """(merchant debit, customer BYOK fee) of a finished request; the merchant's is held until committed."""
-        if not billable:
-            return 0, 0
-        if not plan.byok:
-            merchant, customer = cost_nanos, 0
-        elif plan.bill_customer:
-            merchant, customer = 0, self._byok(cost_nanos)
-        else:
-            merchant, customer = self._byok(cost_nanos), 0
-        if merchant > 0:
+    def charges(self, request_id: str, plan: BillingPlan, cost_nanos: int, billable: bool) -> RequestCharges:
+        """What a finished request is charged now (addons.billing.charges.request_charges); the merchant's
+        debit is held until committed."""
+        charged = request_charges(plan, cost_nanos, billable, self.settings)
+        if charged.merchant_nanos > 0:
             if not self._adds:
                 asyncio.get_running_loop().call_later(ADD_LINGER, self._flush_adds)
-            self._adds.append((request_id, plan.key.wallet_id, merchant))
-        return merchant, customer
+            self._adds.append((request_id, plan.key.wallet_id, charged.merchant_nanos))
+        return charged
 
     def _flush_adds(self) -> None:
         """The merchant's incurred costs of the last ADD_LINGER seconds, to the hot store in one call."""

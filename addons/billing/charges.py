@@ -1,21 +1,29 @@
-"""Charging a batch of requests inside the ledger writer's transaction.
+"""What a request is charged, each amount decided by one function here, and the charging of a batch.
 
-The fee of a metered request depends on the customer's running total for the meter in the
-current cycle, and a customer may not be charged below zero (less any overdraft they are
-allowed), so both are decided here, against rows locked for the transaction, rather than on
-the event loop where another instance's charges are invisible. The merchant's wallet pays
-what the gateway computed (the provider cost, or a bring-your-own-key fee) without a floor:
-the provider has already been paid.
+- request_charges, when the request ends (on the event loop): the merchant's debit (the provider
+  cost, or a bring-your-own-key fee) and a billed customer's BYOK fee. They depend only on the
+  request's plan and cost, and the proxy holds the merchant's debit at once.
+- request_fees, at commit (in the ledger writer's transaction): the customer's fee, and what counts
+  against a signed token's cap. The fee of a metered request depends on the customer's running total
+  for the meter in the current cycle, and a customer may not be charged below zero (less any
+  overdraft they are allowed), so both are decided against rows locked for the transaction, rather
+  than on the event loop where another instance's charges are invisible.
+
+apply_charges moves the money of a batch and returns the fees; it never sets them on the records.
+The merchant's wallet pays without a floor: the provider has already been paid.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime
 
+from addons.billing.plan import BillingPlan, byok_fee
+from addons.core.settings import BillingSettings
 from addons.ledger.bulk import bulk_insert, execute, for_update
 from addons.ledger.models import LedgerEntry, MeterRow, MeterUsage, utcnow
-from addons.ledger.writer import CommitReport, UsageRecord
+from addons.ledger.writer import NO_FEES, CommitReport, RequestFees, UsageRecord
 from pricing import meters
 
 ENTRY_COLUMNS = ("wallet", "amount_nanos", "reason", "request_id", "created_at")
@@ -26,6 +34,36 @@ def is_billable(status: int | None, usage_source: str) -> bool:
     return (status is not None and status < 400) or usage_source == "estimated"
 
 
+@dataclass(frozen=True, slots=True)
+class RequestCharges:
+    """What a finished request is charged before commit: the record's charged_nanos and customer_byok_fee_nanos."""
+
+    merchant_nanos: int = 0  # debited from the merchant's wallet
+    customer_byok_fee_nanos: int = 0  # added to a billed customer's fee at commit
+
+
+def request_charges(plan: BillingPlan, cost_nanos: int, billable: bool, settings: BillingSettings) -> RequestCharges:
+    """Without a provider key the merchant pays the provider cost; with one, whoever pays is charged the BYOK fee."""
+    if not billable:
+        return RequestCharges()
+    if not plan.byok:
+        return RequestCharges(merchant_nanos=cost_nanos)
+    fee = byok_fee(cost_nanos, settings.byok_fee_percent, settings.byok_fee_per_request_nanos)
+    return RequestCharges(customer_byok_fee_nanos=fee) if plan.bill_customer else RequestCharges(merchant_nanos=fee)
+
+
+def request_fees(record: UsageRecord, meter_fee: int, room: int) -> RequestFees:
+    """A request's fees at commit: its customer's fee (`meter_fee` plus the BYOK fee) as far as the `room` left
+    in the balance covers it, and the token spend, which is what the token's payer was charged."""
+    fee_nanos = uncollected = 0
+    if record.customer_wallet_id and record.bill_customer:
+        fee = meter_fee + record.customer_byok_fee_nanos
+        fee_nanos = min(fee, room)
+        uncollected = fee - fee_nanos
+    spend = (fee_nanos if record.bill_customer else record.charged_nanos) if record.token_id else 0
+    return RequestFees(fee_nanos, uncollected, spend)
+
+
 def cycle_start(at: datetime) -> datetime:
     """Billing cycles are calendar months in UTC."""
     return at.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
@@ -34,7 +72,7 @@ def cycle_start(at: datetime) -> datetime:
 class RunningTotals:
     """The batch's meter running totals, locked once per (wallet, meter, cycle) and written back once."""
 
-    def __init__(self, records: list):
+    def __init__(self, records: list[UsageRecord]):
         metered = [r for r in records if r.meter_id and r.customer_wallet_id and r.bill_customer]
         keys = {(r.customer_wallet_id, r.meter_id, cycle_start(r.created_at)) for r in metered}
         self.units: dict[tuple, int] = {}
@@ -56,7 +94,7 @@ class RunningTotals:
             if key in keys:
                 self.ids[key], self.units[key], self.before[key] = row_id, units, units
 
-    def fee(self, record) -> int:
+    def fee(self, record: UsageRecord) -> int:
         key = (record.customer_wallet_id, record.meter_id, cycle_start(record.created_at))
         fee = meters.fee(self.specs[record.meter_id], units=meters.micro_to_units(record.units_micro),
                          running_before=meters.micro_to_units(self.units[key]),
@@ -72,7 +110,8 @@ class RunningTotals:
 
 def apply_charges(records: list[UsageRecord]) -> CommitReport:
     """Debit merchants and customers for `records` (not yet in the ledger); call inside a transaction.
-    The ledger writer's Charge: the gateway hands it to LedgerWriter."""
+    The ledger writer's Charge: the gateway hands it to LedgerWriter. Each request's fees are in the
+    report, for the writer to put in its row."""
     report = CommitReport(request_ids=[r.id for r in records])
     now = utcnow()
     customer_wallets = {r.customer_wallet_id for r in records if r.customer_wallet_id}
@@ -85,7 +124,7 @@ def apply_charges(records: list[UsageRecord]) -> CommitReport:
     debits: dict[str, int] = defaultdict(int)
     entries = []
 
-    def debit(wallet_id: str, amount: int, record) -> None:
+    def debit(wallet_id: str, amount: int, record: UsageRecord) -> None:
         debits[wallet_id] += amount
         balances[wallet_id] -= amount
         entries.append((wallet_id, -amount, "usage", record.id, now))
@@ -93,18 +132,19 @@ def apply_charges(records: list[UsageRecord]) -> CommitReport:
     for record in records:
         if record.charged_nanos:
             debit(record.wallet_id, record.charged_nanos, record)
-        if record.customer_wallet_id and record.bill_customer:
-            fee = (totals.fee(record) if record.meter_id else 0) + record.customer_byok_fee_nanos
-            room = max(0, balances[record.customer_wallet_id] + overdraft.get(record.customer_wallet_id, 0))
-            record.fee_nanos = min(fee, room)
-            record.fee_uncollected_nanos = fee - record.fee_nanos
-            report.customer_fees[record.id] = record.fee_nanos
-            if record.fee_nanos:
-                debit(record.customer_wallet_id, record.fee_nanos, record)
-                report.charged_customer_wallets.add(record.customer_wallet_id)
+        customer = record.customer_wallet_id if record.bill_customer else None
+        meter_fee = totals.fee(record) if customer and record.meter_id else 0
+        room = max(0, balances[customer] + overdraft.get(customer, 0)) if customer else 0
+        fees = request_fees(record, meter_fee, room)
+        if customer:
+            report.customer_fees[record.id] = fees.fee_nanos
+            if fees.fee_nanos:
+                debit(customer, fees.fee_nanos, record)
+                report.charged_customer_wallets.add(customer)
+        if fees != NO_FEES:
+            report.fees[record.id] = fees
         if record.token_id:  # a signed token's spend is what its payer was charged
-            record.token_spend_nanos = record.fee_nanos if record.bill_customer else record.charged_nanos
-            report.token_charges[record.token_id] += record.token_spend_nanos
+            report.token_charges[record.token_id] += fees.token_spend_nanos
     totals.write()
     bulk_insert(LedgerEntry, ENTRY_COLUMNS, entries)
     for wallet_id, amount in debits.items():

@@ -31,6 +31,8 @@ from addons.ledger.writer import UsageRecord
 
 log = logging.getLogger(__name__)
 
+# A line names its fields; decode drops those the record no longer has (the fee columns an earlier
+# release journaled, always 0 before commit), so a journal the previous release left still replays.
 _FIELDS = tuple(f.name for f in fields(UsageRecord))
 _MAX_SLOTS = 1024
 

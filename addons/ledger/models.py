@@ -156,6 +156,8 @@ class ProviderKeyRow(BaseModel):
 
 
 class RequestRow(BaseModel):
+    """A request's facts and what it was charged; addons.ledger.writer.UsageRecord has a field per column."""
+
     id = CharField(primary_key=True)
     created_at = DateTimeField(index=True)
     account = ForeignKeyField(Account)
@@ -180,7 +182,7 @@ class RequestRow(BaseModel):
     fee_uncollected_nanos = BigIntegerField(default=0)  # the part of the fee the balance could not cover
     latency_ms = IntegerField(null=True)
     ttfb_ms = IntegerField(null=True)
-    usage_source = CharField()  # reported | estimated | none
+    usage_source = CharField(default="none")  # reported | estimated | none
     # catalog | override | unpriced | unmetered | free (addons/billing/price_guard.py); NULL: a row
     # written before price sources were recorded
     price_source = CharField(null=True)

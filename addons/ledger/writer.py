@@ -9,6 +9,8 @@ neither wedge the writer nor vanish.
 
 What a batch charges is billing's business: whoever builds the writer hands it the charging function
 (the gateway passes addons.billing.charges.apply_charges), so the ledger imports nothing of billing.
+That function returns each request's fees rather than setting them on the records, and the writer
+writes the rows from the records' facts and those fees.
 """
 
 from __future__ import annotations
@@ -20,11 +22,21 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, make_dataclass
 from datetime import datetime
 from pathlib import Path
 
-from peewee import InterfaceError, OperationalError
+from peewee import (
+    BooleanField,
+    CharField,
+    DateTimeField,
+    ForeignKeyField,
+    IntegerField,
+    InterfaceError,
+    Model,
+    OperationalError,
+    TextField,
+)
 
 from addons.core.settings import PROJECT_ROOT
 from addons.ledger.bulk import bulk_insert, execute
@@ -33,74 +45,90 @@ from addons.ledger.models import Hold, RequestRow, database
 log = logging.getLogger(__name__)
 
 
-@dataclass(slots=True)
-class UsageRecord:
-    """A finished request: its row, and what the charges module needs to bill it."""
+@dataclass(frozen=True, slots=True)
+class RequestFees:
+    """What billing charged a request at commit, against the balances and running totals locked then.
 
-    id: str
-    created_at: datetime
-    account: str
-    wallet_id: str  # the merchant's wallet
-    key: str | None
-    provider: str
-    endpoint: str
-    model: str | None = None
-    customer_id: str | None = None
-    meter_slug: str | None = None
-    token_id: str | None = None
-    status: int | None = None
-    streamed: bool = False
-    input_tokens: int = 0
-    cache_read_tokens: int = 0
-    cache_write_tokens: int = 0
-    output_tokens: int = 0
-    reasoning_tokens: int = 0
-    provider_cost_nanos: int = 0
-    charged_nanos: int = 0  # the merchant's debit, decided by the gateway
-    fee_nanos: int = 0  # the customer's debit, decided by the charges module
-    fee_uncollected_nanos: int = 0
-    token_spend_nanos: int = 0  # set by the charges module
-    latency_ms: int | None = None
-    ttfb_ms: int | None = None
-    usage_source: str = "none"
-    price_source: str | None = None  # catalog | override | unpriced | unmetered | free; None: not known
-    byok: bool = False
-    error: str | None = None
-    metadata: dict[str, str] | None = field(default=None)
-    bill_customer: bool = False  # the customer pays a fee; a column too, for `tollgate prices reprice`
+    Each field is a RequestRow column; billing's charging function returns these (it never sets them on
+    the record) and the writer writes them into the request's row.
+    """
+
+    fee_nanos: int = 0  # debited from the customer's balance
+    fee_uncollected_nanos: int = 0  # the part of the customer's fee the balance could not cover
+    token_spend_nanos: int = 0  # what counts against the signed token's spend cap: its payer's charge
+
+
+NO_FEES = RequestFees()
+_FEE_COLUMNS = tuple(f.name for f in fields(RequestFees))
+_PYTHON_TYPES = ((ForeignKeyField, str), (BooleanField, bool), (IntegerField, int), (DateTimeField, datetime),
+                 (CharField, str), (TextField, str))
+
+
+def _facts_of(model: type[Model], leave_out: tuple[str, ...]) -> type:
+    """A slots dataclass with a keyword field per column of `model` but `leave_out`, built once at import.
+
+    A field is required where its column is NOT NULL without a default; otherwise it defaults to the
+    column's default, or None. A foreign key holds the id.
+    """
+    specs = []
+    for column in model._meta.sorted_fields:
+        if column.name in leave_out:
+            continue
+        kind = next((python for peewee_type, python in _PYTHON_TYPES if isinstance(column, peewee_type)), object)
+        required = not column.null and column.default is None
+        specs.append((column.name, kind if not column.null else kind | None,
+                      field() if required else field(default=column.default)))
+    return make_dataclass(f"{model.__name__}Facts", specs, slots=True, kw_only=True)
+
+
+@dataclass(slots=True, kw_only=True)
+class UsageRecord(_facts_of(RequestRow, leave_out=_FEE_COLUMNS)):
+    """A finished request: a field per RequestRow column (but the fees billing decides at commit), and
+    what billing needs to charge it. A column added to RequestRow is a field here with no other edit.
+
+    charged_nanos (the merchant's debit) and customer_byok_fee_nanos were decided by billing when the
+    request ended (addons.billing.charges.request_charges); the customer's fee is decided at commit.
+    """
+
+    metadata: dict[str, str] | None = None  # the column holds it as JSON
     # billing inputs, not columns
+    wallet_id: str  # the merchant's wallet
     customer_wallet_id: str | None = None
     meter_id: str | None = None
     units_micro: int = 0
     customer_byok_fee_nanos: int = 0
 
-    def row(self) -> dict:
-        data = {name: getattr(self, name) for name in _COLUMNS}  # not asdict: it deep-copies every field
+    def row(self, fees: RequestFees = NO_FEES) -> dict:
+        """The request's row: its facts and the fees billing returned for it (none: not charged)."""
+        data = {name: getattr(self, name) for name in _FACT_COLUMNS}  # not asdict: it deep-copies every field
         data["metadata"] = json.dumps(self.metadata) if self.metadata else None
         data["model"] = self.model[: RequestRow.model.max_length] if self.model else None  # caller-supplied
+        data.update({name: getattr(fees, name) for name in _FEE_COLUMNS})
         return data
 
-    def values(self) -> tuple:
-        return tuple(self.row().values())
+    def values(self, fees: RequestFees = NO_FEES) -> tuple:
+        """row() in _COLUMNS order, for bulk_insert."""
+        return tuple(self.row(fees).values())
 
 
 @dataclass(slots=True)
 class CommitReport:
-    """What a committed batch changed, for the proxy's holds and the auto top-up."""
+    """What a committed batch changed, for the proxy's holds and the auto top-up, and each request's fees."""
 
     request_ids: list[str] = field(default_factory=list)
     wallets: dict[str, tuple[int, int]] = field(default_factory=dict)  # wallet -> (balance, version)
     token_charges: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     charged_customer_wallets: set[str] = field(default_factory=set)
     customer_fees: dict[str, int] = field(default_factory=dict)  # request id -> fee its customer was charged
+    fees: dict[str, RequestFees] = field(default_factory=dict)  # request id -> its row's fees; absent: none
 
 
 # Writes the ledger entries and balance moves of records not yet in the ledger, inside the batch's
-# transaction, and may set their fee fields before the rows go in (addons.billing.charges.apply_charges).
+# transaction, and returns the fees each request's row records (addons.billing.charges.apply_charges).
 Charge = Callable[[list[UsageRecord]], CommitReport]
 
-_NOT_COLUMNS = ("wallet_id", "customer_wallet_id", "meter_id", "units_micro", "customer_byok_fee_nanos")
-_COLUMNS = tuple(f.name for f in fields(UsageRecord) if f.name not in _NOT_COLUMNS)
+_FACT_COLUMNS = tuple(column.name for column in RequestRow._meta.sorted_fields if column.name not in _FEE_COLUMNS)
+_COLUMNS = _FACT_COLUMNS + _FEE_COLUMNS
 _HOLD_COLUMNS = ("request_id", "wallet", "amount_nanos", "expires_at")
 
 
@@ -126,7 +154,7 @@ def write_batch(items: list[UsageRecord | HoldRecord], charge: Charge) -> Commit
         present = {rid for (rid,) in execute('SELECT "id" FROM "request" WHERE "id" IN %(list)s', ids)}
         fresh = sorted((r for r in records if r.id not in present), key=lambda r: r.created_at)
         report = charge(fresh) if fresh else CommitReport()
-        bulk_insert(RequestRow, _COLUMNS, [r.values() for r in fresh])
+        bulk_insert(RequestRow, _COLUMNS, [r.values(report.fees.get(r.id, NO_FEES)) for r in fresh])
         execute('DELETE FROM "hold" WHERE "request_id" IN %(list)s', ids)
         report.request_ids = ids
         return report

@@ -14,7 +14,6 @@ import collections
 import logging
 import os
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from mitmproxy import ctx, hooks, http
@@ -29,7 +28,7 @@ from addons.billing import price_guard
 from addons.billing.autopay import AutoTopUp
 from addons.billing.cashier import Cashier
 from addons.billing.charges import apply_charges, is_billable
-from addons.billing.plan import BillingPlan, plan_for
+from addons.billing.plan import plan_for
 from addons.core.catalog import Catalog, Provider
 from addons.core.errors import GatewayError, NotFound, ProviderNotConfigured, ShuttingDown
 from addons.core.settings import Settings, resolve_database_url
@@ -52,27 +51,14 @@ from addons.proxy.forward import FORWARD_PATH, parse_forward_target, sdk_query, 
 from addons.proxy.gateway_config import SharedConfig
 from addons.proxy.metadata import parse_metadata
 from addons.proxy.routing import addressed_to_gateway, provider_for
+from addons.proxy.usage_record import Pending, unmetered_record, usage_record
 from addons.usage.readers import UsageReader, for_request
-from pricing import meters
 from pricing.cost import Override, price, price_source
 from pricing.money import format_usd
 
 log = logging.getLogger(__name__)
 
 FEE_PENDING_MAX = 10_000
-
-
-@dataclass(slots=True)
-class Pending:
-    """What a forwarded request carries from `request` to `response`/`error`."""
-
-    request_id: str
-    started: float
-    provider: Provider
-    plan: BillingPlan
-    reader: UsageReader
-    metadata: dict[str, str] | None
-    streamed: bool = False
 
 
 class StreamTap:
@@ -418,12 +404,7 @@ class Gateway:
             record = self._usage_record(flow, state, status, error)
         except Exception:
             log.exception("tollgate: metering failed on request %s; recorded without usage", state.request_id)
-            record = UsageRecord(
-                id=state.request_id, created_at=datetime.fromtimestamp(state.started, UTC).replace(tzinfo=None),
-                account=state.plan.key.account_id, wallet_id=state.plan.key.wallet_id, key=state.plan.key.key_id,
-                provider=state.provider.id, endpoint=state.reader.endpoint, model=state.reader.model, status=status,
-                streamed=state.streamed, byok=state.plan.byok, error="metering_failed", metadata=state.metadata,
-            )
+            record = unmetered_record(state, status)
         try:
             self.journal.append(record)
         except OSError as e:  # a full or failing disk: the ledger still gets it, only crash safety is lost
@@ -432,58 +413,20 @@ class Gateway:
         self.writer.submit(record)
 
     def _usage_record(self, flow: http.HTTPFlow, state: Pending, status: int | None, error: str | None) -> UsageRecord:
+        """Price the request, have billing charge it, and note both on the flow."""
         result = state.reader.result()
         model = result.model or state.reader.model
-        plan, usage = state.plan, result.usage
-        cost = self._cost(state.provider, model, usage, at=datetime.fromtimestamp(state.started, UTC))
+        cost = self._cost(state.provider, model, result.usage, at=datetime.fromtimestamp(state.started, UTC))
         billable = is_billable(status, result.source)
         source = price_guard.price_source(state.reader, cost.source, status)
         price_guard.warn_once(source, state.provider.id, model, flow.request.path)
-        merchant_charge, customer_byok_fee = self.cashier.charges(state.request_id, plan, cost.total_nanos, billable)
-        units = (
-            meters.units_of(plan.meter, usage, characters=state.reader.prompt_chars, audio_seconds=state.reader.audio_seconds)
-            if plan.meter and billable else 0
-        )
-        response = flow.response
-        ttfb = response.timestamp_start if response else None
-        end = (response.timestamp_end if response else None) or time.time()
-        record = UsageRecord(
-            id=state.request_id,
-            created_at=datetime.fromtimestamp(state.started, UTC).replace(tzinfo=None),
-            account=plan.key.account_id,
-            wallet_id=plan.key.wallet_id,
-            key=plan.key.key_id,
-            provider=state.provider.id,
-            endpoint=state.reader.endpoint,
-            model=model,
-            customer_id=plan.customer.customer_id if plan.customer else None,
-            meter_slug=plan.meter.slug if plan.meter else None,
-            token_id=plan.token.token_id if plan.token else None,
-            status=status,
-            streamed=state.streamed,
-            input_tokens=usage.input_tokens,
-            cache_read_tokens=usage.cache_read_tokens,
-            cache_write_tokens=usage.cache_write_tokens,
-            output_tokens=usage.output_tokens,
-            reasoning_tokens=usage.reasoning_tokens,
-            provider_cost_nanos=cost.total_nanos,
-            charged_nanos=merchant_charge,
-            latency_ms=round((end - state.started) * 1000),
-            ttfb_ms=round((ttfb - state.started) * 1000) if ttfb else None,
-            usage_source=result.source,
-            price_source=source,
-            byok=plan.byok,
-            error=error,
-            metadata=state.metadata,
-            customer_wallet_id=plan.customer.wallet_id if plan.customer else None,
-            meter_id=plan.meter_id,
-            units_micro=meters.units_to_micro(units) if units else 0,
-            bill_customer=plan.bill_customer and billable,
-            customer_byok_fee_nanos=customer_byok_fee,
-        )
+        charges = self.cashier.charges(state.request_id, state.plan, cost.total_nanos, billable)
+        record = usage_record(state, result, flow.response, status=status, error=error, cost_nanos=cost.total_nanos,
+                              price_source=source, charges=charges, billable=billable)
         flow.metadata[COST_KEY] = format_usd(cost.total_nanos)
         flow.metadata[PRICE_SOURCE_KEY] = source
-        flow.comment = flow_notes.metered_comment(record, estimated=result.source == "estimated", key_name=plan.key.name)
+        flow.comment = flow_notes.metered_comment(record, estimated=result.source == "estimated",
+                                                  key_name=state.plan.key.name)
         if self.flows_shown and flow_notes.FEE_AT_COMMIT in flow.comment:
             self.fee_pending[record.id] = flow
             if len(self.fee_pending) > FEE_PENDING_MAX:  # records that never commit (a ledger outage)
