@@ -17,11 +17,13 @@ __all__ = ["MissingPrice", "RepriceReport", "Repriced", "missing", "reprice_unpr
 
 @dataclass(frozen=True, slots=True)
 class MissingPrice:
-    provider: str
-    model: str
+    """Fields in the order the query's rows have always come in (and `tollgate prices missing --json` prints)."""
+
     requests: int
     input_tokens: int
     output_tokens: int
+    provider: str
+    model: str
     first_seen: datetime
     last_seen: datetime
 
