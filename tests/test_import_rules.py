@@ -4,7 +4,9 @@
 - pricing/ is plain price arithmetic: it imports nothing of addons/;
 - the guards (the chain's addons other than the Gateway, addons/proxy/chain.py) never import the Gateway's
   module: names they share with it live in addons/proxy/flow_keys.py;
-- the ledger never imports billing: billing hands the ledger writer its charging function.
+- the ledger never imports billing: billing hands the ledger writer its charging function;
+- the operator side reaches the ledger only through one service layer: addons/cli/ imports nothing of
+  addons/ledger/, addons/billing/ nor peewee, only addons/services/.
 """
 
 from __future__ import annotations
@@ -42,8 +44,9 @@ def module_files() -> dict[str, Path]:
 MODULES = module_files()
 
 
-def imported(name: str, path: Path) -> set[str]:
-    """The project modules `name` imports anywhere in its source, each resolved to the module itself."""
+def imported_names(name: str, path: Path) -> set[str]:
+    """Every module name `name` imports anywhere in its source, the project's resolved to the module itself,
+    third-party ones as written (`peewee`, `playhouse.db_url`)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     targets = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -56,10 +59,16 @@ def imported(name: str, path: Path) -> set[str]:
                 base = ".".join(anchor + ([base] if base else []))
             for alias in node.names:  # `from addons import error_pages` imports the module addons.proxy.error_pages
                 targets.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base)
-    return {t for t in targets if t in MODULES and t != name}
+    return targets - {name}
+
+
+def imported(name: str, path: Path) -> set[str]:
+    """The project modules `name` imports anywhere in its source, each resolved to the module itself."""
+    return {t for t in imported_names(name, path) if t in MODULES}
 
 
 GRAPH = {name: imported(name, path) for name, path in MODULES.items()}
+CLI = [m for m in MODULES if m.split(".")[:2] == ["addons", "cli"]]
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -95,6 +104,8 @@ def test_the_graph_is_read_from_the_source():
     assert {"addons.billing.charges", "addons.ledger.writer"} <= GRAPH[GATEWAY]
     assert "addons.proxy.flow_notes" in GRAPH[GATEWAY]  # `from addons import flow_notes`
     assert "pricing.money" in GRAPH["pricing.cost"]
+    assert "addons.cli.main" in CLI and "addons.services.database" in GRAPH["addons.cli.main"]
+    assert {"peewee", "addons.ledger.models"} <= imported_names("addons.services.reports", MODULES["addons.services.reports"])
 
 
 def test_the_guards_are_the_chains_addons_but_the_gateway():
@@ -122,3 +133,23 @@ def test_find_cycle_reports_the_cycle():
 def test_layer_rule(rule, sources, forbidden):
     broken = offending(sources, forbidden)
     assert not broken, f"{rule}; broken by: " + ", ".join(broken)
+
+
+def _reaches_the_ledger(target: str) -> bool:
+    return (target.split(".")[:2] in (["addons", "ledger"], ["addons", "billing"])
+            or target.split(".")[0] in ("peewee", "playhouse"))
+
+
+def test_the_cli_reaches_the_ledger_only_through_the_services():
+    """addons/cli/ is a shell over addons/services/, as the admin API will be: no ledger, billing or peewee."""
+    broken = [f"{source} imports {target}" for source in sorted(CLI)
+              for target in sorted(imported_names(source, MODULES[source])) if _reaches_the_ledger(target)]
+    assert not broken, "the CLI reaches the ledger only through addons/services/; broken by: " + ", ".join(broken)
+
+
+@pytest.mark.parametrize(("target", "reaches"), [
+    ("addons.ledger.accounts", True), ("addons.billing.reprice", True), ("peewee", True), ("playhouse.db_url", True),
+    ("addons.services.keys", False), ("addons.core.settings", False), ("pricing.money", False), ("rich.table", False),
+])
+def test_the_cli_rule_tells_the_ledger_from_the_rest(target, reaches):
+    assert _reaches_the_ledger(target) is reaches

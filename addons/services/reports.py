@@ -1,4 +1,7 @@
-"""Read-side queries of the ledger for the CLI: request listings, usage roll-ups, customer views."""
+"""Read-side queries of the ledger, as plain rows: request listings, usage roll-ups, customer views.
+
+The resource modules (requests, usage, customers, prices) turn them into typed results.
+"""
 
 from __future__ import annotations
 
@@ -102,7 +105,7 @@ def customer_view(customer: Customer) -> dict:
         "balance_nanos": customer.wallet.balance_nanos,
         "holds": {"count": holds[0], "amount_nanos": int(holds[1])},
         "cycle_start": cycle_start(now),
-        "cycle_usage": {slug: format(micro_to_units(units).normalize(), "f") for slug, units in usage},
+        "cycle_usage": {slug: micro_to_units(units) for slug, units in usage},
         "cycle_fees_nanos": int(fees[0]),
         "cycle_requests": fees[1],
         "autopay_threshold_nanos": customer.autopay_threshold_nanos,

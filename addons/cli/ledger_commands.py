@@ -1,0 +1,242 @@
+"""The CLI's commands over the ledger: each parses its arguments, calls one service and renders the result.
+
+A service's refusal (addons/services/errors.py) reaches the operator as `tollgate: MESSAGE` through main().
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+from dataclasses import asdict
+from decimal import Decimal
+
+from addons.cli.output import emit, money_fields, table
+from addons.services import audit, bootstrap, customers, events, keys, meters, prices, requests, tokens, usage, wallets
+from pricing.money import format_usd, parse_usd
+
+# Requests whose provider cost is not known (addons/services/reports.py): shown apart, never as $0.00.
+UNKNOWN_COST = ("unpriced", "unmetered")
+
+
+def amount(text: str, allow_zero: bool = False) -> int:
+    try:
+        return parse_usd(text)
+    except ValueError as e:
+        if allow_zero and text.strip() in ("0", "0.0", "0.00"):
+            return 0
+        raise SystemExit(f"tollgate: {e}") from None
+
+
+def cmd_init(args) -> None:
+    setup = bootstrap.init_ledger()
+    secret, balance = setup.secret_key, format_usd(setup.balance_nanos)
+    text = (
+        f"[bold]Admin secret key (shown once, store it now):[/bold] {secret}\n"
+        "Next steps:\n"
+        "  1. fund the wallet:      .venv/bin/tollgate wallet topup 10\n"
+        "  2. trust the proxy's CA: eval \"$(.venv/bin/tollgate ca --exports)\"\n"
+        "  3. point an app at it:   OPENAI_API_KEY=<the key above> python my_app.py\n"
+        "The proxy reads real provider keys from its environment: OPENAI_API_KEY=sk-... ./run_proxy.sh"
+        if secret
+        else f"Ledger ready; account {setup.account!r} has balance {balance} USD."
+    )
+    emit(args, money_fields(asdict(setup)), text=text)
+
+
+def cmd_keys_create(args) -> None:
+    key = keys.create_key(args.name, args.account)
+    emit(args, asdict(key), text=f"Key {key.id} created. Secret (shown once): {key.secret_key}")
+
+
+def cmd_keys_list(args) -> None:
+    rows = [asdict(k) for k in keys.list_keys()]
+    emit(args, rows, table("Keys", ["id", "name", "account", "prefix", "created", "revoked"],
+                           [list(r.values()) for r in rows]))
+
+
+def cmd_keys_revoke(args) -> None:
+    key = keys.revoke_key(args.id)
+    emit(args, asdict(key), text=f"Key {key.id} revoked.")
+
+
+def _read_provider_key() -> str:
+    """From stdin, so the key stays out of the shell history and the process list; prompted without echo."""
+    return getpass.getpass("provider key: ") if sys.stdin.isatty() else sys.stdin.read()
+
+
+def cmd_keys_register_provider_key(args) -> None:
+    keys.require_provider(args.provider)  # before the key is asked for
+    row = keys.register_provider_key(args.account, args.provider, _read_provider_key(), swap=args.swap)
+    billed = "as managed: the gateway's own key replaces it" if row.swap else "as bring-your-own-key"
+    data = {"id": row.id, "account": row.account, "provider": row.provider, "prefix": row.prefix, "swap": row.swap}
+    emit(args, data, text=f"Provider key {row.prefix} registered as {row.id}: {args.provider} requests carrying it "
+                          f"are billed to account {args.account!r} {billed}.")
+
+
+def cmd_keys_provider_keys(args) -> None:
+    rows = [asdict(k) for k in keys.list_provider_keys()]
+    emit(args, rows, table("Provider keys", ["id", "account", "provider", "prefix", "swap", "created", "revoked"],
+                           [list(r.values()) for r in rows]))
+
+
+def cmd_keys_revoke_provider_key(args) -> None:
+    row = keys.revoke_provider_key(args.id)
+    emit(args, asdict(row), text=f"Provider key registration {row.id} revoked.")
+
+
+def cmd_wallet(args) -> None:
+    if args.action == "topup":
+        wallets.wallet(args.account)  # an unknown account is named before the amount is read
+        view = wallets.topup(args.account, amount(args.amount), note=args.note)
+    else:
+        view = wallets.wallet(args.account)
+    balance = format_usd(view.balance_nanos)
+    emit(args, money_fields(asdict(view)), text=f"Account {view.account!r}: balance {balance} USD")
+
+
+def cmd_requests(args) -> None:
+    rows = [money_fields(asdict(r)) for r in requests.recent(args.limit, customer=args.customer)]
+    for row in rows:
+        row["metadata"] = json.loads(row["metadata"]) if row["metadata"] else None
+        if row["price_source"] in UNKNOWN_COST:
+            row["provider_cost"] = None  # not known, which is not $0.00
+    columns = ["id", "created_at", "provider", "model", "customer_id", "status", "input_tokens",
+               "output_tokens", "provider_cost", "charged", "fee", "usage_source"]
+    shown = table("Requests", columns, [[r["price_source"] if c == "provider_cost" and r["price_source"] in UNKNOWN_COST
+                                         else r[c] for c in columns] for r in rows])
+    emit(args, rows, shown, csv_rows=rows, csv_columns=list(rows[0]) if rows else columns)
+
+
+def _unknown_cost(row: dict) -> dict:
+    """A group whose every request is unpriced or unmetered has no known provider cost: null, not 0.00."""
+    if row["requests"] and row["unpriced_requests"] + row["unmetered_requests"] == row["requests"]:
+        row["provider_cost"] = None
+    return row
+
+
+def _cost_cell(row: dict) -> str:
+    """The known cost, and how many requests it leaves out."""
+    left_out = [f"{row[f'{s}_requests']} {s}" for s in UNKNOWN_COST if row[f"{s}_requests"]]
+    if row["provider_cost"] is None:
+        return " + ".join(left_out)
+    return " + ".join([row["provider_cost"], *left_out])
+
+
+def _usage_row(row: usage.UsageRow, by: str) -> dict:
+    data = asdict(row)
+    if by != "key":
+        del data["key_name"]
+    return _unknown_cost(money_fields(data))
+
+
+def cmd_usage(args) -> None:
+    report = usage.usage(args.by, customer=args.customer, since=args.since, until=args.until)
+    rows = [_usage_row(r, report.by) for r in report.rows]
+    totals = _unknown_cost(money_fields(asdict(report.totals)))
+    columns = ["group", "requests", "input_tokens", "output_tokens", "provider_cost", "charged", "fee", "margin",
+               "unpriced_requests", "unmetered_requests"]
+    shown = [*rows, {**totals, "group": "total"}]
+    rendered = table(f"Usage by {args.by}", columns, [[_cost_cell(r) if c == "provider_cost" else r[c] for c in columns]
+                                                      for r in shown])
+    unknown = totals["unpriced_requests"] + totals["unmetered_requests"]
+    note = (f"{totals['unpriced_requests']} unpriced and {totals['unmetered_requests']} unmetered requests: their "
+            "provider cost is not known and not in provider_cost (tollgate prices missing)") if unknown else None
+    emit(args, {"by": args.by, "rows": rows, "totals": totals}, rendered, text=note, csv_rows=rows, csv_columns=columns)
+
+
+def _customer_dict(view: customers.CustomerView) -> dict:
+    data = money_fields(asdict(view))
+    data["cycle_usage"] = {slug: _units(units) for slug, units in view.cycle_usage.items()}
+    return data
+
+
+def _units(units: Decimal) -> str:
+    return format(units.normalize(), "f")
+
+
+def cmd_customers(args) -> None:
+    if args.action == "create":
+        if (args.autopay_threshold is None) != (args.autopay_amount is None):
+            raise SystemExit("tollgate: --autopay-threshold and --autopay-amount go together")
+        view = customers.create(
+            args.account, args.id, balance_nanos=amount(args.balance, allow_zero=True) if args.balance else 0,
+            autopay_threshold_nanos=amount(args.autopay_threshold) if args.autopay_threshold else None,
+            autopay_amount_nanos=amount(args.autopay_amount) if args.autopay_amount else None,
+            overdraft_limit_nanos=amount(args.overdraft_limit, allow_zero=True) if args.overdraft_limit else 0,
+        )
+    elif args.action == "topup":
+        customers.get(args.account, args.id)  # an unknown customer is named before the amount is read
+        view = customers.topup(args.account, args.id, amount(args.amount), note=args.note)
+    elif args.action == "list":
+        rows = [_customer_dict(c) for c in customers.list_customers(args.account)]
+        columns = ["customer_id", "balance", "cycle_fees", "cycle_requests", "autopay_threshold", "autopay_amount"]
+        emit(args, rows, table("Customers", columns, [[r[c] for c in columns] for r in rows]), csv_rows=rows)
+        return
+    else:
+        view = customers.get(args.account, args.id)
+    data = _customer_dict(view)
+    emit(args, data, text="\n".join(f"{k}: {v}" for k, v in data.items()))
+
+
+def cmd_meters(args) -> None:
+    if args.action == "create":
+        meter = meters.create(args.account, args.slug, rate_type=args.rate_type, unit=args.unit, tiers=args.tier or [],
+                              percentage=args.percentage, base_cost_payer=args.base_cost_payer,
+                              token_basis=args.token_basis)
+    elif args.action == "list":
+        rows = [asdict(m) for m in meters.list_meters(args.account)]
+        columns = ["slug", "rate_type", "unit", "percentage", "base_cost_payer", "token_basis"]
+        emit(args, rows, table("Meters", columns, [[r[c] for c in columns] for r in rows]), csv_rows=rows)
+        return
+    else:
+        meter = meters.get(args.account, args.slug)
+    data = asdict(meter)
+    emit(args, data, text="\n".join(f"{k}: {v}" for k, v in data.items()))
+
+
+def cmd_token(args) -> None:
+    issued = tokens.issue_token(
+        args.secret_key, customer=args.customer, meter=args.meter, provider_key=args.provider_key,
+        disable_billing=args.disable_billing, signed=args.signed, expires_in=args.expires_in,
+        allow_providers=args.allow_provider, allow_models=args.allow_model,
+        spend_cap_nanos=amount(args.spend_cap) if args.spend_cap else None)
+    emit(args, asdict(issued), text=issued.token)
+
+
+def cmd_events(args) -> None:
+    rows = [asdict(e) for e in events.recent(args.limit)]
+    emit(args, rows, table("Events", ["id", "name", "wallet", "data", "created_at"],
+                           [[r["id"], r["name"], r["wallet"], json.dumps(r["data"]), r["created_at"]] for r in rows]),
+         csv_rows=rows)
+
+
+def cmd_prices(args) -> None:
+    if args.action == "missing":
+        rows = [asdict(m) for m in prices.missing(since=args.since, until=args.until)]
+        columns = ["provider", "model", "requests", "input_tokens", "output_tokens", "first_seen", "last_seen"]
+        hint = ("Add a price for each to pricing/overrides.yaml (or `prices:` in the settings), e.g.\n"
+                "  - {provider: PROVIDER, model: MODEL, input_mtok: \"1.00\", output_mtok: \"2.00\"}\n"
+                "then charge what those requests cost: tollgate prices reprice --since DATE"
+                if rows else "No model was seen without a price.")
+        emit(args, rows, table("Models without a price", columns, [[r[c] for c in columns] for r in rows]),
+             text=hint, csv_rows=rows, csv_columns=columns)
+        return
+    report = prices.reprice_unpriced(since=args.since, until=args.until, dry_run=args.dry_run)
+    rows = [money_fields(asdict(r)) for r in report.repriced]
+    columns = ["request_id", "provider", "model", "price_source", "provider_cost", "merchant", "customer",
+               "customer_uncollected"]
+    verb = "would re-price" if args.dry_run else "re-priced"
+    emit(args, {"dry_run": args.dry_run, "repriced": rows, "still_unpriced": report.still_unpriced},
+         table(f"Requests {verb}", columns, [[r[c] for c in columns] for r in rows]),
+         text=f"{len(rows)} requests {verb} (new ledger entries: reason reprice); {report.still_unpriced} still "
+              "without a price.")
+
+
+def cmd_audit(args) -> None:
+    mismatches = [money_fields(asdict(m)) for m in audit.audit().mismatches]
+    emit(args, {"ok": not mismatches, "mismatches": mismatches},
+         text="audit: every balance equals the sum of its entries" if not mismatches else
+         "\n".join(f"MISMATCH {m['wallet']}: balance {m['balance']} != entries {m['entries_sum']}" for m in mismatches))
+    if mismatches:
+        raise SystemExit(1)

@@ -1,0 +1,95 @@
+"""Tollgate secret keys, and the provider keys apps send instead, registered to the account that pays."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from addons.core.catalog import load_catalog
+from addons.core.settings import load_settings
+from addons.ledger import accounts
+from addons.ledger.models import Account, ApiKey
+from addons.services.errors import BadRequest, NotFound
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedKey:
+    id: str
+    name: str
+    account: str
+    secret_key: str  # shown once: only its hash is kept
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    id: str
+    name: str
+    account: str
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderKeyInfo:
+    id: str
+    account: str
+    provider: str
+    prefix: str
+    swap: bool  # managed: the gateway's own key replaces it; otherwise bring-your-own-key
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Revoked:
+    id: str
+    revoked_at: datetime
+
+
+def create_key(name: str, account: str = accounts.DEFAULT_ACCOUNT) -> CreatedKey:
+    """A new secret key for `account` (created if new)."""
+    row, secret = accounts.create_key(name, account)
+    return CreatedKey(row.id, row.name, account, secret)
+
+
+def list_keys() -> list[KeyInfo]:
+    query = ApiKey.select(ApiKey, Account.name.alias("account_name")).join(Account).order_by(ApiKey.created_at)
+    return [KeyInfo(k.id, k.name, k.account_name, k.prefix, k.created_at, k.revoked_at) for k in query.objects()]
+
+
+def revoke_key(key_id: str) -> Revoked:
+    """Idempotent: a key revoked already keeps its first revocation time."""
+    try:
+        row = accounts.revoke_key(key_id)
+    except LookupError as e:
+        raise NotFound("key_not_found", str(e)) from None
+    return Revoked(row.id, row.revoked_at)
+
+
+def require_provider(provider: str) -> None:
+    """NotFound unless `provider` is in the catalog (with the settings' overrides)."""
+    if load_catalog(overrides=load_settings().provider_overrides).by_id(provider) is None:
+        raise NotFound("provider_not_found", f"no provider {provider!r} in the catalog")
+
+
+def register_provider_key(account: str, provider: str, key: str, *, swap: bool = False) -> ProviderKeyInfo:
+    """Bill requests carrying `key` for `provider` to `account` (created if new); only its fingerprint is kept."""
+    require_provider(provider)
+    try:
+        row = accounts.register_provider_key(account, provider, key, swap=swap)
+    except ValueError as e:
+        raise BadRequest("invalid_provider_key", str(e)) from None
+    return ProviderKeyInfo(row.id, account, row.provider, row.prefix, row.swap, row.created_at, row.revoked_at)
+
+
+def list_provider_keys() -> list[ProviderKeyInfo]:
+    return [ProviderKeyInfo(**row) for row in accounts.provider_keys()]
+
+
+def revoke_provider_key(registration_id: str) -> Revoked:
+    try:
+        row = accounts.revoke_provider_key(registration_id)
+    except LookupError as e:
+        raise NotFound("provider_key_not_found", str(e)) from None
+    return Revoked(row.id, row.revoked_at)

@@ -1,0 +1,35 @@
+"""An account's own wallet: its balance, and top-ups (each a ledger entry)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from addons.ledger import accounts
+from addons.services.errors import BadRequest, NotFound
+
+
+@dataclass(frozen=True, slots=True)
+class WalletView:
+    account: str
+    wallet: str
+    balance_nanos: int
+
+
+def _find(account: str) -> accounts.AccountRecord:
+    found = accounts.find_account(account)
+    if found is None:
+        raise NotFound("account_not_found", f"no account named {account!r}")
+    return found
+
+
+def wallet(account: str = accounts.DEFAULT_ACCOUNT) -> WalletView:
+    found = _find(account)
+    return WalletView(account, found.wallet_id, accounts.wallet_balance(found.wallet_id))
+
+
+def topup(account: str, amount_nanos: int, *, note: str | None = None) -> WalletView:
+    """Credit the account's wallet; the entry and the new balance commit together."""
+    if amount_nanos <= 0:
+        raise BadRequest("invalid_amount", "a top-up is a positive amount")
+    found = _find(account)
+    return WalletView(account, found.wallet_id, accounts.credit_wallet(found.wallet_id, amount_nanos, "topup", note=note))
