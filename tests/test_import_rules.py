@@ -6,7 +6,9 @@
   module: names they share with it live in addons/proxy/flow_keys.py;
 - the ledger never imports billing: billing hands the ledger writer its charging function;
 - the operator side reaches the ledger only through one service layer: addons/cli/ imports nothing of
-  addons/ledger/, addons/billing/ nor peewee, only addons/services/.
+  addons/ledger/, addons/billing/ nor peewee, only addons/services/;
+- the layers of ARCHITECTURE.md: a package imports only packages on lower floors (LAYERS), never one on
+  its own floor or above.
 """
 
 from __future__ import annotations
@@ -30,6 +32,25 @@ GUARDS = (
     "addons.proxy.runtime_info",
     "addons.proxy.web_redaction",
 )
+
+
+# Floors, bottom up. A package imports only packages on floors below its own.
+LAYERS = (
+    ("pricing",),
+    ("addons.core",),
+    ("addons.ledger", "addons.usage", "addons.host"),
+    ("addons.auth",),
+    ("addons.billing",),
+    ("addons.proxy", "addons.services"),
+    ("addons.runtime", "addons.cli", "addons.gateway"),
+)
+FLOOR = {package: floor for floor, packages in enumerate(LAYERS) for package in packages}
+
+
+def package_of(module: str) -> str:
+    """addons.billing.charges -> addons.billing; pricing.cost -> pricing."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] == "addons" and len(parts) > 1 else parts[0]
 
 
 def module_files() -> dict[str, Path]:
@@ -153,3 +174,20 @@ def test_the_cli_reaches_the_ledger_only_through_the_services():
 ])
 def test_the_cli_rule_tells_the_ledger_from_the_rest(target, reaches):
     assert _reaches_the_ledger(target) is reaches
+
+
+def test_every_package_has_a_floor():
+    packages = {package_of(m) for m in MODULES} - {"addons"}
+    assert packages == set(FLOOR), "add new packages to LAYERS (and ARCHITECTURE.md)"
+
+
+def test_packages_import_only_lower_floors():
+    broken = [f"{source} imports {target}" for source in sorted(MODULES) if package_of(source) != "addons"
+              for target in sorted(GRAPH[source])
+              if package_of(target) != package_of(source) and FLOOR[package_of(target)] >= FLOOR[package_of(source)]]
+    assert not broken, "a package imports only packages on lower floors (LAYERS); broken by: " + ", ".join(broken)
+
+
+def test_the_floor_rule_catches_an_upward_import():
+    assert FLOOR[package_of("addons.ledger.writer")] < FLOOR[package_of("addons.billing.charges")]
+    assert package_of("addons.gateway") == "addons.gateway" and package_of("pricing.cost") == "pricing"
