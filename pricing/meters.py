@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import (
     ROUND_HALF_UP,
@@ -41,20 +41,58 @@ from decimal import (
 )
 
 from pricing.money import non_negative_decimal, to_nanos
-from pricing.usage import TokenUsage
+from pricing.usage import Measured
 
-UNITS = ("tokens_1m", "characters_1m", "minutes", "requests")
 RATE_TYPES = ("fixed", "percentage", "hybrid")
 BASE_COST_PAYERS = ("customer", "merchant")
 TOKEN_BASES = ("input+output", "output")
 
 _MILLION = Decimal(1_000_000)
-_PER = {"tokens_1m": _MILLION, "characters_1m": _MILLION, "minutes": Decimal(1), "requests": Decimal(1)}
 _DEFAULT_PAYER = {"fixed": "merchant", "percentage": "customer", "hybrid": "customer"}
 _SLUG = re.compile(r"[a-z0-9_-]{1,64}")
 _MICRO = Decimal(1).scaleb(-6)
 # Every intermediate result must be exact: a step that would round raises decimal.Inexact.
 _EXACT = Context(prec=200, rounding=ROUND_HALF_UP, traps=[Inexact, InvalidOperation, DivisionByZero, Overflow])
+
+
+@dataclass(frozen=True, slots=True)
+class UnitRule:
+    """A meter unit: how many raw units a request used, and how many raw units one rate prices."""
+
+    count: Callable[[MeterSpec, Measured], Decimal]
+    per: Decimal  # rates are USD per this many units
+
+
+def _tokens(spec: MeterSpec, measured: Measured) -> Decimal:
+    used = measured.tokens
+    return Decimal(used.output_tokens if spec.token_basis == "output" else used.input_tokens + used.output_tokens)
+
+
+def _characters(spec: MeterSpec, measured: Measured) -> Decimal:
+    return Decimal(measured.characters)
+
+
+def _minutes(spec: MeterSpec, measured: Measured) -> Decimal:
+    """Unknown audio duration meters nothing rather than failing the request."""
+    seconds = measured.audio_seconds
+    if seconds is None:
+        return Decimal(0)
+    with localcontext(Context(prec=200, rounding=ROUND_HALF_UP)):  # seconds / 60 need not terminate
+        return (seconds / 60).quantize(_MICRO)
+
+
+def _requests(spec: MeterSpec, measured: Measured) -> Decimal:
+    return Decimal(1)
+
+
+# Adding a unit: one rule here, and the quantity on pricing.usage.Measured that the usage readers fill.
+UNIT_RULES: dict[str, UnitRule] = {
+    "tokens_1m": UnitRule(_tokens, _MILLION),
+    "characters_1m": UnitRule(_characters, _MILLION),
+    "minutes": UnitRule(_minutes, Decimal(1)),
+    "requests": UnitRule(_requests, Decimal(1)),
+}
+UNITS = tuple(UNIT_RULES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,21 +199,9 @@ def spec_from_row(row) -> MeterSpec:
     )
 
 
-def units_of(spec: MeterSpec, tokens: TokenUsage, characters: int = 0, audio_seconds: Decimal | None = None) -> Decimal:
-    """Raw units one request consumed. Unknown audio duration meters nothing rather than failing the request."""
-    if characters < 0 or (audio_seconds is not None and not (audio_seconds.is_finite() and audio_seconds >= 0)):
-        raise ValueError(f"usage must be non-negative: characters={characters}, audio_seconds={audio_seconds}")
-    if spec.unit == "tokens_1m":
-        billed = tokens.output_tokens if spec.token_basis == "output" else tokens.input_tokens + tokens.output_tokens
-        return Decimal(billed)
-    if spec.unit == "characters_1m":
-        return Decimal(characters)
-    if spec.unit == "minutes":
-        if audio_seconds is None:
-            return Decimal(0)
-        with localcontext(Context(prec=200, rounding=ROUND_HALF_UP)):  # seconds / 60 need not terminate
-            return (audio_seconds / 60).quantize(_MICRO)
-    return Decimal(1)  # requests
+def units_of(spec: MeterSpec, measured: Measured) -> Decimal:
+    """Raw units one request consumed, by the meter's unit rule."""
+    return UNIT_RULES[spec.unit].count(spec, measured)
 
 
 def units_to_micro(units: Decimal) -> int:
@@ -209,7 +235,7 @@ def fee(spec: MeterSpec, *, units: Decimal, running_before: Decimal, provider_co
         raise ValueError(f"provider cost must be non-negative, got {provider_cost_nanos}")
     with localcontext(_EXACT):
         base = Decimal(provider_cost_nanos).scaleb(-9)
-        total = tiered_amount(spec.tiers, running_before, units, _PER[spec.unit])
+        total = tiered_amount(spec.tiers, running_before, units, UNIT_RULES[spec.unit].per)
         if spec.percentage is not None:
             total += base * spec.percentage / 100
         if spec.base_cost_payer == "customer":

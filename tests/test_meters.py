@@ -18,7 +18,7 @@ from pricing.meters import (
     units_of,
     units_to_micro,
 )
-from pricing.usage import TokenUsage
+from pricing.usage import Measured, TokenUsage
 
 D = Decimal
 
@@ -160,14 +160,14 @@ TOKENS = TokenUsage(input_tokens=1000, cache_read_tokens=400, output_tokens=250,
 )
 def test_units_of(unit, basis, characters, seconds, units):
     spec = make_meter_spec("m", "fixed", unit, ["0:1"], token_basis=basis)
-    assert units_of(spec, TOKENS, characters, seconds) == units
+    assert units_of(spec, Measured(TOKENS, characters, seconds)) == units
 
 
 @pytest.mark.parametrize("characters, seconds", [(-1, None), (0, D(-1)), (0, D("NaN"))])
 def test_units_of_rejects_negative(characters, seconds):
     spec = make_meter_spec("m", "fixed", "minutes", ["0:1"])
     with pytest.raises(ValueError, match="non-negative"):
-        units_of(spec, TokenUsage(), characters, seconds)
+        units_of(spec, Measured(TokenUsage(), characters, seconds))
 
 
 @pytest.mark.parametrize(

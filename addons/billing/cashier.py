@@ -100,7 +100,7 @@ class Cashier:
         if plan.bill_customer:
             customer = plan.customer.wallet_id
             await self._fresh_wallet(customer, plan.customer.overdraft_limit_nanos)
-            units = meters.units_of(plan.meter, worst_usage, characters=reader.prompt_chars)
+            units = meters.units_of(plan.meter, reader.measured(worst_usage))  # audio duration: not known yet
             payer_amount = worst_case_fee(plan.meter, units, worst_cost) + (self._byok(worst_cost) if plan.byok else 0)
             pots[customer] = max(payer_amount, 1)  # an empty balance admits nothing, even a free-looking request
         if capped:

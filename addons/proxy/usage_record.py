@@ -43,10 +43,7 @@ def usage_record(state: Pending, result: UsageReading, response: http.Response |
                  billable: bool) -> UsageRecord:
     """The record of a request the usage reader read: `result` is the reader's, `charges` billing's."""
     plan, usage = state.plan, result.usage
-    units = (
-        meters.units_of(plan.meter, usage, characters=state.reader.prompt_chars, audio_seconds=state.reader.audio_seconds)
-        if plan.meter and billable else 0
-    )
+    units = meters.units_of(plan.meter, state.reader.measured(usage)) if plan.meter and billable else 0
     ttfb = response.timestamp_start if response else None
     end = (response.timestamp_end if response else None) or time.time()
     return UsageRecord(

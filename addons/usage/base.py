@@ -22,7 +22,7 @@ from addons.usage.include_usage import ask_for_usage, strip_null_usage
 from addons.usage.json_fields import as_dict, as_str, loads, text_chars, tokens
 from addons.usage.json_items import JSONItems
 from addons.usage.sse import SSEDecoder, SSEEvent
-from pricing.usage import TokenUsage
+from pricing.usage import Measured, TokenUsage
 
 Source = Literal["reported", "estimated", "none"]
 PriceBasis = Literal["metered", "free", "unmetered"]
@@ -205,6 +205,10 @@ class UsageReader:
                 self._absorb(item)
             self.audio_seconds = _audio_seconds(parsed)
         self._final = self._usage is not None
+
+    def measured(self, usage: TokenUsage) -> Measured:
+        """`usage` with the other quantities this reader measured, for a customer's meter."""
+        return Measured(usage, self.prompt_chars, self.audio_seconds)
 
     def result(self) -> UsageReading:
         model = self._resp_model or self.model
