@@ -1,5 +1,6 @@
 import json
 import math
+from decimal import Decimal
 
 import pytest
 
@@ -313,3 +314,16 @@ def test_an_unknown_family_gets_the_reader_that_reads_nothing():
     assert (reader.endpoint, reader.model, reader.stream_requested, reader.request_body) == ("other", "m", True, None)
     assert run(reader, [CHAT_WITH_USAGE]) == CHAT_WITH_USAGE
     assert reader.result() == UsageReading("m", TokenUsage(), "none")
+
+
+@pytest.mark.parametrize(("body", "seconds"), [
+    ({"text": "hi", "usage": {"type": "duration", "seconds": 90}}, "90"),  # gpt-4o-transcribe and whisper-1 json
+    ({"task": "transcribe", "duration": 12.5, "text": "hi"}, "12.5"),  # verbose_json
+    ({"text": "hi"}, None),  # not reported: a minute meter counts nothing
+])
+def test_transcription_measures_audio_for_minute_meters(body, seconds):
+    reader = for_request("openai", "POST", "/v1/audio/transcriptions", "", b"")
+    reader.observe_body(json.dumps(body).encode(), "application/json")
+    measured = reader.measured(TokenUsage(output_tokens=3))
+    assert measured.audio_seconds == (Decimal(seconds) if seconds else None)
+    assert measured.tokens == TokenUsage(output_tokens=3)

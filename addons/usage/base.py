@@ -96,7 +96,9 @@ class UsageReader:
         self.request_body = request_body  # the rewritten request (usage asked for), else None
         self.prompt_chars = prompt_chars  # text characters of the request: estimates and character meters
         self.max_output_tokens = max_output_tokens  # what the caller allows, for worst-case holds
-        self.audio_seconds: Decimal | None = None  # audio duration the provider reported, for minute meters
+        # Quantities beyond tokens that a meter unit may count, by their pricing.usage.Measured names
+        # (audio_seconds: the duration the provider reported); a reader adds what its family reports.
+        self.measures: dict[str, Any] = {}
         self._injected = request_body is not None
         self._items = JSONItems(MAX_PENDING) if json_array else None
         self._sse = SSEDecoder(MAX_PENDING)
@@ -203,12 +205,13 @@ class UsageReader:
             parsed = loads(body)
             for item in parsed if isinstance(parsed, list) else [parsed]:
                 self._absorb(item)
-            self.audio_seconds = _audio_seconds(parsed)
+            if (seconds := _audio_seconds(parsed)) is not None:
+                self.measures["audio_seconds"] = seconds
         self._final = self._usage is not None
 
     def measured(self, usage: TokenUsage) -> Measured:
         """`usage` with the other quantities this reader measured, for a customer's meter."""
-        return Measured(usage, self.prompt_chars, self.audio_seconds)
+        return Measured(usage, self.prompt_chars, **self.measures)
 
     def result(self) -> UsageReading:
         model = self._resp_model or self.model
