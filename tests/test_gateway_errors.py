@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from tests.harness import PROVIDER_KEYS
+from tests.ledger_reads import wait_for
 
 CHAT = "/v1/forward?u=https://api.openai.com/v1/chat/completions"
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -34,6 +35,7 @@ def bearer(value):
     return {"authorization": f"Bearer {value}"}
 
 
+@pytest.mark.launchers
 def test_missing_credential_is_401(gateway):
     assert_error(post(gateway), 401, "missing_credential")
 
@@ -57,16 +59,18 @@ def test_revoked_key_is_403_within_the_cache_ttl(gateway):
     created = gateway.cli_json("keys", "create", "--name", "short-lived")
     assert post(gateway, headers=bearer(created["secret_key"])).status_code == 200
     gateway.cli("keys", "revoke", created["id"])
-    time.sleep(0.5)  # the gateway runs with tollgate_cache_ttl_ms=200
-    assert_error(post(gateway, headers=bearer(created["secret_key"])), 403, "key_revoked")
+    # the gateway runs with tollgate_cache_ttl_ms=200
+    response = wait_for(lambda: post(gateway, headers=bearer(created["secret_key"])), 1.0, "the revocation to apply",
+                        until=lambda response: response.status_code != 200)
+    assert_error(response, 403, "key_revoked")
 
 
 def test_empty_wallet_is_402_and_topup_reopens_it(gateway):
     created = gateway.cli_json("keys", "create", "--name", "broke", "--account", "broke-co")
     assert_error(post(gateway, headers=bearer(created["secret_key"])), 402, "insufficient_balance")
     gateway.cli("wallet", "topup", "0.50", "--account", "broke-co")
-    time.sleep(0.5)
-    assert post(gateway, headers=bearer(created["secret_key"])).status_code == 200
+    wait_for(lambda: post(gateway, headers=bearer(created["secret_key"])).status_code == 200, 1.0,
+             "the top-up to reopen the wallet")
 
 
 @pytest.mark.parametrize("metadata", [
@@ -94,6 +98,7 @@ def test_bad_forward_url_is_400_before_any_connection(gateway, mock, path):
     assert len(mock.requests) == before
 
 
+@pytest.mark.launchers
 @pytest.mark.parametrize("status", [429, 500])
 def test_provider_error_passes_through_unchanged_and_is_recorded_without_charge(gateway, mock, status):
     response = post(gateway, headers=bearer(gateway.admin_key), body={**BODY, "model": f"mock-error-{status}"})
@@ -104,11 +109,13 @@ def test_provider_error_passes_through_unchanged_and_is_recorded_without_charge(
     assert (row["status"], row["charged"]) == (status, "0.00")
 
 
+@pytest.mark.launchers
 def test_unreachable_provider_is_502_json(gateway):
     path = "/v1/forward?u=https://api.mistral.ai/v1/chat/completions"
     assert_error(post(gateway, path=path, headers=bearer(gateway.admin_key)), 502, "upstream_unreachable")
 
 
+@pytest.mark.launchers
 def test_healthz(gateway):
     with httpx.Client(trust_env=False) as client:
         response = client.get(f"{gateway.url}/healthz")

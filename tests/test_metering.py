@@ -5,7 +5,7 @@ import pytest
 
 from addons.usage.metering import Meter, MeterResult
 from pricing.usage import TokenUsage
-from tests.test_sse import SPLITS, split
+from tests.chunkings import SPLITS, split
 
 
 def sse(*datas: str, eol: str = "\n") -> bytes:
