@@ -245,8 +245,12 @@ def test_gemini_key_in_query_is_read_and_never_forwarded(proxied, mock):
 
 
 def test_usage_report_totals_match_request_rows(gateway):
-    rows = gateway.ledger.requests(limit=100000)
-    usage = gateway.cli_json("usage", "--by", "provider")
+    def report_of_a_ledger_at_rest():  # an earlier test's row may still be on its way to the ledger
+        rows = gateway.ledger.requests(limit=100000)
+        usage = gateway.cli_json("usage", "--by", "provider")
+        return (rows, usage) if gateway.ledger.requests(limit=100000) == rows else None
+
+    rows, usage = wait_for(report_of_a_ledger_at_rest, 20, "no row written around the usage report")
     report = {r["group"]: r for r in usage["rows"]}
     assert rows and set(report) == {r["provider"] for r in rows}
     assert usage["totals"]["requests"] == len(rows)
