@@ -33,6 +33,8 @@ PROCESS_FIXTURES = {"gateway", "mock", "payhook", "private_postgres", "private_p
 def pytest_configure(config):
     config.addinivalue_line("markers", "launchers: runs on each launcher (on SQLite) instead of each ledger backend; "
                                        "for what differs between launchers: startup, streaming, errors, shutdown")
+    config.addinivalue_line("markers", "one_gateway: runs on one shared gateway (lean launcher, SQLite): for checks "
+                                       "of a request's shape, which neither backend nor launcher changes")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -114,13 +116,18 @@ def payhook():
 # errors, shutdown), not the whole suite twice.
 BACKEND_MATRIX = {"sqlite": ("sqlite", "tollgate-proxy"), "postgresql": ("postgresql", "tollgate-proxy")}
 LAUNCHER_MATRIX = {"tollgate-proxy": ("sqlite", "tollgate-proxy"), "mitmdump": ("sqlite", "mitmdump")}
+# Tests marked `one_gateway` check a request's shape (a malformed token, metadata or forward URL), which
+# neither the ledger backend nor the launcher changes: one setup is enough.
+ONE_GATEWAY = {"sqlite": ("sqlite", "tollgate-proxy")}
 
 
 def pytest_generate_tests(metafunc):
-    """A test of the shared gateway runs on the backend matrix, or on the launcher matrix if marked `launchers`."""
+    """A test of the shared gateway runs on the backend matrix, on the launcher matrix if marked `launchers`, or
+    once if marked `one_gateway`."""
     fixturedefs = metafunc._arg2fixturedefs.get("gateway")  # a module may have a `gateway` of its own
     if fixturedefs and fixturedefs[-1].func.__module__ == __name__:
-        matrix = LAUNCHER_MATRIX if metafunc.definition.get_closest_marker("launchers") else BACKEND_MATRIX
+        marked = metafunc.definition.get_closest_marker
+        matrix = LAUNCHER_MATRIX if marked("launchers") else ONE_GATEWAY if marked("one_gateway") else BACKEND_MATRIX
         metafunc.parametrize("gateway", list(matrix.values()), ids=list(matrix), indirect=True, scope="session")
 
 

@@ -50,6 +50,7 @@ def test_unknown_secret_key_is_401(gateway):
     base64.b64encode(b'{"customer_id": "c1"}').decode(),
     base64.b64encode(b'{"secret_key": "tg_sk_x", "surprise": 1}').decode(),
 ])
+@pytest.mark.one_gateway
 def test_malformed_forward_token_is_400(gateway, token):
     assert_error(post(gateway, headers=bearer(token)), 400, "invalid_forward_token")
 
@@ -76,6 +77,7 @@ def test_empty_wallet_is_402_and_topup_reopens_it(gateway):
     "not json", "[]", '{"bad-key": "v"}', '{"k": 1}', '{"k": ""}', json.dumps({"k": "v" * 256}),
     json.dumps({f"k{i}": "v" for i in range(101)}),
 ])
+@pytest.mark.one_gateway
 def test_invalid_metadata_is_400(gateway, metadata):
     response = post(gateway, headers={**bearer(gateway.admin_key), "x-lava-metadata": metadata})
     assert_error(response, 400, "invalid_metadata")
@@ -91,6 +93,7 @@ def test_invalid_metadata_is_400(gateway, metadata):
     "/v1/forward?u=https://api.openai.com.evil.net/v1/chat/completions",
     "/v1/forward?u=not a url",
 ])
+@pytest.mark.one_gateway
 def test_bad_forward_url_is_400_before_any_connection(gateway, mock, path):
     before = len(mock.requests)
     assert_error(post(gateway, path=path, headers=bearer(gateway.admin_key)), 400, "invalid_forward_url")
