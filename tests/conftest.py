@@ -162,7 +162,7 @@ def _start_gateway(backend, launcher, mock, payhook, tmp_path_factory) -> Gatewa
 
 @pytest.fixture(scope="session")
 def gateway(request, _gateways):
-    """The shared gateway of the test's setup (a BACKEND_MATRIX or LAUNCHER_MATRIX value), already funded."""
+    """The shared gateway of the test's setup (a value of one of the matrices above), funded with $100."""
     return _gateways(*request.param)
 
 
