@@ -4,6 +4,7 @@ the mock provider, and drives the `tollgate` CLI the way an operator would."""
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import shutil
@@ -18,6 +19,13 @@ import psycopg2
 import pytest
 import redis
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from pricing.usage import TokenUsage
+from tests.ledger_reads import Ledger
 
 PROJECT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -30,6 +38,14 @@ PROVIDER_KEYS = {
     "GROQ_API_KEY": "gsk-real-0123456789",
     "MISTRAL_API_KEY": "mistral-real-0123456789",
 }
+
+
+# The usage the mock provider reports per API family (tests/mock_provider.py), which the ledger must record.
+OPENAI_CHAT = TokenUsage(input_tokens=17, cache_read_tokens=4, output_tokens=9, reasoning_tokens=3)
+OPENAI_RESPONSES = TokenUsage(input_tokens=19, cache_read_tokens=6, output_tokens=11, reasoning_tokens=5)
+OPENAI_EMBEDDINGS = TokenUsage(input_tokens=8)
+ANTHROPIC = TokenUsage(input_tokens=23 + 7 + 5, cache_read_tokens=5, cache_write_tokens=7, output_tokens=13)
+GEMINI = TokenUsage(input_tokens=29, cache_read_tokens=8, output_tokens=15 + 6, reasoning_tokens=6)
 
 
 PG_ADMIN = "dbname=test user=postgres host=127.0.0.1 port=5432"
@@ -180,16 +196,31 @@ class GatewayProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
 
+    @property
+    def ledger(self) -> Ledger:
+        """The gateway's ledger, read in this process (tests/ledger_reads.py)."""
+        return Ledger(self.database_url)
+
     def request_row(self, request_id: str, timeout: float = 10.0) -> dict:
         """The ledger row of a request, waiting for the background writer to commit it."""
-        deadline = time.monotonic() + timeout
-        while True:
-            rows = {r["id"]: r for r in self.cli_json("requests", "--limit", "200")}
-            if request_id in rows:
-                return rows[request_id]
-            if time.monotonic() > deadline:
-                raise AssertionError(f"request {request_id} never reached the ledger")
-            time.sleep(0.1)
+        return self.ledger.request_row(request_id, timeout)
+
+
+def self_signed_cert(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate and key for `localhost`, valid for a day: a TLS server of the test's own."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
 
 
 class PaymentHook:

@@ -24,6 +24,7 @@ from pricing.cost import price
 from pricing.money import format_usd, to_nanos
 from pricing.usage import TokenUsage
 from tests.conftest import PAYHOOK_SECRET
+from tests.ledger_reads import wait_for
 
 OPENAI_CHAT = TokenUsage(input_tokens=17, cache_read_tokens=4, output_tokens=9, reasoning_tokens=3)
 CHAT_COST = price(OPENAI_CHAT, model="gpt-4o-mini", provider_id="openai", pricing_id="openai").total_nanos
@@ -59,8 +60,7 @@ def chat(gateway, api_key: str, **extra):
 
 
 def balance(gateway, who: str | None = None) -> Decimal:
-    data = gateway.cli_json("customers", "show", who) if who else gateway.cli_json("wallet")
-    return Decimal(data["balance"])
+    return Decimal(gateway.ledger.balance(who))
 
 
 @pytest.fixture
@@ -216,17 +216,14 @@ def test_200_concurrent_streams_never_overspend_a_customer(gateway, per_request_
 
     statuses = asyncio.run(all_at_once())
     assert set(statuses) <= {200, 402} and statuses.count(200) >= 1
-    rows = [r for r in gateway.cli_json("requests", "--customer", who, "--limit", "1000")]
-    deadline = time.monotonic() + 20
-    while len(rows) < statuses.count(200) and time.monotonic() < deadline:
-        time.sleep(0.2)
-        rows = gateway.cli_json("requests", "--customer", who, "--limit", "1000")
+    rows = wait_for(lambda: gateway.ledger.requests(1000, customer=who), 20, "a row per request served",
+                    until=lambda rows: len(rows) >= statuses.count(200))
     charged = sum(Decimal(r["fee"]) for r in rows)
     final = balance(gateway, who)
     assert final >= 0
     assert final == Decimal("0.50") - charged
     assert charged == Decimal(PER_REQUEST) * statuses.count(200)
-    assert gateway.cli_json("audit")["ok"] is True
+    assert gateway.ledger.audit_ok() is True
 
 
 # -- auto top-up ------------------------------------------------------------------------
@@ -243,9 +240,7 @@ def test_auto_top_up_fires_once_when_many_requests_cross_the_threshold(gateway, 
                             headers={"authorization": f"Bearer {api_key}"}) for _ in range(20)))
 
     assert all(r.status_code == 200 for r in asyncio.run(burst()))
-    deadline = time.monotonic() + 20
-    while not payhook.calls_for(who) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for(lambda: payhook.calls_for(who), 20, "the top-up webhook")
     time.sleep(1.0)  # time for a duplicate, were there one
     calls = payhook.calls_for(who)
     assert len(calls) == 1
@@ -253,14 +248,12 @@ def test_auto_top_up_fires_once_when_many_requests_cross_the_threshold(gateway, 
     payload = json.loads(body)
     assert payload["amount"] == "5.00"
     assert verify_signature(PAYHOOK_SECRET, body, headers["x-tollgate-signature"], payload["timestamp"], time.time())
-    deadline = time.monotonic() + 10
-    while balance(gateway, who) < 5 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for(lambda: balance(gateway, who) >= 5, 10, "the top-up to reach the balance")
     assert balance(gateway, who) == Decimal("0.30") - 20 * Decimal(PER_REQUEST) + 5
     wallet = gateway.cli_json("customers", "show", who)["wallet"]
     names = [e["name"] for e in gateway.cli_json("events", "--limit", "500") if e["wallet"] == wallet]
     assert names.count("topup.succeeded") == 1 and "topup.requested" in names
-    assert gateway.cli_json("audit")["ok"] is True
+    assert gateway.ledger.audit_ok() is True
 
 
 # -- signed tokens ------------------------------------------------------------------------

@@ -238,7 +238,7 @@ def assert_metered(gateway: GatewayProcess, request_id: str) -> Decimal:
 
 
 def balance(gateway: GatewayProcess) -> Decimal:
-    return Decimal(gateway.cli_json("wallet")["balance"])
+    return Decimal(gateway.ledger.balance())
 
 
 @pytest.fixture(params=["one process", "two workers"])
@@ -330,12 +330,12 @@ def test_transparent_capture_meters_an_app_that_knows_nothing_of_the_gateway(tra
     assert_metered(gateway, header(plain.stdout, "x-tollgate-request-id"))
 
     # a host outside the catalog: tunnelled untouched (its own certificate, not the gateway's)
-    rows = len(gateway.cli_json("requests", "--limit", "100"))
+    rows = len(gateway.ledger.requests(limit=100))
     other = scene.as_app("curl", "-sS", "--max-time", "20", "--cacert", str(scene.other.ca), "https://example.test/")
     assert other.returncode == 0, other.stderr
     assert other.stdout == "hello, other\n" and scene.other.requests[-1].startswith(b"GET / HTTP/1.1")
-    time.sleep(0.3)
-    assert len(gateway.cli_json("requests", "--limit", "100")) == rows
+    time.sleep(0.3)  # time for a row, were there one
+    assert len(gateway.ledger.requests(limit=100)) == rows
 
     # off: no rule of ours left, and the app is no longer captured
     off = scene.tollgate("capture", "off")

@@ -16,7 +16,7 @@ from addons.core.catalog import load_catalog
 from addons.host import capture, capture_modes
 from addons.proxy.routing import addressed_to_gateway, provider_for
 from addons.runtime.launcher import RedirectorWatch
-from tests.test_gateway_addon import PROVIDER_KEY, api_flow, gw, run, secret_key  # noqa: F401 - gw is a fixture
+from tests.inprocess_gateway import PROVIDER_KEY, api_flow, run, secret_key
 
 CATALOG = load_catalog()
 

@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import MOCK_MODEL_PRICE
 from tests.harness import GatewayProcess, fresh_postgres_database
+from tests.ledger_reads import wait_for
 
 CHAT = "/v1/forward?u=https://api.openai.com/v1/chat/completions"
 
@@ -24,18 +25,18 @@ def funded_gateway(tmp_path, url: str, mock, **kw) -> GatewayProcess:
     """A started gateway with an admin key and $10 in its wallet (`opening`)."""
     gateway = GatewayProcess(tmp_path, url, {"openai": mock.url}, prices=[MOCK_MODEL_PRICE], **kw)
     gateway.fund()
-    gateway.opening = Decimal(gateway.cli_json("wallet")["balance"])
+    gateway.opening = Decimal(gateway.ledger.balance())
     gateway.start()
     return gateway
 
 
 def assert_ledger_holds_exactly(gateway: GatewayProcess, request_ids: set[str]) -> list[dict]:
     """Each request once and nothing else, the wallet down by exactly what they were charged, audit ok."""
-    rows = {r["id"]: r for r in gateway.cli_json("requests", "--limit", "100000")}
+    rows = {r["id"]: r for r in gateway.ledger.requests(limit=100000)}
     assert set(rows) == request_ids  # the id is the primary key: once at most, so exactly once
     charged = sum(Decimal(row["charged"]) for row in rows.values())
-    assert charged > 0 and Decimal(gateway.cli_json("wallet")["balance"]) == gateway.opening - charged
-    assert gateway.cli_json("audit")["ok"]
+    assert charged > 0 and Decimal(gateway.ledger.balance()) == gateway.opening - charged
+    assert gateway.ledger.audit_ok()
     return list(rows.values())
 
 
@@ -63,6 +64,12 @@ def ledger_writes_blocked(database_url: str):
         conn.close()
 
 
+def port_open(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+        return True
+    return False
+
+
 def chat(client: httpx.Client, key: str, stream: bool) -> str:
     response = client.post(CHAT, headers={"authorization": f"Bearer {key}"},
                            json={"model": "mock-model", "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
@@ -78,7 +85,7 @@ def test_sigkill_after_responses_loses_no_usage_and_replay_charges_once(fresh_ga
             served = [chat(client, gateway.admin_key, stream=i % 2 == 0) for i in range(12)]
         gateway.proc.send_signal(signal.SIGKILL)  # every response is at the client; no row is written yet
         gateway.proc.wait(10)
-    assert not {r["id"] for r in gateway.cli_json("requests", "--limit", "100")} & set(served)
+    assert not {r["id"] for r in gateway.ledger.requests(limit=100)} & set(served)
 
     gateway.start()  # replays the dead process's journal
     rows = {rid: gateway.request_row(rid) for rid in served}
@@ -112,6 +119,11 @@ class Load:
                                      response.json()["error"]["code"] if response.status_code >= 400 else None))
                 time.sleep(0.01)
 
+    def wait_for_results(self, count: int, what: str) -> None:
+        """Until `count` more answers than now have come back."""
+        wanted = len(self.results) + count
+        wait_for(lambda: len(self.results) >= wanted, 15, what)
+
     def stop(self) -> list[tuple[int, str, str | None]]:
         self.stopping.set()
         for thread in self.threads:
@@ -124,13 +136,15 @@ def test_postgres_stopped_under_load_loses_and_duplicates_nothing(private_postgr
     gateway = funded_gateway(tmp_path, private_postgres.url, mock, options={"tollgate_ledger_outage": policy})
     try:
         load = Load(gateway)
-        time.sleep(1.0)
+        load.wait_for_results(20, "requests served before the outage")
         served_before = len(load.results)
         private_postgres.stop()
-        time.sleep(3.0)
+        time.sleep(3.0)  # the outage: the writer retries each second meanwhile
         during = load.results[served_before:]
         private_postgres.start()
-        time.sleep(2.0)  # the probe sees it back within 0.5 s; the writer retries each second
+        back = len(load.results)
+        # the probe sees it back within 0.5 s
+        wait_for(lambda: any(status == 200 for status, _, _ in load.results[back:]), 10, "a request served again")
         results = load.stop()
     finally:
         gateway.stop()  # a clean stop flushes everything the writer still holds
@@ -158,7 +172,7 @@ def test_sigterm_lets_a_stream_in_flight_finish_and_flushes_everything(fresh_gat
             while b"Hello" not in received:
                 received += next(chunks)
             gateway.proc.send_signal(signal.SIGTERM)
-            time.sleep(0.5)
+            wait_for(lambda: not port_open(gateway.port), 10, "the listener to close")
             with pytest.raises(httpx.ConnectError):  # the listener is closed: new clients go elsewhere
                 httpx.post(gateway.url + CHAT, trust_env=False, timeout=2)
             drained = idle.post(CHAT, headers=auth, json={"model": "mock-model", "messages": []})  # kept alive
@@ -170,7 +184,7 @@ def test_sigterm_lets_a_stream_in_flight_finish_and_flushes_everything(fresh_gat
     assert b"data: [DONE]" in received
     assert gateway.proc.wait(20) == 0
     request_id = response.headers["x-lava-request-id"]
-    rows = {r["id"]: r for r in gateway.cli_json("requests", "--limit", "10")}
+    rows = {r["id"]: r for r in gateway.ledger.requests(limit=10)}
     assert rows[request_id]["usage_source"] == "reported" and rows[request_id]["status"] == 200
     assert not list((gateway.tmp / "journal").rglob("*.jsonl"))
 
@@ -180,11 +194,13 @@ def test_redis_stopped_under_load_falls_back_to_local_holds_and_corrupts_nothing
                              redis_url=private_redis.url)
     try:
         load = Load(gateway)
-        time.sleep(1.0)
+        load.wait_for_results(20, "requests served before the outage")
         private_redis.stop()
-        time.sleep(2.0)
+        wait_for(lambda: "Redis is unreachable" in gateway.log.read_text(), 15, "the gateway to miss Redis")
+        load.wait_for_results(20, "requests served while Redis is down")
         private_redis.start()  # empty: the hot state is rebuilt from the ledger
-        time.sleep(2.0)
+        wait_for(lambda: "Redis answers again" in gateway.log.read_text(), 15, "the gateway to see Redis again")
+        load.wait_for_results(20, "requests served after Redis is back")
         results = load.stop()
     finally:
         gateway.stop()
@@ -202,9 +218,9 @@ def test_sigterm_answers_a_request_whose_body_is_still_arriving(fresh_gateway):
         conn.sendall(b"POST " + CHAT.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1:" + str(gateway.port).encode() + b"\r\n"
                      b"Authorization: Bearer " + gateway.admin_key.encode() + b"\r\n"
                      b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
-        time.sleep(0.3)
+        time.sleep(0.3)  # the headers reach the gateway
         gateway.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
+        wait_for(lambda: not port_open(gateway.port), 10, "the listener to close")
         conn.sendall(body)
         answer = b""
         while chunk := conn.recv(65536):

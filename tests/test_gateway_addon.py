@@ -8,51 +8,12 @@ from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.exceptions import OptionsError
 from mitmproxy.test import taddons, tflow, tutils
 
-from addons.ledger.accounts import create_key, credit_wallet, ensure_account, revoke_key, wallet_balance
+from addons.ledger.accounts import ensure_account, wallet_balance
 from addons.ledger.models import RequestRow, database
 from addons.proxy import error_pages
 from addons.proxy.gateway_addon import Gateway, StreamTap
 from addons.usage.readers import UsageReader, for_request
-
-PROVIDER_KEY = "sk-test-provider-key"
-CHAT = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
-STREAM_CHAT = b'{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}'
-
-
-@pytest.fixture
-def gw(tmp_path, monkeypatch):
-    monkeypatch.setenv("TOLLGATE_DATABASE_URL", f"sqlite:///{tmp_path}/l.db")
-    monkeypatch.delenv("TOLLGATE_CONFIG", raising=False)
-    monkeypatch.setenv("OPENAI_API_KEY", PROVIDER_KEY)
-    gateway = Gateway()
-    with taddons.context(Proxyserver(), gateway) as tctx:  # Proxyserver owns connection_strategy
-        tctx.configure(gateway)
-        gateway.tctx = tctx
-        yield gateway
-        gateway.done()
-    database.close()
-    database.initialize(None)
-
-
-def secret_key(balance: int = 10**9, revoked: bool = False) -> str:
-    row, secret = create_key("unit")
-    if balance:
-        credit_wallet(ensure_account()[1].id, balance)
-    if revoked:
-        revoke_key(row.id)
-    return secret
-
-
-def api_flow(headers=(), content=CHAT, host="api.openai.com", port=443, scheme="https", path="/v1/chat/completions"):
-    fields = [(k.encode(), v.encode()) for k, v in headers]
-    req = tutils.treq(host=host, port=port, scheme=scheme, method="POST", path=path,
-                      headers=http.Headers(fields), content=content)
-    return tflow.tflow(req=req)
-
-
-def run(gw, flow):
-    asyncio.run(gw.request(flow))
-    return flow
+from tests.inprocess_gateway import CHAT, PROVIDER_KEY, STREAM_CHAT, api_flow, run, secret_key
 
 
 def error_of(flow):

@@ -240,7 +240,7 @@ def refused(gw, mock, call, code: str) -> None:
     assert len(mock.requests) == seen
     request_id = caught.value.response.headers["x-tollgate-request-id"]
     chat(gw, gw.admin_key, model="mock-model")  # a later request's row is written after any earlier one
-    assert request_id not in {r["id"] for r in gw.cli_json("requests", "--limit", "200")}
+    assert request_id not in {r["id"] for r in gw.ledger.requests(limit=200)}
 
 
 def customer_token(gw, *meter_args: str, balance: str = "1.00") -> tuple[str, str]:
@@ -301,7 +301,7 @@ def test_images_are_unmetered_in_track_mode_and_refused_for_billed_customers(def
         who, token = customer_token(defaults, *meter_args)
         refused(defaults, mock, lambda: client(defaults, token).images.generate(model="dall-e-3", prompt="a cat"),
                 "endpoint_unmetered")
-        assert defaults.cli_json("customers", "show", who)["balance"] == "1.00"
+        assert defaults.ledger.balance(who) == "1.00"
     usage = defaults.cli_json("usage")["totals"]
     assert usage["unmetered_requests"] >= 1 and usage["unpriced_requests"] >= 1
     assert "unmetered requests: their provider cost is not known" in defaults.cli("usage").stdout
@@ -353,7 +353,7 @@ def ledger_entries(gw, request_id: str) -> list[tuple[str, int]]:
 def test_reprice_charges_what_unpriced_requests_cost_once(flagging):
     who, token = customer_token(flagging, *PERCENTAGE_METER)
     billed, tracked = chat(flagging, token), chat(flagging, flagging.admin_key)
-    merchant_before = Decimal(flagging.cli_json("wallet")["balance"])
+    merchant_before = Decimal(flagging.ledger.balance())
     since = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
 
     dry = flagging.cli_json("prices", "reprice", "--since", since, "--dry-run")
@@ -373,18 +373,18 @@ def test_reprice_charges_what_unpriced_requests_cost_once(flagging):
         cost, cost, "0.00")
     # The percentage customer pays the cost plus 20%, the merchant the cost.
     assert (done[billed["id"]]["merchant"], done[billed["id"]]["customer"]) == (cost, "0.000042")
-    assert flagging.cli_json("customers", "show", who)["balance"] == "0.999958"
+    assert flagging.ledger.balance(who) == "0.999958"
     merchant_paid = sum(Decimal(r["merchant"]) for r in result["repriced"])
-    assert Decimal(flagging.cli_json("wallet")["balance"]) == merchant_before - merchant_paid
+    assert Decimal(flagging.ledger.balance()) == merchant_before - merchant_paid
     assert len(ledger_entries(flagging, billed["id"])) == 2
 
     row = flagging.request_row(billed["id"])
     assert (row["price_source"], row["provider_cost"], row["charged"], row["fee"]) == (
         "override", cost, cost, "0.000042")
     assert flagging.cli_json("prices", "reprice", "--since", since)["repriced"] == []  # a second run adds nothing
-    assert flagging.cli_json("customers", "show", who)["balance"] == "0.999958"
+    assert flagging.ledger.balance(who) == "0.999958"
     assert len(ledger_entries(flagging, billed["id"])) == 2
-    assert flagging.cli_json("audit")["ok"] is True
+    assert flagging.ledger.audit_ok() is True
     assert UNPRICED_MODEL not in {r["model"] for r in flagging.cli_json("prices", "missing")}
 
 

@@ -35,8 +35,7 @@ from addons.proxy.auth_throttle import credential_digest
 from addons.proxy.gateway_addon import Gateway
 from pricing.cost import price
 from pricing.money import format_usd, to_nanos
-from tests.harness import BIN, PROVIDER_KEYS, clean_env
-from tests.test_sdk_traffic import OPENAI_CHAT
+from tests.harness import BIN, OPENAI_CHAT, PROVIDER_KEYS, clean_env
 
 MANAGED_KEY = "sk-managed-by-the-gateway"
 CHAT = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
@@ -388,7 +387,7 @@ def register(gateway, key: str, account: str, *swap: str) -> dict:
 
 
 def balance(gateway, account: str) -> Decimal:
-    return Decimal(gateway.cli_json("wallet", "--account", account)["balance"])
+    return Decimal(gateway.ledger.balance(account=account))
 
 
 OPENAI_CHAT_COST = price(OPENAI_CHAT, model="gpt-4o-mini", provider_id="openai", pricing_id="openai").total_nanos
@@ -421,7 +420,7 @@ def test_e2e_swapped_key_is_replaced_by_the_managed_key_and_billed_the_provider_
     assert (row["byok"], row["provider_cost"], row["charged"]) == (
         False, format_usd(OPENAI_CHAT_COST), format_usd(OPENAI_CHAT_COST))
     assert balance(proxied, "legacy-swap") == before - Decimal(format_usd(OPENAI_CHAT_COST))
-    assert proxied.cli_json("audit")["ok"] is True
+    assert proxied.ledger.audit_ok() is True
 
 
 def test_e2e_registered_key_works_on_the_forward_endpoint_too(gateway, mock):

@@ -16,13 +16,15 @@ from addons.auth.credentials import ForwardToken, encode_forward_token
 from pricing.cost import price
 from pricing.money import format_usd, to_nanos
 from pricing.usage import TokenUsage
-from tests.harness import PROVIDER_KEYS
-
-OPENAI_CHAT = TokenUsage(input_tokens=17, cache_read_tokens=4, output_tokens=9, reasoning_tokens=3)
-OPENAI_RESPONSES = TokenUsage(input_tokens=19, cache_read_tokens=6, output_tokens=11, reasoning_tokens=5)
-OPENAI_EMBEDDINGS = TokenUsage(input_tokens=8)
-ANTHROPIC = TokenUsage(input_tokens=23 + 7 + 5, cache_read_tokens=5, cache_write_tokens=7, output_tokens=13)
-GEMINI = TokenUsage(input_tokens=29, cache_read_tokens=8, output_tokens=15 + 6, reasoning_tokens=6)
+from tests.harness import (
+    ANTHROPIC,
+    GEMINI,
+    OPENAI_CHAT,
+    OPENAI_EMBEDDINGS,
+    OPENAI_RESPONSES,
+    PROVIDER_KEYS,
+)
+from tests.ledger_reads import wait_for
 
 
 def assert_row(gateway, request_id, provider, model, usage, *, streamed, endpoint):
@@ -39,6 +41,13 @@ def assert_row(gateway, request_id, provider, model, usage, *, streamed, endpoin
     return row
 
 
+def the_new_row(gateway, before: set[str], provider: str = "gemini") -> dict:
+    """The newest row of `provider` not among the ids `before`, once the writer has committed it (for an SDK that
+    shows no response headers)."""
+    return wait_for(lambda: [r for r in gateway.ledger.requests() if r["id"] not in before and r["provider"] == provider],
+                    what=f"a new {provider} row")[0]
+
+
 def assert_provider_saw_only_real_key(mock, header, value, admin_key):
     seen = mock.last.headers
     assert seen[header] == value
@@ -46,6 +55,7 @@ def assert_provider_saw_only_real_key(mock, header, value, admin_key):
     assert admin_key not in raw and "tg_sk_" not in raw and "x-lava" not in raw.lower()
 
 
+@pytest.mark.launchers
 @pytest.mark.parametrize("stream", [False, True])
 def test_openai_chat_through_https_proxy(proxied, mock, stream):
     client = openai.OpenAI(api_key=proxied.admin_key)
@@ -123,13 +133,14 @@ def test_anthropic_messages(proxied, mock, stream):
 def test_gemini_generate_content(proxied, mock, stream):
     client = genai.Client(api_key=proxied.admin_key)
     mock.reset()
+    before = {r["id"] for r in proxied.ledger.requests()}
     if stream:
         text = "".join(c.text or "" for c in client.models.generate_content_stream(model="gemini-2.0-flash", contents="hi"))
     else:
         text = client.models.generate_content(model="gemini-2.0-flash", contents="hi").text
     assert text == "Hello from the mock."
     assert_provider_saw_only_real_key(mock, "x-goog-api-key", PROVIDER_KEYS["GEMINI_API_KEY"], proxied.admin_key)
-    row = proxied.cli_json("requests", "--limit", "1")[0]
+    row = the_new_row(proxied, before)
     assert_row(proxied, row["id"], "gemini", "gemini-2.0-flash", GEMINI, streamed=stream,
                endpoint="streamGenerateContent" if stream else "generateContent")
 
@@ -167,6 +178,7 @@ def test_openai_sdk_forward_base_url_with_or_without_trailing_slash(gateway, moc
 def test_gemini_sdk_through_forward_endpoint(gateway, mock, u, stream):
     """google-genai appends its path to the forward path itself, and alt=sse beside u."""
     client = genai.Client(api_key=gateway.admin_key, http_options={"base_url": f"{gateway.url}/v1/forward?u={u}"})
+    before = {r["id"] for r in gateway.ledger.requests()}
     if stream:
         text = "".join(c.text or "" for c in client.models.generate_content_stream(model="gemini-2.0-flash",
                                                                                       contents="hi"))
@@ -176,7 +188,7 @@ def test_gemini_sdk_through_forward_endpoint(gateway, mock, u, stream):
     assert mock.last.path.partition("?")[0].endswith(
         "/models/gemini-2.0-flash:" + ("streamGenerateContent" if stream else "generateContent"))
     assert_provider_saw_only_real_key(mock, "x-goog-api-key", PROVIDER_KEYS["GEMINI_API_KEY"], gateway.admin_key)
-    row = gateway.cli_json("requests", "--limit", "1")[0]
+    row = the_new_row(gateway, before)
     assert_row(gateway, row["id"], "gemini", "gemini-2.0-flash", GEMINI, streamed=stream,
                endpoint="streamGenerateContent" if stream else "generateContent")
 
@@ -213,12 +225,12 @@ def test_metadata_is_recorded_and_not_forwarded(gateway, mock):
 
 
 def test_wallet_is_debited_by_exactly_the_recorded_charges(gateway):
-    before = gateway.cli_json("wallet")["balance"]
+    before = gateway.ledger.balance()
     raw = openai.OpenAI(api_key=gateway.admin_key, base_url=f"{gateway.url}/v1/forward?u=https://api.openai.com/v1/"
                         ).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
     row = gateway.request_row(raw.headers["x-lava-request-id"])
-    assert Decimal(gateway.cli_json("wallet")["balance"]) == Decimal(before) - Decimal(row["charged"])
-    assert gateway.cli_json("audit")["ok"] is True
+    assert Decimal(gateway.ledger.balance()) == Decimal(before) - Decimal(row["charged"])
+    assert gateway.ledger.audit_ok() is True
 
 
 def test_gemini_key_in_query_is_read_and_never_forwarded(proxied, mock):
@@ -233,8 +245,12 @@ def test_gemini_key_in_query_is_read_and_never_forwarded(proxied, mock):
 
 
 def test_usage_report_totals_match_request_rows(gateway):
-    rows = gateway.cli_json("requests", "--limit", "100000")
-    usage = gateway.cli_json("usage", "--by", "provider")
+    def report_of_a_ledger_at_rest():  # an earlier test's row may still be on its way to the ledger
+        rows = gateway.ledger.requests(limit=100000)
+        usage = gateway.cli_json("usage", "--by", "provider")
+        return (rows, usage) if gateway.ledger.requests(limit=100000) == rows else None
+
+    rows, usage = wait_for(report_of_a_ledger_at_rest, 20, "no row written around the usage report")
     report = {r["group"]: r for r in usage["rows"]}
     assert rows and set(report) == {r["provider"] for r in rows}
     assert usage["totals"]["requests"] == len(rows)

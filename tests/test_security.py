@@ -93,12 +93,12 @@ def test_listening_beyond_loopback_needs_proxyauth(tmp_path, mock):
 
 
 def test_oversized_body_is_413_before_it_is_read(lean, mock):
-    before = (len(mock.requests), len(lean.cli_json("requests")))
+    before = (len(mock.requests), len(lean.ledger.requests()))
     head = f"POST {OPENAI} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {lean.admin_key}\r\n"
     assert raw(lean, f"{head}Content-Length: 1000000000\r\n\r\n".encode()) == (413, "request_too_large")
     chunked = f"{head}Transfer-Encoding: chunked\r\n\r\n11000\r\n".encode() + b"x" * 0x11000 + b"\r\n"
     assert raw(lean, chunked) == (413, "request_too_large")
-    assert (len(mock.requests), len(lean.cli_json("requests"))) == before  # nothing forwarded, no ledger row
+    assert (len(mock.requests), len(lean.ledger.requests())) == before  # nothing forwarded, no ledger row
     padded = {**CHAT, "messages": [{"role": "user", "content": "x" * 60_000}]}
     assert post(lean, headers=bearer(lean.admin_key), body=padded).status_code == 200  # under the limit
 
@@ -153,7 +153,7 @@ def test_credentials_stay_out_of_saved_flows_logs_and_the_ledger(tmp_path, mock)
         assert post(gw, headers=bearer(unknown)).status_code == 401
         assert post(gw, headers=bearer(broke)).status_code == 402
         assert post(gw, mistral, bearer(gw.admin_key)).status_code == 502  # the error path
-        ledger = gw.cli("requests", "--json").stdout
+        ledger = json.dumps(gw.ledger.requests())
     finally:
         gw.stop()
     sent = {v for r in mock.requests[seen:] for v in r.headers.values()}

@@ -1,20 +1,8 @@
-import random
 
 import pytest
 
 from addons.usage.sse import SSEDecoder
-
-SPLITS = ["whole", "bytes", "random0", "random1", "random2"]
-
-
-def split(payload: bytes, how: str) -> list[bytes]:
-    if how == "whole":
-        return [payload]
-    if how == "bytes":
-        return [payload[i : i + 1] for i in range(len(payload))]
-    rnd = random.Random(how)
-    cuts = sorted(rnd.sample(range(1, len(payload)), min(12, len(payload) - 1)))
-    return [payload[a:b] for a, b in zip([0, *cuts], [*cuts, len(payload)])]
+from tests.chunkings import SPLITS, split
 
 
 def decode(chunks: list[bytes], max_event_size: int | None = None):

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import datetime
 import socket
 import ssl
 import threading
 
 import httpx
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+import pytest
+
+from tests.harness import self_signed_cert
+
+pytestmark = pytest.mark.launchers  # streaming and interception are where the launchers can differ
 
 CHAT = "/v1/forward?u=https://api.openai.com/v1/chat/completions"
 
@@ -53,25 +53,9 @@ def test_stream_cut_by_provider_is_recorded_with_estimated_usage(gateway):
     assert row["charged"] == row["provider_cost"] == "0.000009"  # 3 x $1/M + 3 x $2/M
 
 
-def _self_signed(tmp_path):
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
-
-
 def test_non_catalog_host_is_tunnelled_without_decryption(gateway, tmp_path):
     """The client verifies the origin's own certificate through the proxy: no mitmproxy CA involved."""
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed_cert(tmp_path)
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(cert, key)
     listener = socket.create_server(("127.0.0.1", 0))

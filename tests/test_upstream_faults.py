@@ -1,9 +1,10 @@
-"""Upstream and client faults, injected end to end through the real proxy (both ledgers, both
-launchers): what the client sees, the one ledger row the fault leaves, the paying customer's hold
+"""Upstream and client faults, injected end to end through the real proxy (the shared gateway's
+ledgers; the streams and cuts on both launchers too): what the client sees, the one ledger row the fault leaves, the paying customer's hold
 released and `tollgate audit` clean. Then the timeouts (addons/proxy/upstream_timeouts.py) and retries
 (addons/proxy/upstream_retries.py), on a second gateway with tight limits.
 
-Ledger reads run the `tollgate` CLI inside this process: as a subprocess it costs about a second a call.
+Ledger rows are read in this process (tests/ledger_reads.py), and the CLI's views run inside it: as a
+subprocess the CLI costs about a second a call.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from addons.auth.credentials import ForwardToken, encode_forward_token
 from addons.cli import main as cli
 from addons.ledger.models import database
 from tests.conftest import MOCK_MODEL_PRICE
-from tests.harness import GatewayProcess, fresh_postgres_database
+from tests.harness import GatewayProcess
+from tests.ledger_reads import wait_for
 from tests.mock_provider import GARBAGE_EVENTS, RETRY_AFTER
 
 CHAT = "/v1/forward?u=https://api.openai.com/v1/chat/completions"
@@ -56,14 +58,8 @@ def tollgate(gw, *args: str):
 
 
 def ledger_row(gw, request_id: str, timeout: float = 10.0) -> dict:
-    """The request's one row, once the gateway's writer has committed it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = [r for r in tollgate(gw, "requests", "--limit", "50") if r["id"] == request_id]
-        if rows or time.monotonic() > deadline:
-            assert len(rows) == 1, f"request {request_id} has {len(rows)} rows"
-            return rows[0]
-        time.sleep(0.05)
+    """The request's one row (its id is the primary key), once the gateway's writer has committed it."""
+    return gw.request_row(request_id, timeout)
 
 
 _METERS: dict[str, str] = {}
@@ -91,14 +87,13 @@ class Customer:
         addon failed meanwhile."""
         shown = tollgate(self.gw, "customers", "show", self.id)
         assert shown["holds"] == {"count": 0, "amount": "0.00"} and Decimal(shown["balance"]) == Decimal(FEE)
-        deadline = time.monotonic() + 3  # the proxy drops the hold just after the ledger commits
-        while (follow_up := post(self.gw, CHAT, self.headers, "gpt-4o-mini")).status_code == 402:
-            assert time.monotonic() < deadline, follow_up.text
-            time.sleep(0.1)
+        # the proxy drops the hold just after the ledger commits
+        follow_up = wait_for(lambda: post(self.gw, CHAT, self.headers, "gpt-4o-mini"), 3, "the hold to be dropped",
+                             until=lambda response: response.status_code != 402)
         assert follow_up.status_code == 200, follow_up.text
         # `tollgate audit` reads entries and balances in two statements: audit once nothing is being committed
         ledger_row(self.gw, follow_up.headers["x-lava-request-id"])
-        assert tollgate(self.gw, "audit") == {"ok": True, "mismatches": []}
+        assert self.gw.ledger.audit_ok()
         with self.gw.log.open("rb") as log:
             log.seek(self.log_from)
             written = log.read().decode(errors="replace")
@@ -185,6 +180,7 @@ def test_connect_failure_is_502_recorded_without_charge(gateway):
     payer.assert_settled()
 
 
+@pytest.mark.launchers
 @pytest.mark.parametrize("model", ["mock-cut", "mock-reset"])  # FIN, RST
 def test_provider_breaking_off_mid_stream_is_recorded_estimated_and_charged(gateway, model):
     payer, text = Customer(gateway, "0.02"), []
@@ -202,6 +198,7 @@ def test_provider_breaking_off_mid_stream_is_recorded_estimated_and_charged(gate
     payer.assert_settled()
 
 
+@pytest.mark.launchers
 def test_malformed_sse_passes_through_untouched_and_is_estimated(gateway, mock):
     payer = Customer(gateway, "0.02")
     request_id, received, broken = stream(gateway, CHAT, payer.headers, "mock-garbage",
@@ -227,6 +224,7 @@ def test_truncated_json_body_passes_through_as_it_is(gateway, mock):
     payer.assert_settled()
 
 
+@pytest.mark.launchers
 def test_body_cut_short_of_its_content_length_is_502_without_charge(gateway):
     payer = Customer(gateway, FEE)
     response = post(gateway, CHAT, payer.headers, "mock-cut")  # non-streamed: mitmproxy buffers it
@@ -260,6 +258,7 @@ def test_rate_limit_passes_through_with_retry_after_without_charge(gateway, mock
     payer.assert_settled()
 
 
+@pytest.mark.launchers
 def test_client_leaving_mid_stream_cancels_the_provider_request(gateway, mock, held):
     payer = Customer(gateway, "0.02")
     with httpx.Client(base_url=gateway.url, trust_env=False, timeout=15) as client:
@@ -290,14 +289,14 @@ def blackhole():
     listener.close()
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=["tollgate-proxy", "mitmdump"])
 def strict(request, mock, blackhole, tmp_path_factory):
-    """Timeouts of LIMITS, 2 retries waiting at most 600 ms; its mistral never answers a connect."""
+    """Timeouts of LIMITS, 2 retries waiting at most 600 ms; its mistral never answers a connect. Timeouts and
+    retries are the hooks' work, so this runs on the launcher matrix (on SQLite), not the backend one."""
     tmp = tmp_path_factory.mktemp(f"strict-{request.param}")
-    url = f"sqlite:///{tmp}/ledger.db" if request.param == "sqlite" else fresh_postgres_database("tollgate_strict")
     gw = GatewayProcess(
-        tmp, url, {"openai": mock.url, "anthropic": mock.url, "mistral": blackhole}, prices=[MOCK_MODEL_PRICE],
-        launcher="tollgate-proxy" if request.param == "sqlite" else "mitmdump",
+        tmp, f"sqlite:///{tmp}/ledger.db", {"openai": mock.url, "anthropic": mock.url, "mistral": blackhole},
+        prices=[MOCK_MODEL_PRICE], launcher=request.param,
         settings={"timeouts": LIMITS}, providers={"anthropic": {"timeouts": {"first_byte": None}}},
         options={"tollgate_upstream_retries": 2, "tollgate_upstream_retry_max_wait_ms": 600},
     )

@@ -7,8 +7,7 @@ import pytest
 
 from tests.conftest import MOCK_MODEL_PRICE
 from tests.h2_provider import USAGE, H2Provider
-from tests.harness import GatewayProcess
-from tests.test_streaming_and_interception import _self_signed
+from tests.harness import GatewayProcess, self_signed_cert
 
 pytestmark = pytest.mark.e2e  # starts the gateway as a process
 
@@ -18,7 +17,7 @@ CHAT = "/v1/forward?u=https://api.openai.com/v1/chat/completions"
 @pytest.fixture
 def h2_gateway(request, tmp_path):
     http2 = getattr(request, "param", "true")  # tollgate_upstream_http2
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed_cert(tmp_path)
     provider = H2Provider(cert, key).start()
     gateway = GatewayProcess(tmp_path, f"sqlite:///{tmp_path}/ledger.db",
                              {"openai": f"https://localhost:{provider.port}"}, prices=[MOCK_MODEL_PRICE],

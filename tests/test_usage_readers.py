@@ -7,7 +7,7 @@ import pytest
 from addons.core.catalog import API_FAMILIES, load_catalog
 from addons.usage.readers import READERS, UsageReader, UsageReading, for_request
 from pricing.usage import TokenUsage
-from tests.test_sse import SPLITS, split
+from tests.chunkings import SPLITS, split
 
 
 def sse(*datas: str, eol: str = "\n") -> bytes:

@@ -120,7 +120,7 @@ class Lean(GatewayProcess):
         return conn, response.getheader("x-tollgate-request-id")
 
     def ledger_ids(self) -> set[str]:
-        return {r["id"] for r in self.cli_json("requests", "--limit", "500")}
+        return {r["id"] for r in self.ledger.requests(limit=500)}
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
