@@ -27,11 +27,11 @@ from addons.core.settings import BillingSettings
 from addons.ledger.accounts import token_spent, wallet_state
 from addons.ledger.writer import CommitReport, HoldRecord, LedgerWriter
 from addons.usage.base import UsageReader
+from addons.usage.json_fields import tokens
 from pricing import meters
 from pricing.money import format_usd
 from pricing.usage import TokenUsage
 
-CHARS_PER_TOKEN = 4
 ADD_LINGER = 0.002  # seconds incurred costs wait to share one hot-store call
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class Cashier:
 
     def worst_case_usage(self, reader: UsageReader) -> TokenUsage:
         return TokenUsage(
-            input_tokens=math.ceil(reader.prompt_chars / CHARS_PER_TOKEN),
+            input_tokens=tokens(reader.prompt_chars),  # the readers' own estimate
             output_tokens=reader.max_output_tokens or self.settings.default_max_output_tokens,
         )
 
