@@ -184,3 +184,18 @@ def test_events_newest_first(ledger):
     assert [e.name for e in recent] == ["topup.requested", "balance.low"]
     assert recent[0].data == {"amount_nanos": USD} and recent[0].wallet == wallet
     assert len(events.recent(1)) == 1
+
+
+def test_keys_have_roles_and_init_makes_the_admin_one(ledger):
+    bootstrap.init_ledger()
+    assert keys.create_key("app").role == "account"  # the default: its own account only
+    assert keys.create_key("ops", "acme", role="admin").role == "admin"
+    assert [(k.name, k.role) for k in keys.list_keys()] == [("admin", "admin"), ("app", "account"), ("ops", "admin")]
+
+
+@pytest.mark.parametrize("role", ["owner", "Admin", ""])
+def test_keys_refuse_an_unknown_role(ledger, role):
+    with pytest.raises(BadRequest) as refused:
+        keys.create_key("app", role=role)
+    assert refused.value.code == "invalid_role" and refused.value.status == 400
+    assert keys.list_keys() == []

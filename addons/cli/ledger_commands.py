@@ -45,13 +45,13 @@ def cmd_init(args) -> None:
 
 
 def cmd_keys_create(args) -> None:
-    key = keys.create_key(args.name, args.account)
+    key = keys.create_key(args.name, args.account, args.role)
     emit(args, asdict(key), text=f"Key {key.id} created. Secret (shown once): {key.secret_key}")
 
 
 def cmd_keys_list(args) -> None:
     rows = [asdict(k) for k in keys.list_keys()]
-    emit(args, rows, table("Keys", ["id", "name", "account", "prefix", "created", "revoked"],
+    emit(args, rows, table("Keys", ["id", "name", "account", "prefix", "created", "revoked", "role"],
                            [list(r.values()) for r in rows]))
 
 

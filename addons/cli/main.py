@@ -32,6 +32,7 @@ from addons.cli.ledger_commands import (
 from addons.core.settings import load_settings
 from addons.services.database import DEFAULT_ACCOUNT, open_ledger
 from addons.services.errors import GatewayError
+from addons.services.keys import ROLES
 from addons.services.usage import GROUPS
 from pricing import meters
 
@@ -73,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     create = keys.add_parser("create", parents=[common], help="create a secret key")
     create.add_argument("--name", required=True)
     create.add_argument("--account", default=DEFAULT_ACCOUNT, help="account to create or use")
+    create.add_argument("--role", choices=ROLES, default="account",
+                        help="admin: the REST API (coming) lets the key reach every account; account: its own")
     create.set_defaults(fn=cmd_keys_create)
     keys.add_parser("list", parents=[common]).set_defaults(fn=cmd_keys_list)
     revoke = keys.add_parser("revoke", parents=[common])

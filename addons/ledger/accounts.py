@@ -15,6 +15,7 @@ from addons.core.secret_formats import (
     provider_key_prefix,
 )
 from addons.ledger.models import (
+    DEFAULT_ACCOUNT,
     Account,
     ApiKey,
     Customer,
@@ -27,8 +28,6 @@ from addons.ledger.models import (
     utcnow,
 )
 
-DEFAULT_ACCOUNT = "default"
-
 
 @dataclass(frozen=True, slots=True)
 class KeyRecord:
@@ -39,6 +38,7 @@ class KeyRecord:
     wallet_id: str
     revoked: bool
     name: str = ""  # what the operator calls it (shown in mitmweb's flow comments)
+    role: str = "account"  # models.KEY_ROLES: admin reaches every account through the REST API, account its own
 
 
 def ensure_account(name: str = DEFAULT_ACCOUNT) -> tuple[Account, Wallet]:
@@ -48,11 +48,12 @@ def ensure_account(name: str = DEFAULT_ACCOUNT) -> tuple[Account, Wallet]:
     return account, wallet
 
 
-def create_key(name: str, account_name: str = DEFAULT_ACCOUNT) -> tuple[ApiKey, str]:
+def create_key(name: str, account_name: str = DEFAULT_ACCOUNT, role: str = "account") -> tuple[ApiKey, str]:
     """Returns the row and the secret; the secret exists only in this return value."""
     account, _ = ensure_account(account_name)
     secret = new_secret_key()
-    row = ApiKey.create(account=account, name=name, key_hash=hash_secret(secret), prefix=display_prefix(secret))
+    row = ApiKey.create(account=account, name=name, key_hash=hash_secret(secret), prefix=display_prefix(secret),
+                        role=role)
     return row, secret
 
 
@@ -160,7 +161,8 @@ def _find_key(condition) -> KeyRecord | None:
     )
     if row is None:
         return None
-    return KeyRecord(row["id"], row["account"], row["wallet_id"], row["revoked_at"] is not None, row["name"])
+    return KeyRecord(row["id"], row["account"], row["wallet_id"], row["revoked_at"] is not None, row["name"],
+                     row["role"])
 
 
 def find_key(key_hash: str) -> KeyRecord | None:

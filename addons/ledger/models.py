@@ -12,10 +12,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from peewee import (
+    SQL,
     BigAutoField,
     BigIntegerField,
     BooleanField,
     CharField,
+    Check,
     DatabaseProxy,
     DateTimeField,
     ForeignKeyField,
@@ -27,6 +29,9 @@ from playhouse.db_url import connect
 from playhouse.migrate import SchemaMigrator, migrate
 
 database = DatabaseProxy()
+
+DEFAULT_ACCOUNT = "default"  # the account `tollgate init` makes, and the one commands use unless told
+KEY_ROLES = ("admin", "account")  # admin: every account; account: its own account only
 
 
 def utcnow() -> datetime:
@@ -133,6 +138,9 @@ class ApiKey(BaseModel):
     prefix = CharField()
     created_at = DateTimeField(default=utcnow)
     revoked_at = DateTimeField(null=True)
+    # what the key may reach through the REST API: KEY_ROLES. The database default serves an older
+    # release still inserting keys without it: they get the narrow role.
+    role = CharField(default="account", constraints=[SQL("DEFAULT 'account'"), Check("role IN ('admin', 'account')")])
 
 
 class ProviderKeyRow(BaseModel):
@@ -256,6 +264,19 @@ def open_database(url: str):
     return db
 
 
+def _init_key_is_admin() -> None:
+    """Roles arrive: the key `tollgate init` made (named admin, the default account's first) was the operator's
+    admin key and stays so; every other key gets the narrow role, so no app's key gains reach it never had."""
+    first = (ApiKey.select(ApiKey.id, ApiKey.name).join(Account).where(Account.name == DEFAULT_ACCOUNT)
+             .order_by(ApiKey.created_at, ApiKey.id).first())
+    if first is not None and first.name == "admin":
+        ApiKey.update(role="admin").where(ApiKey.id == first.id).execute()
+
+
+# What an added column's existing rows get other than its default: (model, field name) -> the update.
+BACKFILLS = {(ApiKey, "role"): _init_key_is_admin}
+
+
 def _add_missing_columns(db) -> None:
     """Bring a ledger made by an older release up to date: add the columns it lacks.
 
@@ -271,8 +292,10 @@ def _add_missing_columns(db) -> None:
             if not field.null and field.default is None:
                 raise RuntimeError(f"ledger table {table} lacks column {field.column_name}, which has no default")
             try:
-                with db.atomic():
+                with db.atomic():  # the column and the values it starts with arrive together, or not at all
                     migrate(SchemaMigrator.from_database(db).add_column(table, field.column_name, field))
+                    if (model, field.name) in BACKFILLS:
+                        BACKFILLS[model, field.name]()
             except Exception:
                 if field.column_name not in {column.name for column in db.get_columns(table)}:
                     raise

@@ -20,5 +20,5 @@ def init_ledger() -> Setup:
     account, wallet = accounts.ensure_account(accounts.DEFAULT_ACCOUNT)
     secret = None
     if not ApiKey.select().where(ApiKey.account == account).exists():
-        _, secret = accounts.create_key("admin", account.name)
+        _, secret = accounts.create_key("admin", account.name, role="admin")
     return Setup(account.name, wallet.balance_nanos, secret)

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 from addons.core.catalog import load_catalog
 from addons.core.settings import load_settings
 from addons.ledger import accounts
-from addons.ledger.models import Account, ApiKey
+from addons.ledger.models import KEY_ROLES, Account, ApiKey
 from addons.services.errors import BadRequest, NotFound
+
+# admin: the REST API lets the key reach every account; account (the default): its own account only.
+Role = Literal["admin", "account"]
+ROLES: tuple[Role, ...] = KEY_ROLES
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +23,7 @@ class CreatedKey:
     name: str
     account: str
     secret_key: str  # shown once: only its hash is kept
+    role: Role
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +34,7 @@ class KeyInfo:
     prefix: str
     created_at: datetime
     revoked_at: datetime | None
+    role: Role
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,15 +54,23 @@ class Revoked:
     revoked_at: datetime
 
 
-def create_key(name: str, account: str = accounts.DEFAULT_ACCOUNT) -> CreatedKey:
-    """A new secret key for `account` (created if new)."""
-    row, secret = accounts.create_key(name, account)
-    return CreatedKey(row.id, row.name, account, secret)
+def require_role(role: str) -> Role:
+    """BadRequest `invalid_role` unless `role` is one of ROLES."""
+    if role not in ROLES:
+        raise BadRequest("invalid_role", f"a key's role is one of {', '.join(ROLES)}, not {role!r}")
+    return role
+
+
+def create_key(name: str, account: str = accounts.DEFAULT_ACCOUNT, role: Role = "account") -> CreatedKey:
+    """A new secret key for `account` (created if new); an admin key reaches every account."""
+    row, secret = accounts.create_key(name, account, require_role(role))
+    return CreatedKey(row.id, row.name, account, secret, row.role)
 
 
 def list_keys() -> list[KeyInfo]:
     query = ApiKey.select(ApiKey, Account.name.alias("account_name")).join(Account).order_by(ApiKey.created_at)
-    return [KeyInfo(k.id, k.name, k.account_name, k.prefix, k.created_at, k.revoked_at) for k in query.objects()]
+    return [KeyInfo(k.id, k.name, k.account_name, k.prefix, k.created_at, k.revoked_at, k.role)
+            for k in query.objects()]
 
 
 def revoke_key(key_id: str) -> Revoked:
