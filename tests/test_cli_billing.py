@@ -342,15 +342,16 @@ def requests_ledger(tollgate):
 @pytest.mark.parametrize(
     "args, groups, cost, margin",
     [
-        # cost: r1 0.001, r2 0.002, r3 0.004, r4 0.008; fees: r1 0.003, r3 0.005; margin = fees - debits
-        ([], {"openai": 3, "anthropic": 1}, "0.015", "-0.007"),  # 0.008 - 0.015
-        (["--since", "2025-02-01"], {"openai": 2}, "0.012", "-0.007"),  # r3 (at exactly 02-01 00:00) + r4
+        # cost: r1 0.001, r2 0.002, r3 0.004, r4 0.008; fees: r1 0.003, r3 0.005; margin = fees - debits of the
+        # requests billed to a customer (r1, r2, r3: rows older than bill_customer that name a customer)
+        ([], {"openai": 3, "anthropic": 1}, "0.015", "0.001"),  # 0.008 - 0.007; r4 is the merchant's own
+        (["--since", "2025-02-01"], {"openai": 2}, "0.012", "0.001"),  # r3 (at exactly 02-01 00:00) + r4
         (["--until", "2025-02-01"], {"openai": 1, "anthropic": 1}, "0.003", "0.00"),  # r1 + r2: until is exclusive
         (["--since", "2025-01-31T23:59:59", "--until", "2025-02-10"], {"openai": 1, "anthropic": 1},
          "0.006", "-0.001"),  # r2 + r3; r4 is later on the 10th
         (["--since", "2025-01-16", "--until", "2025-01-31"], {}, "0.00", "0.00"),
-        (["--since", "2025-02-01T00:00:00Z"], {"openai": 2}, "0.012", "-0.007"),  # the same instant, UTC written out
-        (["--since", "2025-02-01T01:00:00+01:00"], {"openai": 2}, "0.012", "-0.007"),  # 00:00 UTC, written in UTC+1
+        (["--since", "2025-02-01T00:00:00Z"], {"openai": 2}, "0.012", "0.001"),  # the same instant, UTC written out
+        (["--since", "2025-02-01T01:00:00+01:00"], {"openai": 2}, "0.012", "0.001"),  # 00:00 UTC, written in UTC+1
         (["--customer", "alice"], {"openai": 2}, "0.005", "0.003"),  # r1 + r3: 0.008 - 0.005
         (["--customer", "alice", "--since", "2025-02-01"], {"openai": 1}, "0.004", "0.001"),  # r3: 0.005 - 0.004
     ],
@@ -370,10 +371,10 @@ def test_usage_margin_by_customer(requests_ledger):
     assert rows == {
         "alice": (2, "0.005", "0.008", "0.003"),  # fees 0.003 + 0.005, debits 0.001 + 0.004
         "bob": (1, "0.002", "0.00", "-0.002"),
-        None: (1, "0.008", "0.00", "-0.008"),
+        None: (1, "0.008", "0.00", "0.00"),  # the merchant's own request: no fee, no margin
     }
-    # totals: fees 0.008 - debits 0.015
-    assert (usage["totals"]["fee"], usage["totals"]["charged"], usage["totals"]["margin"]) == ("0.008", "0.015", "-0.007")
+    # totals: fees 0.008 - debits of the billed requests 0.007
+    assert (usage["totals"]["fee"], usage["totals"]["charged"], usage["totals"]["margin"]) == ("0.008", "0.015", "0.001")
 
 
 @pytest.mark.parametrize("date", ["yesterday", "2025-13-01", "01/02/2025"])
@@ -403,9 +404,9 @@ def read_csv(text: str) -> list[list[str]]:
 @pytest.mark.parametrize(
     "args, body",
     [
-        ([], [["openai", "3", "30", "15", "0.013", "0.013", "0.008", "-0.005", "0", "0"],  # r1 + r3 + r4
+        ([], [["openai", "3", "30", "15", "0.013", "0.013", "0.008", "0.003", "0", "0"],  # r1 + r3 + r4
               ["anthropic", "1", "10", "5", "0.002", "0.002", "0.00", "-0.002", "0", "0"]]),
-        (["--since", "2025-02-01"], [["openai", "2", "20", "10", "0.012", "0.012", "0.005", "-0.007", "0", "0"]]),
+        (["--since", "2025-02-01"], [["openai", "2", "20", "10", "0.012", "0.012", "0.005", "0.001", "0", "0"]]),
         (["--since", "2030-01-01"], []),  # nothing in range: still the header
     ],
     ids=["all", "since", "no-rows"],

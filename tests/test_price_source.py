@@ -262,7 +262,7 @@ def test_track_mode_serves_an_unpriced_model_flagged_never_as_zero(defaults):
     assert row["provider_cost"] is None and row["charged"] == "0.00"
     second = chat(defaults, defaults.admin_key)
     defaults.env["COLUMNS"] = "300"  # the whole table, one line per row
-    line = next(line for line in defaults.cli("requests").stdout.splitlines() if second["id"] in line)
+    line = next(line for line in defaults.cli("requests", "--wide").stdout.splitlines() if second["id"] in line)
     assert line.split("│")[9].strip() == "unpriced"  # the provider_cost cell
     by_model = {r["group"]: r for r in defaults.cli_json("usage", "--by", "model")["rows"]}
     assert (by_model[UNPRICED_MODEL]["provider_cost"], by_model[UNPRICED_MODEL]["unpriced_requests"]) == (None, 2)

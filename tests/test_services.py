@@ -160,7 +160,8 @@ def test_requests_usage_and_missing_prices(ledger):
     report = usage.usage("provider")
     assert [(r.group, r.requests, r.provider_cost_nanos, r.unpriced_requests) for r in report.rows] == [
         ("openai", 2, 3 * USD, 1), ("anthropic", 1, USD, 0)]
-    assert report.totals == usage.UsageTotals(3, 30, 15, 4 * USD, 4 * USD, 0, 1, 0, -4 * USD)
+    # margin: of r1 only, billed to c1 (an older row naming a customer); r2 and r3 are the merchant's own
+    assert report.totals == usage.UsageTotals(3, 30, 15, 4 * USD, 4 * USD, 0, 1, 0, -3 * USD)
     assert usage.usage("day", since=datetime(2025, 1, 3)).totals.requests == 2
     with pytest.raises(BadRequest):
         usage.usage("nope")

@@ -11,7 +11,7 @@ import sys
 from dataclasses import asdict
 from decimal import Decimal
 
-from addons.cli.output import emit, money_fields, table
+from addons.cli.output import WIDE_WIDTH, compact_table, emit, money_fields, table, text_block
 from addons.services import audit, bootstrap, customers, events, keys, meters, prices, requests, tokens, usage, wallets
 from pricing.money import format_usd, parse_usd
 
@@ -95,17 +95,57 @@ def cmd_wallet(args) -> None:
     emit(args, money_fields(asdict(view)), text=f"Account {view.account!r}: balance {balance} USD")
 
 
+# `tollgate requests`: the columns of the compact view, which fits 100 columns, and the first ones of --wide.
+COMPACT = ["id", "time", "key", "model", "in/out", "cost", "ms", "status", "flags"]
+WIDE_FIRST = ["id", "created_at", "provider", "model", "customer_id", "status", "input_tokens", "output_tokens",
+              "provider_cost", "charged", "fee", "usage_source"]
+FLAG_LETTERS = {"streamed": "S", "estimated": "E", "unpriced": "U"}
+FLAG_LEGEND = "flags: S streamed, E usage estimated (a cut stream), U provider cost not known (unpriced)"
+
+
+def _request_row(record: requests.RequestRecord, names: dict[str, str]) -> dict:
+    row = money_fields(asdict(record))
+    row["metadata"] = json.loads(row["metadata"]) if row["metadata"] else None
+    if row["price_source"] in UNKNOWN_COST:
+        row["provider_cost"] = None  # not known, which is not $0.00
+    row["key_name"] = names.get(record.key)
+    row["flags"] = requests.flags(record)
+    return row
+
+
+def _clip(text: str | None, width: int) -> str:
+    text = text or ""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _compact(row: dict) -> list:
+    cost = row["price_source"] if row["price_source"] in UNKNOWN_COST else row["provider_cost"]
+    return [row["id"].removeprefix("req_")[:8], row["created_at"].strftime("%m-%d %H:%M:%S"),
+            _clip(row["key_name"] or row["key"], 12), _clip(row["model"], 24),
+            f"{row['input_tokens']}/{row['output_tokens']}", cost,
+            row["latency_ms"], row["status"], "".join(FLAG_LETTERS[f] for f in row["flags"])]
+
+
+def _wide(row: dict, columns: list[str]) -> list:
+    return [row["price_source"] if c == "provider_cost" and row["price_source"] in UNKNOWN_COST
+            else json.dumps(row[c]) if isinstance(row[c], (dict, list)) else row[c] for c in columns]
+
+
 def cmd_requests(args) -> None:
-    rows = [money_fields(asdict(r)) for r in requests.recent(args.limit, customer=args.customer)]
-    for row in rows:
-        row["metadata"] = json.loads(row["metadata"]) if row["metadata"] else None
-        if row["price_source"] in UNKNOWN_COST:
-            row["provider_cost"] = None  # not known, which is not $0.00
-    columns = ["id", "created_at", "provider", "model", "customer_id", "status", "input_tokens",
-               "output_tokens", "provider_cost", "charged", "fee", "usage_source"]
-    shown = table("Requests", columns, [[r["price_source"] if c == "provider_cost" and r["price_source"] in UNKNOWN_COST
-                                         else r[c] for c in columns] for r in rows])
-    emit(args, rows, shown, csv_rows=rows, csv_columns=list(rows[0]) if rows else columns)
+    status, status_class = args.status or (None, None)
+    records = requests.recent(args.limit, customer=args.customer, key=args.key, model=args.model,
+                              provider=args.provider, status=status, status_class=status_class,
+                              since=args.since, until=args.until)
+    names = requests.key_names()
+    rows = [_request_row(r, names) for r in records]
+    columns = [*WIDE_FIRST, *(c for c in (rows[0] if rows else requests.FIELDS) if c not in WIDE_FIRST)]
+    if args.wide:
+        shown = table("Requests", columns, [_wide(r, columns) for r in rows])
+    else:
+        shown = compact_table("Requests", COMPACT, [_compact(r) for r in rows])
+    legend = FLAG_LEGEND if not args.wide and any(r["flags"] for r in rows) else None
+    emit(args, rows, shown, text=legend, csv_rows=rows, csv_columns=list(rows[0]) if rows else WIDE_FIRST,
+         width=None if not args.wide else WIDE_WIDTH)
 
 
 def _unknown_cost(row: dict) -> dict:
@@ -130,6 +170,13 @@ def _usage_row(row: usage.UsageRow, by: str) -> dict:
     return _unknown_cost(money_fields(data))
 
 
+def _group_cell(row: dict, by: str) -> str:
+    """A key by its name (--json has its id too); a group without a value (no customer, no meter) as -."""
+    if row["group"] is None:
+        return "-"
+    return (row.get("key_name") or row["group"]) if by == "key" else row["group"]
+
+
 def cmd_usage(args) -> None:
     report = usage.usage(args.by, customer=args.customer, since=args.since, until=args.until)
     rows = [_usage_row(r, report.by) for r in report.rows]
@@ -137,8 +184,10 @@ def cmd_usage(args) -> None:
     columns = ["group", "requests", "input_tokens", "output_tokens", "provider_cost", "charged", "fee", "margin",
                "unpriced_requests", "unmetered_requests"]
     shown = [*rows, {**totals, "group": "total"}]
-    rendered = table(f"Usage by {args.by}", columns, [[_cost_cell(r) if c == "provider_cost" else r[c] for c in columns]
-                                                      for r in shown])
+    rendered = table(f"Usage by {args.by}", [args.by, *columns[1:]],
+                     [[_group_cell(r, args.by) if c == "group" else _cost_cell(r) if c == "provider_cost" else r[c]
+                       for c in columns] for r in shown])
+    rendered.columns[0].no_wrap = True  # a date, a model or a key name stays whole
     unknown = totals["unpriced_requests"] + totals["unmetered_requests"]
     note = (f"{totals['unpriced_requests']} unpriced and {totals['unmetered_requests']} unmetered requests: their "
             "provider cost is not known and not in provider_cost (tollgate prices missing)") if unknown else None
@@ -176,7 +225,7 @@ def cmd_customers(args) -> None:
     else:
         view = customers.get(args.account, args.id)
     data = _customer_dict(view)
-    emit(args, data, text="\n".join(f"{k}: {v}" for k, v in data.items()))
+    emit(args, data, text=text_block(data))
 
 
 def cmd_meters(args) -> None:
@@ -192,7 +241,8 @@ def cmd_meters(args) -> None:
     else:
         meter = meters.get(args.account, args.slug)
     data = asdict(meter)
-    emit(args, data, text="\n".join(f"{k}: {v}" for k, v in data.items()))
+    tiers = [f"from {t['start']}: {t['rate']} USD per {meter.unit}" for t in data["tiers"]]
+    emit(args, data, text=text_block({**data, "tiers": tiers}))
 
 
 def cmd_token(args) -> None:
@@ -207,8 +257,13 @@ def cmd_token(args) -> None:
 def cmd_events(args) -> None:
     rows = [asdict(e) for e in events.recent(args.limit)]
     emit(args, rows, table("Events", ["id", "name", "wallet", "data", "created_at"],
-                           [[r["id"], r["name"], r["wallet"], json.dumps(r["data"]), r["created_at"]] for r in rows]),
+                           [[r["id"], r["name"], r["wallet"], _event_data(r["data"]), r["created_at"]] for r in rows]),
          csv_rows=rows)
+
+
+def _event_data(data: dict) -> str:
+    """An event's facts for people: money as USD decimals, `name=value` pairs."""
+    return ", ".join(f"{k}={v}" for k, v in money_fields(data).items())
 
 
 def cmd_prices(args) -> None:

@@ -46,6 +46,44 @@ FLAG_WORDING = {
 }
 HINTS = {"provider_not_found": " (see tollgate providers)"}
 
+# An example for every command's --help (a command with subcommands shows theirs); tests/test_cli_help.py
+# checks that every command has one and every option a help line.
+EXAMPLES = {
+    "": ["tollgate init", "tollgate requests --since 2025-06-01 --status 4xx", "tollgate usage --by key --json"],
+    "init": ["tollgate init"],
+    "keys create": ["tollgate keys create --name ci --account acme"],
+    "keys list": ["tollgate keys list --json"],
+    "keys revoke": ["tollgate keys revoke key_0123456789ab"],
+    "keys register-provider-key": ["tollgate keys register-provider-key --account acme --provider openai < key.txt"],
+    "keys provider-keys": ["tollgate keys provider-keys"],
+    "keys revoke-provider-key": ["tollgate keys revoke-provider-key pkey_0123456789ab"],
+    "wallet": ["tollgate wallet", "tollgate wallet topup 10 --account acme --note 'June'"],
+    "requests": ["tollgate requests --limit 50 --key ci --status 4xx",
+                 "tollgate requests --model 'gpt-4o*' --since 2025-06-01 --until 2025-06-02 --wide",
+                 "tollgate requests --provider openai --csv > requests.csv"],
+    "usage": ["tollgate usage --by key", "tollgate usage --by day --since 2025-06-01 --customer cus_42",
+              "tollgate usage --by model --csv > usage.csv"],
+    "customers create": ["tollgate customers create cus_42 --balance 5 --autopay-threshold 1 --autopay-amount 10"],
+    "customers topup": ["tollgate customers topup cus_42 10 --note 'invoice 17'"],
+    "customers show": ["tollgate customers show cus_42"],
+    "customers list": ["tollgate customers list --csv"],
+    "meters create": ["tollgate meters create chat --rate-type fixed --unit requests --tier 0:0.01",
+                      "tollgate meters create markup --rate-type percentage --unit tokens_1m --percentage 20"],
+    "meters list": ["tollgate meters list"],
+    "meters show": ["tollgate meters show chat"],
+    "token": ["tollgate token --secret-key tg_sk_... --customer cus_42 --meter chat",
+              "tollgate token --secret-key tg_sk_... --signed --expires-in 3600 --spend-cap 1.00"],
+    "events": ["tollgate events --limit 10"],
+    "providers": ["tollgate providers"],
+    "ca": ['eval "$(tollgate ca --exports)"', "sudo tollgate ca --install"],
+    "prices missing": ["tollgate prices missing --since 2025-06-01"],
+    "prices reprice": ["tollgate prices reprice --since 2025-06-01 --dry-run"],
+    "audit": ["tollgate audit"],
+    "capture on": ["sudo tollgate capture on --uid app --port 8080 --dry-run"],
+    "capture off": ["sudo tollgate capture off"],
+    "capture status": ["sudo tollgate capture status"],
+}
+
 
 def _date(text: str) -> datetime:
     """A date or time; one with a UTC offset is converted, since the ledger keeps naive UTC."""
@@ -54,6 +92,15 @@ def _date(text: str) -> datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
     return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+
+
+def _status(text: str) -> tuple[int | None, int | None]:
+    """An HTTP status (200) or a class of them (4xx): (status, None) or (None, the hundreds digit)."""
+    if text.isdigit() and 100 <= int(text) <= 599:
+        return int(text), None
+    if len(text) == 3 and text[0] in "12345" and text[1:].lower() == "xx":
+        return None, int(text[0])
+    raise argparse.ArgumentTypeError(f"not a status (e.g. 200 or 4xx): {text!r}")
 
 
 def refusal(error: GatewayError) -> str:
@@ -72,14 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("init", parents=[common], help="create the ledger and the admin key").set_defaults(fn=cmd_init)
     keys = sub.add_parser("keys", parents=[common], help="Tollgate secret keys").add_subparsers(dest="keys_command", required=True)
     create = keys.add_parser("create", parents=[common], help="create a secret key")
-    create.add_argument("--name", required=True)
+    create.add_argument("--name", required=True, help="a label for the key, shown in requests and usage --by key")
     create.add_argument("--account", default=DEFAULT_ACCOUNT, help="account to create or use")
     create.add_argument("--role", choices=ROLES, default="account",
                         help="admin: the REST API (coming) lets the key reach every account; account: its own")
     create.set_defaults(fn=cmd_keys_create)
-    keys.add_parser("list", parents=[common]).set_defaults(fn=cmd_keys_list)
-    revoke = keys.add_parser("revoke", parents=[common])
-    revoke.add_argument("id")
+    keys.add_parser("list", parents=[common], help="every key, revoked ones too").set_defaults(fn=cmd_keys_list)
+    revoke = keys.add_parser("revoke", parents=[common], help="stop a key working, at once")
+    revoke.add_argument("id", help="the key's id (key_...)")
     revoke.set_defaults(fn=cmd_keys_revoke)
     register = keys.add_parser("register-provider-key", parents=[common],
                                help="bill an app that sends its own provider key (read from stdin) to an account")
@@ -91,26 +138,33 @@ def build_parser() -> argparse.ArgumentParser:
     register.set_defaults(fn=cmd_keys_register_provider_key)
     keys.add_parser("provider-keys", parents=[common], help="registered provider keys").set_defaults(
         fn=cmd_keys_provider_keys)
-    revoke_provider = keys.add_parser("revoke-provider-key", parents=[common])
-    revoke_provider.add_argument("id")
+    revoke_provider = keys.add_parser("revoke-provider-key", parents=[common], help="forget a registered provider key")
+    revoke_provider.add_argument("id", help="the registration's id (see keys provider-keys)")
     revoke_provider.set_defaults(fn=cmd_keys_revoke_provider_key)
 
     wallet = sub.add_parser("wallet", parents=[common], help="show or top up an account's wallet")
-    wallet.add_argument("action", nargs="?", choices=["topup"])
+    wallet.add_argument("action", nargs="?", choices=["topup"], help="topup: add AMOUNT; none: show the balance")
     wallet.add_argument("amount", nargs="?", help="USD amount for topup, e.g. 10 or 2.50")
-    wallet.add_argument("--account", default=DEFAULT_ACCOUNT)
-    wallet.add_argument("--note")
+    wallet.add_argument("--account", default=DEFAULT_ACCOUNT, help="the account (default: %(default)s)")
+    wallet.add_argument("--note", help="a note kept with the top-up's ledger entry")
     wallet.set_defaults(fn=cmd_wallet)
 
     export = argparse.ArgumentParser(add_help=False)
     export.add_argument("--csv", action="store_true", help="CSV rows for export")
-    requests = sub.add_parser("requests", parents=[common, export], help="recent requests")
-    requests.add_argument("--limit", type=int, default=20)
-    requests.add_argument("--customer")
+    requests = sub.add_parser("requests", parents=[common, export], help="recent requests, newest first")
+    requests.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+    requests.add_argument("--customer", help="only this customer's requests")
+    requests.add_argument("--key", help="only this key's requests: its id or its name")
+    requests.add_argument("--model", help="only this model; a trailing * matches a prefix (gpt-4o*)")
+    requests.add_argument("--provider", help="only this provider id, e.g. openai")
+    requests.add_argument("--status", type=_status, help="only this HTTP status (200) or class (4xx)")
+    requests.add_argument("--since", type=_date, help="from this date or time (UTC, inclusive)")
+    requests.add_argument("--until", type=_date, help="up to this date or time (UTC, exclusive)")
+    requests.add_argument("--wide", action="store_true", help="every column, one line per request, however wide")
     requests.set_defaults(fn=cmd_requests)
     usage = sub.add_parser("usage", parents=[common, export], help="usage, cost, fees and margin roll-up")
-    usage.add_argument("--by", choices=GROUPS, default="provider")
-    usage.add_argument("--customer")
+    usage.add_argument("--by", choices=GROUPS, default="provider", help="one row per this (default: provider)")
+    usage.add_argument("--customer", help="only this customer's requests")
     usage.add_argument("--since", type=_date, help="from this date or time (UTC, inclusive)")
     usage.add_argument("--until", type=_date, help="up to this date or time (UTC, exclusive)")
     usage.set_defaults(fn=cmd_usage)
@@ -119,42 +173,45 @@ def build_parser() -> argparse.ArgumentParser:
     account.add_argument("--account", default=DEFAULT_ACCOUNT, help="the merchant account")
     customers = sub.add_parser("customers", parents=[common], help="customers and their prepaid balances")
     csub = customers.add_subparsers(dest="action", required=True)
-    ccreate = csub.add_parser("create", parents=[common, account])
-    ccreate.add_argument("id")
+    ccreate = csub.add_parser("create", parents=[common, account], help="a new customer with its own balance")
+    ccreate.add_argument("id", help="your id for the customer, e.g. cus_42")
     ccreate.add_argument("--balance", help="opening balance, USD")
     ccreate.add_argument("--autopay-threshold", help="top up when the balance falls below this, USD")
     ccreate.add_argument("--autopay-amount", help="the bundle each auto top-up buys, USD")
     ccreate.add_argument("--overdraft-limit", help="how far below zero charges may go, USD (default 0)")
-    ctopup = csub.add_parser("topup", parents=[common, account])
-    ctopup.add_argument("id")
-    ctopup.add_argument("amount")
-    ctopup.add_argument("--note")
-    cshow = csub.add_parser("show", parents=[common, account])
-    cshow.add_argument("id")
-    csub.add_parser("list", parents=[common, account, export])
+    ctopup = csub.add_parser("topup", parents=[common, account], help="add to a customer's balance")
+    ctopup.add_argument("id", help="the customer's id")
+    ctopup.add_argument("amount", help="USD, e.g. 10 or 2.50")
+    ctopup.add_argument("--note", help="a note kept with the top-up's ledger entry")
+    cshow = csub.add_parser("show", parents=[common, account], help="balance, open holds and this cycle's usage")
+    cshow.add_argument("id", help="the customer's id")
+    csub.add_parser("list", parents=[common, account, export], help="every customer of the account")
     customers.set_defaults(fn=cmd_customers)
 
     meter_cmd = sub.add_parser("meters", parents=[common], help="price lists for customers")
     msub = meter_cmd.add_subparsers(dest="action", required=True)
-    mcreate = msub.add_parser("create", parents=[common, account])
-    mcreate.add_argument("slug")
-    mcreate.add_argument("--rate-type", required=True, choices=meters.RATE_TYPES)
-    mcreate.add_argument("--unit", required=True, choices=meters.UNITS)
+    mcreate = msub.add_parser("create", parents=[common, account], help="a new price list")
+    mcreate.add_argument("slug", help="the meter's name in tokens (--meter), lower case, e.g. chat")
+    mcreate.add_argument("--rate-type", required=True, choices=meters.RATE_TYPES,
+                         help="fixed: tier rates; percentage: a markup on the provider cost; hybrid: both")
+    mcreate.add_argument("--unit", required=True, choices=meters.UNITS, help="what a tier rate is per")
     mcreate.add_argument("--tier", action="append", help="START:RATE, START in raw units; repeat for tiers")
     mcreate.add_argument("--percentage", help="markup in percent of the provider cost (percentage, hybrid)")
-    mcreate.add_argument("--base-cost-payer", choices=meters.BASE_COST_PAYERS)
-    mcreate.add_argument("--token-basis", choices=meters.TOKEN_BASES, default="input+output")
-    msub.add_parser("list", parents=[common, account, export])
-    mshow = msub.add_parser("show", parents=[common, account])
-    mshow.add_argument("slug")
+    mcreate.add_argument("--base-cost-payer", choices=meters.BASE_COST_PAYERS,
+                         help="who pays the provider cost (default: merchant for fixed, else customer)")
+    mcreate.add_argument("--token-basis", choices=meters.TOKEN_BASES, default="input+output",
+                         help="which tokens a token unit counts (default: input+output)")
+    msub.add_parser("list", parents=[common, account, export], help="the account's meters")
+    mshow = msub.add_parser("show", parents=[common, account], help="one meter and its tiers")
+    mshow.add_argument("slug", help="the meter's slug")
     meter_cmd.set_defaults(fn=cmd_meters)
 
     token = sub.add_parser("token", parents=[common], help="print a forward token")
-    token.add_argument("--secret-key", required=True)
-    token.add_argument("--customer")
-    token.add_argument("--meter")
+    token.add_argument("--secret-key", required=True, help="the Tollgate secret key the token acts for")
+    token.add_argument("--customer", help="bill this customer (needs --meter)")
+    token.add_argument("--meter", help="price the requests with this meter")
     token.add_argument("--provider-key", help="bring your own provider key")
-    token.add_argument("--disable-billing", action="store_true")
+    token.add_argument("--disable-billing", action="store_true", help="track the customer's usage, charge no fee")
     token.add_argument("--signed", action="store_true", help="HMAC-signed; does not embed the secret key")
     token.add_argument("--expires-in", type=int, help="seconds (signed tokens)")
     token.add_argument("--allow-provider", action="append", help="restrict to a provider id (signed tokens)")
@@ -163,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.set_defaults(fn=cmd_token)
 
     events = sub.add_parser("events", parents=[common, export], help="billing events (top-ups, low balances)")
-    events.add_argument("--limit", type=int, default=50)
+    events.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     events.set_defaults(fn=cmd_events)
     sub.add_parser("providers", parents=[common],
                    help="the provider catalog, and which keys the running gateway has").set_defaults(fn=cmd_providers)
@@ -189,7 +246,24 @@ def build_parser() -> argparse.ArgumentParser:
     prices.set_defaults(fn=cmd_prices)
     sub.add_parser("audit", parents=[common], help="check balances against ledger entries").set_defaults(fn=cmd_audit)
     add_capture_parser(sub, common)
+    add_examples(parser)
     return parser
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return {name: child for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+            for name, child in action.choices.items()}
+
+
+def add_examples(parser: argparse.ArgumentParser, path: str = "") -> list[str]:
+    """Give `parser` and every command under it an epilog of examples; returns this command's examples."""
+    below = [line for name, child in subcommands(parser).items()
+             for line in add_examples(child, f"{path} {name}".strip())]
+    examples = EXAMPLES.get(path, below)
+    if examples:
+        parser.epilog = "examples:\n" + "\n".join(f"  {line}" for line in examples)
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    return examples
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,16 +11,18 @@ import json
 import sys
 from datetime import datetime
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from pricing.money import format_usd
 
 console = Console(soft_wrap=True)  # long keys and commands stay copyable on one line
+WIDE_WIDTH = 10_000  # a table printed this wide takes the width its cells need: one line per row, never cut
 
 
 def emit(args, data, table: Table | None = None, text: str | None = None, csv_rows: list[dict] | None = None,
-         csv_columns: list[str] | None = None) -> None:
+         csv_columns: list[str] | None = None, width: int | None = None) -> None:
     if getattr(args, "csv", False) and csv_rows is not None:
         columns = csv_columns or (list(csv_rows[0]) if csv_rows else [])
         writer = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore")
@@ -29,7 +31,7 @@ def emit(args, data, table: Table | None = None, text: str | None = None, csv_ro
     elif args.json:
         print(json.dumps(data, default=_json_default, indent=2))
     elif table is not None:
-        console.print(table)
+        (Console(soft_wrap=True, width=width) if width else console).print(table)
     if text and not args.json and not getattr(args, "csv", False):
         console.print(text)
 
@@ -58,3 +60,41 @@ def table(title: str, columns: list[str], rows: list[list]) -> Table:
     for row in rows:
         shown.add_row(*["" if v is None else str(v) for v in row])
     return shown
+
+
+def compact_table(title: str, columns: list[str], rows: list[list]) -> Table:
+    """A borderless table, one line per row: a cell too long for the terminal is cut with …, never wrapped."""
+    shown = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1),
+                  collapse_padding=True)
+    for column in columns:
+        shown.add_column(column, no_wrap=True, overflow="ellipsis")
+    for row in rows:
+        shown.add_row(*["" if v is None else str(v) for v in row])
+    return shown
+
+
+def text_block(data: dict, indent: str = "") -> str:
+    """`name: value` lines for people: nested dicts indented, lists one item a line, datetimes as UTC."""
+    lines = []
+    for name, value in data.items():
+        if isinstance(value, dict) and value:
+            lines += [f"{indent}{name}:", text_block(value, indent + "  ")]
+        elif isinstance(value, dict):
+            lines.append(f"{indent}{name}: none")
+        elif isinstance(value, list):
+            lines.append(f"{indent}{name}:" + ("" if value else " none"))
+            lines += [f"{indent}  - " + (", ".join(f"{k} {v}" for k, v in item.items()) if isinstance(item, dict)
+                                         else str(item)) for item in value]
+        else:
+            lines.append(f"{indent}{name}: {_human(value)}")
+    return "\n".join(line for line in lines if line)
+
+
+def _human(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return str(value)

@@ -220,6 +220,11 @@ def _redis_configured(worker_args: Sequence[str]) -> bool:
         return True
 
 
+def _debug(worker_args: Sequence[str]) -> bool:
+    """The gateway was asked for debug output (`-v`, `--set termlog_verbosity=debug`)."""
+    return any(arg in ("-v", "--verbose") or arg.endswith("termlog_verbosity=debug") for arg in worker_args)
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog=PROG, usage="%(prog)s --workers N [options] -- [tollgate-proxy options]",
@@ -252,7 +257,7 @@ def worker_count(requested: str, worker_args: Sequence[str]) -> int:
     cores = len(os.sched_getaffinity(0))
     shared = _redis_configured(worker_args)
     if requested == "auto":
-        if cores > 1 and not shared:
+        if cores > 1 and not shared and _debug(worker_args):  # one process is the usual case: not worth a line
             say(f"one worker: set TOLLGATE_REDIS_URL (or redis_url) to run one per core ({cores})")
         return cores if shared else 1
     if int(requested) > 1 and not shared:

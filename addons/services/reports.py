@@ -19,11 +19,16 @@ USAGE_GROUPS = {
     "key": RequestRow.key,
     "customer": RequestRow.customer_id,
     "meter": RequestRow.meter_slug,
-    "day": fn.DATE(RequestRow.created_at),
+    "day": fn.DATE(RequestRow.created_at).coerce(False),  # a date, not the column's datetime at midnight
 }
 MONEY_SUMS = ("provider_cost_nanos", "charged_nanos", "fee_nanos")
 # Requests whose provider cost is not known, counted apart: a cost total is complete only without them.
 UNKNOWN_COST = ("unpriced", "unmetered")
+
+
+# Requests billed to a customer, the ones a margin is made on; a row older than bill_customer counts when it
+# names a customer.
+BILLED = (RequestRow.bill_customer == True) | (RequestRow.bill_customer.is_null() & RequestRow.customer_id.is_null(False))  # noqa: E712
 
 
 def _filtered(query, customer: str | None, since: datetime | None, until: datetime | None):
@@ -36,27 +41,55 @@ def _filtered(query, customer: str | None, since: datetime | None, until: dateti
     return query
 
 
-def recent_requests(limit: int, customer: str | None = None) -> list[dict]:
+def _like_or_equal(column, value: str):
+    """A trailing * matches a prefix (as token --allow-model does); anything else matches exactly."""
+    if value.endswith("*"):
+        return column.startswith(value[:-1])
+    return column == value
+
+
+def recent_requests(limit: int, customer: str | None = None, *, key: str | None = None, model: str | None = None,
+                    provider: str | None = None, status: int | None = None, status_class: int | None = None,
+                    since: datetime | None = None, until: datetime | None = None) -> list[dict]:
+    """The newest rows first; `key` is a key's id or name, `status_class` the hundreds digit (4 for 4xx)."""
     query = RequestRow.select().order_by(RequestRow.created_at.desc(), RequestRow.id).limit(limit)
-    return list(_filtered(query, customer, None, None).dicts())
+    if key:
+        named = ApiKey.select(ApiKey.id).where(ApiKey.name == key)
+        query = query.where((RequestRow.key == key) | RequestRow.key.in_(named))
+    if model:
+        query = query.where(_like_or_equal(RequestRow.model, model))
+    if provider:
+        query = query.where(RequestRow.provider == provider)
+    if status is not None:
+        query = query.where(RequestRow.status == status)
+    if status_class is not None:
+        query = query.where(RequestRow.status.between(status_class * 100, status_class * 100 + 99))
+    return list(_filtered(query, customer, since, until).dicts())
+
+
+def key_names() -> dict[str, str]:
+    """Key id -> the key's name, for showing a request or a usage row by name."""
+    return dict(ApiKey.select(ApiKey.id, ApiKey.name).tuples())
 
 
 def usage_by(group: str, customer: str | None = None, since: datetime | None = None,
              until: datetime | None = None) -> tuple[list[dict], dict]:
-    """Rows per group and the totals; margin is what customers paid less what the merchant paid."""
+    """Rows per group and the totals; margin is the fees of requests billed to a customer less what the merchant
+    paid for those requests (their provider cost; nothing when the customer brought its own provider key)."""
     column = USAGE_GROUPS[group]
     sums = [fn.COUNT(RequestRow.id).alias("requests"),
             fn.SUM(RequestRow.input_tokens).alias("input_tokens"),
             fn.SUM(RequestRow.output_tokens).alias("output_tokens"),
             *(fn.SUM(getattr(RequestRow, name)).alias(name) for name in MONEY_SUMS),
             *(fn.SUM(Case(None, [(RequestRow.price_source == source, 1)], 0)).alias(f"{source}_requests")
-              for source in UNKNOWN_COST)]
+              for source in UNKNOWN_COST),
+            fn.SUM(Case(None, [(BILLED, RequestRow.charged_nanos)], 0)).alias("billed_charged_nanos")]
     query = _filtered(RequestRow.select(column.alias("group"), *sums), customer, since, until)
     rows = [_numbers(row) for row in query.group_by(column).order_by(fn.SUM(RequestRow.provider_cost_nanos).desc(), column).dicts()]
     totals = _numbers(_filtered(RequestRow.select(*sums), customer, since, until).dicts().get())
     totals.pop("group", None)
     if group == "key":
-        names = dict(ApiKey.select(ApiKey.id, ApiKey.name).tuples())
+        names = key_names()
         for row in rows:
             row["key_name"] = names.get(row["group"])
     return rows, totals
@@ -65,7 +98,7 @@ def usage_by(group: str, customer: str | None = None, since: datetime | None = N
 def _numbers(row: dict) -> dict:
     group = row.pop("group", None)
     out = {"group": None if group is None else str(group), **{k: int(v or 0) for k, v in row.items()}}
-    out["margin_nanos"] = out["fee_nanos"] - out["charged_nanos"]
+    out["margin_nanos"] = out["fee_nanos"] - out.pop("billed_charged_nanos")
     return out
 
 

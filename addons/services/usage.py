@@ -22,7 +22,7 @@ class UsageTotals:
     fee_nanos: int
     unpriced_requests: int
     unmetered_requests: int
-    margin_nanos: int  # what customers paid less what the merchant paid
+    margin_nanos: int  # fees less what the merchant paid for the requests billed to a customer (README, CLI)
 
 
 @dataclass(frozen=True, slots=True)
