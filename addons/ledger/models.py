@@ -7,6 +7,7 @@ style checks compare the two.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
@@ -299,3 +300,25 @@ def _add_missing_columns(db) -> None:
             except Exception:
                 if field.column_name not in {column.name for column in db.get_columns(table)}:
                     raise
+
+
+_PYTHON_TYPES = ((ForeignKeyField, str), (BooleanField, bool), (IntegerField, int), (DateTimeField, datetime),
+                 (CharField, str), (TextField, str))
+
+
+def facts_of(model: type[Model], leave_out: tuple[str, ...] = (), *, frozen: bool = False) -> type:
+    """A slots dataclass with a keyword field per column of `model` but `leave_out`, built once at import,
+    so a column is declared in one place: the model.
+
+    A field is required where its column is NOT NULL without a default; otherwise it defaults to the
+    column's default, or None. A foreign key holds the id.
+    """
+    specs = []
+    for column in model._meta.sorted_fields:
+        if column.name in leave_out:
+            continue
+        kind = next((python for peewee_type, python in _PYTHON_TYPES if isinstance(column, peewee_type)), object)
+        required = not column.null and column.default is None
+        specs.append((column.name, kind if not column.null else kind | None,
+                      dataclasses.field() if required else dataclasses.field(default=column.default)))
+    return dataclasses.make_dataclass(f"{model.__name__}Facts", specs, slots=True, kw_only=True, frozen=frozen)

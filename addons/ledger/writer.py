@@ -22,25 +22,18 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, make_dataclass
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 
 from peewee import (
-    BooleanField,
-    CharField,
-    DateTimeField,
-    ForeignKeyField,
-    IntegerField,
     InterfaceError,
-    Model,
     OperationalError,
-    TextField,
 )
 
 from addons.core.settings import PROJECT_ROOT
 from addons.ledger.bulk import bulk_insert, execute
-from addons.ledger.models import Hold, RequestRow, database
+from addons.ledger.models import Hold, RequestRow, database, facts_of
 
 log = logging.getLogger(__name__)
 
@@ -60,29 +53,8 @@ class RequestFees:
 
 NO_FEES = RequestFees()
 _FEE_COLUMNS = tuple(f.name for f in fields(RequestFees))
-_PYTHON_TYPES = ((ForeignKeyField, str), (BooleanField, bool), (IntegerField, int), (DateTimeField, datetime),
-                 (CharField, str), (TextField, str))
-
-
-def _facts_of(model: type[Model], leave_out: tuple[str, ...]) -> type:
-    """A slots dataclass with a keyword field per column of `model` but `leave_out`, built once at import.
-
-    A field is required where its column is NOT NULL without a default; otherwise it defaults to the
-    column's default, or None. A foreign key holds the id.
-    """
-    specs = []
-    for column in model._meta.sorted_fields:
-        if column.name in leave_out:
-            continue
-        kind = next((python for peewee_type, python in _PYTHON_TYPES if isinstance(column, peewee_type)), object)
-        required = not column.null and column.default is None
-        specs.append((column.name, kind if not column.null else kind | None,
-                      field() if required else field(default=column.default)))
-    return make_dataclass(f"{model.__name__}Facts", specs, slots=True, kw_only=True)
-
-
 @dataclass(slots=True, kw_only=True)
-class UsageRecord(_facts_of(RequestRow, leave_out=_FEE_COLUMNS)):
+class UsageRecord(facts_of(RequestRow, leave_out=_FEE_COLUMNS)):
     """A finished request: a field per RequestRow column (but the fees billing decides at commit), and
     what billing needs to charge it. A column added to RequestRow is a field here with no other edit.
 

@@ -5,45 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from datetime import datetime
 
+from addons.ledger.models import RequestRow, facts_of
 from addons.services.reports import key_names, recent_requests
 
 __all__ = ["FIELDS", "RequestRecord", "flags", "key_names", "recent"]  # key_names: a request's key by name
 
 
-@dataclass(frozen=True, slots=True)
-class RequestRecord:
-    """A row of the `request` table, its fields in the table's order (tests/test_services.py checks both agree)."""
-
-    id: str
-    created_at: datetime
-    account: str
-    key: str | None
-    customer_id: str | None
-    meter_slug: str | None
-    token_id: str | None
-    token_spend_nanos: int
-    provider: str
-    model: str | None
-    endpoint: str
-    status: int | None
-    streamed: bool
-    input_tokens: int
-    cache_read_tokens: int
-    cache_write_tokens: int
-    output_tokens: int
-    reasoning_tokens: int
-    provider_cost_nanos: int
-    charged_nanos: int  # debited from the merchant's wallet
-    fee_nanos: int  # debited from the customer's balance
-    fee_uncollected_nanos: int
-    latency_ms: int | None
-    ttfb_ms: int | None
-    usage_source: str  # reported | estimated | none
-    price_source: str | None  # catalog | override | unpriced | unmetered | free; None: an older row
-    bill_customer: bool | None
-    byok: bool
-    error: str | None
-    metadata: str | None  # the caller's metadata, a JSON object as text
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestRecord(facts_of(RequestRow, frozen=True)):
+    """A row of the `request` table: a field per column, in the table's order, derived from RequestRow
+    (money in integer nanos; `metadata` the caller's JSON object as text)."""
 
 
 FIELDS = tuple(f.name for f in fields(RequestRecord))
