@@ -1,4 +1,5 @@
 import json
+import logging
 import threading
 import time
 from dataclasses import fields
@@ -17,7 +18,7 @@ from addons.ledger.accounts import (
     revoke_key,
     wallet_balance,
 )
-from addons.ledger.models import LedgerEntry, RequestRow, Wallet, utcnow
+from addons.ledger.models import LedgerEntry, RequestRow, Wallet, database, open_database, utcnow
 from addons.ledger.writer import LedgerWriter, RequestFees, UsageRecord, write_batch
 
 START = 10_000_000
@@ -164,3 +165,15 @@ def test_find_key_sees_revocation(ledger):
     assert find_key(hash_secret(secret + "x")) is None
     with pytest.raises(LookupError):
         revoke_key("key_missing")
+
+
+def test_opening_the_ledger_keeps_its_sql_out_of_debug_logs(tmp_path, caplog):
+    """-v shows the gateway's connections, not every SQL statement, under either launcher."""
+    caplog.set_level(logging.DEBUG)  # what -v sets
+    logging.getLogger("peewee").setLevel(logging.NOTSET)
+    open_database(f"sqlite:///{tmp_path}/quiet.db")
+    try:
+        assert not logging.getLogger("peewee").isEnabledFor(logging.DEBUG)
+    finally:
+        database.close()
+        database.initialize(None)

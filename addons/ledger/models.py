@@ -8,6 +8,7 @@ style checks compare the two.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
@@ -250,6 +251,9 @@ MODELS = (Account, Wallet, Customer, MeterRow, MeterUsage, LedgerEntry, ApiKey, 
 
 def open_database(url: str):
     """Connect by URL (playhouse.db_url) and create the tables; SQLite runs in WAL mode."""
+    # peewee logs every statement at DEBUG: a gateway run with -v (either launcher) shows its connections,
+    # not the ledger's SQL.
+    logging.getLogger("peewee").setLevel(logging.INFO)
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         # BEGIN IMMEDIATE: a transaction that reads a balance and then writes holds the lock from its start

@@ -40,7 +40,7 @@ per-field type checks of messages, in this process only.
 
 mitmproxy logs every client and server connect/disconnect at INFO; here those show only at debug
 verbosity (`-v` or `--set termlog_verbosity=debug`), so a busy gateway writes no per-flow lines;
-peewee's per-statement SQL lines never show.
+peewee's per-statement SQL lines never show (addons.ledger.models.open_database quiets them, under mitmdump too).
 
 The event loop is uvloop's when uvloop is installed (an optional speed-up; asyncio's own loop
 otherwise). `TOLLGATE_UVLOOP=0` turns it off. The startup line names the loop in use.
@@ -100,8 +100,7 @@ from addons.runtime.hook_index import IndexedAddonManager
 PROG = "tollgate-proxy"
 GATEWAY_SCRIPT = Path(__file__).resolve().parents[1] / "gateway.py"
 CONNECTION_LOGGER = "mitmproxy.proxy.server"
-REDIRECTOR_LOGGER = "mitmproxy.packet_sources.linux"
-SQL_LOGGER = "peewee"  # logs each statement at DEBUG  # what `--mode local`'s redirector process prints
+REDIRECTOR_LOGGER = "mitmproxy.packet_sources.linux"  # what `--mode local`'s redirector process prints
 
 
 def lean_addons() -> list:
@@ -132,7 +131,6 @@ class QuietConnections:
         if "termlog_verbosity" in updated:
             debug_level = ctx.options.termlog_verbosity == "debug"
             logging.getLogger(CONNECTION_LOGGER).setLevel(logging.NOTSET if debug_level else logging.WARNING)
-            logging.getLogger(SQL_LOGGER).setLevel(logging.INFO)  # -v shows connections, not every SQL statement
             for watch in logging.getLogger(REDIRECTOR_LOGGER).filters:
                 if isinstance(watch, RedirectorWatch):
                     watch.verbose = debug_level
