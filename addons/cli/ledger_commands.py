@@ -11,7 +11,7 @@ import sys
 from dataclasses import asdict
 from decimal import Decimal
 
-from addons.cli.output import WIDE_WIDTH, compact_table, emit, money_fields, table, text_block
+from addons.cli.output import WIDE_WIDTH, compact_table, emit, money_fields, rows_table, table, text_block
 from addons.services import audit, bootstrap, customers, events, keys, meters, prices, requests, tokens, usage, wallets
 from pricing.money import format_usd, parse_usd
 
@@ -220,7 +220,7 @@ def cmd_customers(args) -> None:
     elif args.action == "list":
         rows = [_customer_dict(c) for c in customers.list_customers(args.account)]
         columns = ["customer_id", "balance", "cycle_fees", "cycle_requests", "autopay_threshold", "autopay_amount"]
-        emit(args, rows, table("Customers", columns, [[r[c] for c in columns] for r in rows]), csv_rows=rows)
+        emit(args, rows, rows_table("Customers", columns, rows), csv_rows=rows)
         return
     else:
         view = customers.get(args.account, args.id)
@@ -236,7 +236,7 @@ def cmd_meters(args) -> None:
     elif args.action == "list":
         rows = [asdict(m) for m in meters.list_meters(args.account)]
         columns = ["slug", "rate_type", "unit", "percentage", "base_cost_payer", "token_basis"]
-        emit(args, rows, table("Meters", columns, [[r[c] for c in columns] for r in rows]), csv_rows=rows)
+        emit(args, rows, rows_table("Meters", columns, rows), csv_rows=rows)
         return
     else:
         meter = meters.get(args.account, args.slug)
@@ -274,7 +274,7 @@ def cmd_prices(args) -> None:
                 "  - {provider: PROVIDER, model: MODEL, input_mtok: \"1.00\", output_mtok: \"2.00\"}\n"
                 "then charge what those requests cost: tollgate prices reprice --since DATE"
                 if rows else "No model was seen without a price.")
-        emit(args, rows, table("Models without a price", columns, [[r[c] for c in columns] for r in rows]),
+        emit(args, rows, rows_table("Models without a price", columns, rows),
              text=hint, csv_rows=rows, csv_columns=columns)
         return
     report = prices.reprice_unpriced(since=args.since, until=args.until, dry_run=args.dry_run)
@@ -283,7 +283,7 @@ def cmd_prices(args) -> None:
                "customer_uncollected"]
     verb = "would re-price" if args.dry_run else "re-priced"
     emit(args, {"dry_run": args.dry_run, "repriced": rows, "still_unpriced": report.still_unpriced},
-         table(f"Requests {verb}", columns, [[r[c] for c in columns] for r in rows]),
+         rows_table(f"Requests {verb}", columns, rows),
          text=f"{len(rows)} requests {verb} (new ledger entries: reason reprice); {report.still_unpriced} still "
               "without a price.")
 

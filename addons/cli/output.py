@@ -62,6 +62,11 @@ def table(title: str, columns: list[str], rows: list[list]) -> Table:
     return shown
 
 
+def rows_table(title: str, columns: list[str], rows: list[dict]) -> Table:
+    """A table of `columns`, each read from every row by name."""
+    return table(title, columns, [[row[column] for column in columns] for row in rows])
+
+
 def compact_table(title: str, columns: list[str], rows: list[list]) -> Table:
     """A borderless table, one line per row: a cell too long for the terminal is cut with …, never wrapped."""
     shown = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1),
