@@ -77,6 +77,14 @@ def ledger(request, tmp_path):
 
 
 @pytest.fixture
+def api(ledger):
+    """The admin API in-process on the `ledger` (SQLite and PostgreSQL): tests/admin_api.py."""
+    from tests.admin_api import make_api
+
+    return make_api()
+
+
+@pytest.fixture
 def gw(tmp_path, monkeypatch):
     """The Gateway addon in this process under mitmproxy's test context, on a throwaway SQLite ledger."""
     monkeypatch.setenv("TOLLGATE_DATABASE_URL", f"sqlite:///{tmp_path}/l.db")

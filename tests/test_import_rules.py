@@ -5,8 +5,8 @@
 - the guards (the chain's addons other than the Gateway, addons/proxy/chain.py) never import the Gateway's
   module: names they share with it live in addons/proxy/flow_keys.py;
 - the ledger never imports billing: billing hands the ledger writer its charging function;
-- the operator side reaches the ledger only through one service layer: addons/cli/ imports nothing of
-  addons/ledger/, addons/billing/ nor peewee, only addons/services/;
+- the operator side reaches the ledger only through one service layer: addons/cli/ and addons/admin/ (the
+  REST API) import nothing of addons/ledger/, addons/billing/ nor peewee, only addons/services/;
 - the layers of ARCHITECTURE.md: a package imports only packages on lower floors (LAYERS), never one on
   its own floor or above.
 """
@@ -42,7 +42,7 @@ LAYERS = (
     ("addons.auth",),
     ("addons.billing",),
     ("addons.proxy", "addons.services"),
-    ("addons.runtime", "addons.cli", "addons.gateway"),
+    ("addons.runtime", "addons.cli", "addons.admin", "addons.gateway"),
 )
 FLOOR = {package: floor for floor, packages in enumerate(LAYERS) for package in packages}
 
@@ -89,7 +89,7 @@ def imported(name: str, path: Path) -> set[str]:
 
 
 GRAPH = {name: imported(name, path) for name, path in MODULES.items()}
-CLI = [m for m in MODULES if m.split(".")[:2] == ["addons", "cli"]]
+SHELLS = [m for m in MODULES if m.split(".")[:2] in (["addons", "cli"], ["addons", "admin"])]
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -125,7 +125,7 @@ def test_the_graph_is_read_from_the_source():
     assert {"addons.billing.charges", "addons.ledger.writer"} <= GRAPH[GATEWAY]
     assert "addons.proxy.flow_notes" in GRAPH[GATEWAY]  # `from addons import flow_notes`
     assert "pricing.money" in GRAPH["pricing.cost"]
-    assert "addons.cli.main" in CLI and "addons.services.database" in GRAPH["addons.cli.main"]
+    assert "addons.cli.main" in SHELLS and "addons.admin.app" in SHELLS and "addons.services.database" in GRAPH["addons.cli.main"]
     assert {"peewee", "addons.ledger.models"} <= imported_names("addons.services.reports", MODULES["addons.services.reports"])
 
 
@@ -161,11 +161,11 @@ def _reaches_the_ledger(target: str) -> bool:
             or target.split(".")[0] in ("peewee", "playhouse"))
 
 
-def test_the_cli_reaches_the_ledger_only_through_the_services():
-    """addons/cli/ is a shell over addons/services/, as the admin API will be: no ledger, billing or peewee."""
-    broken = [f"{source} imports {target}" for source in sorted(CLI)
+def test_the_shells_reach_the_ledger_only_through_the_services():
+    """addons/cli/ and addons/admin/ are two shells over addons/services/: no ledger, billing or peewee."""
+    broken = [f"{source} imports {target}" for source in sorted(SHELLS)
               for target in sorted(imported_names(source, MODULES[source])) if _reaches_the_ledger(target)]
-    assert not broken, "the CLI reaches the ledger only through addons/services/; broken by: " + ", ".join(broken)
+    assert not broken, "the CLI and the API reach the ledger only through addons/services/; broken by: " + ", ".join(broken)
 
 
 @pytest.mark.parametrize(("target", "reaches"), [

@@ -245,8 +245,23 @@ class Event(BaseModel):
     created_at = DateTimeField(default=utcnow)
 
 
+class IdempotencyRow(BaseModel):
+    """An API call made with an Idempotency-Key, and its answer (addons/admin/idempotency.py)."""
+
+    account = ForeignKeyField(Account)
+    key = CharField()
+    request_hash = CharField()  # SHA-256 of the method, path and body
+    status = IntegerField(null=True)  # NULL only inside the transaction that claimed the key
+    response = TextField(null=True)
+    created_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "idempotency_key"
+        indexes = ((("account", "key"), True),)
+
+
 MODELS = (Account, Wallet, Customer, MeterRow, MeterUsage, LedgerEntry, ApiKey, ProviderKeyRow, RequestRow, TopUp, Hold,
-          Event)
+          Event, IdempotencyRow)
 
 
 def open_database(url: str):

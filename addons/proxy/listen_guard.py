@@ -29,19 +29,9 @@ from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy import mode_specs
 
 from addons.host import capture_modes
+from addons.host.capture_modes import is_loopback
 
 CLIENT_ROUTED_MODES = (mode_specs.RegularMode, mode_specs.UpstreamMode, mode_specs.Socks5Mode)
-
-
-def is_loopback(host: str) -> bool:
-    """A listen host that only this machine can reach. "" (all interfaces) and names other than
-    localhost are not: a name could resolve anywhere."""
-    if host.lower().rstrip(".") == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]").split("%", 1)[0]).is_loopback
-    except ValueError:
-        return False
 
 
 def exposed_listeners(listen_host: str, modes: Sequence[str]) -> list[str]:

@@ -10,7 +10,8 @@ from addons.core.catalog import load_catalog
 from addons.core.settings import load_settings
 from addons.ledger import accounts
 from addons.ledger.models import KEY_ROLES, Account, ApiKey
-from addons.services.errors import BadRequest, NotFound
+from addons.core.secret_formats import hash_secret
+from addons.services.errors import BadRequest, NotFound, Unauthorized
 
 # admin: the REST API lets the key reach every account; account (the default): its own account only.
 Role = Literal["admin", "account"]
@@ -34,6 +35,17 @@ class KeyInfo:
     prefix: str
     created_at: datetime
     revoked_at: datetime | None
+    role: Role
+
+
+@dataclass(frozen=True, slots=True)
+class KeyOwner:
+    """Who an active secret key belongs to, and what its role lets it reach."""
+
+    key_id: str
+    key_name: str
+    account_id: str
+    account: str
     role: Role
 
 
@@ -71,6 +83,19 @@ def list_keys() -> list[KeyInfo]:
     query = ApiKey.select(ApiKey, Account.name.alias("account_name")).join(Account).order_by(ApiKey.created_at)
     return [KeyInfo(k.id, k.name, k.account_name, k.prefix, k.created_at, k.revoked_at, k.role)
             for k in query.objects()]
+
+
+def owner_of(secret_key: str) -> KeyOwner:
+    """Unauthorized unless `secret_key` is an active Tollgate secret key."""
+    record = accounts.find_key(hash_secret(secret_key))
+    if record is None or record.revoked or record.key_id is None:
+        raise Unauthorized("invalid_secret_key", "the secret key is not an active Tollgate key")
+    name = Account.select(Account.name).where(Account.id == record.account_id).scalar()
+    return KeyOwner(record.key_id, record.name, record.account_id, name, record.role)
+
+
+def account_exists(name: str) -> bool:
+    return accounts.find_account(name) is not None
 
 
 def revoke_key(key_id: str) -> Revoked:

@@ -1,0 +1,5 @@
+import sys
+
+from addons.admin.server import main
+
+sys.exit(main())

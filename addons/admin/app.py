@@ -1,0 +1,86 @@
+"""The admin process's ASGI app: every resource's endpoints under /v1, plus the dashboard, /metrics,
+/openapi.json and /docs on the admin listener.
+
+Each API call reads its body on the event loop, then authenticates and runs its handler on a worker
+thread, where the ledger is read and written.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from addons.admin import resources
+from addons.admin.auth import FailedAuthThrottle, authenticate
+from addons.admin.endpoints import Call, Endpoint
+from addons.admin.web import error_response, json_response, read_json
+from addons.core.errors import GatewayError, NotFound
+from addons.services.idempotency import fingerprint, run_once
+
+log = logging.getLogger(__name__)
+
+API_PREFIX = "/v1"
+WRITES = ("POST", "PUT", "PATCH", "DELETE")
+
+
+@dataclass(frozen=True, slots=True)
+class AdminOptions:
+    auth_fail_limit: int = 20
+    auth_fail_window_s: float = 60.0
+
+
+def _api_route(endpoint: Endpoint, throttle: FailedAuthThrottle) -> Route:
+    async def serve(request: Request) -> Response:
+        try:
+            body = await read_json(request) if request.method in WRITES else {}
+            status, answer = await run_in_threadpool(_handle, endpoint, request, body, throttle)
+        except GatewayError as e:
+            return error_response(e)
+        except Exception:
+            log.exception("tollgate admin: internal error on %s %s", request.method, endpoint.path)
+            return error_response(GatewayError("internal_error", "the admin API failed to handle this request"))
+        return json_response(answer, status)
+
+    return Route(API_PREFIX + endpoint.path, serve, methods=[endpoint.method], name=endpoint.handler.__name__)
+
+
+def _handle(endpoint: Endpoint, request: Request, body: dict, throttle: FailedAuthThrottle) -> tuple[int, dict]:
+    call = Call(request, authenticate(request, throttle), body, request.path_params)
+
+    def work() -> tuple[int, dict]:
+        answer = endpoint.handler(call)
+        return answer if isinstance(answer, tuple) else (endpoint.status, answer)
+
+    key = request.headers.get("idempotency-key")
+    if endpoint.idempotent and key is not None:
+        return run_once(call.principal.account_id, key, fingerprint(request.method, request.url.path, body), work)
+    return work()
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return error_response(NotFound("not_found", f"no route {request.method} {request.url.path}"))
+
+
+async def _method_not_allowed(request: Request, exc: Exception) -> Response:
+    error = GatewayError("method_not_allowed", f"{request.method} is not allowed on {request.url.path}")
+    error.status = 405
+    return error_response(error)
+
+
+def api_routes(throttle: FailedAuthThrottle) -> list[BaseRoute]:
+    return [_api_route(endpoint, throttle) for endpoint in resources.ENDPOINTS]
+
+
+def build_app(options: AdminOptions = AdminOptions(), *, extra_routes: list[BaseRoute] = ()) -> Starlette:
+    """`extra_routes`: the admin listener's own pages (dashboard, metrics, OpenAPI) beside the API."""
+    throttle = FailedAuthThrottle(options.auth_fail_limit, options.auth_fail_window_s)
+    app = Starlette(routes=[*extra_routes, *api_routes(throttle)],
+                    exception_handlers={404: _not_found, 405: _method_not_allowed})
+    app.state.throttle = throttle
+    return app

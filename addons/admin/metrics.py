@@ -1,0 +1,7 @@
+"""TODO"""
+
+from __future__ import annotations
+
+
+def routes() -> list:
+    return []

@@ -1,0 +1,27 @@
+"""The API's resources, one module each; ENDPOINTS is every route, in the order the document lists them."""
+
+from __future__ import annotations
+
+from addons.admin.resources import (
+    customers,
+    extras,
+    keys,
+    meters,
+    models,
+    requests,
+    unsupported,
+    usage,
+    webhooks,
+)
+
+ENDPOINTS = [
+    *customers.ENDPOINTS,
+    *meters.ENDPOINTS,
+    *requests.ENDPOINTS,
+    *usage.ENDPOINTS,
+    *keys.ENDPOINTS,
+    *webhooks.ENDPOINTS,
+    *models.ENDPOINTS,
+    *extras.ENDPOINTS,
+    *unsupported.ENDPOINTS,
+]
