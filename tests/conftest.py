@@ -162,7 +162,7 @@ def _start_gateway(backend, launcher, mock, payhook, tmp_path_factory) -> Gatewa
     # The mock's behaviour models (mock-slow, mock-cut) get a price, as an operator's own model would.
     billing = {**BYOK_FEE, "autopay": {"webhook_url": payhook.url, "webhook_secret": PAYHOOK_SECRET,
                                        "retry_base_seconds": "0.05"}}
-    gw = GatewayProcess(tmp, url, upstreams, prices=[MOCK_MODEL_PRICE], billing=billing, launcher=launcher)
+    gw = GatewayProcess(tmp, url, upstreams, prices=[MOCK_MODEL_PRICE], billing=billing, launcher=launcher, admin=True)
     gw.fund("100")
     gw.start()
     return gw

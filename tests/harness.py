@@ -101,11 +101,13 @@ class GatewayProcess:
     def __init__(self, tmp: Path, database_url: str, upstreams: dict[str, str], prices: list[dict] = (),
                  billing: dict | None = None, redis_url: str | None = None, launcher: str = "tollgate-proxy",
                  providers: dict[str, dict] | None = None, settings: dict | None = None,
-                 options: dict[str, object] | None = None, args: tuple[str, ...] = ()):
+                 options: dict[str, object] | None = None, args: tuple[str, ...] = (), admin: bool | None = False):
         """launcher: `tollgate-proxy` (what run_proxy.sh runs), `mitmdump` or `mitmweb` (the gateway as a -s
         script; mitmweb's UI on `web_port`, its address with the login token in `web_url`).
         providers: more fields per provider id (beside its upstream); settings: more top-level settings;
-        options: more mitmproxy options (`--set name=value`); args: more command-line arguments, last."""
+        options: more mitmproxy options (`--set name=value`); args: more command-line arguments, last.
+        admin: run the admin process (the REST API) on a port of its own, `admin_url`; off otherwise, so the
+        suite's many gateways do not each start one; None: as `args` say."""
         self.tmp = tmp
         self.launcher = launcher
         self.args = list(args)
@@ -129,7 +131,11 @@ class GatewayProcess:
         if redis_url:
             self.env["TOLLGATE_REDIS_URL"] = redis_url
         self.log = tmp / "gateway.log"
-        self.options = {"tollgate_cache_ttl_ms": 200, **(options or {})}
+        self.admin = admin
+        self.admin_port = free_port()
+        admin_options = ({"tollgate_admin_port": self.admin_port} if admin else {} if admin is None
+                         else {"tollgate_admin": "false"})
+        self.options = {"tollgate_cache_ttl_ms": 200, **admin_options, **(options or {})}
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -177,12 +183,18 @@ class GatewayProcess:
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
                 if self.ca.exists() and "listening at" in log and (
-                        self.launcher != "mitmweb" or "Web server listening at" in log):
+                        self.launcher != "mitmweb" or "Web server listening at" in log) and (
+                        not self.admin or "Tollgate admin API" in log):
                     return
             except OSError:
                 pass
             time.sleep(0.1)
         raise AssertionError(f"{self.launcher} did not start: {self.log.read_text()}")
+
+    @property
+    def admin_url(self) -> str:
+        """The admin listener itself (the API, the dashboard, /metrics); the API is also under `url`/v1/."""
+        return f"http://127.0.0.1:{self.admin_port}"
 
     @property
     def web_url(self) -> str:

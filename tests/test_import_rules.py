@@ -25,6 +25,8 @@ GUARDS = (
     "addons.proxy.listen_guard",
     "addons.proxy.request_limits",
     "addons.proxy.auth_throttle",
+    "addons.proxy.admin_route",
+    "addons.proxy.admin_process",
     "addons.proxy.upstream_guard",
     "addons.proxy.upstream_retries",
     "addons.proxy.redaction",

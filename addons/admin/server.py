@@ -19,20 +19,10 @@ import uvicorn
 from addons.admin import dashboard, metrics, openapi
 from addons.admin.app import AdminOptions, build_app
 from addons.core.settings import load_settings
-from addons.host.capture_modes import is_loopback
+from addons.host.listen_addresses import open_admin_refusal
 from addons.services.database import open_ledger
 
 PROG = "tollgate-admin"
-
-
-def refusal(host: str, allow_open: bool, certfile: str | None, keyfile: str | None) -> str | None:
-    """The one line that refuses an admin listener reachable from other machines, or None."""
-    if is_loopback(host) or allow_open or (certfile and keyfile):
-        return None
-    return (f"refusing to run an open admin listener: {host} is reachable from other machines and serves the "
-            "API over plain HTTP. Listen on 127.0.0.1 (--admin-host 127.0.0.1), give it a TLS certificate and key "
-            "(--set tollgate_admin_certfile=... --set tollgate_admin_keyfile=...), or, if a firewall already "
-            "restricts who can connect, --set tollgate_allow_open_admin=true.")
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -65,7 +55,7 @@ class _Server(uvicorn.Server):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    if why := refusal(args.host, args.allow_open, args.certfile, args.keyfile):
+    if why := open_admin_refusal(args.host, args.allow_open, args.certfile, args.keyfile):
         print(f"{PROG}: {why}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format=f"{PROG}: %(message)s")

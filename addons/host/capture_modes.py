@@ -35,17 +35,6 @@ from pathlib import Path
 from mitmproxy.proxy import mode_specs
 
 
-def is_loopback(host: str) -> bool:
-    """A listen host that only this machine can reach. "" (all interfaces) and names other than
-    localhost are not: a name could resolve anywhere."""
-    if host.lower().rstrip(".") == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]").split("%", 1)[0]).is_loopback
-    except ValueError:
-        return False
-
-
 CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF = 12, 21, 39
 ALTERNATIVES = "use --mode transparent with `tollgate capture on`, or --mode wireguard"
 

@@ -6,7 +6,8 @@ that present a credential are answered 429 `too_many_failed_auths` with Retry-Af
 `requestheaders`: before the body is read and without looking the credential up. The address is
 let in again as its oldest failure leaves the window.
 
-Requests with a credential that this process has seen succeed (the gateway forwarded the request)
+Requests with a credential that this process has seen succeed (the gateway forwarded the request, or
+the admin process answered it with a success)
 are still let through from a throttled address, so one misconfigured client cannot lock out the
 others behind the same address (every local app shares 127.0.0.1). Such a credential that then
 fails (revoked) loses that standing. Requests without a credential are not counted or refused:
@@ -36,7 +37,7 @@ from mitmproxy.exceptions import OptionsError
 from addons.auth.credentials import query_key, read_credential
 from addons.core.errors import GatewayError, TooManyRequests
 from addons.proxy.error_pages import refuse
-from addons.proxy.flow_keys import PROVIDER_KEY, REQUEST_ID_KEY
+from addons.proxy.flow_keys import ADMIN_KEY, PROVIDER_KEY, REQUEST_ID_KEY
 from addons.proxy.gateway_config import SharedConfig
 from addons.proxy.routing import addressed_to_gateway, provider_for
 
@@ -119,7 +120,9 @@ class AuthThrottle:
         digest = self.credentials.pop(flow, None)
         if digest is None:
             return
-        if PROVIDER_KEY in flow.metadata:  # the gateway forwarded it: the credential is good
+        metadata = flow.metadata
+        if PROVIDER_KEY in metadata or (ADMIN_KEY in metadata and flow.response is not None
+                                        and flow.response.status_code < 400):  # forwarded, or the API took it
             self.trusted[digest] = None
             self.trusted.move_to_end(digest)
             if len(self.trusted) > MAX_TRUSTED:

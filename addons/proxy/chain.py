@@ -10,12 +10,16 @@ mitmdump/mitmweb, and the tollgate-proxy launcher).
                       answer the client gets (addons/proxy/upstream_retries.py)
     Redaction         credentials out of shown, saved and logged flows, and out of error messages
                       before the Gateway records them (addons/proxy/redaction.py)
+    AdminRoute        passes /v1/* requests addressed to the gateway (but /v1/forward) on to the admin
+                      process, which serves the REST API (addons/proxy/admin_route.py)
     Gateway           the request path itself (addons/proxy/gateway_addon.py)
     UpstreamTimeouts  watches the flows the Gateway forwards (addons/proxy/upstream_timeouts.py)
     RuntimeInfo       tells the `tollgate` CLI where the gateway listens and which provider keys it
                       has (addons/proxy/runtime_info.py)
     WebRedaction      under mitmweb only: credentials out of what its UI shows, in flight too, with
                       Redaction's definition of a credential (addons/proxy/web_redaction.py)
+    AdminProcess      starts the admin process (REST API, dashboard, /metrics) and restarts it should it
+                      die (addons/proxy/admin_process.py)
 
 The guards come first so that their `requestheaders` refusals happen before any other work.
 
@@ -26,6 +30,8 @@ the first addon to configure that needs them, and every addon sees the same cata
 
 from __future__ import annotations
 
+from addons.proxy.admin_process import AdminProcess
+from addons.proxy.admin_route import AdminRoute
 from addons.proxy.auth_throttle import AuthThrottle
 from addons.proxy.gateway_addon import Gateway
 from addons.proxy.listen_guard import ListenGuard
@@ -42,4 +48,4 @@ def gateway_chain(gateway: Gateway) -> list:
     config = gateway.config
     redaction = Redaction(config)
     return [ListenGuard(), RequestLimits(), AuthThrottle(config), UpstreamGuard(config), UpstreamRetries(config),
-            redaction, gateway, UpstreamTimeouts(config), RuntimeInfo(config), WebRedaction(redaction.names)]
+            redaction, AdminRoute(), gateway, UpstreamTimeouts(config), RuntimeInfo(config), WebRedaction(redaction.names), AdminProcess()]

@@ -21,11 +21,12 @@ from addons.core.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from addons.proxy.flow_keys import REQUEST_ID_HEADERS, REQUEST_ID_KEY, TIMEOUT_KEY
+from addons.proxy.flow_keys import ADMIN_KEY, REQUEST_ID_HEADERS, REQUEST_ID_KEY, TIMEOUT_KEY
 
 _TAG = "\x00tollgate-request-id:"
 # What addons.proxy.upstream_guard puts in server.error; mitmproxy reports it as a 502 quoting it.
 UPSTREAM_REFUSED = "tollgate refused the upstream address"
+ADMIN_DOWN = "tollgate admin process unreachable"  # a request passed to the admin process found no listener
 
 
 def new_request_id() -> str:
@@ -52,6 +53,11 @@ def headers_too_large() -> HeadersTooLarge:
 
 def _error_for(status: int, message: str) -> GatewayError:
     """Fixed, generic messages: mitmproxy's text may quote client bytes or addresses."""
+    if status == 502 and ADMIN_DOWN in message:
+        error = UpstreamUnreachable("admin_unavailable", "the admin process is not answering (it is restarted "
+                                                         "automatically); retry in a few seconds")
+        error.status = 503
+        return error
     if status == 502 and UPSTREAM_REFUSED in message:
         return UpstreamUnreachable("upstream_address_refused",
                                    "the provider's host resolved to a private or reserved address; not connecting")
@@ -94,7 +100,7 @@ def protocol_error_message(metadata: dict, message: str) -> str:
     timeout (it fails as "server closed connection") says why, and the request id goes along."""
     if _TAG in message:
         return message
-    message = metadata.get(TIMEOUT_KEY, message)
+    message = ADMIN_DOWN if metadata.get(ADMIN_KEY) else metadata.get(TIMEOUT_KEY, message)
     if request_id := metadata.get(REQUEST_ID_KEY):
         message = tagged(message, request_id)
     return message

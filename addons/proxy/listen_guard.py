@@ -29,7 +29,7 @@ from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy import mode_specs
 
 from addons.host import capture_modes
-from addons.host.capture_modes import is_loopback
+from addons.host.listen_addresses import is_loopback
 
 CLIENT_ROUTED_MODES = (mode_specs.RegularMode, mode_specs.UpstreamMode, mode_specs.Socks5Mode)
 

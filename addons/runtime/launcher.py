@@ -247,7 +247,25 @@ def make_parser(opts: options.Options) -> argparse.ArgumentParser:
     group.add_argument("--reuse-port", action="store_true",
                        help="listen with SO_REUSEPORT, as one of several workers sharing the port")
     group.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    group.add_argument("--admin-port", type=int, metavar="PORT",
+                       help="port of the admin listener: the REST API, dashboard and /metrics (default 8082)")
+    group.add_argument("--admin-host", metavar="HOST",
+                       help="address of the admin listener (default 127.0.0.1; beyond loopback it needs TLS or "
+                            "--set tollgate_allow_open_admin=true)")
+    group.add_argument("--no-admin", action="store_true", help="run no admin process and serve no REST API")
     return parser
+
+
+def admin_setoptions(args: argparse.Namespace) -> list[str]:
+    """The admin flags as the options they stand for (addons/proxy/admin_route.py)."""
+    named = []
+    if args.no_admin:
+        named.append("tollgate_admin=false")
+    if args.admin_port is not None:
+        named.append(f"tollgate_admin_port={args.admin_port}")
+    if args.admin_host is not None:
+        named.append(f"tollgate_admin_host={args.admin_host}")
+    return named
 
 
 def check_worker_modes(opts: options.Options) -> None:
@@ -335,6 +353,7 @@ async def _run(argv: Sequence[str]) -> int:
     try:
         if args.filter_args:
             raise exceptions.OptionsError("flow filters do not apply: this process prints no flows")
+        args.setoptions = [*(args.setoptions or []), *admin_setoptions(args)]
         opts.set(*args.setoptions, defer=True)
         optmanager.load_paths(opts, os.path.join(opts.confdir, "config.yaml"), os.path.join(opts.confdir, "config.yml"))
         process_options(parser, opts, args)

@@ -26,7 +26,6 @@ Each worker keeps its own caches and, without Redis, its own holds: set `TOLLGAT
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import select
 import signal
@@ -37,29 +36,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from addons.core.process_env import PID_ENV  # a stdlib-only module: the supervisor stays light
+from addons.core.process_env import PID_ENV, WORKER_ENV, passthrough_secret  # stdlib only: the supervisor stays light
+from addons.core.supervision import BACKOFF_FIRST, BACKOFF_MAX, STABLE_AFTER, die_with_parent
 
 PROG = "tollgate-workers"
-BACKOFF_FIRST = 0.5
-BACKOFF_MAX = 30.0
-STABLE_AFTER = 30.0  # a worker that ran this long before dying is not in a crash loop
-PR_SET_PDEATHSIG = 1
-try:
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):  # not Linux
-    _prctl = None
 
 
 def say(message: str) -> None:
     print(f"{PROG}: {message}", file=sys.stderr, flush=True)
-
-
-def _die_with_parent(parent: int) -> None:  # in the child, between fork and exec
-    if _prctl is None:
-        return
-    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:  # the supervisor died before prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 @dataclass
@@ -95,8 +79,9 @@ class Supervisor:
         try:
             slot.proc = subprocess.Popen(
                 [*self.command, "--reuse-port", "--ready-fd", str(write_fd), *self.worker_args],
-                pass_fds=(write_fd,), preexec_fn=lambda: _die_with_parent(parent),
-                env={**os.environ, PID_ENV: str(parent)},  # the gateway's pid in data/gateway.json
+                pass_fds=(write_fd,), preexec_fn=lambda: die_with_parent(parent),
+                # the gateway's pid in data/gateway.json; worker 1 runs the admin process
+                env={**os.environ, PID_ENV: str(parent), WORKER_ENV: str(slot.number)},
             )
         except OSError:
             os.close(read_fd)
@@ -291,6 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if workers == 1:  # no supervisor needed: become the gateway
         launcher = str(Path(sys.executable).with_name("tollgate-proxy"))
         os.execv(launcher, [launcher, *args.worker_args])
+    passthrough_secret()  # one for the instance: every worker passes API requests to worker 1's admin process
     supervisor = Supervisor(workers, args.worker_args, args.max_start_failures, args.stop_timeout)
     return supervisor.run()
 
