@@ -6,7 +6,10 @@
   register-provider-key`); an unregistered one is refused, or with `capture.provider_keys: track`
   billed to `capture.account`.
 
-An unknown key is 401 `invalid_credential`, a revoked one 403 `key_revoked`. A provider key stands
+An unknown key is 401 `invalid_credential`, a revoked one 403 `key_revoked`, a paused one 403
+`key_paused`, an expired one 401 `key_expired`; a request outside the key's allowed models or
+providers is 403 `key_scope` (check_key_scope, once the model is read). All of it is read from the
+cached KeyRecord: no query per request, and a change is seen within the cache's TTL. A provider key stands
 for no Tollgate key: its Caller carries a stand-in KeyRecord (key_id None) naming the account that pays.
 What the credential asks for (customer, meter, bring-your-own-key, billing off) is passed on unchecked:
 billing.plan decides whether the key's account can bill it.
@@ -14,11 +17,12 @@ billing.plan decides whether the key's account can bill it.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from addons.auth.account_cache import AccountCache
 from addons.auth.credentials import CallerCredential
-from addons.auth.signed_tokens import SignedClaims, verify_signed_token
+from addons.auth.signed_tokens import SignedClaims, out_of_scope, verify_signed_token
 from addons.core.errors import Forbidden, ProviderNotConfigured, Unauthorized
 from addons.core.secret_formats import hash_secret
 from addons.core.settings import CaptureSettings
@@ -96,4 +100,15 @@ async def authenticate(credential: CallerCredential, cache: AccountCache, signin
         raise Unauthorized("invalid_credential", "unknown Tollgate secret key")
     if key.revoked:
         raise Forbidden("key_revoked", "this Tollgate secret key has been revoked")
+    if key.status != "active":
+        raise Forbidden("key_paused", "this Tollgate key is paused; it works again once resumed")
+    if key.expires_at is not None and time.time() >= key.expires_at:
+        raise Unauthorized("key_expired", "this Tollgate key has expired")
     return Caller(key, signed, *_asked_for(credential, signed))
+
+
+def check_key_scope(key: KeyRecord, provider_id: str, model: str | None) -> None:
+    """403 `key_scope` for a provider or model outside the key's allow-lists (as a signed token's scope)."""
+    if (key.allowed_providers or key.allowed_models) and (
+            refused := out_of_scope(key.allowed_providers, key.allowed_models, provider_id, model)):
+        raise Forbidden("key_scope", f"this key does not allow {refused}")

@@ -131,13 +131,22 @@ def verify_signed_token(token: str, signing_key: bytes, *, now: float | None = N
     return claims
 
 
-def check_scope(claims: SignedClaims, provider_id: str, model: str | None) -> None:
-    if claims.allow_providers and provider_id not in claims.allow_providers:
-        raise Forbidden("token_scope", f"this token does not allow provider {provider_id}")
-    if claims.allow_models and not (model is not None and any(
+def out_of_scope(allow_providers: tuple[str, ...], allow_models: tuple[str, ...], provider_id: str,
+                 model: str | None) -> str | None:
+    """What an allow-list refuses of this request ("provider X" or "model Y"), or None. Empty lists allow
+    everything; a model pattern ending in * is a prefix. Signed tokens and keys share it."""
+    if allow_providers and provider_id not in allow_providers:
+        return f"provider {provider_id}"
+    if allow_models and not (model is not None and any(
             model == allowed or (allowed.endswith("*") and model.startswith(allowed[:-1]))
-            for allowed in claims.allow_models)):
-        raise Forbidden("token_scope", f"this token does not allow model {model or '(none)'}")
+            for allowed in allow_models)):
+        return f"model {model or '(none)'}"
+    return None
+
+
+def check_scope(claims: SignedClaims, provider_id: str, model: str | None) -> None:
+    if refused := out_of_scope(claims.allow_providers, claims.allow_models, provider_id, model):
+        raise Forbidden("token_scope", f"this token does not allow {refused}")
 
 
 def load_signing_key(configured: str | None, path: Path) -> bytes:

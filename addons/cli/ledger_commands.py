@@ -49,10 +49,19 @@ def cmd_keys_create(args) -> None:
     emit(args, asdict(key), text=f"Key {key.id} created. Secret (shown once): {key.secret_key}")
 
 
+def _key_status(key: keys.KeyInfo) -> str:
+    """Blank for a key that works (revoked shows in its own column), else why it is refused."""
+    return key.status if key.status != "active" else "expired" if key.expired else ""
+
+
 def cmd_keys_list(args) -> None:
-    rows = [asdict(k) for k in keys.list_keys()]
-    emit(args, rows, table("Keys", ["id", "name", "account", "prefix", "created", "revoked", "role"],
-                           [list(r.values()) for r in rows]))
+    listed = keys.list_keys()
+    rows = [[k.id, k.name, k.account, k.prefix, k.created_at, k.revoked_at,
+             "spend" if k.kind == "spend" else k.role, _key_status(k)] for k in listed]
+    columns = ["id", "name", "account", "prefix", "created", "revoked", "role", "status"]
+    if not any(row[-1] for row in rows):  # the status column only when a key is paused or expired
+        columns, rows = columns[:-1], [row[:-1] for row in rows]
+    emit(args, [asdict(k) for k in listed], table("Keys", columns, rows))
 
 
 def cmd_keys_revoke(args) -> None:

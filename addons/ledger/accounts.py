@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from peewee import JOIN, fn
 
@@ -39,6 +42,20 @@ class KeyRecord:
     revoked: bool
     name: str = ""  # what the operator calls it (shown in mitmweb's flow comments)
     role: str = "account"  # models.KEY_ROLES: admin reaches every account through the REST API, account its own
+    kind: str = "secret"  # models.KEY_KINDS: a spend key pays for gateway requests, never reaches the REST API
+    status: str = "active"  # models.KEY_STATUSES: a paused key is refused
+    expires_at: float | None = None  # epoch seconds (compared on every request); None: never
+    allowed_models: tuple[str, ...] = ()  # empty: every model; a pattern ending in * is a prefix
+    allowed_providers: tuple[str, ...] = ()  # empty: every provider
+
+
+def _json_list(values: Sequence[str] | None) -> str | None:
+    return None if values is None else json.dumps(list(values))
+
+
+def key_scope(text: str | None) -> tuple[str, ...]:
+    """An ApiKey's allowed_models or allowed_providers column as a tuple; () for NULL (no restriction)."""
+    return tuple(json.loads(text)) if text else ()
 
 
 def ensure_account(name: str = DEFAULT_ACCOUNT) -> tuple[Account, Wallet]:
@@ -48,13 +65,46 @@ def ensure_account(name: str = DEFAULT_ACCOUNT) -> tuple[Account, Wallet]:
     return account, wallet
 
 
-def create_key(name: str, account_name: str = DEFAULT_ACCOUNT, role: str = "account") -> tuple[ApiKey, str]:
+def create_key(name: str, account_name: str = DEFAULT_ACCOUNT, role: str = "account", *, kind: str = "secret",
+               status: str = "active", allowed_models: Sequence[str] | None = None,
+               allowed_providers: Sequence[str] | None = None,
+               expires_at: datetime | None = None) -> tuple[ApiKey, str]:
     """Returns the row and the secret; the secret exists only in this return value."""
     account, _ = ensure_account(account_name)
     secret = new_secret_key()
     row = ApiKey.create(account=account, name=name, key_hash=hash_secret(secret), prefix=display_prefix(secret),
-                        role=role)
+                        role=role, kind=kind, status=status, allowed_models=_json_list(allowed_models),
+                        allowed_providers=_json_list(allowed_providers), expires_at=expires_at)
     return row, secret
+
+
+def rotate_key(key_id: str) -> tuple[ApiKey, str]:
+    """A new secret for the key, same id and history; the old secret's hash is gone, so it is unknown from now
+    (the proxy's cache forgets it within tollgate_cache_ttl_ms). LookupError: no such key."""
+    secret = new_secret_key()
+    with database.atomic():
+        if not ApiKey.update(key_hash=hash_secret(secret), prefix=display_prefix(secret)).where(
+                ApiKey.id == key_id).execute():
+            raise LookupError(f"no key {key_id}")
+        return ApiKey.get_by_id(key_id), secret
+
+
+# The columns update_key may change; the two lists are given as sequences (None: no restriction).
+KEY_CHANGES = ("name", "status", "allowed_models", "allowed_providers", "expires_at")
+
+
+def update_key(key_id: str, **changes) -> ApiKey:
+    """Change the KEY_CHANGES given; LookupError: no such key."""
+    if unknown := set(changes) - set(KEY_CHANGES):
+        raise TypeError(f"update_key cannot change {', '.join(sorted(unknown))}")
+    values = {name: _json_list(value) if name.startswith("allowed_") else value for name, value in changes.items()}
+    with database.atomic():
+        if values and not ApiKey.update(**values).where(ApiKey.id == key_id).execute():
+            raise LookupError(f"no key {key_id}")
+        row = ApiKey.get_or_none(ApiKey.id == key_id)
+    if row is None:
+        raise LookupError(f"no key {key_id}")
+    return row
 
 
 def _revoke(model, row_id: str, what: str):
@@ -161,8 +211,11 @@ def _find_key(condition) -> KeyRecord | None:
     )
     if row is None:
         return None
+    expires_at = row["expires_at"]
     return KeyRecord(row["id"], row["account"], row["wallet_id"], row["revoked_at"] is not None, row["name"],
-                     row["role"])
+                     row["role"], row["kind"], row["status"],
+                     None if expires_at is None else expires_at.replace(tzinfo=UTC).timestamp(),
+                     key_scope(row["allowed_models"]), key_scope(row["allowed_providers"]))
 
 
 def find_key(key_hash: str) -> KeyRecord | None:

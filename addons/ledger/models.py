@@ -34,6 +34,8 @@ database = DatabaseProxy()
 
 DEFAULT_ACCOUNT = "default"  # the account `tollgate init` makes, and the one commands use unless told
 KEY_ROLES = ("admin", "account")  # admin: every account; account: its own account only
+KEY_KINDS = ("secret", "spend")  # secret: the REST API (by its role) and the gateway; spend: the gateway only
+KEY_STATUSES = ("active", "paused")  # a paused key is refused until resumed
 
 
 def utcnow() -> datetime:
@@ -143,6 +145,13 @@ class ApiKey(BaseModel):
     # what the key may reach through the REST API: KEY_ROLES. The database default serves an older
     # release still inserting keys without it: they get the narrow role.
     role = CharField(default="account", constraints=[SQL("DEFAULT 'account'"), Check("role IN ('admin', 'account')")])
+    # KEY_KINDS: a spend key (Lava's) pays for gateway requests but never authenticates the REST API
+    kind = CharField(default="secret", constraints=[SQL("DEFAULT 'secret'")])
+    status = CharField(default="active", constraints=[SQL("DEFAULT 'active'")])  # KEY_STATUSES
+    # What the gateway lets the key reach, as JSON lists; NULL: everything. A model pattern ending in * is a prefix.
+    allowed_models = TextField(null=True)
+    allowed_providers = TextField(null=True)
+    expires_at = DateTimeField(null=True)  # refused from then on; NULL: never
 
 
 class ProviderKeyRow(BaseModel):

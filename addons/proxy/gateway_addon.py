@@ -21,7 +21,7 @@ from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy import server_hooks
 
 from addons.auth.account_cache import AccountCache
-from addons.auth.authentication import authenticate
+from addons.auth.authentication import authenticate, check_key_scope
 from addons.auth.credentials import is_captured, query_key, read_credential, strip_gateway_credentials
 from addons.auth.signed_tokens import check_scope
 from addons.billing import price_guard
@@ -334,6 +334,7 @@ class Gateway:
         path, _, query = request.path.partition("?")
         reader = for_request(provider.api_family, request.method, path, query, request.raw_content or b"",
                              upgrade="upgrade" in request.headers)
+        check_key_scope(caller.key, provider.id, reader.model)
         if plan.token is not None:
             check_scope(plan.token, provider.id, reader.model)
         price_guard.admit(plan, reader, self.settings, lambda model: price_source(

@@ -1,0 +1,174 @@
+"""Lava's `spend_keys`: keys for the gateway only (never this API), paid for by the account's wallet, each
+`active` or `paused`, with an optional expiry and model and provider allow-lists that the gateway enforces
+(403 `key_paused`, 401 `key_expired`, 403 `key_scope`).
+
+Limits (`spend_limit`, `request_limit`, `rate_limit`, Tollgate's `tpm`) are not enforced yet: given
+non-null they are 422 `not_yet_supported`, and answered null. Without a limit there is no cycle, so the
+`current_*` figures are the key's whole life, equal to the `total_*` ones.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from addons.admin.endpoints import Call, Endpoint
+from addons.admin.resources.keys import created_once
+from addons.admin.web import Invalid, iso, paginate, reject_unknown, text, timestamp, usd
+from addons.services import keys
+from addons.services.errors import BadRequest
+
+LIMITS = ("spend_limit", "request_limit", "rate_limit", "tpm")
+FIELDS = ("name", "status", "request_shape", "allowed_models", "allowed_providers", "expires_at", *LIMITS, "account")
+MAX_PATTERNS = 100
+NO_USE = keys.KeyUsage()
+
+
+class NotYetSupported(Invalid):
+    """422 naming a field this release accepts only as null."""
+
+    def __init__(self, field: str):
+        super().__init__(field, "limits on keys are not supported yet; leave it out or send null (a key's spending "
+                                "is bounded by its account's wallet)")
+        self.code = "not_yet_supported"
+
+
+def spend_key_view(key: keys.KeyInfo, used: keys.KeyUsage = NO_USE) -> dict:
+    spend = usd(used.spend_nanos)
+    return {
+        "spend_key_id": key.id, "key_preview": key.prefix, "name": key.name, "status": key.status,
+        "request_shape": "openai", "wallet_id": key.wallet_id,
+        "allowed_models": list(key.allowed_models) if key.allowed_models else None,
+        "allowed_providers": list(key.allowed_providers) if key.allowed_providers else None,
+        "spend_limit": None, "current_spend": spend, "total_spend": spend,
+        "request_limit": None, "current_requests": used.requests, "total_requests": used.requests,
+        "rate_limit": None, "tpm": None,
+        "expires_at": iso(key.expires_at), "last_used_at": iso(used.last_used_at), "created_at": iso(key.created_at),
+        "revoked_at": iso(key.revoked_at),
+    }
+
+
+def _with_usage(key: keys.KeyInfo) -> dict:
+    return spend_key_view(key, keys.usage_by_key([key.id]).get(key.id, NO_USE))
+
+
+# -- fields ---------------------------------------------------------------------------------
+
+def _allow_list(body: dict, name: str) -> list[str] | None:
+    """A non-empty list of names, or null for no restriction ([] would be a key that reaches nothing)."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        raise Invalid(name, "must be a non-empty list of strings, or null to allow everything")
+    if len(value) > MAX_PATTERNS:
+        raise Invalid(name, f"must have at most {MAX_PATTERNS} entries")
+    for item in value:
+        if not isinstance(item, str) or not item.strip() or len(item) > 200:
+            raise Invalid(name, "each entry must be a non-empty string of at most 200 characters")
+        if "*" in item[:-1]:
+            raise Invalid(name, f"{item!r}: a * may only end a pattern, which then matches by prefix (gpt-4o*)")
+    if name == "allowed_providers":
+        try:
+            keys.require_providers(value)
+        except BadRequest as e:
+            raise Invalid(name, e.message) from None
+    return value
+
+
+def _expiry(body: dict) -> datetime | None:
+    value = body.get("expires_at")
+    if value is not None and not isinstance(value, str):
+        raise Invalid("expires_at", "must be an ISO 8601 time, e.g. 2026-12-01T00:00:00Z, or null")
+    return timestamp(value, "expires_at")
+
+
+def _status(body: dict) -> str:
+    if body["status"] not in keys.STATUSES:
+        raise Invalid("status", f"must be one of {', '.join(keys.STATUSES)}")
+    return body["status"]
+
+
+def _changes(body: dict) -> dict:
+    """What a create or update sets, by service keyword; fields left out are absent."""
+    reject_unknown(body, FIELDS)
+    for field in LIMITS:
+        if body.get(field) is not None:
+            raise NotYetSupported(field)
+    if body.get("request_shape") not in (None, "openai"):
+        raise Invalid("request_shape", "must be openai: a key calls each provider in that provider's own shape")
+    changes: dict = {}
+    if "name" in body:
+        changes["name"] = text(body, "name", required=True)
+    if "status" in body:
+        changes["status"] = _status(body)
+    for field in ("allowed_models", "allowed_providers"):
+        if field in body:
+            changes[field] = _allow_list(body, field)
+    if "expires_at" in body:
+        changes["expires_at"] = _expiry(body)
+    return changes
+
+
+# -- handlers -------------------------------------------------------------------------------
+
+def list_spend_keys(call: Call) -> dict:
+    listing = keys.key_listing(call.account, "spend")
+    page = paginate(listing.query, call.page(), listing.sort_field, listing.id_field, listing.view)
+    used = keys.usage_by_key([key.id for key in page["data"]])
+    return page | {"data": [spend_key_view(key, used.get(key.id, NO_USE)) for key in page["data"]]}
+
+
+def create_spend_key(call: Call) -> tuple[int, dict]:
+    changes = _changes(call.body)
+    if "name" not in changes:
+        raise Invalid("name", "is required")
+    account = call.account
+
+    def create() -> tuple[int, dict]:
+        created = keys.create_spend_key(account=account, **changes)
+        return 201, spend_key_view(keys.account_key(account, created.id, "spend")) | {"key": created.secret_key}
+
+    return created_once(call, "key", "spend_key_id", create)
+
+
+def retrieve_spend_key(call: Call) -> dict:
+    return _with_usage(keys.account_key(call.account, call.params["spend_key_id"], "spend"))
+
+
+def update_spend_key(call: Call) -> dict:
+    """The gateway sees the change (a pause, a resume, new allow-lists) within tollgate_cache_ttl_ms."""
+    changes = _changes(call.body)
+    return _with_usage(keys.update_key(call.account, call.params["spend_key_id"], "spend", **changes))
+
+
+def revoke_spend_key(call: Call) -> dict:
+    revoked = keys.revoke_account_key(call.account, call.params["spend_key_id"], "spend")
+    return {"success": True, "id": revoked.id, "deleted": True}
+
+
+def rotate_spend_key(call: Call) -> dict:
+    """A new secret, same key: the old secret is refused from now on (by the gateway within its cache's TTL)."""
+    reject_unknown(call.body, ("account",))
+    account = call.account
+    rotated = keys.rotate_key(account, call.params["spend_key_id"], "spend")
+    return _with_usage(keys.account_key(account, rotated.id, "spend")) | {"key": rotated.secret_key}
+
+
+_BODY = {"name": "string", "status": "string", "request_shape": "string", "allowed_models": "array",
+         "allowed_providers": "array", "expires_at": "string", "spend_limit": "object", "request_limit": "object",
+         "rate_limit": "object", "tpm": "integer", "account": "string"}
+_ACCOUNT = {"account": "string"}
+
+ENDPOINTS = [
+    Endpoint("POST", "/spend_keys", create_spend_key,
+             "Create a spend key (the gateway only); the key is in this answer only. Honours Idempotency-Key: a "
+             "repeat is 409 secret_shown_once, since the key is never stored", status=201, body=_BODY),
+    Endpoint("GET", "/spend_keys", list_spend_keys, "List the account's spend keys",
+             query={"cursor": "string", "limit": "integer", "account": "string"}),
+    Endpoint("GET", "/spend_keys/{spend_key_id}", retrieve_spend_key, "Retrieve a spend key", query=_ACCOUNT),
+    Endpoint("PUT", "/spend_keys/{spend_key_id}", update_spend_key,
+             "Update a spend key's name, status (pause, resume), allow-lists or expiry", body=_BODY),
+    Endpoint("DELETE", "/spend_keys/{spend_key_id}", revoke_spend_key, "Revoke a spend key", query=_ACCOUNT),
+    Endpoint("POST", "/spend_keys/{spend_key_id}/rotate", rotate_spend_key,
+             "Give a spend key a new secret; the old one is refused from then on", body=_ACCOUNT),
+]
