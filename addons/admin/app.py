@@ -21,6 +21,7 @@ from addons.admin.auth import FailedAuthThrottle, authenticate
 from addons.admin.endpoints import Call, Endpoint
 from addons.admin.web import error_response, json_response, read_json
 from addons.core.errors import GatewayError, NotFound
+from addons.services.errors import Conflict
 from addons.services.idempotency import fingerprint, run_once
 
 log = logging.getLogger(__name__)
@@ -58,9 +59,32 @@ def _handle(endpoint: Endpoint, request: Request, body: dict, throttle: FailedAu
         return answer if isinstance(answer, tuple) else (endpoint.status, answer)
 
     key = request.headers.get("idempotency-key")
-    if endpoint.idempotent and key is not None:
-        return run_once(call.principal.account_id, key, fingerprint(request.method, request.url.path, body), work)
-    return work()
+    if not endpoint.idempotent or key is None:
+        return work()
+    request_hash = fingerprint(request.method, request.url.path, body)
+    if endpoint.secret is None:
+        return run_once(call.principal.account_id, key, request_hash, work)
+    return _created_once(call.principal.account_id, key, request_hash, work, *endpoint.secret)
+
+
+def _created_once(account_id: str, key: str, request_hash: str, work, secret_field: str,
+                  id_field: str) -> tuple[int, dict]:
+    """An idempotent creation whose answer carries a secret, which is never stored in clear: the idempotency
+    store keeps the answer without `secret_field`, and a repeat of a creation that went through is 409
+    `secret_shown_once` naming what it created (a client that lost the secret deletes that object)."""
+    shown: list[str] = []
+
+    def once() -> tuple[int, dict]:
+        status, answer = work()
+        shown.append(answer.pop(secret_field))
+        return status, answer
+
+    status, answer = run_once(account_id, key, request_hash, once)
+    if not shown:
+        raise Conflict("secret_shown_once", f"the first request with this Idempotency-Key created {answer[id_field]}; "
+                                            "its secret was shown once, in that answer. If it was lost, delete "
+                                            f"{answer[id_field]} and create another")
+    return status, {**answer, secret_field: shown[0]}
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:

@@ -6,40 +6,10 @@ revoke an admin key (403 `admin_only`), so an account key cannot raise itself or
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from addons.admin.auth import require_admin
 from addons.admin.endpoints import Call, Endpoint
 from addons.admin.web import choice, iso, paginate, reject_unknown, text
 from addons.services import keys
-from addons.services.errors import Conflict
-from addons.services.idempotency import fingerprint, run_once
-
-
-def created_once(call: Call, secret_field: str, id_field: str,
-                 create: Callable[[], tuple[int, dict]]) -> tuple[int, dict]:
-    """`create`, honouring Idempotency-Key without keeping a secret in clear: the idempotency store holds the
-    answer with `secret_field` removed, and a repeat of a creation that went through is 409
-    `secret_shown_once` naming what it created (its secret cannot be shown again; a client that lost it
-    revokes that object). Such endpoints are declared idempotent=False, so the app does not store the
-    whole answer itself."""
-    idempotency_key = call.request.headers.get("idempotency-key")
-    if idempotency_key is None:
-        return create()
-    shown: list[str] = []
-
-    def work() -> tuple[int, dict]:
-        status, answer = create()
-        shown.append(answer.pop(secret_field))
-        return status, answer
-
-    request_hash = fingerprint(call.request.method, call.request.url.path, call.body)
-    status, answer = run_once(call.principal.account_id, idempotency_key, request_hash, work)
-    if not shown:
-        raise Conflict("secret_shown_once", f"the first request with this Idempotency-Key created {answer[id_field]}; "
-                                            "its secret was shown once, in that answer. If it was lost, delete "
-                                            f"{answer[id_field]} and create another")
-    return status, {**answer, secret_field: shown[0]}
 
 
 def secret_key_view(key: keys.KeyInfo) -> dict:
@@ -60,13 +30,8 @@ def create_secret_key(call: Call) -> tuple[int, dict]:
     if role == "admin":
         require_admin(call.principal, "creating an admin key")
     account = call.account
-
-    def create() -> tuple[int, dict]:
-        created = keys.create_key(name, account, role)
-        view = secret_key_view(keys.account_key(account, created.id, "secret"))
-        return 201, view | {"secret_key": created.secret_key}
-
-    return created_once(call, "secret_key", "secret_key_id", create)
+    created = keys.create_key(name, account, role)
+    return 201, secret_key_view(keys.account_key(account, created.id, "secret")) | {"secret_key": created.secret_key}
 
 
 def delete_secret_key(call: Call) -> dict:
@@ -83,7 +48,8 @@ ENDPOINTS = [
              query={"cursor": "string", "limit": "integer", "account": "string"}),
     Endpoint("POST", "/secret_keys", create_secret_key,
              "Create a secret key; the secret is in this answer only. Honours Idempotency-Key: a repeat is 409 "
-             "secret_shown_once, since the secret is never stored", status=201,
+             "secret_shown_once, since the secret is never stored", status=201, idempotent=True,
+             secret=("secret_key", "secret_key_id"),
              body={"name": "string", "role": "string", "account": "string"}),
     Endpoint("DELETE", "/secret_keys/{secret_key_id}", delete_secret_key, "Revoke a secret key",
              query={"account": "string"}),

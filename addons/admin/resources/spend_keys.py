@@ -12,7 +12,6 @@ from __future__ import annotations
 from datetime import datetime
 
 from addons.admin.endpoints import Call, Endpoint
-from addons.admin.resources.keys import created_once
 from addons.admin.web import Invalid, iso, paginate, reject_unknown, text, timestamp, usd
 from addons.services import keys
 from addons.services.errors import BadRequest
@@ -123,12 +122,8 @@ def create_spend_key(call: Call) -> tuple[int, dict]:
     if "name" not in changes:
         raise Invalid("name", "is required")
     account = call.account
-
-    def create() -> tuple[int, dict]:
-        created = keys.create_spend_key(account=account, **changes)
-        return 201, spend_key_view(keys.account_key(account, created.id, "spend")) | {"key": created.secret_key}
-
-    return created_once(call, "key", "spend_key_id", create)
+    created = keys.create_spend_key(account=account, **changes)
+    return 201, spend_key_view(keys.account_key(account, created.id, "spend")) | {"key": created.secret_key}
 
 
 def retrieve_spend_key(call: Call) -> dict:
@@ -162,7 +157,8 @@ _ACCOUNT = {"account": "string"}
 ENDPOINTS = [
     Endpoint("POST", "/spend_keys", create_spend_key,
              "Create a spend key (the gateway only); the key is in this answer only. Honours Idempotency-Key: a "
-             "repeat is 409 secret_shown_once, since the key is never stored", status=201, body=_BODY),
+             "repeat is 409 secret_shown_once, since the key is never stored", status=201, body=_BODY,
+             idempotent=True, secret=("key", "spend_key_id")),
     Endpoint("GET", "/spend_keys", list_spend_keys, "List the account's spend keys",
              query={"cursor": "string", "limit": "integer", "account": "string"}),
     Endpoint("GET", "/spend_keys/{spend_key_id}", retrieve_spend_key, "Retrieve a spend key", query=_ACCOUNT),
