@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 import urllib.request
@@ -44,7 +45,9 @@ class Browser:
                 "--disable-dev-shm-usage", f"--window-size={size[0]},{size[1]}", "about:blank"]
         if os.geteuid() == 0:
             args.insert(1, "--no-sandbox")  # Chromium refuses to run its sandbox as root (CI containers)
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.log = profile / "chromium.log"  # a file, not a pipe nobody reads: Chromium logs a lot
+        with self.log.open("wb") as log:  # its own process group, so that close() reaches every helper it forks
+            self.process = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True)
         self.events: list[dict] = []
         self._next_id = 0
         self._closing = contextlib.ExitStack()
@@ -64,7 +67,7 @@ class Browser:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"chromium exited ({self.process.returncode}): {self.process.stderr.read()[-2000:]!r}")
+                raise RuntimeError(f"chromium exited ({self.process.returncode}): {self.log.read_text()[-2000:]}")
             if active_port.exists() and (lines := active_port.read_text().split()):
                 return int(lines[0])
             time.sleep(0.05)
@@ -72,12 +75,11 @@ class Browser:
 
     def close(self) -> None:
         self._closing.close()
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        for signal_, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, None)):  # the SIGKILL: any helper left
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal_)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(wait)
 
     def __enter__(self) -> Browser:
         return self
