@@ -13,7 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from addons.billing import events
-from addons.billing.autopay import AutoTopUp, _HttpPost, sign, verify_signature
+from addons.billing.autopay import AutoTopUp, sign, verify_signature
+from addons.billing.signed_posts import HttpPost
 from addons.core.settings import AutopaySettings
 from addons.ledger.accounts import audit_wallets, credit_wallet, ensure_account, wallet_balance
 from addons.ledger.models import (
@@ -276,7 +277,7 @@ def test_an_unreachable_hook_fails_with_a_short_reason(make, wallet_id, caplog):
 
 def test_a_hook_that_does_not_answer_in_time_is_a_failure(make, receiver, wallet_id):
     receiver.delay = 1.0
-    autopay = make(max_attempts=1, post=_HttpPost(timeout=0.2))
+    autopay = make(max_attempts=1, post=HttpPost(timeout=0.2))
     charge(wallet_id, 2 * USD)
     autopay.notify_charged(wallet_id)
     assert autopay.flush(timeout=30)

@@ -37,6 +37,11 @@ low makes the next charge below the threshold report it again. `balance.depleted
 spell than `balance.low`, once the balance reaches zero. The check runs under the wallet lock, so
 concurrent processes emit each event once. This works with autopay off (no webhook_url) as well.
 
+Webhooks. Every event, once its transaction has committed, goes to every webhook the wallet's account
+registered (POST /v1/webhooks), each signed with its own secret, by `deliveries` (event_delivery.py) on
+threads of its own: a slow or failing webhook never holds up a top-up. The payment hook above is not
+one of them and gets the top-up request only, as before.
+
 Crashed processes. A pending top-up older than `stale_after_seconds` (5 minutes, or the longest a
 top-up can take with these settings if that is longer) was left by a process that died: it is marked
 failed with error "abandoned" (pending_wallet cleared, `topup.failed` emitted) when an AutoTopUp
@@ -45,14 +50,13 @@ does not wait for a restart. A process that died between the hook's 2xx and the 
 but uncredited top-up, marked abandoned: the operator reconciles it by its id (the idempotency key).
 
 Shutdown. `close(timeout)` stops taking notifications, handles the ones queued, makes the retries due
-within the timeout, and marks top-ups whose next retry would come later failed ("shutdown").
+within the timeout, and marks top-ups whose next retry would come later failed ("shutdown"); then the
+webhooks get the events recorded so far, within what is left of the timeout.
 """
 
 from __future__ import annotations
 
-import hashlib
 import heapq
-import hmac
 import itertools
 import json
 import logging
@@ -62,9 +66,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 
-import httpx
 from peewee import IntegrityError, InterfaceError, OperationalError, PostgresqlDatabase, SqliteDatabase, fn
 
+from addons.billing.event_delivery import EventDelivery
 from addons.billing.events import (
     BALANCE_DEPLETED,
     BALANCE_LOW,
@@ -74,59 +78,24 @@ from addons.billing.events import (
     event_data,
     record_event,
 )
+from addons.billing.signed_posts import (  # noqa: F401 - sign and verify_signature: a receiver's check, as ever
+    HOOK_TIMEOUT_SECONDS,
+    HttpPost,
+    Post,
+    post_failure,
+    sign,
+    signed_headers,
+    verify_signature,
+)
 from addons.core.settings import AutopaySettings
 from addons.ledger.models import Account, Customer, Event, LedgerEntry, TopUp, Wallet, database, utcnow
 from pricing.money import format_usd
 
 log = logging.getLogger(__name__)
 
-HOOK_TIMEOUT_SECONDS = 10.0
 STALE_AFTER_SECONDS = 300.0
 DB_RETRY_SECONDS = 1.0
 CREDIT_REASONS = ("topup", "autopay", "refund", "adjustment")  # entries that can end a low spell
-SIGNATURE_HEADER = "x-tollgate-signature"
-TIMESTAMP_HEADER = "x-tollgate-timestamp"
-IDEMPOTENCY_HEADER = "idempotency-key"
-
-# post(url, body, headers) -> HTTP status; raises httpx.HTTPError / OSError when no answer came.
-Post = Callable[[str, bytes, dict[str, str]], int]
-
-
-def sign(secret: str, body: bytes) -> str:
-    """The x-tollgate-signature value of a body."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-def verify_signature(secret: str, body: bytes, header: str, timestamp: int, now: float, tolerance: int = 300) -> bool:
-    """What a receiver checks: the signature over the raw body (constant-time) and that `timestamp`,
-    the body's signed "timestamp" field, is within `tolerance` seconds of `now` (replays)."""
-    if not secret or not isinstance(header, str) or not isinstance(body, bytes | bytearray):
-        return False
-    try:
-        fresh = abs(float(now) - int(timestamp)) <= tolerance
-    except (TypeError, ValueError, OverflowError):
-        return False
-    expected = sign(secret, bytes(body)).encode()
-    matches = hmac.compare_digest(expected, header.strip().encode("utf-8", "surrogateescape"))
-    return matches and fresh
-
-
-class _HttpPost:
-    """The default `post`: one httpx client, used only by the worker thread; no redirects followed."""
-
-    def __init__(self, timeout: float = HOOK_TIMEOUT_SECONDS):
-        self._timeout = timeout
-        self._client: httpx.Client | None = None
-
-    def __call__(self, url: str, body: bytes, headers: dict[str, str]) -> int:
-        if self._client is None:
-            self._client = httpx.Client(timeout=self._timeout, follow_redirects=False)
-        return self._client.post(url, content=body, headers=headers).status_code
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
 
 
 @contextmanager
@@ -166,7 +135,8 @@ def _new_spell(wallet_id: str, name: str, credited: int) -> bool:
 
 class AutoTopUp:
     """One per proxy process. `post(url, body, headers) -> status` replaces the httpx call (tests only);
-    `clock` gives the body's unix timestamp."""
+    `clock` gives the body's unix timestamp. The events it records go, once committed, to `deliveries`: every
+    webhook the wallet's account registered (by default an EventDelivery of its own, closed with it)."""
 
     def __init__(
         self,
@@ -174,6 +144,7 @@ class AutoTopUp:
         *,
         clock: Callable[[], float] = time.time,
         post: Post | None = None,
+        deliveries: EventDelivery | None = None,
     ):
         if settings.webhook_url and not settings.webhook_secret:
             raise ValueError("billing.autopay.webhook_url is set but webhook_secret is not: hook calls must be signed")
@@ -182,7 +153,9 @@ class AutoTopUp:
         self._settings = settings
         self._clock = clock
         self._default_post = post is None
-        self._post: Post = post or _HttpPost()
+        self._post: Post = post or HttpPost()
+        self.deliveries = deliveries or EventDelivery(settings, clock=clock)
+        self._outbox: list[Event] = []  # recorded, not yet known to be committed (the worker's own)
         self._cond = threading.Condition()
         self._wallets: dict[str, None] = {}  # queued notifications, an ordered set
         self._tasks: list[tuple[float, int, str, str, int]] = []  # (due, seq, kind, topup_id, attempt)
@@ -216,20 +189,27 @@ class AutoTopUp:
             self._cond.notify_all()
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every notification so far is handled and every top-up begun has finished."""
+        """Wait until every notification so far is handled, every top-up begun has finished and the webhooks
+        have had every event (or a delivery was given up)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            return self._cond.wait_for(lambda: not (self._wallets or self._tasks or self._busy), timeout)
+            if not self._cond.wait_for(lambda: not (self._wallets or self._tasks or self._busy), timeout):
+                return False
+        return self.deliveries.flush(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def close(self, timeout: float = 10.0) -> bool:
         """Stop: queued notifications are handled, retries due within `timeout` made, later ones failed
-        ("shutdown"); further notifications are ignored. False if the worker is still busy at the end."""
+        ("shutdown"); further notifications are ignored. Then the webhooks get the events recorded meanwhile,
+        within what is left of `timeout`. False if a worker is still busy at the end."""
+        deadline = time.monotonic() + timeout
         with self._cond:
             if not self._closing:
                 self._closing = True
-                self._deadline = time.monotonic() + timeout
+                self._deadline = deadline
             self._cond.notify_all()
         self._thread.join(timeout)
-        return not self._thread.is_alive()
+        delivered = self.deliveries.close(max(0.0, deadline - time.monotonic()))
+        return not self._thread.is_alive() and delivered
 
     # -- the worker ----------------------------------------------------------------------------------
 
@@ -292,6 +272,7 @@ class AutoTopUp:
 
     def _db_lost(self, e: Exception) -> None:
         log.error("autopay: database error: %s", type(e).__name__)
+        self._outbox.clear()  # their transaction rolled back
         try:
             if not database.is_closed():
                 database.close()
@@ -307,6 +288,7 @@ class AutoTopUp:
             self._db_lost(e)
         except Exception:
             log.exception("autopay: %s failed", step.__name__)
+            self._outbox.clear()
         return False
 
     def _pay_safely(self, topup_id: str, attempt: int) -> None:
@@ -318,6 +300,7 @@ class AutoTopUp:
             self._schedule(DB_RETRY_SECONDS, "pay", topup_id, attempt)
         except Exception as e:
             log.exception("autopay: top-up %s attempt %d failed", topup_id, attempt)
+            self._outbox.clear()
             self._safely(self._fail, topup_id, attempt, f"internal error ({type(e).__name__})")
 
     def _credit_safely(self, topup_id: str, attempts: int) -> None:
@@ -329,6 +312,21 @@ class AutoTopUp:
             self._schedule(DB_RETRY_SECONDS, "credit", topup_id, attempts)
         except Exception:
             log.exception("autopay: top-up %s was paid but could not be credited", topup_id)
+            self._outbox.clear()
+
+    # -- events --------------------------------------------------------------------------------------
+
+    def _record(self, name: str, wallet_id: str, **data) -> None:
+        """Record an event in the current transaction; `_publish` hands it to the webhooks after the commit."""
+        self._outbox.append(record_event(name, wallet_id, **data))
+
+    def _publish(self) -> None:
+        """Once no transaction is open any more (the events' own has committed), deliver what was recorded."""
+        if database.in_transaction():
+            return
+        recorded, self._outbox = self._outbox, []
+        for event in recorded:
+            self.deliveries.publish(event)
 
     # -- deciding ------------------------------------------------------------------------------------
 
@@ -353,12 +351,13 @@ class AutoTopUp:
             facts = dict(customer_id=customer.customer_id, balance_nanos=balance, threshold_nanos=threshold,
                          credited_nanos=credited)
             if _new_spell(wallet_id, BALANCE_LOW, credited):
-                record_event(BALANCE_LOW, wallet_id, **facts)
+                self._record(BALANCE_LOW, wallet_id, **facts)
             if balance <= 0 and _new_spell(wallet_id, BALANCE_DEPLETED, credited):
-                record_event(BALANCE_DEPLETED, wallet_id, **facts)
+                self._record(BALANCE_DEPLETED, wallet_id, **facts)
             if topup is not None:
-                record_event(TOPUP_REQUESTED, wallet_id, topup_id=topup.id, amount_nanos=amount,
+                self._record(TOPUP_REQUESTED, wallet_id, topup_id=topup.id, amount_nanos=amount,
                              customer_id=customer.customer_id, balance_nanos=balance)
+        self._publish()
         if topup is not None:
             log.info("autopay: top-up %s of %s USD for wallet %s requested", topup.id, format_usd(amount), wallet_id)
             self._pay_safely(topup.id, 1)
@@ -412,13 +411,8 @@ class AutoTopUp:
              "attempt": attempt},
             separators=(",", ":"),
         ).encode()
-        headers = {
-            "content-type": "application/json",
-            SIGNATURE_HEADER: sign(self._settings.webhook_secret, body),
-            TIMESTAMP_HEADER: str(timestamp),
-            IDEMPOTENCY_HEADER: topup.id,
-        }
-        error = self._call_hook(body, headers)
+        headers = signed_headers(self._settings.webhook_secret, body, timestamp, topup.id)
+        error = post_failure(self._post, self._settings.webhook_url, body, headers)
         if error is None:
             self._credit_safely(topup_id, attempt)
             return
@@ -430,16 +424,6 @@ class AutoTopUp:
         still_pending = (TopUp.id == topup_id) & (TopUp.status == "pending")
         TopUp.update(attempts=attempt, error=error).where(still_pending).execute()
         self._schedule(self._settings.retry_base_seconds * 2 ** (attempt - 1), "pay", topup_id, attempt + 1)
-
-    def _call_hook(self, body: bytes, headers: dict[str, str]) -> str | None:
-        """None on a 2xx answer, else a short reason (no URL, no secret)."""
-        try:
-            status = self._post(self._settings.webhook_url, body, headers)
-        except httpx.TimeoutException:
-            return "timeout"
-        except (httpx.HTTPError, OSError) as e:
-            return f"connection error ({type(e).__name__})"
-        return None if 200 <= status < 300 else f"HTTP {status}"
 
     def _succeed(self, topup_id: str, attempts: int) -> None:
         """Credit a paid top-up: entry, balance, version and status in one transaction; idempotent."""
@@ -460,8 +444,9 @@ class AutoTopUp:
                          finished_at=utcnow()).where(TopUp.id == topup_id).execute()
             if not credited:
                 balance = Wallet.select(Wallet.balance_nanos).where(Wallet.id == topup.wallet_id).scalar()
-                record_event(TOPUP_SUCCEEDED, topup.wallet_id, topup_id=topup_id, amount_nanos=topup.amount_nanos,
-                             attempts=attempts, balance_nanos=balance)
+                self._record(TOPUP_SUCCEEDED, topup.wallet_id, topup_id=topup_id,
+                             amount_nanos=topup.amount_nanos, attempts=attempts, balance_nanos=balance)
+        self._publish()
         log.info("autopay: top-up %s credited after %d attempt(s)", topup_id, attempts)
 
     def _finish_failed(self, topup_id: str, wallet_id: str, attempts: int, error: str) -> bool:
@@ -473,7 +458,8 @@ class AutoTopUp:
                 .execute()
             )
             if done:
-                record_event(TOPUP_FAILED, wallet_id, topup_id=topup_id, attempts=attempts, error=error[:200])
+                self._record(TOPUP_FAILED, wallet_id, topup_id=topup_id, attempts=attempts, error=error[:200])
+        self._publish()  # unless this runs inside a transaction of _check's, which publishes after its commit
         return bool(done)
 
     def _fail(self, topup_id: str, attempts: int, error: str) -> None:

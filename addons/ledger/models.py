@@ -254,6 +254,25 @@ class Event(BaseModel):
     created_at = DateTimeField(default=utcnow)
 
 
+class WebhookRow(BaseModel):
+    """A URL registered to receive its account's billing events (addons/billing/event_delivery.py).
+
+    The signing secret is sealed (addons/core/sealed_secrets.py), not hashed: Tollgate signs with it.
+    Deleting sets deleted_at; a deleted webhook receives nothing more.
+    """
+
+    id = CharField(primary_key=True, default=lambda: new_id("wh"))
+    account = ForeignKeyField(Account, backref="webhooks")
+    name = CharField()
+    url = TextField()
+    sealed_secret = TextField()
+    created_at = DateTimeField(default=utcnow)
+    deleted_at = DateTimeField(null=True)
+
+    class Meta:
+        table_name = "webhook"
+
+
 class IdempotencyRow(BaseModel):
     """An API call made with an Idempotency-Key, and its answer (addons/admin/idempotency.py)."""
 
@@ -270,7 +289,7 @@ class IdempotencyRow(BaseModel):
 
 
 MODELS = (Account, Wallet, Customer, MeterRow, MeterUsage, LedgerEntry, ApiKey, ProviderKeyRow, RequestRow, TopUp, Hold,
-          Event, IdempotencyRow)
+          Event, IdempotencyRow, WebhookRow)
 
 
 def open_database(url: str):
