@@ -11,6 +11,7 @@ from addons.admin.resources import (
     requests,
     unsupported,
     usage,
+    wallet,
     webhooks,
 )
 
@@ -19,6 +20,7 @@ ENDPOINTS = [
     *meters.ENDPOINTS,
     *requests.ENDPOINTS,
     *usage.ENDPOINTS,
+    *wallet.ENDPOINTS,
     *keys.ENDPOINTS,
     *webhooks.ENDPOINTS,
     *models.ENDPOINTS,
