@@ -5,7 +5,8 @@ meters, the records that say who a caller is and how it is billed. Balances and 
 not cached here (the hold book keeps them); `read` runs them uncached, sharing a read in flight.
 
 A cached answer lives for `ttl` seconds, so a revocation, a new customer or a changed meter made
-by the CLI is seen within that time.
+by the CLI or the API is seen within that time. A deleted customer or meter is not found (the
+ledger's lookups find live ones only), so requests naming it are refused as for an unknown one.
 
 When the database cannot be reached the cache marks the ledger down and probes it until it
 answers. Meanwhile, with `serve_stale`, cached answers are used past their time (a key unknown to

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from peewee import JOIN, fn
+from peewee import JOIN, IntegrityError, fn
 
 from addons.core.secret_formats import (
     SECRET_PREFIX,
@@ -227,12 +227,15 @@ def find_key_by_id(key_id: str) -> KeyRecord | None:
 
 
 def find_customer(account_id: str, customer_id: str) -> CustomerRecord | None:
-    row = Customer.get_or_none(Customer.account == account_id, Customer.customer_id == customer_id)
+    """A live customer of the account; a deleted one is as unknown (requests naming it are refused)."""
+    row = Customer.get_or_none(Customer.account == account_id, Customer.customer_id == customer_id,
+                               Customer.deleted_at.is_null())
     return row and CustomerRecord(row.customer_id, row.wallet_id, row.overdraft_limit_nanos)
 
 
 def find_meter(account_id: str, slug: str) -> MeterRow | None:
-    return MeterRow.get_or_none(MeterRow.account == account_id, MeterRow.slug == slug)
+    """A live meter of the account; a deleted one is as unknown (requests and tokens naming it are refused)."""
+    return MeterRow.get_or_none(MeterRow.account == account_id, MeterRow.slug == slug, MeterRow.deleted_at.is_null())
 
 
 def wallet_state(wallet_id: str) -> tuple[int, int]:
@@ -275,27 +278,75 @@ def audit_wallets() -> list[tuple[str, int, int]]:
     return [(wallet_id, balance, int(total)) for wallet_id, balance, total in query.tuples()]
 
 
+class AlreadyExists(ValueError):
+    """A customer id or meter slug the account has already; `deleted`: taken by one since deleted, whose id
+    stays reserved so that the ledger's history never names two of them."""
+
+    def __init__(self, message: str, deleted: bool = False):
+        super().__init__(message)
+        self.deleted = deleted
+
+
+def _taken(what: str, name: str, row, key: str = "id") -> AlreadyExists:
+    if row is not None and row.deleted_at is not None:
+        return AlreadyExists(f"{what} {name!r} was deleted; its {key} stays reserved, choose another", deleted=True)
+    return AlreadyExists(f"{what} {name!r} already exists")
+
+
 def create_customer(account_name: str, customer_id: str, *, balance_nanos: int = 0,
                     autopay_threshold_nanos: int | None = None, autopay_amount_nanos: int | None = None,
-                    overdraft_limit_nanos: int = 0) -> Customer:
+                    overdraft_limit_nanos: int = 0, **profile) -> Customer:
+    """The customer and its wallet, opened with `balance_nanos` (an entry). `profile`: reference_id, email,
+    phone, name, metadata (JSON text). AlreadyExists: the id is taken, by a live or a deleted customer."""
     account, _ = ensure_account(account_name)
-    with database.atomic():
-        if Customer.select().where(Customer.account == account, Customer.customer_id == customer_id).exists():
-            raise ValueError(f"customer {customer_id!r} already exists")
-        wallet = Wallet.create(account=account, customer_id=customer_id)
-        customer = Customer.create(
-            account=account, customer_id=customer_id, wallet=wallet, autopay_threshold_nanos=autopay_threshold_nanos,
-            autopay_amount_nanos=autopay_amount_nanos, overdraft_limit_nanos=overdraft_limit_nanos,
-        )
-        if balance_nanos:
-            credit_wallet(wallet.id, balance_nanos, "topup", note="opening balance")
+    existing = Customer.get_or_none(Customer.account == account, Customer.customer_id == customer_id)
+    if existing is not None:
+        raise _taken("customer", customer_id, existing)
+    try:
+        with database.atomic():  # a savepoint inside a caller's transaction: a lost race leaves it usable
+            wallet = Wallet.create(account=account, customer_id=customer_id)
+            customer = Customer.create(
+                account=account, customer_id=customer_id, wallet=wallet,
+                autopay_threshold_nanos=autopay_threshold_nanos, autopay_amount_nanos=autopay_amount_nanos,
+                overdraft_limit_nanos=overdraft_limit_nanos, **profile,
+            )
+            if balance_nanos:
+                credit_wallet(wallet.id, balance_nanos, "topup", note="opening balance")
+    except IntegrityError:  # created meanwhile by another process
+        raise _taken("customer", customer_id, None) from None
     return customer
 
 
 def get_customer(account_name: str, customer_id: str) -> Customer:
+    """A live customer of the named account; LookupError for an unknown or deleted one."""
     customer = (
-        Customer.select().join(Account).where(Account.name == account_name, Customer.customer_id == customer_id).first()
+        Customer.select().join(Account)
+        .where(Account.name == account_name, Customer.customer_id == customer_id, Customer.deleted_at.is_null())
+        .first()
     )
     if customer is None:
         raise LookupError(f"no customer {customer_id!r} in account {account_name!r}")
     return customer
+
+
+def delete_customer(customer: Customer) -> None:
+    """Soft delete: new requests naming the customer are refused (once the gateway's account cache has let go of
+    it, within a second); requests in flight still settle; its wallet and immutable entries stay."""
+    Customer.update(deleted_at=utcnow()).where(Customer.id == customer.id, Customer.deleted_at.is_null()).execute()
+
+
+def create_meter(account: Account, slug: str, **columns) -> MeterRow:
+    """AlreadyExists: the slug is taken, by a live or a deleted meter."""
+    existing = MeterRow.get_or_none(MeterRow.account == account, MeterRow.slug == slug)
+    if existing is not None:
+        raise _taken("meter", slug, existing, "slug")
+    try:
+        with database.atomic():
+            return MeterRow.create(account=account, slug=slug, **columns)
+    except IntegrityError:
+        raise _taken("meter", slug, None, "slug") from None
+
+
+def delete_meter(meter: MeterRow) -> None:
+    """Soft delete: tokens and requests naming it are refused from now on; rows it priced keep their slug."""
+    MeterRow.update(deleted_at=utcnow()).where(MeterRow.id == meter.id, MeterRow.deleted_at.is_null()).execute()

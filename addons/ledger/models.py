@@ -82,6 +82,15 @@ class Customer(BaseModel):
     autopay_amount_nanos = BigIntegerField(null=True)
     overdraft_limit_nanos = BigIntegerField(default=0)  # how far below zero charges may take the balance
     created_at = DateTimeField(default=utcnow)
+    # who the customer is, as the merchant describes it (Lava's customer fields); all optional
+    reference_id = CharField(null=True)
+    email = CharField(null=True)
+    phone = CharField(null=True)
+    name = CharField(null=True)
+    metadata = TextField(null=True)  # a JSON object
+    # deleted: unknown to the API and refused for new requests; the row, its wallet and entries stay, and so
+    # does its customer_id (never reused)
+    deleted_at = DateTimeField(null=True)
 
     class Meta:
         indexes = ((("account", "customer_id"), True),)
@@ -100,6 +109,10 @@ class MeterRow(BaseModel):
     token_basis = CharField(default="input+output")  # input+output | output
     tiers = TextField(default="[]")
     created_at = DateTimeField(default=utcnow)
+    name = CharField(null=True)  # what people call it; NULL: its slug
+    # deleted: unknown to the API and refused for new requests; its slug stays reserved, and requests priced by
+    # it keep pointing at the row
+    deleted_at = DateTimeField(null=True)
 
     class Meta:
         table_name = "meter"

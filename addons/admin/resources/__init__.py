@@ -12,6 +12,7 @@ from addons.admin.resources import (
     spend_keys,
     unsupported,
     usage,
+    wallet,
     webhooks,
 )
 
@@ -20,6 +21,7 @@ ENDPOINTS = [
     *meters.ENDPOINTS,
     *requests.ENDPOINTS,
     *usage.ENDPOINTS,
+    *wallet.ENDPOINTS,
     *keys.ENDPOINTS,
     *spend_keys.ENDPOINTS,
     *webhooks.ENDPOINTS,
