@@ -332,7 +332,7 @@ class AutoTopUp:
 
     def _check(self, wallet_id: str) -> None:
         customer = Customer.get_or_none(Customer.wallet == wallet_id)
-        if customer is None:
+        if customer is None or customer.deleted_at is not None:  # a deleted customer is asked for no money
             return
         threshold, amount = customer.autopay_threshold_nanos, customer.autopay_amount_nanos
         if threshold is None or amount is None or amount <= 0:
