@@ -61,5 +61,11 @@ def find_provider_model(model: str, provider_id: str) -> tuple[Provider, ModelIn
     return get_snapshot().find_provider_model(model, None, provider_id, None)
 
 
+def provider_models(provider_id: str) -> tuple[str, ...]:
+    """The model ids the bundled snapshot prices for a genai-prices provider id; () for an unknown id."""
+    provider = next((p for p in get_snapshot().providers if p.id == provider_id), None)
+    return tuple(model.id for model in provider.models) if provider else ()
+
+
 __all__ = ("PER", "SUPPORTED", "ModelInfo", "ModelPrice", "Provider", "UnsupportedGenaiPrices", "check_version",
-           "find_provider_model", "rates")
+           "find_provider_model", "provider_models", "rates")

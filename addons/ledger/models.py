@@ -215,13 +215,19 @@ class RequestRow(BaseModel):
     latency_ms = IntegerField(null=True)
     ttfb_ms = IntegerField(null=True)
     usage_source = CharField(default="none")  # reported | estimated | none
-    # catalog | override | unpriced | unmetered | free (addons/billing/price_guard.py); NULL: a row
-    # written before price sources were recorded
+    # catalog | override | unpriced | unmetered | free (addons/billing/price_guard.py), or reported (usage a
+    # merchant reported, whose provider cost Tollgate never paid); NULL: a row written before price sources were recorded
     price_source = CharField(null=True)
     bill_customer = BooleanField(null=True)  # the customer was billed for it (NULL: an older row)
     byok = BooleanField(default=False)
     error = CharField(null=True)
     metadata = TextField(null=True)
+    # What a merchant reported through POST /v1/requests besides tokens (addons/services/reported.py): text
+    # characters, and audio or video duration in milliseconds. The proxy leaves them 0.
+    input_characters = IntegerField(default=0)
+    output_characters = IntegerField(default=0)
+    input_duration_ms = IntegerField(default=0)
+    output_duration_ms = IntegerField(default=0)
 
     class Meta:
         table_name = "request"

@@ -5,12 +5,15 @@ The resource modules (requests, usage, customers, prices) turn them into typed r
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from datetime import datetime
 
-from peewee import Case, fn
+from peewee import JOIN, SQL, Case, Expression, NodeList, Value, fn
 
 from addons.billing.charges import cycle_start
-from addons.ledger.models import ApiKey, Customer, Hold, MeterRow, MeterUsage, RequestRow, utcnow
+from addons.ledger.bulk import on_postgres
+from addons.ledger.models import ApiKey, Customer, Event, Hold, MeterRow, MeterUsage, RequestRow, Wallet, utcnow
 from pricing.meters import micro_to_units
 
 USAGE_GROUPS = {
@@ -31,9 +34,29 @@ UNKNOWN_COST = ("unpriced", "unmetered")
 BILLED = (RequestRow.bill_customer == True) | (RequestRow.bill_customer.is_null() & RequestRow.customer_id.is_null(False))  # noqa: E712
 
 
-def _filtered(query, customer: str | None, since: datetime | None, until: datetime | None):
+# Metadata filters: (key, value) pairs a request's metadata JSON must all hold, as string values.
+MetadataPairs = Sequence[tuple[str, str]]
+
+
+def _metadata_has(key: str, value: str):
+    """The request's metadata holds `key` with the string `value`, in SQL on either backend."""
+    if on_postgres():
+        return Expression(RequestRow.metadata.cast("jsonb"), "@>", Value(json.dumps({key: value})).cast("jsonb"))
+    return NodeList((SQL("EXISTS (SELECT 1 FROM json_each("), RequestRow.metadata,
+                     SQL(") AS m WHERE m.key ="), Value(key), SQL("AND m.type = 'text' AND m.value ="), Value(value),
+                     SQL(")")))
+
+
+def _filtered(query, customer: str | None, since: datetime | None, until: datetime | None, *,
+              account_id: str | None = None, meter_slug: str | None = None, metadata: MetadataPairs = ()):
+    if account_id:
+        query = query.where(RequestRow.account == account_id)
     if customer:
         query = query.where(RequestRow.customer_id == customer)
+    if meter_slug:
+        query = query.where(RequestRow.meter_slug == meter_slug)
+    for key, value in metadata:
+        query = query.where(_metadata_has(key, value))
     if since:
         query = query.where(RequestRow.created_at >= since)
     if until:
@@ -67,16 +90,40 @@ def recent_requests(limit: int, customer: str | None = None, *, key: str | None 
     return list(_filtered(query, customer, since, until).dicts())
 
 
+def requests_of(account_id: str, *, customer: str | None = None, meter_slug: str | None = None,
+                metadata: MetadataPairs = ()):
+    """An account's requests matching every filter given, as a query for the caller to order and page."""
+    return _filtered(RequestRow.select(), customer, None, None, account_id=account_id, meter_slug=meter_slug,
+                     metadata=metadata)
+
+
+def meters_of(account_id: str) -> dict[str, MeterRow]:
+    """An account's meters by slug (a request row names its meter by slug)."""
+    return {row.slug: row for row in MeterRow.select().where(MeterRow.account == account_id)}
+
+
+def events_query(account_id: str | None, customer: str | None = None):
+    """Billing events, of one account's wallets (its own and its customers') or, with None, of every wallet; of one
+    customer's wallet (its customer_id)."""
+    query = Event.select(Event, Wallet.customer_id.alias("customer_id")).join(Wallet, JOIN.LEFT_OUTER).objects()
+    if account_id is not None:
+        query = query.where(Wallet.account == account_id)
+    return query if customer is None else query.where(Wallet.customer_id == customer)
+
+
 def key_names() -> dict[str, str]:
     """Key id -> the key's name, for showing a request or a usage row by name."""
     return dict(ApiKey.select(ApiKey.id, ApiKey.name).tuples())
 
 
 def usage_by(group: str, customer: str | None = None, since: datetime | None = None,
-             until: datetime | None = None) -> tuple[list[dict], dict]:
+             until: datetime | None = None, *, account_id: str | None = None, meter_slug: str | None = None,
+             metadata: MetadataPairs = ()) -> tuple[list[dict], dict]:
     """Rows per group and the totals; margin is the fees of requests billed to a customer less what the merchant
-    paid for those requests (their provider cost; nothing when the customer brought its own provider key)."""
+    paid for those requests (their provider cost; nothing when the customer brought its own provider key).
+    Without `account_id`, every account's requests."""
     column = USAGE_GROUPS[group]
+    scope = dict(account_id=account_id, meter_slug=meter_slug, metadata=metadata)
     sums = [fn.COUNT(RequestRow.id).alias("requests"),
             fn.SUM(RequestRow.input_tokens).alias("input_tokens"),
             fn.SUM(RequestRow.output_tokens).alias("output_tokens"),
@@ -84,9 +131,9 @@ def usage_by(group: str, customer: str | None = None, since: datetime | None = N
             *(fn.SUM(Case(None, [(RequestRow.price_source == source, 1)], 0)).alias(f"{source}_requests")
               for source in UNKNOWN_COST),
             fn.SUM(Case(None, [(BILLED, RequestRow.charged_nanos)], 0)).alias("billed_charged_nanos")]
-    query = _filtered(RequestRow.select(column.alias("group"), *sums), customer, since, until)
+    query = _filtered(RequestRow.select(column.alias("group"), *sums), customer, since, until, **scope)
     rows = [_numbers(row) for row in query.group_by(column).order_by(fn.SUM(RequestRow.provider_cost_nanos).desc(), column).dicts()]
-    totals = _numbers(_filtered(RequestRow.select(*sums), customer, since, until).dicts().get())
+    totals = _numbers(_filtered(RequestRow.select(*sums), customer, since, until, **scope).dicts().get())
     totals.pop("group", None)
     if group == "key":
         names = key_names()
