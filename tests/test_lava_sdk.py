@@ -94,10 +94,11 @@ def test_every_lava_sdk_method_works_against_tollgate(gateway, scenario):
     assert usage["totals"]["total_requests"] == 4
     assert Decimal(usage["totals"]["total_charge"]) == sum(Decimal(r["charge"]["amount"]) for r in listed)
 
-    # the ledger agrees: the customer's balance is the top-up less every charge, as the CLI shows it
-    shown = gateway.cli_json("customers", "show", customer["customer_id"])
+    # the ledger agrees: the customer's balance is the top-up less every charge, as the API showed it
     fees = sum(Decimal(r["charge"]["amount"]) for r in listed)
-    assert Decimal(shown["balance"]) == Decimal("5.00") - fees
+    balance = Decimal(gateway.ledger.balance(customer["customer_id"]))
+    assert balance == Decimal("5.00") - fees == Decimal(ok(steps, "customers.retrieve_before_delete")["balance"])
+    assert gateway.ledger.audit_ok()
 
     secret = ok(steps, "secretKeys.create")
     assert secret["secret_key"].startswith("tg_sk_") and secret["secret_key"] not in json.dumps(

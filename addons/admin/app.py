@@ -53,6 +53,14 @@ def _api_route(endpoint: Endpoint, throttle: FailedAuthThrottle) -> Route:
 
 def _handle(endpoint: Endpoint, request: Request, body: dict, throttle: FailedAuthThrottle) -> tuple[int, dict]:
     call = Call(request, authenticate(request, throttle), body, request.path_params)
+    answer = _answer(endpoint, call)
+    for callback in call.after_commit:
+        callback()
+    return answer
+
+
+def _answer(endpoint: Endpoint, call: Call) -> tuple[int, dict]:
+    request, body = call.request, call.body
 
     def work() -> tuple[int, dict]:
         answer = endpoint.handler(call)

@@ -23,6 +23,7 @@ class Call:
     principal: Principal
     body: dict
     params: Mapping[str, str]  # path parameters
+    after_commit: list[Callable[[], None]] = field(default_factory=list)  # run once the call's work is committed
 
     @property
     def query(self) -> Mapping[str, str]:

@@ -20,6 +20,7 @@ from addons.admin import dashboard, metrics, openapi
 from addons.admin.app import AdminOptions, build_app
 from addons.core.settings import load_settings
 from addons.host.listen_addresses import open_admin_refusal
+from addons.services.autopay import start_autopay
 from addons.services.database import open_ledger
 
 PROG = "tollgate-admin"
@@ -62,9 +63,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     open_ledger(args.database_url or load_settings().database_url)
     options = AdminOptions(args.auth_fail_limit, args.auth_fail_window_s)
     app = build_app(options, extra_routes=[*openapi.routes(), *dashboard.routes(), *metrics.routes()])
+    app.state.autopay = start_autopay()  # reported requests charge customers here, as the proxy does
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
                             ssl_certfile=args.certfile, ssl_keyfile=args.keyfile, lifespan="off",
                             server_header=False)
     server = _Server(config, args.ready_fd)
-    asyncio.run(server.serve())
+    try:
+        asyncio.run(server.serve())
+    finally:
+        app.state.autopay.close()
     return 0 if server.started else 1

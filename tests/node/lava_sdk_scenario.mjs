@@ -106,6 +106,7 @@ await step("subscriptions.listPlans", () => lava.subscriptions.listPlans());
 await step("creditBundles.list", () => lava.creditBundles.list());
 await step("customers.retrieve_missing", () => lava.customers.retrieve("cus_does_not_exist"));
 await step("meters.create_invalid", () => lava.meters.create({ name: "bad", rate_type: "fixed", tier_type: "parsecs", tiers: [] }));
+await step("customers.retrieve_before_delete", () => lava.customers.retrieve(id));
 await step("customers.delete", () => lava.customers.delete(id));
 await step("customers.retrieve_deleted", () => lava.customers.retrieve(id));
 

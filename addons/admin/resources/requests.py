@@ -191,8 +191,7 @@ def create_request(call: Call) -> tuple[int, dict]:
 
 def _notify_autopay(call: Call, wallets: tuple[str, ...]) -> None:
     """As the gateway after a commit: the admin process's auto top-up (app.state.autopay, services.autopay) checks
-    each customer wallet charged. Inside an Idempotency-Key call the charge commits when the call's answer is
-    stored, so the check waits for that where the app runs `call.after_commit` callbacks."""
+    each customer wallet charged, once the charge is committed (inside an Idempotency-Key call, with its answer)."""
     autopay = getattr(call.request.app.state, "autopay", None)
     if autopay is None or not wallets:
         return
@@ -201,11 +200,7 @@ def _notify_autopay(call: Call, wallets: tuple[str, ...]) -> None:
         for wallet_id in wallets:
             autopay.notify_charged(wallet_id)
 
-    after_commit = getattr(call, "after_commit", None)
-    if after_commit is not None:
-        after_commit.append(notify)
-    else:
-        notify()
+    call.after_commit.append(notify)
 
 
 ENDPOINTS = [
