@@ -37,7 +37,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from addons.core.process_env import PID_ENV  # a stdlib-only module: the supervisor stays light
+from addons.core import metrics_dir  # stdlib-only modules: the supervisor stays light
+from addons.core.process_env import PID_ENV
 
 PROG = "tollgate-workers"
 BACKOFF_FIRST = 0.5
@@ -112,6 +113,7 @@ class Supervisor:
             slot.ready_fd = None
 
     def _reap(self, slot: Slot, code: int) -> None:
+        metrics_dir.forget(slot.proc.pid)  # its gauges leave the instance's sums
         self._close_ready(slot)
         lived = time.monotonic() - slot.started
         slot.proc = None
@@ -291,6 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if workers == 1:  # no supervisor needed: become the gateway
         launcher = str(Path(sys.executable).with_name("tollgate-proxy"))
         os.execv(launcher, [launcher, *args.worker_args])
+    metrics_dir.prepare()  # before any worker: they all record into it
     supervisor = Supervisor(workers, args.worker_args, args.max_start_failures, args.stop_timeout)
     return supervisor.run()
 
