@@ -16,7 +16,8 @@ The cost: nothing calls prometheus_client per request. The hot path adds to plai
 the event loop: one dict increment; a committed row, on the writer's thread: a few), and the recorder's
 thread writes the totals each second into this process's files in prometheus_client's multiprocess format
 (`counter_<pid>.db`, ..., in addons.core.metrics_dir's directory), which the admin process merges over
-every worker with prometheus_client's MultiProcessCollector. bench/metrics_cost.py measures it.
+every worker with prometheus_client's MultiProcessCollector. bench/metrics_cost.py measures it. A clean
+stop writes everything (the Gateway's `done`); a process killed with SIGKILL loses its last second's counts.
 
 Labels: an unpriced or unknown model is still a label value; past MAX_MODELS (provider, model) pairs in
 one process, further models are counted as "other", so a caller cannot grow the series without bound.
