@@ -79,7 +79,8 @@ def free_port() -> int:
 
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
-           if not k.upper().endswith("_PROXY") and not k.endswith("_API_KEY") and not k.startswith("TOLLGATE_")}
+           if not k.upper().endswith("_PROXY") and not k.endswith("_API_KEY") and not k.startswith("TOLLGATE_")
+           and k != "PROMETHEUS_MULTIPROC_DIR"}  # each gateway makes its own metrics directory
     env.update(extra)
     return env
 

@@ -258,11 +258,11 @@ def test_failover_holds_in_process_while_redis_is_away_and_returns_to_it(private
         try:
             await store.confirm("wallet", 1_000, version=1)
             await store.hold("req_a", {"wallet": 300})
-            assert await store.available("wallet") == 700 and store.redis_up
+            assert await store.available("wallet") == 700 and store.redis_up and not store.falling_back
             await asyncio.gather(*(store.available("wallet") for _ in range(8)))  # several pooled connections
             private_redis.stop()
             assert await store.available("wallet") == 1_000  # the local book: confirmed, not Redis's holds
-            assert not store.redis_up
+            assert not store.redis_up and store.falling_back  # what tollgate_redis_fallback shows
             await store.hold("req_b", {"wallet": 900})
             with pytest.raises(InsufficientFunds):  # the local book still guards this instance
                 await store.hold("req_c", {"wallet": 200})
@@ -272,7 +272,7 @@ def test_failover_holds_in_process_while_redis_is_away_and_returns_to_it(private
             await asyncio.sleep(0.25)
             assert await store.fresh_available("wallet", 60.0) is None  # Redis again: reconfirm from the ledger
             await asyncio.gather(*(store.is_fresh("wallet", 60.0) for _ in range(8)))
-            assert store.redis_up  # no pooled connection to the dead server was left to fail once more
+            assert store.redis_up and not store.falling_back  # no pooled connection to the dead server failed again
             await store.confirm("wallet", 1_000, version=2)
             await store.hold("req_d", {"wallet": 100})
             assert await store.available("wallet") == 900

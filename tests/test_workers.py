@@ -192,6 +192,8 @@ def test_lean_launcher_refuses_what_it_does_not_do(bare):
 
 
 def test_workers_share_the_port_restart_and_stop_cleanly(lean):
+    metrics = lean.tmp / "metrics"
+    lean.env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics)
     lean.launch([sys.executable, "-m", "addons.runtime.workers", "--workers", "2", "--", *lean.proxy_args()])
     supervisor = lean.proc.pid
 
@@ -218,6 +220,7 @@ def test_workers_share_the_port_restart_and_stop_cleanly(lean):
 
     # a killed worker: the port keeps serving, and the supervisor starts a new one
     victim = min(workers)
+    lean.wait_for(lambda: (metrics / f"counter_{victim}.db").exists(), message="its counts flushed (each second)")
     os.kill(victim, signal.SIGKILL)
     # (its fd table empties a moment before the kernel closes its listener: look at the kernel's socket list)
     lean.wait_for(lambda: sum(p == lean.port and st == "0A" for p, _, st, _ in tcp_sockets()) == 1,
@@ -230,6 +233,9 @@ def test_workers_share_the_port_restart_and_stop_cleanly(lean):
                                  message="a replacement worker")
     assert restarted_in < 15
     assert "killed by signal 9; restarting" in lean.log.read_text()
+    # its counts stay in the instance's metrics, its gauges (what it held) leave them
+    assert (metrics / f"counter_{victim}.db").exists() and not list(metrics.glob(f"gauge_*_{victim}.db"))
+    assert list(metrics.glob("gauge_livesum_*.db"))  # the others' are there
     workers = children(supervisor)
 
     # SIGTERM to the supervisor: every worker flushes its ledger writer and stops

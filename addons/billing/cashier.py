@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -53,6 +54,8 @@ class Cashier:
             FailoverHolds(RedisHolds(redis_url, settings.hold_ttl_seconds), local) if redis_url else local
         )
         self._overdraft: dict[str, int] = {}
+        # request id -> (what it holds of its payer, when the hold expires): the holds in place, for metrics
+        self.open_holds: dict[str, tuple[int, float]] = {}
         self._adds: list[tuple[str, str, int]] = []  # (request id, merchant wallet, amount), not yet sent
 
     # -- admission -------------------------------------------------------------------------
@@ -124,6 +127,7 @@ class Cashier:
                 f"{whose} available is {format_usd(e.available)} USD (after open holds); "
                 f"this request may cost up to {format_usd(pots[e.pot])} USD",
             ) from None
+        self.open_holds[request_id] = (max(pots.values()), time.monotonic() + self.settings.hold_ttl_seconds)
         if plan.bill_customer:
             expires = datetime.now(UTC).replace(tzinfo=None) + timedelta(seconds=self.settings.hold_ttl_seconds)
             self.writer.submit(HoldRecord(request_id, plan.customer.wallet_id, pots[plan.customer.wallet_id], expires))
@@ -160,7 +164,27 @@ class Cashier:
         for token_id, amount in report.token_charges.items():
             await self.holds.spend(f"token:{token_id}", amount)
         if report.request_ids:
+            for request_id in report.request_ids:
+                self.open_holds.pop(request_id, None)
             await self.holds.release(*report.request_ids)
+
+    def holds_in_place(self) -> tuple[int, int]:
+        """How many of this process's requests hold money, and how much in all (nanos). Called from the metrics
+        thread: it reads a copy of the table (taken at once under the GIL), and forgets the holds that expired
+        unreleased (a request refused after its admission), as the hold stores do."""
+        now = time.monotonic()
+        amounts = []
+        for request_id, (amount, expires) in list(self.open_holds.items()):
+            if expires > now:
+                amounts.append(amount)
+            else:
+                self.open_holds.pop(request_id, None)
+        return len(amounts), sum(amounts)
+
+    @property
+    def redis_fallback(self) -> bool:
+        """Redis is configured but away: holds are kept in this process until it answers."""
+        return isinstance(self.holds, FailoverHolds) and self.holds.falling_back
 
     @staticmethod
     def _background(coro) -> None:

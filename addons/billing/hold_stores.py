@@ -248,6 +248,11 @@ class FailoverHolds:
         self._down_since: float | None = None  # the last failure while Redis is taken to be away
 
     @property
+    def falling_back(self) -> bool:
+        """Redis failed and has not answered since: holds are this process's own."""
+        return self._down_since is not None
+
+    @property
     def redis_up(self) -> bool:
         return self._down_since is None or self._clock() >= self._down_since + self.retry_after
 

@@ -93,6 +93,7 @@ class CommitReport:
     charged_customer_wallets: set[str] = field(default_factory=set)
     customer_fees: dict[str, int] = field(default_factory=dict)  # request id -> fee its customer was charged
     fees: dict[str, RequestFees] = field(default_factory=dict)  # request id -> its row's fees; absent: none
+    written: list[UsageRecord] = field(default_factory=list)  # the rows this batch inserted (not those already there)
 
 
 # Writes the ledger entries and balance moves of records not yet in the ledger, inside the batch's
@@ -128,7 +129,7 @@ def write_batch(items: list[UsageRecord | HoldRecord], charge: Charge) -> Commit
         report = charge(fresh) if fresh else CommitReport()
         bulk_insert(RequestRow, _COLUMNS, [r.values(report.fees.get(r.id, NO_FEES)) for r in fresh])
         execute('DELETE FROM "hold" WHERE "request_id" IN %(list)s', ids)
-        report.request_ids = ids
+        report.request_ids, report.written = ids, fresh
         return report
 
 
@@ -151,6 +152,7 @@ class LedgerWriter:
         self._retry_delay = retry_delay
         self._dead_letters = dead_letters
         self._pending = 0
+        self.failing = False  # the last write failed on the connection: the database is away (a metric)
         self._idle = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="tollgate-ledger-writer", daemon=True)
         self._thread.start()
@@ -163,6 +165,11 @@ class LedgerWriter:
         self._inbox.append(record)
         if not self._arrived.is_set():
             self._arrived.set()
+
+    @property
+    def queued(self) -> int:
+        """Records submitted and not yet written."""
+        return self._pending
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything submitted so far is written; False on timeout."""
@@ -213,6 +220,7 @@ class LedgerWriter:
                 report = write_batch(batch, self._charge)
             except (OperationalError, InterfaceError) as e:  # the database is away: keep and retry
                 log.error("ledger write of %d records failed, retrying: %s", len(batch), type(e).__name__)
+                self.failing = True
                 if not database.is_closed():
                     database.close()
                 time.sleep(self._retry_delay)
@@ -225,6 +233,7 @@ class LedgerWriter:
                 self._write_until_done(batch[:middle])
                 self._write_until_done(batch[middle:])
                 return
+            self.failing = False
             if self._on_commit and report.request_ids:
                 try:
                     self._on_commit(report)

@@ -22,6 +22,7 @@ from addons.core.errors import (
     UpstreamUnreachable,
 )
 from addons.proxy.flow_keys import ADMIN_KEY, REQUEST_ID_HEADERS, REQUEST_ID_KEY, TIMEOUT_KEY
+from addons.proxy.metrics_recorder import refused
 
 _TAG = "\x00tollgate-request-id:"
 # What addons.proxy.upstream_guard puts in server.error; mitmproxy reports it as a 502 quoting it.
@@ -81,6 +82,8 @@ def _error_for(status: int, message: str) -> GatewayError:
 def json_error_response(status: int, message: str = "") -> bytes:
     message, _, request_id = message.partition(_TAG)
     error = _error_for(status, message)
+    if not error.code.startswith("upstream_"):  # a provider's failure is the request's ledger row
+        refused(error.status, error.code)
     headers = http.Headers(content_type="application/json", connection="close")
     request_id = request_id or new_request_id()  # a refusal before any hook ran gets one of its own
     for name in REQUEST_ID_HEADERS:
@@ -91,6 +94,7 @@ def json_error_response(status: int, message: str = "") -> bytes:
 def refuse(flow: http.HTTPFlow, error: GatewayError, headers: dict[str, str] | None = None) -> None:
     """Answer a flow with a gateway error from a hook that runs before the gateway's, request id included."""
     request_id = flow.metadata.setdefault(REQUEST_ID_KEY, new_request_id())
+    refused(error.status, error.code)
     flow.response = json_response(error.status, error.body(), request_id)
     flow.response.headers.update(headers or {})
 

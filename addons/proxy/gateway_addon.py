@@ -35,7 +35,7 @@ from addons.core.settings import Settings, resolve_database_url
 from addons.ledger.journal import Journal
 from addons.ledger.models import open_database
 from addons.ledger.writer import CommitReport, LedgerWriter, UsageRecord
-from addons.proxy import error_pages, flow_notes
+from addons.proxy import error_pages, flow_notes, metrics_recorder
 from addons.proxy.error_pages import json_response, new_request_id
 from addons.proxy.flow_keys import (
     COST_KEY,
@@ -94,6 +94,7 @@ class Gateway:
         # request id -> flow whose comment waits for the customer fee the ledger decides at commit
         self.fee_pending: collections.OrderedDict[str, http.HTTPFlow] = collections.OrderedDict()
         self.flows_shown = False
+        self.metrics: metrics_recorder.Recorder | None = None
 
     def load(self, loader):
         loader.add_option(
@@ -127,6 +128,12 @@ class Gateway:
             "Offer HTTP/2 (then HTTP/1.1) on TLS connections to providers whatever the client speaks, "
             "mitmproxy translating; requests in flight on one client connection then share one provider "
             "connection. Off: the client's protocol is mirrored (HTTP/1.1 keep-alive for the forward endpoint).",
+        )
+        loader.add_option(
+            "tollgate_metrics", bool, True,
+            "Record Prometheus metrics (requests, tokens, cost, refusals, latency, holds, queues) for the admin "
+            "listener's /metrics, into the directory PROMETHEUS_MULTIPROC_DIR names (tollgate-proxy, the workers "
+            "and addons/gateway.py prepare one per start).",
         )
 
     # What the hooks read of the shared config, under the names they have always used; None until it
@@ -184,6 +191,9 @@ class Gateway:
             self._start_ledger_services(database_url)
             self._confine_interception()
         self._restart_key_cache(updated)
+        if "tollgate_metrics" in updated or self.metrics is None:
+            on = ctx.options.tollgate_metrics
+            self.metrics = metrics_recorder.process_recorder(self._metric_sources) if on else None
 
     def _restart_key_cache(self, updated) -> None:
         """The key and balance cache, and the cashier that holds balances through it: built on the first
@@ -195,6 +205,10 @@ class Gateway:
             self.keys = AccountCache(ttl=ttl, serve_stale=ctx.options.tollgate_ledger_outage == "serve")
             self.cashier = Cashier(self.settings.billing, self.keys, self.writer, freshness=ttl,
                                    redis_url=ctx.options.tollgate_redis_url or self.settings.redis_url)
+
+    def _metric_sources(self) -> tuple[LedgerWriter | None, Journal | None, Cashier | None]:
+        """What the metrics' gauges read (addons.proxy.metrics_recorder), on the recorder's thread."""
+        return self.writer, self.journal, self.cashier
 
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         server = data.server
@@ -232,6 +246,8 @@ class Gateway:
     def _committed(self, report: CommitReport) -> None:
         """In the writer thread, right after a commit."""
         self.journal.settled(report.request_ids)
+        if self.metrics is not None:
+            self.metrics.committed(report)
         for wallet_id in report.charged_customer_wallets:
             self.autopay.notify_charged(wallet_id)
         if self.loop is not None and self.cashier is not None:
@@ -270,6 +286,7 @@ class Gateway:
         request_id = new_request_id()
         flow.metadata[REQUEST_ID_KEY] = request_id
         if self.stopping:
+            metrics_recorder.refused(503, "shutting_down")
             flow.response = json_response(503, ShuttingDown("shutting_down", "the gateway is stopping; retry").body(),
                                           request_id)
             flow.response.headers.update({"connection": "close", "retry-after": "1"})
@@ -290,6 +307,7 @@ class Gateway:
 
     @staticmethod
     def _refuse(flow: http.HTTPFlow, error: GatewayError, request_id: str) -> None:
+        metrics_recorder.refused(error.status, error.code)
         flow.response = json_response(error.status, error.body(), request_id)
         flow.comment = flow_notes.refused_comment(error.status, error.code, error.message, request_id)
         flow.marked = flow_notes.REFUSED
@@ -444,6 +462,8 @@ class Gateway:
             self.writer.flush(timeout=30)
             self.writer.close()
             self.writer = None
+        if self.metrics is not None:
+            self.metrics.flush()
         if self.journal is not None:
             self.journal.close()
             self.journal = None

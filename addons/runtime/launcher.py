@@ -91,6 +91,7 @@ from mitmproxy.tools import cmdline
 from mitmproxy.tools.main import process_options
 from mitmproxy.utils import asyncio_utils, debug
 
+from addons.core import metrics_dir
 from addons.host import capture_modes
 from addons.proxy import mitmproxy_internals
 from addons.proxy.chain import gateway_chain
@@ -397,6 +398,7 @@ async def _run(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    metrics_dir.prepare()  # a worker keeps its supervisor's
     try:
         mitmproxy_internals.install(lean=True)
     except mitmproxy_internals.UnsupportedMitmproxy as e:

@@ -36,7 +36,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from addons.core.process_env import PID_ENV, WORKER_ENV, passthrough_secret  # stdlib only: the supervisor stays light
+from addons.core import metrics_dir  # stdlib-only modules: the supervisor stays light
+from addons.core.process_env import PID_ENV, WORKER_ENV, passthrough_secret
 from addons.core.supervision import BACKOFF_FIRST, BACKOFF_MAX, STABLE_AFTER, die_with_parent
 
 PROG = "tollgate-workers"
@@ -97,6 +98,7 @@ class Supervisor:
             slot.ready_fd = None
 
     def _reap(self, slot: Slot, code: int) -> None:
+        metrics_dir.forget(slot.proc.pid)  # its gauges leave the instance's sums
         self._close_ready(slot)
         lived = time.monotonic() - slot.started
         slot.proc = None
@@ -277,6 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         launcher = str(Path(sys.executable).with_name("tollgate-proxy"))
         os.execv(launcher, [launcher, *args.worker_args])
     passthrough_secret()  # one for the instance: every worker passes API requests to worker 1's admin process
+    metrics_dir.prepare()  # before any worker: they all record into it
     supervisor = Supervisor(workers, args.worker_args, args.max_start_failures, args.stop_timeout)
     return supervisor.run()
 
