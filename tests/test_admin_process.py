@@ -4,6 +4,7 @@ gateway, `--no-admin` turns it off, and neither listener opens beyond loopback u
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import subprocess
@@ -129,3 +130,35 @@ def test_the_admin_server_refuses_an_open_address_by_itself(tmp_path):
     result = subprocess.run([sys.executable, "-m", "addons.admin", "--host", "0.0.0.0", "--port", str(free_port()),
                              "--database-url", f"sqlite:///{tmp_path}/l.db"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "refusing to run an open admin listener" in result.stderr
+
+
+def test_under_workers_one_admin_process_serves_the_api_through_every_worker(tmp_path, mock):
+    """Worker 1 runs the admin process; API requests reaching either worker are passed to it."""
+    from tests.test_workers import served_by
+
+    gw = GatewayProcess(tmp_path, f"sqlite:///{tmp_path}/ledger.db", {"openai": mock.url}, admin=None,
+                        redis_url="redis://127.0.0.1:6379/12")
+    gw.fund()
+    command = [sys.executable, "-m", "addons.runtime.workers", "--workers", "2", "--", "--listen-host", "127.0.0.1",
+               "--listen-port", str(gw.port), "--set", f"confdir={gw.confdir}", "--admin-port", str(gw.admin_port)]
+    gw.proc = subprocess.Popen(command, env=gw.env, stdout=gw.log.open("wb"), stderr=subprocess.STDOUT, cwd=tmp_path,
+                               start_new_session=True)
+    try:
+        wait_for(lambda: gw.log.read_text().count(") is listening") == 2 and "Tollgate admin API" in gw.log.read_text(),
+                 60)
+        workers = children(gw.proc.pid)
+        assert len(admin_pids(gw.proc.pid)) == 1
+        conns, statuses = [], []
+        for _ in range(16):  # connections of their own, which the kernel spreads over the workers
+            conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+            conn.request("GET", "/v1/models", headers={"authorization": f"Bearer {gw.admin_key}"})
+            statuses.append(conn.getresponse().status)
+            conns.append(conn)
+        ports = [conn.sock.getsockname()[1] for conn in conns]
+        assert set(statuses) == {200}
+        assert set(served_by(gw.port, ports, workers).values()) == workers  # both workers passed API calls on
+        for conn in conns:
+            conn.close()
+    finally:
+        os.killpg(gw.proc.pid, signal.SIGTERM)
+        gw.proc.wait(30)

@@ -93,7 +93,7 @@ class Lean(GatewayProcess):
 
     def proxy_args(self) -> list[str]:
         return ["--listen-host", "127.0.0.1", "--listen-port", str(self.port), "--set", f"confdir={self.confdir}",
-                "--set", "tollgate_cache_ttl_ms=200"]
+                "--set", "tollgate_cache_ttl_ms=200", "--no-admin"]  # the admin process: tests/test_admin_process.py
 
     def launch(self, command: list[str]) -> None:
         self.proc = subprocess.Popen(command, env=self.env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT,

@@ -27,7 +27,7 @@ from addons.admin.auth import authenticate, require_admin
 from addons.admin.web import error_response
 from addons.core.errors import GatewayError
 from addons.core.metrics_dir import DIR_ENV
-from addons.host.capture_modes import is_loopback
+from addons.host.listen_addresses import is_loopback
 
 
 def exposition(directory: str) -> bytes:
