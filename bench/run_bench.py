@@ -315,13 +315,17 @@ def pg_backend_pids(db: str) -> list[int]:
         conn.close()
 
 
-def start_tollgate(kind: str, mock_port: int, launcher: str = "lean", workers: int = 0) -> tuple[Target, Target]:
+def start_tollgate(kind: str, mock_port: int, launcher: str = "lean", workers: int = 0,
+                   baseline: Path | None = None) -> tuple[Target, Target]:
     """kind: sqlite | pg (PostgreSQL + Redis). launcher: lean (`tollgate-proxy`, what run_proxy.sh runs) or
     script (`mitmdump -s addons/gateway.py`, the reference for the lean launcher's gain). workers > 0: run
     through the worker supervisor (`python -m addons.runtime.workers --workers N`, as `run_proxy.sh --workers N`),
-    with Redis, on both CPUs."""
+    with Redis, on both CPUs. baseline: another checkout (an earlier commit, with its own .venv) run the same
+    way, for an A/B in one interleaved run."""
     import yaml
-    name = f"tollgate-{kind}" + ("-script" if launcher == "script" else "") + (f"-w{workers}" if workers else "")
+    name = ("baseline" if baseline else "tollgate") + f"-{kind}" + ("-script" if launcher == "script" else "") + (
+        f"-w{workers}" if workers else "")
+    venv_bin = baseline / ".venv" / "bin" if baseline else VENV_BIN
     tmp = WORK / name
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -338,7 +342,7 @@ def start_tollgate(kind: str, mock_port: int, launcher: str = "lean", workers: i
     env = clean_env(TOLLGATE_DATABASE_URL=url, TOLLGATE_CONFIG=str(config), **PROVIDER_KEYS, **extra)
 
     def cli(*args):
-        r = subprocess.run([str(VENV_BIN / "tollgate"), *args], env=env, capture_output=True, text=True, timeout=120)
+        r = subprocess.run([str(venv_bin / "tollgate"), *args], env=env, capture_output=True, text=True, timeout=120)
         if r.returncode:
             raise RuntimeError(f"tollgate {' '.join(args)} failed: {r.stderr[-800:]}")
         return r.stdout
@@ -349,13 +353,13 @@ def start_tollgate(kind: str, mock_port: int, launcher: str = "lean", workers: i
     confdir = tmp / "mitmproxy"
     common = ["-q", "--listen-host", "127.0.0.1", "--listen-port", str(port), "--set", f"confdir={confdir}"]
     if workers:
-        argv = [str(VENV_BIN / "python"), "-m", "addons.runtime.workers", "--workers", str(workers), "--", *common]
+        argv = [str(venv_bin / "python"), "-m", "addons.runtime.workers", "--workers", str(workers), "--", *common]
     elif launcher == "script":
-        argv = [str(VENV_BIN / "mitmdump"), "-s", str(PROJECT / "addons" / "gateway.py"), *common]
+        argv = [str(venv_bin / "mitmdump"), "-s", str((baseline or PROJECT) / "addons" / "gateway.py"), *common]
     else:
-        argv = [str(VENV_BIN / "tollgate-proxy"), *common]
+        argv = [str(venv_bin / "tollgate-proxy"), *common]
     t0 = time.monotonic()
-    proc = spawn(name, argv, env, ALL_CPUS if workers else GATEWAY_CPU, cwd=PROJECT if workers else tmp)
+    proc = spawn(name, argv, env, ALL_CPUS if workers else GATEWAY_CPU, cwd=(baseline or PROJECT) if workers else tmp)
     ca = confdir / "mitmproxy-ca-cert.pem"
 
     def ready():
@@ -371,7 +375,8 @@ def start_tollgate(kind: str, mock_port: int, launcher: str = "lean", workers: i
     auth = {"Authorization": f"Bearer {key}"}
     db_label = "SQLite" if kind == "sqlite" else "PostgreSQL + Redis"
     how = (f", --workers {workers} (+ Redis), both CPUs" if workers else
-           ", mitmdump -s addons/gateway.py" if launcher == "script" else "")
+           ", mitmdump -s addons/gateway.py" if launcher == "script" else "") + (f", baseline {baseline.name}"
+                                                                                 if baseline else "")
     pg = PG_DB if kind == "pg" else None
     fwd = Target(f"{name}-fwd", f"Tollgate ({db_label}{how}), forward endpoint", port,
                  "/v1/forward?u=https://api.openai.com/v1/chat/completions", auth, proc.pid, name,
@@ -1140,6 +1145,9 @@ def main() -> int:
     ap.add_argument("--profile-requests", type=int, default=20000)
     ap.add_argument("--profile-launcher", choices=["lean", "script"], default="lean",
                     help="profile Tollgate (SQLite) under tollgate-proxy (lean) or as mitmdump -s addons/gateway.py")
+    ap.add_argument("--baseline", default="",
+                    help="a checkout of an earlier commit with its own .venv: its Tollgate (SQLite) runs as the "
+                         "baseline-sqlite-* targets, interleaved with this tree's, for an A/B in one run")
     ap.add_argument("--out", default=str(BENCH / "results.md"))
     ap.add_argument("--profile-out", default=str(BENCH / "profile.md"))
     args = ap.parse_args()
@@ -1154,6 +1162,8 @@ def main() -> int:
     WORK.mkdir(exist_ok=True)
     LOGS.mkdir(parents=True, exist_ok=True)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    if not args.baseline:
+        skip.add("baseline")
     if args.profile_only:
         skip |= {"mitmdump", "tollgate-pg", "tollgate-workers", "litellm", "portkey",
                  "tollgate-sqlite" if args.profile_launcher == "script" else "tollgate-script"}
@@ -1179,6 +1189,8 @@ def main() -> int:
              lambda: [start_tollgate("sqlite", mock_port, launcher="script")[0]]),
             ("tollgate-workers", "Tollgate --workers 1 and 2 (SQLite + Redis)",
              lambda: [start_tollgate("sqlite", mock_port, workers=1)[0], start_tollgate("sqlite", mock_port, workers=2)[0]]),
+            ("baseline", "Tollgate (SQLite) from the --baseline checkout",
+             lambda: list(start_tollgate("sqlite", mock_port, baseline=Path(args.baseline)))),
             ("litellm", "LiteLLM proxy", lambda: [start_litellm(mock_port)]),
             ("portkey", "Portkey gateway", lambda: [start_portkey(mock_port)]),
         ]
