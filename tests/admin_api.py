@@ -29,8 +29,8 @@ def _client(app, secret: str | None) -> TestClient:
     return TestClient(app, base_url="http://testserver", headers=headers, raise_server_exceptions=True)
 
 
-def make_api(options: AdminOptions = AdminOptions()) -> Api:
-    app = build_app(options, extra_routes=openapi.routes())
+def make_api(options: AdminOptions | None = None) -> Api:
+    app = build_app(options or AdminOptions(), extra_routes=openapi.routes())
     admin = keys.create_key("admin", role="admin").secret_key
     merchant = keys.create_key("shop-backend", "shop").secret_key
     return Api(_client(app, admin), _client(app, merchant), _client(app, None), admin, merchant)

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from addons.core.process_env import PASSTHROUGH_ENV, PASSTHROUGH_HEADER
 from addons.core.errors import Forbidden, NotFound, TooManyRequests, Unauthorized
+from addons.core.process_env import PASSTHROUGH_ENV, PASSTHROUGH_HEADER
 from addons.services import keys
 
 MAX_CLIENTS = 10_000

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from addons.core.errors import GatewayError
+from addons.services.listing import Listing
 from pricing.money import MAX_USD, NANOS_PER_USD, format_usd
 
 MAX_BODY = 1 << 20  # an API call's JSON body; the proxy's own limit applies to what passes through it
@@ -222,9 +223,11 @@ def decode_cursor(cursor: str) -> tuple:
         raise Invalid("cursor", "is not a cursor this API returned") from None
 
 
-def paginate(query, page: PageRequest, sort_field, id_field, render: Callable[[Any], dict]) -> dict:
-    """Newest first by (sort_field, id_field), keyset-paginated: rows written while a client pages never
-    shift a page, so it neither skips nor repeats a row that existed when it started."""
+def paginate(listing: Listing, page: PageRequest, render: Callable[[Any], Any] = lambda result: result) -> dict:
+    """A service's listing, newest first by (sort_field, id_field), keyset-paginated: rows written while a client
+    pages never shift a page, so it neither skips nor repeats a row that existed when it started. Each row is
+    read as the service's result (listing.view), then rendered."""
+    query, sort_field, id_field = listing.query, listing.sort_field, listing.id_field
     if page.after is not None:
         sort_value, row_id = page.after
         query = query.where((sort_field < sort_value) | ((sort_field == sort_value) & (id_field < row_id)))
@@ -235,4 +238,4 @@ def paginate(query, page: PageRequest, sort_field, id_field, render: Callable[[A
     if has_more:
         last = rows[-1]
         next_cursor = encode_cursor((getattr(last, sort_field.name), getattr(last, id_field.name)))
-    return {"data": [render(row) for row in rows], "has_more": has_more, "next_cursor": next_cursor}
+    return {"data": [render(listing.view(row)) for row in rows], "has_more": has_more, "next_cursor": next_cursor}

@@ -34,7 +34,6 @@ from pathlib import Path
 
 from mitmproxy.proxy import mode_specs
 
-
 CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF = 12, 21, 39
 ALTERNATIVES = "use --mode transparent with `tollgate capture on`, or --mode wireguard"
 

@@ -21,7 +21,6 @@ catalog providers need a Tollgate key whether or not proxy authentication is con
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 
 from mitmproxy import ctx

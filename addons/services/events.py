@@ -6,9 +6,9 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
-from addons.ledger import accounts
 from addons.ledger.models import Event
-from addons.services.errors import NotFound
+from addons.services import wallets
+from addons.services.listing import Listing
 from addons.services.reports import events_query
 
 
@@ -32,32 +32,18 @@ class ListedEvent:
     customer_id: str | None  # whose wallet it is: a customer's, or None for the account's own
 
 
-@dataclass(frozen=True, slots=True)
-class EventListing:
-    """Events as a query the caller orders and pages newest first by (sort_field, id_field), and `record`, which
-    turns each row it reads into a ListedEvent. Event ids only grow: sorted by id, with the name as the
-    cursor's (never deciding) second field, since cursors name a row by a string."""
-
-    query: object
-    sort_field: object
-    id_field: object
-
-    @staticmethod
-    def record(event: Event) -> ListedEvent:
-        return ListedEvent(EventRecord(event.id, event.name, event.wallet_id, json.loads(event.data), event.created_at),
-                           getattr(event, "customer_id", None) or None)
+def _listed(event: Event) -> ListedEvent:
+    return ListedEvent(EventRecord(event.id, event.name, event.wallet_id, json.loads(event.data), event.created_at),
+                       getattr(event, "customer_id", None) or None)
 
 
-def listing(account: str | None, *, name: str | None = None, customer: str | None = None) -> EventListing:
+def listing(account: str | None, *, name: str | None = None, customer: str | None = None) -> Listing:
     """The events of `account`'s wallets (its own and its customers'), or of every wallet with None; of one event
     name, of one customer (its customer_id)."""
-    account_id = None
-    if account is not None:
-        found = accounts.find_account(account)
-        if found is None:
-            raise NotFound("account_not_found", f"no account named {account!r}")
-        account_id = found.account_id
+    account_id = None if account is None else wallets.account_id(account)
     query = events_query(account_id, customer)
     if name:
         query = query.where(Event.name == name)
-    return EventListing(query, Event.id, Event.name)
+    # Event ids only grow: sorted by id, with the name as the cursor's (never deciding) second field, since a
+    # cursor names its row by a string
+    return Listing(query, Event.id, Event.name, _listed)

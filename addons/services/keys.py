@@ -9,10 +9,10 @@ providers; the gateway refuses what it does not allow (addons/auth/authenticatio
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 from peewee import JOIN, fn
 
@@ -23,6 +23,7 @@ from addons.core.settings import load_settings
 from addons.ledger import accounts
 from addons.ledger.models import KEY_KINDS, KEY_ROLES, KEY_STATUSES, Account, ApiKey, RequestRow, Wallet, utcnow
 from addons.services.errors import BadRequest, Conflict, NotFound, Unauthorized
+from addons.services.listing import Listing
 
 # admin: the REST API lets the key reach every account; account (the default): its own account only.
 Role = Literal["admin", "account"]
@@ -71,17 +72,6 @@ class KeyUsage:
     requests: int = 0
     spend_nanos: int = 0  # what its account's wallet was charged for them
     last_used_at: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Listing:
-    """A query of keys to page through (admin.web.paginate: newest first by sort_field, id_field), and `view`,
-    which reads one of its rows as a KeyInfo."""
-
-    query: Any
-    sort_field: Any
-    id_field: Any
-    view: Callable[[Any], KeyInfo]
 
 
 @dataclass(frozen=True, slots=True)

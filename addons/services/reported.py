@@ -26,7 +26,7 @@ from addons.billing.charges import apply_charges
 from addons.ledger import accounts
 from addons.ledger.models import RequestRow, utcnow
 from addons.ledger.writer import UsageRecord, write_batch
-from addons.services import requests
+from addons.services import requests, wallets
 from addons.services.errors import BadRequest, Conflict, NotFound
 from pricing import meters
 from pricing.usage import Measured, TokenUsage
@@ -65,16 +65,15 @@ def report(account: str, request_id: str, *, customer_id: str, meter_slug: str, 
            metadata: dict[str, str] | None = None, key_id: str | None = None) -> Reported:
     """Record and charge a request `account`'s merchant reports for its customer `customer_id`, priced by the meter
     `meter_slug`. `key_id`: the account's key that reported it, shown as the request's key."""
-    found = accounts.find_account(account)
-    if found is None:
-        raise NotFound("account_not_found", f"no account named {account!r}")
+    found = wallets.account_record(account)
+    account_id = found.account_id
     facts = (customer_id, meter_slug, usage, metadata)
-    if (repeat := _recorded(account, found.account_id, request_id, *facts)) is not None:
+    if (repeat := _recorded(account, account_id, request_id, *facts)) is not None:
         return repeat
-    customer = accounts.find_customer(found.account_id, customer_id)
+    customer = accounts.find_customer(account_id, customer_id)
     if customer is None:
         raise NotFound("customer_not_found", f"no customer {customer_id!r}")
-    meter = accounts.find_meter(found.account_id, meter_slug)
+    meter = accounts.find_meter(account_id, meter_slug)
     if meter is None:
         raise NotFound("meter_not_found", f"no meter {meter_slug!r}")
     try:
@@ -86,7 +85,7 @@ def report(account: str, request_id: str, *, customer_id: str, meter_slug: str, 
                          f"meter {meter_slug!r} charges a percentage of the provider cost, which a reported request "
                          "does not have: report it against a meter with tiers")
     record = UsageRecord(
-        id=request_id, created_at=utcnow(), account=found.account_id, wallet_id=found.wallet_id, key=key_id,
+        id=request_id, created_at=utcnow(), account=account_id, wallet_id=found.wallet_id, key=key_id,
         customer_id=customer_id, meter_slug=meter_slug, provider=PROVIDER, model=None, endpoint=ENDPOINT,
         status=200, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
         input_characters=usage.input_characters, output_characters=usage.output_characters,
@@ -99,7 +98,7 @@ def report(account: str, request_id: str, *, customer_id: str, meter_slug: str, 
     except _INTEGRITY_ERRORS:  # a racing repeat committed it first: this transaction rolled back
         committed = None
     if committed is None or request_id not in committed.customer_fees:  # recorded meanwhile, not by this call
-        repeat = _recorded(account, found.account_id, request_id, *facts)
+        repeat = _recorded(account, account_id, request_id, *facts)
         if repeat is None:
             raise Conflict("request_in_progress", f"request {request_id!r} is being recorded; retry")
         return repeat

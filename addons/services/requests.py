@@ -5,15 +5,14 @@ was charged and why (`RequestDetail`)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
 
-from addons.ledger import accounts
 from addons.ledger.models import MeterRow, RequestRow, facts_of
+from addons.services import wallets
 from addons.services.errors import NotFound
+from addons.services.listing import Listing
 from addons.services.prices import PriceLists, price_lists
 from addons.services.reports import UNKNOWN_COST, MetadataPairs, key_names, meters_of, recent_requests, requests_of
 from pricing import meters
@@ -160,24 +159,6 @@ def _breakdown(record: RequestRecord, meter: MeterRow | None) -> tuple[TierUse, 
     return (TierUse(int(tier.start), str(tier.rate), spec.unit, units, to_nanos(cost)),)
 
 
-@dataclass(frozen=True, slots=True)
-class Listing:
-    """An account's requests as a query the caller orders and pages (newest first by (sort_field, id_field)),
-    and `detail`, which turns each row it reads into a RequestDetail."""
-
-    query: Any
-    sort_field: Any
-    id_field: Any
-    detail: Callable[[Any], RequestDetail]
-
-
-def _account_id(account: str) -> str:
-    found = accounts.find_account(account)
-    if found is None:
-        raise NotFound("account_not_found", f"no account named {account!r}")
-    return found.account_id
-
-
 def meter_slug(account_id: str, meter: str | None) -> str | None:
     """A meter named by id or slug, as request rows name it (by slug). An id of no meter of the account is taken
     as a slug: rows keep the slug of a meter deleted since."""
@@ -191,14 +172,14 @@ def listing(account: str, *, customer: str | None = None, meter: str | None = No
             metadata: MetadataPairs = ()) -> Listing:
     """`account`'s requests of `customer` (its customer_id), priced by `meter` (an id or a slug), whose metadata
     holds every (key, value) pair of `metadata`."""
-    account_id = _account_id(account)
+    account_id = wallets.account_id(account)
     query = requests_of(account_id, customer=customer, meter_slug=meter_slug(account_id, meter), metadata=metadata)
     return Listing(query, RequestRow.created_at, RequestRow.id, _Details(account_id))
 
 
 def get(account: str, request_id: str) -> RequestDetail:
     """One of `account`'s requests; NotFound for an id of no request or of another account's."""
-    account_id = _account_id(account)
+    account_id = wallets.account_id(account)
     row = RequestRow.get_or_none(RequestRow.id == request_id, RequestRow.account == account_id)
     if row is None:
         raise NotFound("request_not_found", f"no request {request_id!r}")

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from datetime import date, datetime, time, timedelta
 
-from addons.ledger import accounts
-from addons.services.errors import BadRequest, NotFound
+from addons.services import wallets
+from addons.services.errors import BadRequest
 from addons.services.reports import USAGE_GROUPS, MetadataPairs, usage_by
 from addons.services.requests import meter_slug
 
@@ -62,12 +62,7 @@ def usage(by: str = "provider", *, customer: str | None = None, since: datetime 
     account's; of one meter (an id or a slug, with an account); of requests whose metadata holds every pair."""
     if by not in USAGE_GROUPS:
         raise BadRequest("invalid_group", f"usage is grouped by one of {', '.join(GROUPS)}, not {by!r}")
-    account_id = None
-    if account is not None:
-        found = accounts.find_account(account)
-        if found is None:
-            raise NotFound("account_not_found", f"no account named {account!r}")
-        account_id = found.account_id
+    account_id = None if account is None else wallets.account_id(account)
     slug = meter_slug(account_id, meter) if account_id else meter
     rows, totals = usage_by(by, customer=customer, since=since, until=until, account_id=account_id,
                             meter_slug=slug, metadata=metadata)

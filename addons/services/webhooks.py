@@ -9,17 +9,16 @@ webhook receives nothing more and is no longer found.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 from urllib.parse import urlsplit
 
 from addons.core.sealed_secrets import seal, unseal
-from addons.ledger import accounts
 from addons.ledger.models import Account, WebhookRow, utcnow
+from addons.services import wallets
 from addons.services.errors import BadRequest, NotFound
 from addons.services.idempotency import run_once
+from addons.services.listing import Listing
 
 SECRET_PREFIX = "whsec_"
 MAX_URL_LENGTH = 2048
@@ -37,17 +36,6 @@ class WebhookInfo:
 class CreatedWebhook:
     webhook: WebhookInfo
     secret: str  # whsec_...: shown in the creation's answer only
-
-
-@dataclass(frozen=True, slots=True)
-class Listing:
-    """An account's webhooks as a query to page through, newest first by (sort_field, id_field), and how a
-    row of it becomes a WebhookInfo."""
-
-    query: Any
-    sort_field: Any
-    id_field: Any
-    info: Callable[[Any], WebhookInfo]
 
 
 def url_problem(url: str) -> str | None:
@@ -103,11 +91,9 @@ def _get(account: str, webhook_id: str) -> WebhookRow:
 
 def create(account: str, name: str, url: str) -> CreatedWebhook:
     """A new webhook of `account`, with a new signing secret."""
-    found = accounts.find_account(account)
-    if found is None:
-        raise NotFound("account_not_found", f"no account named {account!r}")
+    account_id = wallets.account_id(account)
     secret = SECRET_PREFIX + secrets.token_urlsafe(32)
-    row = WebhookRow.create(account=found.account_id, name=_checked_name(name), url=_checked_url(url),
+    row = WebhookRow.create(account=account_id, name=_checked_name(name), url=_checked_url(url),
                             sealed_secret=seal(secret))
     return CreatedWebhook(_info(row), secret)
 

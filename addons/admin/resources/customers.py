@@ -92,8 +92,7 @@ def create_customer(call: Call) -> dict:
 
 def list_customers(call: Call) -> dict:
     listing = customers.listing(call.account)
-    return web.paginate(listing.query, call.page(), listing.sort_field, listing.id_field,
-                        lambda row: render(listing.view(row)))
+    return web.paginate(listing, call.page(), render)
 
 
 def retrieve_customer(call: Call) -> dict:

@@ -35,8 +35,7 @@ def list_events(call: Call) -> dict:
     every = call.principal.is_admin and not call.query.get("account")
     listing = events.listing(None if every else call.account, name=call.query.get("type") or None,
                              customer=call.query.get("customer_id") or None)
-    return web.paginate(listing.query, call.page(), listing.sort_field, listing.id_field,
-                        lambda row: _event(listing.record(row)))
+    return web.paginate(listing, call.page(), _event)
 
 
 def retrieve_audit(call: Call) -> dict:

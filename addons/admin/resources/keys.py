@@ -19,8 +19,7 @@ def secret_key_view(key: keys.KeyInfo) -> dict:
 
 def list_secret_keys(call: Call) -> dict:
     listing = keys.key_listing(call.account, "secret")
-    return paginate(listing.query, call.page(), listing.sort_field, listing.id_field,
-                    lambda row: secret_key_view(listing.view(row)))
+    return paginate(listing, call.page(), secret_key_view)
 
 
 def create_secret_key(call: Call) -> tuple[int, dict]:

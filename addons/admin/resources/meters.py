@@ -142,8 +142,7 @@ def create_meter(call: Call) -> dict:
 
 def list_meters(call: Call) -> dict:
     listing = meters.listing(call.account)
-    return web.paginate(listing.query, call.page(), listing.sort_field, listing.id_field,
-                        lambda row: render(listing.view(row)))
+    return web.paginate(listing, call.page(), render)
 
 
 def retrieve_meter(call: Call) -> dict:

@@ -117,8 +117,7 @@ def _decimal_number(value: Decimal) -> int | float:
 def list_requests(call: Call) -> dict:
     listing = requests.listing(call.account, customer=call.query.get("customer_id") or None,
                                meter=call.query.get("meter_id") or None, metadata=metadata_filters(call))
-    return web.paginate(listing.query, call.page(), listing.sort_field, listing.id_field,
-                        lambda row: render(listing.detail(row)))
+    return web.paginate(listing, call.page(), render)
 
 
 def retrieve_request(call: Call) -> dict:

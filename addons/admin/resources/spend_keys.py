@@ -112,7 +112,7 @@ def _changes(body: dict) -> dict:
 
 def list_spend_keys(call: Call) -> dict:
     listing = keys.key_listing(call.account, "spend")
-    page = paginate(listing.query, call.page(), listing.sort_field, listing.id_field, listing.view)
+    page = paginate(listing, call.page())
     used = keys.usage_by_key([key.id for key in page["data"]])
     return page | {"data": [spend_key_view(key, used.get(key.id, NO_USE)) for key in page["data"]]}
 

@@ -51,8 +51,7 @@ def create_webhook(call: Call) -> tuple[int, dict]:
 
 def list_webhooks(call: Call) -> dict:
     listing = webhooks.listing(call.account)
-    return web.paginate(listing.query, call.page(), listing.sort_field, listing.id_field,
-                        lambda row: _render(listing.info(row)))
+    return web.paginate(listing, call.page(), _render)
 
 
 def get_webhook(call: Call) -> dict:
