@@ -5,6 +5,7 @@ gateway, `--no-admin` turns it off, and neither listener opens beyond loopback u
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import signal
 import subprocess
@@ -162,3 +163,62 @@ def test_under_workers_one_admin_process_serves_the_api_through_every_worker(tmp
     finally:
         os.killpg(gw.proc.pid, signal.SIGTERM)
         gw.proc.wait(30)
+
+
+RACE = """
+import json, sys, time, httpx
+url, key, idem, body, start = sys.argv[1:6]
+time.sleep(max(0.0, float(start) - time.time()))
+answer = httpx.post(url, json=json.loads(body), headers={"authorization": f"Bearer {key}", "idempotency-key": idem},
+                    timeout=30)
+print(json.dumps([answer.status_code, answer.json()]))
+"""
+
+
+def _race(urls: list[str], key: str, idem: str, body: dict) -> list[tuple[int, dict]]:
+    """The same call from one process per URL, all released at the same instant."""
+    start = str(time.time() + 1.5)
+    procs = [subprocess.Popen([sys.executable, "-c", RACE, url, key, idem, json.dumps(body), start],
+                              stdout=subprocess.PIPE, text=True) for url in urls]
+    return [tuple(json.loads(proc.communicate(timeout=60)[0])) for proc in procs]
+
+
+def test_idempotent_topups_and_reported_requests_racing_on_two_admin_processes_count_once(gateway, tmp_path):
+    """Two instances' admin processes on one ledger (the gateway's, and a second started on the same database),
+    each sent the same top-up and the same reported request at once by several processes: one credit, one
+    charge, every caller the same answer."""
+    second_port = free_port()
+    second = subprocess.Popen([sys.executable, "-m", "addons.admin", "--port", str(second_port), "--database-url",
+                               gateway.database_url], env=gateway.env, stdout=(tmp_path / "admin.log").open("wb"),
+                              stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: _answers(f"http://127.0.0.1:{second_port}/openapi.json"), 30)
+        key = {"authorization": f"Bearer {gateway.admin_key}"}
+        run = os.urandom(4).hex()
+        customer = httpx.post(f"{gateway.url}/v1/customers", headers=key, json={"reference_id": run}).json()
+        customer_id = customer["customer_id"]
+        httpx.post(f"{gateway.url}/v1/meters", headers=key, json={
+            "name": f"race {run}", "meter_slug": f"race-{run}", "rate_type": "fixed", "tier_type": "requests",
+            "tiers": [{"start": "0", "rate": "0.25"}]}).raise_for_status()
+        bases = [gateway.url, gateway.admin_url, f"http://127.0.0.1:{second_port}"] * 2
+
+        topups = _race([f"{base}/v1/customers/{customer_id}/topups" for base in bases], gateway.admin_key,
+                       f"topup-{run}", {"amount": "7.50"})
+        assert {status for status, _ in topups} == {200} and len({json.dumps(a) for _, a in topups}) == 1
+        assert gateway.ledger.balance(customer_id) == "7.50"  # one credit
+
+        reports = _race([f"{base}/v1/requests" for base in bases], gateway.admin_key, f"report-{run}",
+                        {"request_id": f"race-{run}", "customer_id": customer_id, "meter_slug": f"race-{run}"})
+        assert {status for status, _ in reports} == {201} and len({json.dumps(a) for _, a in reports}) == 1
+        assert gateway.ledger.balance(customer_id) == "7.25"  # one charge of the meter's $0.25
+        assert gateway.ledger.audit_ok()
+    finally:
+        second.terminate()
+        second.wait(20)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
