@@ -5,7 +5,7 @@ The gateway does none of the API's work: it rewrites the request's destination t
 (127.0.0.1:tollgate_admin_port) and mitmproxy forwards it as any other request. It tags the request with
 the instance's pass-through secret (addons/core/process_env.py) so the admin process leaves throttling
 failed authentications to the proxy's AuthThrottle, which sees the client's own address; the request id
-it sets lets that throttle count the admin's 401s. A client's own copy of the tag is dropped.
+it sets lets that throttle count the admin's 401s. The tag replaces any copy the client sent.
 
 The admin listener's options live here, the one place both the proxy and the process that starts the
 admin server (addons/runtime/admin_process.py) read them.
@@ -74,10 +74,6 @@ class AdminRoute:
         host = options.tollgate_admin_host
         host = "127.0.0.1" if host in ANY_ADDRESS else host.strip("[]")
         self.target = ("https" if options.tollgate_admin_certfile else "http", host, options.tollgate_admin_port)
-
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if PASSTHROUGH_HEADER in flow.request.headers:
-            del flow.request.headers[PASSTHROUGH_HEADER]
 
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
