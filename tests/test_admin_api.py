@@ -67,3 +67,8 @@ def test_the_openapi_document_covers_every_route_and_is_valid(api):
     documented = {(method, path) for path, ops in document["paths"].items() for method in ops}
     assert routes == documented and len(routes) == len(resources.ENDPOINTS)
     assert document == openapi.document()
+
+
+def test_a_method_a_route_does_not_take_is_a_json_405(api):
+    answer = api.admin.put("/v1/wallet", json={})
+    assert answer.status_code == 405 and answer.json()["error"]["code"] == "method_not_allowed"

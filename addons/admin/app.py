@@ -19,7 +19,7 @@ from starlette.routing import BaseRoute, Route
 from addons.admin import resources
 from addons.admin.auth import FailedAuthThrottle, authenticate
 from addons.admin.endpoints import Call, Endpoint
-from addons.admin.web import error_response, json_response, read_json
+from addons.admin.web import MethodNotAllowed, error_response, json_response, read_json
 from addons.core.errors import GatewayError, NotFound
 from addons.services.errors import Conflict
 from addons.services.idempotency import fingerprint, run_once
@@ -100,9 +100,7 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 
 
 async def _method_not_allowed(request: Request, exc: Exception) -> Response:
-    error = GatewayError("method_not_allowed", f"{request.method} is not allowed on {request.url.path}")
-    error.status = 405
-    return error_response(error)
+    return error_response(MethodNotAllowed("method_not_allowed", f"{request.method} is not allowed on {request.url.path}"))
 
 
 def api_routes(throttle: FailedAuthThrottle) -> list[BaseRoute]:

@@ -86,6 +86,5 @@ class AdminRoute:
         request = flow.request
         request.scheme, request.host, request.port = self.target
         request.headers[PASSTHROUGH_HEADER] = self.secret
-        request.headers["x-forwarded-for"] = flow.client_conn.peername[0]
         flow.metadata[ADMIN_KEY] = True
         flow.metadata.setdefault(REQUEST_ID_KEY, new_request_id())  # AuthThrottle counts the admin's 401s
