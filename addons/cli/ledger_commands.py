@@ -37,6 +37,8 @@ def cmd_init(args) -> None:
         "  1. fund the wallet:      .venv/bin/tollgate wallet topup 10\n"
         "  2. trust the proxy's CA: eval \"$(.venv/bin/tollgate ca --exports)\"\n"
         "  3. point an app at it:   OPENAI_API_KEY=<the key above> python my_app.py\n"
+        "  4. the dashboard and REST API: http://127.0.0.1:8082/ (sign in with the key above; the API also\n"
+        "     answers under the proxy's own /v1/, e.g. http://127.0.0.1:8080/v1/customers)\n"
         "The proxy reads real provider keys from its environment: OPENAI_API_KEY=sk-... ./run_proxy.sh"
         if secret
         else f"Ledger ready; account {setup.account!r} has balance {balance} USD."
