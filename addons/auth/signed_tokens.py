@@ -14,7 +14,6 @@ import binascii
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
 import time
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from addons.core.errors import BadRequest, Forbidden, Unauthorized
+from addons.core.files import create_once
 from addons.core.secret_formats import SIGNED_PREFIX
 from pricing.money import format_usd, parse_usd
 
@@ -150,30 +150,14 @@ def check_scope(claims: SignedClaims, provider_id: str, model: str | None) -> No
 
 
 def load_signing_key(configured: str | None, path: Path) -> bytes:
-    """Configured key wins; else the key file, created once (0600) by whichever process is first.
-
-    The new key is written to a private temp file (O_CREAT|O_EXCL) and hard-linked into place,
-    which fails if the file exists, so a racing process never reads a half-written key.
-    """
+    """Configured key wins; else the key file, created once (0600) by whichever process is first
+    (core.files.create_once: a racing process never reads a half-written key)."""
     if configured:
         if len(configured) < MIN_KEY_CHARS:
             raise ValueError(f"token signing key must be at least {MIN_KEY_CHARS} characters")
         return configured.encode()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(secrets.token_hex(32) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink(missing_ok=True)
+    create_once(path, (secrets.token_hex(32) + "\n").encode())
     key = path.read_text().strip()
     if len(key) < MIN_KEY_CHARS:
         raise ValueError(f"token signing key file {path} holds fewer than {MIN_KEY_CHARS} characters")

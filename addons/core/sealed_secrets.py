@@ -12,11 +12,11 @@ their webhooks must be created again.
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
 
+from addons.core.files import create_once
 from addons.core.settings import PROJECT_ROOT
 
 KEY_ENV = "TOLLGATE_SECRETS_KEY"
@@ -29,22 +29,7 @@ class UnsealError(Exception):
 
 def _key_file() -> bytes:
     path = Path(KEY_FILE)
-    if not path.exists():
-        # written whole to a private temp file, then linked into place (fails if it exists meanwhile),
-        # so a racing process never reads half a key and every process ends up with the same one
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(Fernet.generate_key() + b"\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink(missing_ok=True)
+    create_once(path, Fernet.generate_key() + b"\n")  # every process ends up with the first one's key
     return path.read_bytes().strip()
 
 
