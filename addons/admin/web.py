@@ -34,12 +34,8 @@ class Invalid(GatewayError):
     type = "invalid_request_error"
 
     def __init__(self, field: str, message: str):
-        super().__init__("invalid_field", f"{field}: {message}")
+        super().__init__("invalid_field", f"{field}: {message}", details={"param": field})
         self.field = field
-
-    def body(self) -> bytes:
-        return json.dumps({"error": {"type": self.type, "code": self.code, "message": self.message,
-                                     "param": self.field}}).encode()
 
 
 class MethodNotAllowed(GatewayError):

@@ -3,8 +3,10 @@
 Admission (before forwarding): the merchant's wallet must be positive when it pays the provider;
 a billed customer must be able to cover the request's worst case (input estimated from the body,
 output from max_tokens or the configured default, every unit at the meter's highest rate); a
-signed token must stay within its spend cap. The worst case is held until the ledger writer has
-committed the real charge, so concurrent requests see each other's reservations.
+signed token must stay within its spend cap; a key or customer within its spend and request limits
+and its requests and tokens per minute (addons/billing/limits.py). The worst case is held until the
+ledger writer has committed the real charge, so concurrent requests see each other's reservations;
+every pot and bucket is checked and taken in one atomic call.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -21,7 +24,16 @@ from mitmproxy.utils.asyncio_utils import create_task
 from addons.auth.account_cache import AccountCache
 from addons.billing.charges import RequestCharges, request_charges
 from addons.billing.hold_stores import FailoverHolds, LocalHolds, RedisHolds
-from addons.billing.holds import InsufficientFunds
+from addons.billing.holds import Bucket, InsufficientFunds, RateLimited
+from addons.billing.limits import (
+    CUSTOMER_SPEND,
+    KEY_REQUESTS,
+    KEY_SPEND,
+    LimitPot,
+    RequestLimits,
+    rate_headers,
+    rate_limited,
+)
 from addons.billing.plan import BillingPlan, byok_fee, worst_case_fee
 from addons.core.errors import LedgerUnavailable, PaymentRequired
 from addons.core.settings import BillingSettings
@@ -34,6 +46,7 @@ from pricing.money import format_usd
 from pricing.usage import TokenUsage
 
 ADD_LINGER = 0.002  # seconds incurred costs wait to share one hot-store call
+PENDING_MAX = 100_000  # requests whose limits await their commit; beyond, the oldest are forgotten (never committed)
 log = logging.getLogger(__name__)
 
 
@@ -44,8 +57,9 @@ def _log_failure(task) -> None:
 
 class Cashier:
     def __init__(self, settings: BillingSettings, keys: AccountCache, writer: LedgerWriter, freshness: float,
-                 redis_url: str | None = None):
+                 redis_url: str | None = None, limits: RequestLimits | None = None):
         self.settings = settings
+        self.limits = limits or RequestLimits(UTC)
         self.keys = keys
         self.writer = writer
         self.freshness = freshness  # how old a balance may be before admission re-reads it
@@ -57,6 +71,10 @@ class Cashier:
         # request id -> (what it holds of its payer, when the hold expires): the holds in place, for metrics
         self.open_holds: dict[str, tuple[int, float]] = {}
         self._adds: list[tuple[str, str, int]] = []  # (request id, merchant wallet, amount), not yet sent
+        self._confirmed_limits: set[str] = set()  # limit pots this process confirmed (the hot store keeps them)
+        self._limit_pots: dict[str, tuple[tuple[str, str], ...]] = {}  # request id -> its (pot, what), till commit
+        self._tokens_held: dict[str, tuple[list[Bucket], int]] = {}  # request id -> tokens-per-minute reservation
+        self._true_ups: list[tuple[Bucket, int]] = []  # not yet sent
 
     # -- admission -------------------------------------------------------------------------
 
@@ -74,7 +92,21 @@ class Cashier:
     async def _known_token(self, pot: str, token_id: str, cap: int) -> None:
         """A token's spend is read once, then kept up to date from the writers' commits."""
         if not await self.holds.is_fresh(pot, math.inf):
-            await self.holds.confirm(pot, cap - await self.keys.read(token_spent, token_id), 0)
+            generation = await self.holds.generation(pot)
+            await self.holds.confirm_new(pot, cap - await self.keys.read(token_spent, token_id), generation)
+
+    async def _known_limit(self, pot: LimitPot, force: bool = False) -> None:
+        """A limit pot is confirmed from the ledger once (per process), then kept by the commits' spends."""
+        if pot.name in self._confirmed_limits and not force:
+            return
+        generation = await self.holds.generation(pot.name)
+        used = await self.keys.read(pot.used)
+        resets = pot.period.reset.replace(tzinfo=UTC).timestamp() + self.settings.hold_ttl_seconds \
+            if pot.period.reset else None
+        await self.holds.confirm_new(pot.name, pot.limit - used, generation, resets)
+        if len(self._confirmed_limits) > PENDING_MAX:
+            self._confirmed_limits.clear()
+        self._confirmed_limits.add(pot.name)
 
     def worst_case_usage(self, reader: UsageReader) -> TokenUsage:
         return TokenUsage(
@@ -82,8 +114,10 @@ class Cashier:
             output_tokens=reader.max_output_tokens or self.settings.default_max_output_tokens,
         )
 
-    async def admit(self, request_id: str, plan: BillingPlan, reader: UsageReader, cost_of: Callable[[TokenUsage], int]) -> None:
-        """Raise PaymentRequired, or hold the request's worst case in every pot that pays for it."""
+    async def admit(self, request_id: str, plan: BillingPlan, reader: UsageReader,
+                    cost_of: Callable[[TokenUsage], int]) -> dict[str, str] | None:
+        """Raise PaymentRequired or TooManyRequests, or hold the request's worst case in every pot that pays
+        for it or limits it; returns the x-ratelimit-* headers of its rate limits, if it has any."""
         merchant = plan.key.wallet_id
         available = await self.holds.fresh_available(merchant, self.freshness)  # one round trip when fresh
         if available is None:
@@ -94,12 +128,18 @@ class Cashier:
                 "insufficient_balance", f"wallet balance is {format_usd(available)} USD; top it up to continue"
             )
         capped = plan.token is not None and plan.token.spend_cap_nanos is not None
-        if not (plan.bill_customer or capped):
-            return
+        limit_pots = self.limits.pots(plan) if plan.key.limits.any or plan.customer is not None else []
         worst_usage = self.worst_case_usage(reader)
+        buckets = self.limits.buckets(plan, lambda: worst_usage.input_tokens + worst_usage.output_tokens)
+        if not (plan.bill_customer or capped or limit_pots or buckets):
+            return None
+        if buckets and (too_large := self.limits.too_large(buckets)):
+            raise too_large
         worst_cost = cost_of(worst_usage)
         pots: dict[str, int] = {}
-        payer_amount = worst_cost if plan.merchant_pays_provider else self._byok(worst_cost)
+        merchant_amount = worst_cost if plan.merchant_pays_provider else (
+            0 if plan.bill_customer else self._byok(worst_cost))
+        payer_amount = merchant_amount
         if plan.bill_customer:
             customer = plan.customer.wallet_id
             await self._fresh_wallet(customer, plan.customer.overdraft_limit_nanos)
@@ -110,27 +150,51 @@ class Cashier:
             pot = f"token:{plan.token.token_id}"
             await self._known_token(pot, plan.token.token_id, plan.token.spend_cap_nanos)
             pots[pot] = max(payer_amount, 1)
+        for limit in limit_pots:
+            await self._known_limit(limit)
+            amount = 1 if limit.what == KEY_REQUESTS else merchant_amount if limit.what == KEY_SPEND else payer_amount
+            pots[limit.name] = max(amount, 1)  # a spent limit admits nothing, even a free-looking request
         try:
             try:
-                await self.holds.hold(request_id, pots)
+                states = await self.holds.hold(request_id, pots, buckets)
             except KeyError:  # the hot store lost a pot (flushed): confirm it from the ledger again
                 if plan.bill_customer:
                     await self._fresh_wallet(plan.customer.wallet_id, plan.customer.overdraft_limit_nanos, force=True)
                 if capped:
                     await self._known_token(f"token:{plan.token.token_id}", plan.token.token_id,
                                             plan.token.spend_cap_nanos)
-                await self.holds.hold(request_id, pots)
+                for limit in limit_pots:
+                    await self._known_limit(limit, force=True)
+                states = await self.holds.hold(request_id, pots, buckets)
         except InsufficientFunds as e:
+            if limit := next((limit for limit in limit_pots if limit.name == e.pot), None):
+                raise self.limits.reached(limit, e.available) from None
             whose = "token spend cap" if e.pot.startswith("token:") else "customer balance"
             raise PaymentRequired(
                 "insufficient_balance",
                 f"{whose} available is {format_usd(e.available)} USD (after open holds); "
                 f"this request may cost up to {format_usd(pots[e.pot])} USD",
             ) from None
-        self.open_holds[request_id] = (max(pots.values()), time.monotonic() + self.settings.hold_ttl_seconds)
+        except RateLimited as e:
+            bucket = next(bucket for bucket in buckets if bucket.name == e.bucket)
+            raise rate_limited(bucket, e.retry_after_ms, e.remaining) from None
+        if pots:
+            self.open_holds[request_id] = (max(pots.values()), time.monotonic() + self.settings.hold_ttl_seconds)
+        if limit_pots:
+            self._remember(self._limit_pots, request_id, tuple((limit.name, limit.what) for limit in limit_pots))
+        tokens_held = [bucket for bucket in buckets if bucket.name.startswith("tpm:")]
+        if tokens_held:
+            self._remember(self._tokens_held, request_id, (tokens_held, tokens_held[0].cost))
         if plan.bill_customer:
             expires = datetime.now(UTC).replace(tzinfo=None) + timedelta(seconds=self.settings.hold_ttl_seconds)
             self.writer.submit(HoldRecord(request_id, plan.customer.wallet_id, pots[plan.customer.wallet_id], expires))
+        return rate_headers(buckets, states) if buckets else None
+
+    @staticmethod
+    def _remember(table: dict, request_id: str, value) -> None:
+        table[request_id] = value
+        if len(table) > PENDING_MAX:  # requests that never commit (a ledger outage): forget the oldest
+            del table[next(iter(table))]
 
     def _byok(self, cost_nanos: int) -> int:
         return byok_fee(cost_nanos, self.settings.byok_fee_percent, self.settings.byok_fee_per_request_nanos)
@@ -147,11 +211,23 @@ class Cashier:
             self._adds.append((request_id, plan.key.wallet_id, charged.merchant_nanos))
         return charged
 
+    def used_tokens(self, request_id: str, tokens: int) -> None:
+        """A finished request used `tokens` (input and output): its tokens-per-minute reservation is trued up."""
+        held = self._tokens_held.pop(request_id, None)
+        if held is None or tokens == held[1]:
+            return
+        if not self._adds and not self._true_ups:
+            asyncio.get_running_loop().call_later(ADD_LINGER, self._flush_adds)
+        self._true_ups.extend((bucket, tokens - held[1]) for bucket in held[0])
+
     def _flush_adds(self) -> None:
         """The merchant's incurred costs of the last ADD_LINGER seconds, to the hot store in one call."""
         if self._adds:
             adds, self._adds = self._adds, []
             self._background(self.holds.add(*adds))
+        if self._true_ups:
+            true_ups, self._true_ups = self._true_ups, []
+            self._background(self.holds.true_up(*true_ups))
 
     def settled(self, report: CommitReport) -> None:
         """On the event loop: the writer committed; take its balances and drop the requests' holds."""
@@ -161,11 +237,20 @@ class Cashier:
         self._flush_adds()  # an add must not land after its request's release
         for wallet_id, (balance, version) in report.wallets.items():
             await self.holds.confirm(wallet_id, balance + self._overdraft.get(wallet_id, 0), version)
+        spends: dict[str, int] = defaultdict(int)
         for token_id, amount in report.token_charges.items():
-            await self.holds.spend(f"token:{token_id}", amount)
+            spends[f"token:{token_id}"] += amount
+        for record in report.written:
+            for pot, what in self._limit_pots.pop(record.id, ()):
+                fees = report.fees.get(record.id)
+                spends[pot] += 1 if what == KEY_REQUESTS else record.charged_nanos if what == KEY_SPEND else (
+                    fees.fee_nanos if fees and what == CUSTOMER_SPEND else 0)
+        if spends:
+            await self.holds.spend(*spends.items())  # before the holds go, or the room would show twice
         if report.request_ids:
             for request_id in report.request_ids:
                 self.open_holds.pop(request_id, None)
+                self._limit_pots.pop(request_id, None)
             await self.holds.release(*report.request_ids)
 
     def holds_in_place(self) -> tuple[int, int]:

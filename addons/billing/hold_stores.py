@@ -16,14 +16,16 @@ across instances for its duration but corrupts nothing: the ledger decides every
 from __future__ import annotations
 
 import logging
+import math
 import time
+from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 from mitmproxy.utils.asyncio_utils import create_task
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from addons.billing.holds import HoldBook, InsufficientFunds
+from addons.billing.holds import Bucket, BucketState, HoldBook, InsufficientFunds, RateLimited
 
 log = logging.getLogger(__name__)
 REDIS_AWAY = (RedisConnectionError, RedisTimeoutError)
@@ -41,8 +43,15 @@ class LocalHolds:
     async def confirm(self, pot: str, amount: int, version: int) -> None:
         self.book.confirm(pot, amount, version)
 
-    async def spend(self, pot: str, amount: int) -> None:
-        self.book.spend(pot, amount)
+    async def spend(self, *spends: tuple[str, int]) -> None:
+        for pot, amount in spends:
+            self.book.spend(pot, amount)
+
+    async def generation(self, pot: str) -> int:
+        return self.book.generation(pot)
+
+    async def confirm_new(self, pot: str, amount: int, generation: int, expires_at: float | None = None) -> None:
+        self.book.confirm_new(pot, amount, generation)
 
     async def available(self, pot: str) -> int:
         return self.book.available(pot)
@@ -50,8 +59,12 @@ class LocalHolds:
     async def fresh_available(self, pot: str, max_age: float) -> int | None:
         return self.book.available(pot) if self.book.is_fresh(pot, max_age) else None
 
-    async def hold(self, request_id: str, amounts: dict[str, int]) -> None:
-        self.book.hold(request_id, amounts)
+    async def hold(self, request_id: str, amounts: dict[str, int], buckets: Sequence[Bucket] = ()) -> list[BucketState]:
+        return self.book.hold(request_id, amounts, buckets)
+
+    async def true_up(self, *changes: tuple[Bucket, int]) -> None:
+        for bucket, delta in changes:
+            self.book.true_up(bucket, delta)
 
     async def add(self, *charges: tuple[str, str, int]) -> None:
         for request_id, pot, amount in charges:
@@ -85,6 +98,15 @@ local function put(pot, rid, delta, now, ttl)  -- the request's hold in the pot 
   redis.call('SADD', k('req', rid), pot)
   redis.call('PEXPIRE', k('req', rid), ttl + 60000)
 end
+local function refill(name, now, rate, cap)  -- a rate limit's bucket level at now; never seen: full
+  local b = redis.call('HMGET', k('rate', name), 'l', 't')
+  if not b[1] then return cap end
+  return math.min(cap, tonumber(b[1]) + math.max(now - tonumber(b[2]), 0) * rate)
+end
+local function store(name, now, rate, cap, level)
+  redis.call('HSET', k('rate', name), 'l', tostring(level), 't', now)
+  redis.call('PEXPIRE', k('rate', name), math.ceil(cap / rate) + 60000)
+end
 local function available(pot, now)
   expire(pot, now)
   local confirmed = redis.call('HGET', k('pot', pot), 'c')
@@ -93,7 +115,10 @@ local function available(pot, now)
 end
 """
 
-# ARGV: prefix, now_ms, ttl_ms, request_id, n, then n pairs of (pot, amount): all pots or none
+# ARGV: prefix, now_ms, ttl_ms, request_id, n, then n pairs of (pot, amount), m, then m quads of (bucket,
+# per_minute, capacity, cost): every pot held and every bucket taken from, or none. Answers {1, then each
+# bucket's remaining and reset_ms}, {0, pot index, available}, {-1, pot index} (unconfirmed) or
+# {2, bucket index, retry_after_ms, remaining}.
 _HOLD = _POTS + """
 local now, ttl, rid, n = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
 if redis.call('EXISTS', k('done', rid)) == 1 then return {1} end
@@ -107,11 +132,59 @@ for i = 0, n - 1 do
   local available = tonumber(confirmed) - held + mine
   if amount > available then return {0, i, available} end
 end
+local base, levels = 6 + 2 * n, {}
+local m = tonumber(ARGV[base] or '0')
+for j = 0, m - 1 do
+  local at = base + 1 + 4 * j
+  local rate, cap, cost = tonumber(ARGV[at + 1]) / 60000, tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
+  local level = refill(ARGV[at], now, rate, cap)
+  if cost > level then return {2, j, math.ceil((cost - level) / rate), math.max(math.floor(level), 0)} end
+  levels[j + 1] = level - cost
+end
 for i = 0, n - 1 do
   local pot, amount = ARGV[6 + 2 * i], tonumber(ARGV[7 + 2 * i])
   put(pot, rid, amount - tonumber(redis.call('HGET', k('hold', pot), rid) or '0'), now, ttl)
 end
-return {1}
+local out = {1}
+for j = 0, m - 1 do
+  local at = base + 1 + 4 * j
+  local rate, cap = tonumber(ARGV[at + 1]) / 60000, tonumber(ARGV[at + 2])
+  store(ARGV[at], now, rate, cap, levels[j + 1])
+  out[#out + 1] = math.max(math.floor(levels[j + 1]), 0)
+  out[#out + 1] = math.ceil((cap - levels[j + 1]) / rate)
+end
+return out
+"""
+
+# ARGV: prefix, now_ms, then (bucket, per_minute, capacity, delta) quads: each bucket gives delta more back
+_TRUE_UP = _POTS + """
+local now = tonumber(ARGV[2])
+for i = 3, #ARGV, 4 do
+  local rate, cap = tonumber(ARGV[i + 1]) / 60000, tonumber(ARGV[i + 2])
+  store(ARGV[i], now, rate, cap, math.min(cap, refill(ARGV[i], now, rate, cap) - tonumber(ARGV[i + 3])))
+end
+return 1
+"""
+
+# ARGV: prefix, then (pot, amount) pairs: committed spends; n counts them whether or not the pot is confirmed
+_SPEND = """
+for i = 2, #ARGV, 2 do
+  local key = ARGV[1] .. ':pot:' .. ARGV[i]
+  redis.call('HINCRBY', key, 'n', ARGV[i + 1])
+  if redis.call('HEXISTS', key, 'c') == 1 then redis.call('HINCRBY', key, 'c', -tonumber(ARGV[i + 1])) end
+end
+return 1
+"""
+
+# ARGV: prefix, now_ms, pot, amount, generation, expire_at_ms (0: never). Only a pot not confirmed yet is set:
+# the spends counted since `generation` was read are taken off (addons.billing.holds.HoldBook.confirm_new).
+_CONFIRM_NEW = """
+local key = ARGV[1] .. ':pot:' .. ARGV[3]
+if redis.call('HEXISTS', key, 'c') == 1 then return 0 end
+local spent = tonumber(redis.call('HGET', key, 'n') or '0') - tonumber(ARGV[5])
+redis.call('HSET', key, 'c', tonumber(ARGV[4]) - spent, 'v', 0, 't', ARGV[2])
+if tonumber(ARGV[6]) > 0 then redis.call('PEXPIREAT', key, ARGV[6]) end
+return 1
 """
 
 # ARGV: prefix, now_ms, ttl_ms, then (request_id, pot, amount) triples; a settled request is skipped
@@ -169,16 +242,19 @@ class RedisHolds:
         self.redis = aioredis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
         self.prefix = prefix
         self.ttl_ms = int(hold_ttl * 1000)
+        self.clock = time.time
         self._hold = self.redis.register_script(_HOLD)
+        self._true_up = self.redis.register_script(_TRUE_UP)
+        self._spend = self.redis.register_script(_SPEND)
+        self._confirm_new = self.redis.register_script(_CONFIRM_NEW)
         self._add = self.redis.register_script(_ADD)
         self._release = self.redis.register_script(_RELEASE)
         self._confirm = self.redis.register_script(_CONFIRM)
         self._available = self.redis.register_script(_AVAILABLE)
         self._fresh_available = self.redis.register_script(_FRESH_AVAILABLE)
 
-    @staticmethod
-    def _now() -> int:
-        return int(time.time() * 1000)
+    def _now(self) -> int:
+        return int(self.clock() * 1000)
 
     async def is_fresh(self, pot: str, max_age: float) -> bool:
         at = await self.redis.hget(f"{self.prefix}:pot:{pot}", "t")
@@ -187,10 +263,26 @@ class RedisHolds:
     async def confirm(self, pot: str, amount: int, version: int) -> None:
         await self._confirm(args=[self.prefix, self._now(), pot, amount, version])
 
-    async def spend(self, pot: str, amount: int) -> None:
-        key = f"{self.prefix}:pot:{pot}"
-        if await self.redis.hexists(key, "c"):
-            await self.redis.hincrby(key, "c", -amount)
+    async def spend(self, *spends: tuple[str, int]) -> None:
+        """Committed charges on versionless pots, (pot, amount) each, in one round trip."""
+        args = [value for spend in spends for value in spend]
+        if args:
+            await self._spend(args=[self.prefix, *args])
+
+    async def generation(self, pot: str) -> int:
+        return int(await self.redis.hget(f"{self.prefix}:pot:{pot}", "n") or 0)
+
+    async def confirm_new(self, pot: str, amount: int, generation: int, expires_at: float | None = None) -> None:
+        """expires_at (epoch seconds): when Redis may forget the pot (a limit's period has ended)."""
+        expire_ms = 0 if expires_at is None else math.ceil(expires_at * 1000)
+        await self._confirm_new(args=[self.prefix, self._now(), pot, amount, generation, expire_ms])
+
+    async def unconfirm(self, *pots: str) -> None:
+        """Forget the pots' figures (holds stay): the next admission confirms them from the ledger again."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for pot in pots:
+                pipe.hdel(f"{self.prefix}:pot:{pot}", "c", "t")
+            await pipe.execute()
 
     async def available(self, pot: str) -> int:
         value = await self._available(args=[self.prefix, self._now(), pot])
@@ -203,16 +295,31 @@ class RedisHolds:
         value = await self._fresh_available(args=[self.prefix, self._now(), pot, int(max_age * 1000)])
         return None if value is None else int(value)
 
-    async def hold(self, request_id: str, amounts: dict[str, int]) -> None:
+    async def hold(self, request_id: str, amounts: dict[str, int], buckets: Sequence[Bucket] = ()) -> list[BucketState]:
         pots = list(amounts.items())
         args = [self.prefix, self._now(), self.ttl_ms, request_id, len(pots)]
         for pot, amount in pots:
             args += [pot, amount]
+        args.append(len(buckets))
+        for bucket in buckets:
+            args += [bucket.name, bucket.per_minute, bucket.capacity, bucket.cost]
         result = await self._hold(args=args)
-        if int(result[0]) == -1:  # flushed between the cashier's confirm and this hold
+        outcome = int(result[0])
+        if outcome == -1:  # flushed between the cashier's confirm and this hold
             raise KeyError(pots[int(result[1])][0])
-        if int(result[0]) != 1:
+        if outcome == 0:
             raise InsufficientFunds(pots[int(result[1])][0], max(int(result[2]), 0))
+        if outcome == 2:
+            raise RateLimited(buckets[int(result[1])].name, int(result[2]), int(result[3]))
+        figures = [int(value) for value in result[1:]]
+        return [BucketState(figures[2 * i], figures[2 * i + 1]) for i in range(len(figures) // 2)]
+
+    async def true_up(self, *changes: tuple[Bucket, int]) -> None:
+        args = [self.prefix, self._now()]
+        for bucket, delta in changes:
+            args += [bucket.name, bucket.per_minute, bucket.capacity, delta]
+        if changes:
+            await self._true_up(args=args)
 
     async def add(self, *charges: tuple[str, str, int]) -> None:
         """Costs already incurred, (request id, pot, amount) each: one round trip per RELEASE_BATCH."""
@@ -246,6 +353,7 @@ class FailoverHolds:
         self.retry_after = retry_after
         self._clock = clock
         self._down_since: float | None = None  # the last failure while Redis is taken to be away
+        self._missed: set[str] = set()  # versionless pots whose spends Redis missed while away
 
     @property
     def falling_back(self) -> bool:
@@ -269,8 +377,19 @@ class FailoverHolds:
         if self.redis_up:
             try:
                 await self._remote(name, *args)
+                return
             except _Away:
                 pass
+        if name == "spend":
+            self._missed.update(pot for pot, _ in args)
+
+    async def _unconfirm_missed(self) -> None:
+        """Redis is back, without the spends it missed: those pots are confirmed from the ledger again."""
+        missed, self._missed = self._missed, set()
+        try:
+            await self.remote.unconfirm(*missed)
+        except REDIS_AWAY:
+            self._missed |= missed
 
     async def _remote(self, name: str, *args):
         """The call on Redis; any answer, a refusal such as InsufficientFunds included, means it is up."""
@@ -291,6 +410,8 @@ class FailoverHolds:
         if self._down_since is not None and started >= self._down_since:
             self._down_since = None
             log.warning("tollgate: Redis answers again; holds are shared again")
+        if self._missed:
+            create_task(self._unconfirm_missed(), name="tollgate-redis-unconfirm", keep_ref=True)
 
     def _away(self, error: Exception) -> None:
         if self._down_since is None:
@@ -310,8 +431,18 @@ class FailoverHolds:
     async def fresh_available(self, pot: str, max_age: float) -> int | None:
         return await self._one("fresh_available", pot, max_age)
 
-    async def hold(self, request_id: str, amounts: dict[str, int]) -> None:
-        await self._one("hold", request_id, amounts)
+    async def hold(self, request_id: str, amounts: dict[str, int], buckets: Sequence[Bucket] = ()) -> list[BucketState]:
+        return await self._one("hold", request_id, amounts, buckets)
+
+    async def true_up(self, *changes: tuple[Bucket, int]) -> None:
+        await self._one("true_up", *changes)
+
+    async def generation(self, pot: str) -> int:
+        return await self._one("generation", pot)
+
+    async def confirm_new(self, pot: str, amount: int, generation: int, expires_at: float | None = None) -> None:
+        """Into the store that will hold against it: the local one only while Redis is away."""
+        await self._one("confirm_new", pot, amount, generation, expires_at)
 
     async def add(self, *charges: tuple[str, str, int]) -> None:
         await self._one("add", *charges)
@@ -319,8 +450,8 @@ class FailoverHolds:
     async def confirm(self, pot: str, amount: int, version: int) -> None:
         await self._both("confirm", pot, amount, version)
 
-    async def spend(self, pot: str, amount: int) -> None:
-        await self._both("spend", pot, amount)
+    async def spend(self, *spends: tuple[str, int]) -> None:
+        await self._both("spend", *spends)
 
     async def release(self, *request_ids: str) -> None:
         await self._both("release", *request_ids)

@@ -1,7 +1,7 @@
 """Holds: money set aside for requests in flight, so concurrent requests cannot overspend.
 
-A pot is anything with a spending limit: a wallet (balance plus overdraft) or a signed token's
-spend cap. Its confirmed figure comes from the ledger, either read or reported by the writer
+A pot is anything with a spending limit: a wallet (balance plus overdraft), a signed token's
+spend cap, or a key's or customer's spend or request limit in its current period. Its confirmed figure comes from the ledger, either read or reported by the writer
 right after it committed a charge; open holds are subtracted from it. Everything here runs on
 mitmproxy's event loop, so checking every pot of a request and reserving in all of them happens
 with no await in between: atomic within the process. A hold lives until the writer has committed
@@ -10,8 +10,9 @@ the request's charge (its release comes with the new balance), or until it expir
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 
@@ -20,6 +21,48 @@ class InsufficientFunds(Exception):
         super().__init__(pot)
         self.pot = pot
         self.available = available
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """A rate limit's token bucket: `per_minute` flows back in a minute, up to `capacity`; a request takes `cost`."""
+
+    name: str
+    per_minute: int
+    capacity: int
+    cost: int
+
+    @property
+    def rate(self) -> float:
+        """Tokens per millisecond."""
+        return self.per_minute / 60000
+
+
+@dataclass(frozen=True, slots=True)
+class BucketState:
+    """After a request took its share: what is left, and in how many ms the bucket is full again."""
+
+    remaining: int
+    reset_ms: int
+
+
+class RateLimited(Exception):
+    def __init__(self, bucket: str, retry_after_ms: int, remaining: int):
+        super().__init__(bucket)
+        self.bucket = bucket
+        self.retry_after_ms = retry_after_ms
+        self.remaining = remaining
+
+
+def refill(level: float | None, at: float, now: float, bucket: Bucket) -> float:
+    """A bucket's level at `now` (ms), from `level` at `at`; a bucket never seen is full."""
+    if level is None:
+        return float(bucket.capacity)
+    return min(float(bucket.capacity), level + max(now - at, 0.0) * bucket.rate)
+
+
+def state_after(level: float, bucket: Bucket) -> BucketState:
+    return BucketState(max(math.floor(level), 0), math.ceil((bucket.capacity - level) / bucket.rate))
 
 
 @dataclass(slots=True)
@@ -36,6 +79,8 @@ class HoldBook:
         self._clock = clock
         self._pots: dict[str, Pot] = {}
         self._requests: dict[str, list[str]] = {}
+        self._spent: dict[str, int] = {}  # pot -> all spent on it, confirmed or not (confirm_new's generation)
+        self._buckets: dict[str, tuple[float, float]] = {}  # bucket -> (level, at in ms)
 
     def is_fresh(self, pot: str, max_age: float) -> bool:
         known = self._pots.get(pot)
@@ -50,9 +95,40 @@ class HoldBook:
             known.confirmed, known.version, known.confirmed_at = amount, version, self._clock()
 
     def spend(self, pot: str, amount: int) -> None:
-        """A committed charge on a pot whose ledger figure has no version (a token's spend)."""
+        """A committed charge on a pot whose ledger figure has no version (a token's or a limit's spend)."""
+        self._spent[pot] = self._spent.get(pot, 0) + amount
         if pot in self._pots:
             self._pots[pot].confirmed -= amount
+
+    def generation(self, pot: str) -> int:
+        """How much has been spent on the pot so far; read before the ledger, handed to confirm_new."""
+        return self._spent.get(pot, 0)
+
+    def confirm_new(self, pot: str, amount: int, generation: int) -> None:
+        """A versionless pot's first figure, read from the ledger after generation(pot) was taken: the spends
+        since then may have committed before the read, so they are taken off (never too much room, at worst
+        too little by what committed during the read). A pot already confirmed stays as it is."""
+        if pot not in self._pots:
+            self._pots[pot] = Pot(amount - (self._spent.get(pot, 0) - generation), 0, self._clock())
+
+    def take(self, buckets: Sequence[Bucket]) -> list[BucketState]:
+        """Each bucket's cost from it, or RateLimited naming the first without enough and nothing taken."""
+        now = self._clock() * 1000
+        levels = []
+        for bucket in buckets:
+            level = refill(*self._buckets.get(bucket.name, (None, now)), now, bucket)
+            if bucket.cost > level:
+                raise RateLimited(bucket.name, math.ceil((bucket.cost - level) / bucket.rate), max(math.floor(level), 0))
+            levels.append(level - bucket.cost)
+        for bucket, level in zip(buckets, levels, strict=True):
+            self._buckets[bucket.name] = (level, now)
+        return [state_after(level, bucket) for bucket, level in zip(buckets, levels, strict=True)]
+
+    def true_up(self, bucket: Bucket, delta: int) -> None:
+        """The bucket gives `delta` more (less, if negative) than the request took at admission."""
+        now = self._clock() * 1000
+        level = refill(*self._buckets.get(bucket.name, (None, now)), now, bucket)
+        self._buckets[bucket.name] = (min(float(bucket.capacity), level - delta), now)
 
     def available(self, pot: str) -> int:
         known = self._pots[pot]
@@ -62,14 +138,17 @@ class HoldBook:
             del known.holds[request_id]
         return known.confirmed - sum(amount for amount, _ in known.holds.values())
 
-    def hold(self, request_id: str, amounts: dict[str, int]) -> None:
-        """Reserve in every pot or in none; InsufficientFunds names the first pot short."""
+    def hold(self, request_id: str, amounts: dict[str, int], buckets: Sequence[Bucket] = ()) -> list[BucketState]:
+        """Reserve in every pot and take from every bucket, or do neither; InsufficientFunds names the first
+        pot short, RateLimited the first bucket. KeyError: a pot never confirmed."""
         for pot, amount in amounts.items():
             available = self.available(pot)
             if amount > available:
                 raise InsufficientFunds(pot, max(available, 0))
+        states = self.take(buckets) if buckets else []
         for pot, amount in amounts.items():
             self.add(request_id, pot, amount)
+        return states
 
     def add(self, request_id: str, pot: str, amount: int) -> None:
         """Reserve without checking: a charge already incurred, waiting for the writer."""

@@ -4,11 +4,12 @@ GatewayError                 any refusal made by Tollgate (never a provider's ow
 ├── BadRequest          400  malformed input: forward token, metadata, forward URL; a
 │                            contradictory token, or a customer or meter the account lacks
 ├── Unauthorized        401  no credential, an unknown one, a bad signature, an expired token
-├── PaymentRequired     402  the wallet, customer balance or token spend cap cannot cover it
-├── Forbidden           403  a revoked key, a provider or model outside a token's scope
+├── PaymentRequired     402  the wallet, customer balance, token spend cap or a spend limit cannot cover it
+├── Forbidden           403  a revoked or paused key, a provider or model outside a key's or token's scope
 ├── NotFound            404  a path on the gateway itself that it does not serve
 ├── PayloadTooLarge     413  a request body over tollgate_max_request_body
-├── TooManyRequests     429  a client address over its failed-authentication allowance
+├── TooManyRequests     429  a client address over its failed-authentication allowance; a key or
+│                            customer over its request limit or its requests or tokens per minute
 ├── HeadersTooLarge     431  request headers over tollgate_max_header_bytes, or oversized metadata
 ├── UpstreamUnreachable 502  the provider could not be reached, or resolved to a non-public address
 ├── ProviderNotConfigured 503 the operator has not set the provider's key
@@ -16,7 +17,8 @@ GatewayError                 any refusal made by Tollgate (never a provider's ow
 ├── ShuttingDown        503  the gateway is draining before it stops
 └── UpstreamTimeout     504  the provider did not answer in time
 
-Each renders as {"error": {"type", "code", "message"}}; messages never carry secrets.
+Each renders as {"error": {"type", "code", "message"}}, plus the `details` a refusal carries (a limit, what
+was used, when it resets); `headers` go on the answer (retry-after). Messages never carry secrets.
 """
 
 from __future__ import annotations
@@ -28,15 +30,18 @@ class GatewayError(Exception):
     status = 500
     type = "gateway_error"
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, *, details: dict | None = None, headers: dict | None = None):
         super().__init__(message)
         self.code = code
         self.message = message
+        self.details = details
+        self.headers = headers
 
     def body(self) -> bytes:
-        return json.dumps(
-            {"error": {"type": self.type, "code": self.code, "message": self.message}}
-        ).encode()
+        error = {"type": self.type, "code": self.code, "message": self.message}
+        if self.details:
+            error.update(self.details)
+        return json.dumps({"error": error}).encode()
 
 
 class BadRequest(GatewayError):

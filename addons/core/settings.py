@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
@@ -34,6 +35,17 @@ class BillingSettings:
     hold_ttl_seconds: int = 600  # an unsettled hold is released after this
     token_signing_key: str | None = None  # HMAC key of signed forward tokens
     autopay: AutopaySettings = field(default_factory=AutopaySettings)
+
+
+@dataclass(frozen=True)
+class LimitsSettings:
+    """Where the calendar periods of spend and request limits begin (addons/core/limits.py)."""
+
+    timezone: str = "UTC"  # an IANA zone name: Europe/Berlin, America/New_York
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
 
 
 PROVIDER_KEY_POLICIES = ("refuse", "track")
@@ -85,6 +97,7 @@ class Settings:
     timeouts: Timeouts = DEFAULT_TIMEOUTS  # every provider's, unless its `timeouts` say otherwise
     capture: CaptureSettings = field(default_factory=CaptureSettings)
     pricing: PricingSettings = field(default_factory=PricingSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
 
 
 def _read_yaml(path: Path) -> dict:
@@ -176,6 +189,19 @@ def parse_capture(data: Mapping) -> CaptureSettings:
     return CaptureSettings(provider_keys=policy, account=account)
 
 
+def parse_limits(data) -> LimitsSettings:
+    if not isinstance(data, Mapping):
+        raise ValueError("settings: limits must be a mapping")
+    if unknown := sorted(map(str, set(data) - {"timezone"})):
+        raise ValueError(f"settings: limits has unknown field(s) {', '.join(unknown)}; expected timezone")
+    name = data.get("timezone") or "UTC"
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        raise ValueError(f"settings: limits.timezone {name!r} is not a time zone name (e.g. UTC, Europe/Berlin)") from None
+    return LimitsSettings(timezone=name)
+
+
 def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
     data = _read_yaml(DEFAULT_CONFIG) if DEFAULT_CONFIG.exists() else {}
     if environ.get("TOLLGATE_CONFIG"):
@@ -195,4 +221,5 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         timeouts=DEFAULT_TIMEOUTS.updated(parse_timeouts("settings: timeouts", data.get("timeouts") or {})),
         capture=parse_capture(data.get("capture") or {}),
         pricing=parse_pricing(data.get("pricing") or {}),
+        limits=parse_limits(data.get("limits") or {}),
     )

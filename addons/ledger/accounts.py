@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 from peewee import JOIN, IntegrityError, fn
 
+from addons.core.limits import NO_LIMITS, Limits
 from addons.core.secret_formats import (
     SECRET_PREFIX,
     display_prefix,
@@ -47,6 +48,24 @@ class KeyRecord:
     expires_at: float | None = None  # epoch seconds (compared on every request); None: never
     allowed_models: tuple[str, ...] = ()  # empty: every model; a pattern ending in * is a prefix
     allowed_providers: tuple[str, ...] = ()  # empty: every provider
+    limits: Limits = NO_LIMITS
+
+
+# The ApiKey columns of each Limits field (a customer's are named alike, less those it lacks).
+LIMIT_COLUMNS = {"spend_limit_nanos": "spend_limit_nanos", "spend_cycle": "spend_cycle",
+                 "request_limit": "request_limit", "request_cycle": "request_cycle", "rpm": "rpm",
+                 "burst": "rpm_burst", "tpm": "tpm"}
+CUSTOMER_LIMITS = ("spend_limit_nanos", "spend_cycle", "rpm", "tpm")
+
+
+def limits_of(row: dict) -> Limits:
+    """The Limits of an ApiKey or Customer row (as a dict); the columns it lacks are None."""
+    return Limits(**{field: row.get(column) for field, column in LIMIT_COLUMNS.items()})
+
+
+def limit_columns(limits: Limits) -> dict:
+    """The ApiKey columns that store `limits`."""
+    return {column: getattr(limits, field) for field, column in LIMIT_COLUMNS.items()}
 
 
 def _json_list(values: Sequence[str] | None) -> str | None:
@@ -68,13 +87,14 @@ def ensure_account(name: str = DEFAULT_ACCOUNT) -> tuple[Account, Wallet]:
 def create_key(name: str, account_name: str = DEFAULT_ACCOUNT, role: str = "account", *, kind: str = "secret",
                status: str = "active", allowed_models: Sequence[str] | None = None,
                allowed_providers: Sequence[str] | None = None,
-               expires_at: datetime | None = None) -> tuple[ApiKey, str]:
+               expires_at: datetime | None = None, limits: Limits = NO_LIMITS) -> tuple[ApiKey, str]:
     """Returns the row and the secret; the secret exists only in this return value."""
     account, _ = ensure_account(account_name)
     secret = new_secret_key()
     row = ApiKey.create(account=account, name=name, key_hash=hash_secret(secret), prefix=display_prefix(secret),
                         role=role, kind=kind, status=status, allowed_models=_json_list(allowed_models),
-                        allowed_providers=_json_list(allowed_providers), expires_at=expires_at)
+                        allowed_providers=_json_list(allowed_providers), expires_at=expires_at,
+                        **limit_columns(limits))
     return row, secret
 
 
@@ -90,7 +110,7 @@ def rotate_key(key_id: str) -> tuple[ApiKey, str]:
 
 
 # The columns update_key may change; the two lists are given as sequences (None: no restriction).
-KEY_CHANGES = ("name", "status", "allowed_models", "allowed_providers", "expires_at")
+KEY_CHANGES = ("name", "status", "allowed_models", "allowed_providers", "expires_at", *LIMIT_COLUMNS.values())
 
 
 def update_key(key_id: str, **changes) -> ApiKey:
@@ -199,6 +219,7 @@ class CustomerRecord:
     customer_id: str
     wallet_id: str
     overdraft_limit_nanos: int
+    limits: Limits = NO_LIMITS
 
 
 def _find_key(condition) -> KeyRecord | None:
@@ -215,7 +236,7 @@ def _find_key(condition) -> KeyRecord | None:
     return KeyRecord(row["id"], row["account"], row["wallet_id"], row["revoked_at"] is not None, row["name"],
                      row["role"], row["kind"], row["status"],
                      None if expires_at is None else expires_at.replace(tzinfo=UTC).timestamp(),
-                     key_scope(row["allowed_models"]), key_scope(row["allowed_providers"]))
+                     key_scope(row["allowed_models"]), key_scope(row["allowed_providers"]), limits_of(row))
 
 
 def find_key(key_hash: str) -> KeyRecord | None:
@@ -230,7 +251,8 @@ def find_customer(account_id: str, customer_id: str) -> CustomerRecord | None:
     """A live customer of the account; a deleted one is as unknown (requests naming it are refused)."""
     row = Customer.get_or_none(Customer.account == account_id, Customer.customer_id == customer_id,
                                Customer.deleted_at.is_null())
-    return row and CustomerRecord(row.customer_id, row.wallet_id, row.overdraft_limit_nanos)
+    return row and CustomerRecord(row.customer_id, row.wallet_id, row.overdraft_limit_nanos,
+                                  limits_of({column: getattr(row, column) for column in CUSTOMER_LIMITS}))
 
 
 def find_meter(account_id: str, slug: str) -> MeterRow | None:
@@ -248,6 +270,25 @@ def token_spent(token_id: str) -> int:
     """What a signed token's payer has been charged (the customer's fees, else the merchant's debits)."""
     total = fn.COALESCE(fn.SUM(RequestRow.token_spend_nanos), 0)
     return int(RequestRow.select(total).where(RequestRow.token_id == token_id).scalar())
+
+
+def key_period_use(key_id: str, since: datetime | None) -> tuple[int, int]:
+    """(what the key's account was charged, requests) for the key's requests from `since` (None: ever)."""
+    query = RequestRow.select(fn.COALESCE(fn.SUM(RequestRow.charged_nanos), 0), fn.COUNT(RequestRow.id)).where(
+        RequestRow.key == key_id)
+    if since is not None:
+        query = query.where(RequestRow.created_at >= since)
+    spend, count = query.tuples().first()
+    return int(spend), int(count)
+
+
+def customer_period_spend(account_id: str, customer_id: str, since: datetime | None) -> int:
+    """The fees the customer was charged for requests from `since` (None: ever)."""
+    query = RequestRow.select(fn.COALESCE(fn.SUM(RequestRow.fee_nanos), 0)).where(
+        RequestRow.account == account_id, RequestRow.customer_id == customer_id)
+    if since is not None:
+        query = query.where(RequestRow.created_at >= since)
+    return int(query.scalar())
 
 
 def wallet_balance(wallet_id: str) -> int:

@@ -91,6 +91,11 @@ class Customer(BaseModel):
     # deleted: unknown to the API and refused for new requests; the row, its wallet and entries stay, and so
     # does its customer_id (never reused)
     deleted_at = DateTimeField(null=True)
+    # Limits on top of the prepaid balance (addons/core/limits.py), NULL: none; spend counts the customer's fees
+    spend_limit_nanos = BigIntegerField(null=True)
+    spend_cycle = CharField(null=True)
+    rpm = IntegerField(null=True)
+    tpm = IntegerField(null=True)
 
     class Meta:
         indexes = ((("account", "customer_id"), True),)
@@ -165,6 +170,15 @@ class ApiKey(BaseModel):
     allowed_models = TextField(null=True)
     allowed_providers = TextField(null=True)
     expires_at = DateTimeField(null=True)  # refused from then on; NULL: never
+    # Limits (addons/core/limits.py), NULL: none. A spend or request limit counts per its cycle: day, week,
+    # month or total. rpm_burst: requests let through at once (NULL: rpm).
+    spend_limit_nanos = BigIntegerField(null=True)
+    spend_cycle = CharField(null=True)
+    request_limit = IntegerField(null=True)
+    request_cycle = CharField(null=True)
+    rpm = IntegerField(null=True)
+    rpm_burst = IntegerField(null=True)
+    tpm = IntegerField(null=True)
 
 
 class ProviderKeyRow(BaseModel):
@@ -231,6 +245,8 @@ class RequestRow(BaseModel):
 
     class Meta:
         table_name = "request"
+        # a key's or customer's use in a limit's period (addons/ledger/accounts.py key_period_use)
+        indexes = ((("key", "created_at"), False), (("account", "customer_id", "created_at"), False))
 
 
 class TopUp(BaseModel):

@@ -37,13 +37,15 @@ from mitmproxy.exceptions import OptionsError
 from addons.auth.credentials import query_key, read_credential
 from addons.core.errors import GatewayError, TooManyRequests
 from addons.proxy.error_pages import refuse
-from addons.proxy.flow_keys import ADMIN_KEY, PROVIDER_KEY, REQUEST_ID_KEY
+from addons.proxy.flow_keys import ADMIN_KEY, PROVIDER_KEY, REFUSAL_KEY, REQUEST_ID_KEY
 from addons.proxy.gateway_config import SharedConfig
 from addons.proxy.routing import addressed_to_gateway, provider_for
 
 MAX_CLIENTS = 10_000
 MAX_TRUSTED = 10_000
 FAILED_AUTH = frozenset({401, 403})
+# 403s that refuse what an authenticated caller asked for, not who it is: they count as no failure
+NOT_AUTH_FAILURES = frozenset({"key_scope", "token_scope"})
 
 
 def client_address(flow: http.HTTPFlow) -> str:
@@ -128,7 +130,7 @@ class AuthThrottle:
             if len(self.trusted) > MAX_TRUSTED:
                 self.trusted.popitem(last=False)
         elif flow.response is not None and flow.response.status_code in FAILED_AUTH \
-                and REQUEST_ID_KEY in flow.metadata:
+                and REQUEST_ID_KEY in flow.metadata and flow.metadata.get(REFUSAL_KEY) not in NOT_AUTH_FAILURES:
             self.trusted.pop(digest, None)
             self.failed(client_address(flow))
 

@@ -13,6 +13,7 @@ STREAM_KEY = "tollgate.stream"  # True when the client asked for a stream
 COST_KEY = "tollgate.cost"  # the provider cost in USD, as text, once metered
 PRICE_SOURCE_KEY = "tollgate.price_source"  # catalog | override | unpriced | unmetered | free
 RETRIES_KEY = "tollgate.retries"  # how many times addons.proxy.upstream_retries resent the request
+REFUSAL_KEY = "tollgate.refusal"  # the error code of a refusal the Gateway answered itself
 ADMIN_KEY = "tollgate.admin"  # True on a request passed to the admin process (addons.proxy.admin_route)
 TIMEOUT_KEY = "tollgate.timeout"  # why addons.proxy.upstream_timeouts closed the provider connection
 

@@ -28,6 +28,7 @@ from addons.billing import price_guard
 from addons.billing.autopay import AutoTopUp
 from addons.billing.cashier import Cashier
 from addons.billing.charges import apply_charges, is_billable
+from addons.billing.limits import RequestLimits
 from addons.billing.plan import plan_for
 from addons.core.catalog import Catalog, Provider
 from addons.core.errors import GatewayError, NotFound, ProviderNotConfigured, ShuttingDown
@@ -43,6 +44,7 @@ from addons.proxy.flow_keys import (
     METADATA_HEADERS,
     PRICE_SOURCE_KEY,
     PROVIDER_KEY,
+    REFUSAL_KEY,
     REQUEST_ID_HEADERS,
     REQUEST_ID_KEY,
     STREAM_KEY,
@@ -204,7 +206,8 @@ class Gateway:
             ttl = ctx.options.tollgate_cache_ttl_ms / 1000
             self.keys = AccountCache(ttl=ttl, serve_stale=ctx.options.tollgate_ledger_outage == "serve")
             self.cashier = Cashier(self.settings.billing, self.keys, self.writer, freshness=ttl,
-                                   redis_url=ctx.options.tollgate_redis_url or self.settings.redis_url)
+                                   redis_url=ctx.options.tollgate_redis_url or self.settings.redis_url,
+                                   limits=RequestLimits(self.settings.limits.zone))
 
     def _metric_sources(self) -> tuple[LedgerWriter | None, Journal | None, Cashier | None]:
         """What the metrics' gauges read (addons.proxy.metrics_recorder), on the recorder's thread."""
@@ -309,6 +312,9 @@ class Gateway:
     def _refuse(flow: http.HTTPFlow, error: GatewayError, request_id: str) -> None:
         metrics_recorder.refused(error.status, error.code)
         flow.response = json_response(error.status, error.body(), request_id)
+        if error.headers:
+            flow.response.headers.update(error.headers)
+        flow.metadata[REFUSAL_KEY] = error.code
         flow.comment = flow_notes.refused_comment(error.status, error.code, error.message, request_id)
         flow.marked = flow_notes.REFUSED
 
@@ -357,14 +363,16 @@ class Gateway:
             check_scope(plan.token, provider.id, reader.model)
         price_guard.admit(plan, reader, self.settings, lambda model: price_source(
             model=model, provider_id=provider.id, pricing_id=provider.pricing_id, overrides=self.prices))
-        await self.cashier.admit(request_id, plan, reader, lambda usage: self._cost(provider, reader.model, usage).total_nanos)
+        rate_headers = await self.cashier.admit(request_id, plan, reader,
+                                                lambda usage: self._cost(provider, reader.model, usage).total_nanos)
         if reader.request_body is not None:
             request.content = reader.request_body
         strip_gateway_credentials(request.headers)
         self._inject_provider_key(request, provider, provider_key)
         request.headers["accept-encoding"] = "identity"  # the usage reader reads bodies as they stream
         request.scheme, request.host, request.port = provider.origin
-        self.pending[flow.id] = Pending(request_id, time.time(), provider, plan, reader, metadata)
+        self.pending[flow.id] = Pending(request_id, time.time(), provider, plan, reader, metadata,
+                                        rate_headers=rate_headers)
         flow.metadata[PROVIDER_KEY] = provider.id
         flow.metadata[ENDPOINT_KEY], flow.metadata[STREAM_KEY] = reader.endpoint, reader.stream_requested
 
@@ -392,6 +400,8 @@ class Gateway:
         response = flow.response
         for name in REQUEST_ID_HEADERS:
             response.headers[name] = state.request_id
+        if state.rate_headers:
+            response.headers.update(state.rate_headers)
         is_stream = response.headers.get("content-type", "").startswith("text/event-stream")
         if response.status_code < 400 and (is_stream or state.reader.stream_requested):
             response.stream = StreamTap(state.reader)
@@ -440,6 +450,7 @@ class Gateway:
         source = price_guard.price_source(state.reader, cost.source, status)
         price_guard.warn_once(source, state.provider.id, model, flow.request.path)
         charges = self.cashier.charges(state.request_id, state.plan, cost.total_nanos, billable)
+        self.cashier.used_tokens(state.request_id, result.usage.input_tokens + result.usage.output_tokens)
         record = usage_record(state, result, flow.response, status=status, error=error, cost_nanos=cost.total_nanos,
                               price_source=source, charges=charges, billable=billable)
         flow.metadata[COST_KEY] = format_usd(cost.total_nanos)

@@ -1,0 +1,161 @@
+"""A request's limits as the holds it must take: spend and request limits are pots, rate limits are buckets.
+
+A key's (or customer's) spend limit in the current period is a pot confirmed once from the ledger (the
+limit less what the period's requests were charged) and kept up to date from then on by the commits:
+the request's worst case is held against it like a balance, so concurrent requests, on every worker
+and instance sharing Redis, can never spend past it. A request limit is the same pot counting
+requests, each holding 1. Requests and tokens per minute are token buckets, taken from in the same
+atomic call as the holds (addons/billing/hold_stores.py). A pot's name carries its period and its
+limit, so a new period or a changed limit starts a new pot, confirmed afresh.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC
+from zoneinfo import ZoneInfo
+
+from addons.billing.holds import Bucket, BucketState
+from addons.billing.plan import BillingPlan
+from addons.core.errors import PaymentRequired, TooManyRequests
+from addons.core.limits import TO_LAVA, Limits, Period, PeriodClock, go_duration
+from addons.ledger.accounts import customer_period_spend, key_period_use
+from pricing.money import format_usd
+
+KEY_SPEND, KEY_REQUESTS, CUSTOMER_SPEND = "key_spend", "key_requests", "customer_spend"
+
+
+@dataclass(frozen=True, slots=True)
+class LimitPot:
+    """One limit a request holds against: what it limits, in which period, and how its use is read."""
+
+    name: str
+    what: str  # KEY_SPEND | KEY_REQUESTS | CUSTOMER_SPEND
+    limit: int
+    cycle: str
+    period: Period
+    used: Callable[[], int]  # what the period has used so far, by the ledger (run on the cache's thread pool)
+
+
+def _period_limit(owner: str, what: str, limit: int, cycle: str, period: Period, used) -> LimitPot:
+    return LimitPot(f"lim:{owner}:{what}:{cycle}:{period.id}:{limit}", what, limit, cycle, period, used)
+
+
+class RequestLimits:
+    """The limit pots and rate buckets of requests, and the errors when one is reached."""
+
+    def __init__(self, zone: ZoneInfo, clock: Callable[[], float] = time.time):
+        self.periods = PeriodClock(zone)
+        self.clock = clock
+
+    def pots(self, plan: BillingPlan) -> list[LimitPot]:
+        """The spend and request limits `plan`'s request counts against, in their current periods."""
+        pots = []
+        now = self.clock()
+        key, limits = plan.key, plan.key.limits
+        if key.key_id is not None and limits.any:
+            if limits.spend_limit_nanos is not None:
+                period = self.periods.period(limits.spend_cycle, now)
+                pots.append(_period_limit(f"key:{key.key_id}", KEY_SPEND, limits.spend_limit_nanos, limits.spend_cycle,
+                                          period, _used(key_period_use, 0, key.key_id, period)))
+            if limits.request_limit is not None:
+                period = self.periods.period(limits.request_cycle, now)
+                pots.append(_period_limit(f"key:{key.key_id}", KEY_REQUESTS, limits.request_limit,
+                                          limits.request_cycle, period, _used(key_period_use, 1, key.key_id, period)))
+        customer = plan.customer
+        if customer is not None and plan.bill_customer and customer.limits.spend_limit_nanos is not None:
+            cycle = customer.limits.spend_cycle
+            period = self.periods.period(cycle, now)
+            pots.append(_period_limit(
+                f"cus:{customer.wallet_id}", CUSTOMER_SPEND, customer.limits.spend_limit_nanos, cycle, period,
+                lambda: customer_period_spend(plan.key.account_id, customer.customer_id, period.start)))
+        return pots
+
+    @staticmethod
+    def buckets(plan: BillingPlan, tokens: Callable[[], int]) -> list[Bucket]:
+        """Requests and tokens per minute of the key and the customer; `tokens`: the request's reservation."""
+        found = []
+        for owner, limits in _rate_limited(plan):
+            if limits.rpm is not None:
+                found.append(Bucket(f"rpm:{owner}", limits.rpm, limits.burst or limits.rpm, 1))
+            if limits.tpm is not None:
+                found.append(Bucket(f"tpm:{owner}", limits.tpm, limits.tpm, tokens()))
+        return found
+
+    @staticmethod
+    def too_large(buckets: list[Bucket]) -> TooManyRequests | None:
+        """A request whose token reservation no minute could ever let through."""
+        for bucket in buckets:
+            if bucket.name.startswith("tpm:") and bucket.cost > bucket.capacity:
+                return TooManyRequests(
+                    "rate_limited", f"this request may use up to {bucket.cost} tokens (its input and max_tokens), "
+                                    f"more than the {bucket.per_minute} tokens per minute allowed; lower max_tokens",
+                    details={"limit": bucket.per_minute, "requested": bucket.cost})
+        return None
+
+    def reached(self, pot: LimitPot, available: int) -> PaymentRequired | TooManyRequests:
+        """402 spend_limit_reached or 429 request_limit_reached: the limit, what was used (requests in flight
+        included), and when the period resets."""
+        used = max(pot.limit - available, 0)
+        reset = pot.period.reset.replace(tzinfo=UTC).isoformat().replace("+00:00", "Z") if pot.period.reset else None
+        whose = "customer" if pot.what == CUSTOMER_SPEND else "key"
+        when = f"it resets at {reset}" if reset else "it never resets (period total)"
+        details = {"limit_period": TO_LAVA[pot.cycle], "resets_at": reset}
+        if pot.what == KEY_REQUESTS:
+            return TooManyRequests(
+                "request_limit_reached", f"this key's request limit of {pot.limit} per {pot.cycle} is reached; {when}",
+                details={"limit": pot.limit, "used": used, **details},
+                headers=_retry_after(pot.period, self.clock()))
+        return PaymentRequired(
+            "spend_limit_reached",
+            f"this {whose}'s spend limit of {format_usd(pot.limit)} USD per {pot.cycle} is reached "
+            f"({format_usd(used)} USD used, requests in flight included); {when}",
+            details={"limit": format_usd(pot.limit), "used": format_usd(used), **details})
+
+
+def _used(read, index: int, key_id: str, period: Period):
+    return lambda: read(key_id, period.start)[index]
+
+
+def _rate_limited(plan: BillingPlan) -> list[tuple[str, Limits]]:
+    owners = []
+    if plan.key.key_id is not None and (plan.key.limits.rpm is not None or plan.key.limits.tpm is not None):
+        owners.append((f"key:{plan.key.key_id}", plan.key.limits))
+    customer = plan.customer
+    if customer is not None and (customer.limits.rpm is not None or customer.limits.tpm is not None):
+        owners.append((f"cus:{customer.wallet_id}", customer.limits))
+    return owners
+
+
+def _retry_after(period: Period, now: float) -> dict[str, str] | None:
+    if period.reset is None:
+        return None
+    return {"retry-after": str(max(int(period.reset.replace(tzinfo=UTC).timestamp() - now) + 1, 1))}
+
+
+def rate_headers(buckets: list[Bucket], states: list[BucketState]) -> dict[str, str]:
+    """OpenAI's x-ratelimit-* headers from the first requests bucket and the first tokens bucket."""
+    headers: dict[str, str] = {}
+    for bucket, state in zip(buckets, states, strict=False):
+        kind = "requests" if bucket.name.startswith("rpm:") else "tokens"
+        if f"x-ratelimit-limit-{kind}" not in headers:
+            headers[f"x-ratelimit-limit-{kind}"] = str(bucket.per_minute)
+            headers[f"x-ratelimit-remaining-{kind}"] = str(state.remaining)
+            headers[f"x-ratelimit-reset-{kind}"] = go_duration(state.reset_ms)
+    return headers
+
+
+def rate_limited(bucket: Bucket, retry_after_ms: int, remaining: int) -> TooManyRequests:
+    """429 rate_limited with retry-after and the bucket's x-ratelimit-* headers."""
+    kind = "requests" if bucket.name.startswith("rpm:") else "tokens"
+    whose = "customer" if bucket.name.split(":")[1] == "cus" else "key"
+    seconds = max(-(-retry_after_ms // 1000), 1)
+    headers = {"retry-after": str(seconds), f"x-ratelimit-limit-{kind}": str(bucket.per_minute),
+               f"x-ratelimit-remaining-{kind}": str(remaining),
+               f"x-ratelimit-reset-{kind}": go_duration(retry_after_ms)}
+    return TooManyRequests(
+        "rate_limited", f"this {whose}'s limit of {bucket.per_minute} {kind} per minute is reached; "
+                        f"retry in {seconds} s",
+        details={"limit": bucket.per_minute, "limit_type": kind}, headers=headers)
