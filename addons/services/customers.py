@@ -12,14 +12,17 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from addons.core.limits import NO_LIMITS, Limits
 from addons.ledger import accounts
 from addons.ledger.models import Account, Customer, new_id
+from addons.services import limits
 from addons.services.errors import BadRequest, Conflict, NotFound
 from addons.services.listing import Listing
 from addons.services.reports import customer_view
 
 PROFILE_FIELDS = ("reference_id", "email", "phone", "name", "metadata")  # who the customer is, all optional
 SETTINGS = ("autopay_threshold_nanos", "autopay_amount_nanos", "overdraft_limit_nanos")
+LIMITS = limits.CUSTOMER_LIMIT_CHANGES  # spend_limit_nanos, spend_cycle, rpm, tpm (services/limits.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +44,7 @@ class CustomerView:
     autopay_threshold_nanos: int | None
     autopay_amount_nanos: int | None
     overdraft_limit_nanos: int
+    limits: Limits = NO_LIMITS
 
     @property
     def available_nanos(self) -> int:
@@ -64,7 +68,13 @@ class CustomerDetail:
 
 def _view(customer: Customer) -> CustomerView:
     view = customer_view(customer)
-    return CustomerView(**{**view, "holds": Holds(**view["holds"])})
+    return CustomerView(**{**view, "holds": Holds(**view["holds"])}, limits=limits.customer_limits(customer))
+
+
+def limits_view(account: str, customer_id: str) -> limits.LimitsView:
+    """The customer's limits with what the current period has used and when it resets."""
+    customer = _get(account, customer_id)
+    return limits.customer_view(customer.account_id, customer.customer_id, limits.customer_limits(customer))
 
 
 def _detail(customer: Customer) -> CustomerDetail:
@@ -88,16 +98,18 @@ def _check_autopay(threshold: int | None, amount: int | None) -> None:
 def create(account: str, customer_id: str | None = None, *, balance_nanos: int = 0,
            autopay_threshold_nanos: int | None = None, autopay_amount_nanos: int | None = None,
            overdraft_limit_nanos: int = 0, reference_id: str | None = None, email: str | None = None,
-           phone: str | None = None, name: str | None = None, metadata: dict | None = None) -> CustomerView:
+           phone: str | None = None, name: str | None = None, metadata: dict | None = None,
+           limit_changes: dict | None = None) -> CustomerView:
     """A new customer of `account` (created if new) with its own wallet, opened with `balance_nanos`.
-    Without `customer_id`, Tollgate makes one (cus_...), as Lava does."""
+    Without `customer_id`, Tollgate makes one (cus_...), as Lava does. `limit_changes`: LIMITS to values."""
     _check_autopay(autopay_threshold_nanos, autopay_amount_nanos)
+    limit_columns = limits.columns(limits.apply_changes(NO_LIMITS, limit_changes or {}), customer=True)
     try:
         customer = accounts.create_customer(
             account, customer_id or new_id("cus"), balance_nanos=balance_nanos,
             autopay_threshold_nanos=autopay_threshold_nanos, autopay_amount_nanos=autopay_amount_nanos,
             overdraft_limit_nanos=overdraft_limit_nanos, reference_id=reference_id, email=email, phone=phone,
-            name=name, metadata=None if metadata is None else json.dumps(metadata))
+            name=name, metadata=None if metadata is None else json.dumps(metadata), **limit_columns)
     except accounts.AlreadyExists as e:
         raise Conflict("customer_deleted" if e.deleted else "customer_exists", str(e)) from None
     return _view(Customer.get_by_id(customer.id))
@@ -112,14 +124,17 @@ def detail(account: str, customer_id: str) -> CustomerDetail:
 
 
 def update(account: str, customer_id: str, **changes) -> CustomerDetail:
-    """Change the named PROFILE_FIELDS and SETTINGS; None clears one (an overdraft limit goes back to 0)."""
-    unknown = set(changes) - set(PROFILE_FIELDS) - set(SETTINGS)
+    """Change the named PROFILE_FIELDS, SETTINGS and LIMITS; None clears one (an overdraft limit goes back to 0)."""
+    unknown = set(changes) - set(PROFILE_FIELDS) - set(SETTINGS) - set(LIMITS)
     if unknown:
         raise BadRequest("unknown_field", f"customers have no field {sorted(unknown)[0]!r}")
     customer = _get(account, customer_id)
     columns = dict(changes)
     if "metadata" in columns and columns["metadata"] is not None:
         columns["metadata"] = json.dumps(columns["metadata"])
+    if limit_changes := {name: columns.pop(name) for name in LIMITS if name in columns}:
+        merged = limits.apply_changes(limits.customer_limits(customer), limit_changes)
+        columns.update(limits.columns(merged, customer=True))
     if "overdraft_limit_nanos" in columns and columns["overdraft_limit_nanos"] is None:
         columns["overdraft_limit_nanos"] = 0
     _check_autopay(columns.get("autopay_threshold_nanos", customer.autopay_threshold_nanos),

@@ -18,10 +18,12 @@ from peewee import JOIN, fn
 
 from addons.core.catalog import load_catalog
 from addons.core.errors import Forbidden
+from addons.core.limits import NO_LIMITS, Limits
 from addons.core.secret_formats import hash_secret
 from addons.core.settings import load_settings
 from addons.ledger import accounts
 from addons.ledger.models import KEY_KINDS, KEY_ROLES, KEY_STATUSES, Account, ApiKey, RequestRow, Wallet, utcnow
+from addons.services import limits as key_limits
 from addons.services.errors import BadRequest, Conflict, NotFound, Unauthorized
 from addons.services.listing import Listing
 
@@ -59,6 +61,7 @@ class KeyInfo:
     allowed_providers: tuple[str, ...] | None = None  # None: every provider
     expires_at: datetime | None = None
     wallet_id: str = ""  # the account's wallet, which pays for the key's requests
+    limits: Limits = NO_LIMITS
 
     @property
     def expired(self) -> bool:
@@ -109,9 +112,15 @@ def require_role(role: str) -> Role:
     return role
 
 
-def create_key(name: str, account: str = accounts.DEFAULT_ACCOUNT, role: Role = "account") -> CreatedKey:
-    """A new secret key for `account` (created if new); an admin key reaches every account."""
-    row, secret = accounts.create_key(name, account, require_role(role))
+def create_key(name: str, account: str = accounts.DEFAULT_ACCOUNT, role: Role = "account", *,
+               allowed_models: Sequence[str] | None = None, allowed_providers: Sequence[str] | None = None,
+               expires_at: datetime | None = None, limits: dict | None = None) -> CreatedKey:
+    """A new secret key for `account` (created if new); an admin key reaches every account. `limits`: limit
+    columns (services.limits.KEY_LIMIT_CHANGES) to values."""
+    require_providers(allowed_providers)
+    row, secret = accounts.create_key(name, account, require_role(role), allowed_models=allowed_models,
+                                      allowed_providers=allowed_providers, expires_at=expires_at,
+                                      limits=key_limits.apply_changes(NO_LIMITS, limits or {}))
     return CreatedKey(row.id, row.name, account, secret, row.role)
 
 
@@ -133,12 +142,13 @@ def require_providers(providers: Sequence[str] | None) -> None:
 
 def create_spend_key(name: str, account: str = accounts.DEFAULT_ACCOUNT, *, status: Status = "active",
                      allowed_models: Sequence[str] | None = None, allowed_providers: Sequence[str] | None = None,
-                     expires_at: datetime | None = None) -> CreatedKey:
-    """A key for the gateway only (never the REST API), paid for by `account`'s wallet; None lists: no restriction."""
+                     expires_at: datetime | None = None, limits: dict | None = None) -> CreatedKey:
+    """A key for the gateway only (never the REST API), paid for by `account`'s wallet; None lists: no restriction.
+    `limits`: as create_key's."""
     require_providers(allowed_providers)
     row, secret = accounts.create_key(name, account, kind="spend", status=require_status(status),
                                       allowed_models=allowed_models, allowed_providers=allowed_providers,
-                                      expires_at=expires_at)
+                                      expires_at=expires_at, limits=key_limits.apply_changes(NO_LIMITS, limits or {}))
     return CreatedKey(row.id, row.name, account, secret, row.role, row.kind)
 
 
@@ -151,7 +161,8 @@ def _keys():
 def _info(row) -> KeyInfo:
     models, providers = accounts.key_scope(row.allowed_models), accounts.key_scope(row.allowed_providers)
     return KeyInfo(row.id, row.name, row.account_name, row.prefix, row.created_at, row.revoked_at, row.role,
-                   row.kind, row.status, models or None, providers or None, row.expires_at, row.wallet_id or "")
+                   row.kind, row.status, models or None, providers or None, row.expires_at, row.wallet_id or "",
+                   key_limits.key_limits(row))
 
 
 def list_keys() -> list[KeyInfo]:
@@ -164,30 +175,45 @@ def key_listing(account: str, kind: Kind) -> Listing:
     return Listing(query, ApiKey.created_at, ApiKey.id, _info)
 
 
-def account_key(account: str, key_id: str, kind: Kind) -> KeyInfo:
-    """NotFound unless `key_id` is a `kind` key of `account`: another account's key is as none."""
-    row = _keys().where(ApiKey.id == key_id, Account.name == account, ApiKey.kind == kind).objects().first()
+def account_key(account: str | None, key_id: str, kind: Kind | None) -> KeyInfo:
+    """NotFound unless `key_id` is a `kind` key of `account`: another account's key is as none. None: any
+    account (the operator's CLI), any kind."""
+    query = _keys().where(ApiKey.id == key_id)
+    if account is not None:
+        query = query.where(Account.name == account)
+    if kind is not None:
+        query = query.where(ApiKey.kind == kind)
+    row = query.objects().first()
     if row is None:
-        raise NotFound("key_not_found", f"no {kind} key {key_id}")
+        raise NotFound("key_not_found", f"no {kind or 'Tollgate'} key {key_id}")
     return _info(row)
 
 
-def _live_key(account: str, key_id: str, kind: Kind) -> KeyInfo:
+def _live_key(account: str | None, key_id: str, kind: Kind | None) -> KeyInfo:
     key = account_key(account, key_id, kind)
     if key.revoked_at is not None:
         raise Conflict("key_revoked", f"key {key_id} is revoked; create another")
     return key
 
 
-def update_key(account: str, key_id: str, kind: Kind, **changes) -> KeyInfo:
-    """Change any of accounts.KEY_CHANGES (name, status, allowed_models, allowed_providers, expires_at) of a
-    live key; the gateway sees it within tollgate_cache_ttl_ms."""
-    _live_key(account, key_id, kind)
+def update_key(account: str, key_id: str, kind: Kind | None, **changes) -> KeyInfo:
+    """Change any of accounts.KEY_CHANGES (name, status, allowed_models, allowed_providers, expires_at, and the
+    limit columns: None clears one) of a live key; the gateway sees it within tollgate_cache_ttl_ms.
+    kind None: a key of either kind."""
+    key = _live_key(account, key_id, kind)
     if "status" in changes:
         require_status(changes["status"])
     require_providers(changes.get("allowed_providers"))
+    limit_changes = {name: changes.pop(name) for name in key_limits.KEY_LIMIT_CHANGES if name in changes}
+    if limit_changes:
+        changes.update(key_limits.columns(key_limits.apply_changes(key.limits, limit_changes)))
     accounts.update_key(key_id, **changes)
     return account_key(account, key_id, kind)
+
+
+def key_limits_view(key: KeyInfo) -> key_limits.LimitsView:
+    """The key's limits with what the current periods have used and when they reset."""
+    return key_limits.key_view(key.id, key.limits)
 
 
 def rotate_key(account: str, key_id: str, kind: Kind) -> CreatedKey:
