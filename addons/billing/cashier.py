@@ -103,7 +103,7 @@ class Cashier:
         used = await self.keys.read(pot.used)
         resets = pot.period.reset.replace(tzinfo=UTC).timestamp() + self.settings.hold_ttl_seconds \
             if pot.period.reset else None
-        await self.holds.confirm_new(pot.name, pot.limit - used, generation, resets)
+        await self.holds.confirm_new(pot.name, pot.limit - used, generation, resets, pot.limit)
         if len(self._confirmed_limits) > PENDING_MAX:
             self._confirmed_limits.clear()
         self._confirmed_limits.add(pot.name)
@@ -150,13 +150,15 @@ class Cashier:
             pot = f"token:{plan.token.token_id}"
             await self._known_token(pot, plan.token.token_id, plan.token.spend_cap_nanos)
             pots[pot] = max(payer_amount, 1)
+        limits = {}
         for limit in limit_pots:
             await self._known_limit(limit)
             amount = 1 if limit.what == KEY_REQUESTS else merchant_amount if limit.what == KEY_SPEND else payer_amount
             pots[limit.name] = max(amount, 1)  # a spent limit admits nothing, even a free-looking request
+            limits[limit.name] = limit.limit
         try:
             try:
-                states = await self.holds.hold(request_id, pots, buckets)
+                states = await self.holds.hold(request_id, pots, buckets, limits)
             except KeyError:  # the hot store lost a pot (flushed): confirm it from the ledger again
                 if plan.bill_customer:
                     await self._fresh_wallet(plan.customer.wallet_id, plan.customer.overdraft_limit_nanos, force=True)
@@ -165,7 +167,7 @@ class Cashier:
                                             plan.token.spend_cap_nanos)
                 for limit in limit_pots:
                     await self._known_limit(limit, force=True)
-                states = await self.holds.hold(request_id, pots, buckets)
+                states = await self.holds.hold(request_id, pots, buckets, limits)
         except InsufficientFunds as e:
             if limit := next((limit for limit in limit_pots if limit.name == e.pot), None):
                 raise self.limits.reached(limit, e.available) from None

@@ -50,8 +50,9 @@ class LocalHolds:
     async def generation(self, pot: str) -> int:
         return self.book.generation(pot)
 
-    async def confirm_new(self, pot: str, amount: int, generation: int, expires_at: float | None = None) -> None:
-        self.book.confirm_new(pot, amount, generation)
+    async def confirm_new(self, pot: str, amount: int, generation: int, expires_at: float | None = None,
+                          limit: int | None = None) -> None:
+        self.book.confirm_new(pot, amount, generation, limit)
 
     async def available(self, pot: str) -> int:
         return self.book.available(pot)
@@ -59,8 +60,9 @@ class LocalHolds:
     async def fresh_available(self, pot: str, max_age: float) -> int | None:
         return self.book.available(pot) if self.book.is_fresh(pot, max_age) else None
 
-    async def hold(self, request_id: str, amounts: dict[str, int], buckets: Sequence[Bucket] = ()) -> list[BucketState]:
-        return self.book.hold(request_id, amounts, buckets)
+    async def hold(self, request_id: str, amounts: dict[str, int], buckets: Sequence[Bucket] = (),
+                   limits: dict[str, int] | None = None) -> list[BucketState]:
+        return self.book.hold(request_id, amounts, buckets, limits)
 
     async def true_up(self, *changes: tuple[Bucket, int]) -> None:
         for bucket, delta in changes:
@@ -115,16 +117,21 @@ local function available(pot, now)
 end
 """
 
-# ARGV: prefix, now_ms, ttl_ms, request_id, n, then n pairs of (pot, amount), m, then m quads of (bucket,
-# per_minute, capacity, cost): every pot held and every bucket taken from, or none. Answers {1, then each
-# bucket's remaining and reset_ms}, {0, pot index, available}, {-1, pot index} (unconfirmed) or
-# {2, bucket index, retry_after_ms, remaining}.
+# ARGV: prefix, now_ms, ttl_ms, request_id, n, then n triples of (pot, amount, limit or -1), m, then m quads
+# of (bucket, per_minute, capacity, cost): every pot held and every bucket taken from, or none. Answers {1,
+# then each bucket's remaining and reset_ms}, {0, pot index, available}, {-1, pot index} (unconfirmed) or
+# {2, bucket index, retry_after_ms, remaining}. A limit pot whose limit changed moves by the difference first.
 _HOLD = _POTS + """
 local now, ttl, rid, n = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
 if redis.call('EXISTS', k('done', rid)) == 1 then return {1} end
 for i = 0, n - 1 do
-  local pot, amount = ARGV[6 + 2 * i], tonumber(ARGV[7 + 2 * i])
+  local pot, amount, limit = ARGV[6 + 3 * i], tonumber(ARGV[7 + 3 * i]), tonumber(ARGV[8 + 3 * i])
   expire(pot, now)
+  local was = redis.call('HGET', k('pot', pot), 'l')
+  if limit >= 0 and was and tonumber(was) ~= limit then
+    redis.call('HINCRBY', k('pot', pot), 'c', limit - tonumber(was))
+    redis.call('HSET', k('pot', pot), 'l', ARGV[8 + 3 * i])
+  end
   local confirmed = redis.call('HGET', k('pot', pot), 'c')
   if not confirmed then return {-1, i, 0} end
   local held = tonumber(redis.call('HGET', k('pot', pot), 'h') or '0')
@@ -132,7 +139,7 @@ for i = 0, n - 1 do
   local available = tonumber(confirmed) - held + mine
   if amount > available then return {0, i, available} end
 end
-local base, levels = 6 + 2 * n, {}
+local base, levels = 6 + 3 * n, {}
 local m = tonumber(ARGV[base] or '0')
 for j = 0, m - 1 do
   local at = base + 1 + 4 * j
@@ -142,7 +149,7 @@ for j = 0, m - 1 do
   levels[j + 1] = level - cost
 end
 for i = 0, n - 1 do
-  local pot, amount = ARGV[6 + 2 * i], tonumber(ARGV[7 + 2 * i])
+  local pot, amount = ARGV[6 + 3 * i], tonumber(ARGV[7 + 3 * i])
   put(pot, rid, amount - tonumber(redis.call('HGET', k('hold', pot), rid) or '0'), now, ttl)
 end
 local out = {1}
@@ -176,13 +183,15 @@ end
 return 1
 """
 
-# ARGV: prefix, now_ms, pot, amount, generation, expire_at_ms (0: never). Only a pot not confirmed yet is set:
-# the spends counted since `generation` was read are taken off (addons.billing.holds.HoldBook.confirm_new).
+# ARGV: prefix, now_ms, pot, amount, generation, expire_at_ms (0: never), limit (-1: none). Only a pot not
+# confirmed yet is set: the spends counted since `generation` was read are taken off
+# (addons.billing.holds.HoldBook.confirm_new). Written with %.0f: Lua would write a large number as 1e+14.
 _CONFIRM_NEW = """
 local key = ARGV[1] .. ':pot:' .. ARGV[3]
 if redis.call('HEXISTS', key, 'c') == 1 then return 0 end
 local spent = tonumber(redis.call('HGET', key, 'n') or '0') - tonumber(ARGV[5])
-redis.call('HSET', key, 'c', tonumber(ARGV[4]) - spent, 'v', 0, 't', ARGV[2])
+redis.call('HSET', key, 'c', string.format('%.0f', tonumber(ARGV[4]) - spent), 'v', 0, 't', ARGV[2])
+if tonumber(ARGV[7]) >= 0 then redis.call('HSET', key, 'l', ARGV[7]) end
 if tonumber(ARGV[6]) > 0 then redis.call('PEXPIREAT', key, ARGV[6]) end
 return 1
 """
@@ -272,10 +281,12 @@ class RedisHolds:
     async def generation(self, pot: str) -> int:
         return int(await self.redis.hget(f"{self.prefix}:pot:{pot}", "n") or 0)
 
-    async def confirm_new(self, pot: str, amount: int, generation: int, expires_at: float | None = None) -> None:
+    async def confirm_new(self, pot: str, amount: int, generation: int, expires_at: float | None = None,
+                          limit: int | None = None) -> None:
         """expires_at (epoch seconds): when Redis may forget the pot (a limit's period has ended)."""
         expire_ms = 0 if expires_at is None else math.ceil(expires_at * 1000)
-        await self._confirm_new(args=[self.prefix, self._now(), pot, amount, generation, expire_ms])
+        await self._confirm_new(args=[self.prefix, self._now(), pot, amount, generation, expire_ms,
+                                      -1 if limit is None else limit])
 
     async def unconfirm(self, *pots: str) -> None:
         """Forget the pots' figures (holds stay): the next admission confirms them from the ledger again."""
@@ -295,11 +306,12 @@ class RedisHolds:
         value = await self._fresh_available(args=[self.prefix, self._now(), pot, int(max_age * 1000)])
         return None if value is None else int(value)
 
-    async def hold(self, request_id: str, amounts: dict[str, int], buckets: Sequence[Bucket] = ()) -> list[BucketState]:
+    async def hold(self, request_id: str, amounts: dict[str, int], buckets: Sequence[Bucket] = (),
+                   limits: dict[str, int] | None = None) -> list[BucketState]:
         pots = list(amounts.items())
         args = [self.prefix, self._now(), self.ttl_ms, request_id, len(pots)]
         for pot, amount in pots:
-            args += [pot, amount]
+            args += [pot, amount, (limits or {}).get(pot, -1)]
         args.append(len(buckets))
         for bucket in buckets:
             args += [bucket.name, bucket.per_minute, bucket.capacity, bucket.cost]
@@ -431,8 +443,9 @@ class FailoverHolds:
     async def fresh_available(self, pot: str, max_age: float) -> int | None:
         return await self._one("fresh_available", pot, max_age)
 
-    async def hold(self, request_id: str, amounts: dict[str, int], buckets: Sequence[Bucket] = ()) -> list[BucketState]:
-        return await self._one("hold", request_id, amounts, buckets)
+    async def hold(self, request_id: str, amounts: dict[str, int], buckets: Sequence[Bucket] = (),
+                   limits: dict[str, int] | None = None) -> list[BucketState]:
+        return await self._one("hold", request_id, amounts, buckets, limits)
 
     async def true_up(self, *changes: tuple[Bucket, int]) -> None:
         await self._one("true_up", *changes)
@@ -440,9 +453,10 @@ class FailoverHolds:
     async def generation(self, pot: str) -> int:
         return await self._one("generation", pot)
 
-    async def confirm_new(self, pot: str, amount: int, generation: int, expires_at: float | None = None) -> None:
+    async def confirm_new(self, pot: str, amount: int, generation: int, expires_at: float | None = None,
+                          limit: int | None = None) -> None:
         """Into the store that will hold against it: the local one only while Redis is away."""
-        await self._one("confirm_new", pot, amount, generation, expires_at)
+        await self._one("confirm_new", pot, amount, generation, expires_at, limit)
 
     async def add(self, *charges: tuple[str, str, int]) -> None:
         await self._one("add", *charges)

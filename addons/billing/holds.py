@@ -71,6 +71,7 @@ class Pot:
     version: int
     confirmed_at: float
     holds: dict[str, tuple[int, float]] = field(default_factory=dict)  # request -> (amount, expires)
+    limit: int | None = None  # a limit pot: the limit its confirmed figure was counted down from
 
 
 class HoldBook:
@@ -104,12 +105,19 @@ class HoldBook:
         """How much has been spent on the pot so far; read before the ledger, handed to confirm_new."""
         return self._spent.get(pot, 0)
 
-    def confirm_new(self, pot: str, amount: int, generation: int) -> None:
+    def confirm_new(self, pot: str, amount: int, generation: int, limit: int | None = None) -> None:
         """A versionless pot's first figure, read from the ledger after generation(pot) was taken: the spends
         since then may have committed before the read, so they are taken off (never too much room, at worst
         too little by what committed during the read). A pot already confirmed stays as it is."""
         if pot not in self._pots:
-            self._pots[pot] = Pot(amount - (self._spent.get(pot, 0) - generation), 0, self._clock())
+            self._pots[pot] = Pot(amount - (self._spent.get(pot, 0) - generation), 0, self._clock(), limit=limit)
+
+    def relimit(self, pot: str, limit: int) -> None:
+        """The operator changed a limit pot's limit: its room moves by the difference, holds and spends kept."""
+        known = self._pots[pot]
+        if known.limit is not None and known.limit != limit:
+            known.confirmed += limit - known.limit
+            known.limit = limit
 
     def take(self, buckets: Sequence[Bucket]) -> list[BucketState]:
         """Each bucket's cost from it, or RateLimited naming the first without enough and nothing taken."""
@@ -138,9 +146,13 @@ class HoldBook:
             del known.holds[request_id]
         return known.confirmed - sum(amount for amount, _ in known.holds.values())
 
-    def hold(self, request_id: str, amounts: dict[str, int], buckets: Sequence[Bucket] = ()) -> list[BucketState]:
+    def hold(self, request_id: str, amounts: dict[str, int], buckets: Sequence[Bucket] = (),
+             limits: dict[str, int] | None = None) -> list[BucketState]:
         """Reserve in every pot and take from every bucket, or do neither; InsufficientFunds names the first
-        pot short, RateLimited the first bucket. KeyError: a pot never confirmed."""
+        pot short, RateLimited the first bucket. KeyError: a pot never confirmed. `limits`: the limit pots'
+        limits as they stand now (relimit)."""
+        for pot, limit in (limits or {}).items():
+            self.relimit(pot, limit)
         for pot, amount in amounts.items():
             available = self.available(pot)
             if amount > available:

@@ -5,8 +5,9 @@ limit less what the period's requests were charged) and kept up to date from the
 the request's worst case is held against it like a balance, so concurrent requests, on every worker
 and instance sharing Redis, can never spend past it. A request limit is the same pot counting
 requests, each holding 1. Requests and tokens per minute are token buckets, taken from in the same
-atomic call as the holds (addons/billing/hold_stores.py). A pot's name carries its period and its
-limit, so a new period or a changed limit starts a new pot, confirmed afresh.
+atomic call as the holds (addons/billing/hold_stores.py). A pot's name carries its
+cycle and period, so a new period starts a new pot, confirmed afresh; a changed limit moves the pot's room
+by the difference, in the same atomic call (holds in flight and spends so far stay counted).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class LimitPot:
 
 
 def _period_limit(owner: str, what: str, limit: int, cycle: str, period: Period, used) -> LimitPot:
-    return LimitPot(f"lim:{owner}:{what}:{cycle}:{period.id}:{limit}", what, limit, cycle, period, used)
+    return LimitPot(f"lim:{owner}:{what}:{cycle}:{period.id}", what, limit, cycle, period, used)
 
 
 class RequestLimits:

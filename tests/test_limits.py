@@ -1,0 +1,322 @@
+"""Limits on keys and customers as the gateway enforces them (issue 13), in-process on one event loop with the
+clock injected: request and spend limits per calendar period, requests and tokens per minute with OpenAI's
+headers, customers' limits, on the in-process hold book and on Redis (two cashiers sharing it stand for two
+instances)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+from mitmproxy import http
+from mitmproxy.test import tutils
+
+from addons.billing.hold_stores import FailoverHolds, RedisHolds
+from addons.billing.limits import RequestLimits
+from addons.core.limits import Limits, PeriodClock, go_duration, period_of
+from addons.core.settings import parse_limits
+from addons.ledger.accounts import credit_wallet, ensure_account
+from addons.ledger.models import RequestRow
+from addons.services import customers, keys, meters, tokens
+from tests.inprocess_gateway import api_flow
+
+START = datetime(2026, 12, 5, 12, 0, tzinfo=UTC).timestamp()
+
+
+def chat(max_tokens: int | None = None) -> bytes:
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    if max_tokens:
+        body["max_tokens"] = max_tokens
+    return json.dumps(body).encode()
+
+
+class Driver:
+    """Requests through the Gateway's hooks on one event loop, with every clock of the limits set by hand."""
+
+    def __init__(self, gw, now: float = START, zone: str = "UTC"):
+        self.gw, self.now = gw, now
+        gw.cashier.limits = RequestLimits(ZoneInfo(zone), clock=lambda: self.now)
+        self._clock_holds(gw.cashier.holds)
+        self.loop = asyncio.new_event_loop()
+        gw.loop = self.loop
+        credit_wallet(ensure_account()[1].id, 10**12)
+
+    def _clock_holds(self, holds) -> None:
+        if isinstance(holds, FailoverHolds):
+            holds.remote.clock = lambda: self.now
+            holds = holds.local
+        if isinstance(holds, RedisHolds):
+            holds.clock = lambda: self.now
+        else:
+            holds.book._clock = lambda: self.now
+
+    def send(self, secret: str, content: bytes = b"", usage: tuple[int, int] = (10, 5), headers=()):
+        """One request, answered by the provider with `usage` if forwarded; returns the flow."""
+        flow = api_flow([("authorization", f"Bearer {secret}"), *headers], content=content or chat())
+
+        async def go():
+            await self.gw.request(flow)
+            if flow.response is None:
+                body = {"model": "gpt-4o-mini", "choices": [],
+                        "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1]}}
+                flow.response = tutils.tresp(headers=http.Headers(content_type="application/json"),
+                                             content=json.dumps(body).encode())
+                self.gw.responseheaders(flow)
+                self.gw.response(flow)
+        self.loop.run_until_complete(go())
+        return flow
+
+    def settle(self) -> None:
+        """The writer commits what it was given; the cashier takes the commit on the loop."""
+        assert self.gw.writer.flush(timeout=10)
+        self.loop.run_until_complete(asyncio.sleep(0.05))
+
+    def close(self) -> None:
+        self.loop.run_until_complete(asyncio.sleep(0.01))
+        self.loop.close()
+
+
+@pytest.fixture
+def drive(gw):
+    drivers = []
+
+    def make(**kwargs) -> Driver:
+        drivers.append(Driver(gw, **kwargs))
+        return drivers[-1]
+    yield make
+    for driver in drivers:
+        driver.close()
+
+
+def outcome(flow) -> int:
+    return flow.response.status_code
+
+
+def error(flow) -> dict:
+    return json.loads(flow.response.content)["error"]
+
+
+def key_with(**limits) -> str:
+    return keys.create_spend_key("team", limits=limits).secret_key
+
+
+# -- request limits -----------------------------------------------------------------------------
+
+def test_a_request_limit_admits_exactly_its_count_in_the_period(drive):
+    d = drive()
+    secret = key_with(request_limit=3, request_cycle="day")
+    assert [outcome(d.send(secret)) for _ in range(3)] == [200, 200, 200]
+    refused = d.send(secret)
+    assert outcome(refused) == 429
+    assert error(refused) | {"message": ""} == {
+        "type": "rate_limit_error", "code": "request_limit_reached", "message": "", "limit": 3, "used": 3,
+        "limit_period": "daily", "resets_at": "2026-12-06T00:00:00Z"}
+    assert refused.response.headers["retry-after"] == str(12 * 3600 + 1)
+    d.settle()
+    assert RequestRow.select().count() == 3  # the refusal wrote nothing
+    assert outcome(d.send(secret)) == 429  # committed, the count stays
+    d.now += 12 * 3600  # midnight UTC: a new day
+    assert outcome(d.send(secret)) == 200
+
+
+def test_a_request_limit_counts_what_the_ledger_holds_when_the_gateway_starts(drive, gw):
+    d = drive()
+    key = keys.create_spend_key("team", limits={"request_limit": 2, "request_cycle": "month"})
+    d.send(key.secret_key)
+    d.settle()
+    gw.cashier._confirmed_limits.clear()
+    gw.cashier.holds.book._pots.clear()  # as a fresh process: the pot is read from the ledger again
+    assert [outcome(d.send(key.secret_key)) for _ in range(2)] == [200, 429]
+
+
+# -- spend limits -------------------------------------------------------------------------------
+
+def test_a_spend_limit_holds_each_requests_worst_case_so_concurrent_requests_cannot_pass_it(drive):
+    d = drive()
+    # gpt-4o-mini: $0.15 / $0.60 per million tokens; max_tokens 1000 holds about $0.0006 a request
+    secret = key_with(spend_limit_nanos=1_500_000, spend_cycle="total")  # $0.0015: room for two worst cases
+    first, second, third = (d.send(secret, chat(1000), usage=(100, 900)) for _ in range(3))
+    assert (outcome(first), outcome(second), outcome(third)) == (200, 200, 402)
+    assert error(third)["code"] == "spend_limit_reached" and error(third)["limit"] == "0.0015"
+    assert error(third)["resets_at"] is None and error(third)["limit_period"] == "total"
+    d.settle()  # each really cost $0.000555: the room left is $0.00039, less than a worst case
+    assert outcome(d.send(secret, chat(1000))) == 402
+    assert outcome(d.send(secret, chat(100))) == 200  # a smaller worst case fits
+    d.settle()
+    spent = sum(row.charged_nanos for row in RequestRow.select())
+    assert spent <= 1_500_000
+
+
+def test_changing_a_limit_takes_effect_once_the_key_cache_lets_go(drive, gw):
+    d = drive()
+    key = keys.create_spend_key("team", limits={"request_limit": 1, "request_cycle": "day"})
+    assert [outcome(d.send(key.secret_key)) for _ in range(2)] == [200, 429]
+    keys.update_key("default", key.id, "spend", request_limit=3)
+    gw.keys._cache.clear()  # the cache's TTL has passed
+    assert [outcome(d.send(key.secret_key)) for _ in range(3)] == [200, 200, 429]
+    keys.update_key("default", key.id, "spend", request_limit=None)
+    gw.keys._cache.clear()
+    assert outcome(d.send(key.secret_key)) == 200
+
+
+# -- requests and tokens per minute ----------------------------------------------------------------
+
+def test_requests_per_minute_with_openais_headers_over_a_minute(drive):
+    d = drive()
+    secret = key_with(rpm=3)
+    flows = [d.send(secret) for _ in range(3)]
+    assert [f.response.headers["x-ratelimit-remaining-requests"] for f in flows] == ["2", "1", "0"]
+    assert flows[0].response.headers["x-ratelimit-limit-requests"] == "3"
+    assert flows[2].response.headers["x-ratelimit-reset-requests"] == "1m0s"  # empty: a whole minute to refill
+    refused = d.send(secret)
+    assert outcome(refused) == 429 and error(refused)["code"] == "rate_limited"
+    assert refused.response.headers["retry-after"] == "20"  # one request comes back every 20 s
+    assert refused.response.headers["x-ratelimit-remaining-requests"] == "0"
+    d.now += 19
+    assert outcome(d.send(secret)) == 429
+    d.now += 1
+    passed = d.send(secret)
+    assert outcome(passed) == 200 and passed.response.headers["x-ratelimit-remaining-requests"] == "0"
+    d.now += 60
+    assert [outcome(d.send(secret)) for _ in range(4)] == [200, 200, 200, 429]
+
+
+def test_a_burst_lets_that_many_through_at_once_then_the_rate_holds(drive):
+    d = drive()
+    secret = key_with(rpm=60, rpm_burst=2)
+    assert [outcome(d.send(secret)) for _ in range(3)] == [200, 200, 429]
+    d.now += 1
+    assert outcome(d.send(secret)) == 200
+
+
+def test_tokens_per_minute_reserve_input_and_max_tokens_then_true_up_to_the_usage(drive):
+    d = drive()
+    secret = key_with(tpm=10_000)
+    first = d.send(secret, chat(4000), usage=(20, 30))
+    assert first.response.headers["x-ratelimit-limit-tokens"] == "10000"
+    reserved = 10_000 - int(first.response.headers["x-ratelimit-remaining-tokens"])
+    assert 4000 < reserved < 4100  # max_tokens plus the input's estimate
+    assert outcome(d.send(secret, chat(4000))) == 200
+    assert outcome(d.send(secret, chat(4000))) == 429  # two reservations left too little
+    d.loop.run_until_complete(asyncio.sleep(0.05))  # the true-ups: each used 50 tokens, not ~4000
+    assert outcome(d.send(secret, chat(4000))) == 200
+
+
+def test_a_request_larger_than_a_minutes_tokens_is_refused_with_its_size(drive):
+    d = drive()
+    refused = d.send(key_with(tpm=1000), chat(4000))
+    assert outcome(refused) == 429 and "lower max_tokens" in error(refused)["message"]
+
+
+def test_rate_limit_refusals_do_not_use_a_request_limit(drive):
+    d = drive()
+    secret = key_with(rpm=1, request_limit=5, request_cycle="day")
+    assert [outcome(d.send(secret)) for _ in range(3)] == [200, 429, 429]
+    d.now += 60
+    assert outcome(d.send(secret)) == 200
+    d.settle()
+    assert RequestRow.select().count() == 2
+
+
+# -- calendar periods in the operator's time zone --------------------------------------------------
+
+@pytest.mark.parametrize("cycle, last_moment, next_start", [
+    ("day", "2026-12-05T23:59:59", "2026-12-06T00:00:00"),
+    ("week", "2026-12-06T23:59:59", "2026-12-07T00:00:00"),  # Sunday, then Monday
+    ("month", "2026-12-31T23:59:59", "2027-01-01T00:00:00"),
+])
+def test_periods_reset_at_midnight_in_the_configured_zone(drive, cycle, last_moment, next_start):
+    zone = ZoneInfo("America/New_York")  # UTC-5 in December
+    at = lambda text: datetime.fromisoformat(text).replace(tzinfo=zone).timestamp()  # noqa: E731
+    d = drive(now=at(last_moment) - 1, zone="America/New_York")
+    secret = key_with(request_limit=1, request_cycle=cycle)
+    assert outcome(d.send(secret)) == 200
+    refused = d.send(secret)
+    reset = datetime.fromisoformat(next_start).replace(tzinfo=zone).astimezone(UTC)
+    assert error(refused)["resets_at"] == reset.isoformat().replace("+00:00", "Z")
+    d.now = at(last_moment)
+    assert outcome(d.send(secret)) == 429
+    d.now = at(next_start)
+    assert outcome(d.send(secret)) == 200
+
+
+def test_period_arithmetic_across_a_dst_change_and_a_year():
+    zone = ZoneInfo("Europe/Berlin")
+    march = period_of("day", datetime(2026, 3, 29, 12, tzinfo=UTC), zone)  # the day clocks go forward
+    assert (march.start, march.reset) == (datetime(2026, 3, 28, 23), datetime(2026, 3, 29, 22))
+    week = period_of("week", datetime(2027, 1, 1, 12, tzinfo=UTC), zone)
+    assert week.id == "2026-W53" and week.start == datetime(2026, 12, 27, 23)
+    assert period_of("total", datetime.now(UTC), zone).reset is None
+    clock = PeriodClock(zone)
+    assert clock.period("day", START).id == "2026-12-05"
+    assert clock.period("day", START + 86400).id == "2026-12-06"
+    assert clock.period("day", START).id == "2026-12-05"  # a clock set back is answered right too
+
+
+def test_timezone_setting_is_checked():
+    assert parse_limits({"timezone": "Asia/Tokyo"}).zone == ZoneInfo("Asia/Tokyo")
+    with pytest.raises(ValueError, match="not a time zone name"):
+        parse_limits({"timezone": "Mars/Olympus"})
+
+
+@pytest.mark.parametrize("ms, text", [(20, "20ms"), (1000, "1s"), (1500, "1.5s"), (60000, "1m0s"), (361000, "6m1s")])
+def test_reset_durations_are_written_as_openai_writes_them(ms, text):
+    assert go_duration(ms) == text
+
+
+# -- customers ----------------------------------------------------------------------------------
+
+def customer_token(customer_id: str) -> str:
+    meters.create("default", "per-call", rate_type="fixed", unit="requests", tiers=["0:0.01"])
+    return tokens.issue_token(keys.create_key("app").secret_key, customer=customer_id, meter="per-call").token
+
+
+def test_a_customers_spend_limit_and_rpm_come_on_top_of_its_balance(drive, gw):
+    d = drive()
+    customers.create("default", "cus_a", balance_nanos=10**9,
+                     limit_changes={"spend_limit_nanos": 20_000_000, "spend_cycle": "day", "rpm": 5})
+    token = customer_token("cus_a")
+    assert [outcome(d.send(token)) for _ in range(2)] == [200, 200]  # $0.01 a call: the limit is $0.02
+    refused = d.send(token)
+    assert outcome(refused) == 402 and error(refused)["code"] == "spend_limit_reached"
+    assert "customer's spend limit" in error(refused)["message"]
+    d.now += 86400
+    assert outcome(d.send(token)) == 200
+
+
+# -- shared through Redis ---------------------------------------------------------------------------
+
+@pytest.fixture
+def redis_url(private_redis):
+    return private_redis.url
+
+
+def test_limits_are_shared_by_every_instance_on_redis(gw, redis_url):
+    """Two cashiers on one Redis (two instances): the request limit and the rpm hold across both."""
+    from addons.billing.cashier import Cashier
+    d = Driver(gw)
+    other = Cashier(gw.settings.billing, gw.keys, gw.writer, freshness=1.0, redis_url=redis_url,
+                    limits=RequestLimits(ZoneInfo("UTC"), clock=lambda: d.now))
+    mine = Cashier(gw.settings.billing, gw.keys, gw.writer, freshness=1.0, redis_url=redis_url,
+                   limits=RequestLimits(ZoneInfo("UTC"), clock=lambda: d.now))
+    for cashier in (other, mine):
+        d._clock_holds(cashier.holds)
+    secret = key_with(request_limit=4, request_cycle="day", rpm=100)
+    results = []
+    try:
+        for i in range(6):
+            gw.cashier = (mine, other)[i % 2]
+            results.append(outcome(d.send(secret)))
+    finally:
+        for cashier in (mine, other):
+            d.loop.run_until_complete(cashier.close())
+        d.close()
+    assert results == [200, 200, 200, 200, 429, 429]
+
+
+def test_limits_setting_reaches_the_gateway(gw):
+    assert isinstance(gw.cashier.limits, RequestLimits) and gw.cashier.limits.periods.zone == ZoneInfo("UTC")
+    assert Limits(rpm=1).any and not Limits().any
