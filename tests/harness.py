@@ -302,6 +302,20 @@ class PrivateRedis:
         self.proc.wait(10)
 
 
+def shared_redis(db: int) -> redis.Redis:
+    """A flushed database of the machine's Redis (127.0.0.1:6379), one number per test module that uses it;
+    missing Redis fails in CI and skips elsewhere."""
+    client = redis.Redis.from_url(f"redis://127.0.0.1:6379/{db}")
+    try:
+        client.ping()
+    except redis.ConnectionError as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"Redis is required in CI: {e}")
+        pytest.skip(f"Redis not reachable: {e}")
+    client.flushdb()
+    return client
+
+
 @pytest.fixture
 def private_redis():
     if shutil.which("redis-server") is None:

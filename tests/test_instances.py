@@ -4,15 +4,13 @@ and one Redis: a customer's balance holds across them, and changes made anywhere
 from __future__ import annotations
 
 import asyncio
-import os
 from decimal import Decimal
 
 import httpx
 import pytest
-import redis
 
 from tests.conftest import MOCK_MODEL_PRICE
-from tests.harness import GatewayProcess, fresh_postgres_database
+from tests.harness import GatewayProcess, fresh_postgres_database, shared_redis
 from tests.ledger_reads import wait_for
 
 REDIS_URL = "redis://127.0.0.1:6379/13"
@@ -22,14 +20,7 @@ PER_REQUEST = Decimal("0.01")
 
 @pytest.fixture(scope="module")
 def hot_store():
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"Redis is required in CI: {e}")
-        pytest.skip(f"Redis not reachable: {e}")
-    client.flushdb()
+    client = shared_redis(13)
     yield client
     client.flushdb()
 

@@ -14,6 +14,7 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import tutils
 
+from addons.billing.cashier import Cashier
 from addons.billing.hold_stores import FailoverHolds, RedisHolds
 from addons.billing.limits import RequestLimits
 from addons.core.limits import Limits, PeriodClock, go_duration, period_of
@@ -21,8 +22,10 @@ from addons.core.settings import parse_limits
 from addons.ledger.accounts import credit_wallet, ensure_account
 from addons.ledger.models import RequestRow
 from addons.services import customers, keys, meters, tokens
+from tests.harness import shared_redis
 from tests.inprocess_gateway import api_flow
 
+REDIS_DB = 11  # of the machine's Redis, flushed by each test that uses it
 START = datetime(2026, 12, 5, 12, 0, tzinfo=UTC).timestamp()
 
 
@@ -36,8 +39,10 @@ def chat(max_tokens: int | None = None) -> bytes:
 class Driver:
     """Requests through the Gateway's hooks on one event loop, with every clock of the limits set by hand."""
 
-    def __init__(self, gw, now: float = START, zone: str = "UTC"):
+    def __init__(self, gw, now: float = START, zone: str = "UTC", redis_url: str | None = None):
         self.gw, self.now = gw, now
+        if redis_url:
+            gw.cashier = Cashier(gw.settings.billing, gw.keys, gw.writer, freshness=1.0, redis_url=redis_url)
         gw.cashier.limits = RequestLimits(ZoneInfo(zone), clock=lambda: self.now)
         self._clock_holds(gw.cashier.holds)
         self.loop = asyncio.new_event_loop()
@@ -76,15 +81,21 @@ class Driver:
 
     def close(self) -> None:
         self.loop.run_until_complete(asyncio.sleep(0.01))
+        self.loop.run_until_complete(self.gw.cashier.close())
         self.loop.close()
 
 
-@pytest.fixture
-def drive(gw):
+@pytest.fixture(params=["in-process", "redis"])
+def drive(gw, request):
+    """Drivers whose holds are the gateway's own book, or Redis (a private server, flushed with it)."""
     drivers = []
+    redis_url = None
+    if request.param == "redis":
+        shared_redis(REDIS_DB)
+        redis_url = f"redis://127.0.0.1:6379/{REDIS_DB}"
 
     def make(**kwargs) -> Driver:
-        drivers.append(Driver(gw, **kwargs))
+        drivers.append(Driver(gw, redis_url=redis_url, **kwargs))
         return drivers[-1]
     yield make
     for driver in drivers:
@@ -127,8 +138,12 @@ def test_a_request_limit_counts_what_the_ledger_holds_when_the_gateway_starts(dr
     key = keys.create_spend_key("team", limits={"request_limit": 2, "request_cycle": "month"})
     d.send(key.secret_key)
     d.settle()
-    gw.cashier._confirmed_limits.clear()
-    gw.cashier.holds.book._pots.clear()  # as a fresh process: the pot is read from the ledger again
+    gw.cashier._confirmed_limits.clear()  # as a fresh process, on a fresh Redis: read from the ledger again
+    holds = gw.cashier.holds
+    if isinstance(holds, FailoverHolds):
+        d.loop.run_until_complete(holds.remote.redis.flushdb())
+    else:
+        holds.book._pots.clear()
     assert [outcome(d.send(key.secret_key)) for _ in range(2)] == [200, 429]
 
 
@@ -290,13 +305,13 @@ def test_a_customers_spend_limit_and_rpm_come_on_top_of_its_balance(drive, gw):
 # -- shared through Redis ---------------------------------------------------------------------------
 
 @pytest.fixture
-def redis_url(private_redis):
-    return private_redis.url
+def redis_url():
+    shared_redis(REDIS_DB)
+    return f"redis://127.0.0.1:6379/{REDIS_DB}"
 
 
 def test_limits_are_shared_by_every_instance_on_redis(gw, redis_url):
     """Two cashiers on one Redis (two instances): the request limit and the rpm hold across both."""
-    from addons.billing.cashier import Cashier
     d = Driver(gw)
     other = Cashier(gw.settings.billing, gw.keys, gw.writer, freshness=1.0, redis_url=redis_url,
                     limits=RequestLimits(ZoneInfo("UTC"), clock=lambda: d.now))

@@ -115,7 +115,7 @@ class Cashier:
         )
 
     async def admit(self, request_id: str, plan: BillingPlan, reader: UsageReader,
-                    cost_of: Callable[[TokenUsage], int]) -> dict[str, str] | None:
+                    cost_of: Callable[[TokenUsage], int], body_bytes: int = 0) -> dict[str, str] | None:
         """Raise PaymentRequired or TooManyRequests, or hold the request's worst case in every pot that pays
         for it or limits it; returns the x-ratelimit-* headers of its rate limits, if it has any."""
         merchant = plan.key.wallet_id
@@ -136,20 +136,19 @@ class Cashier:
         if buckets and (too_large := self.limits.too_large(buckets)):
             raise too_large
         worst_cost = cost_of(worst_usage)
+        merchant_amount, payer_amount = self._worst_charges(plan, reader, worst_usage, worst_cost)
         pots: dict[str, int] = {}
-        merchant_amount = worst_cost if plan.merchant_pays_provider else (
-            0 if plan.bill_customer else self._byok(worst_cost))
-        payer_amount = merchant_amount
         if plan.bill_customer:
-            customer = plan.customer.wallet_id
-            await self._fresh_wallet(customer, plan.customer.overdraft_limit_nanos)
-            units = meters.units_of(plan.meter, reader.measured(worst_usage))  # audio duration: not known yet
-            payer_amount = worst_case_fee(plan.meter, units, worst_cost) + (self._byok(worst_cost) if plan.byok else 0)
-            pots[customer] = max(payer_amount, 1)  # an empty balance admits nothing, even a free-looking request
+            await self._fresh_wallet(plan.customer.wallet_id, plan.customer.overdraft_limit_nanos)
+            pots[plan.customer.wallet_id] = max(payer_amount, 1)  # an empty balance admits nothing, even a free one
         if capped:
             pot = f"token:{plan.token.token_id}"
             await self._known_token(pot, plan.token.token_id, plan.token.spend_cap_nanos)
             pots[pot] = max(payer_amount, 1)
+        if any(limit.what != KEY_REQUESTS for limit in limit_pots) and body_bytes > worst_usage.input_tokens:
+            # A spend limit must hold: the input held at a bound (no text has more tokens than bytes), not an estimate
+            bound = TokenUsage(input_tokens=body_bytes, output_tokens=worst_usage.output_tokens)
+            merchant_amount, payer_amount = self._worst_charges(plan, reader, bound, cost_of(bound))
         limits = {}
         for limit in limit_pots:
             await self._known_limit(limit)
@@ -197,6 +196,15 @@ class Cashier:
         table[request_id] = value
         if len(table) > PENDING_MAX:  # requests that never commit (a ledger outage): forget the oldest
             del table[next(iter(table))]
+
+    def _worst_charges(self, plan: BillingPlan, reader: UsageReader, usage: TokenUsage, cost: int) -> tuple[int, int]:
+        """(the merchant's, the payer's) charge for `usage` costing `cost`: the payer is the billed customer (its
+        meter's fee at the highest rate, plus a BYOK fee), else the merchant."""
+        merchant = cost if plan.merchant_pays_provider else (0 if plan.bill_customer else self._byok(cost))
+        if not plan.bill_customer:
+            return merchant, merchant
+        units = meters.units_of(plan.meter, reader.measured(usage))  # audio duration: not known yet
+        return merchant, worst_case_fee(plan.meter, units, cost) + (self._byok(cost) if plan.byok else 0)
 
     def _byok(self, cost_nanos: int) -> int:
         return byok_fee(cost_nanos, self.settings.byok_fee_percent, self.settings.byok_fee_per_request_nanos)
