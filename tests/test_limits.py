@@ -21,6 +21,7 @@ from addons.core.limits import Limits, PeriodClock, go_duration, period_of
 from addons.core.settings import parse_limits
 from addons.ledger.accounts import credit_wallet, ensure_account
 from addons.ledger.models import RequestRow
+from addons.proxy import metrics_recorder
 from addons.services import customers, keys, meters, tokens
 from tests.harness import shared_redis
 from tests.inprocess_gateway import api_flow
@@ -145,6 +146,14 @@ def test_a_request_limit_counts_what_the_ledger_holds_when_the_gateway_starts(dr
     else:
         holds.book._pots.clear()
     assert [outcome(d.send(key.secret_key)) for _ in range(2)] == [200, 429]
+
+
+def test_limit_refusals_are_counted_for_metrics(drive):
+    d = drive()
+    secret = key_with(request_limit=1, request_cycle="day")
+    before = metrics_recorder.REFUSED.get((429, "request_limit_reached"), 0)
+    d.send(secret), d.send(secret), d.send(secret)
+    assert metrics_recorder.REFUSED[(429, "request_limit_reached")] == before + 2
 
 
 # -- spend limits -------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from addons.core.secret_formats import hash_secret
 from addons.core.settings import Settings
 from addons.proxy import auth_throttle, error_pages, upstream_guard
 from addons.proxy.auth_throttle import AuthThrottle, client_address
-from addons.proxy.flow_keys import PROVIDER_KEY, REQUEST_ID_KEY
+from addons.proxy.flow_keys import PROVIDER_KEY, REFUSAL_KEY, REQUEST_ID_KEY
 from addons.proxy.gateway_config import GatewayConfig, SharedConfig
 from addons.proxy.listen_guard import ListenGuard
 from addons.proxy.redaction import REDACTED, Redaction
@@ -222,6 +222,20 @@ def test_provider_errors_and_other_hosts_do_not_count(throttle):
         other.response = http.Response.make(401)
         throttle.response(other)
     assert not throttle.failures and not throttle.credentials
+
+
+@pytest.mark.parametrize("code, status_code", [("key_scope", 403), ("token_scope", 403),
+                                               ("request_limit_reached", 429), ("spend_limit_reached", 402),
+                                               ("rate_limited", 429)])
+def test_refusals_of_an_authenticated_callers_request_do_not_count(throttle, code, status_code):
+    """Outside the key's scope or over its limits: the credential was good, so no failed authentication."""
+    for _ in range(5):
+        flow = flow_to(headers=[("x-api-key", SECRET)])
+        throttle.requestheaders(flow)
+        flow.metadata.update({REQUEST_ID_KEY: "req_1", REFUSAL_KEY: code})
+        flow.response = http.Response.make(status_code)
+        throttle.response(flow)
+    assert not throttle.failures
 
 
 def test_throttle_state_is_bounded(throttle, monkeypatch):
