@@ -56,6 +56,10 @@ PG_ADMIN = "dbname=test user=postgres host=127.0.0.1 port=5432"
 PG_DB = "tollgate_bench"
 CLIENT_CPU, GATEWAY_CPU = 0, 1
 ALL_CPUS = f"{CLIENT_CPU},{GATEWAY_CPU}"
+# --limits: a second key on each Tollgate target with every limit set, none of them reached (issue 13's budget)
+LIMITS_TOO = False
+LIMITED_KEY = ("--spend-limit", "1000000", "--period", "month", "--request-limit", "1000000000", "--period", "month",
+               "--rpm", "1000000000", "--tpm", "2000000000", "--allow-provider", "openai", "--allow-model", "gpt-*")
 REDIS_DBS = {"tollgate-pg": 9, "tollgate-sqlite-w1": 10, "tollgate-sqlite-w2": 11}
 MODEL = "gpt-4o-mini"  # genai-prices knows it, so Tollgate prices every request for real
 UPSTREAM_KEY = "sk-real-openai-0123456789"
@@ -349,6 +353,8 @@ def start_tollgate(kind: str, mock_port: int, launcher: str = "lean", workers: i
 
     key = json.loads(cli("init", "--json"))["secret_key"]
     cli("wallet", "topup", "100000")
+    limited = json.loads(cli("keys", "create", "--name", "limited", *LIMITED_KEY, "--json"))["secret_key"] \
+        if LIMITS_TOO and not baseline else None
     port = free_port()
     confdir = tmp / "mitmproxy"
     common = ["-q", "--listen-host", "127.0.0.1", "--listen-port", str(port), "--set", f"confdir={confdir}"]
@@ -383,11 +389,15 @@ def start_tollgate(kind: str, mock_port: int, launcher: str = "lean", workers: i
                  pg_db=pg, startup_s=startup)
     prx = Target(f"{name}-proxy", f"Tollgate ({db_label}{how}), HTTPS_PROXY", port, "/v1/chat/completions", auth,
                  proc.pid, name, tunnel_host="api.openai.com", ssl_ctx=ctx, pg_db=pg, startup_s=startup)
-    return fwd, prx
+    if limited is None:
+        return fwd, prx
+    lim = Target(f"{name}-fwd-limited", f"Tollgate ({db_label}{how}), forward endpoint, key with every limit", port,
+                 fwd.path, {"Authorization": f"Bearer {limited}"}, proc.pid, name, pg_db=pg, startup_s=startup)
+    return fwd, prx, lim
 
 
 def fresh_redis_db(db: int) -> str:
-    """An emptied Redis database of its own for one Tollgate target (the tests use 12 and 13)."""
+    """An emptied Redis database of its own for one Tollgate target (the tests use 7, 8 and 12 to 14)."""
     import redis
     url = f"redis://127.0.0.1:6379/{db}"
     redis.Redis.from_url(url).flushdb()
@@ -1148,9 +1158,13 @@ def main() -> int:
     ap.add_argument("--baseline", default="",
                     help="a checkout of an earlier commit with its own .venv: its Tollgate (SQLite) runs as the "
                          "baseline-sqlite-* targets, interleaved with this tree's, for an A/B in one run")
+    ap.add_argument("--limits", action="store_true",
+                    help="also load each Tollgate target through a key with every limit set (the -fwd-limited rows)")
     ap.add_argument("--out", default=str(BENCH / "results.md"))
     ap.add_argument("--profile-out", default=str(BENCH / "profile.md"))
     args = ap.parse_args()
+    global LIMITS_TOO
+    LIMITS_TOO = args.limits
     if args.quick:
         args.requests, args.stream_requests_c1, args.stream_requests_c32 = 64, 8, 64
         args.reps, args.phase_cap, args.profile_seconds = 2, 10.0, 5

@@ -18,6 +18,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from mitmproxy.utils.asyncio_utils import create_task
 
@@ -59,7 +60,7 @@ class Cashier:
     def __init__(self, settings: BillingSettings, keys: AccountCache, writer: LedgerWriter, freshness: float,
                  redis_url: str | None = None, limits: RequestLimits | None = None):
         self.settings = settings
-        self.limits = limits or RequestLimits(UTC)
+        self.limits = limits or RequestLimits(ZoneInfo("UTC"))
         self.keys = keys
         self.writer = writer
         self.freshness = freshness  # how old a balance may be before admission re-reads it
@@ -128,7 +129,10 @@ class Cashier:
                 "insufficient_balance", f"wallet balance is {format_usd(available)} USD; top it up to continue"
             )
         capped = plan.token is not None and plan.token.spend_cap_nanos is not None
-        limit_pots = self.limits.pots(plan) if plan.key.limits.any or plan.customer is not None else []
+        limited = plan.key.limits.any or plan.customer is not None
+        if not (plan.bill_customer or capped or limited):
+            return None
+        limit_pots = self.limits.pots(plan) if limited else []
         worst_usage = self.worst_case_usage(reader)
         buckets = self.limits.buckets(plan, lambda: worst_usage.input_tokens + worst_usage.output_tokens)
         if not (plan.bill_customer or capped or limit_pots or buckets):
