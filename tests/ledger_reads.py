@@ -108,6 +108,14 @@ class Ledger:
         assert rows, f"no customer {customer!r} of account {account!r}"
         return format_usd(rows[0][0])
 
+    def key_use(self, key_id: str) -> tuple[str, int]:
+        """What a key's requests were charged (a USD string) and how many there are: `tollgate requests --key`
+        added up."""
+        query = (RequestRow.select(fn.COALESCE(fn.SUM(RequestRow.charged_nanos), 0), fn.COUNT(RequestRow.id))
+                 .where(RequestRow.key == key_id).tuples())
+        [(spend, count)] = self._read(query)
+        return format_usd(int(spend)), int(count)
+
     def audit_ok(self) -> bool:
         """What `tollgate audit --json` reports as ok: every wallet's balance equals the sum of its entries."""
         sums = (LedgerEntry.select(LedgerEntry.wallet.alias("wallet_id"), fn.SUM(LedgerEntry.amount_nanos).alias("total"))

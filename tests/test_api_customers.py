@@ -1,23 +1,28 @@
-"""The customers resource and the wallet over the admin API (issue 12), on SQLite and PostgreSQL: Lava's
-RestCustomer with Tollgate's balance fields, top-ups and their Idempotency-Key, soft delete, roles and
-cross-account 404s, 422s naming the field, pagination while customers are added, and the same answers as
-`tollgate customers show`."""
+"""The customers resource and the wallet over the admin API (issues 12 and 13), on SQLite and PostgreSQL: Lava's
+RestCustomer with Tollgate's balance fields and limits (with the current period's fees), top-ups and their
+Idempotency-Key, soft delete, roles and cross-account 404s, 422s naming the field, pagination while customers
+are added, and the same answers as `tollgate customers show`."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from addons.admin.web import iso
 from addons.auth.account_cache import AccountCache
 from addons.auth.authentication import Caller
 from addons.billing.plan import plan_for
 from addons.core.errors import BadRequest
+from addons.core.limits import Period, period_of
 from addons.core.secret_formats import hash_secret
+from addons.core.settings import load_settings
 from addons.ledger import accounts
-from addons.ledger.models import LedgerEntry
+from addons.ledger.models import LedgerEntry, RequestRow, utcnow
 from addons.services import audit, customers, meters
+from pricing.money import NANOS_PER_USD
 from tests.admin_api import _client
 from tests.api_checks import cli_json, error, invalid
 
@@ -48,6 +53,7 @@ def test_a_created_customer_is_lavas_rest_customer_with_tollgates_balance(api):
         "subscription": None, "metadata": {"plan": "pro", "seats": 3}, "name": "Ada King Lovelace",
         "balance": "0.00", "available": "0.25", "holds": {"count": 0, "amount": "0.00"},
         "autopay_threshold": "1.50", "autopay_amount": "10.00", "overdraft_limit": "0.25",
+        "spend_limit": None, "current_spend": None, "rate_limit": None, "tpm": None,
     }
 
 
@@ -82,6 +88,75 @@ def test_update_changes_what_it_names_and_null_clears(api):
     assert (cleared["autopay_threshold"], cleared["autopay_amount"], cleared["reference_id"], cleared["metadata"]) == \
         (None, None, None, None)
     assert api.admin.get("/v1/customers/acme").json() == cleared
+
+
+# -- limits --------------------------------------------------------------------------------------------
+
+LIMITS = {"spend_limit": {"amount": "5", "cycle": "daily"}, "rate_limit": {"rpm": 10}, "tpm": 1000}
+
+
+def today() -> Period:
+    return period_of("day", datetime.now(UTC), load_settings().limits.zone)
+
+
+def test_a_customer_takes_limits_and_answers_them_with_the_periods_use_and_reset(api):
+    created = create(api.admin, customer_id="acme", **LIMITS)
+    assert created["spend_limit"] == {"amount": "5.00", "cycle": "daily", "resets_at": iso(today().reset)}
+    assert (created["current_spend"], created["rate_limit"], created["tpm"]) == ("0.00", {"rpm": 10}, 1000)
+    assert api.admin.get("/v1/customers/acme").json() == created
+    assert api.admin.get("/v1/customers").json()["data"] == [created]
+    held = customers.get("default", "acme").limits  # what the gateway enforces
+    assert (held.spend_limit_nanos, held.spend_cycle, held.rpm, held.tpm) == (5 * NANOS_PER_USD, "day", 10, 1000)
+
+
+@pytest.mark.parametrize("field, value, shown", [
+    ("spend_limit", {"amount": "7.25", "cycle": "total"}, {"amount": "7.25", "cycle": "total", "resets_at": None}),
+    ("rate_limit", {"rpm": 99, "burst": None}, {"rpm": 99}),
+    ("tpm", 5, 5),
+])
+def test_patch_changes_or_clears_one_limit_and_leaves_the_rest(api, field, value, shown):
+    created = create(api.admin, customer_id="acme", name="Ada", **LIMITS)
+    others = {name: created[name] for name in LIMITS if name != field}
+    changed = api.admin.patch("/v1/customers/acme", json={field: value}).json()
+    assert changed[field] == shown and {name: changed[name] for name in others} == others
+    cleared = api.admin.patch("/v1/customers/acme", json={field: None}).json()
+    assert cleared[field] is None and {name: cleared[name] for name in others} == others
+    assert cleared["name"] == "Ada" and api.admin.get("/v1/customers/acme").json() == cleared
+    if field == "spend_limit":
+        assert cleared["current_spend"] is None  # no spend limit, no period
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"spend_limit": {"amount": "5"}}, "spend_limit.cycle"),
+    ({"spend_limit": {"amount": "5", "cycle": "fortnightly"}}, "spend_limit.cycle"),
+    ({"spend_limit": {"amount": "0", "cycle": "daily"}}, "spend_limit.amount"),
+    ({"spend_limit": 5}, "spend_limit"),
+    ({"rate_limit": {"rpm": 0}}, "rate_limit.rpm"),
+    ({"rate_limit": {"rpm": 10, "burst": 3}}, "rate_limit.burst"),  # a customer's bucket has no burst
+    ({"rate_limit": {}}, "rate_limit.rpm"),
+    ({"tpm": -5}, "tpm"),
+    ({"request_limit": {"count": 5, "cycle": "daily"}}, "request_limit"),  # keys only
+])
+def test_a_bad_limit_is_422_naming_the_field(api, body, param):
+    assert invalid(api.admin.post("/v1/customers", json={"customer_id": "acme", **body})) == param
+    assert customers.list_customers("default") == []
+    before = create(api.admin, customer_id="acme", **LIMITS)
+    assert invalid(api.admin.patch("/v1/customers/acme", json={"name": "x", **body})) == param
+    assert api.admin.get("/v1/customers/acme").json() == before
+
+
+def test_current_spend_is_the_fees_of_the_current_period(api):
+    create(api.admin, customer_id="acme", spend_limit={"amount": "5", "cycle": "daily"})
+    account = accounts.find_account("default").account_id
+    start, second = today().start, timedelta(seconds=1)
+    rows = [(start, 1_000, "acme"), (utcnow() - second, 20_000, "acme"), (start - second, 300_000, "acme"),
+            (utcnow() - second, 4_000_000, "bob")]  # before today, and another customer's: not counted
+    for n, (at, fee, customer_id) in enumerate(rows):
+        RequestRow.create(id=f"req_{n}", created_at=at, account=account, provider="openai", customer_id=customer_id,
+                          endpoint="/v1/chat/completions", status=200, fee_nanos=fee, bill_customer=True)
+    assert api.admin.get("/v1/customers/acme").json()["current_spend"] == "0.000021"
+    total = api.admin.patch("/v1/customers/acme", json={"spend_limit": {"amount": "5", "cycle": "total"}}).json()
+    assert total["current_spend"] == "0.000321"
 
 
 # -- top-ups and the wallet ----------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""The dashboard on the admin listener (issue 12): its data, in-process on both ledgers (the same totals as
-`tollgate usage` for the same period, an account key's own account only, filters, balance marks), the page
+"""The dashboard on the admin listener (issues 12 and 13): its data, in-process on both ledgers (the same totals as
+`tollgate usage` for the same period, an account key's own account only, filters, balance marks, keys' and
+customers' limits with the current period's use), the page
 and its assets offline, and the page itself in Debian's headless Chromium against `python -m addons.admin`:
 it signs in, draws the chart, shows the ledger's numbers, refreshes itself, and leaves screenshots."""
 
@@ -10,7 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -19,6 +20,9 @@ from starlette.testclient import TestClient
 
 from addons.admin import dashboard as page
 from addons.admin.app import build_app
+from addons.admin.web import iso
+from addons.core.limits import Period, period_of
+from addons.core.settings import load_settings
 from addons.ledger import accounts
 from addons.ledger.models import ApiKey, Hold, RequestRow, database, open_database, utcnow
 from addons.services import bootstrap, customers, keys, usage
@@ -156,6 +160,33 @@ def test_customers_carry_balances_holds_and_low_balance_marks(board):
     assert shown["carol"]["holds"] == {"count": 1, "amount": "1.50"} and shown["carol"]["available"] == "48.50"
 
 
+def period(cycle: str) -> Period:
+    return period_of(cycle, datetime.now(UTC), load_settings().limits.zone)
+
+
+TEAM_LIMITS = {"spend_limit_nanos": 10 * USD, "spend_cycle": "month", "request_limit": 100, "request_cycle": "day",
+               "rpm": 60, "tpm": 5000}
+
+
+def test_keys_and_customers_show_their_limits_with_the_periods_use_and_reset(board):
+    team = keys.create_spend_key("team", limits=TEAM_LIMITS)
+    default_id = accounts.find_account("default").account_id
+    add_request("req_t1", default_id, cost=2 * USD // 5, key=team.id)
+    add_request("req_t_old", default_id, days_ago=40, cost=USD, key=team.id)  # before this month and day
+    customers.update("default", "alice", spend_limit_nanos=USD, spend_cycle="week")
+    data = board["admin"].get("/dashboard/data").json()
+    shown = {k["name"]: k for k in data["keys"]}
+    assert (shown["team"]["kind"], shown["team"]["status"], shown["admin"]["limits"]) == ("spend", "active", None)
+    assert shown["team"]["limits"] == {
+        "spend": {"used": "0.40", "limit": "10.00", "cycle": "monthly", "resets_at": iso(period("month").reset)},
+        "requests": {"used": 1, "limit": 100, "cycle": "daily", "resets_at": iso(period("day").reset)},
+        "rpm": 60, "burst": None, "tpm": 5000}
+    limited = {c["customer_id"]: c["limits"] for c in data["customers"]}
+    assert limited["alice"]["spend"] == {"used": "0.0005", "limit": "1.00", "cycle": "weekly",  # req_a1's fee
+                                         "resets_at": iso(period("week").reset)}
+    assert limited["bob"] is None
+
+
 @pytest.mark.parametrize("params, ids", [
     ({"status": "4xx"}, ["req_a4"]),
     ({"status": "500"}, ["req_a5"]),
@@ -277,6 +308,9 @@ def chromium() -> str:
 @pytest.mark.e2e
 def test_in_chromium_it_signs_in_draws_the_chart_and_shows_the_ledgers_numbers(chromium, admin_listener, tmp_path):
     base, secrets = admin_listener
+    team = keys.create_spend_key("team", limits=TEAM_LIMITS)
+    add_request("req_team", accounts.find_account("default").account_id, cost=USD // 4, key=team.id)
+    customers.update("default", "alice", spend_limit_nanos=USD, spend_cycle="total")
     shots = [tmp_path / "screenshots"] + ([Path(os.environ["TOLLGATE_SCREENSHOTS"])]
                                           if os.environ.get("TOLLGATE_SCREENSHOTS") else [])
 
@@ -330,7 +364,17 @@ def test_in_chromium_it_signs_in_draws_the_chart_and_shows_the_ledgers_numbers(c
                                  ".map(tr => [...tr.cells].map(td => td.textContent))")
         alice = next(row for row in cells if row[1] == "alice")
         assert _number(alice[2]) == format_usd(customers.get("default", "alice").balance_nanos)
-        assert alice[7] == "low balance"
+        assert alice[7] == "low balance" and alice[8] == "$0.0005 / $1.00 in total"  # req_a1's fee, never resets
+        # Each key with its limits: what the current period used of each, and when it resets.
+        keys_shown = browser.evaluate("[...document.querySelectorAll('#keys tbody tr')]"
+                                      ".map(tr => [...tr.cells].map(td => td.textContent))")
+        team_row = next(row for row in keys_shown if row[0] == "team")
+        month, day = period("month").reset, period("day").reset
+        assert (team_row[4], team_row[7]) == ("spend", "active")
+        assert team_row[8].split("\n") == [f"$0.25 / $10.00 this month, resets {month:%Y-%m-%d %H:%M} UTC",
+                                            f"1 / 100 requests today, resets {day:%Y-%m-%d %H:%M} UTC",
+                                            "60 requests/min", "5,000 tokens/min"]
+        assert next(row for row in keys_shown if row[0] == "admin")[8] == ""
 
         browser.click("#by-model")
         browser.wait_for("document.getElementById('spend-chart').dataset.by === 'model'")

@@ -1,6 +1,7 @@
 """Lava's own Node SDK (@lavapayments/nodejs 11.x) pointed at Tollgate by its baseUrl: every resource method,
-`gateway()` with and without customer billing, and `generateForwardToken` with OpenAI's Node SDK on
-`lava.providers.openai`, on SQLite and PostgreSQL. The SDKs are installed from npm into tests/node/ on first
+`gateway()` with and without customer billing, `generateForwardToken` with OpenAI's Node SDK on
+`lava.providers.openai`, and a spend key with every limit paying for requests there, its answers' use equal
+to the ledger's, on SQLite and PostgreSQL. The SDKs are installed from npm into tests/node/ on first
 use (Node and npm from the machine's packages); tests/node/lava_sdk_scenario.mjs makes the calls."""
 
 from __future__ import annotations
@@ -49,11 +50,14 @@ def ok(steps: dict, name: str):
     return steps[name]["value"]
 
 
-def refused(steps: dict, name: str, status: int, code: str) -> None:
+def refused(steps: dict, name: str, status: int, code: str) -> dict:
+    """The error the SDK threw, checked for its status and code."""
     assert not steps[name]["ok"], f"{name} succeeded: {steps[name]['value']}"
     error = steps[name]["error"]
     assert error.startswith(f"Lava API Error: {status} "), error
-    assert json.loads(error.partition(" - ")[2])["code"] == code, error
+    body = json.loads(error.partition(" - ")[2])
+    assert body["code"] == code, error
+    return body
 
 
 def test_every_lava_sdk_method_works_against_tollgate(gateway, scenario):
@@ -109,11 +113,32 @@ def test_every_lava_sdk_method_works_against_tollgate(gateway, scenario):
 
     spend = ok(steps, "spendKeys.create")
     assert spend["key"] and spend["allowed_models"] == ["mock-*"] and spend["status"] == "active"
-    assert ok(steps, "spendKeys.retrieve")["spend_key_id"] == spend["spend_key_id"]
-    assert ok(steps, "spendKeys.update")["status"] == "paused"
+    assert (spend["allowed_providers"], spend["expires_at"]) == (["openai"], "2099-01-01T00:00:00.000Z")
+    assert {k: v for k, v in spend["spend_limit"].items() if k != "resets_at"} == {"amount": "50.00",
+                                                                                   "cycle": "monthly"}
+    assert spend["request_limit"]["count"] == 1000 and spend["request_limit"]["cycle"] == "daily"
+    assert (spend["rate_limit"], spend["tpm"]) == ({"rpm": 600, "burst": 100}, 1_000_000)
+    assert spend["spend_key_id"] in [k["spend_key_id"] for k in ok(steps, "spendKeys.list")["data"]]
+    for name in ("spendKeys.chat", "spendKeys.chat_again"):  # the gateway serves the key, its limits allowing
+        assert ok(steps, name)["choices"][0]["message"]["content"], name
+    used = ok(steps, "spendKeys.retrieve")
+    assert used["spend_key_id"] == spend["spend_key_id"] and used["current_requests"] == 2
+    assert Decimal(used["current_spend"]) > 0 and used["current_spend"] == used["total_spend"]
+    assert used["last_used_at"] and used["spend_limit"] == spend["spend_limit"]
+    updated = ok(steps, "spendKeys.update")
+    assert (updated["spend_limit"]["amount"], updated["spend_limit"]["cycle"]) == ("75.50", "weekly")
+    assert (updated["request_limit"]["count"], updated["request_limit"]["cycle"]) == (500, "weekly")
+    assert updated["rate_limit"] is None and updated["tpm"] == spend["tpm"]  # null cleared it; left out, kept
+    assert refused(steps, "spendKeys.invalid_limit", 422, "invalid_field")["param"] == "spend_limit.cycle"
+    assert ok(steps, "spendKeys.pause")["status"] == "paused"
+    assert ok(steps, "spendKeys.paused_refused") == {"status": 403, "code": "key_paused"}
     assert ok(steps, "spendKeys.rotate")["key"] != spend["key"]
-    refused(steps, "spendKeys.limit", 422, "not_yet_supported")
     assert ok(steps, "spendKeys.revoke")["success"] is True
+    # what the key's answer says its periods used (this week's, for both limits) is what the ledger holds for it
+    final = ok(steps, "spendKeys.retrieve_revoked")
+    served = ok(steps, "spendKeys.served")  # 2, and any the gateway served before its cache saw the pause
+    assert final["revoked_at"] and final["current_requests"] == final["total_requests"] == served
+    assert gateway.ledger.key_use(spend["spend_key_id"]) == (final["current_spend"], final["current_requests"])
 
     hook = ok(steps, "webhooks.create")
     assert hook["webhook_secret"] and hook["url"] == "https://example.com/hook"

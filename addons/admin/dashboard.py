@@ -21,7 +21,9 @@ from starlette.staticfiles import StaticFiles
 from addons.admin.auth import Principal, acting_account, authenticate
 from addons.admin.web import Invalid, choice, error_response, integer, iso, json_response, usd
 from addons.core.errors import GatewayError
-from addons.services import dashboard, keys, requests
+from addons.core.limits import TO_LAVA
+from addons.services import customers, dashboard, keys, requests
+from addons.services.limits import LimitsView, PeriodUse
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +139,8 @@ def _customer(mark: dashboard.CustomerMark) -> dict:
             "available": usd(view.balance_nanos - view.holds.amount_nanos),
             "holds": {"count": view.holds.count, "amount": usd(view.holds.amount_nanos)},
             "autopay_threshold": usd(view.autopay_threshold_nanos), "autopay_amount": usd(view.autopay_amount_nanos),
-            "cycle_fees": usd(view.cycle_fees_nanos), "cycle_requests": view.cycle_requests, "mark": mark.mark}
+            "cycle_fees": usd(view.cycle_fees_nanos), "cycle_requests": view.cycle_requests, "mark": mark.mark,
+            "limits": _limits(customers.limits_view(mark.account, view.customer_id)) if view.limits.any else None}
 
 
 def _request(record: requests.RequestRecord, names: dict[str, str]) -> dict:
@@ -151,7 +154,25 @@ def _request(record: requests.RequestRecord, names: dict[str, str]) -> dict:
 
 def _key(key: keys.KeyInfo) -> dict:
     return {"id": key.id, "name": key.name, "account": key.account, "prefix": key.prefix, "role": key.role,
-            "created_at": iso(key.created_at), "revoked_at": iso(key.revoked_at)}
+            "kind": key.kind, "status": key.status, "created_at": iso(key.created_at),
+            "revoked_at": iso(key.revoked_at),
+            "limits": _limits(keys.key_limits_view(key)) if key.limits.any else None}
+
+
+def _use(use: PeriodUse | None, money: bool) -> dict | None:
+    """A spend or request limit: what its current period used of it, and when the period resets."""
+    if use is None:
+        return None
+    shown = usd if money else int
+    return {"used": shown(use.used), "limit": shown(use.limit), "cycle": TO_LAVA[use.cycle],
+            "resets_at": iso(use.resets_at)}
+
+
+def _limits(view: LimitsView) -> dict:
+    """A key's or customer's limits as the page shows them (the API's shape: addons/admin/limits.py)."""
+    held = view.limits
+    return {"spend": _use(view.spend, True), "requests": _use(view.requests, False), "rpm": held.rpm,
+            "burst": held.burst, "tpm": held.tpm}
 
 
 def routes() -> list[BaseRoute]:

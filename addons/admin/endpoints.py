@@ -50,6 +50,6 @@ class Endpoint:
     status: int = 200  # the status of a success
     idempotent: bool = False  # honours Idempotency-Key (creations, top-ups, reported requests)
     secret: tuple[str, str] | None = None  # (secret field, id field) of a creation whose answer shows a secret once
-    body: Mapping[str, str] = field(default_factory=dict)  # JSON field -> OpenAPI type, for the document
+    body: Mapping[str, str | Mapping] = field(default_factory=dict)  # JSON field -> OpenAPI type or schema
     query: Mapping[str, str] = field(default_factory=dict)  # query parameter -> OpenAPI type
     tag: str = ""

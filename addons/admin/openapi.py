@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import Mapping
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
@@ -16,6 +17,11 @@ from addons.admin.endpoints import Endpoint
 
 _PARAM = re.compile(r"{(\w+)}")
 _ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _schema(kind: str | Mapping) -> dict:
+    """A body field's schema: a plain OpenAPI type, or a whole schema (an object's fields, a nullable value)."""
+    return {"type": kind} if isinstance(kind, str) else dict(kind)
 
 
 def _operation(endpoint: Endpoint) -> dict:
@@ -38,7 +44,7 @@ def _operation(endpoint: Endpoint) -> dict:
                                         "schema": {"type": "string"}})
     if endpoint.method in ("POST", "PUT", "PATCH"):
         operation["requestBody"] = {"required": False, "content": {"application/json": {"schema": {
-            "type": "object", "properties": {name: {"type": kind} for name, kind in endpoint.body.items()}}}}}
+            "type": "object", "properties": {name: _schema(kind) for name, kind in endpoint.body.items()}}}}}
     return operation
 
 

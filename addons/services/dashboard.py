@@ -169,6 +169,6 @@ def recent_requests(filters: RequestFilters = RequestFilters(), *, account: str 
 
 
 def account_keys(account: str | None = None) -> list[keys.KeyInfo]:
-    """Secret keys, newest first."""
+    """Secret and spend keys, newest first."""
     return sorted((k for k in keys.list_keys() if account is None or k.account == account),
                   key=lambda k: k.created_at, reverse=True)

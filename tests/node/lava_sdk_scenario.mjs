@@ -17,6 +17,16 @@ async function step(name, call) {
   return out[name].value;
 }
 
+// Reads again until `done(answer)`: the gateway's writer commits a request a moment after answering it.
+async function until(read, done, ms = 10000) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const answer = await read();
+    if (done(answer) || Date.now() > deadline) return answer;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
 const chat = { model: "mock-1", messages: [{ role: "user", content: "hello" }] };
 
 // customers
@@ -70,7 +80,8 @@ await step("requests.create_again", () => lava.requests.create({
   request_id: `reported-${run}`, customer_id: id, meter_slug: meter.meter_slug,
   input_tokens: 1000, output_tokens: 500, metadata: { source: "batch" },
 }));
-await step("requests.list", () => lava.requests.list({ customer_id: id, limit: 100 }));
+await step("requests.list", () => until(() => lava.requests.list({ customer_id: id, limit: 100 }),
+  (page) => page.data.length >= 4));  // 3 proxied (the last may still be on its way to the ledger) + 1 reported
 await step("requests.list_by_metadata", () => lava.requests.list({ metadata_filters: { source: "batch" }, limit: 100 }));
 await step("requests.retrieve", () => lava.requests.retrieve(`reported-${run}`));
 const today = new Date().toISOString().slice(0, 10);
@@ -83,14 +94,47 @@ await step("secretKeys.new_key_works", () => new Lava(secret.secret_key, { baseU
 await step("secretKeys.delete", () => lava.secretKeys.delete(secret.secret_key_id));
 await step("secretKeys.deleted_key_refused", () => new Lava(secret.secret_key, { baseUrl: process.env.BASE_URL }).models.list());
 const spend = await step("spendKeys.create", () => lava.spendKeys.create({
-  name: `app-${run}`, allowed_models: ["mock-*"], allowed_providers: ["openai"],
+  name: `app-${run}`, allowed_models: ["mock-*"], allowed_providers: ["openai"], expires_at: "2099-01-01T00:00:00Z",
+  spend_limit: { amount: "50", cycle: "monthly" }, request_limit: { count: 1000, cycle: "daily" },
+  rate_limit: { rpm: 600, burst: 100 }, tpm: 1000000,  // tpm: Tollgate's own, beside Lava's limits
 }));
 await step("spendKeys.list", () => lava.spendKeys.list({ limit: 100 }));
-await step("spendKeys.retrieve", () => lava.spendKeys.retrieve(spend.spend_key_id));
-await step("spendKeys.update", () => lava.spendKeys.update(spend.spend_key_id, { status: "paused" }));
+// The spend key pays for gateway requests: OpenAI's SDK with it as its API key, on lava.providers.openai.
+const app = new OpenAI({ apiKey: spend?.key, baseURL: lava.providers.openai, maxRetries: 0 });
+let served = 0;
+const spendChat = async () => {
+  const answer = await app.chat.completions.create(chat);
+  served += 1;
+  return answer;
+};
+await step("spendKeys.chat", spendChat);
+await step("spendKeys.chat_again", spendChat);
+await step("spendKeys.retrieve", () => until(() => lava.spendKeys.retrieve(spend.spend_key_id),
+  (key) => key.current_requests >= 2));
+await step("spendKeys.update", () => lava.spendKeys.update(spend.spend_key_id, {
+  spend_limit: { amount: "75.5", cycle: "weekly" }, request_limit: { count: 500, cycle: "weekly" }, rate_limit: null,
+}));
+await step("spendKeys.invalid_limit", () => lava.spendKeys.update(spend.spend_key_id, {
+  spend_limit: { amount: "10", cycle: "hourly" },
+}));
+await step("spendKeys.pause", () => lava.spendKeys.update(spend.spend_key_id, { status: "paused" }));
+await step("spendKeys.paused_refused", async () => {  // once the gateway's key cache sees the pause
+  const deadline = Date.now() + 10000;
+  for (;;) {
+    try {
+      await spendChat();
+    } catch (error) {
+      return { status: error.status, code: error.code };
+    }
+    if (Date.now() > deadline) throw new Error("the paused key was still served after 10 s");
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+});
 await step("spendKeys.rotate", () => lava.spendKeys.rotate(spend.spend_key_id));
-await step("spendKeys.limit", () => lava.spendKeys.create({ name: "capped", spend_limit: { amount: "10", cycle: "monthly" } }));
 await step("spendKeys.revoke", () => lava.spendKeys.revoke(spend.spend_key_id));
+await step("spendKeys.retrieve_revoked", () => until(() => lava.spendKeys.retrieve(spend.spend_key_id),
+  (key) => key.current_requests >= served));
+out["spendKeys.served"] = { ok: true, value: served };
 
 // webhooks
 const hook = await step("webhooks.create", () => lava.webhooks.create({ name: `billing-${run}`, url: "https://example.com/hook" }));

@@ -2,34 +2,43 @@
 
 A customer answers as Lava's RestCustomer (customer_id, reference_id, contact, subscription, metadata,
 created_at) plus `name`, `wallet_id`, `balance`, `available` (balance + overdraft - open holds), `holds`,
-`autopay_threshold`, `autopay_amount` and `overdraft_limit`, money as decimal strings. Deleting one is a soft
-delete (services/customers.py): afterwards it is 404 here and refused for new requests.
+`autopay_threshold`, `autopay_amount` and `overdraft_limit`, money as decimal strings, and its limits as a
+spend key's are written (addons/admin/limits.py): `spend_limit {amount, cycle, resets_at}` on the fees it is
+charged, `current_spend` (those fees in the current period; null without a spend limit), `rate_limit {rpm}`
+and `tpm`, each null when unset. Deleting one is a soft delete (services/customers.py): afterwards it is 404
+here and refused for new requests.
 """
 
 from __future__ import annotations
 
 import re
 
-from addons.admin import web
+from addons.admin import limits, web
 from addons.admin.endpoints import Call, Endpoint
 from addons.admin.web import Invalid
 from addons.core.errors import BadRequest
 from addons.services import customers
 from addons.services.customers import CustomerDetail
+from addons.services.limits import LimitsView
 
 PROFILE = ("reference_id", "email", "phone", "name")
 MONEY_SETTINGS = ("autopay_threshold", "autopay_amount", "overdraft_limit")
-CREATE_FIELDS = ("customer_id", *PROFILE, "metadata", *MONEY_SETTINGS, "account")
-UPDATE_FIELDS = (*PROFILE, "metadata", *MONEY_SETTINGS, "account")
+CREATE_FIELDS = ("customer_id", *PROFILE, "metadata", *MONEY_SETTINGS, *limits.CUSTOMER_FIELDS, "account")
+UPDATE_FIELDS = (*PROFILE, "metadata", *MONEY_SETTINGS, *limits.CUSTOMER_FIELDS, "account")
 # a customer id travels in paths and forward tokens: printable, no spaces or slashes
 _CUSTOMER_ID = re.compile(r"[^\s/?#%]{1,255}")
 
 BODY_TYPES = {"customer_id": "string", **dict.fromkeys(PROFILE, "string"), "metadata": "object",
-              **dict.fromkeys(MONEY_SETTINGS, "string"), "account": "string"}
+              **dict.fromkeys(MONEY_SETTINGS, "string"), **limits.CUSTOMER_SCHEMAS, "account": "string"}
 
 
-def render(customer: CustomerDetail) -> dict:
+def render(customer: CustomerDetail, account: str) -> dict:
+    """The customer's answer; with a spend limit, the current period's fees are read too."""
     view = customer.view
+    held = view.limits
+    used = (customers.limits_view(account, customer.customer_id) if held.spend_limit_nanos is not None
+            else LimitsView(held, None, None))
+    shown = limits.render(used, customer=True)
     first, _, last = (customer.name or "").partition(" ")
     return {
         "customer_id": customer.customer_id,
@@ -47,6 +56,10 @@ def render(customer: CustomerDetail) -> dict:
         "autopay_threshold": web.usd(view.autopay_threshold_nanos),
         "autopay_amount": web.usd(view.autopay_amount_nanos),
         "overdraft_limit": web.usd(view.overdraft_limit_nanos),
+        "spend_limit": shown["spend_limit"],
+        "current_spend": web.usd(used.spend.used) if used.spend else None,
+        "rate_limit": shown["rate_limit"],
+        "tpm": shown["tpm"],
     }
 
 
@@ -85,26 +98,29 @@ def create_customer(call: Call) -> dict:
     if customer_id is not None and not _CUSTOMER_ID.fullmatch(customer_id):
         raise Invalid("customer_id", "must be 1 to 255 characters without spaces, '/', '?', '#' or '%'")
     settings = {name: value for name, value in _money_settings(body).items() if value is not None}
+    limit_changes = limits.changes(body, customer=True)
     account = call.account
-    view = _autopay_pair(lambda: customers.create(account, customer_id, **settings, **_profile(body)))
-    return render(customers.detail(account, view.customer_id))
+    view = _autopay_pair(lambda: customers.create(account, customer_id, **settings, **_profile(body),
+                                                  limit_changes=limit_changes))
+    return render(customers.detail(account, view.customer_id), account)
 
 
 def list_customers(call: Call) -> dict:
-    listing = customers.listing(call.account)
-    return web.paginate(listing, call.page(), render)
+    account = call.account
+    return web.paginate(customers.listing(account), call.page(), lambda customer: render(customer, account))
 
 
 def retrieve_customer(call: Call) -> dict:
-    return render(customers.detail(call.account, call.params["customer_id"]))
+    account = call.account
+    return render(customers.detail(account, call.params["customer_id"]), account)
 
 
 def update_customer(call: Call) -> dict:
     body = call.body
     _fields(body, UPDATE_FIELDS)
-    changes = {**_profile(body), **_money_settings(body)}
+    changes = {**_profile(body), **_money_settings(body), **limits.changes(body, customer=True)}
     account, customer_id = call.account, call.params["customer_id"]
-    return render(_autopay_pair(lambda: customers.update(account, customer_id, **changes)))
+    return render(_autopay_pair(lambda: customers.update(account, customer_id, **changes)), account)
 
 
 def delete_customer(call: Call) -> dict:
@@ -120,7 +136,7 @@ def topup_customer(call: Call) -> dict:
     note = web.text(body, "note")
     account, customer_id = call.account, call.params["customer_id"]
     customers.topup(account, customer_id, amount, note=note)
-    return render(customers.detail(account, customer_id))
+    return render(customers.detail(account, customer_id), account)
 
 
 _PAGE = {"cursor": "string", "limit": "integer", "account": "string"}
@@ -132,7 +148,8 @@ ENDPOINTS = [
     Endpoint("GET", "/customers", list_customers, "List the account's customers, newest first", query=_PAGE),
     Endpoint("GET", "/customers/{customer_id}", retrieve_customer, "Retrieve a customer with its balance",
              query=_ACCOUNT),
-    Endpoint("PATCH", "/customers/{customer_id}", update_customer, "Update a customer (null clears a field)",
+    Endpoint("PATCH", "/customers/{customer_id}", update_customer,
+             "Update a customer: its profile, money settings or limits (null clears a field)",
              body={name: kind for name, kind in BODY_TYPES.items() if name != "customer_id"}, query=_ACCOUNT),
     Endpoint("DELETE", "/customers/{customer_id}", delete_customer,
              "Delete a customer (its wallet and entries stay; new requests naming it are refused)", query=_ACCOUNT),

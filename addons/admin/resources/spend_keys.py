@@ -1,46 +1,43 @@
 """Lava's `spend_keys`: keys for the gateway only (never this API), paid for by the account's wallet, each
-`active` or `paused`, with an optional expiry and model and provider allow-lists that the gateway enforces
-(403 `key_paused`, 401 `key_expired`, 403 `key_scope`).
+`active` or `paused`, with an optional expiry, model and provider allow-lists, and limits, all of which the
+gateway enforces (403 `key_paused`, 401 `key_expired`, 403 `key_scope`, 402 or 429 at a limit).
 
-Limits (`spend_limit`, `request_limit`, `rate_limit`, Tollgate's `tpm`) are not enforced yet: given
-non-null they are 422 `not_yet_supported`, and answered null. Without a limit there is no cycle, so the
-`current_*` figures are the key's whole life, equal to the `total_*` ones.
+Limits are `spend_limit {amount, cycle}`, `request_limit {count, cycle}`, `rate_limit {rpm, burst}` and
+Tollgate's `tpm` (addons/admin/limits.py); each answered limit carries its period's `resets_at`.
+`current_spend` and `current_requests` are the current period's of the spend and request limit; without that
+limit there is no period, and they are the key's whole life, equal to the `total_*` figures.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
+from addons.admin import limits
 from addons.admin.endpoints import Call, Endpoint
 from addons.admin.web import Invalid, iso, paginate, reject_unknown, text, timestamp, usd
 from addons.services import keys
 from addons.services.errors import BadRequest
 
-LIMITS = ("spend_limit", "request_limit", "rate_limit", "tpm")
-FIELDS = ("name", "status", "request_shape", "allowed_models", "allowed_providers", "expires_at", *LIMITS, "account")
+FIELDS = ("name", "status", "request_shape", "allowed_models", "allowed_providers", "expires_at",
+          *limits.KEY_FIELDS, "account")
 MAX_PATTERNS = 100
 NO_USE = keys.KeyUsage()
 
 
-class NotYetSupported(Invalid):
-    """422 naming a field this release accepts only as null."""
-
-    def __init__(self, field: str):
-        super().__init__(field, "limits on keys are not supported yet; leave it out or send null (a key's spending "
-                                "is bounded by its account's wallet)")
-        self.code = "not_yet_supported"
-
-
 def spend_key_view(key: keys.KeyInfo, used: keys.KeyUsage = NO_USE) -> dict:
-    spend = usd(used.spend_nanos)
+    """Lava's RestSpendKey (plus `tpm`, each limit's `resets_at` and `revoked_at`); reads the limits' periods."""
+    view = keys.key_limits_view(key)
+    spend = view.spend.used if view.spend else used.spend_nanos
+    requests = view.requests.used if view.requests else used.requests
+    shown = limits.render(view)
     return {
         "spend_key_id": key.id, "key_preview": key.prefix, "name": key.name, "status": key.status,
         "request_shape": "openai", "wallet_id": key.wallet_id,
         "allowed_models": list(key.allowed_models) if key.allowed_models else None,
         "allowed_providers": list(key.allowed_providers) if key.allowed_providers else None,
-        "spend_limit": None, "current_spend": spend, "total_spend": spend,
-        "request_limit": None, "current_requests": used.requests, "total_requests": used.requests,
-        "rate_limit": None, "tpm": None,
+        "spend_limit": shown["spend_limit"], "current_spend": usd(spend), "total_spend": usd(used.spend_nanos),
+        "request_limit": shown["request_limit"], "current_requests": requests, "total_requests": used.requests,
+        "rate_limit": shown["rate_limit"], "tpm": shown["tpm"],
         "expires_at": iso(key.expires_at), "last_used_at": iso(used.last_used_at), "created_at": iso(key.created_at),
         "revoked_at": iso(key.revoked_at),
     }
@@ -87,12 +84,10 @@ def _status(body: dict) -> str:
     return body["status"]
 
 
-def _changes(body: dict) -> dict:
-    """What a create or update sets, by service keyword; fields left out are absent."""
+def _changes(body: dict) -> tuple[dict, dict]:
+    """What a create or update sets, by service keyword, and the limit columns it sets or clears; fields left out
+    are absent."""
     reject_unknown(body, FIELDS)
-    for field in LIMITS:
-        if body.get(field) is not None:
-            raise NotYetSupported(field)
     if body.get("request_shape") not in (None, "openai"):
         raise Invalid("request_shape", "must be openai: a key calls each provider in that provider's own shape")
     changes: dict = {}
@@ -105,7 +100,7 @@ def _changes(body: dict) -> dict:
             changes[field] = _allow_list(body, field)
     if "expires_at" in body:
         changes["expires_at"] = _expiry(body)
-    return changes
+    return changes, limits.changes(body)
 
 
 # -- handlers -------------------------------------------------------------------------------
@@ -118,11 +113,11 @@ def list_spend_keys(call: Call) -> dict:
 
 
 def create_spend_key(call: Call) -> tuple[int, dict]:
-    changes = _changes(call.body)
+    changes, limit_columns = _changes(call.body)
     if "name" not in changes:
         raise Invalid("name", "is required")
     account = call.account
-    created = keys.create_spend_key(account=account, **changes)
+    created = keys.create_spend_key(account=account, limits=limit_columns, **changes)
     return 201, spend_key_view(keys.account_key(account, created.id, "spend")) | {"key": created.secret_key}
 
 
@@ -131,9 +126,11 @@ def retrieve_spend_key(call: Call) -> dict:
 
 
 def update_spend_key(call: Call) -> dict:
-    """The gateway sees the change (a pause, a resume, new allow-lists) within tollgate_cache_ttl_ms."""
-    changes = _changes(call.body)
-    return _with_usage(keys.update_key(call.account, call.params["spend_key_id"], "spend", **changes))
+    """The gateway sees the change (a pause, a resume, new allow-lists or limits) within tollgate_cache_ttl_ms;
+    a limit given as null is cleared, one left out is unchanged."""
+    changes, limit_columns = _changes(call.body)
+    return _with_usage(keys.update_key(call.account, call.params["spend_key_id"], "spend", **changes,
+                                       **limit_columns))
 
 
 def revoke_spend_key(call: Call) -> dict:
@@ -149,9 +146,10 @@ def rotate_spend_key(call: Call) -> dict:
     return _with_usage(keys.account_key(account, rotated.id, "spend")) | {"key": rotated.secret_key}
 
 
-_BODY = {"name": "string", "status": "string", "request_shape": "string", "allowed_models": "array",
-         "allowed_providers": "array", "expires_at": "string", "spend_limit": "object", "request_limit": "object",
-         "rate_limit": "object", "tpm": "integer", "account": "string"}
+_BODY = {"name": "string", "status": {"type": "string", "enum": list(keys.STATUSES)}, "request_shape": "string",
+         "allowed_models": {"type": ["array", "null"], "items": {"type": "string"}},
+         "allowed_providers": {"type": ["array", "null"], "items": {"type": "string"}},
+         "expires_at": {"type": ["string", "null"], "format": "date-time"}, **limits.SCHEMAS, "account": "string"}
 _ACCOUNT = {"account": "string"}
 
 ENDPOINTS = [
@@ -163,7 +161,8 @@ ENDPOINTS = [
              query={"cursor": "string", "limit": "integer", "account": "string"}),
     Endpoint("GET", "/spend_keys/{spend_key_id}", retrieve_spend_key, "Retrieve a spend key", query=_ACCOUNT),
     Endpoint("PUT", "/spend_keys/{spend_key_id}", update_spend_key,
-             "Update a spend key's name, status (pause, resume), allow-lists or expiry", body=_BODY),
+             "Update a spend key's name, status (pause, resume), allow-lists, expiry or limits (null clears one)",
+             body=_BODY),
     Endpoint("DELETE", "/spend_keys/{spend_key_id}", revoke_spend_key, "Revoke a spend key", query=_ACCOUNT),
     Endpoint("POST", "/spend_keys/{spend_key_id}/rotate", rotate_spend_key,
              "Give a spend key a new secret; the old one is refused from then on", body=_ACCOUNT),

@@ -266,6 +266,7 @@
     [c.holds.count ? `${c.holds.count} (${money(c.holds.amount)})` : "0", "num"],
     [money(c.autopay_threshold), "num"], [money(c.cycle_fees), "num"],
     [c.mark === "depleted" ? "depleted" : c.mark === "low" ? "low balance" : "", c.mark ? "badge" : ""],
+    limitsCell(c.limits),
   ];
 
   const requestRow = (r) => [
@@ -277,9 +278,27 @@
   ];
 
   const keyRow = (k) => [
-    k.name, [k.id, "mono"], k.account, [k.prefix, "mono"], k.role, k.created_at.slice(0, 19).replace("T", " "),
-    k.revoked_at ? "revoked " + k.revoked_at.slice(0, 10) : "active",
+    k.name, [k.id, "mono"], k.account, [k.prefix, "mono"], k.kind, k.role,
+    k.created_at.slice(0, 19).replace("T", " "),
+    k.revoked_at ? "revoked " + k.revoked_at.slice(0, 10) : k.status, limitsCell(k.limits),
   ];
+
+  // A key's or customer's limits, one a line: "$1.20 / $10.00 this month, resets 2027-01-01 00:00 UTC".
+  const PERIOD = {daily: "today", weekly: "this week", monthly: "this month", total: "in total"};
+
+  function limitsCell(limits) {
+    if (!limits) return ["", "limits"];
+    const period = (use) => PERIOD[use.cycle] +
+      (use.resets_at ? ", resets " + use.resets_at.slice(0, 16).replace("T", " ") + " UTC" : "");
+    const {spend, requests, rpm, burst, tpm} = limits;
+    const lines = [];
+    if (spend) lines.push(`${money(spend.used)} / ${money(spend.limit)} ${period(spend)}`);
+    if (requests) lines.push(`${count(requests.used)} / ${count(requests.limit)} requests ${period(requests)}`);
+    if (rpm !== null) lines.push(`${count(rpm)} requests/min` + (burst !== null ? ` (burst ${count(burst)})` : ""));
+    if (tpm !== null) lines.push(`${count(tpm)} tokens/min`);
+    const reached = [spend, requests].some((use) => use && Number(use.used) >= Number(use.limit));
+    return [lines.join("\n"), reached ? "limits limit-reached" : "limits"];
+  }
 
   // -- start -------------------------------------------------------------------------------------
 
