@@ -142,6 +142,7 @@ def test_customers_create_with_every_option(tollgate):
         "customer_id": "acme-1", "balance": "5.00", "holds": {"count": 0, "amount": "0.00"},
         "cycle_start": this_cycle(), "cycle_usage": {}, "cycle_fees": "0.00", "cycle_requests": 0,
         "autopay_threshold": "1.50", "autopay_amount": "10.00", "overdraft_limit": "0.25",
+        "limits": {"spend": None, "rpm": None, "tpm": None},
     }
     assert tollgate.json("audit")["ok"] is True  # the opening balance is a ledger entry
 

@@ -9,10 +9,16 @@ import getpass
 import json
 import sys
 from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from rich.console import Group
+
+from addons.cli.limit_flags import limit_changes
+from addons.cli.limit_output import limits_data, limits_line, limits_table
 from addons.cli.output import WIDE_WIDTH, compact_table, emit, money_fields, rows_table, table, text_block
 from addons.services import audit, bootstrap, customers, events, keys, meters, prices, requests, tokens, usage, wallets
+from addons.services.errors import BadRequest
 from pricing.money import format_usd, parse_usd
 
 # Requests whose provider cost is not known (addons/services/reports.py): shown apart, never as $0.00.
@@ -47,8 +53,67 @@ def cmd_init(args) -> None:
 
 
 def cmd_keys_create(args) -> None:
-    key = keys.create_key(args.name, args.account, args.role)
+    scope = {"allowed_models": args.allow_model, "allowed_providers": args.allow_provider,
+             "expires_at": _expiry(args), "limits": limit_changes(args.limits)}
+    if args.spend_key:
+        key = keys.create_spend_key(args.name, args.account, **scope)
+    else:
+        key = keys.create_key(args.name, args.account, args.role, **scope)
     emit(args, asdict(key), text=f"Key {key.id} created. Secret (shown once): {key.secret_key}")
+
+
+def _expiry(args) -> datetime | None:
+    """--expires-in (seconds from now) or --expires-at, as the naive UTC the ledger keeps; None: never."""
+    if args.expires_in is not None:
+        return datetime.now(UTC).replace(tzinfo=None) + timedelta(seconds=args.expires_in)
+    return args.expires_at
+
+
+def cmd_keys_update(args) -> None:
+    key = keys.account_key(None, args.id, None)
+    changes = limit_changes(args.limits, key.limits)
+    if args.name is not None:
+        changes["name"] = args.name
+    if args.pause or args.resume:
+        changes["status"] = "paused" if args.pause else "active"
+    for scope, given, clear in (("allowed_models", args.allow_model, args.clear_allowed_models),
+                                ("allowed_providers", args.allow_provider, args.clear_allowed_providers)):
+        if given or clear:
+            changes[scope] = given  # None when cleared: no restriction
+    if args.no_expiry or args.expires_in is not None or args.expires_at is not None:
+        changes["expires_at"] = _expiry(args)
+    if not changes:
+        raise BadRequest("nothing_to_change", "keys update: give at least one change (see --help)")
+    _show_key(args, keys.update_key(None, args.id, None, **changes))
+
+
+def cmd_keys_show(args) -> None:
+    _show_key(args, keys.account_key(None, args.id, None))
+
+
+def _key_data(key: keys.KeyInfo, view=None) -> dict:
+    return {**asdict(key), "expired": key.expired, "limits": limits_data(key.limits, view)}
+
+
+def _show_key(args, key: keys.KeyInfo) -> None:
+    """The key, its limits with the current periods' use, and its requests and spend ever."""
+    used = keys.usage_by_key([key.id]).get(key.id, keys.KeyUsage())
+    data = {**_key_data(key, keys.key_limits_view(key)), "usage": money_fields(asdict(used))}
+    state = "revoked" if key.revoked_at else "expired" if key.expired else key.status
+    details = {"key": f"{key.id} ({key.name})", "account": key.account,
+               "kind": key.kind if key.kind == "spend" else f"secret, role {key.role}", "status": state,
+               "models": ", ".join(key.allowed_models or ()) or "every model",
+               "providers": ", ".join(key.allowed_providers or ()) or "every provider",
+               "expires": key.expires_at or "never", "created": key.created_at, "revoked": key.revoked_at,
+               "requests (ever)": used.requests, "spend (ever)": f"{format_usd(used.spend_nanos)} USD",
+               "last used": used.last_used_at}
+    emit(args, data, _with_limits(details, data["limits"]))
+
+
+def _with_limits(details: dict, limits: dict) -> Group:
+    """`name: value` lines, then the limits' table (or a line saying there are none)."""
+    shown = limits_table(limits)
+    return Group(text_block(details), shown) if shown else Group(text_block({**details, "limits": "none"}))
 
 
 def _key_status(key: keys.KeyInfo) -> str:
@@ -58,12 +123,15 @@ def _key_status(key: keys.KeyInfo) -> str:
 
 def cmd_keys_list(args) -> None:
     listed = keys.list_keys()
-    rows = [[k.id, k.name, k.account, k.prefix, k.created_at, k.revoked_at,
-             "spend" if k.kind == "spend" else k.role, _key_status(k)] for k in listed]
-    columns = ["id", "name", "account", "prefix", "created", "revoked", "role", "status"]
-    if not any(row[-1] for row in rows):  # the status column only when a key is paused or expired
-        columns, rows = columns[:-1], [row[:-1] for row in rows]
-    emit(args, [asdict(k) for k in listed], table("Keys", columns, rows))
+    data = [_key_data(k) for k in listed]
+    rows = [[k.id, k.name, k.account, k.prefix, k.created_at, k.revoked_at, "spend" if k.kind == "spend" else k.role,
+             limits_line(shown["limits"]), _key_status(k)] for k, shown in zip(listed, data, strict=True)]
+    columns = ["id", "name", "account", "prefix", "created", "revoked", "role", "limits", "status"]
+    for column in ("status", "limits"):  # each only when some key is paused or expired, or has limits
+        at = columns.index(column)
+        if not any(row[at] for row in rows):
+            columns, rows = columns[:at] + columns[at + 1:], [row[:at] + row[at + 1:] for row in rows]
+    emit(args, data, table("Keys", columns, rows))
 
 
 def cmd_keys_revoke(args) -> None:
@@ -205,14 +273,19 @@ def cmd_usage(args) -> None:
     emit(args, {"by": args.by, "rows": rows, "totals": totals}, rendered, text=note, csv_rows=rows, csv_columns=columns)
 
 
-def _customer_dict(view: customers.CustomerView) -> dict:
+def _customer_dict(view: customers.CustomerView, account: str) -> dict:
     data = money_fields(asdict(view))
     data["cycle_usage"] = {slug: _units(units) for slug, units in view.cycle_usage.items()}
+    used = customers.limits_view(account, view.customer_id) if view.limits.any else None
+    data["limits"] = limits_data(view.limits, used, customer=True)
     return data
 
 
 def _units(units: Decimal) -> str:
     return format(units.normalize(), "f")
+
+
+CUSTOMER_SETTINGS = ("autopay_threshold", "autopay_amount", "overdraft_limit")  # USD flags of create and update
 
 
 def cmd_customers(args) -> None:
@@ -224,19 +297,29 @@ def cmd_customers(args) -> None:
             autopay_threshold_nanos=amount(args.autopay_threshold) if args.autopay_threshold else None,
             autopay_amount_nanos=amount(args.autopay_amount) if args.autopay_amount else None,
             overdraft_limit_nanos=amount(args.overdraft_limit, allow_zero=True) if args.overdraft_limit else 0,
+            limit_changes=limit_changes(args.limits),
         )
+    elif args.action == "update":
+        current = customers.get(args.account, args.id)
+        changes = {**limit_changes(args.limits, current.limits, "customer"),
+                   **{f"{name}_nanos": vars(args)[name] for name in CUSTOMER_SETTINGS if name in vars(args)}}
+        if not changes:
+            raise BadRequest("nothing_to_change", "customers update: give at least one change (see --help)")
+        view = customers.update(args.account, args.id, **changes).view
     elif args.action == "topup":
         customers.get(args.account, args.id)  # an unknown customer is named before the amount is read
         view = customers.topup(args.account, args.id, amount(args.amount), note=args.note)
     elif args.action == "list":
-        rows = [_customer_dict(c) for c in customers.list_customers(args.account)]
+        rows = [_customer_dict(c, args.account) for c in customers.list_customers(args.account)]
         columns = ["customer_id", "balance", "cycle_fees", "cycle_requests", "autopay_threshold", "autopay_amount"]
-        emit(args, rows, rows_table("Customers", columns, rows), csv_rows=rows)
+        shown = [{**row, "limits": limits_line(row["limits"])} for row in rows]
+        columns += ["limits"] if any(row["limits"] for row in shown) else []
+        emit(args, rows, rows_table("Customers", columns, shown), csv_rows=rows)
         return
     else:
         view = customers.get(args.account, args.id)
-    data = _customer_dict(view)
-    emit(args, data, text=text_block(data))
+    data = _customer_dict(view, args.account)
+    emit(args, data, _with_limits({k: v for k, v in data.items() if k != "limits"}, data["limits"]))
 
 
 def cmd_meters(args) -> None:

@@ -7,6 +7,7 @@ Money is printed as decimal strings (USD) in both forms; secret keys are printed
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from datetime import UTC, datetime
 
@@ -22,6 +23,8 @@ from addons.cli.ledger_commands import (
     cmd_keys_register_provider_key,
     cmd_keys_revoke,
     cmd_keys_revoke_provider_key,
+    cmd_keys_show,
+    cmd_keys_update,
     cmd_meters,
     cmd_prices,
     cmd_requests,
@@ -29,6 +32,7 @@ from addons.cli.ledger_commands import (
     cmd_usage,
     cmd_wallet,
 )
+from addons.cli.limit_flags import add_limit_flags, clearable, positive, usd
 from addons.core.settings import load_settings
 from addons.services.database import DEFAULT_ACCOUNT, open_ledger
 from addons.services.errors import GatewayError
@@ -44,14 +48,19 @@ FLAG_WORDING = {
     "signed_only": "--expires-in, --allow-*, --spend-cap need --signed",
     "autopay_incomplete": "--autopay-threshold and --autopay-amount go together",
 }
-HINTS = {"provider_not_found": " (see tollgate providers)"}
+HINTS = {"provider_not_found": " (see tollgate providers)", "limit_period_missing": " (--period after the limit)"}
 
 # An example for every command's --help (a command with subcommands shows theirs); tests/test_cli_help.py
 # checks that every command has one and every option a help line.
 EXAMPLES = {
     "": ["tollgate init", "tollgate requests --since 2025-06-01 --status 4xx", "tollgate usage --by key --json"],
     "init": ["tollgate init"],
-    "keys create": ["tollgate keys create --name ci --account acme"],
+    "keys create": ["tollgate keys create --name ci --account acme",
+                    "tollgate keys create --name app --spend-limit 10 --period month --request-limit 500 --period day "
+                    "--rpm 60 --allow-provider openai --expires-in 86400 --spend-key"],
+    "keys update": ["tollgate keys update key_0123456789ab --spend-limit 20 --rpm none",
+                    "tollgate keys update key_0123456789ab --period week --pause"],
+    "keys show": ["tollgate keys show key_0123456789ab --json"],
     "keys list": ["tollgate keys list --json"],
     "keys revoke": ["tollgate keys revoke key_0123456789ab"],
     "keys register-provider-key": ["tollgate keys register-provider-key --account acme --provider openai < key.txt"],
@@ -64,6 +73,7 @@ EXAMPLES = {
     "usage": ["tollgate usage --by key", "tollgate usage --by day --since 2025-06-01 --customer cus_42",
               "tollgate usage --by model --csv > usage.csv"],
     "customers create": ["tollgate customers create cus_42 --balance 5 --autopay-threshold 1 --autopay-amount 10"],
+    "customers update": ["tollgate customers update cus_42 --spend-limit 5 --period day --rpm 20 --tpm none"],
     "customers topup": ["tollgate customers topup cus_42 10 --note 'invoice 17'"],
     "customers show": ["tollgate customers show cus_42"],
     "customers list": ["tollgate customers list --csv"],
@@ -104,8 +114,28 @@ def _status(text: str) -> tuple[int | None, int | None]:
 
 
 def refusal(error: GatewayError) -> str:
-    """The line a service's refusal prints as."""
-    return "tollgate: " + FLAG_WORDING.get(error.code, error.message) + HINTS.get(error.code, "")
+    """What a service's refusal says, in the CLI's terms."""
+    return FLAG_WORDING.get(error.code, error.message) + HINTS.get(error.code, "")
+
+
+def add_key_scope(parser: argparse.ArgumentParser, update: bool = False) -> None:
+    """`keys create|update`: which models and providers a key may use, and when it expires."""
+    replaces = "; replaces the list" if update else ""
+    models = parser.add_mutually_exclusive_group() if update else parser
+    providers = parser.add_mutually_exclusive_group() if update else parser
+    models.add_argument("--allow-model", action="append", metavar="PATTERN",
+                        help=f"only this model, a trailing * matches a prefix; repeat for more{replaces}")
+    providers.add_argument("--allow-provider", action="append", metavar="ID",
+                           help=f"only this catalog provider id; repeat for more{replaces}")
+    if update:
+        models.add_argument("--clear-allowed-models", action="store_true", help="every model again")
+        providers.add_argument("--clear-allowed-providers", action="store_true", help="every provider again")
+    expiry = parser.add_mutually_exclusive_group()
+    expiry.add_argument("--expires-in", type=positive, metavar="SECONDS", help="expire this many seconds from now")
+    expiry.add_argument("--expires-at", type=_date, metavar="TIME", help="expire at this ISO 8601 time (UTC unless "
+                                                                         "it carries an offset)")
+    if update:
+        expiry.add_argument("--no-expiry", action="store_true", help="never expire")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,9 +151,27 @@ def build_parser() -> argparse.ArgumentParser:
     create = keys.add_parser("create", parents=[common], help="create a secret key")
     create.add_argument("--name", required=True, help="a label for the key, shown in requests and usage --by key")
     create.add_argument("--account", default=DEFAULT_ACCOUNT, help="account to create or use")
-    create.add_argument("--role", choices=ROLES, default="account",
-                        help="admin: the REST API (coming) lets the key reach every account; account: its own")
+    kind = create.add_mutually_exclusive_group()
+    kind.add_argument("--role", choices=ROLES, default="account",
+                      help="admin: the REST API (coming) lets the key reach every account; account: its own")
+    kind.add_argument("--spend-key", action="store_true",
+                      help="a spend key: for gateway requests only, never the REST API (it has no role)")
+    add_key_scope(create)
+    add_limit_flags(create)
     create.set_defaults(fn=cmd_keys_create)
+    update = keys.add_parser("update", parents=[common], help="change or clear a key's limits, scope, expiry, status")
+    update.add_argument("id", help="the key's id (key_...), of any account, secret or spend")
+    update.add_argument("--name", help="a new label")
+    status = update.add_mutually_exclusive_group()
+    status.add_argument("--pause", action="store_true", help="refuse the key's requests until --resume")
+    status.add_argument("--resume", action="store_true", help="let a paused key work again")
+    add_key_scope(update, update=True)
+    add_limit_flags(update, update=True)
+    update.set_defaults(fn=cmd_keys_update)
+    show = keys.add_parser("show", parents=[common],
+                           help="a key, its limits with this period's use and reset, and its use ever")
+    show.add_argument("id", help="the key's id (key_...)")
+    show.set_defaults(fn=cmd_keys_show)
     keys.add_parser("list", parents=[common], help="every key, revoked ones too").set_defaults(fn=cmd_keys_list)
     revoke = keys.add_parser("revoke", parents=[common], help="stop a key working, at once")
     revoke.add_argument("id", help="the key's id (key_...)")
@@ -179,11 +227,21 @@ def build_parser() -> argparse.ArgumentParser:
     ccreate.add_argument("--autopay-threshold", help="top up when the balance falls below this, USD")
     ccreate.add_argument("--autopay-amount", help="the bundle each auto top-up buys, USD")
     ccreate.add_argument("--overdraft-limit", help="how far below zero charges may go, USD (default 0)")
+    add_limit_flags(ccreate, customer=True)
+    cupdate = csub.add_parser("update", parents=[common, account], help="change or clear a customer's settings")
+    cupdate.add_argument("id", help="the customer's id")
+    money = clearable(usd)
+    for flag, text in (("--autopay-threshold", "top up when the balance falls below this, USD"),
+                       ("--autopay-amount", "the bundle each auto top-up buys, USD"),
+                       ("--overdraft-limit", "how far below zero charges may go, USD (none: 0)")):
+        cupdate.add_argument(flag, type=money, metavar="USD|none", default=argparse.SUPPRESS, help=text)
+    add_limit_flags(cupdate, customer=True, update=True)
     ctopup = csub.add_parser("topup", parents=[common, account], help="add to a customer's balance")
     ctopup.add_argument("id", help="the customer's id")
     ctopup.add_argument("amount", help="USD, e.g. 10 or 2.50")
     ctopup.add_argument("--note", help="a note kept with the top-up's ledger entry")
-    cshow = csub.add_parser("show", parents=[common, account], help="balance, open holds and this cycle's usage")
+    cshow = csub.add_parser("show", parents=[common, account],
+                            help="balance, open holds, this cycle's usage, and limits with this period's use")
     cshow.add_argument("id", help="the customer's id")
     csub.add_parser("list", parents=[common, account, export], help="every customer of the account")
     customers.set_defaults(fn=cmd_customers)
@@ -280,7 +338,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.fn(args)
     except GatewayError as e:
-        raise SystemExit(refusal(e)) from None
+        if args.json:  # the admin API's error shape, for scripts; the line on stderr for people
+            print(json.dumps({"error": {"type": e.type, "code": e.code, "message": refusal(e)}}))
+        raise SystemExit("tollgate: " + refusal(e)) from None
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import sys
 from datetime import datetime
 
 from rich import box
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.table import Table
 
 from pricing.money import format_usd
@@ -21,13 +21,14 @@ console = Console(soft_wrap=True)  # long keys and commands stay copyable on one
 WIDE_WIDTH = 10_000  # a table printed this wide takes the width its cells need: one line per row, never cut
 
 
-def emit(args, data, table: Table | None = None, text: str | None = None, csv_rows: list[dict] | None = None,
+def emit(args, data, table: RenderableType | None = None, text: str | None = None, csv_rows: list[dict] | None = None,
          csv_columns: list[str] | None = None, width: int | None = None) -> None:
     if getattr(args, "csv", False) and csv_rows is not None:
         columns = csv_columns or (list(csv_rows[0]) if csv_rows else [])
         writer = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()} for r in csv_rows)
+        writer.writerows({k: json.dumps(v, default=_json_default) if isinstance(v, (dict, list)) else v
+                         for k, v in r.items()} for r in csv_rows)
     elif args.json:
         print(json.dumps(data, default=_json_default, indent=2))
     elif table is not None:
