@@ -243,12 +243,17 @@ if (not at) or tonumber(ARGV[2]) - tonumber(at) >= tonumber(ARGV[4]) then return
 return available(ARGV[3], tonumber(ARGV[2]))
 """
 
+POOL_SIZE = 64  # Redis connections per process
+POOL_WAIT = 5.0  # seconds a call waits for a free connection before Redis counts as away
 RELEASE_BATCH = 500  # request ids per release script call, so one call never holds Redis for long
 
 
 class RedisHolds:
     def __init__(self, url: str, hold_ttl: float, prefix: str = "tollgate"):
-        self.redis = aioredis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        # A burst of requests waits for one of the pool's connections rather than failing over (redis-py's default
+        # pool raises MaxConnectionsError, a ConnectionError, past 100 calls in flight)
+        self.redis = aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=POOL_SIZE, timeout=POOL_WAIT, socket_timeout=1.0, socket_connect_timeout=1.0))
         self.prefix = prefix
         self.ttl_ms = int(hold_ttl * 1000)
         self.clock = time.time
