@@ -225,7 +225,7 @@ def test_tokens_per_minute_reserve_input_and_max_tokens_then_true_up_to_the_usag
     assert 4000 < reserved < 4100  # max_tokens plus the input's estimate
     assert outcome(d.send(secret, chat(4000))) == 200
     assert outcome(d.send(secret, chat(4000))) == 429  # two reservations left too little
-    d.loop.run_until_complete(asyncio.sleep(0.05))  # the true-ups: each used 50 tokens, not ~4000
+    d.loop.run_until_complete(asyncio.sleep(0.1))  # the true-ups: each used 50 tokens, not ~4000
     assert outcome(d.send(secret, chat(4000))) == 200
 
 

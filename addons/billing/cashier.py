@@ -47,6 +47,7 @@ from pricing.money import format_usd
 from pricing.usage import TokenUsage
 
 ADD_LINGER = 0.002  # seconds incurred costs wait to share one hot-store call
+TRUE_UP_LINGER = 0.05  # seconds tokens-per-minute true-ups wait to share one (a minute's bucket barely moves)
 PENDING_MAX = 100_000  # requests whose limits await their commit; beyond, the oldest are forgotten (never committed)
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ class Cashier:
         )
 
     async def admit(self, request_id: str, plan: BillingPlan, reader: UsageReader,
-                    cost_of: Callable[[TokenUsage], int], body_bytes: int = 0) -> dict[str, str] | None:
+                    cost_of: Callable[[TokenUsage], int], body_bytes: int = 0) -> tuple[tuple[bytes, bytes], ...] | None:
         """Raise PaymentRequired or TooManyRequests, or hold the request's worst case in every pot that pays
         for it or limits it; returns the x-ratelimit-* headers of its rate limits, if it has any."""
         merchant = plan.key.wallet_id
@@ -139,23 +140,26 @@ class Cashier:
             return None
         if buckets and (too_large := self.limits.too_large(buckets)):
             raise too_large
-        worst_cost = cost_of(worst_usage)
-        merchant_amount, payer_amount = self._worst_charges(plan, reader, worst_usage, worst_cost)
         pots: dict[str, int] = {}
-        if plan.bill_customer:
-            await self._fresh_wallet(plan.customer.wallet_id, plan.customer.overdraft_limit_nanos)
-            pots[plan.customer.wallet_id] = max(payer_amount, 1)  # an empty balance admits nothing, even a free one
-        if capped:
-            pot = f"token:{plan.token.token_id}"
-            await self._known_token(pot, plan.token.token_id, plan.token.spend_cap_nanos)
-            pots[pot] = max(payer_amount, 1)
-        if any(limit.what != KEY_REQUESTS for limit in limit_pots) and body_bytes > worst_usage.input_tokens:
+        if plan.bill_customer or capped:
+            merchant_amount, payer_amount = self._worst_charges(plan, reader, worst_usage, cost_of(worst_usage))
+            if plan.bill_customer:
+                await self._fresh_wallet(plan.customer.wallet_id, plan.customer.overdraft_limit_nanos)
+                pots[plan.customer.wallet_id] = max(payer_amount, 1)  # an empty balance admits nothing, even a free one
+            if capped:
+                pot = f"token:{plan.token.token_id}"
+                await self._known_token(pot, plan.token.token_id, plan.token.spend_cap_nanos)
+                pots[pot] = max(payer_amount, 1)
+        if any(limit.what != KEY_REQUESTS for limit in limit_pots):
             # A spend limit must hold: the input held at a bound (no text has more tokens than bytes), not an estimate
-            bound = TokenUsage(input_tokens=body_bytes, output_tokens=worst_usage.output_tokens)
+            bound = TokenUsage(input_tokens=max(body_bytes, worst_usage.input_tokens),
+                               output_tokens=worst_usage.output_tokens)
             merchant_amount, payer_amount = self._worst_charges(plan, reader, bound, cost_of(bound))
         limits = {}
+        if not self._confirmed_limits.issuperset(limit.name for limit in limit_pots):
+            for limit in limit_pots:
+                await self._known_limit(limit)
         for limit in limit_pots:
-            await self._known_limit(limit)
             amount = 1 if limit.what == KEY_REQUESTS else merchant_amount if limit.what == KEY_SPEND else payer_amount
             pots[limit.name] = max(amount, 1)  # a spent limit admits nothing, even a free-looking request
             limits[limit.name] = limit.limit
@@ -230,18 +234,20 @@ class Cashier:
         held = self._tokens_held.pop(request_id, None)
         if held is None or tokens == held[1]:
             return
-        if not self._adds and not self._true_ups:
-            asyncio.get_running_loop().call_later(ADD_LINGER, self._flush_adds)
+        if not self._true_ups:
+            asyncio.get_running_loop().call_later(TRUE_UP_LINGER, self._flush_true_ups)
         self._true_ups.extend((bucket, tokens - held[1]) for bucket in held[0])
+
+    def _flush_true_ups(self) -> None:
+        if self._true_ups:
+            true_ups, self._true_ups = self._true_ups, []
+            self._background(self.holds.true_up(*true_ups))
 
     def _flush_adds(self) -> None:
         """The merchant's incurred costs of the last ADD_LINGER seconds, to the hot store in one call."""
         if self._adds:
             adds, self._adds = self._adds, []
             self._background(self.holds.add(*adds))
-        if self._true_ups:
-            true_ups, self._true_ups = self._true_ups, []
-            self._background(self.holds.true_up(*true_ups))
 
     def settled(self, report: CommitReport) -> None:
         """On the event loop: the writer committed; take its balances and drop the requests' holds."""
@@ -259,13 +265,11 @@ class Cashier:
                 fees = report.fees.get(record.id)
                 spends[pot] += 1 if what == KEY_REQUESTS else record.charged_nanos if what == KEY_SPEND else (
                     fees.fee_nanos if fees and what == CUSTOMER_SPEND else 0)
-        if spends:
-            await self.holds.spend(*spends.items())  # before the holds go, or the room would show twice
-        if report.request_ids:
-            for request_id in report.request_ids:
-                self.open_holds.pop(request_id, None)
-                self._limit_pots.pop(request_id, None)
-            await self.holds.release(*report.request_ids)
+        for request_id in report.request_ids:
+            self.open_holds.pop(request_id, None)
+            self._limit_pots.pop(request_id, None)
+        if report.request_ids or spends:  # the spends land before the holds go, or the room would show twice
+            await self.holds.release(*report.request_ids, spends=tuple(spends.items()))
 
     def holds_in_place(self) -> tuple[int, int]:
         """How many of this process's requests hold money, and how much in all (nanos). Called from the metrics

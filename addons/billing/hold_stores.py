@@ -43,10 +43,6 @@ class LocalHolds:
     async def confirm(self, pot: str, amount: int, version: int) -> None:
         self.book.confirm(pot, amount, version)
 
-    async def spend(self, *spends: tuple[str, int]) -> None:
-        for pot, amount in spends:
-            self.book.spend(pot, amount)
-
     async def generation(self, pot: str) -> int:
         return self.book.generation(pot)
 
@@ -72,7 +68,10 @@ class LocalHolds:
         for request_id, pot, amount in charges:
             self.book.add(request_id, pot, amount)
 
-    async def release(self, *request_ids: str) -> None:
+    async def release(self, *request_ids: str, spends: Sequence[tuple[str, int]] = ()) -> None:
+        """Committed requests: their versionless pots' spends (token caps, limits) first, then their holds go."""
+        for pot, amount in spends:
+            self.book.spend(pot, amount)
         for request_id in request_ids:
             self.book.release(request_id)
 
@@ -173,16 +172,6 @@ end
 return 1
 """
 
-# ARGV: prefix, then (pot, amount) pairs: committed spends; n counts them whether or not the pot is confirmed
-_SPEND = """
-for i = 2, #ARGV, 2 do
-  local key = ARGV[1] .. ':pot:' .. ARGV[i]
-  redis.call('HINCRBY', key, 'n', ARGV[i + 1])
-  if redis.call('HEXISTS', key, 'c') == 1 then redis.call('HINCRBY', key, 'c', -tonumber(ARGV[i + 1])) end
-end
-return 1
-"""
-
 # ARGV: prefix, now_ms, pot, amount, generation, expire_at_ms (0: never), limit (-1: none). Only a pot not
 # confirmed yet is set: the spends counted since `generation` was read are taken off
 # (addons.billing.holds.HoldBook.confirm_new). Written with %.0f: Lua would write a large number as 1e+14.
@@ -209,10 +198,16 @@ end
 return 1
 """
 
-# ARGV: prefix, now_ms, ttl_ms, then the request ids to release
+# ARGV: prefix, now_ms, ttl_ms, n, then n (pot, amount) pairs of committed spends on versionless pots (n counts
+# them whether or not the pot is confirmed: HoldBook.confirm_new), then the request ids to release
 _RELEASE = _POTS + """
-local ttl = tonumber(ARGV[3])
-for i = 4, #ARGV do
+local ttl, n = tonumber(ARGV[3]), tonumber(ARGV[4])
+for i = 5, 4 + 2 * n, 2 do
+  local key = k('pot', ARGV[i])
+  redis.call('HINCRBY', key, 'n', ARGV[i + 1])
+  if redis.call('HEXISTS', key, 'c') == 1 then redis.call('HINCRBY', key, 'c', -tonumber(ARGV[i + 1])) end
+end
+for i = 5 + 2 * n, #ARGV do
   local rid = ARGV[i]
   redis.call('SET', k('done', rid), '1', 'PX', ttl + 60000)
   for _, pot in ipairs(redis.call('SMEMBERS', k('req', rid))) do drop(pot, rid) end
@@ -259,7 +254,6 @@ class RedisHolds:
         self.clock = time.time
         self._hold = self.redis.register_script(_HOLD)
         self._true_up = self.redis.register_script(_TRUE_UP)
-        self._spend = self.redis.register_script(_SPEND)
         self._confirm_new = self.redis.register_script(_CONFIRM_NEW)
         self._add = self.redis.register_script(_ADD)
         self._release = self.redis.register_script(_RELEASE)
@@ -276,12 +270,6 @@ class RedisHolds:
 
     async def confirm(self, pot: str, amount: int, version: int) -> None:
         await self._confirm(args=[self.prefix, self._now(), pot, amount, version])
-
-    async def spend(self, *spends: tuple[str, int]) -> None:
-        """Committed charges on versionless pots, (pot, amount) each, in one round trip."""
-        args = [value for spend in spends for value in spend]
-        if args:
-            await self._spend(args=[self.prefix, *args])
 
     async def generation(self, pot: str) -> int:
         return int(await self.redis.hget(f"{self.prefix}:pot:{pot}", "n") or 0)
@@ -344,10 +332,15 @@ class RedisHolds:
         for i in range(0, len(args), 3 * RELEASE_BATCH):
             await self._add(args=[self.prefix, self._now(), self.ttl_ms, *args[i:i + 3 * RELEASE_BATCH]])
 
-    async def release(self, *request_ids: str) -> None:
-        """One round trip per RELEASE_BATCH requests: a ledger commit settles a whole batch."""
-        for i in range(0, len(request_ids), RELEASE_BATCH):
-            await self._release(args=[self.prefix, self._now(), self.ttl_ms, *request_ids[i:i + RELEASE_BATCH]])
+    async def release(self, *request_ids: str, spends: Sequence[tuple[str, int]] = ()) -> None:
+        """One round trip per RELEASE_BATCH requests, the spends with the first: a ledger commit settles a whole
+        batch."""
+        pairs = [value for spend in spends for value in spend]
+        for i in range(0, max(len(request_ids), 1), RELEASE_BATCH):
+            batch = request_ids[i:i + RELEASE_BATCH]
+            if batch or pairs:
+                await self._release(args=[self.prefix, self._now(), self.ttl_ms, len(pairs) // 2, *pairs, *batch])
+            pairs = []
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -389,16 +382,16 @@ class FailoverHolds:
                 pass
         return await getattr(self.local, name)(*args)
 
-    async def _both(self, name: str, *args) -> None:
-        await getattr(self.local, name)(*args)
+    async def _both(self, name: str, *args, **kwargs) -> bool:
+        """The call on both stores; False when Redis missed it."""
+        await getattr(self.local, name)(*args, **kwargs)
         if self.redis_up:
             try:
-                await self._remote(name, *args)
-                return
+                await self._remote(name, *args, **kwargs)
+                return True
             except _Away:
                 pass
-        if name == "spend":
-            self._missed.update(pot for pot, _ in args)
+        return False
 
     async def _unconfirm_missed(self) -> None:
         """Redis is back, without the spends it missed: those pots are confirmed from the ledger again."""
@@ -408,11 +401,11 @@ class FailoverHolds:
         except REDIS_AWAY:
             self._missed |= missed
 
-    async def _remote(self, name: str, *args):
+    async def _remote(self, name: str, *args, **kwargs):
         """The call on Redis; any answer, a refusal such as InsufficientFunds included, means it is up."""
         started = self._clock()
         try:
-            result = await getattr(self.remote, name)(*args)
+            result = await getattr(self.remote, name)(*args, **kwargs)
         except REDIS_AWAY as e:
             self._away(e)
             raise _Away from e
@@ -469,11 +462,9 @@ class FailoverHolds:
     async def confirm(self, pot: str, amount: int, version: int) -> None:
         await self._both("confirm", pot, amount, version)
 
-    async def spend(self, *spends: tuple[str, int]) -> None:
-        await self._both("spend", *spends)
-
-    async def release(self, *request_ids: str) -> None:
-        await self._both("release", *request_ids)
+    async def release(self, *request_ids: str, spends: Sequence[tuple[str, int]] = ()) -> None:
+        if not await self._both("release", *request_ids, spends=spends):
+            self._missed.update(pot for pot, _ in spends)
 
     async def close(self) -> None:
         await self.remote.close()

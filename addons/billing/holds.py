@@ -10,6 +10,7 @@ the request's charge (its release comes with the new balance), or until it expir
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -72,6 +73,20 @@ class Pot:
     confirmed_at: float
     holds: dict[str, tuple[int, float]] = field(default_factory=dict)  # request -> (amount, expires)
     limit: int | None = None  # a limit pot: the limit its confirmed figure was counted down from
+    held: int = 0  # the sum of `holds`, kept as they change: admission reads it, never sums
+    expiries: list[tuple[float, str]] = field(default_factory=list)  # heap of (expires, request) as added
+
+    def drop(self, request_id: str) -> None:
+        amount, _ = self.holds.pop(request_id, (0, 0.0))
+        self.held -= amount
+
+    def expire(self, now: float) -> None:
+        """Drop the holds whose time is up; a heap entry a later add made stale is skipped."""
+        while self.expiries and self.expiries[0][0] <= now:
+            expires, request_id = heapq.heappop(self.expiries)
+            hold = self.holds.get(request_id)
+            if hold is not None and hold[1] <= now:
+                self.drop(request_id)
 
 
 class HoldBook:
@@ -140,11 +155,8 @@ class HoldBook:
 
     def available(self, pot: str) -> int:
         known = self._pots[pot]
-        now = self._clock()
-        expired = [rid for rid, (_, expires) in known.holds.items() if expires <= now]
-        for request_id in expired:
-            del known.holds[request_id]
-        return known.confirmed - sum(amount for amount, _ in known.holds.values())
+        known.expire(self._clock())
+        return known.confirmed - known.held
 
     def hold(self, request_id: str, amounts: dict[str, int], buckets: Sequence[Bucket] = (),
              limits: dict[str, int] | None = None) -> list[BucketState]:
@@ -168,9 +180,16 @@ class HoldBook:
         if known is None or amount <= 0:
             return
         held, _ = known.holds.get(request_id, (0, 0.0))
-        known.holds[request_id] = (held + amount, self._clock() + self._hold_ttl)
+        expires = self._clock() + self._hold_ttl
+        known.holds[request_id] = (held + amount, expires)
+        known.held += amount
+        heapq.heappush(known.expiries, (expires, request_id))
+        if len(known.expiries) > 4 * len(known.holds) + 64:  # released holds' entries: rebuild, amortised O(1)
+            known.expiries = [(until, rid) for rid, (_, until) in known.holds.items()]
+            heapq.heapify(known.expiries)
         self._requests.setdefault(request_id, []).append(pot)
 
     def release(self, request_id: str) -> None:
         for pot in self._requests.pop(request_id, ()):
-            self._pots[pot].holds.pop(request_id, None)
+            if (known := self._pots.get(pot)) is not None:
+                known.drop(request_id)

@@ -12,6 +12,7 @@ by the difference, in the same atomic call (holds in flight and spends so far st
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,11 +22,12 @@ from zoneinfo import ZoneInfo
 from addons.billing.holds import Bucket, BucketState
 from addons.billing.plan import BillingPlan
 from addons.core.errors import PaymentRequired, TooManyRequests
-from addons.core.limits import TO_LAVA, Limits, Period, PeriodClock, go_duration
-from addons.ledger.accounts import customer_period_spend, key_period_use
+from addons.core.limits import TO_LAVA, Limits, Period, PeriodClock, epoch, go_duration
+from addons.ledger.accounts import CustomerRecord, customer_period_spend, key_period_use
 from pricing.money import format_usd
 
 KEY_SPEND, KEY_REQUESTS, CUSTOMER_SPEND = "key_spend", "key_requests", "customer_spend"
+CACHED_OWNERS = 10_000  # keys and customers whose current pots are kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,29 +52,50 @@ class RequestLimits:
     def __init__(self, zone: ZoneInfo, clock: Callable[[], float] = time.time):
         self.periods = PeriodClock(zone)
         self.clock = clock
+        # (owner, its limits) -> (valid from, valid until, its pots): built once per period, not per request
+        self._pots: dict[tuple, tuple[float, float, list[LimitPot]]] = {}
 
     def pots(self, plan: BillingPlan) -> list[LimitPot]:
         """The spend and request limits `plan`'s request counts against, in their current periods."""
-        pots = []
         now = self.clock()
-        key, limits = plan.key, plan.key.limits
-        if key.key_id is not None and limits.any:
-            if limits.spend_limit_nanos is not None:
-                period = self.periods.period(limits.spend_cycle, now)
-                pots.append(_period_limit(f"key:{key.key_id}", KEY_SPEND, limits.spend_limit_nanos, limits.spend_cycle,
-                                          period, _used(key_period_use, 0, key.key_id, period)))
-            if limits.request_limit is not None:
-                period = self.periods.period(limits.request_cycle, now)
-                pots.append(_period_limit(f"key:{key.key_id}", KEY_REQUESTS, limits.request_limit,
-                                          limits.request_cycle, period, _used(key_period_use, 1, key.key_id, period)))
-        customer = plan.customer
+        key, customer = plan.key, plan.customer
+        found: list[LimitPot] = []
+        if key.key_id is not None and (key.limits.spend_limit_nanos is not None or key.limits.request_limit is not None):
+            found += self._cached((key.key_id, key.limits), now, lambda: self._key_pots(key.key_id, key.limits, now))
         if customer is not None and plan.bill_customer and customer.limits.spend_limit_nanos is not None:
-            cycle = customer.limits.spend_cycle
-            period = self.periods.period(cycle, now)
-            pots.append(_period_limit(
-                f"cus:{customer.wallet_id}", CUSTOMER_SPEND, customer.limits.spend_limit_nanos, cycle, period,
-                lambda: customer_period_spend(plan.key.account_id, customer.customer_id, period.start)))
+            found += self._cached((customer.wallet_id, customer.limits), now,
+                                  lambda: self._customer_pots(plan.key.account_id, customer, now))
+        return found
+
+    def _cached(self, owner: tuple, now: float, make: Callable[[], list[LimitPot]]) -> list[LimitPot]:
+        known = self._pots.get(owner)
+        if known is not None and known[0] <= now < known[1]:
+            return known[2]
+        pots = make()
+        starts = [epoch(pot.period.start) for pot in pots if pot.period.start is not None]
+        ends = [epoch(pot.period.reset) for pot in pots if pot.period.reset is not None]
+        if len(self._pots) > CACHED_OWNERS:
+            self._pots.clear()
+        self._pots[owner] = (max(starts, default=-math.inf), min(ends, default=math.inf), pots)
         return pots
+
+    def _key_pots(self, key_id: str, limits: Limits, now: float) -> list[LimitPot]:
+        pots = []
+        if limits.spend_limit_nanos is not None:
+            period = self.periods.period(limits.spend_cycle, now)
+            pots.append(_period_limit(f"key:{key_id}", KEY_SPEND, limits.spend_limit_nanos, limits.spend_cycle,
+                                      period, _used(key_period_use, 0, key_id, period)))
+        if limits.request_limit is not None:
+            period = self.periods.period(limits.request_cycle, now)
+            pots.append(_period_limit(f"key:{key_id}", KEY_REQUESTS, limits.request_limit, limits.request_cycle,
+                                      period, _used(key_period_use, 1, key_id, period)))
+        return pots
+
+    def _customer_pots(self, account_id: str, customer: CustomerRecord, now: float) -> list[LimitPot]:
+        cycle = customer.limits.spend_cycle
+        period = self.periods.period(cycle, now)
+        return [_period_limit(f"cus:{customer.wallet_id}", CUSTOMER_SPEND, customer.limits.spend_limit_nanos, cycle,
+                              period, lambda: customer_period_spend(account_id, customer.customer_id, period.start))]
 
     @staticmethod
     def buckets(plan: BillingPlan, tokens: Callable[[], int]) -> list[Bucket]:
@@ -136,16 +159,24 @@ def _retry_after(period: Period, now: float) -> dict[str, str] | None:
     return {"retry-after": str(max(int(period.reset.replace(tzinfo=UTC).timestamp() - now) + 1, 1))}
 
 
-def rate_headers(buckets: list[Bucket], states: list[BucketState]) -> dict[str, str]:
-    """OpenAI's x-ratelimit-* headers from the first requests bucket and the first tokens bucket."""
-    headers: dict[str, str] = {}
+_HEADER_NAMES = {kind: tuple(f"x-ratelimit-{what}-{kind}".encode() for what in ("limit", "remaining", "reset"))
+                 for kind in ("requests", "tokens")}
+RATE_HEADER_PREFIX = b"x-ratelimit-"
+
+
+def rate_headers(buckets: list[Bucket], states: list[BucketState]) -> tuple[tuple[bytes, bytes], ...]:
+    """OpenAI's x-ratelimit-* headers (as raw header fields) from the first requests bucket and the first tokens
+    bucket."""
+    fields: list[tuple[bytes, bytes]] = []
+    seen = set()
     for bucket, state in zip(buckets, states, strict=False):
         kind = "requests" if bucket.name.startswith("rpm:") else "tokens"
-        if f"x-ratelimit-limit-{kind}" not in headers:
-            headers[f"x-ratelimit-limit-{kind}"] = str(bucket.per_minute)
-            headers[f"x-ratelimit-remaining-{kind}"] = str(state.remaining)
-            headers[f"x-ratelimit-reset-{kind}"] = go_duration(state.reset_ms)
-    return headers
+        if kind not in seen:
+            seen.add(kind)
+            limit, remaining, reset = _HEADER_NAMES[kind]
+            fields += ((limit, str(bucket.per_minute).encode()), (remaining, str(state.remaining).encode()),
+                       (reset, go_duration(state.reset_ms).encode()))
+    return tuple(fields)
 
 
 def rate_limited(bucket: Bucket, retry_after_ms: int, remaining: int) -> TooManyRequests:

@@ -91,14 +91,15 @@ class PeriodClock:
 
     def period(self, cycle: str, now: float) -> Period:
         known = self._current.get(cycle)
-        if known is not None and now < known[0] and (known[1].start is None or now >= _epoch(known[1].start)):
+        if known is not None and now < known[0] and (known[1].start is None or now >= epoch(known[1].start)):
             return known[1]
         current = period_of(cycle, datetime.fromtimestamp(now, UTC), self.zone)
-        self._current[cycle] = (_epoch(current.reset) if current.reset else float("inf"), current)
+        self._current[cycle] = (epoch(current.reset) if current.reset else float("inf"), current)
         return current
 
 
-def _epoch(naive_utc: datetime) -> float:
+def epoch(naive_utc: datetime) -> float:
+    """A naive UTC time (as the ledger and Period hold them) as epoch seconds."""
     return naive_utc.replace(tzinfo=UTC).timestamp()
 
 

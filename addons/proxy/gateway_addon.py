@@ -28,7 +28,7 @@ from addons.billing import price_guard
 from addons.billing.autopay import AutoTopUp
 from addons.billing.cashier import Cashier
 from addons.billing.charges import apply_charges, is_billable
-from addons.billing.limits import RequestLimits
+from addons.billing.limits import RATE_HEADER_PREFIX, RequestLimits
 from addons.billing.plan import plan_for
 from addons.core.catalog import Catalog, Provider
 from addons.core.errors import GatewayError, NotFound, ProviderNotConfigured, ShuttingDown
@@ -401,8 +401,11 @@ class Gateway:
         response = flow.response
         for name in REQUEST_ID_HEADERS:
             response.headers[name] = state.request_id
-        if state.rate_headers:
-            response.headers.update(state.rate_headers)
+        if state.rate_headers:  # the key's limits replace the provider's own (raw fields: no per-header parsing)
+            fields = response.headers.fields
+            if any(name[:12].lower() == RATE_HEADER_PREFIX for name, _ in fields):
+                fields = tuple(field for field in fields if field[0][:12].lower() != RATE_HEADER_PREFIX)
+            response.headers.fields = fields + state.rate_headers
         is_stream = response.headers.get("content-type", "").startswith("text/event-stream")
         if response.status_code < 400 and (is_stream or state.reader.stream_requested):
             response.stream = StreamTap(state.reader)

@@ -32,7 +32,7 @@ class Pending:
     reader: UsageReader
     metadata: dict[str, str] | None
     streamed: bool = False
-    rate_headers: dict[str, str] | None = None  # x-ratelimit-* of the key's or customer's rate limits
+    rate_headers: tuple[tuple[bytes, bytes], ...] | None = None  # x-ratelimit-* of the key's or customer's rate limits
 
     @property
     def created_at(self) -> datetime:
