@@ -25,7 +25,7 @@ from mitmproxy.utils.asyncio_utils import create_task
 from addons.auth.account_cache import AccountCache
 from addons.billing.charges import RequestCharges, request_charges
 from addons.billing.hold_stores import FailoverHolds, LocalHolds, RedisHolds
-from addons.billing.holds import Bucket, InsufficientFunds, RateLimited
+from addons.billing.holds import Bucket, InsufficientFunds, RateLimited, WalletEmpty, WalletStale
 from addons.billing.limits import (
     CUSTOMER_SPEND,
     KEY_REQUESTS,
@@ -50,6 +50,11 @@ ADD_LINGER = 0.002  # seconds incurred costs wait to share one hot-store call
 TRUE_UP_LINGER = 0.05  # seconds tokens-per-minute true-ups wait to share one (a minute's bucket barely moves)
 PENDING_MAX = 100_000  # requests whose limits await their commit; beyond, the oldest are forgotten (never committed)
 log = logging.getLogger(__name__)
+
+
+def _wallet_empty(available: int) -> PaymentRequired:
+    return PaymentRequired("insufficient_balance",
+                           f"wallet balance is {format_usd(available)} USD; top it up to continue")
 
 
 def _log_failure(task) -> None:
@@ -121,23 +126,19 @@ class Cashier:
         """Raise PaymentRequired or TooManyRequests, or hold the request's worst case in every pot that pays
         for it or limits it; returns the x-ratelimit-* headers of its rate limits, if it has any."""
         merchant = plan.key.wallet_id
-        available = await self.holds.fresh_available(merchant, self.freshness)  # one round trip when fresh
-        if available is None:
-            await self._fresh_wallet(merchant, force=True)
-            available = await self.holds.available(merchant)
-        if plan.merchant_pays_provider and available <= 0:
-            raise PaymentRequired(
-                "insufficient_balance", f"wallet balance is {format_usd(available)} USD; top it up to continue"
-            )
         capped = plan.token is not None and plan.token.spend_cap_nanos is not None
         limited = plan.key.limits.any or plan.customer is not None
         if not (plan.bill_customer or capped or limited):
+            available = await self.holds.fresh_available(merchant, self.freshness)  # one round trip when fresh
+            if available is None:
+                await self._fresh_wallet(merchant, force=True)
+                available = await self.holds.available(merchant)
+            if plan.merchant_pays_provider and available <= 0:
+                raise _wallet_empty(available)
             return None
         limit_pots = self.limits.pots(plan) if limited else []
         worst_usage = self.worst_case_usage(reader)
         buckets = self.limits.buckets(plan, lambda: worst_usage.input_tokens + worst_usage.output_tokens)
-        if not (plan.bill_customer or capped or limit_pots or buckets):
-            return None
         if buckets and (too_large := self.limits.too_large(buckets)):
             raise too_large
         pots: dict[str, int] = {}
@@ -163,18 +164,30 @@ class Cashier:
             amount = 1 if limit.what == KEY_REQUESTS else merchant_amount if limit.what == KEY_SPEND else payer_amount
             pots[limit.name] = max(amount, 1)  # a spent limit admits nothing, even a free-looking request
             limits[limit.name] = limit.limit
+        # the merchant's wallet is checked in the same call: positive when it pays the provider, and fresh
+        wallet = (merchant, self.freshness, plan.merchant_pays_provider)
         try:
-            try:
-                states = await self.holds.hold(request_id, pots, buckets, limits)
-            except KeyError:  # the hot store lost a pot (flushed): confirm it from the ledger again
-                if plan.bill_customer:
-                    await self._fresh_wallet(plan.customer.wallet_id, plan.customer.overdraft_limit_nanos, force=True)
-                if capped:
-                    await self._known_token(f"token:{plan.token.token_id}", plan.token.token_id,
-                                            plan.token.spend_cap_nanos)
-                for limit in limit_pots:
-                    await self._known_limit(limit, force=True)
-                states = await self.holds.hold(request_id, pots, buckets, limits)
+            states = None
+            for retry in range(3):
+                try:
+                    states = await self.holds.hold(request_id, pots, buckets, limits, wallet)
+                    break
+                except WalletStale:
+                    await self._fresh_wallet(merchant, force=True)
+                    wallet = (merchant, math.inf, plan.merchant_pays_provider)  # as read (or kept in an outage)
+                except KeyError:  # the hot store lost a pot (flushed): confirm it from the ledger again
+                    if plan.bill_customer:
+                        await self._fresh_wallet(plan.customer.wallet_id, plan.customer.overdraft_limit_nanos,
+                                                 force=True)
+                    if capped:
+                        await self._known_token(f"token:{plan.token.token_id}", plan.token.token_id,
+                                                plan.token.spend_cap_nanos)
+                    for limit in limit_pots:
+                        await self._known_limit(limit, force=True)
+            if states is None:
+                raise LedgerUnavailable("ledger_unavailable", "balances could not be confirmed; retry")
+        except WalletEmpty as e:
+            raise _wallet_empty(e.available) from None
         except InsufficientFunds as e:
             if limit := next((limit for limit in limit_pots if limit.name == e.pot), None):
                 raise self.limits.reached(limit, e.available) from None

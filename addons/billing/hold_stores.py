@@ -25,7 +25,7 @@ from mitmproxy.utils.asyncio_utils import create_task
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from addons.billing.holds import Bucket, BucketState, HoldBook, InsufficientFunds, RateLimited
+from addons.billing.holds import Bucket, BucketState, HoldBook, InsufficientFunds, RateLimited, WalletEmpty, WalletStale
 
 log = logging.getLogger(__name__)
 REDIS_AWAY = (RedisConnectionError, RedisTimeoutError)
@@ -57,8 +57,9 @@ class LocalHolds:
         return self.book.available(pot) if self.book.is_fresh(pot, max_age) else None
 
     async def hold(self, request_id: str, amounts: dict[str, int], buckets: Sequence[Bucket] = (),
-                   limits: dict[str, int] | None = None) -> list[BucketState]:
-        return self.book.hold(request_id, amounts, buckets, limits)
+                   limits: dict[str, int] | None = None, wallet: tuple[str, float, bool] | None = None
+                   ) -> list[BucketState]:
+        return self.book.hold(request_id, amounts, buckets, limits, wallet)
 
     async def true_up(self, *changes: tuple[Bucket, int]) -> None:
         for bucket, delta in changes:
@@ -117,11 +118,21 @@ end
 """
 
 # ARGV: prefix, now_ms, ttl_ms, request_id, n, then n triples of (pot, amount, limit or -1), m, then m quads
-# of (bucket, per_minute, capacity, cost): every pot held and every bucket taken from, or none. Answers {1,
-# then each bucket's remaining and reset_ms}, {0, pot index, available}, {-1, pot index} (unconfirmed) or
-# {2, bucket index, retry_after_ms, remaining}. A limit pot whose limit changed moves by the difference first.
+# of (bucket, per_minute, capacity, cost), then the merchant's wallet ('' for none), its max age in ms (-1: any)
+# and 1 if it must be positive: every pot held and every bucket taken from, or none. Answers {1, then each
+# bucket's remaining and reset_ms}, {0, pot index, available}, {-1, pot index} (unconfirmed), {2, bucket index,
+# retry_after_ms, remaining}, {-3} (the wallet's figure is too old) or {-4, available} (the wallet is empty).
+# A limit pot whose limit changed moves by the difference first.
 _HOLD = _POTS + """
 local now, ttl, rid, n = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
+local m = tonumber(ARGV[6 + 3 * n] or '0')
+local w = 7 + 3 * n + 4 * m
+if ARGV[w] and ARGV[w] ~= '' then
+  local at = redis.call('HGET', k('pot', ARGV[w]), 't')
+  if (not at) or (tonumber(ARGV[w + 1]) >= 0 and now - tonumber(at) >= tonumber(ARGV[w + 1])) then return {-3} end
+  local wallet = available(ARGV[w], now)
+  if ARGV[w + 2] == '1' and wallet <= 0 then return {-4, wallet} end
+end
 if redis.call('EXISTS', k('done', rid)) == 1 then return {1} end
 for i = 0, n - 1 do
   local pot, amount, limit = ARGV[6 + 3 * i], tonumber(ARGV[7 + 3 * i]), tonumber(ARGV[8 + 3 * i])
@@ -139,7 +150,6 @@ for i = 0, n - 1 do
   if amount > available then return {0, i, available} end
 end
 local base, levels = 6 + 3 * n, {}
-local m = tonumber(ARGV[base] or '0')
 for j = 0, m - 1 do
   local at = base + 1 + 4 * j
   local rate, cap, cost = tonumber(ARGV[at + 1]) / 60000, tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
@@ -300,7 +310,8 @@ class RedisHolds:
         return None if value is None else int(value)
 
     async def hold(self, request_id: str, amounts: dict[str, int], buckets: Sequence[Bucket] = (),
-                   limits: dict[str, int] | None = None) -> list[BucketState]:
+                   limits: dict[str, int] | None = None, wallet: tuple[str, float, bool] | None = None
+                   ) -> list[BucketState]:
         pots = list(amounts.items())
         args = [self.prefix, self._now(), self.ttl_ms, request_id, len(pots)]
         for pot, amount in pots:
@@ -308,8 +319,15 @@ class RedisHolds:
         args.append(len(buckets))
         for bucket in buckets:
             args += [bucket.name, bucket.per_minute, bucket.capacity, bucket.cost]
+        if wallet is not None:
+            pot, max_age, positive = wallet
+            args += [pot, -1 if max_age == math.inf else int(max_age * 1000), int(positive)]
         result = await self._hold(args=args)
         outcome = int(result[0])
+        if outcome == -3:
+            raise WalletStale(wallet[0])
+        if outcome == -4:
+            raise WalletEmpty(int(result[1]))
         if outcome == -1:  # flushed between the cashier's confirm and this hold
             raise KeyError(pots[int(result[1])][0])
         if outcome == 0:
@@ -442,8 +460,9 @@ class FailoverHolds:
         return await self._one("fresh_available", pot, max_age)
 
     async def hold(self, request_id: str, amounts: dict[str, int], buckets: Sequence[Bucket] = (),
-                   limits: dict[str, int] | None = None) -> list[BucketState]:
-        return await self._one("hold", request_id, amounts, buckets, limits)
+                   limits: dict[str, int] | None = None, wallet: tuple[str, float, bool] | None = None
+                   ) -> list[BucketState]:
+        return await self._one("hold", request_id, amounts, buckets, limits, wallet)
 
     async def true_up(self, *changes: tuple[Bucket, int]) -> None:
         await self._one("true_up", *changes)

@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
 class InsufficientFunds(Exception):
@@ -24,8 +25,7 @@ class InsufficientFunds(Exception):
         self.available = available
 
 
-@dataclass(frozen=True, slots=True)
-class Bucket:
+class Bucket(NamedTuple):  # tuples: made for every rate-limited request, where a dataclass costs more
     """A rate limit's token bucket: `per_minute` flows back in a minute, up to `capacity`; a request takes `cost`."""
 
     name: str
@@ -39,12 +39,21 @@ class Bucket:
         return self.per_minute / 60000
 
 
-@dataclass(frozen=True, slots=True)
-class BucketState:
+class BucketState(NamedTuple):
     """After a request took its share: what is left, and in how many ms the bucket is full again."""
 
     remaining: int
     reset_ms: int
+
+
+class WalletStale(Exception):
+    """The merchant's wallet was confirmed too long ago to admit against: read it from the ledger again."""
+
+
+class WalletEmpty(Exception):
+    def __init__(self, available: int):
+        super().__init__(available)
+        self.available = available
 
 
 class RateLimited(Exception):
@@ -159,10 +168,17 @@ class HoldBook:
         return known.confirmed - known.held
 
     def hold(self, request_id: str, amounts: dict[str, int], buckets: Sequence[Bucket] = (),
-             limits: dict[str, int] | None = None) -> list[BucketState]:
+             limits: dict[str, int] | None = None, wallet: tuple[str, float, bool] | None = None) -> list[BucketState]:
         """Reserve in every pot and take from every bucket, or do neither; InsufficientFunds names the first
         pot short, RateLimited the first bucket. KeyError: a pot never confirmed. `limits`: the limit pots'
-        limits as they stand now (relimit)."""
+        limits as they stand now (relimit). `wallet`: (the merchant's wallet, how old its figure may be, whether
+        it must be positive) checked first: WalletStale, WalletEmpty."""
+        if wallet is not None:
+            pot, max_age, positive = wallet
+            if not self.is_fresh(pot, max_age):
+                raise WalletStale(pot)
+            if positive and (available := self.available(pot)) <= 0:
+                raise WalletEmpty(available)
         for pot, limit in (limits or {}).items():
             self.relimit(pot, limit)
         for pot, amount in amounts.items():

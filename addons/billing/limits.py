@@ -54,6 +54,7 @@ class RequestLimits:
         self.clock = clock
         # (owner, its limits) -> (valid from, valid until, its pots): built once per period, not per request
         self._pots: dict[tuple, tuple[float, float, list[LimitPot]]] = {}
+        self._buckets: dict[tuple[str, Limits], tuple[Bucket | None, Bucket | None]] = {}  # (owner, limits) ->
 
     def pots(self, plan: BillingPlan) -> list[LimitPot]:
         """The spend and request limits `plan`'s request counts against, in their current periods."""
@@ -97,16 +98,26 @@ class RequestLimits:
         return [_period_limit(f"cus:{customer.wallet_id}", CUSTOMER_SPEND, customer.limits.spend_limit_nanos, cycle,
                               period, lambda: customer_period_spend(account_id, customer.customer_id, period.start))]
 
-    @staticmethod
-    def buckets(plan: BillingPlan, tokens: Callable[[], int]) -> list[Bucket]:
+    def buckets(self, plan: BillingPlan, tokens: Callable[[], int]) -> list[Bucket]:
         """Requests and tokens per minute of the key and the customer; `tokens`: the request's reservation."""
         found = []
-        for owner, limits in _rate_limited(plan):
-            if limits.rpm is not None:
-                found.append(Bucket(f"rpm:{owner}", limits.rpm, limits.burst or limits.rpm, 1))
-            if limits.tpm is not None:
-                found.append(Bucket(f"tpm:{owner}", limits.tpm, limits.tpm, tokens()))
+        for owner in _rate_limited(plan):
+            rpm, tpm = self._buckets.get(owner) or self._remember_buckets(owner)
+            if rpm is not None:
+                found.append(rpm)
+            if tpm is not None:
+                found.append(tpm._replace(cost=tokens()))
         return found
+
+    def _remember_buckets(self, owner: tuple[str, Limits]) -> tuple[Bucket | None, Bucket | None]:
+        """An owner's buckets (the tokens one without its cost), made once per owner and limits."""
+        name, limits = owner
+        rpm = None if limits.rpm is None else Bucket(f"rpm:{name}", limits.rpm, limits.burst or limits.rpm, 1)
+        tpm = None if limits.tpm is None else Bucket(f"tpm:{name}", limits.tpm, limits.tpm, 0)
+        if len(self._buckets) > CACHED_OWNERS:
+            self._buckets.clear()
+        self._buckets[owner] = rpm, tpm
+        return rpm, tpm
 
     @staticmethod
     def too_large(buckets: list[Bucket]) -> TooManyRequests | None:
@@ -145,9 +156,9 @@ def _used(read, index: int, key_id: str, period: Period):
 
 def _rate_limited(plan: BillingPlan) -> list[tuple[str, Limits]]:
     owners = []
-    if plan.key.key_id is not None and (plan.key.limits.rpm is not None or plan.key.limits.tpm is not None):
-        owners.append((f"key:{plan.key.key_id}", plan.key.limits))
-    customer = plan.customer
+    key, customer = plan.key, plan.customer
+    if key.key_id is not None and (key.limits.rpm is not None or key.limits.tpm is not None):
+        owners.append((f"key:{key.key_id}", key.limits))
     if customer is not None and (customer.limits.rpm is not None or customer.limits.tpm is not None):
         owners.append((f"cus:{customer.wallet_id}", customer.limits))
     return owners
