@@ -79,7 +79,7 @@ class Cashier:
         self.open_holds: dict[str, tuple[int, float]] = {}
         self._adds: list[tuple[str, str, int]] = []  # (request id, merchant wallet, amount), not yet sent
         self._confirmed_limits: set[str] = set()  # limit pots this process confirmed (the hot store keeps them)
-        self._limit_pots: dict[str, tuple[tuple[str, str], ...]] = {}  # request id -> its (pot, what), till commit
+        self._limit_pots: dict[str, list[LimitPot]] = {}  # request id -> the limits it holds against, till commit
         self._tokens_held: dict[str, tuple[list[Bucket], int]] = {}  # request id -> tokens-per-minute reservation
         self._true_ups: list[tuple[Bucket, int]] = []  # not yet sent
 
@@ -203,9 +203,8 @@ class Cashier:
         if pots:
             self.open_holds[request_id] = (max(pots.values()), time.monotonic() + self.settings.hold_ttl_seconds)
         if limit_pots:
-            self._remember(self._limit_pots, request_id, tuple((limit.name, limit.what) for limit in limit_pots))
-        tokens_held = [bucket for bucket in buckets if bucket.name.startswith("tpm:")]
-        if tokens_held:
+            self._remember(self._limit_pots, request_id, limit_pots)  # the limits' own (cached) list
+        if buckets and (tokens_held := [bucket for bucket in buckets if bucket.name[0] == "t"]):  # tpm:...
             self._remember(self._tokens_held, request_id, (tokens_held, tokens_held[0].cost))
         if plan.bill_customer:
             expires = datetime.now(UTC).replace(tzinfo=None) + timedelta(seconds=self.settings.hold_ttl_seconds)
@@ -274,9 +273,10 @@ class Cashier:
         for token_id, amount in report.token_charges.items():
             spends[f"token:{token_id}"] += amount
         for record in report.written:
-            for pot, what in self._limit_pots.pop(record.id, ()):
+            for limit in self._limit_pots.pop(record.id, ()):
                 fees = report.fees.get(record.id)
-                spends[pot] += 1 if what == KEY_REQUESTS else record.charged_nanos if what == KEY_SPEND else (
+                what = limit.what
+                spends[limit.name] += 1 if what == KEY_REQUESTS else record.charged_nanos if what == KEY_SPEND else (
                     fees.fee_nanos if fees and what == CUSTOMER_SPEND else 0)
         for request_id in report.request_ids:
             self.open_holds.pop(request_id, None)

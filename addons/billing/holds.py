@@ -144,17 +144,23 @@ class HoldBook:
             known.limit = limit
 
     def take(self, buckets: Sequence[Bucket]) -> list[BucketState]:
-        """Each bucket's cost from it, or RateLimited naming the first without enough and nothing taken."""
+        """Each bucket's cost from it, or RateLimited naming the first without enough and nothing taken.
+        (refill and state_after, written out: this runs for every rate-limited request.)"""
         now = self._clock() * 1000
+        known = self._buckets
         levels = []
-        for bucket in buckets:
-            level = refill(*self._buckets.get(bucket.name, (None, now)), now, bucket)
-            if bucket.cost > level:
-                raise RateLimited(bucket.name, math.ceil((bucket.cost - level) / bucket.rate), max(math.floor(level), 0))
-            levels.append(level - bucket.cost)
-        for bucket, level in zip(buckets, levels, strict=True):
-            self._buckets[bucket.name] = (level, now)
-        return [state_after(level, bucket) for bucket, level in zip(buckets, levels, strict=True)]
+        for name, per_minute, capacity, cost in buckets:
+            state = known.get(name)
+            level = capacity if state is None else min(capacity, state[0] + max(now - state[1], 0.0) * per_minute / 60000)
+            if cost > level:
+                raise RateLimited(name, math.ceil((cost - level) * 60000 / per_minute), max(math.floor(level), 0))
+            levels.append(level - cost)
+        states = []
+        for (name, per_minute, capacity, _), level in zip(buckets, levels, strict=True):
+            known[name] = (level, now)
+            states.append(BucketState(math.floor(level) if level > 0 else 0,
+                                      math.ceil((capacity - level) * 60000 / per_minute)))
+        return states
 
     def true_up(self, bucket: Bucket, delta: int) -> None:
         """The bucket gives `delta` more (less, if negative) than the request took at admission."""

@@ -180,13 +180,13 @@ def rate_headers(buckets: list[Bucket], states: list[BucketState]) -> tuple[tupl
     bucket."""
     fields: list[tuple[bytes, bytes]] = []
     seen = set()
-    for bucket, state in zip(buckets, states, strict=False):
-        kind = "requests" if bucket.name.startswith("rpm:") else "tokens"
+    for bucket, (remaining, reset_ms) in zip(buckets, states, strict=False):
+        kind = "requests" if bucket.name[0] == "r" else "tokens"  # rpm:... or tpm:...
         if kind not in seen:
             seen.add(kind)
-            limit, remaining, reset = _HEADER_NAMES[kind]
-            fields += ((limit, str(bucket.per_minute).encode()), (remaining, str(state.remaining).encode()),
-                       (reset, go_duration(state.reset_ms).encode()))
+            limit, left, reset = _HEADER_NAMES[kind]
+            fields += ((limit, b"%d" % bucket.per_minute), (left, b"%d" % remaining),
+                       (reset, go_duration(reset_ms).encode()))
     return tuple(fields)
 
 
