@@ -58,9 +58,10 @@ LIMIT_COLUMNS = {"spend_limit_nanos": "spend_limit_nanos", "spend_cycle": "spend
 CUSTOMER_LIMITS = ("spend_limit_nanos", "spend_cycle", "rpm", "tpm")
 
 
-def limits_of(row: dict) -> Limits:
-    """The Limits of an ApiKey or Customer row (as a dict); the columns it lacks are None."""
-    return Limits(**{field: row.get(column) for field, column in LIMIT_COLUMNS.items()})
+def limits_of(row) -> Limits:
+    """The Limits of an ApiKey or Customer row, a model or a dict of its columns; the columns it lacks are None."""
+    get = row.get if isinstance(row, dict) else lambda column: getattr(row, column, None)
+    return Limits(**{field: get(column) for field, column in LIMIT_COLUMNS.items()})
 
 
 def limit_columns(limits: Limits) -> dict:
@@ -251,8 +252,7 @@ def find_customer(account_id: str, customer_id: str) -> CustomerRecord | None:
     """A live customer of the account; a deleted one is as unknown (requests naming it are refused)."""
     row = Customer.get_or_none(Customer.account == account_id, Customer.customer_id == customer_id,
                                Customer.deleted_at.is_null())
-    return row and CustomerRecord(row.customer_id, row.wallet_id, row.overdraft_limit_nanos,
-                                  limits_of({column: getattr(row, column) for column in CUSTOMER_LIMITS}))
+    return row and CustomerRecord(row.customer_id, row.wallet_id, row.overdraft_limit_nanos, limits_of(row))
 
 
 def find_meter(account_id: str, slug: str) -> MeterRow | None:

@@ -68,13 +68,13 @@ class CustomerDetail:
 
 def _view(customer: Customer) -> CustomerView:
     view = customer_view(customer)
-    return CustomerView(**{**view, "holds": Holds(**view["holds"])}, limits=limits.customer_limits(customer))
+    return CustomerView(**{**view, "holds": Holds(**view["holds"])}, limits=accounts.limits_of(customer))
 
 
 def limits_view(account: str, customer_id: str) -> limits.LimitsView:
     """The customer's limits with what the current period has used and when it resets."""
     customer = _get(account, customer_id)
-    return limits.customer_view(customer.account_id, customer.customer_id, limits.customer_limits(customer))
+    return limits.customer_view(customer.account_id, customer.customer_id, accounts.limits_of(customer))
 
 
 def _detail(customer: Customer) -> CustomerDetail:
@@ -133,7 +133,7 @@ def update(account: str, customer_id: str, **changes) -> CustomerDetail:
     if "metadata" in columns and columns["metadata"] is not None:
         columns["metadata"] = json.dumps(columns["metadata"])
     if limit_changes := {name: columns.pop(name) for name in LIMITS if name in columns}:
-        merged = limits.apply_changes(limits.customer_limits(customer), limit_changes)
+        merged = limits.apply_changes(accounts.limits_of(customer), limit_changes)
         columns.update(limits.columns(merged, customer=True))
     if "overdraft_limit_nanos" in columns and columns["overdraft_limit_nanos"] is None:
         columns["overdraft_limit_nanos"] = 0

@@ -162,7 +162,7 @@ def _info(row) -> KeyInfo:
     models, providers = accounts.key_scope(row.allowed_models), accounts.key_scope(row.allowed_providers)
     return KeyInfo(row.id, row.name, row.account_name, row.prefix, row.created_at, row.revoked_at, row.role,
                    row.kind, row.status, models or None, providers or None, row.expires_at, row.wallet_id or "",
-                   key_limits.key_limits(row))
+                   accounts.limits_of(row))
 
 
 def list_keys() -> list[KeyInfo]:

@@ -7,10 +7,12 @@ one. A spend or request limit needs its period; clearing a limit clears its peri
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
-from addons.core.limits import CYCLES, NO_LIMITS, Limits, check_cycle, period_of
+from addons.core.limits import CYCLES, Limits, check_cycle, period_of
 from addons.core.settings import load_settings
 from addons.ledger import accounts
 from addons.services.errors import BadRequest
@@ -78,33 +80,29 @@ def columns(limits: Limits, customer: bool = False) -> dict:
     return {name: stored[name] for name in CUSTOMER_LIMIT_CHANGES} if customer else stored
 
 
-def _use(limit: int | None, cycle: str | None, used_since) -> PeriodUse | None:
+def _use(limit: int | None, cycle: str | None, zone: ZoneInfo, used_since) -> PeriodUse | None:
     if limit is None or cycle is None:
         return None
-    period = period_of(cycle, datetime.now(UTC), load_settings().limits.zone)
+    period = period_of(cycle, datetime.now(UTC), zone)
     return PeriodUse(limit, cycle, used_since(period.start), period.start, period.reset)
 
 
 def key_view(key_id: str, limits: Limits) -> LimitsView:
-    """The key's limits with the current periods' use, read from the ledger (committed requests)."""
-    if not limits.any:
+    """The key's limits with the current periods' use, read from the ledger (committed requests): one query per
+    period, spend and requests together when both limits count in the same one."""
+    if limits.spend_limit_nanos is None and limits.request_limit is None:
         return LimitsView(limits, None, None)
-    spend = _use(limits.spend_limit_nanos, limits.spend_cycle, lambda since: accounts.key_period_use(key_id, since)[0])
-    requests = _use(limits.request_limit, limits.request_cycle,
-                    lambda since: accounts.key_period_use(key_id, since)[1])
+    zone = load_settings().limits.zone
+    use = functools.cache(lambda since: accounts.key_period_use(key_id, since))
+    spend = _use(limits.spend_limit_nanos, limits.spend_cycle, zone, lambda since: use(since)[0])
+    requests = _use(limits.request_limit, limits.request_cycle, zone, lambda since: use(since)[1])
     return LimitsView(limits, spend, requests)
 
 
 def customer_view(account_id: str, customer_id: str, limits: Limits) -> LimitsView:
-    spend = _use(limits.spend_limit_nanos, limits.spend_cycle,
+    if limits.spend_limit_nanos is None:
+        return LimitsView(limits, None, None)
+    spend = _use(limits.spend_limit_nanos, limits.spend_cycle, load_settings().limits.zone,
                  lambda since: accounts.customer_period_spend(account_id, customer_id, since))
     return LimitsView(limits, spend, None)
 
-
-def key_limits(row) -> Limits:
-    """The Limits of an ApiKey row."""
-    return accounts.limits_of({column: getattr(row, column) for column in KEY_LIMIT_CHANGES})
-
-
-def customer_limits(row) -> Limits:
-    return accounts.limits_of({column: getattr(row, column) for column in CUSTOMER_LIMIT_CHANGES}) if row else NO_LIMITS
