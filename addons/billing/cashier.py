@@ -37,6 +37,7 @@ from addons.billing.limits import (
 )
 from addons.billing.plan import BillingPlan, byok_fee, worst_case_fee
 from addons.core.errors import LedgerUnavailable, PaymentRequired
+from addons.core.limits import epoch
 from addons.core.settings import BillingSettings
 from addons.ledger.accounts import token_spent, wallet_state
 from addons.ledger.writer import CommitReport, HoldRecord, LedgerWriter
@@ -108,8 +109,7 @@ class Cashier:
             return
         generation = await self.holds.generation(pot.name)
         used = await self.keys.read(pot.used)
-        resets = pot.period.reset.replace(tzinfo=UTC).timestamp() + self.settings.hold_ttl_seconds \
-            if pot.period.reset else None
+        resets = epoch(pot.period.reset) + self.settings.hold_ttl_seconds if pot.period.reset else None
         await self.holds.confirm_new(pot.name, pot.limit - used, generation, resets, pot.limit)
         if len(self._confirmed_limits) > PENDING_MAX:
             self._confirmed_limits.clear()

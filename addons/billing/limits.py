@@ -167,7 +167,7 @@ def _rate_limited(plan: BillingPlan) -> list[tuple[str, Limits]]:
 def _retry_after(period: Period, now: float) -> dict[str, str] | None:
     if period.reset is None:
         return None
-    return {"retry-after": str(max(int(period.reset.replace(tzinfo=UTC).timestamp() - now) + 1, 1))}
+    return {"retry-after": str(max(int(epoch(period.reset) - now) + 1, 1))}
 
 
 _HEADER_NAMES = {kind: tuple(f"x-ratelimit-{what}-{kind}".encode() for what in ("limit", "remaining", "reset"))
