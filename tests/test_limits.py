@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -27,7 +27,11 @@ from tests.harness import shared_redis
 from tests.inprocess_gateway import api_flow
 
 REDIS_DB = 7  # of the machine's Redis, flushed by each test that uses it (bench/run_bench.py uses 9 to 11)
-START = datetime(2026, 12, 5, 12, 0, tzinfo=UTC).timestamp()
+# Noon (UTC) of the day the test runs: the ledger stamps rows with the real time, which must fall in the
+# injected clock's day, and Redis expires a period's pot at its real reset, which must not have passed.
+TODAY = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+START = TODAY.timestamp()
+TOMORROW = (TODAY + timedelta(days=1)).date()
 
 
 def chat(max_tokens: int | None = None) -> bytes:
@@ -125,7 +129,7 @@ def test_a_request_limit_admits_exactly_its_count_in_the_period(drive):
     assert outcome(refused) == 429
     assert error(refused) | {"message": ""} == {
         "type": "rate_limit_error", "code": "request_limit_reached", "message": "", "limit": 3, "used": 3,
-        "limit_period": "daily", "resets_at": "2026-12-06T00:00:00Z"}
+        "limit_period": "daily", "resets_at": f"{TOMORROW}T00:00:00Z"}
     assert refused.response.headers["retry-after"] == str(12 * 3600 + 1)
     d.settle()
     assert RequestRow.select().count() == 3  # the refusal wrote nothing
@@ -139,7 +143,7 @@ def test_a_request_limit_counts_what_the_ledger_holds_when_the_gateway_starts(dr
     key = keys.create_spend_key("team", limits={"request_limit": 2, "request_cycle": "month"})
     d.send(key.secret_key)
     d.settle()
-    gw.cashier._confirmed_limits.clear()  # as a fresh process, on a fresh Redis: read from the ledger again
+    gw.cashier.limits.forget()  # as a fresh process, on a fresh Redis: read from the ledger again
     holds = gw.cashier.holds
     if isinstance(holds, FailoverHolds):
         d.loop.run_until_complete(holds.remote.redis.flushdb())
@@ -247,10 +251,10 @@ def test_rate_limit_refusals_do_not_use_a_request_limit(drive):
 
 # -- calendar periods in the operator's time zone --------------------------------------------------
 
-@pytest.mark.parametrize("cycle, last_moment, next_start", [
-    ("day", "2026-12-05T23:59:59", "2026-12-06T00:00:00"),
-    ("week", "2026-12-06T23:59:59", "2026-12-07T00:00:00"),  # Sunday, then Monday
-    ("month", "2026-12-31T23:59:59", "2027-01-01T00:00:00"),
+@pytest.mark.parametrize("cycle, last_moment, next_start", [  # in the future: Redis expires a pot at its real reset
+    ("day", "2093-12-05T23:59:59", "2093-12-06T00:00:00"),
+    ("week", "2093-12-06T23:59:59", "2093-12-07T00:00:00"),  # Sunday, then Monday
+    ("month", "2093-12-31T23:59:59", "2094-01-01T00:00:00"),
 ])
 def test_periods_reset_at_midnight_in_the_configured_zone(drive, cycle, last_moment, next_start):
     zone = ZoneInfo("America/New_York")  # UTC-5 in December
@@ -275,9 +279,9 @@ def test_period_arithmetic_across_a_dst_change_and_a_year():
     assert week.id == "2026-W53" and week.start == datetime(2026, 12, 27, 23)
     assert period_of("total", datetime.now(UTC), zone).reset is None
     clock = PeriodClock(zone)
-    assert clock.period("day", START).id == "2026-12-05"
-    assert clock.period("day", START + 86400).id == "2026-12-06"
-    assert clock.period("day", START).id == "2026-12-05"  # a clock set back is answered right too
+    assert clock.period("day", START).id == TODAY.date().isoformat()
+    assert clock.period("day", START + 86400).id == TOMORROW.isoformat()
+    assert clock.period("day", START).id == TODAY.date().isoformat()  # a clock set back is answered right too
 
 
 def test_timezone_setting_is_checked():

@@ -31,6 +31,7 @@ from addons.billing.limits import (
     KEY_REQUESTS,
     KEY_SPEND,
     LimitPot,
+    OwnerLimits,
     RequestLimits,
     rate_headers,
     rate_limited,
@@ -79,7 +80,6 @@ class Cashier:
         # request id -> (what it holds of its payer, when the hold expires): the holds in place, for metrics
         self.open_holds: dict[str, tuple[int, float]] = {}
         self._adds: list[tuple[str, str, int]] = []  # (request id, merchant wallet, amount), not yet sent
-        self._confirmed_limits: set[str] = set()  # limit pots this process confirmed (the hot store keeps them)
         self._limit_pots: dict[str, list[LimitPot]] = {}  # request id -> the limits it holds against, till commit
         self._tokens_held: dict[str, tuple[list[Bucket], int]] = {}  # request id -> tokens-per-minute reservation
         self._true_ups: list[tuple[Bucket, int]] = []  # not yet sent
@@ -103,17 +103,15 @@ class Cashier:
             generation = await self.holds.generation(pot)
             await self.holds.confirm_new(pot, cap - await self.keys.read(token_spent, token_id), generation)
 
-    async def _known_limit(self, pot: LimitPot, force: bool = False) -> None:
-        """A limit pot is confirmed from the ledger once (per process), then kept by the commits' spends."""
-        if pot.name in self._confirmed_limits and not force:
-            return
-        generation = await self.holds.generation(pot.name)
-        used = await self.keys.read(pot.used)
-        resets = epoch(pot.period.reset) + self.settings.hold_ttl_seconds if pot.period.reset else None
-        await self.holds.confirm_new(pot.name, pot.limit - used, generation, resets, pot.limit)
-        if len(self._confirmed_limits) > PENDING_MAX:
-            self._confirmed_limits.clear()
-        self._confirmed_limits.add(pot.name)
+    async def _known_limits(self, owner: OwnerLimits) -> None:
+        """An owner's limit pots are confirmed from the ledger once (per process and period), then kept by the
+        commits' spends; again when the hot store lost them."""
+        for pot in owner.pots:
+            generation = await self.holds.generation(pot.name)
+            used = await self.keys.read(pot.used)
+            resets = epoch(pot.period.reset) + self.settings.hold_ttl_seconds if pot.period.reset else None
+            await self.holds.confirm_new(pot.name, pot.limit - used, generation, resets, pot.limit)
+        owner.confirmed = True
 
     def worst_case_usage(self, reader: UsageReader) -> TokenUsage:
         return TokenUsage(
@@ -136,11 +134,19 @@ class Cashier:
             if plan.merchant_pays_provider and available <= 0:
                 raise _wallet_empty(available)
             return None
-        limit_pots = self.limits.pots(plan) if limited else []
+        owners = self.limits.owners(plan) if limited else ()
         worst_usage = self.worst_case_usage(reader)
-        buckets = self.limits.buckets(plan, lambda: worst_usage.input_tokens + worst_usage.output_tokens)
-        if buckets and (too_large := self.limits.too_large(buckets)):
-            raise too_large
+        buckets: list[Bucket] = []
+        tokens_held: list[Bucket] = []
+        for owner in owners:
+            if owner.rpm is not None:
+                buckets.append(owner.rpm)
+            if (tpm := owner.tpm) is not None:
+                reserved = worst_usage.input_tokens + worst_usage.output_tokens
+                if reserved > tpm.capacity:
+                    raise self.limits.too_large(tpm, reserved)
+                tokens_held.append(Bucket(tpm.name, tpm.per_minute, tpm.capacity, reserved))
+                buckets.append(tokens_held[-1])
         pots: dict[str, int] = {}
         if plan.bill_customer or capped:
             merchant_amount, payer_amount = self._worst_charges(plan, reader, worst_usage, cost_of(worst_usage))
@@ -151,19 +157,29 @@ class Cashier:
                 pot = f"token:{plan.token.token_id}"
                 await self._known_token(pot, plan.token.token_id, plan.token.spend_cap_nanos)
                 pots[pot] = max(payer_amount, 1)
-        if any(limit.what != KEY_REQUESTS for limit in limit_pots):
-            # A spend limit must hold: the input held at a bound (no text has more tokens than bytes), not an estimate
-            bound = TokenUsage(input_tokens=max(body_bytes, worst_usage.input_tokens),
-                               output_tokens=worst_usage.output_tokens)
-            merchant_amount, payer_amount = self._worst_charges(plan, reader, bound, cost_of(bound))
-        limits = {}
-        if not self._confirmed_limits.issuperset(limit.name for limit in limit_pots):
+        limit_pots: tuple[LimitPot, ...] = ()
+        limits: dict[str, int] = {}  # pots' limits, where this process holds against them for the first time
+        spends = False
+        for owner in owners:
+            if not owner.pots or (owner.pots[0].what == CUSTOMER_SPEND and not plan.bill_customer):
+                continue
+            if not owner.confirmed:  # new to this process, or its limits or period changed
+                await self._known_limits(owner)
+                limits.update(owner.limit_of)  # a changed limit moves its pot's room (relimit)
+            limit_pots += owner.pots
+            spends = spends or owner.spends
+        if limit_pots:
+            if spends:
+                # A spend limit must hold: the input held at a bound (no text has more tokens than bytes), not an
+                # estimate
+                bound = TokenUsage(input_tokens=max(body_bytes, worst_usage.input_tokens),
+                                   output_tokens=worst_usage.output_tokens)
+                merchant_amount, payer_amount = self._worst_charges(plan, reader, bound, cost_of(bound))
             for limit in limit_pots:
-                await self._known_limit(limit)
-        for limit in limit_pots:
-            amount = 1 if limit.what == KEY_REQUESTS else merchant_amount if limit.what == KEY_SPEND else payer_amount
-            pots[limit.name] = max(amount, 1)  # a spent limit admits nothing, even a free-looking request
-            limits[limit.name] = limit.limit
+                what = limit.what
+                # a spent limit admits nothing, even a free-looking request
+                pots[limit.name] = 1 if what == KEY_REQUESTS else max(
+                    merchant_amount if what == KEY_SPEND else payer_amount, 1)
         # the merchant's wallet is checked in the same call: positive when it pays the provider, and fresh
         wallet = (merchant, self.freshness, plan.merchant_pays_provider)
         try:
@@ -182,8 +198,8 @@ class Cashier:
                     if capped:
                         await self._known_token(f"token:{plan.token.token_id}", plan.token.token_id,
                                                 plan.token.spend_cap_nanos)
-                    for limit in limit_pots:
-                        await self._known_limit(limit, force=True)
+                    for owner in owners:
+                        await self._known_limits(owner)
             if states is None:
                 raise LedgerUnavailable("ledger_unavailable", "balances could not be confirmed; retry")
         except WalletEmpty as e:
@@ -203,8 +219,8 @@ class Cashier:
         if pots:
             self.open_holds[request_id] = (max(pots.values()), time.monotonic() + self.settings.hold_ttl_seconds)
         if limit_pots:
-            self._remember(self._limit_pots, request_id, limit_pots)  # the limits' own (cached) list
-        if buckets and (tokens_held := [bucket for bucket in buckets if bucket.name[0] == "t"]):  # tpm:...
+            self._remember(self._limit_pots, request_id, limit_pots)
+        if tokens_held:
             self._remember(self._tokens_held, request_id, (tokens_held, tokens_held[0].cost))
         if plan.bill_customer:
             expires = datetime.now(UTC).replace(tzinfo=None) + timedelta(seconds=self.settings.hold_ttl_seconds)

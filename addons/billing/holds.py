@@ -14,7 +14,7 @@ import heapq
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 
@@ -80,22 +80,16 @@ class Pot:
     confirmed: int
     version: int
     confirmed_at: float
-    holds: dict[str, tuple[int, float]] = field(default_factory=dict)  # request -> (amount, expires)
     limit: int | None = None  # a limit pot: the limit its confirmed figure was counted down from
-    held: int = 0  # the sum of `holds`, kept as they change: admission reads it, never sums
-    expiries: list[tuple[float, str]] = field(default_factory=list)  # heap of (expires, request) as added
+    held: int = 0  # the sum of the holds in place on it, kept as they change: admission reads it, never sums
 
-    def drop(self, request_id: str) -> None:
-        amount, _ = self.holds.pop(request_id, (0, 0.0))
-        self.held -= amount
 
-    def expire(self, now: float) -> None:
-        """Drop the holds whose time is up; a heap entry a later add made stale is skipped."""
-        while self.expiries and self.expiries[0][0] <= now:
-            expires, request_id = heapq.heappop(self.expiries)
-            hold = self.holds.get(request_id)
-            if hold is not None and hold[1] <= now:
-                self.drop(request_id)
+@dataclass(slots=True)
+class RequestHolds:
+    """What one request holds: on which pots and how much, until when (its latest hold's time is up)."""
+
+    expires: float
+    amounts: list[tuple[Pot, int]]
 
 
 class HoldBook:
@@ -103,7 +97,8 @@ class HoldBook:
         self._hold_ttl = hold_ttl
         self._clock = clock
         self._pots: dict[str, Pot] = {}
-        self._requests: dict[str, list[str]] = {}
+        self._requests: dict[str, RequestHolds] = {}
+        self._expiries: list[tuple[float, str]] = []  # heap of (expires, request) as held; stale entries skipped
         self._spent: dict[str, int] = {}  # pot -> all spent on it, confirmed or not (confirm_new's generation)
         self._buckets: dict[str, tuple[float, float]] = {}  # bucket -> (level, at in ms)
 
@@ -143,24 +138,29 @@ class HoldBook:
             known.confirmed += limit - known.limit
             known.limit = limit
 
-    def take(self, buckets: Sequence[Bucket]) -> list[BucketState]:
+    def take(self, buckets: Sequence[Bucket], now: float | None = None) -> list[BucketState]:
         """Each bucket's cost from it, or RateLimited naming the first without enough and nothing taken.
-        (refill and state_after, written out: this runs for every rate-limited request.)"""
-        now = self._clock() * 1000
+        (refill and state_after written out, states as plain pairs: this runs for every rate-limited request.)
+        `now`: the book's clock."""
+        now = (self._clock() if now is None else now) * 1000
         known = self._buckets
         levels = []
         for name, per_minute, capacity, cost in buckets:
             state = known.get(name)
-            level = capacity if state is None else min(capacity, state[0] + max(now - state[1], 0.0) * per_minute / 60000)
+            if state is None:
+                level = capacity
+            else:
+                level = state[0] + (now - state[1]) * per_minute / 60000 if now > state[1] else state[0]
+                if level > capacity:
+                    level = capacity
             if cost > level:
                 raise RateLimited(name, math.ceil((cost - level) * 60000 / per_minute), max(math.floor(level), 0))
             levels.append(level - cost)
         states = []
         for (name, per_minute, capacity, _), level in zip(buckets, levels, strict=True):
             known[name] = (level, now)
-            states.append(BucketState(math.floor(level) if level > 0 else 0,
-                                      math.ceil((capacity - level) * 60000 / per_minute)))
-        return states
+            states.append((int(level) if level > 0 else 0, math.ceil((capacity - level) * 60000 / per_minute)))
+        return states  # type: ignore[return-value]  # (remaining, reset_ms): BucketState's fields
 
     def true_up(self, bucket: Bucket, delta: int) -> None:
         """The bucket gives `delta` more (less, if negative) than the request took at admission."""
@@ -170,30 +170,67 @@ class HoldBook:
 
     def available(self, pot: str) -> int:
         known = self._pots[pot]
-        known.expire(self._clock())
+        self._expire(self._clock())
         return known.confirmed - known.held
+
+    def _expire(self, now: float) -> None:
+        """Release the requests whose holds' time is up (a request refused or lost after its admission)."""
+        expiries = self._expiries
+        while expiries and expiries[0][0] <= now:
+            _, request_id = heapq.heappop(expiries)
+            held = self._requests.get(request_id)
+            if held is not None and held.expires <= now:
+                self.release(request_id)
+
+    def _held(self, request_id: str, amounts: list[tuple[Pot, int]], expires: float) -> None:
+        held = self._requests.get(request_id)
+        if held is None:
+            self._requests[request_id] = RequestHolds(expires, amounts)
+        else:
+            held.expires = expires
+            held.amounts += amounts
+        for pot, amount in amounts:
+            pot.held += amount
+        heapq.heappush(self._expiries, (expires, request_id))
+        if len(self._expiries) > 4 * len(self._requests) + 64:  # released requests' entries: rebuild, amortised O(1)
+            self._expiries = [(held.expires, rid) for rid, held in self._requests.items()]
+            heapq.heapify(self._expiries)
 
     def hold(self, request_id: str, amounts: dict[str, int], buckets: Sequence[Bucket] = (),
              limits: dict[str, int] | None = None, wallet: tuple[str, float, bool] | None = None) -> list[BucketState]:
         """Reserve in every pot and take from every bucket, or do neither; InsufficientFunds names the first
         pot short, RateLimited the first bucket. KeyError: a pot never confirmed. `limits`: the limit pots'
         limits as they stand now (relimit). `wallet`: (the merchant's wallet, how old its figure may be, whether
-        it must be positive) checked first: WalletStale, WalletEmpty."""
+        it must be positive) checked first: WalletStale, WalletEmpty. (Written out, one clock read: this runs
+        for every request with a balance, cap or limit to hold against.)"""
+        now = self._clock()
+        pots = self._pots
         if wallet is not None:
-            pot, max_age, positive = wallet
-            if not self.is_fresh(pot, max_age):
-                raise WalletStale(pot)
-            if positive and (available := self.available(pot)) <= 0:
-                raise WalletEmpty(available)
-        for pot, limit in (limits or {}).items():
-            self.relimit(pot, limit)
-        for pot, amount in amounts.items():
-            available = self.available(pot)
-            if amount > available:
-                raise InsufficientFunds(pot, max(available, 0))
-        states = self.take(buckets) if buckets else []
-        for pot, amount in amounts.items():
-            self.add(request_id, pot, amount)
+            name, max_age, positive = wallet
+            known = pots.get(name)
+            if known is None or now - known.confirmed_at >= max_age:
+                raise WalletStale(name)
+            if positive:
+                if self._expiries and self._expiries[0][0] <= now:
+                    self._expire(now)
+                if (available := known.confirmed - known.held) <= 0:
+                    raise WalletEmpty(available)
+        if limits:
+            for name, limit in limits.items():
+                known = pots[name]
+                if known.limit is not None and known.limit != limit:
+                    self.relimit(name, limit)
+        if self._expiries and self._expiries[0][0] <= now:
+            self._expire(now)
+        held = []
+        for name, amount in amounts.items():
+            known = pots[name]
+            if amount > (available := known.confirmed - known.held):
+                raise InsufficientFunds(name, max(available, 0))
+            held.append((known, amount))
+        states = self.take(buckets, now) if buckets else []
+        if held:
+            self._held(request_id, held, now + self._hold_ttl)
         return states
 
     def add(self, request_id: str, pot: str, amount: int) -> None:
@@ -201,17 +238,10 @@ class HoldBook:
         known = self._pots.get(pot)
         if known is None or amount <= 0:
             return
-        held, _ = known.holds.get(request_id, (0, 0.0))
-        expires = self._clock() + self._hold_ttl
-        known.holds[request_id] = (held + amount, expires)
-        known.held += amount
-        heapq.heappush(known.expiries, (expires, request_id))
-        if len(known.expiries) > 4 * len(known.holds) + 64:  # released holds' entries: rebuild, amortised O(1)
-            known.expiries = [(until, rid) for rid, (_, until) in known.holds.items()]
-            heapq.heapify(known.expiries)
-        self._requests.setdefault(request_id, []).append(pot)
+        self._held(request_id, [(known, amount)], self._clock() + self._hold_ttl)
 
     def release(self, request_id: str) -> None:
-        for pot in self._requests.pop(request_id, ()):
-            if (known := self._pots.get(pot)) is not None:
-                known.drop(request_id)
+        held = self._requests.pop(request_id, None)
+        if held is not None:
+            for pot, amount in held.amounts:
+                pot.held -= amount

@@ -46,39 +46,75 @@ def _period_limit(owner: str, what: str, limit: int, cycle: str, period: Period,
     return LimitPot(f"lim:{owner}:{what}:{cycle}:{period.id}", what, limit, cycle, period, used)
 
 
+@dataclass(slots=True)
+class OwnerLimits:
+    """A key's or customer's limits as requests take them: its pots in their current periods and its buckets,
+    made once per owner, limits and period (not per request), and whether this process confirmed the pots."""
+
+    limits: Limits
+    valid_from: float  # epoch seconds: the latest start of its pots' periods
+    valid_until: float  # the earliest reset
+    pots: tuple[LimitPot, ...]
+    limit_of: dict[str, int]  # pot name -> its limit, as the hold call takes them
+    rpm: Bucket | None
+    tpm: Bucket | None  # its cost set per request
+    spends: bool  # a spend limit among its pots
+    confirmed: bool = False
+
+    def serves(self, limits: Limits, now: float) -> bool:
+        """Whether these are still the owner's limits (the cache's record of them, or an equal one) and periods."""
+        if self.valid_from <= now < self.valid_until and (self.limits is limits or self.limits == limits):
+            self.limits = limits  # an equal record the cache made anew: found by identity from now on
+            return True
+        return False
+
+
 class RequestLimits:
-    """The limit pots and rate buckets of requests, and the errors when one is reached."""
+    """The limit pots and rate buckets of requests, and the errors when one is reached. One per cashier: an
+    owner's `confirmed` is that cashier's."""
 
     def __init__(self, zone: ZoneInfo, clock: Callable[[], float] = time.time):
         self.periods = PeriodClock(zone)
         self.clock = clock
-        # (owner, its limits) -> (valid from, valid until, its pots): built once per period, not per request
-        self._pots: dict[tuple, tuple[float, float, list[LimitPot]]] = {}
-        self._buckets: dict[tuple[str, Limits], tuple[Bucket | None, Bucket | None]] = {}  # (owner, limits) ->
+        self._keys: dict[str, OwnerLimits] = {}  # key id -> its current limits
+        self._customers: dict[str, OwnerLimits] = {}  # customer's wallet id -> its current limits
 
-    def pots(self, plan: BillingPlan) -> list[LimitPot]:
-        """The spend and request limits `plan`'s request counts against, in their current periods."""
+    def owners(self, plan: BillingPlan) -> list[OwnerLimits]:
+        """The limits `plan`'s request counts against: the key's, then the customer's."""
         now = self.clock()
         key, customer = plan.key, plan.customer
-        found: list[LimitPot] = []
-        if key.key_id is not None and (key.limits.spend_limit_nanos is not None or key.limits.request_limit is not None):
-            found += self._cached((key.key_id, key.limits), now, lambda: self._key_pots(key.key_id, key.limits, now))
-        if customer is not None and plan.bill_customer and customer.limits.spend_limit_nanos is not None:
-            found += self._cached((customer.wallet_id, customer.limits), now,
-                                  lambda: self._customer_pots(plan.key.account_id, customer, now))
+        found = []
+        if key.key_id is not None and key.limits.any:
+            known = self._keys.get(key.key_id)
+            if known is None or not known.serves(key.limits, now):
+                known = self._keys[key.key_id] = self._owner(
+                    f"key:{key.key_id}", key.limits, self._key_pots(key.key_id, key.limits, now), self._keys)
+            found.append(known)
+        if customer is not None and customer.limits.any:
+            known = self._customers.get(customer.wallet_id)
+            if known is None or not known.serves(customer.limits, now):
+                known = self._customers[customer.wallet_id] = self._owner(
+                    f"cus:{customer.wallet_id}", customer.limits,
+                    self._customer_pots(key.account_id, customer, now), self._customers)
+            found.append(known)
         return found
 
-    def _cached(self, owner: tuple, now: float, make: Callable[[], list[LimitPot]]) -> list[LimitPot]:
-        known = self._pots.get(owner)
-        if known is not None and known[0] <= now < known[1]:
-            return known[2]
-        pots = make()
+    def forget(self) -> None:
+        """Every owner is made (and its pots confirmed) afresh, as in a new process."""
+        self._keys.clear()
+        self._customers.clear()
+
+    @staticmethod
+    def _owner(name: str, limits: Limits, pots: list[LimitPot], table: dict) -> OwnerLimits:
+        rpm = None if limits.rpm is None else Bucket(f"rpm:{name}", limits.rpm, limits.burst or limits.rpm, 1)
+        tpm = None if limits.tpm is None else Bucket(f"tpm:{name}", limits.tpm, limits.tpm, 0)
         starts = [epoch(pot.period.start) for pot in pots if pot.period.start is not None]
         ends = [epoch(pot.period.reset) for pot in pots if pot.period.reset is not None]
-        if len(self._pots) > CACHED_OWNERS:
-            self._pots.clear()
-        self._pots[owner] = (max(starts, default=-math.inf), min(ends, default=math.inf), pots)
-        return pots
+        if len(table) > CACHED_OWNERS:
+            table.clear()
+        return OwnerLimits(limits, max(starts, default=-math.inf), min(ends, default=math.inf), tuple(pots),
+                           {pot.name: pot.limit for pot in pots}, rpm, tpm,
+                           any(pot.what != KEY_REQUESTS for pot in pots))
 
     def _key_pots(self, key_id: str, limits: Limits, now: float) -> list[LimitPot]:
         pots = []
@@ -94,41 +130,19 @@ class RequestLimits:
 
     def _customer_pots(self, account_id: str, customer: CustomerRecord, now: float) -> list[LimitPot]:
         cycle = customer.limits.spend_cycle
+        if customer.limits.spend_limit_nanos is None:
+            return []
         period = self.periods.period(cycle, now)
         return [_period_limit(f"cus:{customer.wallet_id}", CUSTOMER_SPEND, customer.limits.spend_limit_nanos, cycle,
                               period, lambda: customer_period_spend(account_id, customer.customer_id, period.start))]
 
-    def buckets(self, plan: BillingPlan, tokens: Callable[[], int]) -> list[Bucket]:
-        """Requests and tokens per minute of the key and the customer; `tokens`: the request's reservation."""
-        found = []
-        for owner in _rate_limited(plan):
-            rpm, tpm = self._buckets.get(owner) or self._remember_buckets(owner)
-            if rpm is not None:
-                found.append(rpm)
-            if tpm is not None:
-                found.append(tpm._replace(cost=tokens()))
-        return found
-
-    def _remember_buckets(self, owner: tuple[str, Limits]) -> tuple[Bucket | None, Bucket | None]:
-        """An owner's buckets (the tokens one without its cost), made once per owner and limits."""
-        name, limits = owner
-        rpm = None if limits.rpm is None else Bucket(f"rpm:{name}", limits.rpm, limits.burst or limits.rpm, 1)
-        tpm = None if limits.tpm is None else Bucket(f"tpm:{name}", limits.tpm, limits.tpm, 0)
-        if len(self._buckets) > CACHED_OWNERS:
-            self._buckets.clear()
-        self._buckets[owner] = rpm, tpm
-        return rpm, tpm
-
     @staticmethod
-    def too_large(buckets: list[Bucket]) -> TooManyRequests | None:
+    def too_large(bucket: Bucket, reserved: int) -> TooManyRequests:
         """A request whose token reservation no minute could ever let through."""
-        for bucket in buckets:
-            if bucket.name.startswith("tpm:") and bucket.cost > bucket.capacity:
-                return TooManyRequests(
-                    "rate_limited", f"this request may use up to {bucket.cost} tokens (its input and max_tokens), "
-                                    f"more than the {bucket.per_minute} tokens per minute allowed; lower max_tokens",
-                    details={"limit": bucket.per_minute, "requested": bucket.cost})
-        return None
+        return TooManyRequests(
+            "rate_limited", f"this request may use up to {reserved} tokens (its input and max_tokens), "
+                            f"more than the {bucket.per_minute} tokens per minute allowed; lower max_tokens",
+            details={"limit": bucket.per_minute, "requested": reserved})
 
     def reached(self, pot: LimitPot, available: int) -> PaymentRequired | TooManyRequests:
         """402 spend_limit_reached or 429 request_limit_reached: the limit, what was used (requests in flight
@@ -154,24 +168,14 @@ def _used(read, index: int, key_id: str, period: Period):
     return lambda: read(key_id, period.start)[index]
 
 
-def _rate_limited(plan: BillingPlan) -> list[tuple[str, Limits]]:
-    owners = []
-    key, customer = plan.key, plan.customer
-    if key.key_id is not None and (key.limits.rpm is not None or key.limits.tpm is not None):
-        owners.append((f"key:{key.key_id}", key.limits))
-    if customer is not None and (customer.limits.rpm is not None or customer.limits.tpm is not None):
-        owners.append((f"cus:{customer.wallet_id}", customer.limits))
-    return owners
-
-
 def _retry_after(period: Period, now: float) -> dict[str, str] | None:
     if period.reset is None:
         return None
     return {"retry-after": str(max(int(epoch(period.reset) - now) + 1, 1))}
 
 
-_HEADER_NAMES = {kind: tuple(f"x-ratelimit-{what}-{kind}".encode() for what in ("limit", "remaining", "reset"))
-                 for kind in ("requests", "tokens")}
+_REQUESTS_HEADERS = (b"x-ratelimit-limit-requests", b"x-ratelimit-remaining-requests", b"x-ratelimit-reset-requests")
+_TOKENS_HEADERS = (b"x-ratelimit-limit-tokens", b"x-ratelimit-remaining-tokens", b"x-ratelimit-reset-tokens")
 RATE_HEADER_PREFIX = b"x-ratelimit-"
 
 
@@ -179,14 +183,18 @@ def rate_headers(buckets: list[Bucket], states: list[BucketState]) -> tuple[tupl
     """OpenAI's x-ratelimit-* headers (as raw header fields) from the first requests bucket and the first tokens
     bucket."""
     fields: list[tuple[bytes, bytes]] = []
-    seen = set()
+    requests = tokens = False
     for bucket, (remaining, reset_ms) in zip(buckets, states, strict=False):
-        kind = "requests" if bucket.name[0] == "r" else "tokens"  # rpm:... or tpm:...
-        if kind not in seen:
-            seen.add(kind)
-            limit, left, reset = _HEADER_NAMES[kind]
-            fields += ((limit, b"%d" % bucket.per_minute), (left, b"%d" % remaining),
-                       (reset, go_duration(reset_ms).encode()))
+        if bucket.name[0] == "r":  # rpm:...
+            if requests:
+                continue
+            requests, names = True, _REQUESTS_HEADERS
+        else:  # tpm:...
+            if tokens:
+                continue
+            tokens, names = True, _TOKENS_HEADERS
+        fields += ((names[0], b"%d" % bucket.per_minute), (names[1], b"%d" % remaining),
+                   (names[2], b"%dms" % reset_ms if reset_ms < 1000 else go_duration(reset_ms).encode()))
     return tuple(fields)
 
 

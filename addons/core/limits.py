@@ -8,7 +8,7 @@ Rate limits (requests and tokens per minute) are token buckets with no calendar.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -28,10 +28,11 @@ class Limits:
     rpm: int | None = None
     burst: int | None = None  # requests let through at once; None: rpm (a full minute's worth)
     tpm: int | None = None
+    any: bool = field(init=False, compare=False, repr=False)  # some limit is set: read on every request
 
-    @property
-    def any(self) -> bool:
-        return any(value is not None for value in (self.spend_limit_nanos, self.request_limit, self.rpm, self.tpm))
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "any", not (self.spend_limit_nanos is None and self.request_limit is None
+                                             and self.rpm is None and self.tpm is None))
 
 
 NO_LIMITS = Limits()

@@ -55,6 +55,7 @@ from addons.proxy.metadata import parse_metadata
 from addons.proxy.routing import addressed_to_gateway, provider_for
 from addons.proxy.usage_record import Pending, unmetered_record, usage_record
 from addons.usage.readers import UsageReader, for_request
+from pricing.bounds import PriceBounds
 from pricing.cost import Override, price, price_source
 from pricing.money import format_usd
 
@@ -97,6 +98,7 @@ class Gateway:
         self.fee_pending: collections.OrderedDict[str, http.HTTPFlow] = collections.OrderedDict()
         self.flows_shown = False
         self.metrics: metrics_recorder.Recorder | None = None
+        self.price_bounds = PriceBounds()  # what a request may cost, for its holds
 
     def load(self, loader):
         loader.add_option(
@@ -363,9 +365,8 @@ class Gateway:
             check_scope(plan.token, provider.id, reader.model)
         price_guard.admit(plan, reader, self.settings, lambda model: price_source(
             model=model, provider_id=provider.id, pricing_id=provider.pricing_id, overrides=self.prices))
-        rate_headers = await self.cashier.admit(request_id, plan, reader,
-                                                lambda usage: self._cost(provider, reader.model, usage).total_nanos,
-                                                len(request.raw_content or b""))
+        rate_headers = await self.cashier.admit(request_id, plan, reader, lambda usage: self.price_bounds.of(
+            provider.id, provider.pricing_id, reader.model or "", self.prices).cost(usage), len(request.raw_content or b""))
         if reader.request_body is not None:
             request.content = reader.request_body
         strip_gateway_credentials(request.headers)
