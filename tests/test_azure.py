@@ -114,6 +114,20 @@ def test_embeddings_with_the_tollgate_key_as_a_bearer_token(azure_gateway, mock,
                    endpoint="embeddings", streamed=False)
 
 
+def test_the_v1_api_names_the_deployment_in_the_body(azure_gateway, mock, monkeypatch):
+    """Azure's OpenAI-style v1 API (`/openai/v1/...`, the plain OpenAI client): the deployment is the body's model."""
+    monkeypatch.setenv("HTTPS_PROXY", azure_gateway.url)
+    monkeypatch.setenv("SSL_CERT_FILE", str(azure_gateway.ca))
+    mock.reset()
+    client = openai.OpenAI(base_url="https://myres.openai.azure.com/openai/v1/", api_key=azure_gateway.admin_key,
+                           max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(model="prod-4o", messages=[{"role": "user", "content": "hi"}])
+    assert mock.last.path == "/openai/v1/chat/completions"
+    assert_azure_saw_only_its_key(mock, azure_gateway.admin_key)
+    assert_metered(azure_gateway, raw.headers["x-tollgate-request-id"], "gpt-4o", OPENAI_CHAT,
+                   endpoint="chat.completions", streamed=False)
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_forward_endpoint(azure_gateway, mock, stream):
     mock.reset()
