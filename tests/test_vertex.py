@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import threading
 import time
 from datetime import datetime, timedelta
@@ -21,6 +22,7 @@ from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
 
+import anthropic
 import genai_prices
 import google.oauth2.credentials
 import pytest
@@ -30,11 +32,12 @@ from google import genai
 
 from addons.auth.vertex_tokens import ServiceAccountTokens, TokenError, mint, utcnow
 from pricing.money import to_nanos
-from tests.harness import GEMINI, GatewayProcess
+from tests.harness import ANTHROPIC, GEMINI, GatewayProcess
 from tests.inprocess_gateway import api_flow, run, secret_key
-from tests.mock_provider import FULL_TEXT
+from tests.mock_provider import FULL_TEXT, MockProvider
 
 PROJECT, LOCATION, MODEL = "tollgate-test", "europe-west4", "gemini-2.0-flash"
+CLAUDE = "claude-3-5-haiku@20241022"  # Vertex names Claude versions with an @
 SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"  # what google-auth signs for, whatever token_uri is
 
@@ -191,12 +194,30 @@ def test_a_refused_grant_is_a_token_error_that_names_no_secret(tmp_path, endpoin
 # -- end to end: google-genai in Vertex mode through a gateway ----------------------------------------------
 
 
+class VertexMock(MockProvider):
+    """The mock provider plus Vertex's Anthropic publisher: Anthropic's Messages wire format (JSON and SSE, its
+    usage blocks) at publishers/anthropic/models/{model}:rawPredict and :streamRawPredict, the model in the URL."""
+
+    def _route(self, method, path, rec, body):
+        found = re.search(r"/publishers/anthropic/models/([^/:]+):(rawPredict|streamRawPredict)$", path)
+        if method == "POST" and found:
+            rec.model, rec.stream = found[1], bool(body.get("stream"))
+            return "anthropic.messages", self._anthropic
+        return super()._route(method, path, rec, body)
+
+
 @pytest.fixture(scope="module")
-def vertex_gateway(mock, account_key, tmp_path_factory):
+def vertex_mock():
+    with VertexMock() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def vertex_gateway(vertex_mock, account_key, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("vertex")
     server = TokenEndpoint(account_key.public_key(), f"tollgate@{PROJECT}.iam.gserviceaccount.com")
     key_file = service_account_file(tmp / "sa.json", server.url, account_key)
-    gw = GatewayProcess(tmp, f"sqlite:///{tmp}/l.db", {"vertex": mock.url},
+    gw = GatewayProcess(tmp, f"sqlite:///{tmp}/l.db", {"vertex": vertex_mock.url},
                         providers={"vertex": {"service_account_file": key_file}})
     gw.token_endpoint = server
     gw.fund("10")
@@ -204,6 +225,15 @@ def vertex_gateway(mock, account_key, tmp_path_factory):
     yield gw
     gw.stop()
     server.close()
+
+
+@pytest.fixture
+def proxied(vertex_gateway, monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", vertex_gateway.url)
+    monkeypatch.setenv("SSL_CERT_FILE", str(vertex_gateway.ca))
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    return vertex_gateway
 
 
 def vertex_client(gw, **http_options) -> genai.Client:
@@ -216,25 +246,28 @@ def vertex_client(gw, **http_options) -> genai.Client:
 def expected_cost(model: str, usage) -> Decimal:
     calc = genai_prices.calc_price(genai_prices.Usage(input_tokens=usage.input_tokens,
                                                       cache_read_tokens=usage.cache_read_tokens,
+                                                      cache_write_tokens=usage.cache_write_tokens,
                                                       output_tokens=usage.output_tokens), model, provider_id="google")
     return Decimal(to_nanos(calc.total_price)) / 10**9
 
 
-def assert_vertex_call(gw, mock, stream: bool):
+def assert_vertex_call(gw, mock, stream: bool, *, publisher="google", model=MODEL, usage=GEMINI):
     seen = mock.last
-    verb = "streamGenerateContent" if stream else "generateContent"
-    assert seen.path.endswith(f"/projects/{PROJECT}/locations/{LOCATION}/publishers/google/models/{MODEL}:{verb}")
+    verb = {"google": "streamGenerateContent" if stream else "generateContent",
+            "anthropic": "streamRawPredict" if stream else "rawPredict"}[publisher]
+    assert seen.path.endswith(f"/projects/{PROJECT}/locations/{LOCATION}/publishers/{publisher}/models/{model}:{verb}")
     assert seen.headers["authorization"] == f"Bearer {gw.token_endpoint.issued[-1]}"
     raw = " ".join(f"{k}: {v}" for k, v in seen.headers.items_raw())
     assert gw.admin_key not in raw and "tg_sk_" not in raw
     row = gw.ledger.requests(limit=1)[0]
     row = gw.request_row(row["id"])
+    endpoint = verb if publisher == "google" else "messages"
     assert (row["provider"], row["model"], row["endpoint"], row["status"], row["streamed"]) == (
-        "vertex", MODEL, verb, 200, stream)
-    assert (row["input_tokens"], row["cache_read_tokens"], row["output_tokens"]) == (
-        GEMINI.input_tokens, GEMINI.cache_read_tokens, GEMINI.output_tokens)
+        "vertex", model, endpoint, 200, stream)
+    assert (row["input_tokens"], row["cache_read_tokens"], row["cache_write_tokens"], row["output_tokens"]) == (
+        usage.input_tokens, usage.cache_read_tokens, usage.cache_write_tokens, usage.output_tokens)
     assert row["usage_source"] == "reported"
-    assert Decimal(row["provider_cost"]) == expected_cost(MODEL, GEMINI) > 0
+    assert Decimal(row["provider_cost"]) == expected_cost(model, usage) > 0
 
 
 def wait_for_new_row(gw, count_before: int):
@@ -244,12 +277,10 @@ def wait_for_new_row(gw, count_before: int):
         time.sleep(0.05)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("stream", [False, True])
-def test_genai_vertex_mode_through_https_proxy(vertex_gateway, mock, monkeypatch, stream):
-    monkeypatch.setenv("HTTPS_PROXY", vertex_gateway.url)
-    monkeypatch.setenv("SSL_CERT_FILE", str(vertex_gateway.ca))
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    monkeypatch.delenv("no_proxy", raising=False)
+def test_genai_vertex_mode_through_https_proxy(proxied, vertex_gateway, vertex_mock, stream):
+    mock = vertex_mock
     mock.reset()
     before = len(vertex_gateway.ledger.requests())
     client = vertex_client(vertex_gateway)
@@ -263,9 +294,11 @@ def test_genai_vertex_mode_through_https_proxy(vertex_gateway, mock, monkeypatch
     assert vertex_gateway.token_endpoint.issued == ["ya29.minted-1"], "the token is reused while it is valid"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("stream", [False, True])
-def test_forward_endpoint(vertex_gateway, mock, stream):
+def test_forward_endpoint(vertex_gateway, vertex_mock, stream):
     """google-genai appends its path (/v1beta1/projects/...) to the forward path; the host in u picks the region."""
+    mock = vertex_mock
     mock.reset()
     before = len(vertex_gateway.ledger.requests())
     client = vertex_client(vertex_gateway, base_url=f"{vertex_gateway.url}/v1/forward?u=https://{LOCATION}-aiplatform.googleapis.com",
@@ -277,6 +310,27 @@ def test_forward_endpoint(vertex_gateway, mock, stream):
     assert text == FULL_TEXT
     wait_for_new_row(vertex_gateway, before)
     assert_vertex_call(vertex_gateway, mock, stream)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("stream", [False, True])
+def test_claude_on_vertex_through_https_proxy(proxied, vertex_gateway, vertex_mock, stream):
+    """anthropic's AnthropicVertex client, its access token the caller's Tollgate key: Anthropic's wire format,
+    the model from the URL, priced at Vertex's (Google's) Claude prices."""
+    vertex_mock.reset()
+    before = len(vertex_gateway.ledger.requests())
+    client = anthropic.AnthropicVertex(project_id=PROJECT, region=LOCATION, access_token=vertex_gateway.admin_key,
+                                       max_retries=0)
+    args = dict(model=CLAUDE, max_tokens=64, messages=[{"role": "user", "content": "hi"}])
+    if stream:
+        with client.messages.stream(**args) as events:
+            text = "".join(events.text_stream)
+    else:
+        text = client.messages.create(**args).content[0].text
+    assert text == FULL_TEXT
+    assert "model" not in vertex_mock.last.json and "anthropic_version" in vertex_mock.last.json  # the model is in the URL
+    wait_for_new_row(vertex_gateway, before)
+    assert_vertex_call(vertex_gateway, vertex_mock, stream, publisher="anthropic", model=CLAUDE, usage=ANTHROPIC)
 
 
 def test_a_token_endpoint_that_refuses_is_a_502_naming_no_secret(gw, tmp_path, endpoint, monkeypatch):

@@ -38,7 +38,7 @@ from addons.core.settings import Settings, resolve_database_url
 from addons.ledger.journal import Journal
 from addons.ledger.models import open_database
 from addons.ledger.writer import CommitReport, LedgerWriter, UsageRecord
-from addons.proxy import error_pages, flow_notes, metrics_recorder
+from addons.proxy import error_pages, flow_notes, metrics_recorder, vertex
 from addons.proxy.azure import check_resource, deployment_model
 from addons.proxy.error_pages import json_response, new_request_id
 from addons.proxy.flow_keys import (
@@ -357,8 +357,10 @@ class Gateway:
         metadata = self._metadata(request.headers)
         provider_key = plan.provider_key or await self._operator_key(provider)
         path, _, query = request.path.partition("?")
-        reader = for_request(provider.api_family, request.method, path, query, request.raw_content or b"",
+        family, read_path, path_model = vertex.reader_request(provider.api_family, path)
+        reader = for_request(family, request.method, read_path, query, request.raw_content or b"",
                              upgrade="upgrade" in request.headers)
+        reader.model = path_model or reader.model
         if pinned_model := deployment_model(provider, reader.model):
             reader.model = pinned_model
         check_key_scope(caller.key, provider.id, reader.model)
