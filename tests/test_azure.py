@@ -17,6 +17,7 @@ import httpx
 import openai
 import pytest
 
+from addons.auth.credentials import ForwardToken, encode_forward_token
 from addons.core.catalog import load_catalog, parse_providers
 from pricing.money import to_nanos
 from tests.harness import OPENAI_CHAT, OPENAI_EMBEDDINGS, GatewayProcess
@@ -163,6 +164,19 @@ def test_a_resource_the_operator_did_not_list_is_refused_before_anything_is_sent
     assert answer.status_code == 403 and answer.json()["error"]["code"] == "resource_not_allowed"
     assert azure_gateway.admin_key not in answer.text and AZURE_KEY not in answer.text
     assert mock.requests == []
+
+
+def test_a_caller_with_its_own_azure_key_may_reach_any_resource(azure_gateway, mock):
+    """Bring your own key (a forward token's provider_key): the key is the caller's, so is the resource."""
+    mock.reset()
+    token = encode_forward_token(ForwardToken(secret_key=azure_gateway.admin_key, provider_key="callers-own-azure-key"))
+    u = f"https://elsewhere.openai.azure.com/openai/deployments/gpt-4o-mini/chat/completions?api-version={API_VERSION}"
+    answer = httpx.post(f"{azure_gateway.url}/v1/forward", params={"u": u}, headers={"api-key": token},
+                        json={"messages": [{"role": "user", "content": "hi"}]}, trust_env=False)
+    assert answer.status_code == 200, answer.text
+    assert mock.last.headers["api-key"] == "callers-own-azure-key"
+    row = azure_gateway.request_row(answer.headers["x-tollgate-request-id"])
+    assert (row["provider"], row["model"], row["byok"]) == ("azure", "gpt-4o-mini", True)
 
 
 def test_a_host_outside_the_pattern_is_no_provider(azure_gateway):
