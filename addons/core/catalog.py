@@ -100,6 +100,10 @@ class Provider:
         """Hosts, then host patterns, as the catalog writes them (for people to read)."""
         return self.hosts + tuple(f"*.{suffix}" for suffix in self.host_suffixes)
 
+    def credential_configured(self, environ: Mapping[str, str]) -> bool:
+        """Whether the operator gave the gateway a credential for this provider (never which)."""
+        return bool(self.service_account_file or environ.get(self.credential_env))
+
     def origin_for(self, host: str) -> Origin:
         """Where a request the client sent to `host` goes: the configured upstream, else that host itself
         when it is one of the provider's own (a region's or an account's host), else base_url's origin."""
