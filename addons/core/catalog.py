@@ -3,6 +3,11 @@
 Providers are data (config/providers.yaml), so adding an OpenAI-compatible provider is a YAML
 edit. Parsing is pure and strict: a typo in the catalog must stop the gateway at start-up,
 not misroute a request or leak a key to the wrong host later.
+
+A provider's hosts are exact names, or for per-account hosts (Azure's `{resource}.openai.azure.com`)
+`*.suffix` patterns whose star is exactly one DNS label. Exact hosts are one dict lookup; a pattern
+costs one more (the host's first label split off, its suffix looked up), so matching stays O(1).
+A request goes to the host the client named when that is one of the provider's own (`origin_for`).
 """
 
 from __future__ import annotations
