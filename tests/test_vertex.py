@@ -181,6 +181,23 @@ def test_refreshed_ahead_of_expiry_in_the_background_then_on_expiry(key_file, en
     assert len(endpoint.issued) == 3
 
 
+def test_a_short_lived_token_is_reused_for_half_its_life(key_file, endpoint):
+    """Tokens shorter-lived than refresh_ahead_s are not minted again at every request."""
+    endpoint.expires_in = 120
+    clock = Clock()
+    tokens = ServiceAccountTokens(refresh_ahead_s=300, min_valid_s=10, now=clock)
+
+    async def main():
+        first = await tokens.token(key_file)
+        clock.now += timedelta(seconds=50)
+        reused = await tokens.token(key_file)
+        await asyncio.sleep(0.05)
+        return first, reused, tokens._tokens[key_file].refreshing
+
+    assert asyncio.run(main()) == ("ya29.minted-1", "ya29.minted-1", None)
+    assert endpoint.issued == ["ya29.minted-1"]
+
+
 def test_a_refused_grant_is_a_token_error_that_names_no_secret(tmp_path, endpoint):
     other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)  # not the account's key
     key_file = service_account_file(tmp_path / "wrong.json", endpoint.url, other_key)

@@ -4,8 +4,9 @@ google-auth signs a JWT assertion with the service account's private key and tra
 file's `token_uri` for an access token (Google's last about an hour). That trade is a blocking HTTP
 call, so it runs on a thread, never on mitmproxy's event loop, and one refresh per key file is shared
 by every request that needs it. A token is refreshed ahead of its expiry: once it has less than
-`refresh_ahead_s` left a refresh starts in the background while requests keep using it, and only a
-token with less than `min_valid_s` left (or none yet) makes a request wait for the new one.
+`refresh_ahead_s` (or half its lifetime, if that is shorter) left, a refresh starts in the background
+while requests keep using it, and only a token with less than `min_valid_s` left (or none yet) makes a
+request wait for the new one.
 
 The key file is read again at each refresh (on that thread), so a rotated key is picked up without
 a restart. Errors name what failed, never the key or a token.
@@ -63,6 +64,7 @@ class _TimedRequest(Request):
 class _Token:
     value: str | None = None
     expiry: datetime | None = None
+    ahead_s: float = 0.0  # refresh once this little is left: refresh_ahead_s, or half a short-lived token's life
     refreshing: asyncio.Task | None = None
 
 
@@ -82,7 +84,7 @@ class ServiceAccountTokens:
         """A valid access token for `key_file`; waits only when none is left valid. Raises TokenError."""
         token = self._tokens.setdefault(key_file, _Token())
         left = (token.expiry - self.now()).total_seconds() if token.expiry else 0.0
-        if left > self.refresh_ahead_s:
+        if left > token.ahead_s:
             return token.value
         if token.refreshing is None:
             token.refreshing = create_task(self._refresh(key_file, token), name="vertex token refresh", keep_ref=True)
@@ -100,6 +102,7 @@ class ServiceAccountTokens:
         finally:
             token.refreshing = None
         token.value, token.expiry = value, expiry
+        token.ahead_s = min(self.refresh_ahead_s, (expiry - self.now()).total_seconds() / 2)
         self.minted += 1
         return value
 
