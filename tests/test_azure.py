@@ -243,3 +243,14 @@ def test_per_host_origin_unless_an_upstream_is_set():
     vertex = load_catalog().by_host("europe-west4-aiplatform.googleapis.com")
     assert vertex.origin_for("europe-west4-aiplatform.googleapis.com") == (
         "https", "europe-west4-aiplatform.googleapis.com", 443)
+
+
+def test_the_clouds_are_priced_by_the_genai_prices_provider_their_hosts_belong_to():
+    from genai_prices.data import providers as genai_providers
+
+    patterns = {p.id: p.api_pattern for p in genai_providers}
+    catalog = load_catalog()
+    assert re.match(patterns[catalog.by_id("azure").pricing_id], "https://myres.openai.azure.com/")
+    vertex = catalog.by_id("vertex")
+    assert vertex.pricing_id == "google" and len(vertex.hosts) > 20
+    assert all(re.match(patterns["google"], f"https://{host}/") for host in vertex.hosts)
