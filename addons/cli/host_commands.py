@@ -21,9 +21,9 @@ def cmd_providers(args) -> None:
     source = "running gateway" if running else "this shell's environment"
     has_key = set(running.get("provider_keys") or ()) if running else None
     rows = [
-        {"id": p.id, "name": p.name, "hosts": list(p.hosts), "api_family": p.api_family,
+        {"id": p.id, "name": p.name, "hosts": list(p.host_names), "api_family": p.api_family,
          "credential_env": p.credential_env,
-         "configured": p.id in has_key if running else bool(os.environ.get(p.credential_env)),
+         "configured": p.id in has_key if running else p.credential_configured(os.environ),
          "source": source, "upstream": p.upstream}
         for p in catalog.providers
     ]

@@ -3,6 +3,11 @@
 Providers are data (config/providers.yaml), so adding an OpenAI-compatible provider is a YAML
 edit. Parsing is pure and strict: a typo in the catalog must stop the gateway at start-up,
 not misroute a request or leak a key to the wrong host later.
+
+A provider's hosts are exact names, or for per-account hosts (Azure's `{resource}.openai.azure.com`)
+`*.suffix` patterns whose star is exactly one DNS label. Exact hosts are one dict lookup; a pattern
+costs one more (the host's first label split off, its suffix looked up), so matching stays O(1).
+A request goes to the host the client named when that is one of the provider's own (`origin_for`).
 """
 
 from __future__ import annotations
@@ -19,10 +24,15 @@ DEFAULT_PATH = Path(__file__).resolve().parents[2] / "config" / "providers.yaml"
 API_FAMILIES = frozenset({"openai", "anthropic", "gemini", "cohere"})
 DEFAULT_PORTS = {"https": 443, "http": 80}
 
-_REQUIRED = ("id", "name", "hosts", "base_url", "auth", "credential_env", "api_family", "pricing_id")
-_FIELDS = frozenset(_REQUIRED) | {"upstream", "timeouts"}
+_REQUIRED = ("id", "name", "base_url", "auth", "credential_env", "api_family", "pricing_id")
+_FIELDS = frozenset(_REQUIRED) | {"hosts", "host_patterns", "resources", "deployments", "credential_type",
+                                  "service_account_file", "upstream", "timeouts"}
+CREDENTIAL_TYPES = ("api_key", "google_service_account")
 _ID = re.compile(r"[a-z0-9][a-z0-9-]*")
-_HOST = re.compile(r"(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+")
+_LABEL_RE = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"  # one DNS label, lower-cased
+_LABEL = re.compile(_LABEL_RE)
+_HOST = re.compile(rf"(?=.{{1,253}}$){_LABEL_RE}(?:\.{_LABEL_RE})+")
+_PLACEHOLDER = re.compile(r"\{[a-z_]+\}")  # base_url's stand-in for a pattern's label: {resource}
 _HEADER = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")  # an RFC 9110 token, lower-cased
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9-]*")
 _ENV = re.compile(r"[A-Z_][A-Z0-9_]*")
@@ -80,8 +90,46 @@ class Provider:
     auth_header: str | None  # lower-case header name, or None for query auth
     auth_scheme: str | None  # e.g. "Bearer": the header value is "<scheme> <key>"
     auth_query: str | None  # query parameter name, or None for header auth
-    origin: Origin  # what Tollgate actually connects to: upstream if set, else base_url's
+    origin: Origin  # what Tollgate connects to: upstream if set, else base_url's (see origin_for)
     timeouts: tuple[tuple[str, float | None], ...] = ()  # phases set for this provider, over the gateway's
+    # Suffixes of `*.suffix` host patterns: any one label before the suffix is this provider's host
+    # (Azure OpenAI's per-account `{resource}.openai.azure.com`).
+    host_suffixes: tuple[str, ...] = ()
+    resources: frozenset[str] = frozenset()  # the labels a pattern may stand for with the operator's key
+    deployments: tuple[tuple[str, str], ...] = ()  # deployment name -> the model it serves, for pricing
+    credential_type: str = "api_key"  # or google_service_account: credential_env names a key file
+    service_account_file: str | None = None  # the operator's key file, over credential_env's
+
+    @property
+    def host_names(self) -> tuple[str, ...]:
+        """Hosts, then host patterns, as the catalog writes them (for people to read)."""
+        return self.hosts + tuple(f"*.{suffix}" for suffix in self.host_suffixes)
+
+    def credential_configured(self, environ: Mapping[str, str]) -> bool:
+        """Whether the operator gave the gateway a credential for this provider (never which)."""
+        return bool(self.service_account_file or environ.get(self.credential_env))
+
+    def origin_for(self, host: str) -> Origin:
+        """Where a request the client sent to `host` goes: the configured upstream, else that host itself
+        when it is one of the provider's own (a region's or an account's host), else base_url's origin."""
+        if self.upstream is None and self.owns(host):
+            return self.origin[0], host.lower().rstrip("."), DEFAULT_PORTS[self.origin[0]]
+        return self.origin
+
+    def owns(self, host: str) -> bool:
+        """Whether `host` is one of the provider's hosts, or a host one of its patterns matches."""
+        host = host.lower().rstrip(".")
+        return host in self.hosts or pattern_label(host, self.host_suffixes) is not None
+
+    def model_of_deployment(self, deployment: str | None) -> str | None:
+        """The model the operator says a deployment serves (`deployments`), else None."""
+        return dict(self.deployments).get(deployment) if deployment and self.deployments else None
+
+
+def pattern_label(host: str, suffixes: Iterable[str]) -> str | None:
+    """The label a `*.suffix` pattern's star stands for in `host` (lower-case, no trailing dot), else None."""
+    label, _, suffix = host.partition(".")
+    return label if suffix in suffixes and _LABEL.fullmatch(label) else None
 
 
 def _origin(url: str) -> Origin:
@@ -139,19 +187,30 @@ def _parse_provider(index: int, entry: object) -> Provider:
     name = entry["name"]
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"{where}: name must be a non-empty string")
-    hosts = entry["hosts"]
-    if not isinstance(hosts, list) or not hosts:
-        raise ValueError(f"{where}: hosts must be a non-empty list of hostnames")
+    hosts = entry.get("hosts", [])
+    patterns = entry.get("host_patterns", [])
+    if not isinstance(hosts, list) or not isinstance(patterns, list) or not (hosts or patterns):
+        raise ValueError(f"{where}: hosts must be a non-empty list of hostnames (or host_patterns a list of *.suffix)")
     for host in hosts:
         if not isinstance(host, str) or not _HOST.fullmatch(host.lower()):
             raise ValueError(f"{where}: hosts entry {host!r} is not a hostname")
     hosts = tuple(h.lower() for h in hosts)
     if len(set(hosts)) != len(hosts):
         raise ValueError(f"{where}: hosts lists a hostname twice")
+    suffixes = tuple(_parse_pattern(where, pattern) for pattern in patterns)
+    if len(set(suffixes)) != len(suffixes):
+        raise ValueError(f"{where}: host_patterns lists a pattern twice")
+    resources = entry.get("resources", [])
+    if not isinstance(resources, list) or not all(isinstance(r, str) and _LABEL.fullmatch(r) for r in resources):
+        raise ValueError(f"{where}: resources must be a list of host labels (the names a host pattern's * stands for)")
+    if resources and not suffixes:
+        raise ValueError(f"{where}: resources needs host_patterns")
 
     base_url = _parse_url(f"{where}: base_url", entry["base_url"], origin_only=False)
-    if _origin(base_url)[1] not in hosts:
-        raise ValueError(f"{where}: base_url host {_origin(base_url)[1]!r} is not one of its hosts")
+    base_host = _origin(base_url)[1]
+    label, _, suffix = base_host.partition(".")
+    if base_host not in hosts and not (suffix in suffixes and _PLACEHOLDER.fullmatch(label)):
+        raise ValueError(f"{where}: base_url host {base_host!r} is not one of its hosts (or {{name}}.<pattern suffix>)")
     upstream = entry.get("upstream")
     if upstream is not None:
         upstream = _parse_url(f"{where}: upstream", upstream, origin_only=True)
@@ -167,6 +226,17 @@ def _parse_provider(index: int, entry: object) -> Provider:
     pricing_id = entry["pricing_id"]
     if pricing_id is not None and (not isinstance(pricing_id, str) or not pricing_id):
         raise ValueError(f"{where}: pricing_id must be a genai-prices provider id or null")
+    deployments = entry.get("deployments") or {}
+    if not isinstance(deployments, Mapping) or not all(
+            isinstance(k, str) and k and isinstance(v, str) and v for k, v in deployments.items()):
+        raise ValueError(f"{where}: deployments must map deployment names to model names")
+    credential_type = entry.get("credential_type", "api_key")
+    if credential_type not in CREDENTIAL_TYPES:
+        raise ValueError(f"{where}: credential_type {credential_type!r} is not one of {', '.join(CREDENTIAL_TYPES)}")
+    sa_file = entry.get("service_account_file")
+    if sa_file is not None and (credential_type != "google_service_account" or not isinstance(sa_file, str) or not sa_file):
+        raise ValueError(f"{where}: service_account_file must be a path, and only with credential_type "
+                         "google_service_account")
 
     return Provider(
         id=pid,
@@ -182,7 +252,19 @@ def _parse_provider(index: int, entry: object) -> Provider:
         auth_query=query,
         origin=_origin(upstream or base_url),
         timeouts=timeouts,
+        host_suffixes=suffixes,
+        resources=frozenset(resources),
+        deployments=tuple(sorted(deployments.items())),
+        credential_type=credential_type,
+        service_account_file=sa_file,
     )
+
+
+def _parse_pattern(where: str, pattern: object) -> str:
+    """`*.suffix`: one leading wildcard label, then a hostname of at least two labels; returns the suffix."""
+    if not isinstance(pattern, str) or not pattern.startswith("*.") or not _HOST.fullmatch(pattern[2:].lower()):
+        raise ValueError(f"{where}: host_patterns entry {pattern!r} must be *. and a hostname, e.g. *.openai.azure.com")
+    return pattern[2:].lower()
 
 
 def parse_providers(data: object) -> list[Provider]:
@@ -194,6 +276,7 @@ def parse_providers(data: object) -> list[Provider]:
     providers = [_parse_provider(i, entry) for i, entry in enumerate(data["providers"])]
     seen_ids: set[str] = set()
     seen_hosts: dict[str, str] = {}
+    seen_suffixes: dict[str, str] = {}
     for p in providers:
         if p.id in seen_ids:
             raise ValueError(f"provider {p.id!r}: duplicate id")
@@ -202,18 +285,27 @@ def parse_providers(data: object) -> list[Provider]:
             if host in seen_hosts:
                 raise ValueError(f"provider {p.id!r}: host {host!r} is already claimed by {seen_hosts[host]!r}")
             seen_hosts[host] = p.id
+        for suffix in p.host_suffixes:
+            if suffix in seen_suffixes:
+                raise ValueError(f"provider {p.id!r}: host pattern '*.{suffix}' is already claimed by "
+                                 f"{seen_suffixes[suffix]!r}")
+            seen_suffixes[suffix] = p.id
+    for host, pid in seen_hosts.items():  # an exact host under another provider's pattern: which one meant?
+        if (owner := seen_suffixes.get(host.partition(".")[2])) is not None and owner != pid:
+            raise ValueError(f"provider {pid!r}: host {host!r} falls under {owner!r}'s host pattern")
     return providers
 
 
 class Catalog:
     """Lookups the proxy runs per request, so each is a single dict access."""
 
-    __slots__ = ("providers", "origin_hosts", "_by_id", "_by_host", "_by_upstream")
+    __slots__ = ("providers", "origin_hosts", "_by_id", "_by_host", "_by_suffix", "_by_upstream")
 
     def __init__(self, providers: Iterable[Provider]) -> None:
         self.providers: tuple[Provider, ...] = tuple(providers)
         self._by_id = {p.id: p for p in self.providers}
         self._by_host = {host: p for p in self.providers for host in p.hosts}
+        self._by_suffix = {suffix: p for p in self.providers for suffix in p.host_suffixes}
         self.origin_hosts = frozenset(p.origin[1] for p in self.providers)  # what Tollgate connects to
         self._by_upstream: dict[tuple[str, int], Provider] = {}
         for p in self.providers:
@@ -225,15 +317,29 @@ class Catalog:
         return self._by_id.get(provider_id)
 
     def by_host(self, host: str) -> Provider | None:
-        return self._by_host.get(host.lower().rstrip("."))
+        """The provider of an exact host (one dict lookup), else of the `*.suffix` pattern it matches (one more)."""
+        host = host.lower().rstrip(".")
+        provider = self._by_host.get(host)
+        if provider is None and self._by_suffix:
+            label, _, suffix = host.partition(".")
+            provider = self._by_suffix.get(suffix)
+            if provider is not None and not _LABEL.fullmatch(label):
+                return None
+        return provider
+
+    def is_origin_host(self, host: str) -> bool:
+        """Whether Tollgate connects to `host` for some provider: an upstream, a base_url's, or a provider host."""
+        return host in self.origin_hosts or self.by_host(host) is not None
 
     def is_upstream_of(self, host: str, port: int) -> Provider | None:
         """The provider whose configured upstream is host:port (forward URLs may name either)."""
         return self._by_upstream.get((host.lower().rstrip("."), port))
 
     def allow_hosts_patterns(self) -> list[str]:
-        """Regexes for mitmproxy's allow_hosts: exact host, any port, nothing before or after."""
-        return [rf"^{re.escape(host)}:\d+$" for host in sorted(self._by_host)]
+        """Regexes for mitmproxy's allow_hosts: exact host (or one label and a pattern's suffix), any port,
+        nothing before or after."""
+        exact = [rf"^{re.escape(host)}:\d+$" for host in sorted(self._by_host)]
+        return exact + [rf"^{_LABEL_RE}\.{re.escape(suffix)}:\d+$" for suffix in sorted(self._by_suffix)]
 
 
 def load_catalog(path: Path | None = None, overrides: Mapping[str, Mapping] | None = None) -> Catalog:

@@ -14,6 +14,7 @@ import collections
 import logging
 import os
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from mitmproxy import ctx, hooks, http
@@ -24,6 +25,7 @@ from addons.auth.account_cache import AccountCache
 from addons.auth.authentication import authenticate, check_key_scope
 from addons.auth.credentials import is_captured, query_key, read_credential, strip_gateway_credentials
 from addons.auth.signed_tokens import check_scope
+from addons.auth.vertex_tokens import ServiceAccountTokens, TokenError
 from addons.billing import price_guard
 from addons.billing.autopay import AutoTopUp
 from addons.billing.cashier import Cashier
@@ -31,12 +33,13 @@ from addons.billing.charges import apply_charges, is_billable
 from addons.billing.limits import RATE_HEADER_PREFIX, RequestLimits
 from addons.billing.plan import plan_for
 from addons.core.catalog import Catalog, Provider
-from addons.core.errors import GatewayError, NotFound, ProviderNotConfigured, ShuttingDown
+from addons.core.errors import GatewayError, NotFound, ProviderNotConfigured, ShuttingDown, UpstreamUnreachable
 from addons.core.settings import Settings, resolve_database_url
 from addons.ledger.journal import Journal
 from addons.ledger.models import open_database
 from addons.ledger.writer import CommitReport, LedgerWriter, UsageRecord
-from addons.proxy import error_pages, flow_notes, metrics_recorder
+from addons.proxy import error_pages, flow_notes, metrics_recorder, vertex
+from addons.proxy.azure import check_resource, deployment_model
 from addons.proxy.error_pages import json_response, new_request_id
 from addons.proxy.flow_keys import (
     COST_KEY,
@@ -52,7 +55,7 @@ from addons.proxy.flow_keys import (
 from addons.proxy.forward import FORWARD_PATH, parse_forward_target, sdk_query, sdk_target
 from addons.proxy.gateway_config import SharedConfig
 from addons.proxy.metadata import parse_metadata
-from addons.proxy.routing import addressed_to_gateway, provider_for
+from addons.proxy.routing import addressed_to_gateway, provider_and_host
 from addons.proxy.usage_record import Pending, unmetered_record, usage_record
 from addons.usage.readers import UsageReader, for_request
 from pricing.bounds import PriceBounds
@@ -99,6 +102,7 @@ class Gateway:
         self.flows_shown = False
         self.metrics: metrics_recorder.Recorder | None = None
         self.price_bounds = PriceBounds()  # what a request may cost, for its holds
+        self.google_tokens = ServiceAccountTokens()  # Vertex AI access tokens from the operator's service account
 
     def load(self, loader):
         loader.add_option(
@@ -218,7 +222,7 @@ class Gateway:
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         server = data.server
         host = server.sni or (server.address and server.address[0])  # the address may be pinned to an IP by now
-        if ctx.options.tollgate_upstream_http2 and server.tls and not server.alpn_offers and host in self.catalog.origin_hosts:
+        if ctx.options.tollgate_upstream_http2 and server.tls and not server.alpn_offers and self.catalog.is_origin_host(host):
             server.alpn_offers = (b"h2", b"http/1.1")
 
     def running(self) -> None:
@@ -285,7 +289,7 @@ class Gateway:
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
-        provider = provider_for(flow, self.catalog)
+        provider, host = provider_and_host(flow, self.catalog)
         if provider is None and not addressed_to_gateway(flow):
             return  # not AI traffic: mitmproxy passes it on untouched
         request_id = new_request_id()
@@ -302,8 +306,8 @@ class Gateway:
                 routed = self._route_gateway_endpoint(flow, request_id)
                 if routed is None:
                     return
-                provider, forward_key = routed
-            await self._forward(flow, provider, request_id, forward_key)
+                provider, forward_key, host = routed
+            await self._forward(flow, provider, host, request_id, forward_key)
         except GatewayError as e:
             self._refuse(flow, e, request_id)
         except Exception:
@@ -320,8 +324,8 @@ class Gateway:
         flow.comment = flow_notes.refused_comment(error.status, error.code, error.message, request_id)
         flow.marked = flow_notes.REFUSED
 
-    def _route_gateway_endpoint(self, flow: http.HTTPFlow, request_id: str) -> tuple[Provider, str | None] | None:
-        """Answer /healthz, or aim a /v1/forward request at its provider; returns it and `key`."""
+    def _route_gateway_endpoint(self, flow: http.HTTPFlow, request_id: str) -> tuple[Provider, str | None, str] | None:
+        """Answer /healthz, or aim a /v1/forward request at its provider; returns it, `key` and the host u names."""
         path = flow.request.path.partition("?")[0]
         if path == "/healthz":
             flow.response = json_response(200, b'{"status":"ok"}', request_id)
@@ -338,10 +342,10 @@ class Gateway:
         target = parse_forward_target(sdk_target(query.get("u"), path, params), self.catalog)
         forward_key = query.get("key")
         flow.request.path = target.path
-        return target.provider, forward_key
+        return target.provider, forward_key, target.host
 
     async def _forward(
-        self, flow: http.HTTPFlow, provider: Provider, request_id: str, forward_key: str | None
+        self, flow: http.HTTPFlow, provider: Provider, host: str, request_id: str, forward_key: str | None
     ) -> None:
         request = flow.request
         key_param = query_key(request)
@@ -351,15 +355,16 @@ class Gateway:
         caller = await authenticate(credential, self.keys, self.signing_key, provider=provider.id,
                                     capture=self.settings.capture, captured=is_captured(flow.client_conn.proxy_mode))
         plan = await plan_for(caller, self.keys)
+        check_resource(provider, host, callers_key=plan.provider_key is not None)
         metadata = self._metadata(request.headers)
-        provider_key = plan.provider_key or os.environ.get(provider.credential_env)
-        if not provider_key:
-            raise ProviderNotConfigured(
-                "provider_key_missing", f"no {provider.name} key is configured ({provider.credential_env} is not set)"
-            )
+        provider_key = plan.provider_key or await self._operator_key(provider)
         path, _, query = request.path.partition("?")
-        reader = for_request(provider.api_family, request.method, path, query, request.raw_content or b"",
+        family, read_path, path_model = vertex.reader_request(provider.api_family, path)
+        reader = for_request(family, request.method, read_path, query, request.raw_content or b"",
                              upgrade="upgrade" in request.headers)
+        reader.model = path_model or reader.model
+        if pinned_model := deployment_model(provider, reader.model):
+            reader.model = pinned_model
         check_key_scope(caller.key, provider.id, reader.model)
         if plan.token is not None:
             check_scope(plan.token, provider.id, reader.model)
@@ -372,11 +377,32 @@ class Gateway:
         strip_gateway_credentials(request.headers)
         self._inject_provider_key(request, provider, provider_key)
         request.headers["accept-encoding"] = "identity"  # the usage reader reads bodies as they stream
-        request.scheme, request.host, request.port = provider.origin
+        request.scheme, request.host, request.port = provider.origin_for(host)
         self.pending[flow.id] = Pending(request_id, time.time(), provider, plan, reader, metadata,
-                                        rate_headers=rate_headers)
+                                        rate_headers=rate_headers, model=pinned_model)
         flow.metadata[PROVIDER_KEY] = provider.id
         flow.metadata[ENDPOINT_KEY], flow.metadata[STREAM_KEY] = reader.endpoint, reader.stream_requested
+
+    async def _operator_key(self, provider: Provider) -> str:
+        """The operator's credential for `provider`: its key from the environment, or for a Google service
+        account an access token minted from the key file (off the event loop)."""
+        if provider.credential_type != "google_service_account":
+            if key := os.environ.get(provider.credential_env):
+                return key
+            raise ProviderNotConfigured(
+                "provider_key_missing", f"no {provider.name} key is configured ({provider.credential_env} is not set)"
+            )
+        key_file = provider.service_account_file or os.environ.get(provider.credential_env)
+        if not key_file:
+            raise ProviderNotConfigured(
+                "provider_key_missing", f"no {provider.name} service account is configured (set "
+                f"{provider.credential_env}, or providers.{provider.id}.service_account_file in gateway.yaml)")
+        try:
+            return await self.google_tokens.token(key_file)
+        except TokenError:
+            raise UpstreamUnreachable(
+                "upstream_auth_failed", f"the gateway could not get a {provider.name} access token for its service "
+                "account (the gateway log says why)") from None
 
     @staticmethod
     def _metadata(headers) -> dict[str, str] | None:
@@ -449,6 +475,8 @@ class Gateway:
     def _usage_record(self, flow: http.HTTPFlow, state: Pending, status: int | None, error: str | None) -> UsageRecord:
         """Price the request, have billing charge it, and note both on the flow."""
         result = state.reader.result()
+        if state.model is not None:  # the operator's deployment map names the model over the response
+            result = replace(result, model=state.model)
         model = result.model or state.reader.model
         cost = self._cost(state.provider, model, result.usage, at=datetime.fromtimestamp(state.started, UTC))
         billable = is_billable(status, result.source)

@@ -25,12 +25,19 @@ LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 def provider_for(flow: http.HTTPFlow, catalog: Catalog) -> Provider | None:
     """The catalog provider the client meant: by SNI, then Host header, then the request's host."""
+    return provider_and_host(flow, catalog)[0]
+
+
+def provider_and_host(flow: http.HTTPFlow, catalog: Catalog) -> tuple[Provider | None, str]:
+    """The provider the client meant and the host it named it by (where the request goes, for providers
+    with per-region or per-account hosts); (None, "") when it named none."""
     if (sni := flow.client_conn.sni) and (provider := catalog.by_host(sni)):
-        return provider
+        return provider, sni
     request = flow.request
-    if (host_header := request.host_header) and (provider := catalog.by_host(_host_of(host_header))):
-        return provider
-    return catalog.by_host(request.host)
+    if (host_header := request.host_header) and (provider := catalog.by_host(host := _host_of(host_header))):
+        return provider, host
+    provider = catalog.by_host(request.host)
+    return provider, request.host if provider else ""
 
 
 def addressed_to_gateway(flow: http.HTTPFlow) -> bool:

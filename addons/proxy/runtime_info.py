@@ -96,7 +96,7 @@ class RuntimeInfo:
             "listeners": listeners,
             "confdir": os.path.expanduser(ctx.options.confdir),
             "proxyauth": bool(getattr(ctx.options, "proxyauth", None)),
-            "provider_keys": sorted(p.id for p in catalog.providers if os.environ.get(p.credential_env))
+            "provider_keys": sorted(p.id for p in catalog.providers if p.credential_configured(os.environ))
             if catalog else [],
         }
         try:

@@ -33,6 +33,7 @@ class Pending:
     metadata: dict[str, str] | None
     streamed: bool = False
     rate_headers: tuple[tuple[bytes, bytes], ...] | None = None  # x-ratelimit-* of the key's or customer's rate limits
+    model: str | None = None  # the model the operator maps the request's deployment to (Azure), over the response's
 
     @property
     def created_at(self) -> datetime:

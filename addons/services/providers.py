@@ -27,5 +27,5 @@ class ProviderInfo:
 
 def configured(environ: Mapping[str, str] = os.environ) -> list[ProviderInfo]:
     catalog = load_catalog(overrides=load_settings(environ).provider_overrides)
-    return [ProviderInfo(p.id, p.name, p.hosts, p.base_url, p.api_family, p.pricing_id, p.credential_env,
-                         bool(environ.get(p.credential_env)), p.upstream) for p in catalog.providers]
+    return [ProviderInfo(p.id, p.name, p.host_names, p.base_url, p.api_family, p.pricing_id, p.credential_env,
+                         p.credential_configured(environ), p.upstream) for p in catalog.providers]
