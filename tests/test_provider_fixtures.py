@@ -168,3 +168,17 @@ def test_provider_answer_is_metered_priced_and_keyed(gateway_in_process, pid, st
     assert {name: getattr(row, name) for name in USAGE_FIELDS} == spec["usage"]
     assert row.price_source == ("catalog" if provider.pricing_id else "override")
     assert row.provider_cost_nanos == expected_cost_nanos(provider, spec) > 0
+
+
+@pytest.mark.parametrize("pid, host", [(p.id, h) for p in load_catalog().providers if len(p.hosts) > 1 for h in p.hosts])
+def test_each_host_of_a_provider_is_reached_at_that_host(gateway_in_process, pid, host):
+    """A regional or legacy host (api.moonshot.cn, dashscope.aliyuncs.com, api.cohere.ai) is not redirected to
+    base_url's host: keys of one region do not work in the other."""
+    gateway = gateway_in_process
+    provider = gateway.catalog.by_id(pid)
+    path, body = request_of(provider, SPECS[pid], streamed=False)
+    flow = run(gateway, api_flow([(provider.auth_header, credential(provider, gateway.tollgate_key))],
+                                 content=json.dumps(body).encode(), host=host, path=path))
+    assert flow.response is None
+    assert (flow.request.scheme, flow.request.host, flow.request.port) == ("https", host, 443)
+    gateway.error(flow)  # the exchange ends here; its row is written as an error

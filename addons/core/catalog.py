@@ -83,6 +83,14 @@ class Provider:
     origin: Origin  # what Tollgate actually connects to: upstream if set, else base_url's
     timeouts: tuple[tuple[str, float | None], ...] = ()  # phases set for this provider, over the gateway's
 
+    def origin_for(self, host: str | None) -> Origin:
+        """Where a request that named `host` goes: the configured upstream if there is one, else that host
+        when it is one of the provider's (a regional or legacy endpoint: a China-region key works only on
+        the China host), else base_url's origin."""
+        if self.upstream is None and host and (host := host.lower().rstrip(".")) in self.hosts:
+            return self.origin[0], host, self.origin[2]
+        return self.origin
+
 
 def _origin(url: str) -> Origin:
     parts = urlsplit(url)
@@ -214,7 +222,8 @@ class Catalog:
         self.providers: tuple[Provider, ...] = tuple(providers)
         self._by_id = {p.id: p for p in self.providers}
         self._by_host = {host: p for p in self.providers for host in p.hosts}
-        self.origin_hosts = frozenset(p.origin[1] for p in self.providers)  # what Tollgate connects to
+        # what Tollgate connects to: a provider's upstream, else any of its hosts (Provider.origin_for)
+        self.origin_hosts = frozenset(h for p in self.providers for h in ((p.origin[1],) if p.upstream else p.hosts))
         self._by_upstream: dict[tuple[str, int], Provider] = {}
         for p in self.providers:
             if p.upstream:

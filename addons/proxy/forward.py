@@ -26,6 +26,7 @@ _PRINTABLE_ASCII = "".join(map(chr, range(0x21, 0x7F)))
 class ForwardTarget:
     provider: Provider
     path: str  # path and query, as the provider will see them
+    host: str  # the host `u` named: one of the provider's hosts, or its configured upstream
 
 
 def _refuse(why: str) -> BadRequest:
@@ -94,4 +95,4 @@ def parse_forward_target(u: str | None, catalog: Catalog) -> ForwardTarget:
         provider = catalog.is_upstream_of(host, port or default_port)
         if provider is None or parts.scheme != provider.origin[0]:
             raise _refuse("must point at a catalog provider host over https")
-    return ForwardTarget(provider, target)
+    return ForwardTarget(provider, target, host)

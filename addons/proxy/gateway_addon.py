@@ -52,7 +52,7 @@ from addons.proxy.flow_keys import (
 from addons.proxy.forward import FORWARD_PATH, parse_forward_target, sdk_query, sdk_target
 from addons.proxy.gateway_config import SharedConfig
 from addons.proxy.metadata import parse_metadata
-from addons.proxy.routing import addressed_to_gateway, provider_for
+from addons.proxy.routing import addressed_to_gateway, named_host, provider_for
 from addons.proxy.usage_record import Pending, unmetered_record, usage_record
 from addons.usage.readers import UsageReader, for_request
 from pricing.cost import Override, price, price_source
@@ -300,8 +300,10 @@ class Gateway:
                 routed = self._route_gateway_endpoint(flow, request_id)
                 if routed is None:
                     return
-                provider, forward_key = routed
-            await self._forward(flow, provider, request_id, forward_key)
+                provider, forward_key, host = routed
+            else:
+                host = named_host(flow, provider)
+            await self._forward(flow, provider, request_id, forward_key, host)
         except GatewayError as e:
             self._refuse(flow, e, request_id)
         except Exception:
@@ -318,8 +320,10 @@ class Gateway:
         flow.comment = flow_notes.refused_comment(error.status, error.code, error.message, request_id)
         flow.marked = flow_notes.REFUSED
 
-    def _route_gateway_endpoint(self, flow: http.HTTPFlow, request_id: str) -> tuple[Provider, str | None] | None:
-        """Answer /healthz, or aim a /v1/forward request at its provider; returns it and `key`."""
+    def _route_gateway_endpoint(
+        self, flow: http.HTTPFlow, request_id: str
+    ) -> tuple[Provider, str | None, str] | None:
+        """Answer /healthz, or aim a /v1/forward request at its provider; returns it, `key` and the host `u` named."""
         path = flow.request.path.partition("?")[0]
         if path == "/healthz":
             flow.response = json_response(200, b'{"status":"ok"}', request_id)
@@ -336,10 +340,10 @@ class Gateway:
         target = parse_forward_target(sdk_target(query.get("u"), path, params), self.catalog)
         forward_key = query.get("key")
         flow.request.path = target.path
-        return target.provider, forward_key
+        return target.provider, forward_key, target.host
 
     async def _forward(
-        self, flow: http.HTTPFlow, provider: Provider, request_id: str, forward_key: str | None
+        self, flow: http.HTTPFlow, provider: Provider, request_id: str, forward_key: str | None, host: str | None
     ) -> None:
         request = flow.request
         key_param = query_key(request)
@@ -371,7 +375,7 @@ class Gateway:
         strip_gateway_credentials(request.headers)
         self._inject_provider_key(request, provider, provider_key)
         request.headers["accept-encoding"] = "identity"  # the usage reader reads bodies as they stream
-        request.scheme, request.host, request.port = provider.origin
+        request.scheme, request.host, request.port = provider.origin_for(host)
         self.pending[flow.id] = Pending(request_id, time.time(), provider, plan, reader, metadata,
                                         rate_headers=rate_headers)
         flow.metadata[PROVIDER_KEY] = provider.id

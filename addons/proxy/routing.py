@@ -33,6 +33,16 @@ def provider_for(flow: http.HTTPFlow, catalog: Catalog) -> Provider | None:
     return catalog.by_host(request.host)
 
 
+def named_host(flow: http.HTTPFlow, provider: Provider) -> str | None:
+    """Which of the provider's hosts the client named (SNI, Host header, request host), so that a request
+    to a regional or legacy host of a provider goes to that host and not to its base_url's."""
+    request = flow.request
+    for host in (flow.client_conn.sni, request.host_header and _host_of(request.host_header), request.host):
+        if host and (host := host.lower().rstrip(".")) in provider.hosts:
+            return host
+    return None
+
+
 def addressed_to_gateway(flow: http.HTTPFlow) -> bool:
     """A regular-mode request to the proxy's own address, as to an ordinary HTTP server."""
     client = flow.client_conn
