@@ -10,14 +10,18 @@ credential in the provider's own style, and a request Tollgate meters.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
+from mitmproxy import http
+from mitmproxy.test import tutils
 
 from addons.core.catalog import load_catalog
+from addons.ledger.models import RequestRow
 from tests.inprocess_gateway import CHAT, api_flow, run, secret_key
 from tests.test_lava_sdk import node_sdks  # noqa: F401 - the fixture that installs the SDK
 
@@ -99,3 +103,29 @@ def test_sdk_provider_url_routes_to_its_catalog_provider(gw, monkeypatch, sdk_ke
     assert secret not in bytes(flow.request.headers).decode() and secret not in flow.request.url
     if metered:
         assert gw.pending[flow.id].reader.endpoint != "other"  # its usage is read, not left unmetered
+
+
+@pytest.mark.parametrize("sdk_key, model", [("googleOpenaiCompatible", "gemini-2.5-flash"), ("cohere", "command-a-03-2025")])
+def test_openai_compatible_paths_of_other_families_are_read_as_chat_completions(gw, monkeypatch, sdk_key, model):
+    """Gemini's /v1beta/openai and Cohere's /compatibility/v1 answer in OpenAI's shape: their usage is read."""
+    provider = gw.catalog.by_id(ROUTES[sdk_key][0])
+    monkeypatch.setenv(provider.credential_env, "pk-real-provider-key")
+    url = SDK_MAP[sdk_key] + "/chat/completions"
+    flow = api_flow([("authorization", f"Bearer {secret_key()}")], host="127.0.0.1", port=8080, scheme="http",
+                    path=url.removeprefix("http://127.0.0.1:8080"), content=CHAT.replace(b"gpt-4o-mini", model.encode()))
+    flow.client_conn.sockname = ("127.0.0.1", 8080)
+    run(gw, flow)
+    answer = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1764979200, "model": model,
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi!"}, "finish_reason": "stop"}],
+              "usage": {"prompt_tokens": 812, "completion_tokens": 64, "total_tokens": 876}}
+    flow.response = tutils.tresp(headers=http.Headers(content_type="application/json"), content=json.dumps(answer).encode())
+
+    async def respond():
+        gw.responseheaders(flow)
+        gw.response(flow)
+
+    asyncio.run(respond())
+    assert gw.writer.flush(timeout=10)
+    row = RequestRow.get_by_id(flow.response.headers["x-tollgate-request-id"])
+    assert (row.provider, row.input_tokens, row.output_tokens, row.usage_source) == (provider.id, 812, 64, "reported")
+    assert row.price_source == "catalog" and row.provider_cost_nanos > 0
