@@ -8,7 +8,9 @@ from addons.core.catalog import Timeouts, load_catalog, parse_providers
 GENAI = {p.id: p for p in genai_providers}
 REQUIRED_IDS = set(
     "openai anthropic gemini mistral groq deepseek xai together fireworks cerebras openrouter perplexity"
-    " deepinfra cohere sambanova nebius novita hyperbolic moonshot zai".split()
+    " deepinfra cohere sambanova nebius novita hyperbolic moonshot zai huggingface baseten"
+    # the rest of the `providers` map of Lava's Node SDK (elevenlabs: the media section)
+    " kluster inference vercel parasail embercloud targon gmicloud chutes".split()
 )
 
 
@@ -105,7 +107,7 @@ def test_auth_is_parsed(auth, parsed):
 def test_shipped_catalog_covers_required_providers_with_unique_hosts(catalog):
     ids = [p.id for p in catalog.providers]
     hosts = [h for p in catalog.providers for h in p.hosts]
-    assert len(ids) >= 20 and REQUIRED_IDS <= set(ids)
+    assert len(ids) >= 60 and REQUIRED_IDS <= set(ids)
     assert len(set(hosts)) == len(hosts)
     assert all(p.upstream is None and p.origin[0] == "https" for p in catalog.providers)
 
@@ -192,3 +194,19 @@ def test_allow_hosts_patterns_match_catalog_hosts(catalog):
 )
 def test_allow_hosts_patterns_reject_look_alikes(catalog, candidate):
     assert not any(re.search(p, candidate, re.IGNORECASE) for p in catalog.allow_hosts_patterns())
+
+
+@pytest.mark.parametrize(
+    "changes, host, origin",
+    [
+        ({"hosts": ["api.acme.test", "api.acme.cn"]}, "api.acme.cn", ("https", "api.acme.cn", 443)),
+        ({"hosts": ["api.acme.test", "api.acme.cn"]}, "API.ACME.CN.", ("https", "api.acme.cn", 443)),
+        ({"hosts": ["api.acme.test", "api.acme.cn"]}, "evil.test", ("https", "api.acme.test", 443)),
+        ({"hosts": ["api.acme.test", "api.acme.cn"]}, None, ("https", "api.acme.test", 443)),
+        ({"hosts": ["api.acme.test", "api.acme.cn"], "upstream": "http://127.0.0.1:9"}, "api.acme.cn",
+         ("http", "127.0.0.1", 9)),
+    ],
+)
+def test_a_request_goes_to_the_host_it_named_unless_an_upstream_is_set(changes, host, origin):
+    [provider] = parse_providers(doc(entry(**changes)))
+    assert provider.origin_for(host) == origin

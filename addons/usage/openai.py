@@ -51,7 +51,7 @@ class OpenAIReader(UsageReader):
         self._model(obj.get("model"))
         choices = obj.get("choices")
         self._out_chars += text_chars(choices, _CHAT_OUT_KEYS)
-        usage = obj.get("usage") or as_dict(obj.get("x_groq")).get("usage")
+        usage = obj.get("usage") or as_dict(obj.get("x_groq")).get("usage") or _choice_usage(choices)
         if isinstance(usage, dict):
             ends = not choices or any(as_dict(c).get("finish_reason") for c in as_list(choices))
             self._report(openai_usage(usage), ends)
@@ -101,8 +101,18 @@ def openai_usage(u: dict[str, Any]) -> TokenUsage:
     reasoning = count(as_dict(u.get("completion_tokens_details")).get("reasoning_tokens"))
     if reasoning and count(u.get("total_tokens")) == prompt + completion + reasoning:
         completion += reasoning  # some compatible providers count reasoning outside completion
-    cached = count(details_in.get("cached_tokens")) or count(u.get("prompt_cache_hit_tokens"))
+    # DeepSeek reports cache hits as prompt_cache_hit_tokens, Moonshot as a top-level cached_tokens
+    cached = (count(details_in.get("cached_tokens")) or count(u.get("prompt_cache_hit_tokens"))
+              or count(u.get("cached_tokens")))
     return TokenUsage(prompt, cached, count(details_in.get("cache_write_tokens")), completion, reasoning)
+
+
+def _choice_usage(choices: Any) -> dict[str, Any] | None:
+    """Moonshot's stream puts the usage of its last chunk inside the choice, not beside it."""
+    for choice in as_list(choices):
+        if isinstance(usage := as_dict(choice).get("usage"), dict):
+            return usage
+    return None
 
 
 def is_audio(event: str) -> bool:

@@ -21,6 +21,14 @@ READERS: dict[str, type[UsageReader]] = {
     "cohere": CohereReader,
 }
 
+# OpenAI-compatible APIs some families serve beside their own, found by a path segment:
+# Gemini's /v1beta/openai/... and Cohere's /compatibility/v1/... (both in Lava's SDK map).
+# The bool: whether the stream may be asked for its usage (Cohere's documents no stream_options).
+OPENAI_COMPATIBLE: dict[str, tuple[str, bool]] = {
+    "gemini": ("/openai/", True),
+    "cohere": ("/compatibility/", False),
+}
+
 
 def for_request(
     family: str, method: str, path: str, query: str, body: bytes, *, inject_usage: bool = True, upgrade: bool = False,
@@ -32,6 +40,8 @@ def for_request(
     upgrade: the request asks for a protocol upgrade (a websocket session).
     """
     reader = READERS.get(family, UsageReader)
+    if (compatible := OPENAI_COMPATIBLE.get(family)) and compatible[0] in path:
+        reader, inject_usage = OpenAIReader, inject_usage and compatible[1]
     try:
         return reader.from_request(family, method, path, query, body, inject_usage, upgrade)
     except Exception:  # a bad request must not break the proxy
