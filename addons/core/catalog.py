@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import yaml
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "config" / "providers.yaml"
-API_FAMILIES = frozenset({"openai", "anthropic", "gemini", "cohere"})
+API_FAMILIES = frozenset({"openai", "anthropic", "gemini", "cohere", "bedrock"})
 DEFAULT_PORTS = {"https": 443, "http": 80}
 
 _REQUIRED = ("id", "name", "hosts", "base_url", "auth", "credential_env", "api_family", "pricing_id")
@@ -82,6 +82,9 @@ class Provider:
     auth_query: str | None  # query parameter name, or None for header auth
     origin: Origin  # what Tollgate actually connects to: upstream if set, else base_url's
     timeouts: tuple[tuple[str, float | None], ...] = ()  # phases set for this provider, over the gateway's
+    # auth {sigv4: SERVICE}: AWS Signature V4 both ways (addons/auth/sigv4_callers.py verifies the caller's,
+    # addons/proxy/bedrock.py signs for the provider); the service name signed for, e.g. "bedrock"
+    sigv4_service: str | None = None
 
 
 def _origin(url: str) -> Origin:
@@ -121,7 +124,11 @@ def _parse_auth(where: str, auth: object) -> tuple[str | None, str | None, str |
         if not isinstance(auth["query"], str) or not auth["query"]:
             raise ValueError(f"{where}.query must be a non-empty parameter name")
         return None, None, auth["query"]
-    raise ValueError(f"{where} must have either header (and optionally scheme) or query, got {sorted(keys)}")
+    if keys == {"sigv4"}:  # the service name is read by _sigv4_service
+        if not isinstance(auth["sigv4"], str) or not _ID.fullmatch(auth["sigv4"]):
+            raise ValueError(f"{where}.sigv4 must be an AWS service name such as bedrock")
+        return None, None, None
+    raise ValueError(f"{where} must have either header (and optionally scheme), query or sigv4, got {sorted(keys)}")
 
 
 def _parse_provider(index: int, entry: object) -> Provider:
@@ -182,6 +189,7 @@ def _parse_provider(index: int, entry: object) -> Provider:
         auth_query=query,
         origin=_origin(upstream or base_url),
         timeouts=timeouts,
+        sigv4_service=entry["auth"].get("sigv4"),
     )
 
 
