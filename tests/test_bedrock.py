@@ -26,9 +26,12 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 from mitmproxy import http
-from mitmproxy.test import tutils
+from mitmproxy.test import tflow, tutils
 
 from addons.auth.sigv4_callers import SignatureRefused, authenticate_sigv4, expected_signature, parse_authorization
+from addons.core.catalog import load_catalog, parse_providers
+from addons.proxy.auth_throttle import credential_digest
+from addons.proxy.bedrock import region_of
 from addons.usage.readers import for_request
 from pricing.money import to_nanos
 from tests.harness import GatewayProcess
@@ -277,3 +280,39 @@ def test_old_signatures_are_refused():
     with pytest.raises(SignatureRefused) as refused:
         asyncio.run(authenticate_sigv4(request, cache=None, service="bedrock", now=time.time() + 16 * 60))
     assert refused.value.code == "signature_expired"
+
+
+def test_forward_endpoint_cannot_carry_a_signature(gateway):
+    url = f"{gateway.url}/v1/forward?u=https://{HOST}/model/{MODEL}/converse"
+    request = urllib.request.Request(url, data=b"{}", method="POST", headers={"content-type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=5)
+    assert refused.value.code == 400
+    assert json.loads(refused.value.read())["error"]["code"] == "sigv4_needs_proxy"
+
+
+def test_catalog_lists_bedrock_regions_with_sigv4():
+    [parsed] = parse_providers({"providers": [{
+        "id": "aws-x", "name": "X", "hosts": ["bedrock-runtime.eu-west-1.amazonaws.com"],
+        "base_url": "https://bedrock-runtime.eu-west-1.amazonaws.com", "auth": {"sigv4": "bedrock"},
+        "credential_env": "AWS_ACCESS_KEY_ID", "api_family": "bedrock", "pricing_id": "aws"}]})
+    assert (parsed.sigv4_service, parsed.auth_header, parsed.auth_query) == ("bedrock", None, None)
+    with pytest.raises(ValueError, match="sigv4 must be an AWS service name"):
+        parse_providers({"providers": [{**_entry(parsed), "auth": {"sigv4": "Bed Rock"}}]})
+    catalog = load_catalog()
+    for region in ("us-east-1", "eu-central-1", "ap-northeast-1", "us-gov-west-1"):
+        provider = catalog.by_host(f"bedrock-runtime.{region}.amazonaws.com")
+        assert provider is not None and provider.id == "bedrock" and provider.sigv4_service == "bedrock"
+        assert region_of(f"bedrock-runtime.{region}.amazonaws.com") == region
+
+
+def _entry(provider) -> dict:
+    return {"id": provider.id, "name": provider.name, "hosts": list(provider.hosts), "base_url": provider.base_url,
+            "credential_env": provider.credential_env, "api_family": provider.api_family,
+            "pricing_id": provider.pricing_id}
+
+
+def test_failed_signatures_count_towards_the_auth_throttle():
+    request = _signed_request("tg_sk_right")
+    flow = tflow.tflow(req=request)
+    assert credential_digest(flow) is not None

@@ -27,7 +27,7 @@ from mitmproxy import http
 
 from addons.auth.account_cache import AccountCache
 from addons.auth.authentication import Caller, usable_key
-from addons.core.errors import Forbidden, Unauthorized
+from addons.core.errors import Unauthorized
 from addons.core.sealed_secrets import UnsealError
 
 ALGORITHM = "AWS4-HMAC-SHA256"
@@ -110,8 +110,8 @@ async def authenticate_sigv4(request: http.Request, cache: AccountCache, service
     try:
         secret = await cache.sigv4_secret(akid)
     except UnsealError:
-        raise Forbidden("sigv4_secret_unavailable", "the gateway cannot read this key's signing secret (its "
-                                                    "secrets key changed); rotate the key") from None
+        raise _refused("sigv4_secret_unavailable", "the gateway cannot read this key's signing secret (its "
+                                                   "secrets key changed): create a new key") from None
     if secret is None:
         raise _refused("sigv4_secret_unavailable", "this key was made before the gateway kept signing secrets: "
                                                    "create a new key (or rotate a spend key) to sign AWS requests")
