@@ -34,6 +34,8 @@ INVOKE_USAGE = {"input_tokens": 21, "cache_creation_input_tokens": 3, "cache_rea
 CONVERSE_USAGE = {"inputTokens": 31, "outputTokens": 17, "cacheReadInputTokens": 6, "cacheWriteInputTokens": 2,
                   "totalTokens": 31 + 17 + 6 + 2}
 TEXT = ["Hello", " from", " Bedrock."]
+TITAN_ANSWER = {"inputTextTokenCount": 12, "results": [{"tokenCount": 7, "outputText": "Hello from Titan.",
+                                                        "completionReason": "FINISH"}]}
 _AUTH = re.compile(r"AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request, "
                    r"SignedHeaders=([^,]+), Signature=([0-9a-f]{64})")
 
@@ -98,6 +100,10 @@ class MockBedrock:
                 if m is None:
                     return self._json(404, {"message": "Unknown operation"}, {"x-amzn-errortype": "UnknownOperation"})
                 op = m[2]
+                if op == "invoke" and m[1].startswith("amazon.titan-text"):  # a model with its own format
+                    return self._json(200, TITAN_ANSWER, {
+                        "x-amzn-bedrock-input-token-count": str(TITAN_ANSWER["inputTextTokenCount"]),
+                        "x-amzn-bedrock-output-token-count": str(TITAN_ANSWER["results"][0]["tokenCount"])})
                 if op == "invoke":
                     return self._json(200, mock.anthropic_message(), {
                         "x-amzn-bedrock-input-token-count": str(INVOKE_USAGE["input_tokens"]),

@@ -35,7 +35,16 @@ from addons.proxy.bedrock import region_of
 from addons.usage.readers import for_request
 from pricing.money import to_nanos
 from tests.harness import GatewayProcess
-from tests.mock_bedrock import CONVERSE_USAGE, INVOKE_USAGE, OPERATOR, REGION, TEXT, MockBedrock, event_frame
+from tests.mock_bedrock import (
+    CONVERSE_USAGE,
+    INVOKE_USAGE,
+    OPERATOR,
+    REGION,
+    TEXT,
+    TITAN_ANSWER,
+    MockBedrock,
+    event_frame,
+)
 
 MODEL = "anthropic.claude-3-5-sonnet-20240620-v1:0"
 HOST = f"bedrock-runtime.{REGION}.amazonaws.com"
@@ -92,13 +101,14 @@ def _expected_cost(model: str, input_tokens: int, cache_read: int, cache_write: 
     return Decimal(to_nanos(total)) / 10**9
 
 
-def _assert_row(gateway, request_id: str, endpoint: str, streamed: bool, usage: tuple[int, int, int, int]) -> None:
+def _assert_row(gateway, request_id: str, endpoint: str, streamed: bool, usage: tuple[int, int, int, int],
+                model: str = MODEL) -> None:
     row = gateway.request_row(request_id)
     assert (row["provider"], row["model"], row["endpoint"], row["status"], row["streamed"]) == (
-        "bedrock", MODEL, endpoint, 200, streamed)
+        "bedrock", model, endpoint, 200, streamed)
     assert (row["input_tokens"], row["cache_read_tokens"], row["cache_write_tokens"], row["output_tokens"]) == usage
     assert row["usage_source"] == "reported" and row["price_source"] == "catalog"
-    expected = _expected_cost(MODEL, *usage)
+    expected = _expected_cost(model, *usage)
     assert expected > 0 and Decimal(row["provider_cost"]) == expected == Decimal(row["charged"])
 
 
@@ -137,6 +147,14 @@ def test_invoke_model(client, gateway, bedrock):
     assert json.loads(bedrock.last["body"]) == INVOKE_BODY
     _assert_signed_by_operator_only(bedrock, gateway)
     _assert_row(gateway, _request_id(response), "invoke_model", False, _invoke_usage())
+
+
+def test_invoke_model_of_another_family_is_read_from_its_token_headers(client, gateway):
+    model = "amazon.titan-text-express-v1"
+    response = client.invoke_model(modelId=model, body=json.dumps({"inputText": "hi"}))
+    assert json.loads(response["body"].read()) == TITAN_ANSWER
+    usage = (TITAN_ANSWER["inputTextTokenCount"], 0, 0, TITAN_ANSWER["results"][0]["tokenCount"])
+    _assert_row(gateway, _request_id(response), "invoke_model", False, usage, model=model)
 
 
 def test_invoke_model_with_response_stream_passes_bytes_through(client, gateway, bedrock):

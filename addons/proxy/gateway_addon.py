@@ -411,6 +411,7 @@ class Gateway:
         if state is None:
             return
         response = flow.response
+        state.reader.observe_headers(response.headers)
         for name in REQUEST_ID_HEADERS:
             response.headers[name] = state.request_id
         if state.rate_headers:  # the key's limits replace the provider's own (raw fields: no per-header parsing)

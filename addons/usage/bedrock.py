@@ -4,7 +4,8 @@
 the Messages API, read as AnthropicReader reads it. Its stream (`invoke-with-response-stream`)
 wraps each Anthropic event in a `chunk` event whose payload is `{"bytes": base64 of the event}`;
 Bedrock adds `amazon-bedrock-invocationMetrics` (input and output token counts) to the last chunk,
-which is what other models' streams are read by. `converse` answers `usage {inputTokens,
+which is what other models' streams are read by; their whole answers by the `x-amzn-bedrock-input-token-count`
+and `-output-token-count` headers. `converse` answers `usage {inputTokens,
 outputTokens, cacheReadInputTokens, cacheWriteInputTokens, totalTokens}`; `converse-stream` sends it
 in its `metadata` event. Bedrock's inputTokens leave out cached tokens, Tollgate's input counts them.
 
@@ -36,6 +37,7 @@ ENDPOINTS = {"invoke": "invoke_model", "invoke-with-response-stream": "invoke_mo
 STREAMS = frozenset({"invoke_model_stream", "converse_stream"})
 EVENT_STREAM = "application/vnd.amazon.eventstream"
 _METRICS = "amazon-bedrock-invocationMetrics"
+_COUNT = re.compile(r"[0-9]{1,12}")
 _OUT_TEXT = frozenset({"text", "reasoningContent", "reasoningText"})  # Converse's output text and reasoning
 
 
@@ -45,6 +47,7 @@ class BedrockReader(AnthropicReader):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._frames: EventStreamBuffer | None = EventStreamBuffer()
+        self._header_usage: TokenUsage | None = None
 
     @classmethod
     def from_request(cls, family, method, path, query, body, inject_usage, upgrade) -> UsageReader:
@@ -83,12 +86,20 @@ class BedrockReader(AnthropicReader):
         self._final = self._final or self._usage is not None
         return b""
 
+    def observe_headers(self, headers) -> None:
+        """InvokeModel answers every model's token counts in headers; read when its body reports none."""
+        counts = [headers.get(f"x-amzn-bedrock-{side}-token-count", "") for side in ("input", "output")]
+        if all(_COUNT.fullmatch(c) for c in counts):
+            self._header_usage = TokenUsage(input_tokens=int(counts[0]), output_tokens=int(counts[1]))
+
     def observe_body(self, body: bytes, content_type: str | None) -> None:
         if EVENT_STREAM in (content_type or "").lower():
             self._frame(body)
             self.finish()
         else:
             super().observe_body(body, content_type)
+        if self._usage is None and self._header_usage is not None:
+            self._report(self._header_usage, final=True)
 
     def _frame(self, data: bytes) -> None:
         if self._frames is None or self.endpoint == "other":
