@@ -273,12 +273,12 @@ def _signed_request(secret: str, body: bytes = b'{"messages":[]}') -> http.Reque
 
 def test_signature_check_is_botocores_own():
     request = _signed_request("tg_sk_right")
-    akid, _, region, service, _, signed, signature = parse_authorization(request.headers["authorization"])
+    scope = parse_authorization(request.headers["authorization"])
     amz_date = request.headers["x-amz-date"]
-    assert expected_signature(request, "tg_sk_right", akid, region, service, signed, amz_date) == signature
-    assert expected_signature(request, "tg_sk_wrong", akid, region, service, signed, amz_date) != signature
+    assert expected_signature(request, "tg_sk_right", scope, amz_date) == scope.signature
+    assert expected_signature(request, "tg_sk_wrong", scope, amz_date) != scope.signature
     request.content = b'{"messages":[1]}'  # the body is signed
-    assert expected_signature(request, "tg_sk_right", akid, region, service, signed, amz_date) != signature
+    assert expected_signature(request, "tg_sk_right", scope, amz_date) != scope.signature
 
 
 @pytest.mark.parametrize("value, code", [
@@ -293,11 +293,22 @@ def test_malformed_signatures_are_refused_clearly(value, code):
     assert refused.value.code == code and "tg_sk_" not in refused.value.message.replace("(tg_sk_…)", "")
 
 
-def test_old_signatures_are_refused():
+@pytest.mark.parametrize("change, code", [
+    ({"now": time.time() + 16 * 60}, "signature_expired"),
+    ({"x-amz-date": "20251399T000000Z"}, "invalid_credential"),  # no such date
+    ({"service": "s3"}, "invalid_credential"),
+])
+def test_old_or_misdirected_signatures_are_refused(change, code):
+    """Refused before any key is looked up (the cache is not even given)."""
     request = _signed_request("tg_sk_right")
+    if "x-amz-date" in change:  # the signature's own date too: only the calendar can refuse it
+        day = request.headers["x-amz-date"][:8]
+        request.headers["x-amz-date"] = change["x-amz-date"]
+        request.headers["authorization"] = request.headers["authorization"].replace(day, change["x-amz-date"][:8])
     with pytest.raises(SignatureRefused) as refused:
-        asyncio.run(authenticate_sigv4(request, cache=None, service="bedrock", now=time.time() + 16 * 60))
-    assert refused.value.code == "signature_expired"
+        asyncio.run(authenticate_sigv4(request, cache=None, service=change.get("service", "bedrock"),
+                                       now=change.get("now")))
+    assert refused.value.code == code
 
 
 def test_forward_endpoint_cannot_carry_a_signature(gateway):

@@ -19,6 +19,7 @@ import hmac
 import re
 import time
 from calendar import timegm
+from typing import NamedTuple
 
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -49,8 +50,18 @@ def _refused(code: str, message: str) -> SignatureRefused:
     return SignatureRefused(code, message, headers={"x-amzn-errortype": code})
 
 
-def parse_authorization(value: str | None) -> tuple[str, str, str, str, str, list[str], str]:
-    """(access key id, date, region, service, signed headers..., signature) of a SigV4 Authorization header."""
+class SignedScope(NamedTuple):
+    """What a SigV4 Authorization header says: who signed, for which day, region and service, over which headers."""
+
+    access_key: str
+    day: str
+    region: str
+    service: str
+    signed_headers: list[str]
+    signature: str
+
+
+def parse_authorization(value: str | None) -> SignedScope:
     if not value:
         raise _refused("missing_credential", f"this AWS API needs a SigV4-signed request: {_HOW}")
     m = _AUTH.fullmatch(value.strip())
@@ -59,24 +70,25 @@ def parse_authorization(value: str | None) -> tuple[str, str, str, str, str, lis
     parts = m["credential"].split("/")
     if len(parts) != 5 or parts[4] != "aws4_request" or not all(parts):
         raise _refused("invalid_credential", "the signature's Credential is not key/date/region/service/aws4_request")
-    akid, day, region, service, _ = parts
-    return akid, day, region, service, m["signed"], m["signed"].split(";"), m["signature"]
+    return SignedScope(*parts[:4], m["signed"].split(";"), m["signature"])
 
 
-def _epoch(amz_date: str) -> float:
-    return timegm(time.strptime(amz_date, "%Y%m%dT%H%M%SZ"))
+def _epoch(amz_date: str) -> float | None:
+    try:
+        return timegm(time.strptime(amz_date, "%Y%m%dT%H%M%SZ"))
+    except ValueError:  # digits that are no date (month 13)
+        return None
 
 
-def expected_signature(request: http.Request, secret: str, akid: str, region: str, service: str,
-                       signed_headers: list[str], amz_date: str) -> str:
+def expected_signature(request: http.Request, secret: str, scope: SignedScope, amz_date: str) -> str:
     """What the caller's signature must be: botocore's SigV4Auth over the headers it signed (a repeated one
     joined by commas, as SigV4 joins them), the path and query as sent, the body, and its own timestamp."""
-    headers = {name: ",".join(request.headers.get_all(name)) for name in signed_headers}
+    headers = {name: ",".join(request.headers.get_all(name)) for name in scope.signed_headers}
     if "host" in headers:
         headers["host"] = request.host_header or ""  # HTTP/2 carries it as :authority
     aws = AWSRequest(method=request.method, url=request.url, data=request.raw_content or b"", headers=headers)
     aws.context["timestamp"] = amz_date
-    signer = SigV4Auth(Credentials(akid, secret), service, region)
+    signer = SigV4Auth(Credentials(scope.access_key, secret), scope.service, scope.region)
     canonical = signer.canonical_request(aws)
     return signer.signature(signer.string_to_sign(aws, canonical), aws)
 
@@ -91,22 +103,24 @@ def _check_payload_hash(request: http.Request) -> None:
 async def authenticate_sigv4(request: http.Request, cache: AccountCache, service: str,
                              now: float | None = None) -> Caller:
     """The caller of a SigV4-signed request, or a refusal saying what to fix; never reveals a secret."""
-    akid, day, region, scope_service, _, signed, signature = parse_authorization(request.headers.get("authorization"))
-    if scope_service != service:
-        raise _refused("invalid_credential", f"the request is signed for service {scope_service!r}, not {service!r}")
-    if "host" not in signed:
+    scope = parse_authorization(request.headers.get("authorization"))
+    if scope.service != service:
+        raise _refused("invalid_credential", f"the request is signed for service {scope.service!r}, not {service!r}")
+    if "host" not in scope.signed_headers:
         raise _refused("invalid_credential", "the signature must cover the host header")
     amz_date = request.headers.get("x-amz-date", "")
-    if not _AMZ_DATE.fullmatch(amz_date) or amz_date[:8] != day:
+    signed_at = _epoch(amz_date) if _AMZ_DATE.fullmatch(amz_date) else None
+    if signed_at is None or amz_date[:8] != scope.day:
         raise _refused("invalid_credential", "x-amz-date is missing or does not match the signature's date")
-    if abs((time.time() if now is None else now) - _epoch(amz_date)) > MAX_SKEW_SECONDS:
+    if abs((time.time() if now is None else now) - signed_at) > MAX_SKEW_SECONDS:
         raise _refused("signature_expired", "the request's signature is more than 15 minutes from the gateway's "
                                             "clock; check the client's clock")
+    akid = scope.access_key
     if not akid.startswith("key_"):
         raise _refused("invalid_credential", f"the AWS access key id is not a Tollgate key id: {_HOW}")
     key = await cache.key_by_id(akid)
     if key is None:
-        raise _refused("invalid_credential", f"unknown Tollgate key id {akid!r} as the AWS access key id")
+        raise _refused("invalid_credential", f"the AWS access key id names no Tollgate key: {_HOW}")
     try:
         secret = await cache.sigv4_secret(akid)
     except UnsealError:
@@ -116,8 +130,8 @@ async def authenticate_sigv4(request: http.Request, cache: AccountCache, service
         raise _refused("sigv4_secret_unavailable", "this key was made before the gateway kept signing secrets: "
                                                    "create a new key (or rotate a spend key) to sign AWS requests")
     _check_payload_hash(request)
-    expected = expected_signature(request, secret, akid, region, service, signed, amz_date)
-    if not hmac.compare_digest(expected.encode(), signature.encode()):
+    expected = expected_signature(request, secret, scope, amz_date)
+    if not hmac.compare_digest(expected.encode(), scope.signature.encode()):
         raise _refused("signature_mismatch", "the AWS signature does not match: the secret access key must be "
                                              "the Tollgate secret (tg_sk_…) of the key named as access key id")
     return Caller(usable_key(key))
