@@ -124,7 +124,7 @@ def _parse_auth(where: str, auth: object) -> tuple[str | None, str | None, str |
         if not isinstance(auth["query"], str) or not auth["query"]:
             raise ValueError(f"{where}.query must be a non-empty parameter name")
         return None, None, auth["query"]
-    if keys == {"sigv4"}:  # the service name is read by _sigv4_service
+    if keys == {"sigv4"}:  # the service name goes to Provider.sigv4_service
         if not isinstance(auth["sigv4"], str) or not _ID.fullmatch(auth["sigv4"]):
             raise ValueError(f"{where}.sigv4 must be an AWS service name such as bedrock")
         return None, None, None

@@ -94,8 +94,9 @@ def create_key(name: str, account_name: str = DEFAULT_ACCOUNT, role: str = "acco
     account, _ = ensure_account(account_name)
     secret = new_secret_key()
     row = ApiKey.create(account=account, name=name, key_hash=hash_secret(secret), prefix=display_prefix(secret),
-                        sigv4_secret_sealed=seal(secret), role=role, kind=kind, status=status, allowed_models=_json_list(allowed_models),
-                        allowed_providers=_json_list(allowed_providers), expires_at=expires_at,
+                        sigv4_secret_sealed=seal(secret), role=role, kind=kind, status=status,
+                        allowed_models=_json_list(allowed_models), allowed_providers=_json_list(allowed_providers),
+                        expires_at=expires_at,
                         **limit_columns(limits))
     return row, secret
 
