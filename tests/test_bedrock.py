@@ -30,6 +30,7 @@ from mitmproxy.test import tflow, tutils
 
 from addons.auth.sigv4_callers import SignatureRefused, authenticate_sigv4, expected_signature, parse_authorization
 from addons.core.catalog import load_catalog, parse_providers
+from addons.ledger.accounts import create_key, credit_wallet, ensure_account
 from addons.proxy.auth_throttle import credential_digest
 from addons.proxy.bedrock import region_of
 from addons.usage.readers import for_request
@@ -44,6 +45,7 @@ from tests.mock_bedrock import (
     TITAN_ANSWER,
     MockBedrock,
     event_frame,
+    verify_operator_signature,
 )
 
 MODEL = "anthropic.claude-3-5-sonnet-20240620-v1:0"
@@ -345,3 +347,42 @@ def test_failed_signatures_count_towards_the_auth_throttle():
     request = _signed_request("tg_sk_right")
     flow = tflow.tflow(req=request)
     assert credential_digest(flow) is not None
+
+
+# -- in-process: the Gateway addon on a signed flow ------------------------------------------------
+
+
+def _key_flow(gw, monkeypatch, secret_of=lambda secret: secret) -> tuple[http.HTTPFlow, dict]:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", OPERATOR.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", OPERATOR.secret_key)
+    monkeypatch.setenv("AWS_SESSION_TOKEN", OPERATOR.token)
+    row, secret = create_key("bedrock-unit")
+    credit_wallet(ensure_account()[1].id, 10**9)
+    body = json.dumps({k: v for k, v in CONVERSE_ARGS.items() if k != "modelId"}).encode()  # the id is in the URL
+    url = f"https://{HOST}/model/{MODEL.replace(':', '%3A')}/converse"
+    aws = AWSRequest(method="POST", url=url, data=body, headers={"content-type": "application/json"})
+    SigV4Auth(Credentials(row.id, secret_of(secret)), "bedrock", REGION).add_auth(aws)
+    headers = http.Headers([(k.encode(), v.encode()) for k, v in aws.headers.items()] + [(b"host", HOST.encode())])
+    request = tutils.treq(host=HOST, port=443, scheme="https", method="POST",
+                          path=f"/model/{MODEL.replace(':', '%3A')}/converse", headers=headers, content=body)
+    return tflow.tflow(req=request), {"key_id": row.id, "secret": secret}
+
+
+def test_gateway_re_signs_with_the_operator_credentials(gw, monkeypatch):
+    flow, key = _key_flow(gw, monkeypatch)
+    asyncio.run(gw.request(flow))
+    assert flow.response is None, flow.response and flow.response.content  # forwarded
+    request = flow.request
+    assert (request.scheme, request.host, request.port) == ("https", HOST, 443)  # the region the caller meant
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    assert verify_operator_signature("POST", request.url, headers, request.raw_content) is None
+    assert key["key_id"] not in str(request.headers) and key["secret"] not in str(request.headers)
+
+
+def test_gateway_refuses_a_wrong_secret_in_a_shape_boto3_reads(gw, monkeypatch):
+    flow, _ = _key_flow(gw, monkeypatch, secret_of=lambda secret: secret + "x")
+    asyncio.run(gw.request(flow))
+    assert flow.response.status_code == 401 and flow.response.headers["x-amzn-errortype"] == "signature_mismatch"
+    body = json.loads(flow.response.content)
+    assert body["error"]["code"] == "signature_mismatch" and body["message"] == body["error"]["message"]
+    assert flow.id not in gw.pending  # refused before anything was held or will be recorded
