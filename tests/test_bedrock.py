@@ -344,10 +344,10 @@ def _entry(provider) -> dict:
             "pricing_id": provider.pricing_id}
 
 
-def test_failed_signatures_count_towards_the_auth_throttle():
-    request = _signed_request("tg_sk_right")
-    flow = tflow.tflow(req=request)
-    assert credential_digest(flow) is not None
+def test_signatures_count_towards_the_auth_throttle_by_access_key_id():
+    """Each signature differs; the key id it names is what the throttle trusts once it passed, or counts."""
+    first, second = (credential_digest(tflow.tflow(req=_signed_request(s))) for s in ("tg_sk_right", "tg_sk_wrong"))
+    assert first is not None and first == second
 
 
 # -- in-process: the Gateway addon on a signed flow ------------------------------------------------
