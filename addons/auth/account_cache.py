@@ -139,6 +139,10 @@ class AccountCache:
     async def key_by_id(self, key_id: str) -> KeyRecord | None:
         return await self._cached(accounts.find_key_by_id, key_id)
 
+    async def sigv4_secret(self, key_id: str) -> str | None:
+        """The secret an AWS SigV4 caller signs with (ledger.accounts.find_sigv4_secret), unsealed off the loop."""
+        return await self._cached(accounts.find_sigv4_secret, key_id)
+
     async def provider_key(self, key_hash: str, provider: str) -> ProviderKeyRecord | None:
         """A provider key an app sent instead of a Tollgate key, by fingerprint: registered to whom."""
         return await self._cached(accounts.find_provider_key, key_hash, provider)

@@ -98,13 +98,18 @@ async def authenticate(credential: CallerCredential, cache: AccountCache, signin
         key = await cache.key(hash_secret(credential.secret_key))
     if key is None:
         raise Unauthorized("invalid_credential", "unknown Tollgate secret key")
+    return Caller(usable_key(key), signed, *_asked_for(credential, signed))
+
+
+def usable_key(key: KeyRecord) -> KeyRecord:
+    """The key, unless it is revoked, paused or expired (every way of proving a key ends here)."""
     if key.revoked:
         raise Forbidden("key_revoked", "this Tollgate secret key has been revoked")
     if key.status != "active":
         raise Forbidden("key_paused", "this Tollgate key is paused; it works again once resumed")
     if key.expires_at is not None and time.time() >= key.expires_at:
         raise Unauthorized("key_expired", "this Tollgate key has expired")
-    return Caller(key, signed, *_asked_for(credential, signed))
+    return key
 
 
 def check_key_scope(key: KeyRecord, provider_id: str, model: str | None) -> None:

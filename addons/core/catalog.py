@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import yaml
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "config" / "providers.yaml"
-API_FAMILIES = frozenset({"openai", "anthropic", "gemini", "cohere"})
+API_FAMILIES = frozenset({"openai", "anthropic", "gemini", "cohere", "bedrock"})
 DEFAULT_PORTS = {"https": 443, "http": 80}
 
 _REQUIRED = ("id", "name", "base_url", "auth", "credential_env", "api_family", "pricing_id")
@@ -99,6 +99,9 @@ class Provider:
     deployments: tuple[tuple[str, str], ...] = ()  # deployment name -> the model it serves, for pricing
     credential_type: str = "api_key"  # or google_service_account: credential_env names a key file
     service_account_file: str | None = None  # the operator's key file, over credential_env's
+    # auth {sigv4: SERVICE}: AWS Signature V4 both ways (addons/auth/sigv4_callers.py verifies the caller's,
+    # addons/proxy/bedrock.py signs for the provider); the service name signed for, e.g. "bedrock"
+    sigv4_service: str | None = None
 
     @property
     def host_names(self) -> tuple[str, ...]:
@@ -169,7 +172,11 @@ def _parse_auth(where: str, auth: object) -> tuple[str | None, str | None, str |
         if not isinstance(auth["query"], str) or not auth["query"]:
             raise ValueError(f"{where}.query must be a non-empty parameter name")
         return None, None, auth["query"]
-    raise ValueError(f"{where} must have either header (and optionally scheme) or query, got {sorted(keys)}")
+    if keys == {"sigv4"}:  # the service name goes to Provider.sigv4_service
+        if not isinstance(auth["sigv4"], str) or not _ID.fullmatch(auth["sigv4"]):
+            raise ValueError(f"{where}.sigv4 must be an AWS service name such as bedrock")
+        return None, None, None
+    raise ValueError(f"{where} must have either header (and optionally scheme), query or sigv4, got {sorted(keys)}")
 
 
 def _parse_provider(index: int, entry: object) -> Provider:
@@ -257,6 +264,7 @@ def _parse_provider(index: int, entry: object) -> Provider:
         deployments=tuple(sorted(deployments.items())),
         credential_type=credential_type,
         service_account_file=sa_file,
+        sigv4_service=entry["auth"].get("sigv4"),
     )
 
 

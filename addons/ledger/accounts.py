@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from peewee import JOIN, IntegrityError, fn
 
 from addons.core.limits import NO_LIMITS, Limits
+from addons.core.sealed_secrets import seal, unseal
 from addons.core.secret_formats import (
     SECRET_PREFIX,
     display_prefix,
@@ -93,8 +94,9 @@ def create_key(name: str, account_name: str = DEFAULT_ACCOUNT, role: str = "acco
     account, _ = ensure_account(account_name)
     secret = new_secret_key()
     row = ApiKey.create(account=account, name=name, key_hash=hash_secret(secret), prefix=display_prefix(secret),
-                        role=role, kind=kind, status=status, allowed_models=_json_list(allowed_models),
-                        allowed_providers=_json_list(allowed_providers), expires_at=expires_at,
+                        sigv4_secret_sealed=seal(secret), role=role, kind=kind, status=status,
+                        allowed_models=_json_list(allowed_models), allowed_providers=_json_list(allowed_providers),
+                        expires_at=expires_at,
                         **limit_columns(limits))
     return row, secret
 
@@ -104,8 +106,8 @@ def rotate_key(key_id: str) -> tuple[ApiKey, str]:
     (the proxy's cache forgets it within tollgate_cache_ttl_ms). LookupError: no such key."""
     secret = new_secret_key()
     with database.atomic():
-        if not ApiKey.update(key_hash=hash_secret(secret), prefix=display_prefix(secret)).where(
-                ApiKey.id == key_id).execute():
+        if not ApiKey.update(key_hash=hash_secret(secret), prefix=display_prefix(secret),
+                             sigv4_secret_sealed=seal(secret)).where(ApiKey.id == key_id).execute():
             raise LookupError(f"no key {key_id}")
         return ApiKey.get_by_id(key_id), secret
 
@@ -246,6 +248,13 @@ def find_key(key_hash: str) -> KeyRecord | None:
 
 def find_key_by_id(key_id: str) -> KeyRecord | None:
     return _find_key(ApiKey.id == key_id)
+
+
+def find_sigv4_secret(key_id: str) -> str | None:
+    """The key's secret, unsealed, for checking an AWS SigV4 signature made with it; None: no such key, or one
+    made before secrets were sealed. UnsealError: the sealing key changed."""
+    sealed = ApiKey.select(ApiKey.sigv4_secret_sealed).where(ApiKey.id == key_id).scalar()
+    return unseal(sealed) if sealed else None
 
 
 def find_customer(account_id: str, customer_id: str) -> CustomerRecord | None:

@@ -179,6 +179,10 @@ class ApiKey(BaseModel):
     rpm = IntegerField(null=True)
     rpm_burst = IntegerField(null=True)
     tpm = IntegerField(null=True)
+    # The secret, sealed (core.sealed_secrets): AWS SigV4 callers (Bedrock) sign with it, and a signature can
+    # only be checked with the secret itself, never with its hash. NULL: a key made before this column
+    # (rotate it to sign AWS requests).
+    sigv4_secret_sealed = TextField(null=True)
 
 
 class ProviderKeyRow(BaseModel):

@@ -63,7 +63,12 @@ def credential_digest(flow: http.HTTPFlow) -> str | None:
     try:
         credential = read_credential(request.headers, query_key(request))
     except GatewayError:
-        return None
+        # An AWS SigV4 signature (Bedrock) differs on every request: the access key id it names stands for it.
+        signed = request.headers.get("authorization", "")
+        if not signed.startswith("AWS4-HMAC-SHA256 Credential="):
+            return None
+        access_key = signed.removeprefix("AWS4-HMAC-SHA256 Credential=").partition("/")[0]
+        return hashlib.sha256(b"sigv4:" + access_key.encode("utf-8", "surrogateescape")).hexdigest()
     secret = credential.signed_token or credential.secret_key or credential.provider_key
     return hashlib.sha256(secret.encode()).hexdigest()
 

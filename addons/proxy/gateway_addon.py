@@ -25,6 +25,7 @@ from addons.auth.account_cache import AccountCache
 from addons.auth.authentication import authenticate, check_key_scope
 from addons.auth.credentials import is_captured, query_key, read_credential, strip_gateway_credentials
 from addons.auth.signed_tokens import check_scope
+from addons.auth.sigv4_callers import authenticate_sigv4
 from addons.auth.vertex_tokens import ServiceAccountTokens, TokenError
 from addons.billing import price_guard
 from addons.billing.autopay import AutoTopUp
@@ -38,7 +39,7 @@ from addons.core.settings import Settings, resolve_database_url
 from addons.ledger.journal import Journal
 from addons.ledger.models import open_database
 from addons.ledger.writer import CommitReport, LedgerWriter, UsageRecord
-from addons.proxy import error_pages, flow_notes, metrics_recorder, vertex
+from addons.proxy import bedrock, error_pages, flow_notes, metrics_recorder, vertex
 from addons.proxy.azure import check_resource, deployment_model
 from addons.proxy.error_pages import json_response, new_request_id
 from addons.proxy.flow_keys import (
@@ -310,6 +311,8 @@ class Gateway:
             await self._forward(flow, provider, host, request_id, forward_key)
         except GatewayError as e:
             self._refuse(flow, e, request_id)
+            if provider is not None and provider.sigv4_service:
+                bedrock.aws_shaped(flow.response, e)
         except Exception:
             log.exception("tollgate: internal error on request %s", request_id)
             self._refuse(flow, GatewayError("internal_error", "the gateway failed to handle this request"), request_id)
@@ -348,16 +351,22 @@ class Gateway:
         self, flow: http.HTTPFlow, provider: Provider, host: str, request_id: str, forward_key: str | None
     ) -> None:
         request = flow.request
-        key_param = query_key(request)
-        credential = read_credential(request.headers, forward_key or key_param)
-        if key_param is not None:
-            request.query.pop("key", None)
-        caller = await authenticate(credential, self.keys, self.signing_key, provider=provider.id,
-                                    capture=self.settings.capture, captured=is_captured(flow.client_conn.proxy_mode))
+        if provider.sigv4_service:  # AWS: the caller signed with its Tollgate key; the gateway signs again
+            sigv4_host = bedrock.meant_host(flow, provider)
+            caller = await authenticate_sigv4(request, self.keys, provider.sigv4_service)
+        else:
+            key_param = query_key(request)
+            credential = read_credential(request.headers, forward_key or key_param)
+            if key_param is not None:
+                request.query.pop("key", None)
+            caller = await authenticate(credential, self.keys, self.signing_key, provider=provider.id,
+                                        capture=self.settings.capture,
+                                        captured=is_captured(flow.client_conn.proxy_mode))
         plan = await plan_for(caller, self.keys)
         check_resource(provider, host, callers_key=plan.provider_key is not None)
         metadata = self._metadata(request.headers)
         provider_key = plan.provider_key or await self._operator_key(provider)
+        aws_credentials = bedrock.operator_credentials(provider) if provider.sigv4_service else None
         path, _, query = request.path.partition("?")
         family, read_path, path_model = vertex.reader_request(provider.api_family, path)
         reader = for_request(family, request.method, read_path, query, request.raw_content or b"",
@@ -375,9 +384,12 @@ class Gateway:
         if reader.request_body is not None:
             request.content = reader.request_body
         strip_gateway_credentials(request.headers)
-        self._inject_provider_key(request, provider, provider_key)
         request.headers["accept-encoding"] = "identity"  # the usage reader reads bodies as they stream
-        request.scheme, request.host, request.port = provider.origin_for(host)
+        if aws_credentials is not None:
+            bedrock.send_signed(flow, provider, sigv4_host, aws_credentials)  # last: the signature covers the body
+        else:
+            self._inject_provider_key(request, provider, provider_key)
+            request.scheme, request.host, request.port = provider.origin_for(host)
         self.pending[flow.id] = Pending(request_id, time.time(), provider, plan, reader, metadata,
                                         rate_headers=rate_headers, model=pinned_model)
         flow.metadata[PROVIDER_KEY] = provider.id
@@ -426,6 +438,7 @@ class Gateway:
         if state is None:
             return
         response = flow.response
+        state.reader.observe_headers(response.headers)
         for name in REQUEST_ID_HEADERS:
             response.headers[name] = state.request_id
         if state.rate_headers:  # the key's limits replace the provider's own (raw fields: no per-header parsing)

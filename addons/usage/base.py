@@ -195,6 +195,9 @@ class UsageReader:
         self._final = self._usage is not None
         return out
 
+    def observe_headers(self, headers) -> None:
+        """The response's headers, before its body: where a family reports usage there (Bedrock), it reads it."""
+
     def observe_body(self, body: bytes, content_type: str | None) -> None:
         """A whole response: JSON, a JSON array of stream items, or a buffered SSE stream."""
         if "event-stream" in (content_type or "").lower() or _looks_like_sse(body):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from addons.usage.anthropic import AnthropicReader
 from addons.usage.base import UsageReader, UsageReading
+from addons.usage.bedrock import BedrockReader
 from addons.usage.cohere import CohereReader
 from addons.usage.gemini import GeminiReader
 from addons.usage.openai import OpenAIReader
@@ -19,6 +20,7 @@ READERS: dict[str, type[UsageReader]] = {
     "anthropic": AnthropicReader,
     "gemini": GeminiReader,
     "cohere": CohereReader,
+    "bedrock": BedrockReader,
 }
 
 # OpenAI-compatible APIs some families serve beside their own, found by a path segment:
