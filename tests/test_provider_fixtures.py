@@ -33,9 +33,10 @@ FIXTURES = Path(__file__).parent / "fixtures" / "providers"
 SHIPPED_OVERRIDES = Path(__file__).parents[1] / "pricing" / "overrides.yaml"
 SPECS = {path.stem: yaml.safe_load(path.read_text()) for path in sorted(FIXTURES.glob("*.yaml"))}
 TEXT = ("Hello", "! How", " can I help", " you today?")  # every fixture answers with these pieces
-# Providers other sections of providers.yaml own (Azure, Bedrock, Vertex, media), fixtured by their own tests.
-# TODO(lead, at merge): list their ids here, or move their fixtures into tests/fixtures/providers/.
-OTHER_SECTIONS: frozenset[str] = frozenset()
+# Providers of the other sections of providers.yaml, whose wire formats have test modules of their own (their
+# own mocks, their SDKs as clients)
+OTHER_SECTIONS = frozenset({"azure", "vertex",  # tests/test_azure.py, tests/test_vertex.py
+                            "bedrock"})  # tests/test_bedrock.py
 USAGE_FIELDS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens")
 
 

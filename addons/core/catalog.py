@@ -112,10 +112,10 @@ class Provider:
         """Whether the operator gave the gateway a credential for this provider (never which)."""
         return bool(self.service_account_file or environ.get(self.credential_env))
 
-    def origin_for(self, host: str) -> Origin:
+    def origin_for(self, host: str | None) -> Origin:
         """Where a request the client sent to `host` goes: the configured upstream, else that host itself
         when it is one of the provider's own (a region's or an account's host), else base_url's origin."""
-        if self.upstream is None and self.owns(host):
+        if self.upstream is None and host and self.owns(host):
             return self.origin[0], host.lower().rstrip("."), DEFAULT_PORTS[self.origin[0]]
         return self.origin
 
