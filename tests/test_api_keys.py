@@ -270,6 +270,7 @@ def test_the_openapi_document_describes_the_limit_objects(api):
     ({"name": "x", "allowed_models": ["gpt-*-mini"]}, "allowed_models"),
     ({"name": "x", "allowed_providers": ["openai", "nope"]}, "allowed_providers"),
     ({"name": "x", "expires_at": "next tuesday"}, "expires_at"),
+    ({"name": "x", "expires_at": "2020-01-01T00:00:00Z"}, "expires_at"),  # already passed
     ({"name": "x", "request_shape": "anthropic"}, "request_shape"),
     ({"name": "x", "budget": 3}, "budget"),
 ])

@@ -39,9 +39,12 @@ def new_key(tollgate, *args: str) -> str:
 @pytest.mark.parametrize("kind", ["secret", "spend"])
 def test_create_with_every_limit_reads_back(tollgate, kind):
     expires_at = (datetime.now(UTC) + timedelta(days=1)).replace(microsecond=0)
-    key = new_key(tollgate, *EVERY_LIMIT, "--allow-model", "gpt-4o*", "--allow-model", "o3", "--allow-provider",
-                  "openai", "--expires-at", expires_at.isoformat(), *(["--spend-key"] if kind == "spend" else []))
+    created = tollgate.json("keys", "create", "--name", "app", *EVERY_LIMIT, "--allow-model", "gpt-4o*", "--allow-model",
+                            "o3", "--allow-provider", "openai", "--expires-at", expires_at.isoformat(),
+                            *(["--spend-key"] if kind == "spend" else []))
+    key = created["id"]
     shown = tollgate.json("keys", "show", key)
+    assert created["secret_key"].startswith("tg_sk_") and configured(created["limits"]) == configured(shown["limits"])
     assert configured(shown["limits"]) == {"spend": {"limit": "10.00", "period": "month"},
                                            "requests": {"limit": 50, "period": "day"},
                                            "rpm": 60, "burst": 5, "tpm": 1000}
@@ -50,6 +53,14 @@ def test_create_with_every_limit_reads_back(tollgate, kind):
     listed = {k["id"]: k for k in tollgate.json("keys", "list")}
     assert listed[key]["limits"] == configured(shown["limits"])
     assert "10.00 USD/month, 50 requests/day, 60 rpm (burst 5), 1000 tpm" in tollgate("keys", "list").stdout
+
+
+def test_create_shows_the_limits_set_and_refuses_an_expiry_already_past(tollgate):
+    text = tollgate("keys", "create", "--name", "app", "--spend-limit", "10", "--period", "month", "--rpm", "60").stdout
+    assert "Secret (shown once)" in text and "10.00 USD" in text and "requests a minute" in text
+    past = tollgate("keys", "create", "--name", "late", "--expires-at", "2020-01-01T00:00:00Z", check=False)
+    assert past.returncode != 0 and "has already passed" in past.stderr
+    assert [k["name"] for k in tollgate.json("keys", "list")].count("late") == 0
 
 
 @pytest.mark.parametrize("args, spend, requests", [

@@ -150,6 +150,20 @@ def test_spend_lowers_a_versionless_pot(book):
     book.spend("token:unknown", 5)  # a pot never confirmed: nothing to lower, no error
 
 
+def test_a_past_periods_pot_is_forgotten_once_a_new_one_is_confirmed(clock):
+    wall = Clock(now=1_800_000_000.0)
+    book = HoldBook(hold_ttl=TTL, clock=clock, wall=wall)
+    book.confirm_new("lim:key:k:key_requests:day:d1", 10, 0, limit=10, expires_at=wall.now + 86_400)
+    book.hold("req_a", {"lim:key:k:key_requests:day:d1": 1})
+    wall.now += 86_400  # the day and its holds' time are over
+    book.confirm_new("lim:key:k:key_requests:day:d2", 10, 0, limit=10, expires_at=wall.now + 86_400)
+    with pytest.raises(KeyError):
+        book.available("lim:key:k:key_requests:day:d1")
+    assert book.generation("lim:key:k:key_requests:day:d1") == 0
+    book.release("req_a")  # a late commit of a forgotten pot's request: nothing to do, no error
+    assert book.available("lim:key:k:key_requests:day:d2") == 10
+
+
 def test_add_reserves_without_checking_and_goes_with_its_request(book):
     book.hold("req_a", {"wallet": 900})
     book.add("req_a", "wallet", 300)  # already incurred: no check, even past the balance

@@ -48,7 +48,7 @@ class LocalHolds:
 
     async def confirm_new(self, pot: str, amount: int, generation: int, expires_at: float | None = None,
                           limit: int | None = None) -> None:
-        self.book.confirm_new(pot, amount, generation, limit)
+        self.book.confirm_new(pot, amount, generation, limit, expires_at)
 
     async def available(self, pot: str) -> int:
         return self.book.available(pot)

@@ -93,9 +93,12 @@ class RequestHolds:
 
 
 class HoldBook:
-    def __init__(self, hold_ttl: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, hold_ttl: float, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time):
         self._hold_ttl = hold_ttl
         self._clock = clock
+        self._wall = wall  # epoch seconds, as pots' expiries are given
+        self._pot_expiries: list[tuple[float, str]] = []  # heap of (expires_at, pot)
         self._pots: dict[str, Pot] = {}
         self._requests: dict[str, RequestHolds] = {}
         self._expiries: list[tuple[float, str]] = []  # heap of (expires, request) as held; stale entries skipped
@@ -124,12 +127,25 @@ class HoldBook:
         """How much has been spent on the pot so far; read before the ledger, handed to confirm_new."""
         return self._spent.get(pot, 0)
 
-    def confirm_new(self, pot: str, amount: int, generation: int, limit: int | None = None) -> None:
+    def confirm_new(self, pot: str, amount: int, generation: int, limit: int | None = None,
+                    expires_at: float | None = None) -> None:
         """A versionless pot's first figure, read from the ledger after generation(pot) was taken: the spends
         since then may have committed before the read, so they are taken off (never too much room, at worst
-        too little by what committed during the read). A pot already confirmed stays as it is."""
+        too little by what committed during the read). A pot already confirmed stays as it is. `expires_at`
+        (epoch seconds): when the pot is forgotten, a period's limit once its period and holds are over."""
         if pot not in self._pots:
             self._pots[pot] = Pot(amount - (self._spent.get(pot, 0) - generation), 0, self._clock(), limit=limit)
+            if expires_at is not None:
+                heapq.heappush(self._pot_expiries, (expires_at, pot))
+            self._forget_expired_pots()
+
+    def _forget_expired_pots(self) -> None:
+        """Past periods' pots, dropped as new ones come (one per owner and period would otherwise pile up)."""
+        now = self._wall()
+        while self._pot_expiries and self._pot_expiries[0][0] <= now:
+            _, pot = heapq.heappop(self._pot_expiries)
+            self._pots.pop(pot, None)
+            self._spent.pop(pot, None)
 
     def relimit(self, pot: str, limit: int) -> None:
         """The operator changed a limit pot's limit: its room moves by the difference, holds and spends kept."""

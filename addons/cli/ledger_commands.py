@@ -59,14 +59,18 @@ def cmd_keys_create(args) -> None:
         key = keys.create_spend_key(args.name, args.account, **scope)
     else:
         key = keys.create_key(args.name, args.account, args.role, **scope)
-    emit(args, asdict(key), text=f"Key {key.id} created. Secret (shown once): {key.secret_key}")
+    info = keys.account_key(None, key.id, None)
+    data = {**_key_data(info), "secret_key": key.secret_key}
+    shown = limits_table(data["limits"])
+    created = f"Key {key.id} created. Secret (shown once): {key.secret_key}"
+    emit(args, data, Group(created, shown) if shown else created)
 
 
 def _expiry(args) -> datetime | None:
     """--expires-in (seconds from now) or --expires-at, as the naive UTC the ledger keeps; None: never."""
     if args.expires_in is not None:
         return datetime.now(UTC).replace(tzinfo=None) + timedelta(seconds=args.expires_in)
-    return args.expires_at
+    return keys.future_expiry(args.expires_at)
 
 
 def cmd_keys_update(args) -> None:

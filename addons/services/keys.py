@@ -140,6 +140,15 @@ def require_providers(providers: Sequence[str] | None) -> None:
             raise BadRequest("provider_not_found", f"no provider {provider!r} in the catalog")
 
 
+def future_expiry(expires_at: datetime | None) -> datetime | None:
+    """An expiry an operator gives a key, refused once passed: most likely a typo (pausing or revoking a key is how
+    to stop it now)."""
+    if expires_at is not None and expires_at <= utcnow():
+        raise BadRequest("expiry_in_past", f"the expiry {expires_at:%Y-%m-%d %H:%M:%S} UTC has already passed; "
+                                           "to stop a key now, pause or revoke it")
+    return expires_at
+
+
 def create_spend_key(name: str, account: str = accounts.DEFAULT_ACCOUNT, *, status: Status = "active",
                      allowed_models: Sequence[str] | None = None, allowed_providers: Sequence[str] | None = None,
                      expires_at: datetime | None = None, limits: dict | None = None) -> CreatedKey:

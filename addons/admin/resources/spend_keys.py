@@ -75,7 +75,10 @@ def _expiry(body: dict) -> datetime | None:
     value = body.get("expires_at")
     if value is not None and not isinstance(value, str):
         raise Invalid("expires_at", "must be an ISO 8601 time, e.g. 2026-12-01T00:00:00Z, or null")
-    return timestamp(value, "expires_at")
+    try:
+        return keys.future_expiry(timestamp(value, "expires_at"))
+    except BadRequest as e:
+        raise Invalid("expires_at", e.message) from None
 
 
 def _status(body: dict) -> str:
