@@ -406,8 +406,10 @@ class Gateway:
             if any(name[:12].lower() == RATE_HEADER_PREFIX for name, _ in fields):
                 fields = tuple(field for field in fields if field[0][:12].lower() != RATE_HEADER_PREFIX)
             response.headers.fields = fields + state.rate_headers
-        is_stream = response.headers.get("content-type", "").startswith("text/event-stream")
-        if response.status_code < 400 and (is_stream or state.reader.stream_requested):
+        content_type = response.headers.get("content-type", "")
+        is_stream = content_type.startswith("text/event-stream")
+        if response.status_code < 400 and (is_stream or state.reader.stream_requested
+                                           or state.reader.streams_response(content_type)):
             response.stream = StreamTap(state.reader)
             state.streamed = True
 
@@ -449,7 +451,8 @@ class Gateway:
         """Price the request, have billing charge it, and note both on the flow."""
         result = state.reader.result()
         model = result.model or state.reader.model
-        cost = self._cost(state.provider, model, result.usage, at=datetime.fromtimestamp(state.started, UTC))
+        cost = self._cost(state.provider, model, result.usage, at=datetime.fromtimestamp(state.started, UTC),
+                          media=result.media)
         billable = is_billable(status, result.source)
         source = price_guard.price_source(state.reader, cost.source, status)
         price_guard.warn_once(source, state.provider.id, model, flow.request.path)
@@ -468,9 +471,9 @@ class Gateway:
         flow.marked = flow_notes.METERED
         return record
 
-    def _cost(self, provider: Provider, model: str | None, usage, at: datetime | None = None):
+    def _cost(self, provider: Provider, model: str | None, usage, at: datetime | None = None, media=None):
         return price(usage, model=model or "", provider_id=provider.id, pricing_id=provider.pricing_id,
-                     overrides=self.prices, at=at)
+                     overrides=self.prices, at=at, media=media)
 
     def done(self) -> None:
         if self.writer is not None:

@@ -9,8 +9,12 @@ from __future__ import annotations
 from addons.usage.anthropic import AnthropicReader
 from addons.usage.base import UsageReader, UsageReading
 from addons.usage.cohere import CohereReader
+from addons.usage.elevenlabs import ElevenLabsReader
+from addons.usage.fal import FalReader
 from addons.usage.gemini import GeminiReader
 from addons.usage.openai import OpenAIReader
+from addons.usage.replicate import ReplicateReader
+from addons.usage.retrieval import RetrievalReader
 
 __all__ = ["READERS", "UsageReader", "UsageReading", "for_request"]
 
@@ -19,6 +23,11 @@ READERS: dict[str, type[UsageReader]] = {
     "anthropic": AnthropicReader,
     "gemini": GeminiReader,
     "cohere": CohereReader,
+    "elevenlabs": ElevenLabsReader,
+    "voyage": RetrievalReader,
+    "jina": RetrievalReader,
+    "fal": FalReader,
+    "replicate": ReplicateReader,
 }
 
 
