@@ -58,6 +58,8 @@ class ImagesReader(UsageReader):
         self.images = 0
 
     def _read(self, obj: dict[str, Any]) -> None:
+        if self._error:
+            return
         kind = obj.get("type")
         if isinstance(kind, str):  # a stream event
             if kind in _IMAGE_DONE:
