@@ -8,6 +8,8 @@ OpenAI      POST /v1/images/generations (JSON), /v1/images/edits (multipart): gp
             verbose_json (duration) or text; gpt-4o-*-transcribe json with token usage.
             POST /v1/audio/speech: chunked audio; the first chunk, then (held until `release_speech` is set,
             at most 5 s) the rest; stream_format "sse": audio deltas and `speech.audio.done` with usage.
+Gemini      POST /{version}/models/{model}:generateContent: an inline PNG and usageMetadata whose
+            candidatesTokensDetails count the image tokens (GEMINI_IMAGE_USAGE).
 Cohere      POST /v2/rerank: meta.billed_units.search_units (one per 100 documents, as Cohere counts).
 Voyage/Jina POST /v1/rerank, /v1/embeddings: usage.total_tokens; a model named jina-* answers Jina's shape.
 ElevenLabs  POST /v1/text-to-speech/{voice}[/stream]: chunked audio/mpeg, `character-cost` header.
@@ -42,6 +44,9 @@ IMAGE_EDIT_USAGE = {"input_tokens": 323, "input_tokens_details": {"text_tokens":
 TRANSCRIBE_USAGE = {"type": "tokens", "input_tokens": 114, "input_token_details": {"text_tokens": 0, "audio_tokens": 114},
                     "output_tokens": 45, "total_tokens": 159}
 SPEECH_USAGE = {"input_tokens": 14, "output_tokens": 101, "total_tokens": 115}
+GEMINI_IMAGE_USAGE = {"promptTokenCount": 12, "candidatesTokenCount": 1290, "totalTokenCount": 1302,
+                      "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 12}],
+                      "candidatesTokensDetails": [{"modality": "IMAGE", "tokenCount": 1290}]}
 RETRIEVAL_TOKENS = 37
 REPLICATE_PREDICT_TIME = 2.613
 SPEECH_CHUNKS = 4
@@ -103,6 +108,11 @@ class _Handler(BaseHTTPRequestHandler):
             return self._transcription(_form(headers, body))
         if path.endswith("/audio/speech"):
             return self._speech(json.loads(body))
+        if path.endswith(":generateContent"):
+            model = path.rpartition("/models/")[2].partition(":")[0]
+            return self._json({"candidates": [{"content": {"role": "model", "parts": [
+                {"inlineData": {"mimeType": "image/png", "data": PNG}}]}, "finishReason": "STOP", "index": 0}],
+                "usageMetadata": GEMINI_IMAGE_USAGE, "modelVersion": model, "responseId": "mock-1"})
         if path == "/v2/rerank":
             req = json.loads(body)
             return self._json({"id": str(uuid.uuid4()), "results": [{"index": 0, "relevance_score": 0.93}],

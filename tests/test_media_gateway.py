@@ -16,11 +16,14 @@ import openai
 import pytest
 import yaml
 from genai_prices import Usage, calc_price
+from google import genai
+from google.genai import types
 
 from pricing.money import format_usd, to_nanos
 from tests.harness import GatewayProcess, fresh_postgres_database
 from tests.ledger_reads import wait_for
 from tests.media_mock import (
+    GEMINI_IMAGE_USAGE,
     IMAGE_EDIT_USAGE,
     IMAGE_USAGE,
     REPLICATE_PREDICT_TIME,
@@ -35,7 +38,7 @@ from tests.media_mock import (
 
 pytestmark = pytest.mark.e2e
 
-MEDIA_PROVIDERS = ("openai", "cohere", "elevenlabs", "voyage", "jina", "fal", "fal-queue", "replicate")
+MEDIA_PROVIDERS = ("openai", "gemini", "cohere", "elevenlabs", "voyage", "jina", "fal", "fal-queue", "replicate")
 MEDIA_KEYS = {"ELEVENLABS_API_KEY": "el-real-0123456789", "VOYAGE_API_KEY": "pa-real-0123456789",
               "JINA_API_KEY": "jina_real_0123456789", "FAL_KEY": "fal-real:0123456789",
               "REPLICATE_API_TOKEN": "r8_real0123456789"}
@@ -138,6 +141,21 @@ def test_dall_e_3_is_priced_per_image_by_quality_and_size(gw, quality, size):
     row = gw.request_row(raw.headers["x-lava-request-id"])
     assert (row["images"], row["input_tokens"], row["output_tokens"]) == (1, 0, 0)
     assert_cost(row, usd(override("openai", "dall-e-3")["per_image"][f"{quality}/{size}"]), "reported", "override")
+
+
+def test_gemini_image_output_tokens_are_priced_at_the_image_rate(gw, media_mock):
+    before = ids(gw)
+    client = genai.Client(api_key=gw.admin_key,
+                          http_options={"base_url": forward(gw, "https://generativelanguage.googleapis.com")})
+    answer = client.models.generate_content(model="gemini-2.5-flash-image", contents="a red kite",
+                                            config=types.GenerateContentConfig(response_modalities=["IMAGE"]))
+    assert answer.candidates[0].content.parts[0].inline_data.mime_type == "image/png"
+    assert media_mock.last.headers["x-goog-api-key"] == "AIza-real-gemini-0123456789"
+    row = new_row(gw, before, "gemini")
+    assert (row["input_tokens"], row["output_tokens"]) == (12, GEMINI_IMAGE_USAGE["candidatesTokenCount"])
+    expected = calc_price(Usage(input_tokens=12, output_tokens=1290, output_image_tokens=1290),
+                          "gemini-2.5-flash-image", provider_id="google").total_price
+    assert_cost(row, expected, "reported", "catalog")
 
 
 def test_fal_images_are_priced_per_megapixel_rounded_up(gw):
