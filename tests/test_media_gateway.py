@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 from decimal import Decimal
 from pathlib import Path
 
@@ -330,3 +331,39 @@ def test_replicate_model_without_a_price_passes_through_flagged_unpriced(gw):
     row = gw.request_row(answer.headers["x-lava-request-id"])
     assert (row["model"], row["usage_source"], row["price_source"], row["provider_cost"]) == (
         "stability-ai/sdxl", "none", "unpriced", None)
+
+
+# -- customers billed by media meters, held before the answer ----------------------------------------------
+
+
+def billed_customer(gw, balance: str, *meter_args: str) -> str:
+    """A signed token for a new customer with `balance`, billed by a new meter."""
+    suffix = uuid.uuid4().hex[:8]
+    gw.cli("customers", "create", f"cus-{suffix}", "--balance", balance)
+    gw.cli("meters", "create", f"m-{suffix}", *meter_args)
+    return gw.cli_json("token", "--secret-key", gw.admin_key, "--customer", f"cus-{suffix}",
+                       "--meter", f"m-{suffix}")["token"]
+
+
+def generate(gw, token: str, **args) -> httpx.Response:
+    return httpx.post(forward(gw, "https://api.openai.com/v1/images/generations"), timeout=30,
+                      headers={"authorization": f"Bearer {token}"}, json={"prompt": "a fox", **args})
+
+
+def test_images_meter_charges_per_image_and_holds_the_images_asked_for(gw):
+    token = billed_customer(gw, "1.20", "--rate-type", "fixed", "--unit", "images", "--tier", "0:0.50")
+    refused = generate(gw, token, model="dall-e-2", n=3)  # 3 x 0.50 held: more than the balance
+    assert refused.status_code == 402
+    answer = generate(gw, token, model="dall-e-2", n=2)
+    row = gw.request_row(answer.headers["x-lava-request-id"])
+    assert (row["images"], row["fee"]) == (2, "1.00")
+
+
+def test_provider_cost_of_the_images_asked_for_is_held_for_a_customer_paying_it(gw):
+    token = billed_customer(gw, "0.10", "--rate-type", "percentage", "--unit", "images", "--percentage", "0")
+    hd = usd(override("openai", "dall-e-3")["per_image"]["hd/1024x1792"])
+    assert generate(gw, token, model="dall-e-3", quality="hd", size="1024x1792").status_code == 402  # 0.12 > 0.10
+    answer = generate(gw, token, model="dall-e-3")
+    row = gw.request_row(answer.headers["x-lava-request-id"])
+    standard = usd(override("openai", "dall-e-3")["per_image"]["standard/1024x1024"])
+    assert hd > Decimal("0.10") > standard and row["fee"] == format_usd(to_nanos(standard))

@@ -364,7 +364,8 @@ class Gateway:
         price_guard.admit(plan, reader, self.settings, lambda model: price_source(
             model=model, provider_id=provider.id, pricing_id=provider.pricing_id, overrides=self.prices))
         rate_headers = await self.cashier.admit(request_id, plan, reader,
-                                                lambda usage: self._cost(provider, reader.model, usage).total_nanos,
+                                                lambda usage: self._cost(provider, reader.model, usage,
+                                                                         media=reader.expected_media).total_nanos,
                                                 len(request.raw_content or b""))
         if reader.request_body is not None:
             request.content = reader.request_body

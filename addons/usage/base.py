@@ -105,6 +105,8 @@ class UsageReader:
         # (audio_seconds: the duration the provider reported); a reader adds what its family reports.
         self.measures: dict[str, Any] = {}
         self.media: MediaUsage | None = None  # a media reader's quantities (readers of images, audio, rerank)
+        # what the request asks for (images, characters, audio, searches), for holds before the answer
+        self.expected_media: MediaUsage | None = None
         self._injected = request_body is not None
         self._items = JSONItems(MAX_PENDING) if json_array else None
         self._sse = SSEDecoder(MAX_PENDING)
@@ -234,7 +236,7 @@ class UsageReader:
     def measured(self, usage: TokenUsage) -> Measured:
         """`usage` with the other quantities this reader measured, for a customer's meter."""
         measures = dict(self.measures)
-        if (media := self.media) is not None:
+        if (media := self.media or self.expected_media) is not None:
             measures.update(images=media.images, search_units=media.search_units)
             if media.audio_seconds is not None:
                 measures.setdefault("audio_seconds", media.audio_seconds)

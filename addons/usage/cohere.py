@@ -25,6 +25,11 @@ class CohereReader(UsageReader):
          "citation-start", "citation-end"}
     )
 
+    def read_request(self, req: dict[str, Any], body: bytes) -> None:
+        if self.endpoint == "cohere.rerank":  # a search unit per 100 documents (longer ones count more)
+            documents = len(req["documents"]) if isinstance(req.get("documents"), list) else 0
+            self.expected_media = MediaUsage(search_units=max(1, -(-documents // 100)))
+
     def _read(self, obj: dict[str, Any]) -> None:
         if isinstance(obj.get("message"), str):  # v2 errors: {"id": ..., "message": "..."}
             self._error = True

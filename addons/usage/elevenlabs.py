@@ -32,6 +32,7 @@ class ElevenLabsReader(UsageReader):
         self.model = as_str(req.get("model_id")) or DEFAULT_MODEL
         self.prompt_chars = len(as_str(req.get("text")) or "")
         self.audio_bytes = 0
+        self.expected_media = MediaUsage(characters=self.prompt_chars)
 
     def streams_response(self, content_type: str) -> bool:
         return "json" not in content_type.lower()

@@ -17,7 +17,8 @@ from addons.usage.json_fields import as_dict, as_list, count
 from pricing.usage import MediaUsage, TokenUsage
 
 _MEGAPIXEL = 1024 * 1024
-_QUEUE_VERBS = ("status", "cancel", "stream")
+_PRESETS = {"square_hd": (1024, 1024), "square": (512, 512), "portrait_4_3": (768, 1024),
+            "portrait_16_9": (576, 1024), "landscape_4_3": (1024, 768), "landscape_16_9": (1024, 576)}
 
 
 class FalReader(UsageReader):
@@ -39,6 +40,14 @@ class FalReader(UsageReader):
         if not model or "/requests/" in path:
             return "other", None
         return "fal.run", model  # fal.run and queue.fal.run share paths; the host tells them apart
+
+    def read_request(self, req: dict[str, Any], body: bytes) -> None:
+        """The images asked for: num_images of image_size (a preset or {width, height}; default 4:3)."""
+        size = req.get("image_size")
+        width, height = (count(size.get("width")), count(size.get("height"))) if isinstance(size, dict) else (
+            _PRESETS.get(size if isinstance(size, str) else "", (1024, 768)))
+        images = count(req.get("num_images")) or 1
+        self.expected_media = MediaUsage(images=images, megapixels=Decimal(images * -(-(width * height) // _MEGAPIXEL)))
 
     def _read(self, obj: dict[str, Any]) -> None:
         if "detail" in obj:  # fal's errors

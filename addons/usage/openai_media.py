@@ -34,6 +34,13 @@ def _multipart_or_json(endpoint: str, body: bytes) -> dict[str, Any]:
     return UsageReader.request_fields(endpoint, body)
 
 
+def _whole(value: Any, default: int) -> int:
+    """A count from JSON or a form field ("2"), else `default`."""
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1000 else default
+
+
 def _true(value: Any) -> bool:
     return value is True or (isinstance(value, str) and value.lower() == "true")
 
@@ -56,6 +63,7 @@ class ImagesReader(UsageReader):
         self.variant = f"{quality}/{size}".lower()
         self.prompt_chars = len(as_str(req.get("prompt")) or "")
         self.images = 0
+        self.expected_media = MediaUsage(images=_whole(req.get("n"), 1), image_variant=self.variant)
 
     def _read(self, obj: dict[str, Any]) -> None:
         if self._error:
@@ -102,6 +110,7 @@ class TranscriptionReader(UsageReader):
         self.file_seconds = audio_length.seconds(upload.data) if upload is not None else None
         self.reported_seconds: Decimal | None = None
         self.answered = False
+        self.expected_media = MediaUsage(audio_seconds=self.file_seconds)
 
     def observe_body(self, body: bytes, content_type: str | None) -> None:
         super().observe_body(body, content_type)
@@ -141,6 +150,7 @@ class SpeechReader(UsageReader):
     def read_request(self, req: dict[str, Any], body: bytes) -> None:
         self.prompt_chars = len(as_str(req.get("input")) or "")  # what is billed: the characters spoken
         self.audio_bytes = 0
+        self.expected_media = MediaUsage(characters=self.prompt_chars)
 
     def streams_response(self, content_type: str) -> bool:
         return True
