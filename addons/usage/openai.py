@@ -1,7 +1,5 @@
 """OpenAI's wire format, and every provider that speaks it (Azure, Groq, DeepSeek, OpenRouter, ...).
 
-Images, audio and speech have readers of their own (openai_media.py), picked by for_endpoint.
-
 Chat completions, completions and embeddings report `usage` in the prompt_/completion_ shape;
 their chat streams report it only when asked (include_usage.py). The Responses API streams
 typed `response.*` events and reports input_/output_ usage on the terminal one: its own reader.
@@ -14,15 +12,6 @@ from typing import Any
 from addons.usage.base import UsageReader
 from addons.usage.json_fields import as_dict, as_list, count, text_chars
 from pricing.usage import TokenUsage
-
-# the media endpoints openai_media.py reads (its readers import this module, so their table stays there)
-MEDIA_ENDPOINTS = (
-    ("/images/generations", "images.generations"),
-    ("/images/edits", "images.edits"),
-    ("/audio/transcriptions", "audio.transcriptions"),
-    ("/audio/translations", "audio.translations"),
-    ("/audio/speech", "audio.speech"),
-)
 
 _CHAT_OUT_KEYS = frozenset(
     {"delta", "message", "text", "content", "reasoning_content", "reasoning", "refusal",
@@ -37,7 +26,6 @@ class OpenAIReader(UsageReader):
     """Chat completions, completions and embeddings; picks ResponsesReader for /responses."""
 
     ENDPOINTS = (
-        *MEDIA_ENDPOINTS,
         ("/chat/completions", "chat.completions"),
         ("/completions", "completions"),
         ("/responses", "responses"),
@@ -57,9 +45,7 @@ class OpenAIReader(UsageReader):
 
     @classmethod
     def for_endpoint(cls, endpoint: str) -> type[UsageReader]:
-        from addons.usage.openai_media import READERS_BY_ENDPOINT  # it builds on this module's openai_usage
-
-        return ResponsesReader if endpoint == "responses" else READERS_BY_ENDPOINT.get(endpoint, cls)
+        return ResponsesReader if endpoint == "responses" else cls
 
     def _read(self, obj: dict[str, Any]) -> None:
         self._model(obj.get("model"))

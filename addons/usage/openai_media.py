@@ -1,5 +1,6 @@
 """OpenAI's media endpoints: images (generations, edits), audio transcriptions and translations,
-and speech. OpenAIReader.for_endpoint picks these readers; every OpenAI-compatible provider gets them.
+and speech. OpenAIFamilyReader (the openai family's entry in readers.py) picks them by endpoint, so every
+OpenAI-compatible provider gets them.
 
 - Images: gpt-image models report token usage (image tokens within it); dall-e models report none and
   are priced per image, by the request's quality and size and the number of images answered.
@@ -21,7 +22,7 @@ from typing import Any
 from addons.usage import audio_length, multipart
 from addons.usage.base import UsageReader, UsageReading
 from addons.usage.json_fields import as_dict, as_list, as_str, count, loads, tokens
-from addons.usage.openai import openai_usage
+from addons.usage.openai import OpenAIReader, openai_usage
 from pricing.usage import MediaUsage, TokenUsage
 
 _IMAGE_DONE = frozenset({"image_generation.completed", "image_edit.completed"})
@@ -187,6 +188,13 @@ class SpeechReader(UsageReader):
         return UsageReading(reading.model, TokenUsage(input_tokens=tokens(self.prompt_chars)), "estimated", self.media)
 
 
+MEDIA_ENDPOINTS = (
+    ("/images/generations", "images.generations"),
+    ("/images/edits", "images.edits"),
+    ("/audio/transcriptions", "audio.transcriptions"),
+    ("/audio/translations", "audio.translations"),
+    ("/audio/speech", "audio.speech"),
+)
 READERS_BY_ENDPOINT: dict[str, type[UsageReader]] = {
     "images.generations": ImagesReader,
     "images.edits": ImagesReader,
@@ -194,3 +202,13 @@ READERS_BY_ENDPOINT: dict[str, type[UsageReader]] = {
     "audio.translations": TranscriptionReader,
     "audio.speech": SpeechReader,
 }
+
+
+class OpenAIFamilyReader(OpenAIReader):
+    """The openai family: OpenAIReader's text endpoints and the media endpoints above."""
+
+    ENDPOINTS = (*MEDIA_ENDPOINTS, *OpenAIReader.ENDPOINTS)
+
+    @classmethod
+    def for_endpoint(cls, endpoint: str) -> type[UsageReader]:
+        return READERS_BY_ENDPOINT.get(endpoint) or super().for_endpoint(endpoint)

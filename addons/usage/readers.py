@@ -12,14 +12,14 @@ from addons.usage.cohere import CohereReader
 from addons.usage.elevenlabs import ElevenLabsReader
 from addons.usage.fal import FalReader
 from addons.usage.gemini import GeminiReader
-from addons.usage.openai import OpenAIReader
+from addons.usage.openai_media import OpenAIFamilyReader
 from addons.usage.replicate import ReplicateReader
 from addons.usage.retrieval import RetrievalReader
 
 __all__ = ["READERS", "UsageReader", "UsageReading", "for_request"]
 
 READERS: dict[str, type[UsageReader]] = {
-    "openai": OpenAIReader,
+    "openai": OpenAIFamilyReader,
     "anthropic": AnthropicReader,
     "gemini": GeminiReader,
     "cohere": CohereReader,
