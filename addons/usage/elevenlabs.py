@@ -17,6 +17,7 @@ DEFAULT_MODEL = "eleven_multilingual_v2"  # what ElevenLabs uses when the reques
 
 
 class ElevenLabsReader(UsageReader):
+    audio_bytes = 0  # passed on to the client
     @classmethod
     def endpoint_of(cls, path: str) -> tuple[str, str | None]:
         parts = path.split("/")
@@ -31,7 +32,6 @@ class ElevenLabsReader(UsageReader):
     def read_request(self, req: dict[str, Any], body: bytes) -> None:
         self.model = as_str(req.get("model_id")) or DEFAULT_MODEL
         self.prompt_chars = len(as_str(req.get("text")) or "")
-        self.audio_bytes = 0
         self.expected_media = MediaUsage(characters=self.prompt_chars)
 
     def streams_response(self, content_type: str) -> bool:

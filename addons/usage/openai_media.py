@@ -49,6 +49,9 @@ def _true(value: Any) -> bool:
 class ImagesReader(UsageReader):
     """Images made: a JSON answer ({data: [...], usage?}), or a stream of partial images then a completed event."""
 
+    variant = "standard/" + _DEFAULT_SIZE  # "<quality>/<size>" asked for
+    images = 0  # images answered so far
+
     @classmethod
     def request_fields(cls, endpoint: str, body: bytes) -> dict[str, Any]:
         return _multipart_or_json(endpoint, body)
@@ -63,7 +66,6 @@ class ImagesReader(UsageReader):
         quality = as_str(req.get("quality")) or "standard"
         self.variant = f"{quality}/{size}".lower()
         self.prompt_chars = len(as_str(req.get("prompt")) or "")
-        self.images = 0
         self.expected_media = MediaUsage(images=_whole(req.get("n"), 1), image_variant=self.variant)
 
     def _read(self, obj: dict[str, Any]) -> None:
@@ -96,6 +98,11 @@ class ImagesReader(UsageReader):
 class TranscriptionReader(UsageReader):
     """A transcript: JSON, verbose JSON, plain text (text, srt, vtt) or an SSE stream (gpt-4o transcribe models)."""
 
+    file_seconds: Decimal | None = None  # the upload's length, measured
+    reported_seconds: Decimal | None = None  # the length the answer reports
+    audio_tokens = 0  # of the input tokens reported
+    answered = False  # an answer that is no error came
+
     @classmethod
     def request_fields(cls, endpoint: str, body: bytes) -> dict[str, Any]:
         return _multipart_or_json(endpoint, body)
@@ -109,8 +116,6 @@ class TranscriptionReader(UsageReader):
         self.prompt_chars = 0  # the upload is audio; its prompt field is a hint, not billed text
         upload = multipart.first_file(body, "file")
         self.file_seconds = audio_length.seconds(upload.data) if upload is not None else None
-        self.reported_seconds: Decimal | None = None
-        self.answered = False
         self.expected_media = MediaUsage(audio_seconds=self.file_seconds)
 
     def observe_body(self, body: bytes, content_type: str | None) -> None:
@@ -133,7 +138,7 @@ class TranscriptionReader(UsageReader):
         if self._error or not (self.answered or self._responded):
             return UsageReading(self.model, TokenUsage(), "none")
         seconds = self.reported_seconds if self.reported_seconds is not None else self.file_seconds
-        self.media = MediaUsage(audio_seconds=seconds, input_audio_tokens=getattr(self, "audio_tokens", 0))
+        self.media = MediaUsage(audio_seconds=seconds, input_audio_tokens=self.audio_tokens)
         if reading.source == "reported":  # priced by the tokens the answer reported
             return UsageReading(reading.model, reading.usage, "reported", self.media)
         source = "reported" if self.reported_seconds is not None else "estimated"
@@ -144,13 +149,14 @@ class SpeechReader(UsageReader):
     """Audio made from text: raw audio bytes passed on as they come, or (stream_format "sse") audio deltas
     and a final `speech.audio.done` event with the token usage."""
 
+    audio_bytes = 0  # of raw audio passed on
+
     @classmethod
     def streams(cls, endpoint: str, req: dict[str, Any]) -> bool:
         return req.get("stream_format") == "sse"
 
     def read_request(self, req: dict[str, Any], body: bytes) -> None:
         self.prompt_chars = len(as_str(req.get("input")) or "")  # what is billed: the characters spoken
-        self.audio_bytes = 0
         self.expected_media = MediaUsage(characters=self.prompt_chars)
 
     def streams_response(self, content_type: str) -> bool:
