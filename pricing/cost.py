@@ -6,6 +6,11 @@ deploy. A model nobody prices costs zero and says so ("unpriced") instead of fai
 request it belongs to; the gateway's pricing.unpriced setting decides whether such a request is served.
 A cost's source is what the ledger records as the request's price_source: "catalog" (genai-prices),
 "override" (pricing/overrides.yaml or the settings' prices) or "unpriced".
+
+Media (images, audio, speech, rerank) is priced by the same two sources: genai-prices' own units
+(characters of speech, audio hours, image and audio tokens, rerank searches) where its snapshot
+prices the model, else an override's per-unit rates (per_image by quality and size, per_megapixel,
+per_minute, per_second, per_mchar, per_search_unit), from pricing.usage.MediaUsage.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Context, Decimal, Inexact, InvalidOperation, getcontext, localcontext
+from decimal import ROUND_HALF_UP, Context, Decimal, Inexact, InvalidOperation, getcontext, localcontext
 from fnmatch import fnmatchcase
 from fractions import Fraction
 from functools import cache, lru_cache
@@ -27,13 +32,16 @@ import yaml
 from pricing import genai_prices_internals
 from pricing.genai_prices_internals import ModelInfo, ModelPrice, Provider
 from pricing.money import Refusals, non_negative_decimal, to_nanos
-from pricing.usage import TokenUsage
+from pricing.usage import MediaUsage, TokenUsage
 
 genai_prices_internals.check_version()  # refuses an unchecked genai-prices, whose internals the fast path reads
 
 OVERRIDES_PATH = Path(__file__).resolve().parent / "overrides.yaml"
 _MTOK = Decimal(1_000_000)
-_ENTRY_FIELDS = frozenset({"provider", "model", "input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok"})
+# Per-unit rates of media, USD per: image, megapixel, minute of audio, second of compute, million characters, search unit
+UNIT_RATES = ("per_image", "per_megapixel", "per_minute", "per_second", "per_mchar", "per_search_unit")
+_ENTRY_FIELDS = frozenset({"provider", "model", "input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok",
+                           *UNIT_RATES})
 
 Source = Literal["catalog", "override", "unpriced"]
 
@@ -58,6 +66,20 @@ class Override:
     output_mtok: Decimal
     cache_read_mtok: Decimal | None = None  # None: cache reads bill at the input rate
     cache_write_mtok: Decimal | None = None
+    # USD per image by "<quality>/<size>" glob, first match wins ("*" any); a variant no glob matches is
+    # priced at the highest rate listed, so an unlisted size never goes free
+    per_image: tuple[tuple[str, Decimal], ...] = ()
+    per_megapixel: Decimal | None = None
+    per_minute: Decimal | None = None  # of audio transcribed
+    per_second: Decimal | None = None  # of the provider's compute (Replicate)
+    per_mchar: Decimal | None = None  # per million characters of text spoken
+    per_search_unit: Decimal | None = None
+
+    def image_rate(self, variant: str) -> Decimal:
+        for pattern, rate in self.per_image:
+            if fnmatchcase(variant.lower(), pattern):
+                return rate
+        return max((rate for _, rate in self.per_image), default=Decimal(0))
 
 
 class _DecimalLoader(yaml.SafeLoader):
@@ -87,7 +109,9 @@ def parse_overrides(data: object) -> tuple[Override, ...]:
         where = f"price override #{i + 1}"
         if not isinstance(entry, Mapping):
             raise ValueError(f"{where} must be a mapping")
-        if missing := [f for f in ("provider", "model", "input_mtok", "output_mtok") if f not in entry]:
+        per_unit = any(k in entry for k in UNIT_RATES)  # a media price: its token rates default to zero
+        required = ("provider", "model") if per_unit else ("provider", "model", "input_mtok", "output_mtok")
+        if missing := [f for f in required if f not in entry]:
             raise ValueError(f"{where}: missing field(s) {', '.join(missing)}")
         if unknown := sorted(map(str, set(entry) - _ENTRY_FIELDS)):
             raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}")
@@ -95,17 +119,34 @@ def parse_overrides(data: object) -> tuple[Override, ...]:
             if not isinstance(entry[name], str) or not entry[name].strip():
                 raise ValueError(f"{where}: {name} must be a non-empty string")
         where = f"{where} ({entry['provider']}/{entry['model']})"
-        optional = {k: _rate(f"{where}: {k}", entry[k]) for k in ("cache_read_mtok", "cache_write_mtok") if k in entry}
+        optional = {k: _rate(f"{where}: {k}", entry[k])
+                    for k in ("cache_read_mtok", "cache_write_mtok", *UNIT_RATES[1:]) if k in entry}
+        if "per_image" in entry:
+            optional["per_image"] = _image_rates(f"{where}: per_image", entry["per_image"])
         overrides.append(
             Override(
                 provider=entry["provider"],
                 model=entry["model"].strip().lower(),
-                input_mtok=_rate(f"{where}: input_mtok", entry["input_mtok"]),
-                output_mtok=_rate(f"{where}: output_mtok", entry["output_mtok"]),
+                input_mtok=_rate(f"{where}: input_mtok", entry.get("input_mtok", 0)),
+                output_mtok=_rate(f"{where}: output_mtok", entry.get("output_mtok", 0)),
                 **optional,
             )
         )
     return tuple(overrides)
+
+
+def _image_rates(where: str, value: object) -> tuple[tuple[str, Decimal], ...]:
+    """A rate for every image, or a mapping of "<quality>/<size>" globs to rates."""
+    if not isinstance(value, Mapping):
+        return (("*", _rate(where, value)),)
+    if not value:
+        raise ValueError(f"{where} must name at least one \"<quality>/<size>\" rate")
+    rates = []
+    for variant, rate in value.items():
+        if not isinstance(variant, str) or not variant.strip():
+            raise ValueError(f"{where}: {variant!r} is not a \"<quality>/<size>\" glob")
+        rates.append((variant.strip().lower(), _rate(f"{where}.{variant}", rate)))
+    return tuple(rates)
 
 
 def load_overrides(path: Path = OVERRIDES_PATH) -> tuple[Override, ...]:
@@ -159,7 +200,8 @@ def _cost(input_usd: Decimal, output_usd: Decimal, total_usd: Decimal, source: S
     return Cost(to_nanos(total_usd), to_nanos(input_usd), to_nanos(output_usd), source)
 
 
-def _price_override(o: Override, total_in: int, cache_read: int, cache_write: int, total_out: int) -> Cost:
+def _price_override(o: Override, total_in: int, cache_read: int, cache_write: int, total_out: int,
+                    media: MediaUsage | None = None) -> Cost:
     uncached = total_in - cache_read - cache_write
     input_usd = (
         uncached * o.input_mtok
@@ -167,7 +209,32 @@ def _price_override(o: Override, total_in: int, cache_read: int, cache_write: in
         + cache_write * (o.input_mtok if o.cache_write_mtok is None else o.cache_write_mtok)
     ) / _MTOK
     output_usd = total_out * o.output_mtok / _MTOK
+    if media is not None:
+        media_in, media_out = _media_usd(o, media)
+        input_usd, output_usd = input_usd + media_in, output_usd + media_out
     return _cost(input_usd, output_usd, input_usd + output_usd, "override")
+
+
+def _media_usd(o: Override, m: MediaUsage) -> tuple[Decimal, Decimal]:
+    """(input, output) USD of an override's per-unit rates: what is sent in (text spoken, audio
+    transcribed, searches) is input; what is made (images, compute) is output. Exact: no step rounds."""
+    with localcontext(_EXACT):
+        zero = Decimal(0)
+        input_usd = (m.characters * (o.per_mchar or zero) / _MTOK
+                     + m.search_units * (o.per_search_unit or zero))
+        if m.audio_seconds is not None and o.per_minute:
+            input_usd += _per_minute(m.audio_seconds * o.per_minute)
+        output_usd = m.images * o.image_rate(m.image_variant) + m.megapixels * (o.per_megapixel or zero)
+        if m.compute_seconds is not None and o.per_second:
+            output_usd += m.compute_seconds * o.per_second
+    return input_usd, output_usd
+
+
+def _per_minute(usd_seconds: Decimal) -> Decimal:
+    """A per-minute rate times seconds, over 60 (which need not terminate): rounded half-up to a
+    thousandth of a nano-dollar, far below the nano-dollar to_nanos rounds the total to."""
+    with localcontext(Context(prec=200, rounding=ROUND_HALF_UP)):
+        return (usd_seconds / 60).quantize(Decimal(1).scaleb(-12))
 
 
 def _genai_usage(counts: Counts) -> genai_prices.Usage:
@@ -183,9 +250,16 @@ def _genai_usage(counts: Counts) -> genai_prices.Usage:
     )
 
 
-def _genai_prices_cost(counts: Counts, model: str, pricing_id: str | None, at: datetime | None) -> Cost:
+def _genai_prices_cost(counts: Counts, model: str, pricing_id: str | None, at: datetime | None,
+                       media: MediaUsage | None = None) -> Cost:
     """The reference price: genai-prices' generic unit decomposition, ~100 µs a call."""
-    calc = genai_prices.calc_price(_genai_usage(counts), model, provider_id=pricing_id, genai_request_timestamp=at)
+    usage = _genai_usage(counts)
+    for name, value in (media.genai_prices_usage() if media is not None else {}).items():
+        # a modality's tokens are part of the direction's total: never more than it, whatever was reported
+        total = counts[0] if name.startswith("input_") and name.endswith("_tokens") else (
+            counts[3] if name.startswith("output_") else None)
+        setattr(usage, name, value if total is None else min(value, total))
+    calc = genai_prices.calc_price(usage, model, provider_id=pricing_id, genai_request_timestamp=at)
     return _cost(calc.input_price, calc.output_price, calc.total_price, "catalog")
 
 
@@ -348,20 +422,24 @@ def price(
     pricing_id: str | None,
     overrides: tuple[Override, ...] | None = None,
     at: datetime | None = None,
+    media: MediaUsage | None = None,
 ) -> Cost:
     """Price one request; `overrides` defaults to the shipped pricing/overrides.yaml.
 
     `at` is when the request ran (default: now); some prices depend on it, e.g. DeepSeek's
-    off-peak hours and dated price changes.
+    off-peak hours and dated price changes. `media`: what an image, audio, speech or rerank
+    request used besides tokens (genai-prices' reference path prices it; the fast path knows tokens only).
     """
     model, route = _who_prices(model, provider_id, pricing_id, overrides)
     if route is False:
         return UNPRICED
     counts = _clamped(usage)
     if isinstance(route, Override):
-        return _price_override(route, *counts[:4])
-    provider, model_info = route
+        return _price_override(route, *counts[:4], media)
     at = at or datetime.now(UTC)
+    if media is not None and media.genai_prices_usage():
+        return _genai_prices_cost(counts, model, pricing_id, at, media)
+    provider, model_info = route
     plan = _plan(provider, model_info, model_info.get_prices(at), at)
     cost = None if plan is None else plan.cost(counts)
     return _genai_prices_cost(counts, model, pricing_id, at) if cost is None else cost

@@ -11,8 +11,10 @@ A meter is a slug, a rate type, a unit and tiers:
 So ``fee = (provider cost if base_cost_payer == "customer") + markup + tiered``.
 
 Units: ``tokens_1m`` and ``characters_1m`` rates are USD per million units, ``minutes`` USD
-per minute, ``requests`` USD per request. A tier ``START:RATE`` (START a whole number of raw
-units: tokens, characters, minutes, requests) prices the usage that falls at or beyond START
+per minute (of audio transcribed), ``requests`` USD per request, ``images`` USD per image
+generated, ``search_units`` USD per rerank search unit (Lava's tier types are the first four;
+the last two are Tollgate's). A tier ``START:RATE`` (START a whole number of raw
+units: tokens, characters, minutes, requests, images, search units) prices the usage that falls at or beyond START
 and before the next tier's START, counted over the customer's running total for the meter in
 the billing cycle. So a request straddling a boundary is billed partly at each rate.
 
@@ -85,12 +87,22 @@ def _requests(spec: MeterSpec, measured: Measured) -> Decimal:
     return Decimal(1)
 
 
+def _images(spec: MeterSpec, measured: Measured) -> Decimal:
+    return Decimal(measured.images)
+
+
+def _search_units(spec: MeterSpec, measured: Measured) -> Decimal:
+    return Decimal(measured.search_units)
+
+
 # Adding a unit: one rule here, and the quantity on pricing.usage.Measured that the usage readers fill.
 UNIT_RULES: dict[str, UnitRule] = {
     "tokens_1m": UnitRule(_tokens, _MILLION),
     "characters_1m": UnitRule(_characters, _MILLION),
     "minutes": UnitRule(_minutes, Decimal(1)),
     "requests": UnitRule(_requests, Decimal(1)),
+    "images": UnitRule(_images, Decimal(1)),
+    "search_units": UnitRule(_search_units, Decimal(1)),
 }
 UNITS = tuple(UNIT_RULES)
 
@@ -105,7 +117,7 @@ class Tier:
 class MeterSpec:
     slug: str
     rate_type: str  # fixed | percentage | hybrid
-    unit: str  # tokens_1m | characters_1m | minutes | requests
+    unit: str  # tokens_1m | characters_1m | minutes | requests | images | search_units
     tiers: tuple[Tier, ...]  # empty for percentage meters
     percentage: Decimal | None  # markup in percent of provider cost; None for fixed meters
     base_cost_payer: str  # customer | merchant

@@ -32,8 +32,54 @@ class Measured:
     tokens: TokenUsage
     characters: int = 0  # text characters of the request
     audio_seconds: Decimal | None = None  # audio duration the provider reported; None: unknown
+    images: int = 0  # images generated
+    search_units: int = 0  # rerank search units billed
 
     def __post_init__(self) -> None:
         seconds = self.audio_seconds
-        if self.characters < 0 or (seconds is not None and not (seconds.is_finite() and seconds >= 0)):
-            raise ValueError(f"usage must be non-negative: characters={self.characters}, audio_seconds={seconds}")
+        if min(self.characters, self.images, self.search_units) < 0 or (
+                seconds is not None and not (seconds.is_finite() and seconds >= 0)):
+            raise ValueError(f"usage must be non-negative: characters={self.characters}, audio_seconds={seconds}, "
+                             f"images={self.images}, search_units={self.search_units}")
+
+
+@dataclass(frozen=True, slots=True)
+class MediaUsage:
+    """What an image, audio, speech or rerank request used besides its tokens: the quantities that
+    per-unit prices (genai-prices' and pricing/overrides.yaml's) and customers' meters count.
+
+    Token counts of a modality are subsets of TokenUsage's totals (input_image_tokens of input_tokens),
+    as genai-prices counts them.
+    """
+
+    characters: int = 0  # characters billed: the text a speech request turns into audio
+    audio_seconds: Decimal | None = None  # length of the audio transcribed; None: unknown
+    images: int = 0  # images generated
+    image_variant: str = ""  # "<quality>/<size>" of a per-image price ("standard/1024x1024"), "" if none
+    megapixels: Decimal = Decimal(0)  # of the images generated, each rounded up to a whole megapixel
+    search_units: int = 0  # rerank searches as billed (Cohere's billed_units.search_units)
+    compute_seconds: Decimal | None = None  # time the provider's hardware ran (Replicate's predict_time)
+    input_image_tokens: int = 0
+    output_image_tokens: int = 0
+    input_audio_tokens: int = 0
+    output_audio_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        counts = (self.characters, self.images, self.search_units, self.input_image_tokens, self.output_image_tokens,
+                  self.input_audio_tokens, self.output_audio_tokens)
+        decimals = [d for d in (self.audio_seconds, self.compute_seconds, self.megapixels) if d is not None]
+        if min(counts) < 0 or not all(d.is_finite() and d >= 0 for d in decimals):
+            raise ValueError(f"media usage must be non-negative: {self}")
+
+    def genai_prices_usage(self) -> dict[str, int | Decimal]:
+        """The genai-prices Usage fields these quantities fill (its unit names), only those used."""
+        fields = {
+            "input_characters": self.characters,
+            "audio_seconds": self.audio_seconds,
+            "input_image_tokens": self.input_image_tokens,
+            "output_image_tokens": self.output_image_tokens,
+            "input_audio_tokens": self.input_audio_tokens,
+            "output_audio_tokens": self.output_audio_tokens,
+            "rerank_searches": self.search_units,
+        }
+        return {name: value for name, value in fields.items() if value}

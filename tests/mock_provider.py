@@ -24,6 +24,7 @@ OpenAI-compatible, routed by path *suffix*, so any prefix works
 * ``.../responses``         family ``openai.responses``  (Responses API)
 * ``.../embeddings``        family ``openai.embeddings``
 * ``.../images/generations`` family ``openai.images`` (dall-e style images, no usage)
+* ``.../batches``           family ``openai.batches`` (a batch object: an endpoint Tollgate does not meter)
 
 Anthropic:  ``/v1/messages`` (family ``anthropic.messages``),
             ``/v1/messages/count_tokens`` (family ``anthropic.count_tokens``).
@@ -852,6 +853,7 @@ class MockProvider:
             ("responses", "openai.responses", self._openai_responses),
             ("embeddings", "openai.embeddings", self._openai_embeddings),
             ("images/generations", "openai.images", self._openai_images),
+            ("batches", "openai.batches", self._openai_batches),
         ]
         for suffix, family, fn in table:
             if path.endswith("/" + suffix):
@@ -1010,8 +1012,15 @@ class MockProvider:
             "usage": wire_usage("openai.embeddings", self.usage),
         })
 
+    def _openai_batches(self, rec: RecordedRequest, body: dict) -> _Json:
+        """A batch created: what the batch costs is billed later, so Tollgate does not meter it."""
+        return _Json(200, {"id": f"batch_mock{rec.seq}", "object": "batch", "endpoint": body.get("endpoint"),
+                           "input_file_id": body.get("input_file_id"), "completion_window": "24h",
+                           "status": "validating", "created_at": int(time.time()), "errors": None,
+                           "request_counts": {"total": 0, "completed": 0, "failed": 0}})
+
     def _openai_images(self, rec: RecordedRequest, body: dict) -> _Json:
-        """dall-e style: the images, no usage (what Tollgate cannot meter yet)."""
+        """dall-e style: the images, no usage (priced per image by Tollgate)."""
         n = body.get("n") if isinstance(body.get("n"), int) and body.get("n") > 0 else 1
         image = base64.b64encode(b"\x89PNG\r\n\x1a\nmock").decode()
         item = {"b64_json": image} if body.get("response_format") == "b64_json" else {

@@ -54,10 +54,10 @@ def unique(prefix: str) -> str:
     ("POST", "/v1/embeddings", False, "metered"),
     ("POST", "/v1/messages", False, "metered"),
     ("POST", "/v1beta/models/gemini-2.0-flash:generateContent", False, "metered"),
-    ("POST", "/v1/images/generations", False, "unmetered"),
-    ("POST", "/v1/audio/transcriptions", False, "unmetered"),
-    ("POST", "/v1/audio/speech", False, "unmetered"),
-    ("POST", "/v2/rerank", False, "unmetered"),
+    ("POST", "/v1/images/generations", False, "metered"),
+    ("POST", "/v1/audio/transcriptions", False, "metered"),
+    ("POST", "/v1/audio/speech", False, "metered"),
+    ("POST", "/v2/rerank", False, "metered"),
     ("POST", "/v1/batches", False, "unmetered"),
     ("GET", "/v1/realtime", True, "unmetered"),  # a websocket session costs money
     ("GET", "/v1/models", False, "free"),
@@ -224,9 +224,13 @@ def chat(gw, api_key: str, model: str = UNPRICED_MODEL) -> dict:
     return gw.request_row(raw.headers["x-tollgate-request-id"])
 
 
-def image(gw, api_key: str) -> dict:
-    raw = client(gw, api_key).images.with_raw_response.generate(model="dall-e-3", prompt="a lighthouse at dusk")
-    assert raw.parse().data[0].url
+BATCH = dict(input_file_id="file-mock", endpoint="/v1/chat/completions", completion_window="24h")
+
+
+def batch(gw, api_key: str) -> dict:
+    """A batch created: an endpoint Tollgate does not meter (the batch is billed when it runs)."""
+    raw = client(gw, api_key).batches.with_raw_response.create(**BATCH)
+    assert raw.parse().status == "validating"
     return gw.request_row(raw.headers["x-tollgate-request-id"])
 
 
@@ -293,14 +297,13 @@ def test_unpriced_model_is_served_by_default_for_a_fixed_meter_customer(defaults
     assert (row["price_source"], row["fee"], row["provider_cost"]) == ("unpriced", "0.01", None)
 
 
-def test_images_are_unmetered_in_track_mode_and_refused_for_billed_customers(defaults, mock):
-    row = image(defaults, defaults.admin_key)
+def test_batches_are_unmetered_in_track_mode_and_refused_for_billed_customers(defaults, mock):
+    row = batch(defaults, defaults.admin_key)
     assert (row["endpoint"], row["usage_source"], row["price_source"], row["provider_cost"]) == (
         "other", "none", "unmetered", None)
     for meter_args in (PERCENTAGE_METER, FIXED_METER):
         who, token = customer_token(defaults, *meter_args)
-        refused(defaults, mock, lambda: client(defaults, token).images.generate(model="dall-e-3", prompt="a cat"),
-                "endpoint_unmetered")
+        refused(defaults, mock, lambda: client(defaults, token).batches.create(**BATCH), "endpoint_unmetered")
         assert defaults.ledger.balance(who) == "1.00"
     usage = defaults.cli_json("usage")["totals"]
     assert usage["unmetered_requests"] >= 1 and usage["unpriced_requests"] >= 1
@@ -310,7 +313,7 @@ def test_images_are_unmetered_in_track_mode_and_refused_for_billed_customers(def
 def test_a_provider_error_on_an_unmetered_endpoint_is_not_flagged_unmetered(defaults, mock):
     mock.next_error = (400, None, None)
     with pytest.raises(openai.BadRequestError) as caught:
-        client(defaults, defaults.admin_key).images.generate(model="dall-e-3", prompt="a cat")
+        client(defaults, defaults.admin_key).batches.create(**BATCH)
     row = defaults.request_row(caught.value.response.headers["x-tollgate-request-id"])
     assert (row["status"], row["usage_source"]) == (400, "none") and row["price_source"] != "unmetered"
 
@@ -318,8 +321,8 @@ def test_a_provider_error_on_an_unmetered_endpoint_is_not_flagged_unmetered(defa
 def test_refuse_applies_in_track_mode_too(refusing, mock):
     refused(refusing, mock, lambda: client(refusing, refusing.admin_key).chat.completions.create(
         model=UNPRICED_MODEL, messages=[{"role": "user", "content": "hi"}]), "model_unpriced")
-    refused(refusing, mock, lambda: client(refusing, refusing.admin_key).images.generate(
-        model="dall-e-3", prompt="a cat"), "endpoint_unmetered")
+    refused(refusing, mock, lambda: client(refusing, refusing.admin_key).batches.create(**BATCH),
+            "endpoint_unmetered")
     assert chat(refusing, refusing.admin_key, model="gpt-4o-mini")["price_source"] == "catalog"
 
 
@@ -327,7 +330,7 @@ def test_flag_serves_a_billed_customer_then_prices_missing_lists_the_model(flagg
     who, token = customer_token(flagging, *PERCENTAGE_METER)
     row = chat(flagging, token)
     assert (row["price_source"], row["fee"], row["provider_cost"]) == ("unpriced", "0.00", None)
-    assert image(flagging, token)["price_source"] == "unmetered"
+    assert batch(flagging, token)["price_source"] == "unmetered"
     model = unique("gpt-unlisted")
     for _ in range(2):
         chat(flagging, flagging.admin_key, model=model)

@@ -36,7 +36,8 @@ TEXT = ("Hello", "! How", " can I help", " you today?")  # every fixture answers
 # Providers of the other sections of providers.yaml, whose wire formats have test modules of their own (their
 # own mocks, their SDKs as clients)
 OTHER_SECTIONS = frozenset({"azure", "vertex",  # tests/test_azure.py, tests/test_vertex.py
-                            "bedrock"})  # tests/test_bedrock.py
+                            "bedrock",  # tests/test_bedrock.py
+                            "elevenlabs", "voyage", "jina", "fal", "fal-queue", "replicate"})  # tests/test_media_*.py
 USAGE_FIELDS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens")
 
 

@@ -248,7 +248,7 @@ def test_gemini_embed_without_usage_estimates_input_only():
         ("gemini", "/v1beta/models/x:streamGenerateContent", b'[{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED"}}]'),
         ("cohere", "/v2/chat", b'{"id":"e","message":"invalid request: model is required"}'),
         ("openai", "/v1/chat/completions", b"<html>502 Bad Gateway</html>"),
-        ("openai", "/v1/images/generations", b'{"usage": {"input_tokens": 5}}'),
+        ("openai", "/v1/batches", b'{"usage": {"input_tokens": 5}}'),  # an endpoint no reader reads
     ],
 )
 def test_errors_and_other_endpoints_meter_nothing(family, path, body):

@@ -92,7 +92,8 @@ class CallerCredential:
 def _header_value(name: str, value: str) -> str:
     if name == "authorization":
         scheme, _, rest = value.partition(" ")
-        return rest.strip() if scheme.lower() == "bearer" else value.strip()
+        # fal's clients send "Key <key>", Replicate's older ones "Token <key>"
+        return rest.strip() if scheme.lower() in ("bearer", "key", "token") else value.strip()
     return value.strip()
 
 

@@ -21,7 +21,8 @@ from urllib.parse import urlsplit
 import yaml
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "config" / "providers.yaml"
-API_FAMILIES = frozenset({"openai", "anthropic", "gemini", "cohere", "bedrock"})
+API_FAMILIES = frozenset({"openai", "anthropic", "gemini", "cohere", "bedrock", "elevenlabs", "voyage", "jina", "fal",
+                          "replicate"})
 DEFAULT_PORTS = {"https": 443, "http": 80}
 
 _REQUIRED = ("id", "name", "base_url", "auth", "credential_env", "api_family", "pricing_id")

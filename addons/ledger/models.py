@@ -241,11 +241,15 @@ class RequestRow(BaseModel):
     error = CharField(null=True)
     metadata = TextField(null=True)
     # What a merchant reported through POST /v1/requests besides tokens (addons/services/reported.py): text
-    # characters, and audio or video duration in milliseconds. The proxy leaves them 0.
+    # characters, and audio or video duration in milliseconds; the proxy fills them for speech and transcriptions.
     input_characters = IntegerField(default=0)
     output_characters = IntegerField(default=0)
     input_duration_ms = IntegerField(default=0)
     output_duration_ms = IntegerField(default=0)
+    # Media the proxy read (pricing.usage.MediaUsage): images generated, rerank search units billed. Added to
+    # older ledgers on start (_add_missing_columns), their rows 0.
+    images = IntegerField(default=0)
+    search_units = IntegerField(default=0)
 
     class Meta:
         table_name = "request"

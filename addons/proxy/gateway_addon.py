@@ -14,6 +14,7 @@ import collections
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -62,6 +63,7 @@ from addons.usage.readers import UsageReader, for_request
 from pricing.bounds import PriceBounds
 from pricing.cost import Override, price, price_source
 from pricing.money import format_usd
+from pricing.usage import TokenUsage
 
 log = logging.getLogger(__name__)
 
@@ -379,8 +381,8 @@ class Gateway:
             check_scope(plan.token, provider.id, reader.model)
         price_guard.admit(plan, reader, self.settings, lambda model: price_source(
             model=model, provider_id=provider.id, pricing_id=provider.pricing_id, overrides=self.prices))
-        rate_headers = await self.cashier.admit(request_id, plan, reader, lambda usage: self.price_bounds.of(
-            provider.id, provider.pricing_id, reader.model or "", self.prices).cost(usage), len(request.raw_content or b""))
+        rate_headers = await self.cashier.admit(request_id, plan, reader, self._worst_cost(provider, reader),
+                                                len(request.raw_content or b""))
         if reader.request_body is not None:
             request.content = reader.request_body
         strip_gateway_credentials(request.headers)
@@ -446,8 +448,10 @@ class Gateway:
             if any(name[:12].lower() == RATE_HEADER_PREFIX for name, _ in fields):
                 fields = tuple(field for field in fields if field[0][:12].lower() != RATE_HEADER_PREFIX)
             response.headers.fields = fields + state.rate_headers
-        is_stream = response.headers.get("content-type", "").startswith("text/event-stream")
-        if response.status_code < 400 and (is_stream or state.reader.stream_requested):
+        content_type = response.headers.get("content-type", "")
+        is_stream = content_type.startswith("text/event-stream")
+        if response.status_code < 400 and (is_stream or state.reader.stream_requested
+                                           or state.reader.streams_response(content_type)):
             response.stream = StreamTap(state.reader)
             state.streamed = True
 
@@ -491,7 +495,8 @@ class Gateway:
         if state.model is not None:  # the operator's deployment map names the model over the response
             result = replace(result, model=state.model)
         model = result.model or state.reader.model
-        cost = self._cost(state.provider, model, result.usage, at=datetime.fromtimestamp(state.started, UTC))
+        cost = self._cost(state.provider, model, result.usage, at=datetime.fromtimestamp(state.started, UTC),
+                          media=result.media)
         billable = is_billable(status, result.source)
         source = price_guard.price_source(state.reader, cost.source, status)
         price_guard.warn_once(source, state.provider.id, model, flow.request.path)
@@ -510,9 +515,17 @@ class Gateway:
         flow.marked = flow_notes.METERED
         return record
 
-    def _cost(self, provider: Provider, model: str | None, usage, at: datetime | None = None):
+    def _worst_cost(self, provider: Provider, reader: UsageReader) -> Callable[[TokenUsage], int]:
+        """What the request may cost with a given usage, for its holds: for tokens, the model's price bound
+        (pricing/bounds.py, measured once a minute); a media request is priced with what it asks for."""
+        if (media := reader.expected_media) is not None:
+            return lambda usage: self._cost(provider, reader.model, usage, media=media).total_nanos
+        return lambda usage: self.price_bounds.of(provider.id, provider.pricing_id, reader.model or "",
+                                                  self.prices).cost(usage)  # looked up only if a hold needs it
+
+    def _cost(self, provider: Provider, model: str | None, usage, at: datetime | None = None, media=None):
         return price(usage, model=model or "", provider_id=provider.id, pricing_id=provider.pricing_id,
-                     overrides=self.prices, at=at)
+                     overrides=self.prices, at=at, media=media)
 
     def done(self) -> None:
         if self.writer is not None:

@@ -81,7 +81,18 @@ def usage_record(state: Pending, result: UsageReading, response: http.Response |
         units_micro=meters.units_to_micro(units) if units else 0,
         bill_customer=plan.bill_customer and billable,
         customer_byok_fee_nanos=charges.customer_byok_fee_nanos,
+        **_media_columns(result),
     )
+
+
+def _media_columns(result: UsageReading) -> dict[str, int]:
+    """The quantities of an image, audio, speech or rerank request, in the columns that record them."""
+    media = result.media
+    if media is None:
+        return {}
+    seconds = media.audio_seconds
+    return {"images": media.images, "search_units": media.search_units, "input_characters": media.characters,
+            "input_duration_ms": int(seconds * 1000) if seconds is not None else 0}
 
 
 def unmetered_record(state: Pending, status: int | None) -> UsageRecord:

@@ -141,7 +141,7 @@ def _measured(record: RequestRecord) -> Measured:
     seconds = Decimal(record.input_duration_ms + record.output_duration_ms).scaleb(-3)
     return Measured(TokenUsage(input_tokens=record.input_tokens, output_tokens=record.output_tokens),
                     characters=record.input_characters + record.output_characters,
-                    audio_seconds=seconds if seconds else None)
+                    audio_seconds=seconds if seconds else None, images=record.images, search_units=record.search_units)
 
 
 def _breakdown(record: RequestRecord, meter: MeterRow | None) -> tuple[TierUse, ...]:

@@ -13,6 +13,7 @@ of them. UsageReader itself is the reader of a family Tollgate does not read: no
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any, Literal
@@ -22,7 +23,7 @@ from addons.usage.include_usage import ask_for_usage, strip_null_usage
 from addons.usage.json_fields import as_dict, as_str, loads, text_chars, tokens
 from addons.usage.json_items import JSONItems
 from addons.usage.sse import SSEDecoder, SSEEvent
-from pricing.usage import Measured, TokenUsage
+from pricing.usage import Measured, MediaUsage, TokenUsage
 
 Source = Literal["reported", "estimated", "none"]
 PriceBasis = Literal["metered", "free", "unmetered"]
@@ -31,7 +32,7 @@ MAX_PENDING = 16 * 1024 * 1024  # bytes of one unfinished event/item kept to par
 
 # Requests that cost nothing at the provider although no usage is read from them: reading, listing
 # and deleting (GET /v1/models, a stored response or file), and counting tokens. Everything else
-# the reader cannot read is unmetered: images, audio, rerank, batches, and websocket upgrades (a GET
+# the reader cannot read is unmetered: batches, files, fine-tuning, and websocket upgrades (a GET
 # that opens a paid OpenAI Realtime or Gemini Live session).
 _FREE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 _FREE_PATH_ENDS = ("/messages/count_tokens", ":countTokens")
@@ -50,6 +51,10 @@ class UsageReading:
     model: str | None  # as the response reported it, else as requested
     usage: TokenUsage
     source: Source
+    media: MediaUsage | None = None  # images, audio, characters, searches: what media prices count
+
+
+_JSON_START = re.compile(rb"\s*[\[{]")  # matched in place: a multipart upload is never decoded whole
 
 
 def price_basis(method: str, endpoint: str, path: str, upgrade: bool = False) -> PriceBasis:
@@ -99,6 +104,9 @@ class UsageReader:
         # Quantities beyond tokens that a meter unit may count, by their pricing.usage.Measured names
         # (audio_seconds: the duration the provider reported); a reader adds what its family reports.
         self.measures: dict[str, Any] = {}
+        self.media: MediaUsage | None = None  # a media reader's quantities (readers of images, audio, rerank)
+        # what the request asks for (images, characters, audio, searches), for holds before the answer
+        self.expected_media: MediaUsage | None = None
         self._injected = request_body is not None
         self._items = JSONItems(MAX_PENDING) if json_array else None
         self._sse = SSEDecoder(MAX_PENDING)
@@ -119,13 +127,13 @@ class UsageReader:
     ) -> UsageReader:
         """May raise on a malformed request: readers.for_request() falls back to reading nothing."""
         endpoint, path_model = cls.endpoint_of(path.rstrip("/")) if method.upper() == "POST" else ("other", None)
-        parsed = loads(body)
-        req = parsed if isinstance(parsed, dict) else {}
-        stream = cls.streams(endpoint, req)
+        kind = cls.for_endpoint(endpoint)
+        req = kind.request_fields(endpoint, body)
+        stream = kind.streams(endpoint, req)
         rewritten = None
         if inject_usage and stream and endpoint in cls.ASKS_FOR_USAGE:
             rewritten = ask_for_usage(req)
-        return cls.for_endpoint(endpoint)(
+        reader = kind(
             family,
             endpoint,
             path_model or as_str(req.get("model")),
@@ -133,9 +141,14 @@ class UsageReader:
             rewritten,
             prompt_chars=text_chars(req, _PROMPT_KEYS),
             max_output_tokens=_max_output_tokens(req),
-            json_array=cls.json_array(endpoint, query),
+            json_array=kind.json_array(endpoint, query),
             basis=price_basis(method, endpoint, path, upgrade),
         )
+        reader.read_request(req, body)
+        return reader
+
+    def read_request(self, req: dict[str, Any], body: bytes) -> None:
+        """What a media reader takes from the request besides the model: sizes, counts, the text to speak."""
 
     @classmethod
     def endpoint_of(cls, path: str) -> tuple[str, str | None]:
@@ -144,6 +157,17 @@ class UsageReader:
             if path.endswith(suffix):
                 return name, None
         return "other", None
+
+    @classmethod
+    def request_fields(cls, endpoint: str, body: bytes) -> dict[str, Any]:
+        """The request's JSON object ({} for anything else); media readers also read multipart uploads."""
+        parsed = loads(body) if _JSON_START.match(body) else None
+        return parsed if isinstance(parsed, dict) else {}
+
+    def streams_response(self, content_type: str) -> bool:
+        """Whether a successful answer of this content type passes through as it comes (audio), though
+        it is no event stream and no stream was asked for."""
+        return False
 
     @classmethod
     def streams(cls, endpoint: str, req: dict[str, Any]) -> bool:
@@ -214,21 +238,26 @@ class UsageReader:
 
     def measured(self, usage: TokenUsage) -> Measured:
         """`usage` with the other quantities this reader measured, for a customer's meter."""
-        return Measured(usage, self.prompt_chars, **self.measures)
+        measures = dict(self.measures)
+        if (media := self.media or self.expected_media) is not None:
+            measures.update(images=media.images, search_units=media.search_units)
+            if media.audio_seconds is not None:
+                measures.setdefault("audio_seconds", media.audio_seconds)
+        return Measured(usage, self.prompt_chars, **measures)
 
     def result(self) -> UsageReading:
         model = self._resp_model or self.model
         prompt = tokens(self.prompt_chars)
         output = 0 if self.endpoint in self.EMBEDDINGS else tokens(self._out_chars)
         if self._usage is not None and self._final:
-            return UsageReading(model, self._usage, "reported")
+            return UsageReading(model, self._usage, "reported", self.media)
         if self._usage is not None:  # cut before the final count: trust what was reported so far
             usage = replace(
                 self._usage,
                 input_tokens=self._usage.input_tokens or prompt,
                 output_tokens=max(self._usage.output_tokens, output),
             )
-            return UsageReading(model, usage, "estimated")
+            return UsageReading(model, usage, "estimated", self.media)
         cut = self._fed and not self._finished
         if self.endpoint == "other" or not (self._responded or cut) or (self._error and not self._out_chars):
             return UsageReading(model, TokenUsage(), "none")

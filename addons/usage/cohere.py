@@ -1,7 +1,8 @@
-"""Cohere's v2 API: chat (a whole message, or a stream of typed events) and embed.
+"""Cohere's v2 API: chat (a whole message, or a stream of typed events), embed and rerank.
 
 Usage is reported as `billed_units` (what Cohere charges) and raw `tokens`; the stream
-reports it on `message-end`, embed under `meta`.
+reports it on `message-end`, embed under `meta`. Rerank is billed per search unit
+(`meta.billed_units.search_units`), which is priced per unit, not per token.
 """
 
 from __future__ import annotations
@@ -10,18 +11,24 @@ from typing import Any
 
 from addons.usage.base import UsageReader
 from addons.usage.json_fields import as_dict, count, text_chars
-from pricing.usage import TokenUsage
+from pricing.usage import MediaUsage, TokenUsage
 
 _OUT_KEYS = frozenset({"message", "content", "text", "thinking", "tool_plan", "tool_calls", "function", "arguments"})
 
 
 class CohereReader(UsageReader):
-    ENDPOINTS = (("/v2/chat", "cohere.chat"), ("/v2/embed", "cohere.embed"))
-    EMBEDDINGS = frozenset({"cohere.embed"})
+    ENDPOINTS = (("/v2/chat", "cohere.chat"), ("/v2/embed", "cohere.embed"), ("/v2/rerank", "cohere.rerank"),
+                 ("/v1/rerank", "cohere.rerank"))
+    EMBEDDINGS = frozenset({"cohere.embed", "cohere.rerank"})
     SKIP_EVENTS = frozenset(
         {"message-start", "content-start", "content-end", "tool-call-start", "tool-call-end",
          "citation-start", "citation-end"}
     )
+
+    def read_request(self, req: dict[str, Any], body: bytes) -> None:
+        if self.endpoint == "cohere.rerank":  # a search unit per 100 documents (longer ones count more)
+            documents = len(req["documents"]) if isinstance(req.get("documents"), list) else 0
+            self.expected_media = MediaUsage(search_units=max(1, -(-documents // 100)))
 
     def _read(self, obj: dict[str, Any]) -> None:
         if isinstance(obj.get("message"), str):  # v2 errors: {"id": ..., "message": "..."}
@@ -36,6 +43,11 @@ class CohereReader(UsageReader):
             return
         self._out_chars += text_chars(obj.get("message"), _OUT_KEYS)
         usage = obj.get("usage") if isinstance(obj.get("usage"), dict) else as_dict(obj.get("meta"))
+        if self.endpoint == "cohere.rerank":
+            searches = count(as_dict(usage.get("billed_units")).get("search_units"))
+            self.media = MediaUsage(search_units=searches)
+            self._report(TokenUsage(), "search_units" in as_dict(usage.get("billed_units")))
+            return
         if usage.get("billed_units") or usage.get("tokens"):
             self._report(cohere_usage(usage), True)
 

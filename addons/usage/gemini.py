@@ -2,6 +2,8 @@
 
 streamGenerateContent streams server-sent events with `alt=sse`, else one JSON array whose
 items arrive in pieces. Every chunk may carry `usageMetadata`; the one with a finishReason is final.
+Image and speech output (gemini-*-image, *-tts) is priced apart from text: the usage's per-modality
+details (`candidatesTokensDetails`, `promptTokensDetails`) give the image and audio tokens within it.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from urllib.parse import parse_qs, unquote
 
 from addons.usage.base import UsageReader
 from addons.usage.json_fields import as_dict, as_list, count, text_chars
-from pricing.usage import TokenUsage
+from pricing.usage import MediaUsage, TokenUsage
 
 _VERBS = {
     "generateContent": "generateContent",
@@ -48,6 +50,7 @@ class GeminiReader(UsageReader):
         if isinstance(meta, dict):
             ends = any(as_dict(c).get("finishReason") for c in as_list(candidates))
             self._report(gemini_usage(meta), ends)
+            self.media = gemini_media(meta)
 
 
 def gemini_usage(m: dict[str, Any]) -> TokenUsage:
@@ -60,3 +63,14 @@ def gemini_usage(m: dict[str, Any]) -> TokenUsage:
         count(m.get("candidatesTokenCount")) + thoughts,
         thoughts,
     )
+
+
+def gemini_media(m: dict[str, Any]) -> MediaUsage | None:
+    """The image and audio tokens within the usage, by modality; None when it lists only text."""
+    def tokens_of(details: Any, modality: str) -> int:
+        return sum(count(d.get("tokenCount")) for d in map(as_dict, as_list(details)) if d.get("modality") == modality)
+
+    prompt, made = m.get("promptTokensDetails"), m.get("candidatesTokensDetails")
+    media = MediaUsage(input_image_tokens=tokens_of(prompt, "IMAGE"), input_audio_tokens=tokens_of(prompt, "AUDIO"),
+                       output_image_tokens=tokens_of(made, "IMAGE"), output_audio_tokens=tokens_of(made, "AUDIO"))
+    return media if media.genai_prices_usage() else None

@@ -10,17 +10,26 @@ from addons.usage.anthropic import AnthropicReader
 from addons.usage.base import UsageReader, UsageReading
 from addons.usage.bedrock import BedrockReader
 from addons.usage.cohere import CohereReader
+from addons.usage.elevenlabs import ElevenLabsReader
+from addons.usage.fal import FalReader
 from addons.usage.gemini import GeminiReader
-from addons.usage.openai import OpenAIReader
+from addons.usage.openai_media import OpenAIFamilyReader
+from addons.usage.replicate import ReplicateReader
+from addons.usage.retrieval import RetrievalReader
 
 __all__ = ["READERS", "UsageReader", "UsageReading", "for_request"]
 
 READERS: dict[str, type[UsageReader]] = {
-    "openai": OpenAIReader,
+    "openai": OpenAIFamilyReader,
     "anthropic": AnthropicReader,
     "gemini": GeminiReader,
     "cohere": CohereReader,
     "bedrock": BedrockReader,
+    "elevenlabs": ElevenLabsReader,
+    "voyage": RetrievalReader,
+    "jina": RetrievalReader,
+    "fal": FalReader,
+    "replicate": ReplicateReader,
 }
 
 # OpenAI-compatible APIs some families serve beside their own, found by a path segment:
@@ -43,7 +52,7 @@ def for_request(
     """
     reader = READERS.get(family, UsageReader)
     if (compatible := OPENAI_COMPATIBLE.get(family)) and compatible[0] in path:
-        reader, inject_usage = OpenAIReader, inject_usage and compatible[1]
+        reader, inject_usage = OpenAIFamilyReader, inject_usage and compatible[1]
     try:
         return reader.from_request(family, method, path, query, body, inject_usage, upgrade)
     except Exception:  # a bad request must not break the proxy
