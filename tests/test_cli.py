@@ -58,6 +58,15 @@ def test_providers_lists_the_catalog_and_configured_keys(tollgate):
     providers = {p["id"]: p for p in tollgate.json("providers")}
     assert len(providers) >= 20
     assert providers["openai"]["configured"] is True and providers["anthropic"]["configured"] is False
+    assert len(providers["bedrock"]["hosts"]) > 30  # --json lists every region's host
+
+
+def test_providers_table_shortens_a_regional_clouds_dozens_of_hosts(tmp_path):
+    wide = tollgate_cli(clean_env(TOLLGATE_DATABASE_URL=f"sqlite:///{tmp_path}/ledger.db", COLUMNS="250",
+                                  TOLLGATE_RUNTIME_FILE=str(tmp_path / "no-gateway.json")))
+    shown = wide("providers").stdout
+    assert "bedrock-runtime.us-east-1.amazonaws.com" not in shown and "more (--json lists them)" in shown
+    assert "api.cohere.com, api.cohere.ai" in shown  # a provider's two hosts are both shown
 
 
 def test_ca_prints_the_client_exports(tollgate, tmp_path):

@@ -32,10 +32,17 @@ def cmd_providers(args) -> None:
             if running else "No running gateway found: the key column reports this shell's environment, "
                             "which a gateway started from this shell would have.")
     shown = table("Providers", ["id", "hosts", "family", "credential", column, "upstream"],
-                  [[r["id"], ", ".join(r["hosts"]), r["api_family"], r["credential_env"],
+                  [[r["id"], _hosts_shown(r["hosts"]), r["api_family"], r["credential_env"],
                     "yes" if r["configured"] else "no", r["upstream"]] for r in rows])
     shown.columns[4].no_wrap = True  # the header says whose keys these are
     emit(args, rows, shown, text=text)
+
+
+def _hosts_shown(hosts: list[str], most: int = 2) -> str:
+    """A provider's hosts in the table: a regional cloud's dozens cut to the first few (--json lists all)."""
+    if len(hosts) <= most + 1:
+        return ", ".join(hosts)
+    return f"{', '.join(hosts[:most])} and {len(hosts) - most} more (--json lists them)"
 
 
 DEFAULT_PROXY = "127.0.0.1:8080"
