@@ -83,9 +83,10 @@ def gateways(media_mock, tmp_path_factory):
         gw.stop()
 
 
-@pytest.fixture
-def gw(gateways):
-    return gateways("sqlite")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def gw(gateways, request):
+    """A gateway on each ledger backend: every modality is recorded and priced the same on both."""
+    return gateways(request.param)
 
 
 def forward(gw, base: str) -> str:
