@@ -1,0 +1,236 @@
+"""OpenAI Realtime through the gateway, end to end: the official `openai` SDK's realtime client (and, for the
+browser's subprotocol credential, the `websockets` package it uses) as the caller, the real gateway process,
+and tests/realtime_mock.py speaking the Realtime event protocol. Each response must be its own ledger row,
+priced here straight from genai-prices (its own Realtime usage extractor on the mock's response.done event),
+never through Tollgate's pricing; frames must pass in order and unchanged; a customer balance that cannot
+hold the next response cuts the session with an error event and a close code."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from decimal import Decimal
+
+import openai
+import pytest
+import websockets
+from genai_prices import Usage, calc_price, extract_usage
+from websockets.exceptions import ConnectionClosed
+
+from pricing.money import format_usd, to_nanos
+from tests.harness import PROVIDER_KEYS, GatewayProcess, fresh_postgres_database
+from tests.ledger_reads import wait_for
+from tests.realtime_mock import USAGES, RealtimeMock
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "gpt-realtime"
+MAX_OUTPUT = 500  # billing.default_max_output_tokens of the module's gateways: each response's output hold
+OPERATOR_KEY = PROVIDER_KEYS["OPENAI_API_KEY"]
+
+
+@pytest.fixture(scope="module")
+def mock():
+    with RealtimeMock() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def gateways(mock, tmp_path_factory):
+    running: dict[str, GatewayProcess] = {}
+
+    def get(backend: str) -> GatewayProcess:
+        if backend not in running:
+            tmp = tmp_path_factory.mktemp(f"realtime-{backend}")
+            url = f"sqlite:///{tmp}/ledger.db" if backend == "sqlite" else fresh_postgres_database("tollgate_realtime")
+            gw = GatewayProcess(tmp, url, {"openai": mock.url}, billing={"default_max_output_tokens": MAX_OUTPUT})
+            gw.fund("100")
+            gw.start()
+            running[backend] = gw
+        return running[backend]
+
+    yield get
+    for gw in running.values():
+        gw.stop()
+
+
+def within(coro, seconds: float = 20):
+    """Run a client coroutine, failing (not hanging) if the session stalls."""
+    return asyncio.run(asyncio.wait_for(coro, seconds))
+
+
+def forward(gw) -> str:
+    return f"{gw.url}/v1/forward?u=https://api.openai.com/v1"
+
+
+def price(done_event: dict) -> Decimal:
+    """What a response costs, from genai-prices alone: its Realtime extractor, then calc_price."""
+    usage = extract_usage(done_event, provider_id="openai", api_flavor="realtime").usage
+    return calc_price(usage, MODEL, provider_id="openai").total_price
+
+
+def worst(context_tokens: int) -> Decimal:
+    """A response's hold as the README states it: the conversation so far as input and MAX_OUTPUT as output,
+    every token at the model's audio rates."""
+    usage = Usage(input_tokens=context_tokens, input_audio_tokens=context_tokens, output_tokens=MAX_OUTPUT,
+                  output_audio_tokens=MAX_OUTPUT)
+    return calc_price(usage, MODEL, provider_id="openai").total_price
+
+
+def user_item(text: str) -> dict:
+    return {"type": "conversation.item.create",
+            "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}}
+
+
+async def converse(conn, responses: int, sent: list[str], received: list[bytes], **response) -> None:
+    """`responses` turns: a user item and response.create, read through response.done and rate_limits.updated."""
+    for turn in range(responses):
+        for event in (user_item(f"turn {turn}: say hello"), {"type": "response.create", **response}):
+            sent.append(json.dumps(event))
+            await conn.send_raw(sent[-1])
+        while True:
+            received.append(await conn.recv_bytes())
+            if json.loads(received[-1])["type"] in ("rate_limits.updated", "error"):
+                break
+
+
+def session_rows(gw, session_id: str, count: int) -> list[dict]:
+    rows = wait_for(lambda: [r for r in gw.ledger.requests() if r["session_id"] == session_id],
+                    what=f"{count} rows of session {session_id}", until=lambda rows: len(rows) >= count)
+    return sorted(rows, key=lambda r: r["created_at"])
+
+
+def assert_charged_per_response(rows: list[dict], done_events: list[dict]) -> None:
+    assert len(rows) == len(done_events) and len({r["id"] for r in rows}) == len(rows)
+    for row, done in zip(rows, done_events, strict=True):
+        usage = done["response"]["usage"]
+        assert (row["endpoint"], row["model"], row["status"], row["usage_source"], row["price_source"]) == (
+            "realtime", MODEL, 200, "reported", "catalog")
+        assert (row["input_tokens"], row["cache_read_tokens"], row["output_tokens"]) == (
+            usage["input_tokens"], usage["input_token_details"]["cached_tokens"], usage["output_tokens"])
+        assert row["provider_cost"] == format_usd(to_nanos(price(done))) and to_nanos(price(done)) > 0
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_session_of_several_responses_is_charged_per_response_and_frames_pass_unchanged(gateways, mock, backend):
+    gw = gateways(backend)
+    sent: list[str] = []
+    received: list[bytes] = []
+
+    async def run():
+        client = openai.AsyncOpenAI(api_key=gw.admin_key, base_url=forward(gw))
+        async with client.realtime.connect(model=MODEL) as conn:
+            received.append(await conn.recv_bytes())  # session.created
+            await converse(conn, 3, sent, received)
+
+    within(run())
+    upstream = mock.sessions[-1]
+    assert upstream.received == sent  # the client's frames, in order and unchanged
+    assert received == [text.encode() for text in upstream.sent]  # and the provider's
+    assert upstream.headers["authorization"] == f"Bearer {OPERATOR_KEY}"
+    assert gw.admin_key not in json.dumps(upstream.headers)
+    session_id = json.loads(received[0])["session"]["id"]
+    assert_charged_per_response(session_rows(gw, session_id, 3), upstream.done_events)
+
+
+def test_https_proxy_session_is_metered(gateways, mock, monkeypatch):
+    """websockets >= 15 reads HTTPS_PROXY from the environment: the SDK's default wss://api.openai.com URL
+    goes through the gateway as an unmodified app's would."""
+    gw = gateways("sqlite")
+    monkeypatch.setenv("HTTPS_PROXY", gw.url)
+    monkeypatch.setenv("SSL_CERT_FILE", str(gw.ca))
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    received: list[bytes] = []
+
+    async def run():
+        client = openai.AsyncOpenAI(api_key=gw.admin_key)
+        async with client.realtime.connect(model=MODEL) as conn:
+            received.append(await conn.recv_bytes())
+            await converse(conn, 1, [], received)
+
+    within(run())
+    upstream = mock.sessions[-1]
+    assert upstream.headers["authorization"] == f"Bearer {OPERATOR_KEY}" and upstream.path.startswith("/v1/realtime")
+    assert_charged_per_response(session_rows(gw, json.loads(received[0])["session"]["id"], 1), upstream.done_events)
+
+
+def test_browser_subprotocol_key_is_taken_out_and_the_operator_key_sent(gateways, mock):
+    gw = gateways("sqlite")
+    url = f"ws{gw.url[4:]}/v1/forward/realtime?u=https://api.openai.com/v1&model={MODEL}"
+
+    async def run():
+        async with websockets.connect(url, subprotocols=["realtime", f"openai-insecure-api-key.{gw.admin_key}"],
+                                      proxy=None) as ws:
+            assert ws.subprotocol == "realtime"
+            assert json.loads(await ws.recv())["type"] == "session.created"
+
+    within(run())
+    upstream = mock.sessions[-1]
+    assert upstream.headers["sec-websocket-protocol"] == "realtime" and upstream.subprotocol == "realtime"
+    assert upstream.headers["authorization"] == f"Bearer {OPERATOR_KEY}"
+    assert gw.admin_key not in json.dumps(upstream.headers)
+
+
+def billed_customer(gw, balance_nanos: int) -> tuple[str, str]:
+    """A new customer with the balance, billed at provider cost (a 0 % markup meter): (its id, a signed token)."""
+    suffix = uuid.uuid4().hex[:8]
+    gw.cli("customers", "create", f"cus-{suffix}", "--balance", format_usd(balance_nanos))
+    gw.cli("meters", "create", f"m-{suffix}", "--rate-type", "percentage", "--unit", "tokens_1m",
+           "--percentage", "0")
+    token = gw.cli_json("token", "--secret-key", gw.admin_key, "--customer", f"cus-{suffix}", "--meter", f"m-{suffix}")
+    return f"cus-{suffix}", token["token"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_session_is_cut_when_the_balance_cannot_hold_its_third_response(gateways, mock, backend):
+    gw = gateways(backend)
+    first, second = (to_nanos(price({"response": {"usage": usage}})) for usage in USAGES[:2])
+    holds = [to_nanos(worst(u["input_tokens"] + u["output_tokens"])) for u in USAGES[:2]]  # of responses 2 and 3
+    assert holds[0] < holds[1]
+    balance = first + second + (holds[0] + holds[1]) // 2  # holds the second response, not the third
+    customer, token = billed_customer(gw, balance)
+    received: list[bytes] = []
+
+    async def run():
+        client = openai.AsyncOpenAI(api_key=token, base_url=forward(gw))
+        async with client.realtime.connect(model=MODEL) as conn:
+            received.append(await conn.recv_bytes())
+            await converse(conn, 2, [], received)
+            with pytest.raises(ConnectionClosed) as closed:
+                await conn.recv_bytes()
+            return closed.value.rcvd
+
+    close = within(run())
+    error = json.loads(received[-1])
+    assert error["type"] == "error" and error["error"]["code"] == "insufficient_balance"
+    assert json.loads(received[-2])["type"] == "response.done"
+    assert (close.code, close.reason) == (4402, "insufficient_balance")
+    upstream = mock.sessions[-1]
+    assert upstream.closed.wait(5) and upstream.close_code == 4402  # the provider's side is closed too
+    rows = session_rows(gw, json.loads(received[0])["session"]["id"], 2)
+    assert_charged_per_response(rows, upstream.done_events)
+    assert [r["fee"] for r in rows] == [r["provider_cost"] for r in rows]
+    assert gw.ledger.balance(customer) == format_usd(balance - first - second)
+    assert len(gw.ledger.requests(customer=customer)) == 2
+
+
+def test_response_cut_by_the_provider_is_recorded_as_estimated(gateways, mock):
+    gw = gateways("sqlite")
+    received: list[bytes] = []
+
+    async def run():
+        client = openai.AsyncOpenAI(api_key=gw.admin_key, base_url=forward(gw))
+        async with client.realtime.connect(model=MODEL) as conn:
+            received.append(await conn.recv_bytes())
+            await converse(conn, 1, [], received)
+            with pytest.raises(ConnectionClosed):
+                await converse(conn, 1, [], received, response={"metadata": {"mock": "cut"}})
+
+    within(run())
+    rows = session_rows(gw, json.loads(received[0])["session"]["id"], 2)
+    assert [r["usage_source"] for r in rows] == ["reported", "estimated"]
+    cut = rows[1]
+    assert cut["output_tokens"] > 0 and cut["error"] == "session closed before response.done"
+    assert to_nanos(Decimal(cut["provider_cost"])) > 0
