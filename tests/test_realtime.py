@@ -8,6 +8,7 @@ hold the next response cuts the session with an error event and a close code."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import uuid
 from decimal import Decimal
@@ -16,14 +17,18 @@ import openai
 import pytest
 import websockets
 from genai_prices import Usage, calc_price, extract_usage
+from mitmproxy import http
 from websockets.exceptions import ConnectionClosed
 
+from addons.core.errors import PaymentRequired, TooManyRequests
+from addons.proxy.realtime import close_code, error_event, take_subprotocol_key
+from addons.usage.readers import for_request
+from addons.usage.realtime import RealtimeReader
 from pricing.money import format_usd, to_nanos
+from pricing.usage import MediaUsage, TokenUsage
 from tests.harness import PROVIDER_KEYS, GatewayProcess, fresh_postgres_database
 from tests.ledger_reads import wait_for
 from tests.realtime_mock import USAGES, RealtimeMock
-
-pytestmark = pytest.mark.e2e
 
 MODEL = "gpt-realtime"
 MAX_OUTPUT = 500  # billing.default_max_output_tokens of the module's gateways: each response's output hold
@@ -234,3 +239,61 @@ def test_response_cut_by_the_provider_is_recorded_as_estimated(gateways, mock):
     cut = rows[1]
     assert cut["output_tokens"] > 0 and cut["error"] == "session closed before response.done"
     assert to_nanos(Decimal(cut["provider_cost"])) > 0
+
+
+# -- the parts, as units ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("offered, key, left", [
+    ("realtime, openai-insecure-api-key.tg_sk_abc, openai-beta.realtime-v1", "tg_sk_abc",
+     "realtime, openai-beta.realtime-v1"),
+    ("openai-insecure-api-key.tg_sk_abc", "tg_sk_abc", None),
+    ("realtime", None, "realtime"),
+])
+def test_subprotocol_key_is_taken_out_of_the_offered_subprotocols(offered, key, left):
+    headers = http.Headers(sec_websocket_protocol=offered)
+    assert take_subprotocol_key(headers) == key
+    assert headers.get("sec-websocket-protocol") == left
+
+
+@pytest.mark.parametrize("path, query, model", [
+    ("/v1/realtime", "model=gpt-realtime", "gpt-realtime"),
+    ("/openai/realtime", "api-version=2025-04-01-preview&deployment=rt-prod", "rt-prod"),  # Azure
+    ("/openai/v1/realtime", "model=rt-prod", "rt-prod"),
+])
+def test_realtime_upgrades_are_read_per_response(path, query, model):
+    reader = for_request("openai", "GET", path, query, b"", upgrade=True)
+    assert isinstance(reader, RealtimeReader) and (reader.endpoint, reader.model, reader.basis) == (
+        "realtime", model, "metered")
+    assert not isinstance(for_request("openai", "GET", path, query, b""), RealtimeReader)  # no upgrade
+
+
+def test_response_usage_is_read_from_response_done_with_its_audio_and_cached_tokens():
+    session = RealtimeReader.from_upgrade("openai", "model=gpt-realtime")
+    session.session_configured({"model": "gpt-realtime", "max_output_tokens": 300})
+    reader = session.response(None)
+    assert reader.max_output_tokens == 300
+    reader.done({"id": "resp_1", "status": "completed", "usage": USAGES[1]})
+    result = reader.result()
+    assert (result.source, result.usage) == ("reported", TokenUsage(input_tokens=1600, cache_read_tokens=1088,
+                                                                    output_tokens=300))
+    assert result.media == MediaUsage(input_audio_tokens=1200, cache_audio_read_tokens=832, output_audio_tokens=240)
+    session.context_after(result.usage)
+    assert session.response(None).prompt_chars == (1600 + 300) * 4  # the next response reads all of it again
+
+
+def test_a_response_cut_before_response_done_is_estimated_from_its_text_and_audio():
+    reader = RealtimeReader.from_upgrade("openai", "model=gpt-realtime").response(None)
+    assert reader.result().source == "none"
+    reader.delta({"type": "response.output_text.delta", "delta": "Hello there"})  # 11 characters: 3 tokens
+    reader.delta({"type": "response.output_audio.delta", "delta": base64.b64encode(bytes(48_000)).decode()})
+    result = reader.result()  # one second of 24 kHz PCM16: 20 tokens
+    assert (result.source, result.usage.output_tokens, result.media.output_audio_tokens) == ("estimated", 23, 20)
+
+
+@pytest.mark.parametrize("error, code", [(PaymentRequired("insufficient_balance", "m"), 4402),
+                                         (TooManyRequests("rate_limited", "m"), 4429)])
+def test_a_refusal_is_an_openai_shaped_error_event_and_a_close_code_saying_why(error, code):
+    event = json.loads(error_event(error))
+    assert event["type"] == "error" and event["error"]["code"] == error.code and event["error"]["message"] == "m"
+    assert close_code(error) == code

@@ -239,7 +239,8 @@ class Cashier:
         the ledger writer) is committed and its hold released, then admit `request_id` as `admit` does (and
         raise as it does). Waiting makes the check exact: the balance then holds the real charge, not the
         finished response's worst case besides the next one's."""
-        if finished_id in self.open_holds or finished_id in self._limit_pots:
+        settling = finished_id in self.open_holds or finished_id in self._limit_pots
+        if settling and not self.writer.failing:  # in a ledger outage no commit comes: hold beside it at once
             future = self._commit_waits.setdefault(finished_id, asyncio.get_running_loop().create_future())
             try:
                 await asyncio.wait_for(asyncio.shield(future), wait)

@@ -94,6 +94,7 @@ class Session:
     upgrade: Pending
     session_id: str
     held: str | None  # the request id the next response is held under (taken at the upgrade, then renewed)
+    held_since: float = field(default_factory=time.monotonic)
     responses: dict[str, Response] = field(default_factory=dict)  # response id -> its request
     refusal: GatewayError | None = None  # set: the error event is on its way, then the close
     ended: bool = False
@@ -152,11 +153,15 @@ class RealtimeSessions:
 
     async def _response_started(self, flow: http.HTTPFlow, session: Session, response: dict) -> None:
         response_id = as_str(response.get("id")) or f"anonymous-{len(session.responses)}"
-        if session.held is None:  # a response beside one under way (out of band): it is held on its own
+        cashier = self._cashier()
+        if session.held is not None and time.monotonic() - session.held_since > cashier.settings.hold_ttl_seconds / 2:
+            cashier.release(session.held)  # an idle session's hold would expire under the response: hold afresh
+            session.held = None
+        if session.held is None:  # a response beside one under way (out of band), or after a long pause
             request_id = new_request_id()
             if not await self._hold(flow, session, request_id, finished_id=None):
                 return
-            session.held = request_id
+            session.held, session.held_since = request_id, time.monotonic()
         cap = response.get("max_output_tokens")
         reader = session.reader.response(cap if isinstance(cap, int) and not isinstance(cap, bool) else None)
         reader.response_id = response_id
@@ -166,10 +171,8 @@ class RealtimeSessions:
     async def _response_done(self, flow: http.HTTPFlow, session: Session, response_body: dict) -> None:
         response_id = as_str(response_body.get("id")) or ""
         response = session.responses.pop(response_id, None)
-        if response is None:  # no response.created seen for it: it ran under the session's hold
-            if session.held is None:
-                return
-            response = Response(session.held, time.time(), session.reader.response(None))
+        if response is None:  # no response.created seen for it: it ran under the session's hold, if any
+            response = Response(session.held or new_request_id(), time.time(), session.reader.response(None))
             session.held = None
         response.reader.done(response_body)
         status = response.reader.status
@@ -179,7 +182,7 @@ class RealtimeSessions:
         if session.held is None and not session.responses:
             request_id = new_request_id()
             if await self._hold(flow, session, request_id, finished_id=response.request_id):
-                session.held = request_id
+                session.held, session.held_since = request_id, time.monotonic()
 
     async def _hold(self, flow: http.HTTPFlow, session: Session, request_id: str, finished_id: str | None) -> bool:
         """Hold the session's next response; on a refusal, send the error event and close the session."""
