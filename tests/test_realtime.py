@@ -221,6 +221,28 @@ def test_session_is_cut_when_the_balance_cannot_hold_its_third_response(gateways
     assert len(gw.ledger.requests(customer=customer)) == 2
 
 
+def test_session_is_cut_when_its_key_is_out_of_requests_per_minute(gateways, mock):
+    """Every response is a request to the key's limits: with 2 a minute, the upgrade holds the first and the
+    second takes the other; the third cannot be held."""
+    gw = gateways("sqlite")
+    key = gw.cli_json("keys", "create", "--name", f"rt-{uuid.uuid4().hex[:8]}", "--rpm", "2")["secret_key"]
+    received: list[bytes] = []
+
+    async def run():
+        client = openai.AsyncOpenAI(api_key=key, base_url=forward(gw))
+        async with client.realtime.connect(model=MODEL) as conn:
+            received.append(await conn.recv_bytes())
+            await converse(conn, 2, [], received)
+            with pytest.raises(ConnectionClosed) as closed:
+                await conn.recv_bytes()
+            return closed.value.rcvd
+
+    close = within(run())
+    assert json.loads(received[-1])["error"]["type"] == "rate_limit_error" and (close.code, close.reason) == (
+        4429, json.loads(received[-1])["error"]["code"])
+    assert len(session_rows(gw, json.loads(received[0])["session"]["id"], 2)) == 2
+
+
 def test_response_cut_by_the_provider_is_recorded_as_estimated(gateways, mock):
     gw = gateways("sqlite")
     received: list[bytes] = []
