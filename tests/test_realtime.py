@@ -178,6 +178,43 @@ def test_browser_subprotocol_key_is_taken_out_and_the_operator_key_sent(gateways
     assert gw.admin_key not in json.dumps(upstream.headers)
 
 
+BROWSER_SESSION = """new Promise((resolve, reject) => {
+  const ws = new WebSocket(%(url)s, ["realtime", "openai-insecure-api-key." + %(key)s]);
+  const types = [];
+  ws.onmessage = (message) => {
+    const event = JSON.parse(message.data);
+    types.push(event.type);
+    if (event.type === "session.created") {
+      ws.send(JSON.stringify(%(item)s));
+      ws.send(JSON.stringify({type: "response.create"}));
+    } else if (event.type === "response.done") {
+      resolve({protocol: ws.protocol, types: types});
+      ws.close(1000);
+    }
+  };
+  ws.onerror = () => reject(new Error("the WebSocket failed"));
+})"""
+
+
+def test_a_browser_session_authenticates_with_its_subprotocol_and_is_metered(gateways, mock, tmp_path):
+    """Chromium's own WebSocket (browsers cannot set Authorization): the key travels as a subprotocol."""
+    from tests.chromium import Browser, chromium_or_skip
+
+    chromium = chromium_or_skip()
+    gw = gateways("sqlite")
+    url = f"ws{gw.url[4:]}/v1/forward/realtime?u=https://api.openai.com/v1&model={MODEL}"
+    with Browser(chromium, tmp_path / "profile") as browser:
+        browser.goto(f"{gw.url}/healthz")
+        answer = browser.evaluate(BROWSER_SESSION % {"url": json.dumps(url), "key": json.dumps(gw.admin_key),
+                                                      "item": json.dumps(user_item("hello"))})
+    assert answer["protocol"] == "realtime" and answer["types"][-1] == "response.done"
+    upstream = mock.sessions[-1]
+    assert upstream.headers["authorization"] == f"Bearer {OPERATOR_KEY}"
+    assert upstream.headers["sec-websocket-protocol"] == "realtime" and gw.admin_key not in json.dumps(upstream.headers)
+    session_id = json.loads(upstream.sent[0])["session"]["id"]
+    assert_charged_per_response(session_rows(gw, session_id, 1), upstream.done_events)
+
+
 def billed_customer(gw, balance_nanos: int) -> tuple[str, str]:
     """A new customer with the balance, billed at provider cost (a 0 % markup meter): (its id, a signed token)."""
     suffix = uuid.uuid4().hex[:8]

@@ -28,7 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from mitmproxy import ctx, http
+from mitmproxy.proxy.layers.websocket import WebSocketMessageInjected
 from mitmproxy.websocket import WebSocketMessage
+from wsproto.frame_protocol import Opcode
 
 from addons.billing.cashier import Cashier
 from addons.core.errors import GatewayError
@@ -206,7 +208,12 @@ class RealtimeSessions:
         """The error event goes to the client first; its own websocket_message hook then closes the session."""
         session.refusal = error
         log.info("tollgate: Realtime session %s closed: %s", session.session_id, error.code)
-        ctx.master.commands.call("inject.websocket", flow, True, error_event(error), True)
+        proxyserver = ctx.master.addons.get("proxyserver")
+        try:
+            proxyserver.inject_event(WebSocketMessageInjected(flow, WebSocketMessage(Opcode.TEXT, False,
+                                                                                     error_event(error))))
+        except ValueError:  # the connection is gone already: websocket_end follows, nothing to tell
+            pass
 
     def _while_closing(self, flow: http.HTTPFlow, session: Session, message: WebSocketMessage) -> None:
         """After a refusal nothing more passes, but the error event, after which the session closes."""
@@ -216,7 +223,11 @@ class RealtimeSessions:
         error = session.refusal
         proxyserver = ctx.master.addons.get("proxyserver")
         if not mitmproxy_internals.close_websocket(proxyserver, flow, close_code(error), error.code):
-            flow.kill()
+            # no layer to close through (a mitmproxy that moved it): drop the provider's connection instead,
+            # which the client sees as an abnormal closure (flow.kill() does nothing to an open WebSocket)
+            log.error("tollgate: cannot close Realtime session %s with a close frame; dropping it",
+                      session.session_id)
+            mitmproxy_internals.cancel_server_task(proxyserver, flow.client_conn, flow.server_conn, error.code)
 
     def end(self, flow: http.HTTPFlow) -> None:
         """The session ended (either side closed, the connection dropped, or the gateway cut it): responses
