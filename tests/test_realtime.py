@@ -33,6 +33,7 @@ from tests.realtime_mock import USAGES, RealtimeMock
 MODEL = "gpt-realtime"
 MAX_OUTPUT = 500  # billing.default_max_output_tokens of the module's gateways: each response's output hold
 OPERATOR_KEY = PROVIDER_KEYS["OPENAI_API_KEY"]
+AZURE_KEY = "azure-operator-key-0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,10 @@ def gateways(mock, tmp_path_factory):
         if backend not in running:
             tmp = tmp_path_factory.mktemp(f"realtime-{backend}")
             url = f"sqlite:///{tmp}/ledger.db" if backend == "sqlite" else fresh_postgres_database("tollgate_realtime")
-            gw = GatewayProcess(tmp, url, {"openai": mock.url}, billing={"default_max_output_tokens": MAX_OUTPUT})
+            gw = GatewayProcess(tmp, url, {"openai": mock.url, "azure": mock.url},
+                                billing={"default_max_output_tokens": MAX_OUTPUT},
+                                providers={"azure": {"resources": ["myres"], "deployments": {"rt-prod": MODEL}}})
+            gw.env["AZURE_OPENAI_API_KEY"] = AZURE_KEY
             gw.fund("100")
             gw.start()
             running[backend] = gw
@@ -159,6 +163,33 @@ def test_https_proxy_session_is_metered(gateways, mock, monkeypatch):
     upstream = mock.sessions[-1]
     assert upstream.headers["authorization"] == f"Bearer {OPERATOR_KEY}" and upstream.path.startswith("/v1/realtime")
     assert_charged_per_response(session_rows(gw, json.loads(received[0])["session"]["id"], 1), upstream.done_events)
+
+
+def test_azure_session_through_https_proxy_is_priced_as_its_deployments_model(gateways, mock, monkeypatch):
+    """The SDK's Azure client: /openai/realtime?deployment=..., the key in `api-key`, which the gateway swaps."""
+    gw = gateways("sqlite")
+    monkeypatch.setenv("HTTPS_PROXY", gw.url)
+    monkeypatch.setenv("SSL_CERT_FILE", str(gw.ca))
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    received: list[bytes] = []
+
+    async def run():
+        client = openai.AsyncAzureOpenAI(azure_endpoint="https://myres.openai.azure.com", api_key=gw.admin_key,
+                                         api_version="2025-04-01-preview")
+        async with client.realtime.connect(model="rt-prod") as conn:
+            received.append(await conn.recv_bytes())
+            await converse(conn, 1, [], received)
+
+    within(run())
+    upstream = mock.sessions[-1]
+    assert upstream.path.startswith("/openai/") and "deployment=rt-prod" in upstream.path
+    assert upstream.headers["api-key"] == AZURE_KEY and gw.admin_key not in json.dumps(upstream.headers)
+    [row] = session_rows(gw, json.loads(received[0])["session"]["id"], 1)
+    assert (row["provider"], row["model"]) == ("azure", MODEL)
+    expected = calc_price(extract_usage(upstream.done_events[0], provider_id="openai", api_flavor="realtime").usage,
+                          MODEL, provider_id="azure").total_price
+    assert row["provider_cost"] == format_usd(to_nanos(expected)) and to_nanos(expected) > 0
 
 
 def test_browser_subprotocol_key_is_taken_out_and_the_operator_key_sent(gateways, mock):
