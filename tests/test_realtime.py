@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed
 
 from addons.core.errors import PaymentRequired, TooManyRequests
 from addons.proxy.realtime import close_code, error_event, take_subprotocol_key
+from addons.proxy.redaction import HEADERS, REDACTED, redact_request
 from addons.usage.readers import for_request
 from addons.usage.realtime import RealtimeReader
 from pricing.money import format_usd, to_nanos
@@ -387,3 +388,12 @@ def test_a_refusal_is_an_openai_shaped_error_event_and_a_close_code_saying_why(e
     event = json.loads(error_event(error))
     assert event["type"] == "error" and event["error"]["code"] == error.code and event["error"]["message"] == "m"
     assert close_code(error) == code
+
+
+def test_a_subprotocol_key_is_redacted_from_shown_flows_the_other_subprotocols_kept():
+    request = http.Request.make("GET", "https://api.openai.com/v1/realtime?model=gpt-realtime", headers={
+        "sec-websocket-protocol": "realtime, openai-insecure-api-key.tg_sk_0123456789abcdef"})
+    found = redact_request(request, frozenset(HEADERS), frozenset())
+    assert found == ["tg_sk_0123456789abcdef"]
+    assert request.headers["sec-websocket-protocol"] == f"realtime, openai-insecure-api-key.{REDACTED}"
+    assert redact_request(request, frozenset(HEADERS), frozenset()) == []  # once only

@@ -94,8 +94,9 @@ class RealtimeReader(UsageReader):
         return cls(family, ENDPOINT, model, stream_requested=True, basis="metered")
 
     def session_configured(self, session: dict[str, Any]) -> None:
-        """session.created / session.updated: the model and the output cap the server confirms."""
-        if model := as_str(session.get("model")):
+        """session.created / session.updated: the output cap the server confirms, and the model where the upgrade
+        named none (the one it named prices the session: an Azure session may answer with its deployment's name)."""
+        if not self.model and (model := as_str(session.get("model"))):
             self.model = model
         cap = session.get("max_output_tokens", session.get("max_response_output_tokens"))
         if cap is not None:  # "inf" lifts a cap set before
