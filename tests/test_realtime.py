@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import uuid
 from decimal import Decimal
 
@@ -20,7 +21,10 @@ from genai_prices import Usage, calc_price, extract_usage
 from mitmproxy import http
 from websockets.exceptions import ConnectionClosed
 
+from addons.billing.cashier import Cashier
 from addons.core.errors import PaymentRequired, TooManyRequests
+from addons.core.settings import BillingSettings
+from addons.ledger.writer import CommitReport
 from addons.proxy.realtime import close_code, error_event, take_subprotocol_key
 from addons.proxy.redaction import HEADERS, REDACTED, redact_request
 from addons.usage.readers import for_request
@@ -397,3 +401,45 @@ def test_a_subprotocol_key_is_redacted_from_shown_flows_the_other_subprotocols_k
     assert found == ["tg_sk_0123456789abcdef"]
     assert request.headers["sec-websocket-protocol"] == f"realtime, openai-insecure-api-key.{REDACTED}"
     assert redact_request(request, frozenset(HEADERS), frozenset()) == []  # once only
+
+
+class _Writer:
+    failing = False
+
+    def submit(self, record) -> None:
+        pass
+
+
+@pytest.fixture
+def cashier(monkeypatch):
+    """A Cashier on in-process holds whose `admit` only notes the request it admits."""
+    teller = Cashier(BillingSettings(), keys=None, writer=_Writer(), freshness=1.0)
+    teller.admitted = []
+
+    async def admit(request_id, *args, **kwargs):
+        teller.admitted.append(request_id)
+
+    monkeypatch.setattr(teller, "admit", admit)
+    return teller
+
+
+def test_renew_holds_the_next_response_once_the_last_ones_charge_is_committed(cashier):
+    async def scenario():
+        cashier.open_holds["req_1"] = (100, math.inf)
+        renewal = asyncio.ensure_future(cashier.renew("req_1", "req_2", None, None, None))
+        await asyncio.sleep(0.05)
+        assert cashier.admitted == []  # its hold and charge would both count against the balance
+        await cashier._settle(CommitReport(request_ids=["req_1"]))
+        await asyncio.wait_for(renewal, 1)
+        assert cashier.admitted == ["req_2"] and not cashier._commit_waits
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("failing, held", [(True, True), (False, False)])
+def test_renew_waits_for_no_commit_in_a_ledger_outage_or_without_a_hold(cashier, failing, held):
+    cashier.writer.failing = failing
+    if held:
+        cashier.open_holds["req_1"] = (100, math.inf)
+    asyncio.run(asyncio.wait_for(cashier.renew("req_1", "req_2", None, None, None, wait=30), 1))
+    assert cashier.admitted == ["req_2"]

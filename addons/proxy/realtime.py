@@ -34,7 +34,7 @@ from wsproto.frame_protocol import Opcode
 
 from addons.billing.cashier import Cashier
 from addons.core.errors import GatewayError
-from addons.proxy import mitmproxy_internals
+from addons.proxy import metrics_recorder, mitmproxy_internals
 from addons.proxy.error_pages import new_request_id
 from addons.proxy.usage_record import Pending
 from addons.usage.json_fields import as_dict, as_str
@@ -207,6 +207,7 @@ class RealtimeSessions:
     def _refuse(self, flow: http.HTTPFlow, session: Session, error: GatewayError) -> None:
         """The error event goes to the client first; its own websocket_message hook then closes the session."""
         session.refusal = error
+        metrics_recorder.refused(error.status, error.code)
         log.info("tollgate: Realtime session %s closed: %s", session.session_id, error.code)
         proxyserver = ctx.master.addons.get("proxyserver")
         try:
