@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import math
+import time
 import uuid
 from decimal import Decimal
 
@@ -25,8 +26,9 @@ from addons.billing.cashier import Cashier
 from addons.core.errors import PaymentRequired, TooManyRequests
 from addons.core.settings import BillingSettings
 from addons.ledger.writer import CommitReport
-from addons.proxy.realtime import close_code, error_event, take_subprotocol_key
+from addons.proxy.realtime import RealtimeSessions, Session, close_code, error_event, take_subprotocol_key
 from addons.proxy.redaction import HEADERS, REDACTED, redact_request
+from addons.proxy.usage_record import Pending
 from addons.usage.readers import for_request
 from addons.usage.realtime import RealtimeReader
 from pricing.money import format_usd, to_nanos
@@ -443,3 +445,37 @@ def test_renew_waits_for_no_commit_in_a_ledger_outage_or_without_a_hold(cashier,
         cashier.open_holds["req_1"] = (100, math.inf)
     asyncio.run(asyncio.wait_for(cashier.renew("req_1", "req_2", None, None, None, wait=30), 1))
     assert cashier.admitted == ["req_2"]
+
+
+class _Teller:
+    """What RealtimeSessions asks of the Cashier, noted."""
+
+    settings = BillingSettings(hold_ttl_seconds=600)
+
+    def __init__(self):
+        self.calls = []
+
+    async def admit(self, request_id, *args):
+        self.calls.append(("admit", request_id))
+
+    def release(self, request_id):
+        self.calls.append(("release", request_id))
+        return asyncio.ensure_future(asyncio.sleep(0))
+
+
+def test_a_hold_left_idle_for_half_its_life_is_given_back_and_taken_afresh_when_a_response_starts():
+    teller = _Teller()
+    sessions = RealtimeSessions(lambda: teller, record=None, cost_of=lambda upgrade: None, keep_messages=lambda: True)
+    upgrade = Pending("req_upgrade", 0.0, None, None, RealtimeReader.from_upgrade("openai", "model=gpt-realtime"), None)
+
+    async def scenario():
+        fresh = Session(upgrade, "sess_1", "req_upgrade")
+        await sessions._response_started(None, fresh, {"id": "resp_1"})
+        idle = Session(upgrade, "sess_2", "req_idle", held_since=time.monotonic() - 301)
+        await sessions._response_started(None, idle, {"id": "resp_2"})
+        return fresh, idle
+
+    fresh, idle = asyncio.run(scenario())
+    assert fresh.responses["resp_1"].request_id == "req_upgrade"  # the hold the upgrade took
+    [release, (verb, renewed)] = teller.calls
+    assert release == ("release", "req_idle") and verb == "admit" and idle.responses["resp_2"].request_id == renewed

@@ -251,12 +251,13 @@ class Cashier:
                 self._commit_waits.pop(finished_id, None)
         await self.admit(request_id, plan, reader, cost_of)
 
-    def release(self, request_id: str) -> None:
-        """Give back the hold of a request that never ran (a session that ended before its next response)."""
+    def release(self, request_id: str) -> asyncio.Task:
+        """Give back the hold of a request that never ran (a session that ended before its next response);
+        the hot store's part runs in the background: await the task where the room must be back at once."""
         self.open_holds.pop(request_id, None)
         self._limit_pots.pop(request_id, None)
         self._tokens_held.pop(request_id, None)
-        self._background(self.holds.release(request_id))
+        return self._background(self.holds.release(request_id))
 
     @staticmethod
     def _remember(table: dict, request_id: str, value) -> None:
@@ -354,9 +355,11 @@ class Cashier:
         return isinstance(self.holds, FailoverHolds) and self.holds.falling_back
 
     @staticmethod
-    def _background(coro) -> None:
+    def _background(coro) -> asyncio.Task:
         """Hot-store work the hook need not wait for; a failure is logged and the hold then expires."""
-        create_task(coro, name="tollgate-holds", keep_ref=True).add_done_callback(_log_failure)
+        task = create_task(coro, name="tollgate-holds", keep_ref=True)
+        task.add_done_callback(_log_failure)
+        return task
 
     async def close(self) -> None:
         await self.holds.close()

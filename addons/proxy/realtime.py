@@ -20,6 +20,7 @@ Hooks await only the hold store and the ledger writer's commit (a future), never
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -157,8 +158,9 @@ class RealtimeSessions:
         response_id = as_str(response.get("id")) or f"anonymous-{len(session.responses)}"
         cashier = self._cashier()
         if session.held is not None and time.monotonic() - session.held_since > cashier.settings.hold_ttl_seconds / 2:
-            cashier.release(session.held)  # an idle session's hold would expire under the response: hold afresh
-            session.held = None
+            # an idle session's hold would expire under the response: hold afresh, the old one given back first
+            held, session.held = session.held, None
+            await asyncio.shield(cashier.release(held))
         if session.held is None:  # a response beside one under way (out of band), or after a long pause
             request_id = new_request_id()
             if not await self._hold(flow, session, request_id, finished_id=None):
