@@ -327,10 +327,11 @@ class Cashier:
                 spends[limit.name] += 1 if what == KEY_REQUESTS else record.charged_nanos if what == KEY_SPEND else (
                     fees.fee_nanos if fees and what == CUSTOMER_SPEND else 0)
         for request_id in report.request_ids:
-            self.open_holds.pop(request_id, None)
             self._limit_pots.pop(request_id, None)
         if report.request_ids or spends:  # the spends land before the holds go, or the room would show twice
             await self.holds.release(*report.request_ids, spends=tuple(spends.items()))
+        for request_id in report.request_ids:  # once released: `renew` waits while a hold is open here
+            self.open_holds.pop(request_id, None)
         if self._commit_waits:
             for request_id in report.request_ids:
                 if (future := self._commit_waits.get(request_id)) is not None and not future.done():
