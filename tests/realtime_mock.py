@@ -9,7 +9,8 @@ response.create response.created, response.output_item.added, two response.outpu
                 response.output_item.done, then response.done whose `response.usage` is the next of USAGES
                 (text, audio and cached tokens, as OpenAI reports them), then rate_limits.updated.
                 With `"metadata": {"mock": "cut"}` on the response, the deltas are sent and then the
-                connection is dropped, before response.done.
+                connection is dropped, before response.done; with `{"mock": "stall"}` the deltas are sent
+                and nothing more, until the client closes.
 
 Every connection is recorded (`sessions`): the upgrade's path and headers, the subprotocol chosen, every text
 message received and sent in order (`received`, `sent`), and how it closed (`close_code`, `close_reason`).
@@ -132,7 +133,7 @@ class RealtimeMock:
                                                   "item": item})
                 elif kind == "response.create":
                     options = event.get("response") or {}
-                    cut = (options.get("metadata") or {}).get("mock") == "cut"
+                    cut = (options.get("metadata") or {}).get("mock")
                     await self._respond(ws, record, USAGES[responses % len(USAGES)], cut)
                     responses += 1
         except ConnectionClosed:
@@ -141,7 +142,7 @@ class RealtimeMock:
             record.close_code, record.close_reason = ws.close_code, ws.close_reason
             record.closed.set()
 
-    async def _respond(self, ws: ServerConnection, record: MockSession, usage: dict, cut: bool) -> None:
+    async def _respond(self, ws: ServerConnection, record: MockSession, usage: dict, cut: str | None) -> None:
         response_id, item_id = _id("resp"), _id("item")
         response = {"id": response_id, "object": "realtime.response", "status": "in_progress", "output": [],
                     "usage": None, "conversation_id": _id("conv"), "output_modalities": ["audio"]}
@@ -157,8 +158,11 @@ class RealtimeMock:
             await self._send(ws, record, {"type": "response.output_audio.delta", **where,
                                           "delta": base64.b64encode(AUDIO_CHUNK).decode()})
             await self._send(ws, record, {"type": "response.output_audio_transcript.delta", **where, "delta": text})
-        if cut:
+        if cut == "cut":
             ws.transport.abort()  # the provider drops the connection mid-response
+            raise ConnectionClosed(None, None)
+        if cut == "stall":
+            await ws.wait_closed()  # never finishes: the client leaves mid-response
             raise ConnectionClosed(None, None)
         item = {**item, "status": "completed",
                 "content": [{"type": "output_audio", "transcript": "".join(TEXT_DELTAS)}]}

@@ -338,6 +338,26 @@ def test_response_cut_by_the_provider_is_recorded_as_estimated(gateways, mock):
     assert to_nanos(Decimal(cut["provider_cost"])) > 0
 
 
+def test_a_client_leaving_mid_response_has_the_finished_ones_charged_and_the_cut_one_estimated(gateways, mock):
+    gw = gateways("postgresql")
+    received: list[bytes] = []
+
+    async def run():
+        client = openai.AsyncOpenAI(api_key=gw.admin_key, base_url=forward(gw))
+        async with client.realtime.connect(model=MODEL) as conn:
+            received.append(await conn.recv_bytes())
+            await converse(conn, 1, [], received)
+            await conn.send_raw(json.dumps({"type": "response.create", "response": {"metadata": {"mock": "stall"}}}))
+            while json.loads(await conn.recv_bytes())["type"] != "response.output_audio_transcript.delta":
+                pass
+        # leaving the block closes the session (1000) before the response is done
+
+    within(run())
+    rows = session_rows(gw, json.loads(received[0])["session"]["id"], 2)
+    assert_charged_per_response(rows[:1], mock.sessions[-1].done_events)
+    assert (rows[1]["usage_source"], rows[1]["status"]) == ("estimated", None) and rows[1]["output_tokens"] > 0
+
+
 # -- the parts, as units ---------------------------------------------------------------------------------
 
 
