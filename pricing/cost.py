@@ -257,7 +257,7 @@ def _genai_prices_cost(counts: Counts, model: str, pricing_id: str | None, at: d
     for name, value in (media.genai_prices_usage() if media is not None else {}).items():
         # a modality's tokens are part of the direction's total: never more than it, whatever was reported
         total = counts[0] if name.startswith("input_") and name.endswith("_tokens") else (
-            counts[3] if name.startswith("output_") else None)
+            counts[3] if name.startswith("output_") else counts[1] if name.startswith("cache_") else None)
         setattr(usage, name, value if total is None else min(value, total))
     calc = genai_prices.calc_price(usage, model, provider_id=pricing_id, genai_request_timestamp=at)
     return _cost(calc.input_price, calc.output_price, calc.total_price, "catalog")

@@ -63,10 +63,13 @@ class MediaUsage:
     output_image_tokens: int = 0
     input_audio_tokens: int = 0
     output_audio_tokens: int = 0
+    cache_audio_read_tokens: int = 0  # of cache_read_tokens: cached input audio (Realtime), at its own rate
+    cache_image_read_tokens: int = 0
 
     def __post_init__(self) -> None:
         counts = (self.characters, self.images, self.search_units, self.input_image_tokens, self.output_image_tokens,
-                  self.input_audio_tokens, self.output_audio_tokens)
+                  self.input_audio_tokens, self.output_audio_tokens, self.cache_audio_read_tokens,
+                  self.cache_image_read_tokens)
         decimals = [d for d in (self.audio_seconds, self.compute_seconds, self.megapixels) if d is not None]
         if min(counts) < 0 or not all(d.is_finite() and d >= 0 for d in decimals):
             raise ValueError(f"media usage must be non-negative: {self}")
@@ -80,6 +83,8 @@ class MediaUsage:
             "output_image_tokens": self.output_image_tokens,
             "input_audio_tokens": self.input_audio_tokens,
             "output_audio_tokens": self.output_audio_tokens,
+            "cache_audio_read_tokens": self.cache_audio_read_tokens,
+            "cache_image_read_tokens": self.cache_image_read_tokens,
             "rerank_searches": self.search_units,
         }
         return {name: value for name, value in fields.items() if value}

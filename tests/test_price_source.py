@@ -59,7 +59,9 @@ def unique(prefix: str) -> str:
     ("POST", "/v1/audio/speech", False, "metered"),
     ("POST", "/v2/rerank", False, "metered"),
     ("POST", "/v1/batches", False, "unmetered"),
-    ("GET", "/v1/realtime", True, "unmetered"),  # a websocket session costs money
+    ("GET", "/v1/realtime", True, "metered"),  # an OpenAI Realtime session, charged per response
+    ("GET", "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent", True,
+     "unmetered"),  # a Gemini Live session costs money, and Tollgate does not read it
     ("GET", "/v1/models", False, "free"),
     ("POST", "/v1/messages/count_tokens", False, "free"),
     ("POST", "/v1beta/models/gemini-2.0-flash:countTokens", False, "free"),

@@ -7,6 +7,10 @@ signed token must stay within its spend cap; a key or customer within its spend 
 and its requests and tokens per minute (addons/billing/limits.py). The worst case is held until the
 ledger writer has committed the real charge, so concurrent requests see each other's reservations;
 every pot and bucket is checked and taken in one atomic call.
+
+A session of many responses (OpenAI Realtime) is admitted response by response: `renew` holds the next
+response once the last one's charge is committed, so the balance it is checked against is exact; `release`
+gives back a hold no response used.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from pricing.usage import TokenUsage
 ADD_LINGER = 0.002  # seconds incurred costs wait to share one hot-store call
 TRUE_UP_LINGER = 0.05  # seconds tokens-per-minute true-ups wait to share one (a minute's bucket barely moves)
 PENDING_MAX = 100_000  # requests whose limits await their commit; beyond, the oldest are forgotten (never committed)
+RENEW_WAIT = 5.0  # seconds `renew` waits for the last response's commit (a ledger outage: it holds on top)
 log = logging.getLogger(__name__)
 
 
@@ -83,6 +88,7 @@ class Cashier:
         self._limit_pots: dict[str, list[LimitPot]] = {}  # request id -> the limits it holds against, till commit
         self._tokens_held: dict[str, tuple[list[Bucket], int]] = {}  # request id -> tokens-per-minute reservation
         self._true_ups: list[tuple[Bucket, int]] = []  # not yet sent
+        self._commit_waits: dict[str, asyncio.Future] = {}  # request id -> `renew` waiting for its commit
 
     # -- admission -------------------------------------------------------------------------
 
@@ -227,6 +233,32 @@ class Cashier:
             self.writer.submit(HoldRecord(request_id, plan.customer.wallet_id, pots[plan.customer.wallet_id], expires))
         return rate_headers(buckets, states) if buckets else None
 
+    async def renew(self, finished_id: str, request_id: str, plan: BillingPlan, reader: UsageReader,
+                    cost_of: Callable[[TokenUsage], int], wait: float = RENEW_WAIT) -> None:
+        """The next response of a session: wait until `finished_id` (its last response, already submitted to
+        the ledger writer) is committed and its hold released, then admit `request_id` as `admit` does (and
+        raise as it does). Waiting makes the check exact: the balance then holds the real charge, not the
+        finished response's worst case besides the next one's."""
+        settling = finished_id in self.open_holds or finished_id in self._limit_pots
+        if settling and not self.writer.failing:  # in a ledger outage no commit comes: hold beside it at once
+            future = self._commit_waits.setdefault(finished_id, asyncio.get_running_loop().create_future())
+            try:
+                await asyncio.wait_for(asyncio.shield(future), wait)
+            except TimeoutError:
+                log.warning("tollgate: request %s not committed within %.0f s; the next hold is taken beside it",
+                            finished_id, wait)
+            finally:
+                self._commit_waits.pop(finished_id, None)
+        await self.admit(request_id, plan, reader, cost_of)
+
+    def release(self, request_id: str) -> asyncio.Task:
+        """Give back the hold of a request that never ran (a session that ended before its next response);
+        the hot store's part runs in the background: await the task where the room must be back at once."""
+        self.open_holds.pop(request_id, None)
+        self._limit_pots.pop(request_id, None)
+        self._tokens_held.pop(request_id, None)
+        return self._background(self.holds.release(request_id))
+
     @staticmethod
     def _remember(table: dict, request_id: str, value) -> None:
         table[request_id] = value
@@ -295,10 +327,15 @@ class Cashier:
                 spends[limit.name] += 1 if what == KEY_REQUESTS else record.charged_nanos if what == KEY_SPEND else (
                     fees.fee_nanos if fees and what == CUSTOMER_SPEND else 0)
         for request_id in report.request_ids:
-            self.open_holds.pop(request_id, None)
             self._limit_pots.pop(request_id, None)
         if report.request_ids or spends:  # the spends land before the holds go, or the room would show twice
             await self.holds.release(*report.request_ids, spends=tuple(spends.items()))
+        for request_id in report.request_ids:  # once released: `renew` waits while a hold is open here
+            self.open_holds.pop(request_id, None)
+        if self._commit_waits:
+            for request_id in report.request_ids:
+                if (future := self._commit_waits.get(request_id)) is not None and not future.done():
+                    future.set_result(None)
 
     def holds_in_place(self) -> tuple[int, int]:
         """How many of this process's requests hold money, and how much in all (nanos). Called from the metrics
@@ -319,9 +356,11 @@ class Cashier:
         return isinstance(self.holds, FailoverHolds) and self.holds.falling_back
 
     @staticmethod
-    def _background(coro) -> None:
+    def _background(coro) -> asyncio.Task:
         """Hot-store work the hook need not wait for; a failure is logged and the hold then expires."""
-        create_task(coro, name="tollgate-holds", keep_ref=True).add_done_callback(_log_failure)
+        task = create_task(coro, name="tollgate-holds", keep_ref=True)
+        task.add_done_callback(_log_failure)
+        return task
 
     async def close(self) -> None:
         await self.holds.close()

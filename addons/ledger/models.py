@@ -250,6 +250,9 @@ class RequestRow(BaseModel):
     # older ledgers on start (_add_missing_columns), their rows 0.
     images = IntegerField(default=0)
     search_units = IntegerField(default=0)
+    # An OpenAI Realtime session's id (the provider's, else one Tollgate made), on each of its responses' rows:
+    # a session is charged per response (addons/proxy/realtime.py). Added to older ledgers on start, NULL there.
+    session_id = CharField(null=True)
 
     class Meta:
         table_name = "request"

@@ -40,7 +40,7 @@ from addons.core.settings import Settings, resolve_database_url
 from addons.ledger.journal import Journal
 from addons.ledger.models import open_database
 from addons.ledger.writer import CommitReport, LedgerWriter, UsageRecord
-from addons.proxy import bedrock, error_pages, flow_notes, metrics_recorder, vertex
+from addons.proxy import bedrock, error_pages, flow_notes, metrics_recorder, realtime, vertex
 from addons.proxy.azure import check_resource, deployment_model
 from addons.proxy.error_pages import json_response, new_request_id
 from addons.proxy.flow_keys import (
@@ -60,6 +60,7 @@ from addons.proxy.metadata import parse_metadata
 from addons.proxy.routing import addressed_to_gateway, provider_and_host
 from addons.proxy.usage_record import Pending, unmetered_record, usage_record
 from addons.usage.readers import UsageReader, for_request
+from addons.usage.realtime import RealtimeReader, worst_media
 from pricing.bounds import PriceBounds
 from pricing.cost import Override, price, price_source
 from pricing.money import format_usd
@@ -106,6 +107,9 @@ class Gateway:
         self.metrics: metrics_recorder.Recorder | None = None
         self.price_bounds = PriceBounds()  # what a request may cost, for its holds
         self.google_tokens = ServiceAccountTokens()  # Vertex AI access tokens from the operator's service account
+        # OpenAI Realtime sessions, charged per response (addons/proxy/realtime.py)
+        self.realtime = realtime.RealtimeSessions(lambda: self.cashier, self._record, self._session_worst_cost,
+                                                  lambda: self.flows_shown)
 
     def load(self, loader):
         loader.add_option(
@@ -358,7 +362,9 @@ class Gateway:
             caller = await authenticate_sigv4(request, self.keys, provider.sigv4_service)
         else:
             key_param = query_key(request)
-            credential = read_credential(request.headers, forward_key or key_param)
+            # a browser's WebSocket carries its key as a subprotocol (OpenAI Realtime): taken out, then read
+            subprotocol_key = realtime.take_subprotocol_key(request.headers) if "upgrade" in request.headers else None
+            credential = read_credential(request.headers, forward_key or key_param or subprotocol_key)
             if key_param is not None:
                 request.query.pop("key", None)
             caller = await authenticate(credential, self.keys, self.signing_key, provider=provider.id,
@@ -460,12 +466,25 @@ class Gateway:
         state = self.pending.pop(flow.id, None)
         if state is None:
             return
+        if flow.response.status_code == 101 and isinstance(state.reader, RealtimeReader):
+            self.realtime.start(flow, state)  # each response of the session is recorded as it finishes
+            return
         if not state.streamed:
             state.reader.observe_body(flow.response.content or b"", flow.response.headers.get("content-type"))
         self._record(flow, state, status=flow.response.status_code, error=None)
 
+    async def websocket_message(self, flow: http.HTTPFlow) -> None:
+        await self.realtime.message(flow)
+
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        self.realtime.end(flow)
+
+    def _session_worst_cost(self, upgrade: Pending) -> Callable[[TokenUsage], int]:
+        return self._worst_cost(upgrade.provider, upgrade.reader)
+
     def error(self, flow: http.HTTPFlow) -> None:
         self.in_flight.discard(flow.id)
+        self.realtime.end(flow)
         if flow.error:
             flow.error.msg = error_pages.strip_tag(flow.error.msg)
         state = self.pending.pop(flow.id, None)
@@ -502,7 +521,8 @@ class Gateway:
         price_guard.warn_once(source, state.provider.id, model, flow.request.path)
         charges = self.cashier.charges(state.request_id, state.plan, cost.total_nanos, billable)
         self.cashier.used_tokens(state.request_id, result.usage.input_tokens + result.usage.output_tokens)
-        record = usage_record(state, result, flow.response, status=status, error=error, cost_nanos=cost.total_nanos,
+        response = None if state.session_id else flow.response  # a session's responses have no HTTP answer
+        record = usage_record(state, result, response, status=status, error=error, cost_nanos=cost.total_nanos,
                               price_source=source, charges=charges, billable=billable)
         flow.metadata[COST_KEY] = format_usd(cost.total_nanos)
         flow.metadata[PRICE_SOURCE_KEY] = source
@@ -520,6 +540,8 @@ class Gateway:
         (pricing/bounds.py, measured once a minute); a media request is priced with what it asks for."""
         if (media := reader.expected_media) is not None:
             return lambda usage: self._cost(provider, reader.model, usage, media=media).total_nanos
+        if isinstance(reader, RealtimeReader):  # every token may be audio, the dearest
+            return lambda usage: self._cost(provider, reader.model, usage, media=worst_media(usage)).total_nanos
         return lambda usage: self.price_bounds.of(provider.id, provider.pricing_id, reader.model or "",
                                                   self.prices).cost(usage)  # looked up only if a hold needs it
 

@@ -27,12 +27,16 @@ import sys
 from collections.abc import Callable
 from typing import Protocol
 
+import wsproto
+import wsproto.events
 from mitmproxy import connection, ctx, http, version
 from mitmproxy.addons import proxyauth
 from mitmproxy.flow import Error
 from mitmproxy.net.http.http1 import expected_http_body_size
 from mitmproxy.proxy import commands, events
+from mitmproxy.proxy.layer import Layer
 from mitmproxy.proxy.layers import http as http_layer
+from mitmproxy.proxy.layers import websocket as websocket_layer
 from mitmproxy.proxy.layers.http import _http1
 from mitmproxy.utils import human
 
@@ -226,6 +230,39 @@ def cancel_server_task(proxyserver, client: connection.Client, server: connectio
         return False
     transport.handler.cancel(reason)
     return True
+
+
+def close_websocket(proxyserver, flow: http.HTTPFlow, code: int, reason: str) -> bool:
+    """Close `flow`'s WebSocket on both sides with `code` and `reason`, as if the server had sent that close
+    frame: the WebsocketLayer sends it on to the client, closes towards the server, and `websocket_end`
+    follows. mitmproxy has no command for this (`flow.kill()` drops both connections with no close frame,
+    which clients read as 1006 abnormal closure). The close event is queued on the layer's server-side wsproto
+    connection, so it must be called from the `websocket_message` hook of a message from the server (or one
+    injected towards the client): the layer then relays that message and takes the close next, in order.
+    The layer is found through the Proxyserver addon's `connections` and the layer tree. False where there is
+    none open (the caller then kills the flow). Covered end to end by tests/test_realtime.py."""
+    handler = proxyserver.connections.get(flow.client_conn.id)
+    stack = [handler.layer] if handler is not None else []
+    seen: set[int] = set()
+    while stack:
+        layer = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        if isinstance(layer, websocket_layer.WebsocketLayer) and layer.flow is flow:
+            server_ws = getattr(layer, "server_ws", None)
+            if server_ws is None or server_ws.state is not wsproto.ConnectionState.OPEN:
+                return False
+            server_ws._events.append(wsproto.events.CloseConnection(code=code, reason=reason))
+            return True
+        # children: NextLayer.layer, child_layer, HttpLayer.streams, and a layer that handed its events on to
+        # a child it keeps no reference to but its bound `_handle_event` (HttpProxy)
+        stack.extend(child for child in (getattr(layer, "layer", None), getattr(layer, "child_layer", None),
+                                         getattr(getattr(layer, "_handle_event", None), "__self__", None))
+                     if isinstance(child, Layer))
+        if isinstance(streams := getattr(layer, "streams", None), dict):
+            stack.extend(streams.values())
+    return False
 
 
 # -- mitmweb -----------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ The provider key has to be on `flow.request` when the request goes upstream: the
 it in `request`. Once the request is sent, nothing needs it, so at `responseheaders` (or `error`,
 whichever comes first) every credential on a gateway flow is replaced by "[redacted]": the
 headers SDKs put keys in, the provider's own auth header or query parameter from the catalog,
-the `key` parameter (also inside the forward endpoint's `u`), and Proxy-Authorization. A refused
+the `key` parameter (also inside the forward endpoint's `u`), Proxy-Authorization, and the key a browser
+offers as a WebSocket subprotocol (`openai-insecure-api-key.<key>`; the other subprotocols stay). A refused
 request, which the gateway never rewrote, still carries the caller's Tollgate credential and is
 redacted the same way. The values found are also scrubbed from the flow's error message, which the
 ledger records. mitmproxy's ProxyAuth keeps the proxy password in `flow.metadata["proxyauth"]`;
@@ -32,7 +33,9 @@ from addons.proxy.flow_keys import REQUEST_ID_KEY
 from addons.proxy.gateway_config import SharedConfig
 
 REDACTED = "[redacted]"
-HEADERS = (*CREDENTIAL_HEADERS, "proxy-authorization")
+SUBPROTOCOLS = "sec-websocket-protocol"  # a browser's WebSocket key: `openai-insecure-api-key.<key>` among them
+SUBPROTOCOL_KEY = "openai-insecure-api-key."
+HEADERS = (*CREDENTIAL_HEADERS, "proxy-authorization", SUBPROTOCOLS)
 QUERY = ("key",)
 MIN_SCRUB = 8  # shorter values are not looked for in error messages
 
@@ -112,9 +115,16 @@ def redact_request(request: http.Request, header_names: frozenset[str], query_na
 
 
 def _masked_field(name: bytes, value: bytes, header_names, found: list[str]) -> tuple[bytes, bytes]:
-    if name.lower().decode("latin-1") not in header_names:
+    lowered = name.lower().decode("latin-1")
+    if lowered not in header_names:
         return name, value
     text = value.decode("latin-1")
+    if lowered == SUBPROTOCOLS:  # only the key among the subprotocols offered
+        keys = [p.strip()[len(SUBPROTOCOL_KEY):] for p in text.split(",") if p.strip().startswith(SUBPROTOCOL_KEY)]
+        found += [key for key in keys if key != REDACTED]
+        for key in keys:
+            text = text.replace(SUBPROTOCOL_KEY + key, SUBPROTOCOL_KEY + REDACTED)
+        return name, text.encode("latin-1")
     shown = masked(text)
     if shown != text:
         found.append(text.partition(" ")[2] or text)

@@ -34,6 +34,7 @@ class Pending:
     streamed: bool = False
     rate_headers: tuple[tuple[bytes, bytes], ...] | None = None  # x-ratelimit-* of the key's or customer's rate limits
     model: str | None = None  # the model the operator maps the request's deployment to (Azure), over the response's
+    session_id: str | None = None  # a Realtime session's responses: the session they belong to
 
     @property
     def created_at(self) -> datetime:
@@ -81,6 +82,7 @@ def usage_record(state: Pending, result: UsageReading, response: http.Response |
         units_micro=meters.units_to_micro(units) if units else 0,
         bill_customer=plan.bill_customer and billable,
         customer_byok_fee_nanos=charges.customer_byok_fee_nanos,
+        session_id=state.session_id,
         **_media_columns(result),
     )
 

@@ -32,8 +32,8 @@ MAX_PENDING = 16 * 1024 * 1024  # bytes of one unfinished event/item kept to par
 
 # Requests that cost nothing at the provider although no usage is read from them: reading, listing
 # and deleting (GET /v1/models, a stored response or file), and counting tokens. Everything else
-# the reader cannot read is unmetered: batches, files, fine-tuning, and websocket upgrades (a GET
-# that opens a paid OpenAI Realtime or Gemini Live session).
+# the reader cannot read is unmetered: batches, files, fine-tuning, and websocket upgrades other than
+# OpenAI Realtime's (a GET that opens a paid Gemini Live session; Realtime is read per response, realtime.py).
 _FREE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 _FREE_PATH_ENDS = ("/messages/count_tokens", ":countTokens")
 

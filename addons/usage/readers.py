@@ -14,6 +14,7 @@ from addons.usage.elevenlabs import ElevenLabsReader
 from addons.usage.fal import FalReader
 from addons.usage.gemini import GeminiReader
 from addons.usage.openai_media import OpenAIFamilyReader
+from addons.usage.realtime import RealtimeReader, is_realtime_path
 from addons.usage.replicate import ReplicateReader
 from addons.usage.retrieval import RetrievalReader
 
@@ -48,8 +49,10 @@ def for_request(
     unmetered), or only estimated.
 
     inject_usage: ask OpenAI-style chat streams for their usage (and hide it from the client).
-    upgrade: the request asks for a protocol upgrade (a websocket session).
+    upgrade: the request asks for a protocol upgrade (a websocket session; OpenAI Realtime's is metered).
     """
+    if upgrade and family == "openai" and method.upper() == "GET" and is_realtime_path(path):
+        return RealtimeReader.from_upgrade(family, query)  # a Realtime session: charged per response
     reader = READERS.get(family, UsageReader)
     if (compatible := OPENAI_COMPATIBLE.get(family)) and compatible[0] in path:
         reader, inject_usage = OpenAIFamilyReader, inject_usage and compatible[1]
