@@ -40,8 +40,11 @@ OVERRIDES_PATH = Path(__file__).resolve().parent / "overrides.yaml"
 _MTOK = Decimal(1_000_000)
 # Per-unit rates of media, USD per: image, megapixel, minute of audio, second of compute, million characters, search unit
 UNIT_RATES = ("per_image", "per_megapixel", "per_minute", "per_second", "per_mchar", "per_search_unit")
+# Token rates of audio (Realtime, audio chat and transcription models), USD per million: the audio share of the
+# input, cached input and output tokens is priced at them instead of the text rates
+AUDIO_RATES = ("input_audio_mtok", "cache_audio_read_mtok", "output_audio_mtok")
 _ENTRY_FIELDS = frozenset({"provider", "model", "input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok",
-                           *UNIT_RATES})
+                           *UNIT_RATES, *AUDIO_RATES})
 
 Source = Literal["catalog", "override", "unpriced"]
 
@@ -74,6 +77,9 @@ class Override:
     per_second: Decimal | None = None  # of the provider's compute (Replicate)
     per_mchar: Decimal | None = None  # per million characters of text spoken
     per_search_unit: Decimal | None = None
+    input_audio_mtok: Decimal | None = None  # None: audio tokens bill at the text rates
+    cache_audio_read_mtok: Decimal | None = None  # None: cached audio bills as other cached input
+    output_audio_mtok: Decimal | None = None
 
     def image_rate(self, variant: str) -> Decimal:
         for pattern, rate in self.per_image:
@@ -120,7 +126,7 @@ def parse_overrides(data: object) -> tuple[Override, ...]:
                 raise ValueError(f"{where}: {name} must be a non-empty string")
         where = f"{where} ({entry['provider']}/{entry['model']})"
         optional = {k: _rate(f"{where}: {k}", entry[k])
-                    for k in ("cache_read_mtok", "cache_write_mtok", *UNIT_RATES[1:]) if k in entry}
+                    for k in ("cache_read_mtok", "cache_write_mtok", *UNIT_RATES[1:], *AUDIO_RATES) if k in entry}
         if "per_image" in entry:
             optional["per_image"] = _image_rates(f"{where}: per_image", entry["per_image"])
         overrides.append(
@@ -209,10 +215,32 @@ def _price_override(o: Override, total_in: int, cache_read: int, cache_write: in
         + cache_write * (o.input_mtok if o.cache_write_mtok is None else o.cache_write_mtok)
     ) / _MTOK
     output_usd = total_out * o.output_mtok / _MTOK
+    if media is not None and (o.input_audio_mtok is not None or o.cache_audio_read_mtok is not None
+                              or o.output_audio_mtok is not None):
+        audio_in, audio_out = _audio_usd(o, media)
+        input_usd, output_usd = input_usd + audio_in, output_usd + audio_out
     if media is not None:
         media_in, media_out = _media_usd(o, media)
         input_usd, output_usd = input_usd + media_in, output_usd + media_out
     return _cost(input_usd, output_usd, input_usd + output_usd, "override")
+
+
+def _audio_usd(o: Override, m: MediaUsage) -> tuple[Decimal, Decimal]:
+    """What the audio share of the tokens costs beyond the text rates it was priced at (negative if cheaper):
+    audio tokens are counted among the input, cached and output tokens."""
+    cache_read_rate = o.input_mtok if o.cache_read_mtok is None else o.cache_read_mtok
+    uncached_audio = m.input_audio_tokens - m.cache_audio_read_tokens
+    input_usd = Decimal(0)
+    if o.input_audio_mtok is not None:
+        input_usd += uncached_audio * (o.input_audio_mtok - o.input_mtok) / _MTOK
+    if o.cache_audio_read_mtok is not None:
+        input_usd += m.cache_audio_read_tokens * (o.cache_audio_read_mtok - cache_read_rate) / _MTOK
+    elif o.input_audio_mtok is not None and o.cache_read_mtok is None:  # cached audio at the input audio rate
+        input_usd += m.cache_audio_read_tokens * (o.input_audio_mtok - o.input_mtok) / _MTOK
+    output_usd = Decimal(0)
+    if o.output_audio_mtok is not None:
+        output_usd = m.output_audio_tokens * (o.output_audio_mtok - o.output_mtok) / _MTOK
+    return input_usd, output_usd
 
 
 def _media_usd(o: Override, m: MediaUsage) -> tuple[Decimal, Decimal]:

@@ -123,6 +123,35 @@ def test_per_unit_overrides(rate, media, expected):
     assert cost.total_nanos == to_nanos(expected) and cost.source == "override"
 
 
+# A Realtime response: 1000 input tokens (600 audio, of which 100 cached; 200 text-cached), 500 output (400 audio)
+REALTIME_USAGE = TokenUsage(input_tokens=1000, cache_read_tokens=300, output_tokens=500)
+REALTIME_MEDIA = MediaUsage(input_audio_tokens=600, cache_audio_read_tokens=100, output_audio_tokens=400)
+TEXT = {"input_mtok": "4", "output_mtok": "16", "cache_read_mtok": "0.4"}
+
+
+@pytest.mark.parametrize("audio, input_usd, output_usd", [
+    ({}, 700 * 4 + 300 * Decimal("0.4"), 500 * 16),  # no audio rates: audio bills as text
+    ({"input_audio_mtok": "32", "cache_audio_read_mtok": "0.4", "output_audio_mtok": "64"},
+     200 * 4 + 500 * 32 + 200 * Decimal("0.4") + 100 * Decimal("0.4"), 100 * 16 + 400 * 64),
+    ({"input_audio_mtok": "32", "output_audio_mtok": "64"},  # cached audio as other cached input
+     200 * 4 + 500 * 32 + 300 * Decimal("0.4"), 100 * 16 + 400 * 64),
+])
+def test_overrides_price_audio_tokens_at_their_own_rates(audio, input_usd, output_usd):
+    overrides = parse_overrides({"models": [{"provider": "openai", "model": "my-realtime", **TEXT, **audio}]})
+    cost = price(REALTIME_USAGE, model="my-realtime", provider_id="openai", pricing_id=None, overrides=overrides,
+                 media=REALTIME_MEDIA)
+    mtok = Decimal(1_000_000)
+    assert (cost.input_nanos, cost.output_nanos) == (to_nanos(input_usd / mtok), to_nanos(output_usd / mtok))
+
+
+def test_cached_audio_bills_at_the_audio_rate_when_cache_reads_have_no_rate_of_their_own():
+    overrides = parse_overrides({"models": [{"provider": "openai", "model": "m", "input_mtok": "4",
+                                             "output_mtok": "16", "input_audio_mtok": "32"}]})
+    cost = price(REALTIME_USAGE, model="m", provider_id="openai", pricing_id=None, overrides=overrides,
+                 media=REALTIME_MEDIA)
+    assert cost.input_nanos == to_nanos(Decimal(400 * 4 + 600 * 32) / 1_000_000)
+
+
 def test_media_units_priced_by_genai_prices_where_it_has_them():
     media = MediaUsage(characters=500)
     cost = price(TokenUsage(input_tokens=125), model="tts-1", provider_id="openai", pricing_id="openai", media=media)
