@@ -250,6 +250,9 @@ class RequestRow(BaseModel):
     # older ledgers on start (_add_missing_columns), their rows 0.
     images = IntegerField(default=0)
     search_units = IntegerField(default=0)
+    # The client format of a /v1/rewrite request (openai, anthropic, google, bedrock): what the caller spoke, the
+    # provider and model columns being what it was translated to. NULL for a native request. Added like `images`.
+    client_format = CharField(null=True, max_length=16)
 
     class Meta:
         table_name = "request"
