@@ -38,7 +38,8 @@ _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: 
                 504: "timeout_error", 529: "overloaded_error"}
 # Hub request keys Anthropic has no use for, and the values with which they mean "nothing asked".
 _NEUTRAL = {"n": (1,), "frequency_penalty": (0, 0.0), "presence_penalty": (0, 0.0), "logprobs": (False,),
-            "response_format": ({"type": "text"},), "stream_options": None, "store": (False,)}
+            "stream_options": None, "store": (False,)}
+_EFFORTS = ("low", "medium", "high")
 
 
 # -- requests ---------------------------------------------------------------------------------------
@@ -72,6 +73,8 @@ def request_to_hub(body: dict) -> HubRequest:
         hub["user"] = metadata["user_id"]
     if isinstance(metadata, dict) and set(metadata) - {"user_id"}:
         raise Untranslatable("metadata", "only metadata.user_id has a counterpart")
+    if (output := body.pop("output_config", None)) is not None:
+        _output_config_to_hub(output, hub)
     thinking = body.pop("thinking", None)
     if thinking and thinking.get("type") != "disabled":
         raise Untranslatable("thinking", "extended thinking has no counterpart in the hub (chat completions)")
@@ -143,6 +146,22 @@ def _tool_to_hub(tool: Any, where: str) -> dict:
     return {"type": "function", "function": function}
 
 
+def _output_config_to_hub(output: Any, hub: HubRequest) -> None:
+    """Structured outputs (a JSON schema) and effort, the two Anthropic settings chat completions has too."""
+    output = dict(output) if isinstance(output, dict) else {}
+    if (fmt := output.pop("format", None)) is not None:
+        if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+            raise Untranslatable("output_config.format.type", "only json_schema has a counterpart")
+        hub["response_format"] = {"type": "json_schema", "json_schema": {"name": "response", "schema": fmt.get("schema"),
+                                                                         "strict": True}}
+    if (effort := output.pop("effort", None)) is not None:
+        if effort not in _EFFORTS:
+            raise Untranslatable("output_config.effort", f"{effort!r} has no counterpart (low, medium, high do)")
+        hub["reasoning_effort"] = effort
+    for name in output:
+        raise Untranslatable(f"output_config.{name}", "has no counterpart in the target format")
+
+
 def _tool_choice_to_hub(choice: Any, hub: HubRequest) -> None:
     kind = choice.get("type") if isinstance(choice, dict) else None
     if kind == "auto":
@@ -204,12 +223,23 @@ def request_from_hub(hub: HubRequest, model_in_url: str | None) -> tuple[str | N
             body["tool_choice"]["disable_parallel_tool_use"] = True
     if user := hub.pop("user", None):
         body["metadata"] = {"user_id": user}
+    output: dict[str, Any] = {}
+    response_format = hub.pop("response_format", None) or {"type": "text"}
+    if response_format.get("type") == "json_schema":
+        output["format"] = {"type": "json_schema", "schema": (response_format.get("json_schema") or {}).get("schema")}
+    elif response_format.get("type") != "text":
+        raise Untranslatable("response_format.type", f"{response_format.get('type')!r} has no counterpart in Anthropic "
+                                                     "messages (json_schema does)")
+    if (effort := hub.pop("reasoning_effort", None)) is not None:
+        if effort not in _EFFORTS:
+            raise Untranslatable("reasoning_effort", f"{effort!r} has no counterpart in Anthropic (low, medium, high do)")
+        output["effort"] = effort
+    if output:
+        body["output_config"] = output
     for name, value in hub.items():
         neutral = _NEUTRAL.get(name, ())
         if neutral is None or value is None or value in neutral:
             continue
-        if name == "response_format":
-            raise Untranslatable("response_format", "Anthropic messages has no JSON mode")
         raise Untranslatable(name, "has no counterpart in Anthropic messages")
     return None, body
 
