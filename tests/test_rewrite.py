@@ -5,6 +5,8 @@ tools; usage and cost in the ledger equal the provider's report priced by genai-
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from decimal import Decimal
 
 import anthropic
@@ -14,6 +16,7 @@ import pytest
 
 from pricing.money import to_nanos
 from tests.mock_provider import FULL_TEXT, TOOL_ARGUMENTS, wire_usage
+from tests.test_lava_sdk import node_sdks  # noqa: F401 (a fixture)
 
 CLAUDE = "claude-3-5-haiku-latest"
 GPT = "gpt-4o-mini"
@@ -223,3 +226,22 @@ def test_provider_errors_come_back_in_the_clients_shape(gateway):
         openai.OpenAI(base_url=f"{gateway.url}/v1/rewrite/openai/{ANTHROPIC_URL}", api_key="tg_sk_wrong",
                       max_retries=0).chat.completions.create(model=CLAUDE, messages=[{"role": "user", "content": "x"}])
     assert "message" in error.value.body and "type" in error.value.body
+
+
+# -- Lava's Node SDK -----------------------------------------------------------------------------------------------
+
+@pytest.mark.one_gateway
+def test_lava_node_sdk_gateway_with_openai_format_reaches_anthropic(gateway, node_sdks, mock):  # noqa: F811
+    result = subprocess.run(["node", "lava_rewrite_scenario.mjs"], cwd=node_sdks, capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "BASE_URL": f"{gateway.url}/v1/",
+                                             "SECRET_KEY": gateway.admin_key, "TARGET_URL": ANTHROPIC_URL,
+                                             "MODEL": CLAUDE})
+    assert result.returncode == 0, result.stderr
+    steps = json.loads(result.stdout.strip().splitlines()[-1])
+    assert steps["chat"]["ok"], steps["chat"]
+    answer = steps["chat"]["value"]
+    assert answer["object"] == "chat.completion" and answer["choices"][0]["message"]["content"] == FULL_TEXT
+    assert answer["usage"]["prompt_tokens"] == 35 and answer["usage"]["completion_tokens"] == 13
+    assert mock.requests[-1].path == "/v1/messages" and mock.requests[-1].json["max_tokens"] == 64
+    assert not steps["untranslatable"]["ok"] and "400" in steps["untranslatable"]["error"]
+    assert "logprobs" in steps["untranslatable"]["error"]
