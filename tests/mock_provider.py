@@ -70,8 +70,9 @@ cohere.chat           billed_units input_tokens 31 / output_tokens 17,
 ====================  =====================================================
 
 Tools: a request that forces a tool call (OpenAI ``tool_choice`` "required" or a function; Anthropic
-``tool_choice`` any or tool) gets one call of the forced (else the first) tool with ``TOOL_ARGUMENTS``
-(streams: ``TOOL_ARGUMENT_PIECES`` as argument deltas), finish reason ``tool_calls`` / ``tool_use``.
+``tool_choice`` any or tool; Gemini ``functionCallingConfig`` mode ANY) gets one call of the forced (else the first) tool with ``TOOL_ARGUMENTS``
+(streams: ``TOOL_ARGUMENT_PIECES`` as argument deltas; Gemini: the whole call in one chunk), finish reason
+``tool_calls`` / ``tool_use`` / ``STOP``.
 
 Text: streams send ``STREAM_TEXT`` = ["Hello", " from", " the", " mock", "."],
 one content event per element; non-stream bodies carry ``FULL_TEXT``
@@ -413,6 +414,12 @@ def _forced_tool(body: dict, family: str) -> str | None:
     tools, choice = body.get("tools") or [], body.get("tool_choice")
     if not tools or not isinstance(tools, list):
         return None
+    if family == "gemini":  # toolConfig.functionCallingConfig mode ANY, optionally naming the allowed functions
+        config = (body.get("toolConfig") or {}).get("functionCallingConfig") or {}
+        declared = [d.get("name") for t in tools for d in t.get("functionDeclarations") or []]
+        if config.get("mode") != "ANY" or not declared:
+            return None
+        return (config.get("allowedFunctionNames") or declared)[0]
     if family == "openai":
         first = (tools[0].get("function") or {}).get("name")
         if choice == "required":
@@ -1119,8 +1126,11 @@ class MockProvider:
         u = self.usage["gemini.generate"]
         resp_id, model = f"mockResp{rec.seq:06d}", rec.model
 
+        tool = _forced_tool(body, "gemini")
+
         def resp(text: str, finish: bool, candidates: int) -> dict:
-            cand: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"}}
+            part = {"functionCall": {"name": tool, "args": TOOL_ARGUMENTS}} if tool else {"text": text}
+            cand: dict[str, Any] = {"content": {"parts": [part], "role": "model"}}
             if finish:
                 cand["finishReason"] = "STOP"
             cand["index"] = 0
@@ -1129,9 +1139,9 @@ class MockProvider:
 
         if not rec.stream:
             return _Json(200, resp(FULL_TEXT, True, u["candidatesTokenCount"]))
-        n = len(STREAM_TEXT)
+        n = 1 if tool else len(STREAM_TEXT)  # Gemini streams a function call whole, in one chunk
         chunks = [resp(p, i == n - 1, u["candidatesTokenCount"] if i == n - 1 else min(i + 1, u["candidatesTokenCount"]))
-                  for i, p in enumerate(STREAM_TEXT)]
+                  for i, p in enumerate(STREAM_TEXT[:n])]
         if rec.params.get("alt") == "sse":
             def items() -> StreamItems:
                 for c in chunks:

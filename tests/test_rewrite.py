@@ -245,3 +245,96 @@ def test_lava_node_sdk_gateway_with_openai_format_reaches_anthropic(gateway, nod
     assert mock.requests[-1].path == "/v1/messages" and mock.requests[-1].json["max_tokens"] == 64
     assert not steps["untranslatable"]["ok"] and "400" in steps["untranslatable"]["error"]
     assert "logprobs" in steps["untranslatable"]["error"]
+
+
+# -- Gemini: google-genai as the client, and Gemini as the provider ------------------------------------------------
+
+GEMINI = "gemini-2.0-flash"
+GEMINI_HOST = "https://generativelanguage.googleapis.com"
+
+
+def google_client(gateway, target: str):
+    from google import genai
+
+    return genai.Client(api_key=gateway.admin_key, http_options={
+        "base_url": f"{gateway.url}/v1/rewrite/google/{target}", "api_version": "v1beta"})
+
+
+def gemini_tool():
+    from google.genai import types
+
+    return types.Tool(function_declarations=[types.FunctionDeclaration(
+        name=WEATHER["name"], description=WEATHER["description"], parameters_json_schema=WEATHER["parameters"])])
+
+
+@pytest.fixture
+def gemini_translators():
+    pytest.importorskip("addons.rewrite.gemini_format", reason="the Gemini translator is not installed")
+
+
+@pytest.mark.one_gateway
+@pytest.mark.parametrize("target, provider, model", [(ANTHROPIC_URL, "anthropic", CLAUDE), (OPENAI_URL, "openai", GPT)],
+                         ids=["to-anthropic", "to-openai"])
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "stream"])
+def test_google_sdk_to_other_families(gateway, mock, gemini_translators, target, provider, model, streamed):
+    from google.genai import types
+
+    client = google_client(gateway, target)
+    config = types.GenerateContentConfig(system_instruction="Be brief.", max_output_tokens=40)
+    if streamed:
+        chunks = list(client.models.generate_content_stream(model=model, contents="Hi", config=config))
+        text, answer = "".join(c.text or "" for c in chunks), chunks[-1]
+    else:
+        answer = client.models.generate_content(model=model, contents="Hi", config=config)
+        text = answer.text
+    assert text == FULL_TEXT and answer.candidates[0].finish_reason == types.FinishReason.STOP
+    sent = mock.last.json
+    assert mock.last.model == model and sent["max_tokens"] == 40
+    assert (sent["system"] if provider == "anthropic" else sent["messages"][0]["content"]) == "Be brief."
+    usage = answer.usage_metadata
+    reported = wire_usage("anthropic.messages" if provider == "anthropic" else "openai.chat")
+    assert usage.prompt_token_count == (35 if provider == "anthropic" else reported["prompt_tokens"])
+    request_id = answer.sdk_http_response.headers["x-lava-request-id"]
+    assert_metered(gateway, request_id, provider, model, "google", streamed=streamed)
+    # tools: a forced function call comes back as Gemini's functionCall
+    config = types.GenerateContentConfig(tools=[gemini_tool()], tool_config=types.ToolConfig(
+        function_calling_config=types.FunctionCallingConfig(mode="ANY")))
+    answer = client.models.generate_content(model=model, contents="Weather?", config=config)
+    call = answer.function_calls[0]
+    assert (call.name, call.args) == ("get_weather", TOOL_ARGUMENTS)
+
+
+@pytest.mark.one_gateway
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "stream"])
+def test_openai_sdk_to_gemini(gateway, mock, gemini_translators, streamed):
+    client = openai_client(gateway, GEMINI_HOST)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    if streamed:
+        stream = client.chat.completions.create(model=GEMINI, messages=messages, stream=True)
+        chunks = list(stream)
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        usage, request_id = chunks[-1].usage, stream.response.headers["x-lava-request-id"]
+    else:
+        raw = client.chat.completions.with_raw_response.create(model=GEMINI, messages=messages)
+        answer = raw.parse()
+        text, usage, request_id = answer.choices[0].message.content, answer.usage, raw.headers["x-lava-request-id"]
+    assert text == FULL_TEXT
+    assert mock.last.path == f"/v1beta/models/{GEMINI}:{'streamGenerateContent' if streamed else 'generateContent'}"
+    assert mock.last.json["systemInstruction"]["parts"] == [{"text": "Be brief."}]
+    reported = wire_usage("gemini.generate")
+    assert usage.prompt_tokens == reported["promptTokenCount"]
+    assert usage.prompt_tokens_details.cached_tokens == reported["cachedContentTokenCount"]
+    row = gateway.request_row(request_id)
+    assert (row["provider"], row["model"], row["client_format"], row["streamed"]) == ("gemini", GEMINI, "openai",
+                                                                                      streamed)
+    output = reported["candidatesTokenCount"] + 6  # thoughts count as output
+    assert (row["input_tokens"], row["cache_read_tokens"], row["output_tokens"]) == (
+        reported["promptTokenCount"], reported["cachedContentTokenCount"], output)
+    counted = genai_prices.Usage(input_tokens=reported["promptTokenCount"],
+                                 cache_read_tokens=reported["cachedContentTokenCount"], output_tokens=output)
+    expected = Decimal(to_nanos(genai_prices.calc_price(counted, GEMINI, provider_id="google").total_price)) / 10**9
+    assert expected > 0 and Decimal(row["provider_cost"]) == expected
+    answer = client.chat.completions.create(model=GEMINI, messages=messages, tool_choice="required",
+                                            tools=[{"type": "function", "function": WEATHER}])
+    call = answer.choices[0].message.tool_calls[0]
+    assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", TOOL_ARGUMENTS)
