@@ -366,6 +366,7 @@ class Gateway:
         request = flow.request
         parsed = rewrite_endpoint.parse_rewrite_path(request.path)
         flow.metadata[CLIENT_FORMAT_KEY] = parsed.client_format
+        signed = request.copy() if parsed.client_format == "bedrock" else None  # checked as boto3 signed it
         probe = parse_forward_target(parsed.target, self.catalog)  # the provider (and host) before translating
         provider_path, body, rewrite = rewrite_endpoint.translate_request(
             parsed, probe.provider.api_family, request.raw_content or b"")
@@ -376,6 +377,7 @@ class Gateway:
         for name, value in rewrite_endpoint.PROVIDER_HEADERS.get(target.provider.api_family, {}).items():
             request.headers.setdefault(name, value)
         forward_key = dict(parsed.query).get("key")
+        rewrite.signed_request = signed
         return target.provider, forward_key, target.host, rewrite
 
     async def _forward(
@@ -383,11 +385,10 @@ class Gateway:
         rewrite: Rewrite | None = None,
     ) -> None:
         request = flow.request
-        if provider.sigv4_service and rewrite is not None:  # a translated request to AWS: the gateway signs it
-            sigv4_host = host
-            caller = await authenticate(read_credential(request.headers, forward_key), self.keys, self.signing_key,
-                                        provider=provider.id, capture=self.settings.capture, captured=False)
-        elif provider.sigv4_service:  # AWS: the caller signed with its Tollgate key; the gateway signs again
+        sigv4_host = host  # a rewrite request names its AWS host in its target URL
+        if rewrite is not None and rewrite.signed_request is not None:  # boto3 signed what it sent, before translation
+            caller = await authenticate_sigv4(rewrite.signed_request, self.keys, rewrite_endpoint.SIGV4_SERVICE)
+        elif provider.sigv4_service and rewrite is None:  # AWS: the caller signed with its Tollgate key; the gateway signs again
             sigv4_host = bedrock.meant_host(flow, provider)
             caller = await authenticate_sigv4(request, self.keys, provider.sigv4_service)
         else:

@@ -23,6 +23,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from addons.core.errors import BadRequest
@@ -32,6 +33,7 @@ from addons.rewrite.hub import UNTRANSLATABLE, Untranslatable
 log = logging.getLogger(__name__)
 
 REWRITE_PREFIX = "/v1/rewrite/"
+SIGV4_SERVICE = "bedrock"  # what boto3's bedrock-runtime client signs for, as the bedrock client format
 _TARGET = re.compile(r"^(https?):/{1,2}", re.IGNORECASE)  # a proxy or client may have merged the "//"
 
 # Where the provider's endpoint ends in a target path, by provider family.
@@ -76,6 +78,7 @@ class Rewrite:
     provider: ModuleType
     stream: bool
     model: str | None  # the provider model the request names
+    signed_request: Any = None  # a bedrock client's request as it signed it (SigV4), for the gateway to check
 
 
 def untranslatable(error: Untranslatable) -> BadRequest:
