@@ -3,6 +3,7 @@ both ways (answers checked by the official SDKs' own types), streams fed in ever
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import openai
@@ -10,10 +11,13 @@ import pydantic
 import pytest
 from anthropic.lib.streaming._messages import accumulate_event
 from anthropic.types import Message, RawMessageStreamEvent
+from mitmproxy import http
+from mitmproxy.test import tutils
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from addons.core.errors import BadRequest
+from addons.ledger.models import RequestRow
 from addons.rewrite import anthropic_format, openai_format
 from addons.rewrite.endpoint import (
     Rewrite,
@@ -25,6 +29,7 @@ from addons.rewrite.endpoint import (
 )
 from addons.rewrite.formats import CLIENT_FORMATS
 from addons.rewrite.hub import Untranslatable, make_usage
+from tests.inprocess_gateway import PROVIDER_KEY, api_flow, run, secret_key
 
 EVENTS = pydantic.TypeAdapter(RawMessageStreamEvent)
 
@@ -308,3 +313,63 @@ def test_hub_usage_counts_cached_tokens_as_input():
     assert anthropic_format.usage_from_hub(make_usage(16, 21, cached=4, cache_write=2)) == {
         "input_tokens": 10, "cache_read_input_tokens": 4, "cache_creation_input_tokens": 2, "output_tokens": 21}
     openai.types.CompletionUsage.model_validate(make_usage(16, 21, cached=4, cache_write=2))
+
+
+# -- the Gateway addon in-process ----------------------------------------------------------------------------------
+
+def rewrite_flow(path: str, body: dict, headers=()):
+    flow = api_flow(list(headers), host="127.0.0.1", port=8080, scheme="http", path=path,
+                    content=json.dumps(body).encode())
+    flow.client_conn.sockname = ("127.0.0.1", 8080)
+    return flow
+
+
+def test_gateway_translates_a_rewrite_request_and_its_answer(gw):
+    flow = run(gw, rewrite_flow("/v1/rewrite/anthropic/https://api.openai.com/v1/chat/completions/v1/messages", {
+        "model": "gpt-4o-mini", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]},
+        [("x-api-key", secret_key())]))
+    assert flow.response is None, flow.response.content
+    assert flow.request.url == "https://api.openai.com/v1/chat/completions"
+    assert flow.request.headers["authorization"] == f"Bearer {PROVIDER_KEY}"
+    assert json.loads(flow.request.content) == {"model": "gpt-4o-mini", "max_tokens": 20,
+                                                "messages": [{"role": "user", "content": "hi"}]}
+    usage = {"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500}
+    flow.response = tutils.tresp(headers=http.Headers(content_type="application/json"), content=json.dumps({
+        "id": "c1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini", "usage": usage,
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Hello"}}],
+    }).encode())
+
+    async def respond():  # hooks run on mitmproxy's event loop
+        gw.responseheaders(flow)
+        gw.response(flow)
+
+    asyncio.run(respond())
+    message = Message.model_validate_json(flow.response.content)
+    assert (message.content[0].text, message.usage.input_tokens, message.usage.output_tokens) == ("Hello", 1000, 500)
+    assert gw.writer.flush(timeout=10)
+    row = RequestRow.get_by_id(flow.response.headers["x-lava-request-id"])
+    assert (row.provider, row.model, row.client_format, row.input_tokens, row.output_tokens) == (
+        "openai", "gpt-4o-mini", "anthropic", 1000, 500)
+
+
+@pytest.mark.parametrize("path, body, headers, shape, code", [
+    ("/v1/rewrite/anthropic/https://api.openai.com/v1/messages", {"model": "m", "max_tokens": 5, "top_k": 1,
+                                                                   "messages": []}, True, "anthropic", "untranslatable"),
+    ("/v1/rewrite/openai/https://api.openai.com/v1", {"model": "m", "messages": []}, False, "openai",
+     "missing_credential"),
+    ("/v1/rewrite/openai/https://api.cohere.com/v2/chat", {"model": "m", "messages": []}, True, "openai",
+     "untranslatable"),
+    ("/v1/rewrite/openai/https://example.com/v1/chat/completions", {"model": "m", "messages": []}, True, "openai",
+     "invalid_forward_url"),
+    ("/v1/rewrite/klingon/https://api.openai.com/v1", {}, True, "gateway", "unknown_format"),
+])
+def test_gateway_refusals_of_rewrite_requests_in_the_clients_shape(gw, path, body, headers, shape, code):
+    flow = run(gw, rewrite_flow(path, body, [("authorization", f"Bearer {secret_key()}")] if headers else []))
+    answer = json.loads(flow.response.content)
+    assert flow.response.status_code in (400, 401)
+    if shape == "anthropic":
+        assert answer["type"] == "error" and answer["error"]["type"] == code
+    elif shape == "openai":
+        assert answer["error"]["code"] == code and "message" in answer["error"]
+    else:
+        assert answer["error"]["code"] == code
