@@ -11,6 +11,7 @@ from decimal import Decimal
 
 import anthropic
 import genai_prices
+import httpx
 import openai
 import pytest
 
@@ -83,7 +84,10 @@ def test_openai_sdk_to_anthropic(gateway, mock):
         {"role": "user", "content": [{"type": "text", "text": "Hi"}]}], "max_tokens": 100, "temperature": 0.5,
         "stop_sequences": ["END"]}
     assert mock.last.headers["anthropic-version"] and mock.last.path == "/v1/messages"
-    assert_metered(gateway, raw.headers["x-lava-request-id"], "anthropic", CLAUDE, "openai", streamed=False)
+    request_id = raw.headers["x-lava-request-id"]
+    assert_metered(gateway, request_id, "anthropic", CLAUDE, "openai", streamed=False)
+    listed = httpx.get(f"{gateway.url}/v1/requests/{request_id}", headers={"authorization": f"Bearer {gateway.admin_key}"})
+    assert (listed.json()["client_format"], listed.json()["model"]) == ("openai", CLAUDE)
 
 
 @pytest.mark.one_gateway
