@@ -47,10 +47,10 @@ _PROVIDER_ENDPOINT = {
 _CLIENT_SUFFIX = {
     "openai": re.compile(r"/chat/completions$"),
     "anthropic": re.compile(r"(?:/v1)?/messages$"),
-    "google": re.compile(r"(?:/v1[a-z0-9]*)?/models/[^/:]+:(?:streamGenerateContent|generateContent)$"),
+    "google": re.compile(r"(?:/v1[a-z0-9]*)?/models/[^/]+?:(?:streamGenerateContent|generateContent)$"),
     "bedrock": re.compile(r"/model/[^/]+/converse(?:-stream)?$"),
 }
-_GOOGLE_METHOD = re.compile(r"models/([^/:]+):(streamGenerateContent|generateContent)")
+_GOOGLE_METHOD = re.compile(r"models/([^/]+?):(streamGenerateContent|generateContent)(?:$|[/?])")
 _BEDROCK_METHOD = re.compile(r"model/([^/]+)/(converse-stream|converse)")
 _VERSIONED = re.compile(r"/v\d+(?:alpha\d*|beta\d*)?$")
 # Headers a provider family requires that a client of another format does not send.
