@@ -23,6 +23,7 @@ from addons.rewrite.endpoint import (
     Rewrite,
     RewriteRequest,
     RewriteStream,
+    client_route,
     parse_rewrite_path,
     split_target,
     translate_request,
@@ -82,6 +83,9 @@ ANTHROPIC_STREAM = sse(
     ("openai", "/v1/rewrite/openai/https://generativelanguage.googleapis.com/chat/completions", "gemini",
      "/v1beta/models/", "/chat/completions"),
     ("openai", "/v1/rewrite/openai/https:/api.anthropic.com/v1/messages", "anthropic", "/v1/messages", ""),
+    # a Bedrock model id has a ":" of its own
+    ("google", "/v1/rewrite/google/https://bedrock-runtime.us-east-1.amazonaws.com/v1beta/models/"
+               "anthropic.claude-v2:1:generateContent", "bedrock", "/model/", "/v1beta/models/anthropic.claude-v2:1:generateContent"),
 ])
 def test_rewrite_path_splits_into_provider_and_client_parts(client_format, path, family, provider_path, client_path):
     target = path.removeprefix(f"/v1/rewrite/{client_format}/").replace("https:/a", "https://a").partition("?")[0]
@@ -89,6 +93,14 @@ def test_rewrite_path_splits_into_provider_and_client_parts(client_format, path,
         parsed = parse_rewrite_path(path)
         assert (parsed.client_format, parsed.target) == (client_format, target)
     assert split_target(RewriteRequest(client_format, None, target, "", []), family) == (provider_path, client_path)
+
+
+def test_client_route_reads_the_model_and_stream_from_the_clients_path():
+    assert client_route("google", "/v1beta/models/anthropic.claude-v2:1:streamGenerateContent", "") == (
+        "anthropic.claude-v2:1", True)
+    assert client_route("bedrock", "/model/gpt-4o%3A1/converse", "") == ("gpt-4o:1", False)
+    assert client_route("google", "", "/v1beta/models/gemini-2.0-flash:generateContent") == ("gemini-2.0-flash", False)
+    assert client_route("openai", "/chat/completions", "") == (None, None)
 
 
 @pytest.mark.parametrize("path, code", [
