@@ -239,6 +239,14 @@ def test_openai_answer_as_anthropics():
         13, 4, 9)
 
 
+def test_a_refusal_keeps_its_words_and_says_so():
+    answer = {"id": "c1", "object": "chat.completion", "created": 1, "model": "gpt-x", "choices": [
+        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": None,
+                                                          "refusal": "I can't help with that."}}]}
+    message = Message.model_validate(anthropic_format.response_from_hub(openai_format.response_to_hub(answer)))
+    assert (message.content[0].text, message.stop_reason) == ("I can't help with that.", "refusal")
+
+
 def test_errors_in_each_clients_shape():
     anthropic_error = b'{"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}'
     message = anthropic_format.error_to_hub(429, anthropic_error)

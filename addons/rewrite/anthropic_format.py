@@ -364,12 +364,15 @@ def response_from_hub(hub: HubResponse) -> dict:
     content: list[dict] = []
     if message.get("content"):
         content.append({"type": "text", "text": message["content"]})
+    if message.get("refusal"):  # the model declined: its words, and Anthropic's own stop reason for it
+        content.append({"type": "text", "text": message["refusal"]})
     for call in message.get("tool_calls") or []:
         function = call.get("function") or {}
         content.append({"type": "tool_use", "id": call.get("id"), "name": function.get("name"),
                         "input": _arguments(function.get("arguments"))})
     return {"id": hub.get("id"), "type": "message", "role": "assistant", "model": hub.get("model"),
-            "content": content, "stop_reason": _STOP_FROM_HUB.get(choice.get("finish_reason"), "end_turn"),
+            "content": content, "stop_reason": "refusal" if message.get("refusal") else _STOP_FROM_HUB.get(
+                choice.get("finish_reason"), "end_turn"),
             "stop_sequence": None, "usage": usage_from_hub(hub.get("usage"))}
 
 
@@ -477,6 +480,7 @@ class StreamFromHub:
         self._block: tuple[str, int] | None = None  # ("text", -1) or ("tool", hub index) of the open block
         self._next_block = 0
         self._stop: str | None = None
+        self._refused = False  # the model declined (OpenAI's refusal deltas): stop_reason "refusal"
         self._ended = False
 
     @staticmethod
@@ -515,10 +519,12 @@ class StreamFromHub:
         out = self._start(hub_chunk)
         for choice in hub_chunk.get("choices") or []:
             delta = choice.get("delta") or {}
-            if delta.get("content"):
+            if delta.get("refusal"):
+                self._refused = True
+            if text := delta.get("content") or delta.get("refusal"):
                 out += self._open("text", -1, {"type": "text", "text": ""})
                 out += self._event("content_block_delta", index=self._next_block,
-                                   delta={"type": "text_delta", "text": delta["content"]})
+                                   delta={"type": "text_delta", "text": text})
             for call in delta.get("tool_calls") or []:
                 function = call.get("function") or {}
                 key = call.get("index", 0)
@@ -530,7 +536,7 @@ class StreamFromHub:
                                        delta={"type": "input_json_delta", "partial_json": function["arguments"]})
             if choice.get("finish_reason"):
                 out += self._close_block()
-                self._stop = _STOP_FROM_HUB.get(choice["finish_reason"], "end_turn")
+                self._stop = "refusal" if self._refused else _STOP_FROM_HUB.get(choice["finish_reason"], "end_turn")
         if hub_chunk.get("usage"):
             out += self._end(hub_chunk["usage"])
         return out
