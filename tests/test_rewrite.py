@@ -86,7 +86,8 @@ def test_openai_sdk_to_anthropic(gateway, mock):
     assert mock.last.headers["anthropic-version"] and mock.last.path == "/v1/messages"
     request_id = raw.headers["x-lava-request-id"]
     assert_metered(gateway, request_id, "anthropic", CLAUDE, "openai", streamed=False)
-    listed = httpx.get(f"{gateway.url}/v1/requests/{request_id}", headers={"authorization": f"Bearer {gateway.admin_key}"})
+    listed = httpx.get(f"{gateway.url}/v1/requests/{request_id}",
+                       headers={"authorization": f"Bearer {gateway.admin_key}"})
     assert (listed.json()["client_format"], listed.json()["model"]) == ("openai", CLAUDE)
 
 
@@ -187,8 +188,8 @@ def test_anthropic_sdk_tool_use_from_openai(gateway, mock, streamed):
     assert (block.type, block.name, block.input) == ("tool_use", "get_weather", TOOL_ARGUMENTS)
     assert message.stop_reason == "tool_use"
     sent = mock.last.json
-    assert sent["tools"] == [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER["parameters"],
-                                                               "description": WEATHER["description"]}}]
+    assert sent["tools"] == [{"type": "function", "function": {
+        "name": "get_weather", "parameters": WEATHER["parameters"], "description": WEATHER["description"]}}]
     assert sent["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
     client.messages.create(model=GPT, max_tokens=50, messages=[
         *request["messages"], {"role": "assistant", "content": [block.model_dump(exclude_none=True)]},

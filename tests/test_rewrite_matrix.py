@@ -95,7 +95,8 @@ def test_openai_sdk_to_bedrock_converse(gateway, bedrock, streamed):
 
 
 def _boto3(gateway, target: str):
-    return boto3.client("bedrock-runtime", region_name=REGION, endpoint_url=f"{gateway.url}/v1/rewrite/bedrock/{target}",
+    return boto3.client("bedrock-runtime", region_name=REGION,
+                        endpoint_url=f"{gateway.url}/v1/rewrite/bedrock/{target}",
                         aws_access_key_id=gateway.key["id"], aws_secret_access_key=gateway.key["secret_key"],
                         config=Config(retries={"max_attempts": 1}))
 
@@ -103,8 +104,8 @@ def _boto3(gateway, target: str):
 @pytest.mark.parametrize("streamed", [False, True], ids=["whole", "stream"])
 def test_boto3_converse_to_anthropic(gateway, providers, streamed):
     client = _boto3(gateway, ANTHROPIC_URL)
-    request = dict(modelId=CLAUDE, system=[{"text": "Be brief."}], messages=[{"role": "user", "content": [{"text": "Hi"}]}],
-                   inferenceConfig={"maxTokens": 64})
+    request = dict(modelId=CLAUDE, system=[{"text": "Be brief."}], inferenceConfig={"maxTokens": 64},
+                   messages=[{"role": "user", "content": [{"text": "Hi"}]}])
     if streamed:
         answer = client.converse_stream(**request)
         events = list(answer["stream"])

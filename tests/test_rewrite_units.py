@@ -85,7 +85,8 @@ ANTHROPIC_STREAM = sse(
     ("openai", "/v1/rewrite/openai/https:/api.anthropic.com/v1/messages", "anthropic", "/v1/messages", ""),
     # a Bedrock model id has a ":" of its own
     ("google", "/v1/rewrite/google/https://bedrock-runtime.us-east-1.amazonaws.com/v1beta/models/"
-               "anthropic.claude-v2:1:generateContent", "bedrock", "/model/", "/v1beta/models/anthropic.claude-v2:1:generateContent"),
+               "anthropic.claude-v2:1:generateContent", "bedrock", "/model/",
+     "/v1beta/models/anthropic.claude-v2:1:generateContent"),
 ])
 def test_rewrite_path_splits_into_provider_and_client_parts(client_format, path, family, provider_path, client_path):
     target = path.removeprefix(f"/v1/rewrite/{client_format}/").replace("https:/a", "https://a").partition("?")[0]
@@ -186,7 +187,8 @@ def test_anthropic_request_becomes_openais():
         {"type": "document", "source": {"type": "text", "data": "x", "media_type": "text/plain"}}]}]},
      "messages[0].content[0].type"),
     (anthropic_format, openai_format, {"messages": [{"role": "user", "content": [
-        {"type": "text", "text": "x", "cache_control": {"type": "ephemeral"}}]}]}, "messages[0].content[0].cache_control"),
+        {"type": "text", "text": "x", "cache_control": {"type": "ephemeral"}}]}]},
+     "messages[0].content[0].cache_control"),
     (anthropic_format, openai_format, {"tools": [{"type": "web_search_20250305", "name": "web_search"}]},
      "tools[0].type"),
 ])
@@ -282,7 +284,8 @@ def test_anthropic_stream_as_openai_chunks_in_any_split(size):
     final = state.get_final_completion()
     assert final.choices[0].message.content == "Let me check." and final.choices[0].finish_reason == "tool_calls"
     call = final.choices[0].message.tool_calls[0]
-    assert (call.id, call.function.name, json.loads(call.function.arguments)) == ("toolu_1", "weather", {"city": "Oslo"})
+    assert (call.id, call.function.name, json.loads(call.function.arguments)) == (
+        "toolu_1", "weather", {"city": "Oslo"})
     assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (16, 21)
 
 
@@ -373,8 +376,8 @@ def test_gateway_translates_a_rewrite_request_and_its_answer(gw):
 
 
 @pytest.mark.parametrize("path, body, headers, shape, code", [
-    ("/v1/rewrite/anthropic/https://api.openai.com/v1/messages", {"model": "m", "max_tokens": 5, "top_k": 1,
-                                                                   "messages": []}, True, "anthropic", "untranslatable"),
+    ("/v1/rewrite/anthropic/https://api.openai.com/v1/messages",
+     {"model": "m", "max_tokens": 5, "top_k": 1, "messages": []}, True, "anthropic", "untranslatable"),
     ("/v1/rewrite/openai/https://api.openai.com/v1", {"model": "m", "messages": []}, False, "openai",
      "missing_credential"),
     ("/v1/rewrite/openai/https://api.cohere.com/v2/chat", {"model": "m", "messages": []}, True, "openai",

@@ -386,10 +386,10 @@ class Gateway:
     ) -> None:
         request = flow.request
         sigv4_host = host  # a rewrite request names its AWS host in its target URL
-        if rewrite is not None and rewrite.signed_request is not None:  # boto3 signed what it sent, before translation
+        if rewrite is not None and rewrite.signed_request is not None:  # boto3 signed what it sent, untranslated
             caller = await authenticate_sigv4(rewrite.signed_request, self.keys, rewrite_endpoint.SIGV4_SERVICE)
             rewrite.signed_request = None  # checked: the copy is not kept for the rest of the request
-        elif provider.sigv4_service and rewrite is None:  # AWS: the caller signed with its Tollgate key; the gateway signs again
+        elif provider.sigv4_service and rewrite is None:  # AWS: the caller signed with its Tollgate key; signed again
             sigv4_host = bedrock.meant_host(flow, provider)
             caller = await authenticate_sigv4(request, self.keys, provider.sigv4_service)
         else:

@@ -152,8 +152,8 @@ def _output_config_to_hub(output: Any, hub: HubRequest) -> None:
     if (fmt := output.pop("format", None)) is not None:
         if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
             raise Untranslatable("output_config.format.type", "only json_schema has a counterpart")
-        hub["response_format"] = {"type": "json_schema", "json_schema": {"name": "response", "schema": fmt.get("schema"),
-                                                                         "strict": True}}
+        schema = {"name": "response", "schema": fmt.get("schema"), "strict": True}
+        hub["response_format"] = {"type": "json_schema", "json_schema": schema}
     if (effort := output.pop("effort", None)) is not None:
         if effort not in _EFFORTS:
             raise Untranslatable("output_config.effort", f"{effort!r} has no counterpart (low, medium, high do)")
@@ -232,7 +232,8 @@ def request_from_hub(hub: HubRequest, model_in_url: str | None) -> tuple[str | N
                                                      "messages (json_schema does)")
     if (effort := hub.pop("reasoning_effort", None)) is not None:
         if effort not in _EFFORTS:
-            raise Untranslatable("reasoning_effort", f"{effort!r} has no counterpart in Anthropic (low, medium, high do)")
+            raise Untranslatable("reasoning_effort",
+                                 f"{effort!r} has no counterpart in Anthropic (low, medium, high do)")
         output["effort"] = effort
     if output:
         body["output_config"] = output
