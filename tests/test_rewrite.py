@@ -223,6 +223,10 @@ def test_provider_errors_come_back_in_the_clients_shape(gateway):
                                                        messages=[{"role": "user", "content": "Hi"}])
     assert error.value.body["message"] == "Rate limit reached (mock). Please try again later."
     assert error.value.body["type"] == "rate_limit_error"
+    with pytest.raises(openai.RateLimitError) as error:  # a stream asked for: the error is still whole JSON
+        openai_client(gateway).chat.completions.create(model="mock-error-429", stream=True,
+                                                       messages=[{"role": "user", "content": "Hi"}])
+    assert error.value.body["type"] == "rate_limit_error"
     with pytest.raises(anthropic.InternalServerError) as error:
         anthropic_client(gateway).messages.create(model="mock-error-500", max_tokens=5,
                                                   messages=[{"role": "user", "content": "Hi"}])

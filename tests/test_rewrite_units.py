@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import httpx
 import openai
 import pydantic
 import pytest
@@ -261,6 +262,11 @@ def test_errors_in_each_clients_shape():
 
 # -- streams -------------------------------------------------------------------------------------------------------
 
+def httpx_response(body: bytes) -> httpx.Response:
+    return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"},
+                          request=httpx.Request("POST", "http://127.0.0.1:9/v1/chat/completions"))
+
+
 def _split(data: bytes, size: int) -> list[bytes]:
     return [data[i:i + size] for i in range(0, len(data), size)]
 
@@ -287,6 +293,16 @@ def test_anthropic_stream_as_openai_chunks_in_any_split(size):
     assert (call.id, call.function.name, json.loads(call.function.arguments)) == (
         "toolu_1", "weather", {"city": "Oslo"})
     assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (16, 21)
+
+
+def test_a_providers_error_event_mid_stream_reaches_the_client_as_its_own():
+    start = ANTHROPIC_STREAM.split(b"\n\n")[0] + b"\n\n"
+    error = sse({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+    out = _openai_client_stream([start, error])
+    assert b'data: {"error":{"type":"overloaded_error","message":"Overloaded"}}' in out
+    with pytest.raises(openai.APIError, match="Overloaded"):  # the OpenAI SDK raises it, as from OpenAI itself
+        list(openai.Stream(cast_to=ChatCompletionChunk, response=httpx_response(out), client=openai.OpenAI(
+            api_key="x", base_url="http://127.0.0.1:9")))
 
 
 def test_openai_stream_as_anthropic_events_read_by_the_sdk():
