@@ -153,7 +153,7 @@ def test_anthropic_sdk_to_openai(gateway, mock):
         usage["prompt_tokens"] - 4, 4, usage["completion_tokens"])
     assert mock.last.path == "/v1/chat/completions" and mock.last.json == {
         "model": GPT, "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
-        "max_tokens": 50, "top_p": 0.9, "stop": ["END"]}
+        "max_completion_tokens": 50, "top_p": 0.9, "stop": ["END"]}  # OpenAI's reasoning models refuse max_tokens
     assert_metered(gateway, raw.headers["x-lava-request-id"], "openai", GPT, "anthropic", streamed=False)
 
 

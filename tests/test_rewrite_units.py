@@ -370,7 +370,7 @@ def test_gateway_translates_a_rewrite_request_and_its_answer(gw):
     assert flow.response is None, flow.response.content
     assert flow.request.url == "https://api.openai.com/v1/chat/completions"
     assert flow.request.headers["authorization"] == f"Bearer {PROVIDER_KEY}"
-    assert json.loads(flow.request.content) == {"model": "gpt-4o-mini", "max_tokens": 20,
+    assert json.loads(flow.request.content) == {"model": "gpt-4o-mini", "max_completion_tokens": 20,
                                                 "messages": [{"role": "user", "content": "hi"}]}
     usage = {"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500}
     flow.response = tutils.tresp(headers=http.Headers(content_type="application/json"), content=json.dumps({

@@ -369,7 +369,7 @@ class Gateway:
         signed = request.copy() if parsed.client_format == "bedrock" else None  # checked as boto3 signed it
         probe = parse_forward_target(parsed.target, self.catalog)  # the provider (and host) before translating
         provider_path, body, rewrite = rewrite_endpoint.translate_request(
-            parsed, probe.provider.api_family, request.raw_content or b"")
+            parsed, probe.provider.api_family, request.raw_content or b"", probe.provider.id)
         target = parse_forward_target(rewrite_endpoint.origin_of(parsed.target) + provider_path, self.catalog)
         request.path = target.path
         request.content = body

@@ -53,6 +53,9 @@ _CLIENT_SUFFIX = {
 _GOOGLE_METHOD = re.compile(r"models/([^/]+?):(streamGenerateContent|generateContent)(?:$|[/?])")
 _BEDROCK_METHOD = re.compile(r"model/([^/]+)/(converse-stream|converse)")
 _VERSIONED = re.compile(r"/v\d+(?:alpha\d*|beta\d*)?$")
+# Providers whose chat completions take the output limit as max_completion_tokens (OpenAI's reasoning models refuse
+# max_tokens); the rest of the OpenAI family keeps max_tokens, which every compatible API reads.
+MAX_COMPLETION_TOKENS = frozenset({"openai"})
 # Headers a provider family requires that a client of another format does not send.
 PROVIDER_HEADERS = {"anthropic": {"anthropic-version": "2023-06-01"}}
 _SUFFIX_TAIL = {"gemini": re.compile(r"/models/[^/]*$"), "bedrock": re.compile(r"/model/(?:[^/]+/[^/]*)?$")}
@@ -146,7 +149,8 @@ def provider_model_in_url(api_family: str, provider_path: str) -> str | None:
     return None
 
 
-def translate_request(req: RewriteRequest, api_family: str, raw_body: bytes) -> tuple[str, bytes, Rewrite]:
+def translate_request(req: RewriteRequest, api_family: str, raw_body: bytes,
+                      provider_id: str = "") -> tuple[str, bytes, Rewrite]:
     """The provider path (and query) and body for a rewrite request; raises BadRequest (untranslatable)."""
     provider = PROVIDER_FAMILIES.get(api_family)
     if provider is None:
@@ -171,6 +175,8 @@ def translate_request(req: RewriteRequest, api_family: str, raw_body: bytes) -> 
         suffix, provider_body = provider.request_from_hub(hub, provider_model_in_url(api_family, provider_path))
     except Untranslatable as e:
         raise untranslatable(e) from None
+    if provider_id in MAX_COMPLETION_TOKENS and "max_tokens" in provider_body:
+        provider_body["max_completion_tokens"] = provider_body.pop("max_tokens")
     if suffix:
         tail = _SUFFIX_TAIL[api_family].search(provider_path)
         base = provider_path[: tail.start()] if tail else provider_path.rstrip("/")
