@@ -6,6 +6,8 @@ Targets (all in front of the same MockProvider from tests/mock_provider.py):
   mitmdump            stock mitmdump, no addon, reverse mode (buffers bodies)
   mitmdump-stream     the same with --set stream_large_bodies=1
   tollgate-sqlite-fwd / -proxy   Tollgate (tollgate-proxy) on SQLite, forward endpoint / HTTPS_PROXY (CONNECT + TLS)
+  tollgate-sqlite-rewrite        --rewrite: the same chat request through /v1/rewrite/openai/ to the Anthropic
+                                 mock (translated both ways, every stream event re-encoded), for issue 15's TTFB
   tollgate-pg-fwd / -proxy       Tollgate on PostgreSQL + Redis, the same two ways in
   tollgate-sqlite-script-fwd     Tollgate as a script under stock mitmdump (what the lean launcher saves)
   tollgate-sqlite-w1-fwd / -w2-fwd   --workers 1 and 2 through the supervisor, SQLite + Redis, on both CPUs
@@ -58,12 +60,15 @@ CLIENT_CPU, GATEWAY_CPU = 0, 1
 ALL_CPUS = f"{CLIENT_CPU},{GATEWAY_CPU}"
 # --limits: a second key on each Tollgate target with every limit set, none of them reached (issue 13's budget)
 LIMITS_TOO = False
+# --rewrite: an OpenAI-format target on each Tollgate through the rewrite endpoint to Anthropic (issue 15's TTFB)
+REWRITE_TOO = False
+REWRITE_MODEL = "claude-3-5-haiku-latest"
 LIMITED_KEY = ("--spend-limit", "1000000", "--period", "month", "--request-limit", "1000000000", "--period", "month",
                "--rpm", "1000000000", "--tpm", "2000000000", "--allow-provider", "openai", "--allow-model", "gpt-*")
 REDIS_DBS = {"tollgate-pg": 9, "tollgate-sqlite-w1": 10, "tollgate-sqlite-w2": 11}
 MODEL = "gpt-4o-mini"  # genai-prices knows it, so Tollgate prices every request for real
 UPSTREAM_KEY = "sk-real-openai-0123456789"
-PROVIDER_KEYS = {"OPENAI_API_KEY": UPSTREAM_KEY}
+PROVIDER_KEYS = {"OPENAI_API_KEY": UPSTREAM_KEY, "ANTHROPIC_API_KEY": "sk-ant-bench-0123456789"}
 LITELLM_MASTER_KEY = "sk-bench-litellm-master-0123456789"
 SIGNING_KEY = "bench-signing-key-0123456789abcdef0123456789"
 NONSTREAM_MARK, STREAM_MARK = b"Hello from the mock.", b"[DONE]"
@@ -238,12 +243,13 @@ class Target:
     rss_peak: float = 0.0
     idle_cpu_pct: float | None = None
     note: str = ""
+    model: str = MODEL
 
     def host_header(self) -> str:
         return self.tunnel_host or f"127.0.0.1:{self.port}"
 
     def request_bytes(self, stream: bool) -> bytes:
-        body = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello to the benchmark."}],
+        body = {"model": self.model, "messages": [{"role": "user", "content": "Say hello to the benchmark."}],
                 "max_tokens": 32}
         if stream:
             body["stream"] = True
@@ -336,7 +342,8 @@ def start_tollgate(kind: str, mock_port: int, launcher: str = "lean", workers: i
     url = f"sqlite:///{tmp}/ledger.db" if kind == "sqlite" else fresh_pg_database()
     config = tmp / "tollgate.yaml"
     config.write_text(yaml.safe_dump({
-        "providers": {"openai": {"upstream": f"http://127.0.0.1:{mock_port}"}},
+        "providers": {"openai": {"upstream": f"http://127.0.0.1:{mock_port}"},
+                      "anthropic": {"upstream": f"http://127.0.0.1:{mock_port}"}},
         "prices": [],
         "billing": {"token_signing_key": SIGNING_KEY},
     }))
@@ -389,11 +396,16 @@ def start_tollgate(kind: str, mock_port: int, launcher: str = "lean", workers: i
                  pg_db=pg, startup_s=startup)
     prx = Target(f"{name}-proxy", f"Tollgate ({db_label}{how}), HTTPS_PROXY", port, "/v1/chat/completions", auth,
                  proc.pid, name, tunnel_host="api.openai.com", ssl_ctx=ctx, pg_db=pg, startup_s=startup)
-    if limited is None:
-        return fwd, prx
-    lim = Target(f"{name}-fwd-limited", f"Tollgate ({db_label}{how}), forward endpoint, key with every limit", port,
-                 fwd.path, {"Authorization": f"Bearer {limited}"}, proc.pid, name, pg_db=pg, startup_s=startup)
-    return fwd, prx, lim
+    more = []
+    if limited is not None:
+        more.append(Target(f"{name}-fwd-limited", f"Tollgate ({db_label}{how}), forward endpoint, key with every limit",
+                           port, fwd.path, {"Authorization": f"Bearer {limited}"}, proc.pid, name, pg_db=pg,
+                           startup_s=startup))
+    if REWRITE_TOO and not baseline:
+        more.append(Target(f"{name}-rewrite", f"Tollgate ({db_label}{how}), rewrite endpoint, OpenAI format to "
+                                              "Anthropic", port, "/v1/rewrite/openai/https://api.anthropic.com/v1/messages",
+                           auth, proc.pid, name, pg_db=pg, startup_s=startup, model=REWRITE_MODEL))
+    return fwd, prx, *more
 
 
 def fresh_redis_db(db: int) -> str:
@@ -1160,11 +1172,13 @@ def main() -> int:
                          "baseline-sqlite-* targets, interleaved with this tree's, for an A/B in one run")
     ap.add_argument("--limits", action="store_true",
                     help="also load each Tollgate target through a key with every limit set (the -fwd-limited rows)")
+    ap.add_argument("--rewrite", action="store_true",
+                    help="also load each Tollgate through /v1/rewrite/openai/ to the Anthropic mock (the -rewrite rows)")
     ap.add_argument("--out", default=str(BENCH / "results.md"))
     ap.add_argument("--profile-out", default=str(BENCH / "profile.md"))
     args = ap.parse_args()
-    global LIMITS_TOO
-    LIMITS_TOO = args.limits
+    global LIMITS_TOO, REWRITE_TOO
+    LIMITS_TOO, REWRITE_TOO = args.limits, args.rewrite
     if args.quick:
         args.requests, args.stream_requests_c1, args.stream_requests_c32 = 64, 8, 64
         args.reps, args.phase_cap, args.profile_seconds = 2, 10.0, 5

@@ -69,6 +69,11 @@ cohere.chat           billed_units input_tokens 31 / output_tokens 17,
                       tokens input_tokens 95 / output_tokens 17
 ====================  =====================================================
 
+Tools: a request that forces a tool call (OpenAI ``tool_choice`` "required" or a function; Anthropic
+``tool_choice`` any or tool; Gemini ``functionCallingConfig`` mode ANY) gets one call of the forced (else the first) tool with ``TOOL_ARGUMENTS``
+(streams: ``TOOL_ARGUMENT_PIECES`` as argument deltas; Gemini: the whole call in one chunk), finish reason
+``tool_calls`` / ``tool_use`` / ``STOP``.
+
 Text: streams send ``STREAM_TEXT`` = ["Hello", " from", " the", " mock", "."],
 one content event per element; non-stream bodies carry ``FULL_TEXT``
 ("Hello from the mock.").  The model is echoed from the request body
@@ -142,6 +147,8 @@ __all__ = [
     "STREAM_TEXT",
     "FULL_TEXT",
     "EMBEDDING",
+    "TOOL_ARGUMENTS",
+    "TOOL_ARGUMENT_PIECES",
     "RETRY_AFTER",
     "SLOW_TIMEOUT",
     "GARBAGE_EVENTS",
@@ -156,6 +163,11 @@ __all__ = [
 
 STREAM_TEXT: list[str] = ["Hello", " from", " the", " mock", "."]
 FULL_TEXT: str = "".join(STREAM_TEXT)
+# A request that forces a tool (OpenAI tool_choice "required" or a named function; Anthropic tool_choice
+# "any" or "tool") is answered with one call of it (the named tool, else the first), with these arguments; a
+# stream sends them in TOOL_ARGUMENT_PIECES.
+TOOL_ARGUMENTS: dict[str, Any] = {"city": "Paris", "days": 3}
+TOOL_ARGUMENT_PIECES: list[str] = ['{"city": "Par', 'is", "days"', ': 3}']
 EMBEDDING: list[float] = [0.125, -0.25, 0.5, -0.75, 1.0, 0.0625, -0.03125, 0.375]
 RETRY_AFTER = "1"
 SLOW_TIMEOUT = 10.0
@@ -395,6 +407,26 @@ _GOOGLE_STATUS = {
     503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
 }
+
+
+def _forced_tool(body: dict, family: str) -> str | None:
+    """The tool a request forces the model to call (the named one, else its first), or None."""
+    tools, choice = body.get("tools") or [], body.get("tool_choice")
+    if not tools or not isinstance(tools, list):
+        return None
+    if family == "gemini":  # toolConfig.functionCallingConfig mode ANY, optionally naming the allowed functions
+        config = (body.get("toolConfig") or {}).get("functionCallingConfig") or {}
+        declared = [d.get("name") for t in tools for d in t.get("functionDeclarations") or []]
+        if config.get("mode") != "ANY" or not declared:
+            return None
+        return (config.get("allowedFunctionNames") or declared)[0]
+    if family == "openai":
+        first = (tools[0].get("function") or {}).get("name")
+        if choice == "required":
+            return first
+        return (choice.get("function") or {}).get("name") if isinstance(choice, dict) else None
+    kind = choice.get("type") if isinstance(choice, dict) else None
+    return tools[0].get("name") if kind == "any" else choice.get("name") if kind == "tool" else None
 
 
 def _error_body(family: str, status: int, seq: int) -> Any:
@@ -871,13 +903,19 @@ class MockProvider:
     def _openai_chat(self, rec: RecordedRequest, body: dict) -> _Json | _Stream:
         cid, created, model = f"chatcmpl-mock{rec.seq}", int(time.time()), rec.model
         usage = wire_usage("openai.chat", self.usage)
+        tool = _forced_tool(body, "openai")
+        call_id = f"call_mock{rec.seq}"
         if not rec.stream:
+            message: dict[str, Any] = {"role": "assistant", "content": FULL_TEXT, "refusal": None, "annotations": []}
+            if tool:
+                message.update(content=None, tool_calls=[{"id": call_id, "type": "function", "function": {
+                    "name": tool, "arguments": json.dumps(TOOL_ARGUMENTS)}}])
             return _Json(200, {
                 "id": cid, "object": "chat.completion", "created": created, "model": model,
                 "choices": [{
                     "index": 0,
-                    "message": {"role": "assistant", "content": FULL_TEXT, "refusal": None, "annotations": []},
-                    "logprobs": None, "finish_reason": "stop",
+                    "message": message,
+                    "logprobs": None, "finish_reason": "tool_calls" if tool else "stop",
                 }],
                 "usage": usage, "service_tier": "default", "system_fingerprint": "fp_mock",
             })
@@ -898,10 +936,19 @@ class MockProvider:
             return _sse(c)
 
         def items() -> StreamItems:
-            yield "pre", chunk({"role": "assistant", "content": "", "refusal": None}, None, "mOcK0")
-            for piece in STREAM_TEXT:
-                yield "content", chunk({"content": piece}, None, "mOcK")
-            yield "post", chunk({}, "stop", "mOcKf")
+            if tool:
+                yield "pre", chunk({"role": "assistant", "content": None, "tool_calls": [{
+                    "index": 0, "id": call_id, "type": "function", "function": {"name": tool, "arguments": ""}}],
+                    "refusal": None}, None, "mOcK0")
+                for piece in TOOL_ARGUMENT_PIECES:
+                    yield "content", chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}, None,
+                                           "mOcK")
+                yield "post", chunk({}, "tool_calls", "mOcKf")
+            else:
+                yield "pre", chunk({"role": "assistant", "content": "", "refusal": None}, None, "mOcK0")
+                for piece in STREAM_TEXT:
+                    yield "content", chunk({"content": piece}, None, "mOcK")
+                yield "post", chunk({}, "stop", "mOcKf")
             if include_usage:
                 yield "post", _sse({
                     "id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -1035,11 +1082,14 @@ class MockProvider:
     def _anthropic(self, rec: RecordedRequest, body: dict) -> _Json | _Stream:
         mid, model = f"msg_mock{rec.seq}", rec.model
         usage = wire_usage("anthropic.messages", self.usage)
+        tool = _forced_tool(body, "anthropic")
+        tool_id = f"toolu_mock{rec.seq}"
         if not rec.stream:
+            content = ([{"type": "tool_use", "id": tool_id, "name": tool, "input": TOOL_ARGUMENTS}] if tool
+                       else [{"type": "text", "text": FULL_TEXT}])
             return _Json(200, {
-                "id": mid, "type": "message", "role": "assistant", "model": model,
-                "content": [{"type": "text", "text": FULL_TEXT}],
-                "stop_reason": "end_turn", "stop_sequence": None, "usage": usage,
+                "id": mid, "type": "message", "role": "assistant", "model": model, "content": content,
+                "stop_reason": "tool_use" if tool else "end_turn", "stop_sequence": None, "usage": usage,
             })
         start_usage = dict(usage, output_tokens=ANTHROPIC_START_OUTPUT_TOKENS)
 
@@ -1050,12 +1100,21 @@ class MockProvider:
             yield "pre", ev("message_start", message={
                 "id": mid, "type": "message", "role": "assistant", "model": model, "content": [],
                 "stop_reason": None, "stop_sequence": None, "usage": start_usage})
-            yield "pre", ev("content_block_start", index=0, content_block={"type": "text", "text": ""})
-            yield "pre", ev("ping")
-            for piece in STREAM_TEXT:
-                yield "content", ev("content_block_delta", index=0, delta={"type": "text_delta", "text": piece})
+            if tool:
+                yield "pre", ev("content_block_start", index=0,
+                                content_block={"type": "tool_use", "id": tool_id, "name": tool, "input": {}})
+                yield "pre", ev("ping")
+                for piece in TOOL_ARGUMENT_PIECES:
+                    yield "content", ev("content_block_delta", index=0,
+                                        delta={"type": "input_json_delta", "partial_json": piece})
+            else:
+                yield "pre", ev("content_block_start", index=0, content_block={"type": "text", "text": ""})
+                yield "pre", ev("ping")
+                for piece in STREAM_TEXT:
+                    yield "content", ev("content_block_delta", index=0, delta={"type": "text_delta", "text": piece})
             yield "post", ev("content_block_stop", index=0)
-            yield "post", ev("message_delta", delta={"stop_reason": "end_turn", "stop_sequence": None},
+            yield "post", ev("message_delta", delta={"stop_reason": "tool_use" if tool else "end_turn",
+                                                     "stop_sequence": None},
                              usage={"output_tokens": usage["output_tokens"]})
             yield "post", ev("message_stop")
 
@@ -1067,8 +1126,11 @@ class MockProvider:
         u = self.usage["gemini.generate"]
         resp_id, model = f"mockResp{rec.seq:06d}", rec.model
 
+        tool = _forced_tool(body, "gemini")
+
         def resp(text: str, finish: bool, candidates: int) -> dict:
-            cand: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"}}
+            part = {"functionCall": {"name": tool, "args": TOOL_ARGUMENTS}} if tool else {"text": text}
+            cand: dict[str, Any] = {"content": {"parts": [part], "role": "model"}}
             if finish:
                 cand["finishReason"] = "STOP"
             cand["index"] = 0
@@ -1077,9 +1139,9 @@ class MockProvider:
 
         if not rec.stream:
             return _Json(200, resp(FULL_TEXT, True, u["candidatesTokenCount"]))
-        n = len(STREAM_TEXT)
+        n = 1 if tool else len(STREAM_TEXT)  # Gemini streams a function call whole, in one chunk
         chunks = [resp(p, i == n - 1, u["candidatesTokenCount"] if i == n - 1 else min(i + 1, u["candidatesTokenCount"]))
-                  for i, p in enumerate(STREAM_TEXT)]
+                  for i, p in enumerate(STREAM_TEXT[:n])]
         if rec.params.get("alt") == "sse":
             def items() -> StreamItems:
                 for c in chunks:

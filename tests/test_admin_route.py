@@ -18,8 +18,9 @@ from addons.proxy.flow_keys import ADMIN_KEY, REQUEST_ID_KEY
     ("/v1/customers", True), ("/v1/customers/cus_1/topups?x=1", True), ("/v1/forward?u=x", False),
     ("/v1/forward", False), ("/v1/forward/v1beta/models/m:generateContent", False), ("/v1/forwarder", True),
     ("/healthz", False), ("/v2/customers", False), ("/", False),
+    ("/v1/rewrite/openai/https://api.anthropic.com/v1/messages/chat/completions", False),
 ])
-def test_the_api_is_every_v1_path_but_the_forward_endpoint(path, api):
+def test_the_api_is_every_v1_path_but_the_forward_and_rewrite_endpoints(path, api):
     assert is_api_path(path) is api
 
 

@@ -376,8 +376,12 @@ def test_models_lists_the_catalog_price_list_and_the_overrides(api, monkeypatch,
     answer = api.merchant.get("/v1/models").json()
     assert answer["object"] == "list"
     by_id = {(m["owned_by"], m["id"]): m for m in answer["data"]}
-    assert by_id["openai", "my-private-model"] == {"id": "my-private-model", "object": "model", "created": 0,
-                                                   "owned_by": "openai", "price_source": "override", "pattern": False}
+    private = by_id["openai", "my-private-model"]
+    assert private == {"id": "my-private-model", "object": "model", "created": 0, "owned_by": "openai",
+                       "price_source": "override", "pattern": False, "format": private["format"]}
+    assert {"anthropic", "openai"} <= set(private["format"])  # the client formats the rewrite endpoint translates
+    assert by_id["anthropic", "claude-2"]["format"] == private["format"]
+    assert next(m for m in answer["data"] if m["owned_by"] == "cohere")["format"] == []
     assert by_id["openai", "mock-*"]["pattern"] is True
     assert by_id["openai", "gpt-4o-mini"]["price_source"] == "catalog"
     assert by_id["anthropic", "claude-2"]["price_source"] == "catalog"
@@ -393,6 +397,7 @@ def test_providers_say_whether_the_key_is_set_never_the_key(api, monkeypatch):
     providers = {p["id"]: p for p in answer.json()["data"]}
     assert providers["openai"]["credential_set"] is True and providers["anthropic"]["credential_set"] is False
     assert providers["openai"]["credential_env"] == "OPENAI_API_KEY" and "sk-secret-value-123" not in answer.text
+    assert "openai" in providers["anthropic"]["format"] and providers["cohere"]["format"] == []
 
 
 def test_tokens_for_the_calling_key_or_another_of_its_account(api):

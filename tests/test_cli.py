@@ -59,6 +59,7 @@ def test_providers_lists_the_catalog_and_configured_keys(tollgate):
     assert len(providers) >= 20
     assert providers["openai"]["configured"] is True and providers["anthropic"]["configured"] is False
     assert len(providers["bedrock"]["hosts"]) > 30  # --json lists every region's host
+    assert {"openai", "anthropic"} <= set(providers["anthropic"]["format"]) and providers["cohere"]["format"] == []
 
 
 def test_providers_table_shortens_a_regional_clouds_dozens_of_hosts(tmp_path):

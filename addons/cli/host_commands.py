@@ -13,9 +13,11 @@ from addons.core.catalog import load_catalog
 from addons.core.settings import load_settings
 from addons.host import capture, trust
 from addons.proxy.runtime_info import read_running, runtime_file
+from addons.rewrite.formats import client_formats_for
 
 
 def cmd_providers(args) -> None:
+    """The catalog; `format`: the client formats the rewrite endpoint translates to each provider."""
     catalog = load_catalog(overrides=load_settings().provider_overrides)
     running = read_running()
     source = "running gateway" if running else "this shell's environment"
@@ -24,17 +26,17 @@ def cmd_providers(args) -> None:
         {"id": p.id, "name": p.name, "hosts": list(p.host_names), "api_family": p.api_family,
          "credential_env": p.credential_env,
          "configured": p.id in has_key if running else p.credential_configured(os.environ),
-         "source": source, "upstream": p.upstream}
+         "source": source, "upstream": p.upstream, "format": client_formats_for(p.api_family)}
         for p in catalog.providers
     ]
     column = "gateway has key" if running else "key in this shell"
     text = (f"Keys as the running gateway (pid {running['pid']}, started {running.get('started_at')}) has them."
             if running else "No running gateway found: the key column reports this shell's environment, "
                             "which a gateway started from this shell would have.")
-    shown = table("Providers", ["id", "hosts", "family", "credential", column, "upstream"],
-                  [[r["id"], _hosts_shown(r["hosts"]), r["api_family"], r["credential_env"],
-                    "yes" if r["configured"] else "no", r["upstream"]] for r in rows])
-    shown.columns[4].no_wrap = True  # the header says whose keys these are
+    shown = table("Providers", ["id", "hosts", "family", "format", "credential", column, "upstream"],
+                  [[r["id"], _hosts_shown(r["hosts"]), r["api_family"], ", ".join(r["format"]) or "-",
+                    r["credential_env"], "yes" if r["configured"] else "no", r["upstream"]] for r in rows])
+    shown.columns[5].no_wrap = True  # the header says whose keys these are
     emit(args, rows, shown, text=text)
 
 

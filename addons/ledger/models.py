@@ -253,6 +253,9 @@ class RequestRow(BaseModel):
     # An OpenAI Realtime session's id (the provider's, else one Tollgate made), on each of its responses' rows:
     # a session is charged per response (addons/proxy/realtime.py). Added to older ledgers on start, NULL there.
     session_id = CharField(null=True)
+    # The client format of a /v1/rewrite request (openai, anthropic, google, bedrock): what the caller spoke, the
+    # provider and model columns being what it was translated to. NULL for a native request. Added like `images`.
+    client_format = CharField(null=True, max_length=16)
 
     class Meta:
         table_name = "request"

@@ -1,5 +1,5 @@
 """Pass the REST API on to the admin process: `/v1/*` requests addressed to the gateway itself (all but the
-forward endpoint) go to the admin listener, so one base URL serves Lava's SDK both the gateway and the API.
+forward and rewrite endpoints) go to the admin listener, so one base URL serves Lava's SDK both the gateway and the API.
 
 The gateway does none of the API's work: it rewrites the request's destination to the admin listener
 (127.0.0.1:tollgate_admin_port) and mitmproxy forwards it as any other request. It tags the request with
@@ -23,15 +23,18 @@ from addons.proxy.error_pages import new_request_id, refuse
 from addons.proxy.flow_keys import ADMIN_KEY, REQUEST_ID_KEY
 from addons.proxy.forward import FORWARD_PATH
 from addons.proxy.routing import addressed_to_gateway
+from addons.rewrite.endpoint import REWRITE_PREFIX
 
 API_PREFIX = "/v1/"
 ANY_ADDRESS = ("", "0.0.0.0", "::", "[::]")
 
 
 def is_api_path(path: str) -> bool:
-    """A path of the REST API: under /v1/, but not the forward endpoint (nor what an SDK adds to it)."""
-    return path.startswith(API_PREFIX) and not (path.startswith(FORWARD_PATH)
-                                                and path[len(FORWARD_PATH):len(FORWARD_PATH) + 1] in ("", "/", "?"))
+    """A path of the REST API: under /v1/, but not the forward endpoint (nor what an SDK adds to it) nor the
+    rewrite endpoint."""
+    return path.startswith(API_PREFIX) and not (
+        (path.startswith(FORWARD_PATH) and path[len(FORWARD_PATH):len(FORWARD_PATH) + 1] in ("", "/", "?"))
+        or path.startswith(REWRITE_PREFIX))
 
 
 class AdminRoute:

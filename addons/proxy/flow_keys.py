@@ -15,6 +15,7 @@ PRICE_SOURCE_KEY = "tollgate.price_source"  # catalog | override | unpriced | un
 RETRIES_KEY = "tollgate.retries"  # how many times addons.proxy.upstream_retries resent the request
 REFUSAL_KEY = "tollgate.refusal"  # the error code of a refusal the Gateway answered itself
 ADMIN_KEY = "tollgate.admin"  # True on a request passed to the admin process (addons.proxy.admin_route)
+CLIENT_FORMAT_KEY = "tollgate.client_format"  # a /v1/rewrite request's client format (openai, anthropic, ...)
 TIMEOUT_KEY = "tollgate.timeout"  # why addons.proxy.upstream_timeouts closed the provider connection
 
 # header names

@@ -44,6 +44,7 @@ from addons.proxy import bedrock, error_pages, flow_notes, metrics_recorder, rea
 from addons.proxy.azure import check_resource, deployment_model
 from addons.proxy.error_pages import json_response, new_request_id
 from addons.proxy.flow_keys import (
+    CLIENT_FORMAT_KEY,
     COST_KEY,
     ENDPOINT_KEY,
     METADATA_HEADERS,
@@ -59,6 +60,8 @@ from addons.proxy.gateway_config import SharedConfig
 from addons.proxy.metadata import parse_metadata
 from addons.proxy.routing import addressed_to_gateway, provider_and_host
 from addons.proxy.usage_record import Pending, unmetered_record, usage_record
+from addons.rewrite import endpoint as rewrite_endpoint
+from addons.rewrite.endpoint import REWRITE_PREFIX, Rewrite, RewriteStream
 from addons.usage.readers import UsageReader, for_request
 from addons.usage.realtime import RealtimeReader, worst_media
 from pricing.bounds import PriceBounds
@@ -308,16 +311,19 @@ class Gateway:
             flow.response.headers.update({"connection": "close", "retry-after": "1"})
             return
         try:
-            forward_key = None
+            forward_key = rewrite = None
             if provider is None:
                 routed = self._route_gateway_endpoint(flow, request_id)
                 if routed is None:
                     return
-                provider, forward_key, host = routed
-            await self._forward(flow, provider, host, request_id, forward_key)
+                provider, forward_key, host, rewrite = routed
+            await self._forward(flow, provider, host, request_id, forward_key, rewrite)
         except GatewayError as e:
             self._refuse(flow, e, request_id)
-            if provider is not None and provider.sigv4_service:
+            if CLIENT_FORMAT_KEY in flow.metadata:  # a rewrite request: the refusal in its client's error shape
+                client = rewrite_endpoint.CLIENT_FORMATS[flow.metadata[CLIENT_FORMAT_KEY]]
+                flow.response.content = client.error_from_hub(e.status, e.message, e.code)
+            elif provider is not None and provider.sigv4_service:
                 bedrock.aws_shaped(flow.response, e)
         except Exception:
             log.exception("tollgate: internal error on request %s", request_id)
@@ -333,14 +339,19 @@ class Gateway:
         flow.comment = flow_notes.refused_comment(error.status, error.code, error.message, request_id)
         flow.marked = flow_notes.REFUSED
 
-    def _route_gateway_endpoint(self, flow: http.HTTPFlow, request_id: str) -> tuple[Provider, str | None, str] | None:
-        """Answer /healthz, or aim a /v1/forward request at its provider; returns it, `key` and the host u names."""
+    def _route_gateway_endpoint(
+        self, flow: http.HTTPFlow, request_id: str
+    ) -> tuple[Provider, str | None, str, Rewrite | None] | None:
+        """Answer /healthz, or aim a /v1/forward or /v1/rewrite request at its provider; returns it, `key`, the
+        host the target URL names, and for a rewrite what translating its answer needs."""
         path = flow.request.path.partition("?")[0]
         if path == "/healthz":
             flow.response = json_response(200, b'{"status":"ok"}', request_id)
             return None
+        if path.startswith(REWRITE_PREFIX):
+            return self._route_rewrite(flow)
         if path != FORWARD_PATH and not path.startswith(FORWARD_PATH + "/"):  # SDKs add to a base_url's path
-            raise NotFound("not_found", "the gateway serves only /v1/forward and /healthz")
+            raise NotFound("not_found", "the gateway serves only /v1/forward, /v1/rewrite and /healthz")
         # Read once: every lookup on the live `request.query` view parses the query string again.
         query: dict[str, str] = {}
         params = []  # what the SDK added beside u and key
@@ -351,13 +362,38 @@ class Gateway:
         target = parse_forward_target(sdk_target(query.get("u"), path, params), self.catalog)
         forward_key = query.get("key")
         flow.request.path = target.path
-        return target.provider, forward_key, target.host
+        return target.provider, forward_key, target.host, None
+
+    def _route_rewrite(self, flow: http.HTTPFlow) -> tuple[Provider, str | None, str, Rewrite]:
+        """Translate a /v1/rewrite request into its provider's format (addons/rewrite/endpoint.py) and aim it
+        there; from here on the usage reader, the cashier and the ledger see a native request."""
+        request = flow.request
+        parsed = rewrite_endpoint.parse_rewrite_path(request.path)
+        flow.metadata[CLIENT_FORMAT_KEY] = parsed.client_format
+        signed = request.copy() if parsed.client_format == "bedrock" else None  # checked as boto3 signed it
+        probe = parse_forward_target(parsed.target, self.catalog)  # the provider (and host) before translating
+        provider_path, body, rewrite = rewrite_endpoint.translate_request(
+            parsed, probe.provider.api_family, request.raw_content or b"", probe.provider.id)
+        target = parse_forward_target(rewrite_endpoint.origin_of(parsed.target) + provider_path, self.catalog)
+        request.path = target.path
+        request.content = body
+        request.headers["content-type"] = "application/json"
+        for name, value in rewrite_endpoint.PROVIDER_HEADERS.get(target.provider.api_family, {}).items():
+            request.headers.setdefault(name, value)
+        forward_key = dict(parsed.query).get("key")
+        rewrite.signed_request = signed
+        return target.provider, forward_key, target.host, rewrite
 
     async def _forward(
-        self, flow: http.HTTPFlow, provider: Provider, host: str, request_id: str, forward_key: str | None
+        self, flow: http.HTTPFlow, provider: Provider, host: str, request_id: str, forward_key: str | None,
+        rewrite: Rewrite | None = None,
     ) -> None:
         request = flow.request
-        if provider.sigv4_service:  # AWS: the caller signed with its Tollgate key; the gateway signs again
+        sigv4_host = host  # a rewrite request names its AWS host in its target URL
+        if rewrite is not None and rewrite.signed_request is not None:  # boto3 signed what it sent, untranslated
+            caller = await authenticate_sigv4(rewrite.signed_request, self.keys, rewrite_endpoint.SIGV4_SERVICE)
+            rewrite.signed_request = None  # checked: the copy is not kept for the rest of the request
+        elif provider.sigv4_service and rewrite is None:  # AWS: the caller signed with its Tollgate key; signed again
             sigv4_host = bedrock.meant_host(flow, provider)
             caller = await authenticate_sigv4(request, self.keys, provider.sigv4_service)
         else:
@@ -399,7 +435,7 @@ class Gateway:
             self._inject_provider_key(request, provider, provider_key)
             request.scheme, request.host, request.port = provider.origin_for(host)
         self.pending[flow.id] = Pending(request_id, time.time(), provider, plan, reader, metadata,
-                                        rate_headers=rate_headers, model=pinned_model)
+                                        rate_headers=rate_headers, model=pinned_model, rewrite=rewrite)
         flow.metadata[PROVIDER_KEY] = provider.id
         flow.metadata[ENDPOINT_KEY], flow.metadata[STREAM_KEY] = reader.endpoint, reader.stream_requested
 
@@ -460,6 +496,10 @@ class Gateway:
                                            or state.reader.streams_response(content_type)):
             response.stream = StreamTap(state.reader)
             state.streamed = True
+            if state.rewrite is not None:  # the provider's events, translated as they pass (metered first)
+                response.stream = RewriteStream(response.stream, state.rewrite)
+                response.headers["content-type"] = response.stream.encoder.content_type
+                response.headers.pop("content-length", None)
 
     def response(self, flow: http.HTTPFlow) -> None:
         self.in_flight.discard(flow.id)
@@ -472,6 +512,23 @@ class Gateway:
         if not state.streamed:
             state.reader.observe_body(flow.response.content or b"", flow.response.headers.get("content-type"))
         self._record(flow, state, status=flow.response.status_code, error=None)
+        if state.rewrite is not None and not state.streamed:
+            self._translate_answer(flow, state.rewrite)
+
+    @staticmethod
+    def _translate_answer(flow: http.HTTPFlow, rewrite: Rewrite) -> None:
+        """A rewritten request's whole answer (or the provider's error) in the client's format."""
+        response = flow.response
+        try:
+            response.content = rewrite_endpoint.translate_response(rewrite, response.status_code,
+                                                                   response.content or b"")
+        except Exception:
+            log.warning("tollgate: the provider's answer to a rewritten request could not be translated",
+                        exc_info=True)
+            response.status_code = 502
+            response.content = rewrite.client.error_from_hub(
+                502, "the provider's answer could not be translated into the client's format", "untranslatable")
+        response.headers["content-type"] = "application/json"
 
     async def websocket_message(self, flow: http.HTTPFlow) -> None:
         await self.realtime.message(flow)

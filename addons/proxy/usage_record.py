@@ -17,6 +17,7 @@ from addons.billing.charges import RequestCharges
 from addons.billing.plan import BillingPlan
 from addons.core.catalog import Provider
 from addons.ledger.writer import UsageRecord
+from addons.rewrite.endpoint import Rewrite
 from addons.usage.base import UsageReader, UsageReading
 from pricing import meters
 
@@ -35,6 +36,7 @@ class Pending:
     rate_headers: tuple[tuple[bytes, bytes], ...] | None = None  # x-ratelimit-* of the key's or customer's rate limits
     model: str | None = None  # the model the operator maps the request's deployment to (Azure), over the response's
     session_id: str | None = None  # a Realtime session's responses: the session they belong to
+    rewrite: Rewrite | None = None  # a /v1/rewrite request's translation (addons/rewrite/endpoint.py)
 
     @property
     def created_at(self) -> datetime:
@@ -83,6 +85,7 @@ def usage_record(state: Pending, result: UsageReading, response: http.Response |
         bill_customer=plan.bill_customer and billable,
         customer_byok_fee_nanos=charges.customer_byok_fee_nanos,
         session_id=state.session_id,
+        client_format=state.rewrite.client_format if state.rewrite else None,
         **_media_columns(result),
     )
 
@@ -104,4 +107,5 @@ def unmetered_record(state: Pending, status: int | None) -> UsageRecord:
         wallet_id=state.plan.key.wallet_id, key=state.plan.key.key_id, provider=state.provider.id,
         endpoint=state.reader.endpoint, model=state.reader.model, status=status, streamed=state.streamed,
         byok=state.plan.byok, bill_customer=False, error="metering_failed", metadata=state.metadata,
+        client_format=state.rewrite.client_format if state.rewrite else None,
     )

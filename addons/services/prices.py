@@ -3,12 +3,13 @@ models seen without a price, and charging their requests once a price is added (
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from addons.billing.reprice import Repriced, reprice
 from addons.core.catalog import load_catalog
 from addons.core.settings import load_settings
+from addons.rewrite.formats import client_formats_for
 from addons.services.errors import BadRequest
 from addons.services.reports import missing_prices
 from pricing.cost import Override, shipped_overrides
@@ -27,6 +28,7 @@ class PriceLists:
 
     pricing_ids: dict[str, str | None]  # catalog provider id -> genai-prices provider id
     overrides: tuple[Override, ...]
+    api_families: dict[str, str] = field(default_factory=dict)  # catalog provider id -> its api_family
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +37,7 @@ class ModelEntry:
     owned_by: str  # the catalog provider id
     price_source: str  # catalog (genai-prices) | override
     pattern: bool = False  # the id is a glob every matching model name is priced by
+    formats: tuple[str, ...] = ()  # the client formats the rewrite endpoint translates to its provider
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +72,8 @@ def price_lists() -> PriceLists:
         overrides = settings.price_overrides + shipped_overrides()
     except ValueError as e:
         raise BadRequest("invalid_price_overrides", str(e)) from None
-    return PriceLists({p.id: p.pricing_id for p in catalog.providers}, overrides)
+    return PriceLists({p.id: p.pricing_id for p in catalog.providers}, overrides,
+                      {p.id: p.api_family for p in catalog.providers})
 
 
 def models() -> list[ModelEntry]:
@@ -79,12 +83,14 @@ def models() -> list[ModelEntry]:
     seen: set[tuple[str, str]] = set()
     entries = []
     for provider, pricing_id in lists.pricing_ids.items():
+        formats = tuple(client_formats_for(lists.api_families.get(provider, "")))
         overridden = [(o.model, "override") for o in lists.overrides if o.provider == provider]
         catalog = [(model, "catalog") for model in (provider_models(pricing_id) if pricing_id else ())]
         for model, source in [*overridden, *catalog]:
             if (provider, model.lower()) not in seen:
                 seen.add((provider, model.lower()))
-                entries.append(ModelEntry(model, provider, source, bool(GLOB_CHARACTERS & set(model))))
+                entries.append(ModelEntry(model, provider, source, bool(GLOB_CHARACTERS & set(model)),
+                                          formats))
     return sorted(entries, key=lambda e: (e.owned_by, e.id))
 
 

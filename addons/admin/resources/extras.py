@@ -9,6 +9,7 @@ from addons.admin import web
 from addons.admin.auth import bearer, require_admin
 from addons.admin.endpoints import Call, Endpoint
 from addons.admin.web import Invalid
+from addons.rewrite.formats import client_formats_for
 from addons.services import audit, events, providers, tokens
 from addons.services.events import ListedEvent
 from pricing.money import format_usd
@@ -50,7 +51,7 @@ def list_providers(call: Call) -> dict:
     return {"object": "list", "data": [
         {"id": p.id, "name": p.name, "hosts": list(p.hosts), "base_url": p.base_url, "api_family": p.api_family,
          "pricing_id": p.pricing_id, "credential_env": p.credential_env, "credential_set": p.credential_set,
-         "upstream": p.upstream} for p in providers.configured()]}
+         "upstream": p.upstream, "format": client_formats_for(p.api_family)} for p in providers.configured()]}
 
 
 # -- forward tokens ------------------------------------------------------------------------------------------

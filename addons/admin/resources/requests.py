@@ -63,6 +63,7 @@ def render(detail: RequestDetail) -> dict:
         "provider_key_type": "unmanaged" if r.byok else "managed",
         "model": r.model,
         "endpoint": r.endpoint,
+        "client_format": r.client_format,  # Tollgate's own: what a /v1/rewrite caller spoke (None: native)
         "model_usage": {
             "input_tokens": r.input_tokens,
             "output_tokens": r.output_tokens,
