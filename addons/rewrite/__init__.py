@@ -1,0 +1,1 @@
+"""Lava's rewrite endpoint: client formats translated to and from provider formats through the hub (hub.py)."""
