@@ -525,8 +525,13 @@ def _generation_config_from_hub(hub: h.HubRequest) -> dict[str, Any]:
             spec = fmt.get("json_schema") or {}
             if not isinstance(spec.get("schema"), dict):
                 raise Untranslatable("response_format.json_schema.schema", "a JSON schema object is required")
+            _refuse_unknown(spec, {"name", "schema", "strict", "description"}, "response_format.json_schema.")
+            schema = dict(spec["schema"])  # Gemini takes no schema name: it travels as the title JSON Schema has
+            for key, value in (("title", spec.get("name")), ("description", spec.get("description"))):
+                if value and key not in schema:
+                    schema[key] = value
             config["responseMimeType"] = "application/json"
-            config["responseJsonSchema"] = spec["schema"]
+            config["responseJsonSchema"] = schema  # constrained decoding: strict or not, Gemini follows it
         elif kind != "text":
             raise Untranslatable("response_format", f"{kind!r} has no Gemini equivalent")
     return config
