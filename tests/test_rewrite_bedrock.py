@@ -259,8 +259,19 @@ def test_stream_error_frame_raised_by_boto3():
     with pytest.raises(EventStreamError) as caught:
         list(resp["stream"])
     assert caught.value.response["Error"] == {"Code": "throttlingException", "Message": "slow down"}
+    assert encoder.feed(hub_stream()[2]) == encoder.close() == b""  # nothing after the exception
     decoder = b.StreamToHub(MODEL)
     assert decoder.feed(data)[-1] == {"error": {"message": "slow down", "type": "throttlingException"}}
+    by_code = b.StreamFromHub(MODEL).feed({"error": {"message": "x", "type": "rate_limit_error", "code": 429}})
+    assert b.StreamToHub(MODEL).feed(by_code) == [{"error": {"message": "x", "type": "throttlingException"}}]
+
+
+def test_broken_frame_becomes_an_error_chunk():
+    frame = bytearray(b"".join(MockBedrock.converse_frames()[:2]))
+    frame[-1] ^= 0xFF  # the second frame's message CRC no longer matches
+    chunks = b.StreamToHub(MODEL).feed(bytes(frame))
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant"}
+    assert chunks[1]["error"]["type"] == "server_error" and "broken event stream" in chunks[1]["error"]["message"]
 
 
 @pytest.mark.parametrize(("status", "code"), [(400, "ValidationException"), (429, "ThrottlingException"),

@@ -272,6 +272,38 @@ def test_stream_parsed_by_google_genai_and_back_to_hub():
     assert back[-1]["usage"] == hub_stream()[-1]["usage"]
 
 
+def test_stream_error_raised_by_google_genai():
+    encoder = g.StreamFromHub(MODEL)
+    data = encoder.feed(hub_stream()[1]) + encoder.feed({"error": {"message": "overloaded", "code": 503}})
+    assert encoder.feed(hub_stream()[2]) == encoder.close() == b""  # nothing after the error
+    client, _ = sdk(sse_answer(data))
+    stream = client.models.generate_content_stream(model=MODEL, contents="hi")
+    assert next(stream).text == "Checking"
+    with pytest.raises(errors.ServerError) as caught:
+        next(stream)
+    assert (caught.value.code, caught.value.status, caught.value.message) == (503, "UNAVAILABLE", "overloaded")
+
+
+def test_stream_event_the_hub_cannot_carry_becomes_an_error_chunk():
+    decoder = g.StreamToHub(MODEL)
+    image = {"candidates": [{"content": {"role": "model", "parts": [{"inlineData": {"mimeType": "image/png",
+                                                                                    "data": PNG}}]}}]}
+    chunks = decoder.feed(b"data: " + json.dumps(image).encode() + b"\n\n")
+    assert chunks == [{"error": {"message": "candidates[0].content.parts[0].inlineData: the hub's answers carry "
+                                            "text and calls only", "type": "untranslatable", "code": 502}}]
+
+
+def test_mock_gemini_garbage_stream_is_survived(mock):
+    path, body = g.request_from_hub({"model": "mock-garbage", "stream": True, "messages": [USER]}, None)
+    raw = httpx.post(f"{mock.url}/v1beta/{path}", json=body).content
+    decoder = g.StreamToHub("mock-garbage")
+    # junk lines, bytes that are not UTF-8 and events of broken JSON (every Gemini event carries usage, so the
+    # mock breaks them all) are skipped without a raise, and no usage is made up
+    assert decoder.feed(raw) + decoder.close() == []
+    fine = b'data: {"candidates":[{"content":{"parts":[{"text":"ok"}]},"finishReason":"STOP"}]}\r\n\r\n'
+    assert [c["choices"][0]["delta"].get("content") for c in decoder.feed(fine)] == ["ok", None]
+
+
 def test_thought_signature_survives_the_hub():
     signature = base64.b64encode(b"\x00\xffopaque signature bytes").decode()
     hub = g.response_to_hub({"candidates": [{"content": {"role": "model", "parts": [

@@ -20,9 +20,13 @@ boto3's ``converse`` / ``converse_stream`` send Converse bodies). Mappings:
   (prelude with lengths and CRC32, string headers ``:event-type``,
   ``:content-type``, ``:message-type``, JSON payload, message CRC32).
 
-Deliberate omission, named because nothing else is dropped: ``reasoningContent``
+Hub stream chunks may also be ``{"error": {"message", "type", "code"?}}`` (the
+shape OpenAI sends mid-stream): a Bedrock exception frame, or an event the hub
+cannot carry; the encoder sends it as an exception frame, which boto3 raises.
+
+Deliberate omissions, named because nothing else is dropped: ``reasoningContent``
 blocks in a request's history (Bedrock's Anthropic models drop earlier turns'
-reasoning themselves). Anything else without a hub equivalent raises
+reasoning themselves) and the ``signature`` of streamed reasoning. Anything else without a hub equivalent raises
 ``Untranslatable``. A hub request can reach Bedrock only with images as data
 URLs (Converse fetches no URLs).
 """
@@ -55,6 +59,8 @@ _IMAGE_FORMATS = {"png": "image/png", "jpeg": "image/jpeg", "gif": "image/gif", 
 _ERROR_TYPES = {400: "ValidationException", 401: "UnrecognizedClientException", 403: "AccessDeniedException",
                 404: "ResourceNotFoundException", 408: "ModelTimeoutException", 424: "ModelErrorException",
                 429: "ThrottlingException", 500: "InternalServerException", 503: "ServiceUnavailableException"}
+_STREAM_EXCEPTIONS = {400: "validationException", 429: "throttlingException", 503: "serviceUnavailableException"}
+"""A hub error chunk's code -> ConverseStream's exception event (anything else: internalServerException)."""
 
 
 def _refuse_unknown(obj: dict[str, Any], known: set[str], field: str) -> None:
@@ -576,12 +582,18 @@ class StreamToHub:
     def feed(self, data: bytes) -> list[h.HubChunk]:
         if self._broken:
             return []
+        chunks: list[h.HubChunk] = []
         try:
             self._frames.add_data(data)
-            return [c for message in self._frames for c in self._message(message)]
+            for message in self._frames:
+                chunks += self._message(message)
         except ParserError as e:  # the rest cannot be framed
             self._broken = True
-            return [{"error": {"message": f"broken event stream from Bedrock: {e}", "type": "server_error"}}]
+            chunks.append({"error": {"message": f"broken event stream from Bedrock: {e}", "type": "server_error"}})
+        except Untranslatable as e:  # an event the hub cannot carry ends the stream with an error chunk
+            self._broken = True
+            chunks.append({"error": {"message": str(e), "type": h.UNTRANSLATABLE, "code": 502}})
+        return chunks
 
     def close(self) -> list[h.HubChunk]:
         return []
@@ -652,6 +664,7 @@ class StreamFromHub:
         self._tool: int | None = None  # the hub index of the open tool call
         self._stopped = False
         self._metadata = False
+        self._failed = False
 
     def _start(self) -> bytes:
         if self._started:
@@ -677,10 +690,15 @@ class StreamFromHub:
         return encode_event("contentBlockDelta", {"contentBlockIndex": self._block, "delta": delta})
 
     def feed(self, chunk: h.HubChunk) -> bytes:
-        if isinstance(chunk.get("error"), dict):
+        if self._failed:
+            return b""
+        if isinstance(chunk.get("error"), dict):  # an exception frame ends the stream, as AWS's do
+            self._failed = True
             error = chunk["error"]
-            return encode_event("internalServerException" if not str(error.get("type", "")).endswith("Exception")
-                                else str(error["type"]), {"message": str(error.get("message", ""))}, "exception")
+            kind = str(error.get("type", ""))
+            if not kind.endswith("Exception"):
+                kind = _STREAM_EXCEPTIONS.get(error.get("code"), "internalServerException")
+            return encode_event(kind, {"message": str(error.get("message", ""))}, "exception")
         if "usage" in chunk and not chunk.get("choices"):
             return self._start() + self._stop("stop") + self._usage(chunk["usage"])
         out = b""
@@ -721,6 +739,6 @@ class StreamFromHub:
         return encode_event("metadata", {"usage": usage_from_hub(usage), "metrics": {"latencyMs": latency}})
 
     def close(self) -> bytes:
-        if not self._started:
+        if not self._started or self._failed:
             return b""
         return self._stop("stop")

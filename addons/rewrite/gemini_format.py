@@ -22,8 +22,14 @@ Lava's SDK send Gemini bodies, which become hub requests). Mappings:
   back without it) travels inside the id, ``call_<hex>__ts_<urlsafe b64>``, so
   it is restored when the client sends the call back.
 
+Hub stream chunks may also be ``{"error": {"message", "type", "code"?}}`` (the
+shape OpenAI sends mid-stream): a provider's error event, or an event the hub
+cannot carry; the encoder sends it as Google's error event, which google-genai raises.
+
 Deliberate omissions, named here because nothing else is dropped: thought
-parts in a request's history (Gemini itself ignores them) and a function
+parts in a request's history (Gemini itself ignores them), the
+``thoughtSignature`` of a text part (only a function call's is required back)
+and a function
 declaration's ``response`` / ``responseJsonSchema`` (it only describes what the
 client's own function returns; google-genai adds it to every typed function).
 Anything else without a hub equivalent raises ``Untranslatable``. Streams are
@@ -597,7 +603,8 @@ def response_to_hub(body: dict) -> h.HubResponse:
     for ci, cand in enumerate(_list(body.get("candidates"), "candidates")):
         cand = _norm(cand, f"candidates[{ci}]")
         content = _norm(cand.get("content"), f"candidates[{ci}].content")
-        text, thoughts, calls = _parts_to_hub(_list(content.get("parts"), "parts"), f"candidates[{ci}].content.parts")
+        text, thoughts, calls = _parts_to_hub(_list(content.get("parts"), f"candidates[{ci}].content.parts"),
+                                              f"candidates[{ci}].content.parts")
         message: dict[str, Any] = {"role": "assistant", "content": text or None}
         if thoughts:
             message["reasoning_content"] = thoughts
@@ -687,7 +694,8 @@ class _SSEDecoder:
             end = self._buffer.find(b"\n")
             if end < 0:
                 return events
-            line, self._buffer = self._buffer[:end].rstrip(b"\r").decode("utf-8"), self._buffer[end + 1:]
+            line = self._buffer[:end].rstrip(b"\r").decode("utf-8", "replace")
+            self._buffer = self._buffer[end + 1:]
             if not line:
                 if self._data:
                     events.append("\n".join(self._data))
@@ -719,10 +727,10 @@ class StreamToHub:
         self._usage_sent = False
 
     def feed(self, data: bytes) -> list[h.HubChunk]:
-        return [c for event in self._sse.feed(data) for c in self._event(event)]
+        return [c for event in self._sse.feed(data) for c in self._safe_event(event)]
 
     def close(self) -> list[h.HubChunk]:
-        chunks = [c for event in self._sse.close() for c in self._event(event)]
+        chunks = [c for event in self._sse.close() for c in self._safe_event(event)]
         if self._usage is not None and not self._usage_sent:
             chunks.append(self._usage_chunk())
         return chunks
@@ -730,6 +738,13 @@ class StreamToHub:
     def _usage_chunk(self) -> h.HubChunk:
         self._usage_sent = True
         return h.usage_chunk(self._id, self.model, self._created, usage_to_hub(self._usage or {}))
+
+    def _safe_event(self, data: str) -> list[h.HubChunk]:
+        """An event the hub cannot carry (an image part, say) ends the stream with an error chunk, not a raise."""
+        try:
+            return self._event(data)
+        except Untranslatable as e:
+            return [{"error": {"message": str(e), "type": h.UNTRANSLATABLE, "code": 502}}]
 
     def _event(self, data: str) -> list[h.HubChunk]:
         try:
@@ -751,8 +766,9 @@ class StreamToHub:
         for ci, cand in enumerate(_list(event.get("candidates"), "candidates")):
             cand = _norm(cand, f"candidates[{ci}]")
             index = cand.get("index", ci)
-            content = _norm(cand.get("content"), "content")
-            text, thoughts, calls = _parts_to_hub(_list(content.get("parts"), "parts"), "content.parts")
+            content = _norm(cand.get("content"), f"candidates[{ci}].content")
+            text, thoughts, calls = _parts_to_hub(_list(content.get("parts"), f"candidates[{ci}].content.parts"),
+                                                  f"candidates[{ci}].content.parts")
             delta: dict[str, Any] = {}
             if index not in self._started:
                 self._started.add(index)
