@@ -168,7 +168,7 @@ def test_mock_converse_stream_to_hub(piece):
 
 
 HUB_ANSWER: dict[str, Any] = {
-    "id": "chatcmpl-1", "object": "chat.completion", "created": 1700000000, "model": "",
+    "id": "chatcmpl-1", "object": "chat.completion", "created": 1700000000,
     "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
         "role": "assistant", "content": "Let me check.", "reasoning_content": "The user wants weather.",
         "tool_calls": [{"id": "call_1", "type": "function",

@@ -53,7 +53,7 @@ _STOP_TO_HUB = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "leng
                 "guardrail_intervened": "content_filter", "content_filtered": "content_filter",
                 "model_context_window_exceeded": "length"}
 """Converse's stopReason -> the hub's; the malformed_* reasons end as "stop"."""
-_STOP_FROM_HUB = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
+_STOP_FROM_HUB = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
                   "content_filter": "content_filtered"}
 _IMAGE_FORMATS = {"png": "image/png", "jpeg": "image/jpeg", "gif": "image/gif", "webp": "image/webp"}
 _ERROR_TYPES = {400: "ValidationException", 401: "UnrecognizedClientException", 403: "AccessDeniedException",
@@ -480,8 +480,9 @@ def response_to_hub(body: dict) -> h.HubResponse:
         hub_message["reasoning_content"] = reasoning
     if calls:
         hub_message["tool_calls"] = calls
+    # no "model": a Converse answer names none; the endpoint fills in the one the request named
     return {"id": f"bedrock-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-            "model": "", "choices": [{"index": 0, "message": hub_message,
+            "choices": [{"index": 0, "message": hub_message,
                                       "finish_reason": _STOP_TO_HUB.get(str(body.get("stopReason")), "stop")}],
             "usage": usage_to_hub(_dict(body.get("usage"), "usage"))}
 

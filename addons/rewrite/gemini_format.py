@@ -57,7 +57,8 @@ _FINISH_TO_HUB = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_fil
                   "PROHIBITED_CONTENT": "content_filter", "SPII": "content_filter",
                   "IMAGE_SAFETY": "content_filter", "IMAGE_PROHIBITED_CONTENT": "content_filter"}
 """Gemini's finishReason -> the hub's; any other reason (OTHER, MALFORMED_FUNCTION_CALL, ...) ends as "stop"."""
-_FINISH_FROM_HUB = {"stop": "STOP", "length": "MAX_TOKENS", "tool_calls": "STOP", "content_filter": "SAFETY"}
+_FINISH_FROM_HUB = {"stop": "STOP", "length": "MAX_TOKENS", "tool_calls": "STOP", "function_call": "STOP",
+                    "content_filter": "SAFETY"}
 _MODES_TO_HUB = {"AUTO": "auto", "NONE": "none", "ANY": "required"}
 _GOOGLE_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
                   409: "ABORTED", 429: "RESOURCE_EXHAUSTED", 499: "CANCELLED", 500: "INTERNAL",
@@ -614,9 +615,11 @@ def response_to_hub(body: dict) -> h.HubResponse:
                         "finish_reason": _finish_to_hub(cand.get("finishReason"), bool(calls)) or "stop"})
     if not choices and _norm(body.get("promptFeedback"), "promptFeedback").get("blockReason"):
         choices.append({"index": 0, "message": {"role": "assistant", "content": None}, "finish_reason": "content_filter"})
-    return {"id": body.get("responseId") or f"gemini-{uuid.uuid4().hex}", "object": "chat.completion",
-            "created": int(time.time()), "model": body.get("modelVersion") or "", "choices": choices,
-            "usage": usage_to_hub(body.get("usageMetadata") or {})}
+    hub: h.HubResponse = {"id": body.get("responseId") or f"gemini-{uuid.uuid4().hex}", "object": "chat.completion",
+                          "created": int(time.time())}
+    if body.get("modelVersion"):  # else absent, for the endpoint to fill with the model the request named
+        hub["model"] = body["modelVersion"]
+    return hub | {"choices": choices, "usage": usage_to_hub(body.get("usageMetadata") or {})}
 
 
 def _parts_from_hub(message: dict[str, Any]) -> list[dict[str, Any]]:
