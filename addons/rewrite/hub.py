@@ -52,7 +52,10 @@ Stream chunk (``HubChunk``)
     ``"choices": []`` and ``"usage": HubUsage`` (OpenAI's
     ``stream_options.include_usage`` shape). A tool call starts with a delta
     carrying ``id`` and ``function.name`` and continues with ``arguments``
-    fragments under the same ``index``.
+    fragments under the same ``index``. A chunk ``{"error": {"type",
+    "message"}}`` with no ``choices`` is an error event the provider sent
+    mid-stream (OpenAI's own ``data: {"error": ...}``); encoders send it as
+    their format's error event.
 
 Errors
     ``Untranslatable(field, why)``: raised by any translator for a field it
