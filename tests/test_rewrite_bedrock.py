@@ -64,6 +64,19 @@ def path_of(request: Any) -> str:
     return request.url.split("http://gateway.test/v1/rewrite/bedrock/x", 1)[1]
 
 
+def assert_boto3_sends(body: dict[str, Any], model: str) -> None:
+    """boto3, given our Converse body as its parameters (image bytes decoded), validates it against the
+    bedrock-runtime service model and sends exactly that body."""
+    params = copy.deepcopy(body)
+    for msg in params["messages"]:
+        for block in msg["content"]:
+            if "image" in block:
+                block["image"]["source"]["bytes"] = base64.b64decode(block["image"]["source"]["bytes"])
+    client, seen = boto(body=json.dumps(MockBedrock.converse_answer()).encode())
+    client.converse(modelId=model, **params)
+    assert json.loads(seen[0].body) == body
+
+
 HUB_REQUEST: dict[str, Any] = {
     "model": MODEL,
     "stream": False,
@@ -100,6 +113,9 @@ def test_hub_request_to_converse_and_back():
         {"toolResult": {"toolUseId": "tooluse_b", "content": [{"text": "rain"}]}}, {"text": "Thanks."}]
     assert body["inferenceConfig"] == {"maxTokens": 300, "temperature": 0.2, "topP": 0.9, "stopSequences": ["END"]}
     assert body["toolConfig"]["toolChoice"] == {"any": {}}
+    assert body["outputConfig"] == {"textFormat": {"type": "json_schema", "structure": {"jsonSchema": {
+        "schema": json.dumps(HUB_REQUEST["response_format"]["json_schema"]["schema"]), "name": "Forecast"}}}}
+    assert_boto3_sends(body, MODEL)
     back = b.request_to_hub(body) | {"model": MODEL, "stream": False}  # the endpoint fills these from the path
     expected = copy.deepcopy(HUB_REQUEST)
     expected["messages"][5] = {"role": "user", "content": "Thanks."}

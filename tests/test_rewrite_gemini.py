@@ -64,6 +64,17 @@ def renumber_ids(hub: dict[str, Any]) -> dict[str, Any]:
     return json.loads(text)
 
 
+def assert_google_accepts(body: dict[str, Any]) -> None:
+    """Every part of a Gemini body we built is valid for google-genai's own types (which forbid unknown fields)."""
+    assert set(body) <= {"contents", "systemInstruction", "tools", "toolConfig", "generationConfig"}
+    for content in body["contents"] + [body.get("systemInstruction") or {"parts": []}]:
+        types.Content.model_validate(content)
+    for tool in body.get("tools", []):
+        types.Tool.model_validate(tool)
+    types.ToolConfig.model_validate(body.get("toolConfig", {}))
+    types.GenerationConfig.model_validate(body.get("generationConfig", {}))
+
+
 def get_weather(city: str, unit: str = "celsius") -> str:
     """The weather in a city."""
     return f"sunny in {city}"
@@ -103,6 +114,7 @@ HUB_REQUEST: dict[str, Any] = {
 def test_hub_request_to_gemini_and_back():
     path, body = g.request_from_hub(HUB_REQUEST, None)
     assert path == f"models/{MODEL}:streamGenerateContent?alt=sse"
+    assert_google_accepts(body)
     assert body["systemInstruction"] == {"parts": [{"text": "Answer briefly."}]}
     assert [c["role"] for c in body["contents"]] == ["user", "model", "user"]
     assert body["contents"][0]["parts"][1:] == [{"inlineData": {"mimeType": "image/png", "data": PNG}},
@@ -317,6 +329,7 @@ def test_thought_signature_survives_the_hub():
         {"role": "tool", "tool_call_id": call["id"], "content": "cold"}]}, None)
     assert body["contents"][1]["parts"] == [{"functionCall": {"name": "get_weather", "args": {"city": "Oslo"}},
                                              "thoughtSignature": signature}]
+    assert_google_accepts(body)
 
 
 def test_error_in_google_shape(mock):
