@@ -95,7 +95,7 @@ HUB_REQUEST: dict[str, Any] = {
         "name": "get_weather", "description": "The weather in a city.",
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}],
     "tool_choice": "required",
-    "max_tokens": 300, "temperature": 0.2, "top_p": 0.9, "stop": ["END"],
+    "max_tokens": 300, "temperature": 0.2, "top_p": 0.9, "stop": ["END"], "reasoning_effort": "low",
     "response_format": {"type": "json_schema", "json_schema": {"name": "Forecast", "schema": {
         "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
 }
@@ -114,7 +114,8 @@ def test_hub_request_to_converse_and_back():
     assert body["inferenceConfig"] == {"maxTokens": 300, "temperature": 0.2, "topP": 0.9, "stopSequences": ["END"]}
     assert body["toolConfig"]["toolChoice"] == {"any": {}}
     assert body["outputConfig"] == {"textFormat": {"type": "json_schema", "structure": {"jsonSchema": {
-        "schema": json.dumps(HUB_REQUEST["response_format"]["json_schema"]["schema"]), "name": "Forecast"}}}}
+        "schema": json.dumps(HUB_REQUEST["response_format"]["json_schema"]["schema"]), "name": "Forecast"}}},
+        "effort": "low"}
     assert_boto3_sends(body, MODEL)
     back = b.request_to_hub(body) | {"model": MODEL, "stream": False}  # the endpoint fills these from the path
     expected = copy.deepcopy(HUB_REQUEST)
@@ -332,6 +333,7 @@ USER = {"role": "user", "content": "hi"}
 @pytest.mark.parametrize(("hub", "field"), [
     ({"messages": [USER], "seed": 7}, "seed"),
     ({"messages": [USER], "n": 2}, "n"),
+    ({"messages": [USER], "reasoning_effort": "minimal"}, "reasoning_effort"),
     ({"messages": [USER], "presence_penalty": 0.5}, "presence_penalty"),
     ({"messages": [USER], "response_format": {"type": "json_object"}}, "response_format"),
     ({"messages": [USER], "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "none"},

@@ -12,7 +12,8 @@ boto3's ``converse`` / ``converse_stream`` send Converse bodies). Mappings:
 * ``inferenceConfig`` (maxTokens, temperature, topP, stopSequences);
   ``toolConfig`` (toolSpec with ``inputSchema.json``; toolChoice auto / any /
   tool) <-> ``tools`` and ``tool_choice``; ``outputConfig.textFormat``
-  (a JSON schema, as a string) <-> ``response_format`` json_schema.
+  (a JSON schema, as a string) <-> ``response_format`` json_schema;
+  ``outputConfig.effort`` <-> ``reasoning_effort``.
 * usage: Converse's ``inputTokens`` leave cached tokens out, the hub's
   ``prompt_tokens`` counts them (``+ cacheReadInputTokens + cacheWriteInputTokens``).
 * ConverseStream is AWS's binary event stream: decoded with botocore's
@@ -56,6 +57,8 @@ _STOP_TO_HUB = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "leng
 _STOP_FROM_HUB = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
                   "content_filter": "content_filtered"}
 _IMAGE_FORMATS = {"png": "image/png", "jpeg": "image/jpeg", "gif": "image/gif", "webp": "image/webp"}
+_EFFORTS = ("low", "medium", "high", "xhigh")
+"""Reasoning efforts both Converse's outputConfig.effort and OpenAI's reasoning_effort name."""
 _ERROR_TYPES = {400: "ValidationException", 401: "UnrecognizedClientException", 403: "AccessDeniedException",
                 404: "ResourceNotFoundException", 408: "ModelTimeoutException", 424: "ModelErrorException",
                 429: "ThrottlingException", 500: "InternalServerException", 503: "ServiceUnavailableException"}
@@ -128,7 +131,7 @@ def request_to_hub(body: dict) -> h.HubRequest:
     if "toolConfig" in body:
         hub |= _tool_config_to_hub(_dict(body["toolConfig"], "toolConfig"))
     if "outputConfig" in body:
-        hub["response_format"] = _output_config_to_hub(_dict(body["outputConfig"], "outputConfig"))
+        hub |= _output_config_to_hub(_dict(body["outputConfig"], "outputConfig"))
     return hub
 
 
@@ -240,7 +243,18 @@ def _tool_config_to_hub(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _output_config_to_hub(config: dict[str, Any]) -> dict[str, Any]:
-    _refuse_unknown(config, {"textFormat"}, "outputConfig.")
+    _refuse_unknown(config, {"textFormat", "effort"}, "outputConfig.")
+    hub: dict[str, Any] = {}
+    if "effort" in config:
+        if config["effort"] not in _EFFORTS:
+            raise Untranslatable("outputConfig.effort", f"{config['effort']!r}: the hub's efforts are {_EFFORTS}")
+        hub["reasoning_effort"] = config["effort"]
+    if "textFormat" in config:
+        hub["response_format"] = _text_format_to_hub(config)
+    return hub
+
+
+def _text_format_to_hub(config: dict[str, Any]) -> dict[str, Any]:
     fmt = _dict(config.get("textFormat"), "outputConfig.textFormat")
     spec = _dict(_dict(fmt.get("structure"), "outputConfig.textFormat.structure").get("jsonSchema"),
                  "outputConfig.textFormat.structure.jsonSchema")
@@ -264,7 +278,7 @@ def request_from_hub(hub: h.HubRequest, model_in_url: str | None) -> tuple[str |
         raise Untranslatable("model", "no model in the body or the target URL")
     _refuse_unknown(hub, {"model", "stream", "stream_options", "messages", "tools", "tool_choice", "max_tokens",
                           "temperature", "top_p", "stop", "response_format", "n", "parallel_tool_calls",
-                          "presence_penalty", "frequency_penalty"}, "")
+                          "presence_penalty", "frequency_penalty", "reasoning_effort"}, "")
     if hub.get("n") not in (None, 1):
         raise Untranslatable("n", "Converse answers one choice")
     if hub.get("parallel_tool_calls") is False:
@@ -287,9 +301,16 @@ def request_from_hub(hub: h.HubRequest, model_in_url: str | None) -> tuple[str |
     tool_config = _tool_config_from_hub(hub)
     if tool_config:
         body["toolConfig"] = tool_config
+    output: dict[str, Any] = {}
     fmt = hub.get("response_format")
     if fmt is not None and (fmt.get("type") if isinstance(fmt, dict) else None) != "text":
-        body["outputConfig"] = _output_config_from_hub(fmt)
+        output = _output_config_from_hub(fmt)
+    if hub.get("reasoning_effort") is not None:
+        if hub["reasoning_effort"] not in _EFFORTS:
+            raise Untranslatable("reasoning_effort", f"{hub['reasoning_effort']!r}: Converse's efforts are {_EFFORTS}")
+        output["effort"] = hub["reasoning_effort"]
+    if output:
+        body["outputConfig"] = output
     op = "converse-stream" if hub.get("stream") else "converse"
     return f"model/{quote(unquote(str(model)), safe='')}/{op}", body
 
