@@ -316,6 +316,22 @@ def test_mock_gemini_garbage_stream_is_survived(mock):
     assert [c["choices"][0]["delta"].get("content") for c in decoder.feed(fine)] == ["ok", None]
 
 
+def test_two_candidates_stream_with_usage_last():
+    def event(index: int, text: str, finish: bool, candidates: int) -> bytes:
+        cand: dict[str, Any] = {"content": {"role": "model", "parts": [{"text": text}]}, "index": index}
+        if finish:
+            cand["finishReason"] = "MAX_TOKENS"
+        usage = {"promptTokenCount": 4, "candidatesTokenCount": candidates, "totalTokenCount": 4 + candidates}
+        return b"data: " + json.dumps({"candidates": [cand], "usageMetadata": usage}).encode() + b"\r\n\r\n"
+    decoder = g.StreamToHub(MODEL)
+    chunks = decoder.feed(event(0, "a", False, 1) + event(1, "b", False, 2) + event(0, "c", True, 3))
+    chunks += decoder.feed(event(1, "d", True, 4)) + decoder.close()
+    assert [(c["choices"][0]["index"], c["choices"][0]["delta"].get("content"), c["choices"][0]["finish_reason"])
+            for c in chunks[:-1]] == [(0, "a", None), (1, "b", None), (0, "c", None), (0, None, "length"),
+                                      (1, "d", None), (1, None, "length")]
+    assert chunks[-1]["usage"] == h.make_usage(4, 4)
+
+
 def test_thought_signature_survives_the_hub():
     signature = base64.b64encode(b"\x00\xffopaque signature bytes").decode()
     hub = g.response_to_hub({"candidates": [{"content": {"role": "model", "parts": [

@@ -715,8 +715,8 @@ class StreamToHub:
     """Gemini's SSE stream (every event a GenerateContentResponse, usage cumulative) -> hub chunks.
 
     Each event's text, thoughts and calls go out at once; a call arrives whole (id, name and
-    arguments in one delta). The usage chunk follows the event that carries a finishReason
-    (Gemini's last), or closes the stream when none did.
+    arguments in one delta). The usage chunk follows the event that finishes the last candidate
+    (Gemini's last event), or closes the stream when none did.
     """
 
     def __init__(self, model: str) -> None:
@@ -725,6 +725,7 @@ class StreamToHub:
         self._id = f"gemini-{uuid.uuid4().hex}"
         self._created = int(time.time())
         self._started: set[int] = set()
+        self._finished: set[int] = set()
         self._calls: dict[int, int] = {}  # candidate index -> tool calls so far
         self._usage: dict[str, Any] | None = None
         self._usage_sent = False
@@ -787,11 +788,12 @@ class StreamToHub:
             if delta:
                 out.append(self._chunk(index, delta, None))
             reason = _finish_to_hub(cand.get("finishReason"), self._calls.get(index, 0) > 0)
-            if reason:
+            if reason and index not in self._finished:
+                self._finished.add(index)
                 out.append(self._chunk(index, {}, reason))
                 finished = True
-        if finished and self._usage is not None:
-            out.append(self._usage_chunk())
+        if finished and self._usage is not None and not self._usage_sent and self._finished >= self._started:
+            out.append(self._usage_chunk())  # the usage chunk is the last, after every candidate's finish
         return out
 
     def _chunk(self, index: int, delta: dict[str, Any], reason: str | None) -> h.HubChunk:
