@@ -41,7 +41,7 @@ LAYERS = (
     ("pricing",),
     ("addons.core",),
     ("addons.ledger", "addons.usage", "addons.host"),
-    ("addons.auth",),
+    ("addons.auth", "addons.rewrite"),
     ("addons.billing",),
     ("addons.proxy", "addons.services"),
     ("addons.runtime", "addons.cli", "addons.admin", "addons.gateway"),
