@@ -23,8 +23,6 @@ from tests.harness import GatewayProcess
 from tests.mock_bedrock import CONVERSE_USAGE, OPERATOR, REGION, TEXT, MockBedrock
 from tests.mock_provider import FULL_TEXT, TOOL_ARGUMENTS, MockProvider, wire_usage
 
-pytest.importorskip("addons.rewrite.bedrock_format", reason="the Bedrock Converse translator is not installed")
-pytest.importorskip("addons.rewrite.gemini_format", reason="the Gemini translator is not installed")
 pytestmark = pytest.mark.e2e
 
 MODEL = "anthropic.claude-3-5-sonnet-20240620-v1:0"

@@ -13,7 +13,7 @@ import pytest
 from anthropic.lib.streaming._messages import accumulate_event
 from anthropic.types import Message, RawMessageStreamEvent
 from mitmproxy import http
-from mitmproxy.test import tutils
+from mitmproxy.test import tflow, tutils
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
@@ -412,3 +412,16 @@ def test_gateway_refusals_of_rewrite_requests_in_the_clients_shape(gw, path, bod
         assert answer["error"]["code"] == code and "message" in answer["error"]
     else:
         assert answer["error"]["code"] == code
+
+
+def test_an_answer_the_clients_format_cannot_carry_is_a_502_naming_the_field():
+    from addons.proxy.gateway_addon import Gateway
+    from addons.rewrite import gemini_format
+
+    answer = {"candidates": [{"index": 0, "finishReason": "STOP", "content": {"role": "model", "parts": [
+        {"inlineData": {"mimeType": "audio/wav", "data": "UklGRg=="}}]}}], "modelVersion": "gemini-2.5-flash"}
+    flow = tflow.tflow(resp=tutils.tresp(status_code=200, content=json.dumps(answer).encode()))
+    Gateway._translate_answer(flow, Rewrite("openai", openai_format, gemini_format, False, "gemini-2.5-flash"))
+    error = json.loads(flow.response.content)["error"]
+    assert flow.response.status_code == 502 and error["code"] == "untranslatable"
+    assert "candidates[0].content.parts[0].inlineData" in error["message"]

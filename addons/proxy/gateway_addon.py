@@ -62,6 +62,7 @@ from addons.proxy.routing import addressed_to_gateway, provider_and_host
 from addons.proxy.usage_record import Pending, unmetered_record, usage_record
 from addons.rewrite import endpoint as rewrite_endpoint
 from addons.rewrite.endpoint import REWRITE_PREFIX, Rewrite, RewriteStream
+from addons.rewrite.hub import Untranslatable
 from addons.usage.readers import UsageReader, for_request
 from addons.usage.realtime import RealtimeReader, worst_media
 from pricing.bounds import PriceBounds
@@ -522,6 +523,11 @@ class Gateway:
         try:
             response.content = rewrite_endpoint.translate_response(rewrite, response.status_code,
                                                                    response.content or b"")
+        except Untranslatable as e:  # e.g. an image a model made, which the client's format cannot carry
+            response.status_code = 502
+            response.content = rewrite.client.error_from_hub(
+                502, f"the provider's answer has {e.field}, which the client's format cannot carry: {e.why}",
+                "untranslatable")
         except Exception:
             log.warning("tollgate: the provider's answer to a rewritten request could not be translated",
                         exc_info=True)
