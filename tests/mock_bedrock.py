@@ -4,7 +4,8 @@ Every request must carry a SigV4 signature made with the operator's credentials 
 recomputes it with botocore over the request it received and answers 403 with AWS's error shape
 (`x-amzn-errortype`, `{"message": ...}`) otherwise. It answers InvokeModel (Anthropic's Messages
 format), InvokeModelWithResponseStream (AWS's binary event stream of `chunk` events, each the base64
-of an Anthropic event), Converse and ConverseStream (its `metadata` event carries usage). Streamed
+of an Anthropic event), Converse and ConverseStream (its `metadata` event carries usage; a forced tool choice is answered with
+a call of that tool). Streamed
 frames are written split across chunk boundaries, and every byte sent is kept (`sent`) so a test can
 check the client received exactly those.
 """
@@ -24,6 +25,8 @@ from typing import Any
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+
+from tests.mock_provider import TOOL_ARGUMENTS
 
 OPERATOR = Credentials("AKIAOPERATOR0EXAMPLE", "operator/secret/key/EXAMPLEKEY0123456789", "operator-session-token")
 REGION = "us-east-1"
@@ -77,6 +80,22 @@ def verify_operator_signature(method: str, url: str, headers: dict[str, str], bo
     return None
 
 
+TOOL_USE_ID = "tooluse_mock0123456789"
+
+
+def forced_tool(body: bytes) -> str | None:
+    """A Converse request whose toolChoice is `any` or names a tool: the tool the model must call (as Bedrock's
+    models do then), else None."""
+    try:
+        config = json.loads(body).get("toolConfig") or {}
+    except ValueError:
+        return None
+    choice, tools = config.get("toolChoice") or {}, config.get("tools") or []
+    if "tool" in choice:
+        return choice["tool"]["name"]
+    return tools[0]["toolSpec"]["name"] if "any" in choice and tools else None
+
+
 class MockBedrock:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
@@ -108,9 +127,11 @@ class MockBedrock:
                     return self._json(200, mock.anthropic_message(), {
                         "x-amzn-bedrock-input-token-count": str(INVOKE_USAGE["input_tokens"]),
                         "x-amzn-bedrock-output-token-count": str(INVOKE_USAGE["output_tokens"])})
+                tool = forced_tool(body) if op.startswith("converse") else None
                 if op == "converse":
-                    return self._json(200, mock.converse_answer())
-                frames = mock.invoke_frames() if op == "invoke-with-response-stream" else mock.converse_frames()
+                    return self._json(200, mock.converse_tool_answer(tool) if tool else mock.converse_answer())
+                frames = (mock.invoke_frames() if op == "invoke-with-response-stream"
+                          else mock.converse_tool_frames(tool) if tool else mock.converse_frames())
                 self._stream(frames)
 
             def _json(self, status: int, payload: dict, extra: dict[str, str] | None = None) -> None:
@@ -187,6 +208,26 @@ class MockBedrock:
     def converse_answer() -> dict[str, Any]:
         return {"output": {"message": {"role": "assistant", "content": [{"text": "".join(TEXT)}]}},
                 "stopReason": "end_turn", "usage": dict(CONVERSE_USAGE), "metrics": {"latencyMs": 345}}
+
+    @staticmethod
+    def converse_tool_answer(tool: str) -> dict[str, Any]:
+        use = {"toolUse": {"toolUseId": TOOL_USE_ID, "name": tool, "input": TOOL_ARGUMENTS}}
+        return {"output": {"message": {"role": "assistant", "content": [use]}}, "stopReason": "tool_use",
+                "usage": dict(CONVERSE_USAGE), "metrics": {"latencyMs": 345}}
+
+    @staticmethod
+    def converse_tool_frames(tool: str) -> list[bytes]:
+        """ConverseStream's tool call: the block starts with the tool's id and name, its input comes as JSON text."""
+        arguments = json.dumps(TOOL_ARGUMENTS)
+        half = len(arguments) // 2
+        return [event_frame("messageStart", {"role": "assistant", "p": "ab"}),
+                event_frame("contentBlockStart", {"contentBlockIndex": 0, "start": {
+                    "toolUse": {"toolUseId": TOOL_USE_ID, "name": tool}}, "p": "a"}),
+                *(event_frame("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"toolUse": {"input": piece}},
+                                                    "p": "abc"}) for piece in (arguments[:half], arguments[half:])),
+                event_frame("contentBlockStop", {"contentBlockIndex": 0, "p": "a"}),
+                event_frame("messageStop", {"stopReason": "tool_use", "p": "abcd"}),
+                event_frame("metadata", {"usage": dict(CONVERSE_USAGE), "metrics": {"latencyMs": 345}, "p": "abc"})]
 
     @staticmethod
     def converse_frames() -> list[bytes]:

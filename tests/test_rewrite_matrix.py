@@ -20,7 +20,7 @@ from openai.lib.streaming.chat import ChatCompletionStreamState
 
 from pricing.money import to_nanos
 from tests.harness import GatewayProcess
-from tests.mock_bedrock import CONVERSE_USAGE, OPERATOR, REGION, TEXT, MockBedrock
+from tests.mock_bedrock import CONVERSE_USAGE, OPERATOR, REGION, TEXT, TOOL_USE_ID, MockBedrock
 from tests.mock_provider import FULL_TEXT, TOOL_ARGUMENTS, MockProvider, wire_usage
 
 pytestmark = pytest.mark.e2e
@@ -126,6 +126,29 @@ def test_boto3_converse_to_anthropic(gateway, providers, streamed):
     assert (row["input_tokens"], row["cache_read_tokens"], row["cache_write_tokens"], row["output_tokens"]) == counts
     expected = _cost(CLAUDE, "anthropic", *counts)
     assert expected > 0 and Decimal(row["provider_cost"]) == expected
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "stream"])
+def test_openai_sdk_tool_calls_from_bedrock_converse(gateway, bedrock, streamed):
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1/rewrite/openai/{BEDROCK_HOST}", api_key=gateway.admin_key,
+                           max_retries=0)
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}}}]
+    asked = {"model": MODEL, "messages": [{"role": "user", "content": "Weather?"}], "max_tokens": 64,
+             "tools": tools, "tool_choice": "required"}
+    if streamed:
+        state = ChatCompletionStreamState()
+        for chunk in client.chat.completions.create(**asked, stream=True):
+            state.handle_chunk(chunk)
+        answer = state.get_final_completion()
+    else:
+        answer = client.chat.completions.create(**asked)
+    sent = json.loads(bedrock.last["body"])
+    assert sent["toolConfig"]["toolChoice"] == {"any": {}}
+    [call] = answer.choices[0].message.tool_calls
+    assert (call.id, call.function.name, json.loads(call.function.arguments)) == (
+        TOOL_USE_ID, "get_weather", TOOL_ARGUMENTS)
+    assert answer.choices[0].finish_reason == "tool_calls"
 
 
 def test_boto3_converse_tool_use_from_anthropic(gateway):
