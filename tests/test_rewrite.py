@@ -237,6 +237,17 @@ def test_provider_errors_come_back_in_the_clients_shape(gateway):
     assert "message" in error.value.body and "type" in error.value.body
 
 
+@pytest.mark.one_gateway
+def test_an_unreachable_provider_is_a_502_in_the_clients_shape(gateway):
+    unreachable = anthropic.Anthropic(base_url=f"{gateway.url}/v1/rewrite/anthropic/https://api.mistral.ai/v1",
+                                      api_key=gateway.admin_key, max_retries=0)  # mistral: nothing listens
+    with pytest.raises(anthropic.APIStatusError) as error:
+        unreachable.messages.create(model="mistral-small-latest", max_tokens=5,
+                                    messages=[{"role": "user", "content": "Hi"}])
+    assert error.value.status_code == 502 and error.value.body["type"] == "error"
+    assert error.value.body["error"]["message"] == "the provider could not be reached"
+
+
 # -- Lava's Node SDK -----------------------------------------------------------------------------------------------
 
 @pytest.mark.one_gateway

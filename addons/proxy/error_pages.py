@@ -21,10 +21,12 @@ from addons.core.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from addons.proxy.flow_keys import ADMIN_KEY, REQUEST_ID_HEADERS, REQUEST_ID_KEY, TIMEOUT_KEY
+from addons.proxy.flow_keys import ADMIN_KEY, CLIENT_FORMAT_KEY, REQUEST_ID_HEADERS, REQUEST_ID_KEY, TIMEOUT_KEY
 from addons.proxy.metrics_recorder import refused
+from addons.rewrite.formats import CLIENT_FORMATS
 
 _TAG = "\x00tollgate-request-id:"
+_FORMAT_TAG = "\x00tollgate-client-format:"  # a /v1/rewrite request's: its error is answered in that shape
 # What addons.proxy.upstream_guard puts in server.error; mitmproxy reports it as a 502 quoting it.
 UPSTREAM_REFUSED = "tollgate refused the upstream address"
 ADMIN_DOWN = "tollgate admin process unreachable"  # a request passed to the admin process found no listener
@@ -41,9 +43,10 @@ def json_response(status: int, body: bytes, request_id: str | None = None) -> ht
     return http.Response.make(status, body, headers)
 
 
-def tagged(message: str, request_id: str) -> str:
-    """A protocol error message that carries the request id to json_error_response."""
-    return f"{message}{_TAG}{request_id}"
+def tagged(message: str, request_id: str, client_format: str | None = None) -> str:
+    """A protocol error message that carries the request id (and a rewrite's client format) to
+    json_error_response."""
+    return f"{message}{_TAG}{request_id}" + (f"{_FORMAT_TAG}{client_format}" if client_format else "")
 
 
 def headers_too_large() -> HeadersTooLarge:
@@ -81,6 +84,7 @@ def _error_for(status: int, message: str) -> GatewayError:
 
 def json_error_response(status: int, message: str = "") -> bytes:
     message, _, request_id = message.partition(_TAG)
+    request_id, _, client_format = request_id.partition(_FORMAT_TAG)
     error = _error_for(status, message)
     if not error.code.startswith("upstream_"):  # a provider's failure is the request's ledger row
         refused(error.status, error.code)
@@ -88,7 +92,9 @@ def json_error_response(status: int, message: str = "") -> bytes:
     request_id = request_id or new_request_id()  # a refusal before any hook ran gets one of its own
     for name in REQUEST_ID_HEADERS:
         headers[name] = request_id
-    return http1.assemble_response(http.Response.make(error.status, error.body(), headers))
+    client = CLIENT_FORMATS.get(client_format)  # a rewrite's client reads its own error shape
+    body = client.error_from_hub(error.status, error.message, error.code) if client else error.body()
+    return http1.assemble_response(http.Response.make(error.status, body, headers))
 
 
 def refuse(flow: http.HTTPFlow, error: GatewayError, headers: dict[str, str] | None = None) -> None:
@@ -106,7 +112,7 @@ def protocol_error_message(metadata: dict, message: str) -> str:
         return message
     message = ADMIN_DOWN if metadata.get(ADMIN_KEY) else metadata.get(TIMEOUT_KEY, message)
     if request_id := metadata.get(REQUEST_ID_KEY):
-        message = tagged(message, request_id)
+        message = tagged(message, request_id, metadata.get(CLIENT_FORMAT_KEY))
     return message
 
 

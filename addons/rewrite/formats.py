@@ -1,39 +1,20 @@
 """Which format module speaks each client format and each provider family.
 
 A client format is what Lava's SDK names in `rewrite/{format}/` (openai, anthropic, google, bedrock); a
-provider family is the catalog's `api_family`. A format whose module is not installed is simply absent,
-so `tollgate providers` and the model catalog list only the translations that exist.
+provider family is the catalog's `api_family`. Each module speaks both sides: the format a client sends and
+the family of the providers that answer in it.
 """
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 
-from addons.rewrite import anthropic_format, openai_format
+from addons.rewrite import anthropic_format, bedrock_format, gemini_format, openai_format
 
-# client format (URL segment) -> (module name, provider api_family the module also speaks)
-_MODULES = {
-    "openai": ("openai_format", "openai"),
-    "anthropic": ("anthropic_format", "anthropic"),
-    "google": ("gemini_format", "gemini"),
-    "bedrock": ("bedrock_format", "bedrock"),
-}
-
-
-def _load(name: str) -> ModuleType | None:
-    try:
-        return importlib.import_module(f"addons.rewrite.{name}")
-    except ModuleNotFoundError:
-        return None
-
-
-CLIENT_FORMATS: dict[str, ModuleType] = {"openai": openai_format, "anthropic": anthropic_format}
-PROVIDER_FAMILIES: dict[str, ModuleType] = {"openai": openai_format, "anthropic": anthropic_format}
-for _format, (_name, _family) in _MODULES.items():
-    if _format not in CLIENT_FORMATS and (_module := _load(_name)) is not None:
-        CLIENT_FORMATS[_format] = _module
-        PROVIDER_FAMILIES[_family] = _module
+CLIENT_FORMATS: dict[str, ModuleType] = {"openai": openai_format, "anthropic": anthropic_format,
+                                         "google": gemini_format, "bedrock": bedrock_format}
+PROVIDER_FAMILIES: dict[str, ModuleType] = {"openai": openai_format, "anthropic": anthropic_format,
+                                            "gemini": gemini_format, "bedrock": bedrock_format}
 
 
 def client_formats_for(api_family: str) -> list[str]:
