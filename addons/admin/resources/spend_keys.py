@@ -24,9 +24,13 @@ MAX_PATTERNS = 100
 NO_USE = keys.KeyUsage()
 
 
-def spend_key_view(key: keys.KeyInfo, used: keys.KeyUsage = NO_USE) -> dict:
-    """Lava's RestSpendKey (plus `tpm`, each limit's `resets_at` and `revoked_at`); reads the limits' periods."""
+def spend_key_view(key: keys.KeyInfo, used: keys.KeyUsage | None = None) -> dict:
+    """Lava's RestSpendKey (plus `tpm`, each limit's `resets_at` and `revoked_at`); reads the limits' periods,
+    then (unless given) the key's totals: in that order, so a request committed between the two reads can
+    only add to the totals, and the current period never shows more than the key's lifetime."""
     view = keys.key_limits_view(key)
+    if used is None:
+        used = keys.usage_by_key([key.id]).get(key.id, NO_USE)
     spend = view.spend.used if view.spend else used.spend_nanos
     requests = view.requests.used if view.requests else used.requests
     shown = limits.render(view)
@@ -41,10 +45,6 @@ def spend_key_view(key: keys.KeyInfo, used: keys.KeyUsage = NO_USE) -> dict:
         "expires_at": iso(key.expires_at), "last_used_at": iso(used.last_used_at), "created_at": iso(key.created_at),
         "revoked_at": iso(key.revoked_at),
     }
-
-
-def _with_usage(key: keys.KeyInfo) -> dict:
-    return spend_key_view(key, keys.usage_by_key([key.id]).get(key.id, NO_USE))
 
 
 # -- fields ---------------------------------------------------------------------------------
@@ -121,18 +121,18 @@ def create_spend_key(call: Call) -> tuple[int, dict]:
         raise Invalid("name", "is required")
     account = call.account
     created = keys.create_spend_key(account=account, limits=limit_columns, **changes)
-    return 201, spend_key_view(keys.account_key(account, created.id, "spend")) | {"key": created.secret_key}
+    return 201, spend_key_view(keys.account_key(account, created.id, "spend"), NO_USE) | {"key": created.secret_key}
 
 
 def retrieve_spend_key(call: Call) -> dict:
-    return _with_usage(keys.account_key(call.account, call.params["spend_key_id"], "spend"))
+    return spend_key_view(keys.account_key(call.account, call.params["spend_key_id"], "spend"))
 
 
 def update_spend_key(call: Call) -> dict:
     """The gateway sees the change (a pause, a resume, new allow-lists or limits) within tollgate_cache_ttl_ms;
     a limit given as null is cleared, one left out is unchanged."""
     changes, limit_columns = _changes(call.body)
-    return _with_usage(keys.update_key(call.account, call.params["spend_key_id"], "spend", **changes,
+    return spend_key_view(keys.update_key(call.account, call.params["spend_key_id"], "spend", **changes,
                                        **limit_columns))
 
 
@@ -146,7 +146,7 @@ def rotate_spend_key(call: Call) -> dict:
     reject_unknown(call.body, ("account",))
     account = call.account
     rotated = keys.rotate_key(account, call.params["spend_key_id"], "spend")
-    return _with_usage(keys.account_key(account, rotated.id, "spend")) | {"key": rotated.secret_key}
+    return spend_key_view(keys.account_key(account, rotated.id, "spend")) | {"key": rotated.secret_key}
 
 
 _BODY = {"name": "string", "status": {"type": "string", "enum": list(keys.STATUSES)}, "request_shape": "string",
