@@ -89,13 +89,15 @@ def _use(limit: int | None, cycle: str | None, zone: ZoneInfo, used_since) -> Pe
 
 def key_view(key_id: str, limits: Limits) -> LimitsView:
     """The key's limits with the current periods' use, read from the ledger (committed requests): one query per
-    period, spend and requests together when both limits count in the same one."""
+    period, spend and requests together when both limits count in the same one. Requests are read before
+    spend: a request committed between the two reads can only add to the later one, so whoever sees a request
+    counted also sees its spend."""
     if limits.spend_limit_nanos is None and limits.request_limit is None:
         return LimitsView(limits, None, None)
     zone = load_settings().limits.zone
     use = functools.cache(lambda since: accounts.key_period_use(key_id, since))
-    spend = _use(limits.spend_limit_nanos, limits.spend_cycle, zone, lambda since: use(since)[0])
     requests = _use(limits.request_limit, limits.request_cycle, zone, lambda since: use(since)[1])
+    spend = _use(limits.spend_limit_nanos, limits.spend_cycle, zone, lambda since: use(since)[0])
     return LimitsView(limits, spend, requests)
 
 
