@@ -47,6 +47,9 @@ from botocore.eventstream import EventStreamBuffer, ParserError
 from addons.rewrite import hub as h
 from addons.rewrite.data_urls import data_url, split_data_url
 from addons.rewrite.hub import Untranslatable
+from addons.rewrite.hub import json_list as _list
+from addons.rewrite.hub import refuse_unknown as _refuse_unknown
+from addons.rewrite.hub import text_of as _text_of
 
 EVENT_STREAM = "application/vnd.amazon.eventstream"
 
@@ -66,11 +69,6 @@ _STREAM_EXCEPTIONS = {400: "validationException", 429: "throttlingException", 50
 """A hub error chunk's code -> ConverseStream's exception event (anything else: internalServerException)."""
 
 
-def _refuse_unknown(obj: dict[str, Any], known: set[str], field: str) -> None:
-    for key in obj:
-        if key not in known:
-            raise Untranslatable(f"{field}{key}", "has no equivalent in the hub (OpenAI chat completions)")
-
 
 def _dict(value: Any, field: str) -> dict[str, Any]:
     if value is None:
@@ -79,13 +77,6 @@ def _dict(value: Any, field: str) -> dict[str, Any]:
         raise Untranslatable(field, "expected a JSON object")
     return value
 
-
-def _list(value: Any, field: str) -> list[Any]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise Untranslatable(field, "expected a JSON array")
-    return value
 
 
 def model_and_stream(path: str) -> tuple[str, bool] | None:
@@ -314,16 +305,6 @@ def request_from_hub(hub: h.HubRequest, model_in_url: str | None) -> tuple[str |
     op = "converse-stream" if hub.get("stream") else "converse"
     return f"model/{quote(unquote(str(model)), safe='')}/{op}", body
 
-
-def _text_of(content: Any, field: str) -> str:
-    if content is None or isinstance(content, str):
-        return content or ""
-    texts = []
-    for i, part in enumerate(_list(content, field)):
-        if not isinstance(part, dict) or part.get("type") != "text":
-            raise Untranslatable(f"{field}[{i}]", "only text parts are allowed here")
-        texts.append(str(part.get("text", "")))
-    return "".join(texts)
 
 
 def _messages_from_hub(messages: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:

@@ -49,6 +49,9 @@ from typing import Any
 from addons.rewrite import hub as h
 from addons.rewrite.data_urls import data_url, guess_mime, split_data_url
 from addons.rewrite.hub import Untranslatable
+from addons.rewrite.hub import json_list as _list
+from addons.rewrite.hub import refuse_unknown as _refuse_unknown
+from addons.rewrite.hub import text_of as _text_of
 
 SSE_CONTENT_TYPE = "text/event-stream"
 
@@ -86,18 +89,6 @@ def _norm(value: Any, field: str) -> dict[str, Any]:
     return {_camel(k): v for k, v in value.items()}
 
 
-def _list(value: Any, field: str) -> list[Any]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise Untranslatable(field, "expected a JSON array")
-    return value
-
-
-def _refuse_unknown(obj: dict[str, Any], known: set[str], field: str) -> None:
-    for key in obj:
-        if key not in known:
-            raise Untranslatable(f"{field}{key}", "has no equivalent in the hub (OpenAI chat completions)")
 
 
 def model_and_stream(path: str) -> tuple[str, bool] | None:
@@ -379,16 +370,6 @@ def request_from_hub(hub: h.HubRequest, model_in_url: str | None) -> tuple[str |
     action = "streamGenerateContent?alt=sse" if hub.get("stream") else "generateContent"
     return f"models/{model}:{action}", body
 
-
-def _text_of(content: Any, field: str) -> str:
-    if content is None or isinstance(content, str):
-        return content or ""
-    texts = []
-    for i, part in enumerate(_list(content, field)):
-        if not isinstance(part, dict) or part.get("type") != "text":
-            raise Untranslatable(f"{field}[{i}]", "only text parts are allowed here")
-        texts.append(str(part.get("text", "")))
-    return "".join(texts)
 
 
 def _messages_from_hub(messages: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:

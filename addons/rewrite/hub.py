@@ -212,3 +212,34 @@ def usage_chunk(chunk_id: str, model: str, created: int, usage: HubUsage) -> Hub
         "choices": [],
         "usage": usage,
     }
+
+
+# -- reading a format's JSON: shared by the format modules ----------------------------------------------------
+
+
+def json_list(value: Any, field: str) -> list[Any]:
+    """A JSON array at `field` (absent: empty), else Untranslatable."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise Untranslatable(field, "expected a JSON array")
+    return value
+
+
+def refuse_unknown(obj: dict[str, Any], known: set[str], field: str) -> None:
+    """Untranslatable for the first key of `obj` outside `known`: nothing is dropped silently."""
+    for key in obj:
+        if key not in known:
+            raise Untranslatable(f"{field}{key}", "has no equivalent in the hub (OpenAI chat completions)")
+
+
+def text_of(content: Any, field: str) -> str:
+    """Hub message content that may only be text (a string, or text parts), as one string."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    texts = []
+    for i, part in enumerate(json_list(content, field)):
+        if not isinstance(part, dict) or part.get("type") != "text":
+            raise Untranslatable(f"{field}[{i}]", "only text parts are allowed here")
+        texts.append(str(part.get("text", "")))
+    return "".join(texts)
