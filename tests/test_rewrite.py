@@ -321,6 +321,21 @@ def test_google_sdk_to_other_families(gateway, mock, target, provider, model, st
 
 
 @pytest.mark.one_gateway
+def test_google_rest_stream_without_sse_is_one_json_array(gateway):
+    """Google answers streamGenerateContent with a JSON array unless the client asks for `alt=sse`."""
+    url = f"{gateway.url}/v1/rewrite/google/{ANTHROPIC_URL}/v1beta/models/{CLAUDE}:streamGenerateContent"
+    answer = httpx.post(url, headers={"x-goog-api-key": gateway.admin_key},
+                        json={"contents": [{"role": "user", "parts": [{"text": "Hi"}]}]}, timeout=30)
+    assert answer.status_code == 200 and answer.headers["content-type"] == "application/json"
+    items = answer.json()
+    assert "".join(p["text"] for item in items for c in item.get("candidates", [])
+                   for p in c["content"]["parts"]) == FULL_TEXT
+    assert items[-1]["candidates"][0]["finishReason"] == "STOP"
+    assert items[-1]["usageMetadata"]["promptTokenCount"] == 35
+    assert_metered(gateway, answer.headers["x-lava-request-id"], "anthropic", CLAUDE, "google", streamed=True)
+
+
+@pytest.mark.one_gateway
 @pytest.mark.parametrize("streamed", [False, True], ids=["whole", "stream"])
 def test_openai_sdk_to_gemini(gateway, mock, streamed):
     client = openai_client(gateway, GEMINI_HOST)

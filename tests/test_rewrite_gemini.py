@@ -284,6 +284,18 @@ def test_stream_parsed_by_google_genai_and_back_to_hub():
     assert back[-1]["usage"] == hub_stream()[-1]["usage"]
 
 
+def test_stream_without_sse_is_one_json_array_even_when_it_ends_in_an_error():
+    whole = g.ArrayStreamFromHub(MODEL)
+    items = json.loads(b"".join([whole.feed(c) for c in hub_stream()] + [whole.close()]))
+    sse = b"".join([g.StreamFromHub(MODEL).feed(c) for c in hub_stream()])  # the same events, framed as SSE
+    assert len(items) > 2 and [json.dumps(i, separators=(",", ":")) for i in items][:2] == [
+        block[6:] for block in sse.decode().split("\r\n\r\n")[:2]]
+    broken = g.ArrayStreamFromHub(MODEL)
+    data = broken.feed(hub_stream()[1]) + broken.feed({"error": {"message": "overloaded", "code": 503}})
+    assert json.loads(data + broken.close())[-1]["error"]["code"] == 503
+    assert json.loads(g.ArrayStreamFromHub(MODEL).close()) == []
+
+
 def test_stream_error_raised_by_google_genai():
     encoder = g.StreamFromHub(MODEL)
     data = encoder.feed(hub_stream()[1]) + encoder.feed({"error": {"message": "overloaded", "code": 503}})

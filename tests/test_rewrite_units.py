@@ -188,7 +188,7 @@ def test_anthropic_request_becomes_openais():
         {"type": "document", "source": {"type": "text", "data": "x", "media_type": "text/plain"}}]}]},
      "messages[0].content[0].type"),
     (anthropic_format, openai_format, {"messages": [{"role": "user", "content": [
-        {"type": "text", "text": "x", "cache_control": {"type": "ephemeral"}}]}]},
+        {"type": "text", "text": "x", "cache_control": {"type": "persistent"}}]}]},
      "messages[0].content[0].cache_control"),
     (anthropic_format, openai_format, {"tools": [{"type": "web_search_20250305", "name": "web_search"}]},
      "tools[0].type"),
@@ -198,6 +198,19 @@ def test_untranslatable_fields_are_named(to_hub, from_hub, body, field):
     with pytest.raises(Untranslatable) as refused:
         from_hub.request_from_hub(to_hub.request_to_hub(body), None)
     assert refused.value.field == field
+
+
+def test_ephemeral_cache_hints_are_left_to_the_providers_own_caching():
+    """Anthropic clients mark prompt prefixes for caching; OpenAI and Gemini cache them on their own."""
+    hint = {"type": "ephemeral"}
+    body = {"model": "m", "max_tokens": 5,
+            "system": [{"type": "text", "text": "Be brief.", "cache_control": hint}],
+            "tools": [{"name": "f", "input_schema": {"type": "object"}, "cache_control": hint}],
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "hi", "cache_control": hint}]}]}
+    _, sent = openai_format.request_from_hub(anthropic_format.request_to_hub(body), None)
+    assert sent["messages"] == [{"role": "system", "content": "Be brief."},
+                                {"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+    assert "cache_control" not in json.dumps(sent)
 
 
 def test_translate_request_refuses_with_a_400_naming_the_field():
@@ -345,6 +358,22 @@ def test_rewrite_stream_meters_the_providers_own_bytes_first():
     out = b"".join(b"".join(stream(piece)) for piece in [*_split(ANTHROPIC_STREAM, 50), b""])
     assert b"".join(seen) == ANTHROPIC_STREAM and seen[-1] == b""  # the tap got every byte, then the end
     assert out == _openai_client_stream([ANTHROPIC_STREAM])
+
+
+def test_a_stream_that_cannot_be_translated_ends_with_the_clients_error_event(monkeypatch):
+    """A translator failing mid-stream: metering still sees every byte, and the client's SDK raises."""
+    seen = []
+    stream = RewriteStream(lambda data: seen.append(data) or (data,),
+                           Rewrite("openai", openai_format, anthropic_format, True, "claude-x"))
+    head, tail = ANTHROPIC_STREAM[:200], ANTHROPIC_STREAM[200:]
+    out = b"".join(stream(head))
+    monkeypatch.setattr(stream.decoder, "feed", lambda data: 1 / 0)
+    out += b"".join(stream(tail)) + b"".join(stream(b""))
+    assert b"".join(seen) == ANTHROPIC_STREAM
+    assert out.count(b'"error"') == 1 and out.endswith(b"\n\n")
+    with pytest.raises(openai.APIError, match="could not be translated"):
+        list(openai.Stream(cast_to=ChatCompletionChunk, response=httpx_response(out), client=openai.OpenAI(
+            api_key="x", base_url="http://127.0.0.1:9")))
 
 
 def test_hub_usage_counts_cached_tokens_as_input():

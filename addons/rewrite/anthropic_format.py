@@ -95,8 +95,8 @@ def _message_to_hub(message: Any, where: str) -> list[dict]:
     for j, block in enumerate(_list(content, f"{where}.content")):
         at = f"{where}.content[{j}]"
         kind = block.get("type") if isinstance(block, dict) else None
-        if "cache_control" in (block if isinstance(block, dict) else {}):
-            raise Untranslatable(f"{at}.cache_control", "prompt caching hints have no counterpart")
+        if isinstance(block, dict):
+            _cache_hint(block, at)
         if kind == "text":
             parts.append({"type": "text", "text": block.get("text", "")})
         elif kind == "image" and role == "user":
@@ -138,8 +138,7 @@ def _image_url(source: Any, where: str) -> str:
 def _tool_to_hub(tool: Any, where: str) -> dict:
     if not isinstance(tool, dict) or tool.get("type") not in (None, "custom") or "input_schema" not in tool:
         raise Untranslatable(f"{where}.type", "only client tools with an input_schema have a counterpart")
-    if "cache_control" in tool:
-        raise Untranslatable(f"{where}.cache_control", "prompt caching hints have no counterpart")
+    _cache_hint(tool, where)
     function = {"name": tool.get("name"), "parameters": tool["input_schema"]}
     if tool.get("description"):
         function["description"] = tool["description"]
@@ -563,6 +562,15 @@ def _list(value: Any, where: str) -> list:
     return value
 
 
+def _cache_hint(block: dict, where: str) -> None:
+    """An `ephemeral` cache_control is a hint whose purpose the providers serve on their own: OpenAI and Gemini
+    cache repeated prompt prefixes automatically, and what they read from cache comes back as cached tokens.
+    (Bedrock caches only at explicit cache points, which are not added.) Any other kind is refused."""
+    hint = block.get("cache_control")
+    if hint is not None and (not isinstance(hint, dict) or hint.get("type") != "ephemeral"):
+        raise Untranslatable(f"{where}.cache_control", "only ephemeral prompt caching hints are accepted")
+
+
 def _text_of(content: Any, where: str) -> str:
     """A string, or text blocks/parts joined; anything else in it cannot be carried as text."""
     if isinstance(content, str):
@@ -572,7 +580,6 @@ def _text_of(content: Any, where: str) -> str:
         if not isinstance(part, dict) or part.get("type") != "text":
             kind = part.get("type") if isinstance(part, dict) else None
             raise Untranslatable(f"{where}[{j}].type", f"{kind!r} content has no counterpart here (text only)")
-        if "cache_control" in part:
-            raise Untranslatable(f"{where}[{j}].cache_control", "prompt caching hints have no counterpart")
+        _cache_hint(part, f"{where}[{j}]")
         texts.append(part.get("text", ""))
     return "\n".join(texts)

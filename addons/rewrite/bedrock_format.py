@@ -60,6 +60,7 @@ _STOP_TO_HUB = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "leng
 _STOP_FROM_HUB = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
                   "content_filter": "content_filtered"}
 _IMAGE_FORMATS = {"png": "image/png", "jpeg": "image/jpeg", "gif": "image/gif", "webp": "image/webp"}
+_IMAGE_FORMAT_OF_MIME = {mime: fmt for fmt, mime in _IMAGE_FORMATS.items()}
 _EFFORTS = ("low", "medium", "high", "xhigh")
 """Reasoning efforts both Converse's outputConfig.effort and OpenAI's reasoning_effort name."""
 _ERROR_TYPES = {400: "ValidationException", 401: "UnrecognizedClientException", 403: "AccessDeniedException",
@@ -308,62 +309,29 @@ def request_from_hub(hub: h.HubRequest, model_in_url: str | None) -> tuple[str |
 
 
 def _messages_from_hub(messages: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
-    system: list[str] = []
-    out: list[dict[str, Any]] = []
-    for mi, msg in enumerate(messages):
-        field = f"messages[{mi}]"
-        role = msg.get("role")
-        if role in ("system", "developer"):
-            _refuse_unknown(msg, {"role", "content"}, f"{field}.")
-            if out:
-                raise Untranslatable(field, "Converse takes a system prompt only before the conversation")
-            system.append(_text_of(msg.get("content"), f"{field}.content"))
-            continue
-        if role == "user":
-            _refuse_unknown(msg, {"role", "content"}, f"{field}.")
-            blocks, bedrock_role = _user_blocks_from_hub(msg.get("content"), f"{field}.content"), "user"
-        elif role == "assistant":
-            _refuse_unknown(msg, {"role", "content", "tool_calls", "refusal"}, f"{field}.")
-            if msg.get("refusal"):
-                raise Untranslatable(f"{field}.refusal", "Converse has no refusals")
-            blocks, bedrock_role = _assistant_blocks_from_hub(msg, field), "assistant"
-        elif role == "tool":
-            _refuse_unknown(msg, {"role", "content", "tool_call_id"}, f"{field}.")
-            text = _text_of(msg.get("content"), f"{field}.content")
-            blocks = [{"toolResult": {"toolUseId": msg.get("tool_call_id", ""), "content": [{"text": text}]}}]
-            bedrock_role = "user"
-        else:
-            raise Untranslatable(f"{field}.role", f"role {role!r} has no Converse equivalent")
-        if out and out[-1]["role"] == bedrock_role:
-            out[-1]["content"] += blocks  # Converse wants the roles to alternate
-        else:
-            out.append({"role": bedrock_role, "content": blocks})
-    return system, out
+    return h.turns_from_hub(messages, "Converse", "content", _turn_from_hub)  # Converse wants the roles to alternate
+
+
+def _turn_from_hub(role: str, msg: dict[str, Any], field: str) -> tuple[str, list[dict[str, Any]]]:
+    if role == "user":
+        return "user", _user_blocks_from_hub(msg.get("content"), f"{field}.content")
+    if role == "assistant":
+        return "assistant", _assistant_blocks_from_hub(msg, field)
+    text = _text_of(msg.get("content"), f"{field}.content")
+    return "user", [{"toolResult": {"toolUseId": msg.get("tool_call_id", ""), "content": [{"text": text}]}}]
 
 
 def _user_blocks_from_hub(content: Any, field: str) -> list[dict[str, Any]]:
-    if isinstance(content, str):
-        return [{"text": content}]
-    blocks = []
-    formats = {v: k for k, v in _IMAGE_FORMATS.items()}
-    for i, part in enumerate(_list(content, field)):
-        pf = f"{field}[{i}]"
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text":
-            blocks.append({"text": str(part.get("text", ""))})
-        elif kind == "image_url":
-            image = part.get("image_url") or {}
-            if image.get("detail") not in (None, "auto"):
-                raise Untranslatable(f"{pf}.image_url.detail", "Converse sets no per-image detail")
-            split = split_data_url(str(image.get("url", "")), f"{pf}.image_url.url")
-            if split is None:
-                raise Untranslatable(f"{pf}.image_url.url", "Converse takes image bytes, not URLs")
-            if split[0] not in formats:
-                raise Untranslatable(f"{pf}.image_url.url", f"Converse takes png, jpeg, gif or webp, not {split[0]}")
-            blocks.append({"image": {"format": formats[split[0]], "source": {"bytes": split[1]}}})
-        else:
-            raise Untranslatable(pf, f"content part {kind!r} has no Converse equivalent")
-    return blocks
+    return h.user_parts_from_hub(content, field, "Converse", _image_block)
+
+
+def _image_block(url: str, field: str) -> dict[str, Any]:
+    split = split_data_url(url, field)
+    if split is None:
+        raise Untranslatable(field, "Converse takes image bytes, not URLs")
+    if split[0] not in _IMAGE_FORMAT_OF_MIME:
+        raise Untranslatable(field, f"Converse takes png, jpeg, gif or webp, not {split[0]}")
+    return {"image": {"format": _IMAGE_FORMAT_OF_MIME[split[0]], "source": {"bytes": split[1]}}}
 
 
 def _assistant_blocks_from_hub(msg: dict[str, Any], field: str) -> list[dict[str, Any]]:
@@ -372,11 +340,8 @@ def _assistant_blocks_from_hub(msg: dict[str, Any], field: str) -> list[dict[str
     if text:
         blocks.append({"text": text})
     for ci, call in enumerate(msg.get("tool_calls") or []):
+        args = h.call_arguments(call, f"{field}.tool_calls[{ci}]")
         fn = call.get("function") or {}
-        try:
-            args = json.loads(fn.get("arguments") or "{}")
-        except ValueError:
-            raise Untranslatable(f"{field}.tool_calls[{ci}].function.arguments", "not valid JSON") from None
         blocks.append({"toolUse": {"toolUseId": call.get("id", ""), "name": fn.get("name", ""), "input": args}})
     return blocks or [{"text": ""}]
 
@@ -496,11 +461,7 @@ def _blocks_from_hub(message: dict[str, Any]) -> list[dict[str, Any]]:
     if message.get("content"):
         blocks.append({"text": message["content"]})
     for call in message.get("tool_calls") or []:
-        fn = call.get("function") or {}
-        try:
-            args = json.loads(fn.get("arguments") or "{}")
-        except ValueError:
-            args = {"arguments": fn.get("arguments")}  # a model's broken JSON, kept for the client to see
+        fn, args = call.get("function") or {}, h.answer_arguments(call)
         blocks.append({"toolUse": {"toolUseId": call.get("id", ""), "name": fn.get("name", ""), "input": args}})
     return blocks
 

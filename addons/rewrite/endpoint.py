@@ -82,6 +82,7 @@ class Rewrite:
     stream: bool
     model: str | None  # the provider model the request names
     signed_request: Any = None  # a bedrock client's request as it signed it (SigV4), for the gateway to check
+    encoder: type | None = None  # the client's stream encoder, where it is not its format's StreamFromHub
 
 
 def untranslatable(error: Untranslatable) -> BadRequest:
@@ -183,6 +184,8 @@ def translate_request(req: RewriteRequest, api_family: str, raw_body: bytes,
         provider_path = f"{base}/{suffix}"
     rewrite = Rewrite(req.client_format, req.client, provider, bool(hub.get("stream")),
                       hub.get("model") or provider_model_in_url(api_family, provider_path))
+    if req.client_format == "google" and ("alt", "sse") not in req.query:
+        rewrite.encoder = req.client.ArrayStreamFromHub  # a Google client that did not ask for SSE
     return provider_path, json.dumps(provider_body).encode(), rewrite
 
 
@@ -206,7 +209,7 @@ class RewriteStream:
     def __init__(self, tap: Callable[[bytes], Iterable[bytes]], rewrite: Rewrite) -> None:
         self.tap = tap
         self.decoder = rewrite.provider.StreamToHub(rewrite.model)
-        self.encoder = rewrite.client.StreamFromHub(rewrite.model)
+        self.encoder = (rewrite.encoder or rewrite.client.StreamFromHub)(rewrite.model)
         self.broken = False
 
     def __call__(self, data: bytes) -> tuple[bytes, ...]:
@@ -219,7 +222,16 @@ class RewriteStream:
             else:
                 out = b"".join(self.encoder.feed(c) for c in self.decoder.close()) + self.encoder.close()
         except Exception:  # a translator bug must not take the metering down with it
-            log.exception("tollgate: a rewritten stream could not be translated; the rest of it is dropped")
+            log.exception("tollgate: a rewritten stream could not be translated; it ends with an error event")
             self.broken = True
-            return ()
+            return self._error_event()
         return (out,) if out else ()
+
+    def _error_event(self) -> tuple[bytes, ...]:
+        """The client's own error event, so its SDK raises instead of seeing a stream that merely stops."""
+        error = {"error": {"type": UNTRANSLATABLE, "code": 502,
+                           "message": "the provider's stream could not be translated into the client's format"}}
+        try:
+            return (self.encoder.feed(error),)
+        except Exception:
+            return ()

@@ -32,8 +32,9 @@ parts in a request's history (Gemini itself ignores them), the
 and a function
 declaration's ``response`` / ``responseJsonSchema`` (it only describes what the
 client's own function returns; google-genai adds it to every typed function).
-Anything else without a hub equivalent raises ``Untranslatable``. Streams are
-SSE only (``alt=sse``, which google-genai always asks for).
+Anything else without a hub equivalent raises ``Untranslatable``. Gemini
+providers are always asked for SSE (``alt=sse``); a Google client gets SSE when
+it asks for it (google-genai always does), else one JSON array, as Google sends.
 """
 
 from __future__ import annotations
@@ -373,73 +374,41 @@ def request_from_hub(hub: h.HubRequest, model_in_url: str | None) -> tuple[str |
 
 
 def _messages_from_hub(messages: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
-    system: list[str] = []
-    contents: list[dict[str, Any]] = []
     names: dict[str, str] = {}  # tool call id -> function name
-    for mi, msg in enumerate(messages):
-        field = f"messages[{mi}]"
-        role = msg.get("role")
-        if role in ("system", "developer"):
-            _refuse_unknown(msg, {"role", "content"}, f"{field}.")
-            if contents:
-                raise Untranslatable(field, "Gemini takes system instructions only before the conversation")
-            system.append(_text_of(msg.get("content"), f"{field}.content"))
-            continue
+
+    def turn(role: str, msg: dict[str, Any], field: str) -> tuple[str, list[dict[str, Any]]]:
         if role == "user":
-            _refuse_unknown(msg, {"role", "content"}, f"{field}.")
-            parts, gemini_role = _user_parts_from_hub(msg.get("content"), f"{field}.content"), "user"
-        elif role == "assistant":
-            _refuse_unknown(msg, {"role", "content", "tool_calls", "refusal"}, f"{field}.")
-            if msg.get("refusal"):
-                raise Untranslatable(f"{field}.refusal", "Gemini has no refusals")
-            parts, gemini_role = _assistant_parts_from_hub(msg, field, names), "model"
-        elif role == "tool":
-            _refuse_unknown(msg, {"role", "content", "tool_call_id"}, f"{field}.")
-            call_id = str(msg.get("tool_call_id", ""))
-            if call_id not in names:
-                raise Untranslatable(f"{field}.tool_call_id", "answers no tool call of an earlier assistant message")
-            text = _text_of(msg.get("content"), f"{field}.content")
-            try:
-                response = json.loads(text)
-            except ValueError:
-                response = None
-            if not isinstance(response, dict):
-                response = {"result": text}
-            parts, gemini_role = [{"functionResponse": {"name": names[call_id], "response": response}}], "user"
-        else:
-            raise Untranslatable(f"{field}.role", f"role {role!r} has no Gemini equivalent")
-        if contents and contents[-1]["role"] == gemini_role:
-            contents[-1]["parts"] += parts  # Gemini wants a turn's function responses (and text) in one content
-        else:
-            contents.append({"role": gemini_role, "parts": parts})
-    return system, contents
+            return "user", _user_parts_from_hub(msg.get("content"), f"{field}.content")
+        if role == "assistant":
+            return "model", _assistant_parts_from_hub(msg, field, names)
+        call_id = str(msg.get("tool_call_id", ""))
+        if call_id not in names:
+            raise Untranslatable(f"{field}.tool_call_id", "answers no tool call of an earlier assistant message")
+        text = _text_of(msg.get("content"), f"{field}.content")
+        try:
+            response = json.loads(text)
+        except ValueError:
+            response = None
+        if not isinstance(response, dict):
+            response = {"result": text}
+        return "user", [{"functionResponse": {"name": names[call_id], "response": response}}]
+
+    # Gemini wants a turn's function responses (and text) in one content
+    return h.turns_from_hub(messages, "Gemini", "parts", turn)
 
 
 def _user_parts_from_hub(content: Any, field: str) -> list[dict[str, Any]]:
-    if isinstance(content, str):
-        return [{"text": content}]
-    parts = []
-    for i, part in enumerate(_list(content, field)):
-        pf = f"{field}[{i}]"
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text":
-            parts.append({"text": str(part.get("text", ""))})
-        elif kind == "image_url":
-            image = part.get("image_url") or {}
-            if image.get("detail") not in (None, "auto"):
-                raise Untranslatable(f"{pf}.image_url.detail", "Gemini sets no per-image detail")
-            url = str(image.get("url", ""))
-            split = split_data_url(url, f"{pf}.image_url.url")
-            if split is None:
-                file: dict[str, Any] = {"fileUri": url}
-                if mime := guess_mime(url):
-                    file["mimeType"] = mime
-                parts.append({"fileData": file})
-            else:
-                parts.append({"inlineData": {"mimeType": split[0], "data": split[1]}})
-        else:
-            raise Untranslatable(pf, f"content part {kind!r} has no Gemini equivalent here")
-    return parts
+    return h.user_parts_from_hub(content, field, "Gemini", _image_part)
+
+
+def _image_part(url: str, field: str) -> dict[str, Any]:
+    split = split_data_url(url, field)
+    if split is not None:
+        return {"inlineData": {"mimeType": split[0], "data": split[1]}}
+    file: dict[str, Any] = {"fileUri": url}
+    if mime := guess_mime(url):
+        file["mimeType"] = mime
+    return {"fileData": file}
 
 
 def _assistant_parts_from_hub(msg: dict[str, Any], field: str, names: dict[str, str]) -> list[dict[str, Any]]:
@@ -450,10 +419,7 @@ def _assistant_parts_from_hub(msg: dict[str, Any], field: str, names: dict[str, 
     for ci, call in enumerate(msg.get("tool_calls") or []):
         cf = f"{field}.tool_calls[{ci}]"
         fn = call.get("function") or {}
-        try:
-            args = json.loads(fn.get("arguments") or "{}")
-        except ValueError:
-            raise Untranslatable(f"{cf}.function.arguments", "not valid JSON") from None
+        args = h.call_arguments(call, cf)
         if not isinstance(args, dict):
             raise Untranslatable(f"{cf}.function.arguments", "Gemini's function arguments are a JSON object")
         names[str(call.get("id", ""))] = str(fn.get("name", ""))
@@ -610,11 +576,7 @@ def _parts_from_hub(message: dict[str, Any]) -> list[dict[str, Any]]:
     if message.get("content"):
         parts.append({"text": message["content"]})
     for call in message.get("tool_calls") or []:
-        fn = call.get("function") or {}
-        try:
-            args = json.loads(fn.get("arguments") or "{}")
-        except ValueError:
-            args = {"arguments": fn.get("arguments")}  # a model's broken JSON, kept for the client to see
+        fn, args = call.get("function") or {}, h.answer_arguments(call)
         parts.append({"functionCall": {"id": call.get("id"), "name": fn.get("name", ""), "args": args}})
     return parts
 
@@ -874,4 +836,26 @@ class StreamFromHub:
         if "error" not in event:
             event["modelVersion"] = self.model
             event["responseId"] = self._id
-        return b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\r\n\r\n"
+        return self._frame(json.dumps(event, separators=(",", ":")).encode())
+
+    def _frame(self, item: bytes) -> bytes:
+        return b"data: " + item + b"\r\n\r\n"
+
+
+class ArrayStreamFromHub(StreamFromHub):
+    """Hub chunks -> streamGenerateContent without ``alt=sse``: one JSON array whose items go out as they are
+    complete, as Google sends it to a client that did not ask for server-sent events."""
+
+    content_type = "application/json"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(model)
+        self._opened = False
+
+    def _frame(self, item: bytes) -> bytes:
+        head, self._opened = (b",\r\n" if self._opened else b"["), True
+        return head + item
+
+    def close(self) -> bytes:
+        last = super().close()
+        return last + (b"]" if self._opened else b"[]")

@@ -65,6 +65,8 @@ Errors
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from typing import Any, Protocol
 
 HubRequest = dict[str, Any]
@@ -243,3 +245,76 @@ def text_of(content: Any, field: str) -> str:
             raise Untranslatable(f"{field}[{i}]", "only text parts are allowed here")
         texts.append(str(part.get("text", "")))
     return "".join(texts)
+
+
+_MESSAGE_FIELDS = {"system": {"role", "content"}, "developer": {"role", "content"}, "user": {"role", "content"},
+                   "assistant": {"role", "content", "tool_calls", "refusal"},
+                   "tool": {"role", "content", "tool_call_id"}}
+
+
+def turns_from_hub(messages: list[dict[str, Any]], target: str, items: str,
+                   turn: Callable[[str, dict[str, Any], str], tuple[str, list[dict[str, Any]]]],
+                   ) -> tuple[list[str], list[dict[str, Any]]]:
+    """(system prompts, turns) for a format that takes its system prompt apart and wants the roles to alternate
+    (Gemini's contents, Converse's messages). `turn(role, message, field)` gives a user, assistant or tool
+    message's (target role, items); consecutive items of one target role go into one turn, under `items`."""
+    system: list[str] = []
+    turns: list[dict[str, Any]] = []
+    for mi, msg in enumerate(messages):
+        field = f"messages[{mi}]"
+        role = msg.get("role")
+        if role not in _MESSAGE_FIELDS:
+            raise Untranslatable(f"{field}.role", f"role {role!r} has no {target} equivalent")
+        refuse_unknown(msg, _MESSAGE_FIELDS[role], f"{field}.")
+        if role in ("system", "developer"):
+            if turns:
+                raise Untranslatable(field, f"{target} takes a system prompt only before the conversation")
+            system.append(text_of(msg.get("content"), f"{field}.content"))
+            continue
+        if msg.get("refusal"):
+            raise Untranslatable(f"{field}.refusal", f"{target} has no refusals")
+        target_role, parts = turn(role, msg, field)
+        if turns and turns[-1]["role"] == target_role:
+            turns[-1][items] += parts
+        else:
+            turns.append({"role": target_role, items: parts})
+    return system, turns
+
+
+def user_parts_from_hub(content: Any, field: str, target: str,
+                        image: Callable[[str, str], dict[str, Any]]) -> list[dict[str, Any]]:
+    """A user message's content as `{"text"}` items and `image(url, field)` ones: the shape Gemini's parts and
+    Converse's content blocks share. Anything else is refused."""
+    if isinstance(content, str):
+        return [{"text": content}]
+    parts = []
+    for i, part in enumerate(json_list(content, field)):
+        pf = f"{field}[{i}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            parts.append({"text": str(part.get("text", ""))})
+        elif kind == "image_url":
+            url = part.get("image_url") or {}
+            if url.get("detail") not in (None, "auto"):
+                raise Untranslatable(f"{pf}.image_url.detail", f"{target} sets no per-image detail")
+            parts.append(image(str(url.get("url", "")), f"{pf}.image_url.url"))
+        else:
+            raise Untranslatable(pf, f"content part {kind!r} has no {target} equivalent")
+    return parts
+
+
+def call_arguments(call: dict[str, Any], field: str) -> Any:
+    """A hub tool call's arguments (a JSON string) as JSON."""
+    try:
+        return json.loads((call.get("function") or {}).get("arguments") or "{}")
+    except ValueError:
+        raise Untranslatable(f"{field}.function.arguments", "not valid JSON") from None
+
+
+def answer_arguments(call: dict[str, Any]) -> Any:
+    """A model's tool call arguments as JSON for an answer; broken JSON is kept whole for the client to see."""
+    arguments = (call.get("function") or {}).get("arguments")
+    try:
+        return json.loads(arguments or "{}")
+    except ValueError:
+        return {"arguments": arguments}
