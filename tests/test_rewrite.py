@@ -209,6 +209,7 @@ def test_untranslatable_fields_are_refused_by_name(gateway, mock):
         openai_client(gateway).chat.completions.create(
             model=CLAUDE, response_format={"type": "json_object"}, messages=[{"role": "user", "content": "Hi"}])
     assert refused.value.body["type"] == "untranslatable" and "response_format" in refused.value.body["message"]
+    assert refused.value.param == "response_format.type"  # where OpenAI's SDK users look for the field
     with pytest.raises(anthropic.BadRequestError) as refused:
         anthropic_client(gateway).messages.create(model=GPT, max_tokens=5, extra_body={"top_k": 3},
                                                   messages=[{"role": "user", "content": "Hi"}])

@@ -430,6 +430,10 @@ def test_gateway_translates_a_rewrite_request_and_its_answer(gw):
     ("/v1/rewrite/openai/https://example.com/v1/chat/completions", {"model": "m", "messages": []}, True, "openai",
      "invalid_forward_url"),
     ("/v1/rewrite/klingon/https://api.openai.com/v1", {}, True, "gateway", "unknown_format"),
+    ("/v1/rewrite/openai/https://api.anthropic.com/v1/messages", {"model": "m", "messages": [], "logit_bias": {}},
+     True, "openai", "untranslatable"),
+    ("/v1/rewrite/google/https://api.openai.com/v1/v1beta/models/m:generateContent",
+     {"contents": [], "generationConfig": {"topK": 3}}, True, "google", "untranslatable"),
 ])
 def test_gateway_refusals_of_rewrite_requests_in_the_clients_shape(gw, path, body, headers, shape, code):
     flow = run(gw, rewrite_flow(path, body, [("authorization", f"Bearer {secret_key()}")] if headers else []))
@@ -439,6 +443,11 @@ def test_gateway_refusals_of_rewrite_requests_in_the_clients_shape(gw, path, bod
         assert answer["type"] == "error" and answer["error"]["type"] == code
     elif shape == "openai":
         assert answer["error"]["code"] == code and "message" in answer["error"]
+        assert answer["error"]["param"] == ("logit_bias" if "logit_bias" in body else None)
+    elif shape == "google":
+        details = {d["@type"].rpartition(".")[2]: d for d in answer["error"]["details"]}
+        assert details["ErrorInfo"]["reason"] == code.upper()
+        assert details["BadRequest"]["fieldViolations"][0]["field"] == "generationConfig.topK"
     else:
         assert answer["error"]["code"] == code
 

@@ -323,7 +323,8 @@ class Gateway:
             self._refuse(flow, e, request_id)
             if CLIENT_FORMAT_KEY in flow.metadata:  # a rewrite request: the refusal in its client's error shape
                 client = rewrite_endpoint.CLIENT_FORMATS[flow.metadata[CLIENT_FORMAT_KEY]]
-                flow.response.content = client.error_from_hub(e.status, e.message, e.code)
+                flow.response.content = client.error_from_hub(e.status, e.message, e.code,
+                                                              (e.details or {}).get("param"))
             elif provider is not None and provider.sigv4_service:
                 bedrock.aws_shaped(flow.response, e)
         except Exception:

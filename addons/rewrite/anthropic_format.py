@@ -386,7 +386,7 @@ def _arguments(arguments: Any) -> dict:
 
 # -- errors -----------------------------------------------------------------------------------------
 
-def error_from_hub(status: int, message: str, code: str | None = None) -> bytes:
+def error_from_hub(status: int, message: str, code: str | None = None, param: str | None = None) -> bytes:
     kind = code or _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
     return json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()
 

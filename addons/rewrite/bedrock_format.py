@@ -479,7 +479,7 @@ def response_from_hub(hub: h.HubResponse) -> dict:
 # -- errors ----------------------------------------------------------------------------------------------------
 
 
-def error_from_hub(status: int, message: str, code: str | None = None) -> bytes:
+def error_from_hub(status: int, message: str, code: str | None = None, param: str | None = None) -> bytes:
     """AWS's JSON error (``{"message"}``, its type in ``__type``, which botocore reads when the header is absent).
 
     ``code`` (e.g. ``untranslatable``) is kept in ``reason``; the endpoint should also send

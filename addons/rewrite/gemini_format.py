@@ -600,13 +600,16 @@ def response_from_hub(hub: h.HubResponse) -> dict:
 # -- errors ----------------------------------------------------------------------------------------------------
 
 
-def error_from_hub(status: int, message: str, code: str | None = None) -> bytes:
+def error_from_hub(status: int, message: str, code: str | None = None, param: str | None = None) -> bytes:
     """Google's error shape (``{"error": {"code", "message", "status"}}``), with ``code`` as an ErrorInfo reason."""
     error: dict[str, Any] = {"code": status, "message": message,
                              "status": _GOOGLE_STATUS.get(status, "INTERNAL" if status >= 500 else "FAILED_PRECONDITION")}
     if code:
         error["details"] = [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": code.upper(),
                              "domain": "tollgate"}]
+    if param:
+        error.setdefault("details", []).append({"@type": "type.googleapis.com/google.rpc.BadRequest",
+                                                "fieldViolations": [{"field": param, "description": message}]})
     return json.dumps({"error": error}).encode()
 
 

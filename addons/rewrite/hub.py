@@ -143,9 +143,10 @@ class FormatModule(Protocol):
 
     ``StreamToHub`` / ``StreamFromHub``: classes, see above.
 
-    ``error_from_hub(status, message, code=None)``: the body of an error
-    answer in this format's own error shape (JSON bytes); ``code`` is a
-    machine-readable error code such as ``UNTRANSLATABLE``.
+    ``error_from_hub(status, message, code=None, param=None)``: the body of an
+    error answer in this format's own error shape (JSON bytes); ``code`` is a
+    machine-readable error code such as ``UNTRANSLATABLE``, ``param`` the
+    request field it is about, where the shape has a place for it.
 
     ``error_to_hub(status, body)``: the human message of a provider error
     body in this format (falls back to the body text).
@@ -162,7 +163,8 @@ class FormatModule(Protocol):
 
     def response_from_hub(self, hub: HubResponse) -> dict: ...
 
-    def error_from_hub(self, status: int, message: str, code: str | None = None) -> bytes: ...
+    def error_from_hub(self, status: int, message: str, code: str | None = None,
+                       param: str | None = None) -> bytes: ...
 
     def error_to_hub(self, status: int, body: bytes) -> str: ...
 

@@ -47,9 +47,9 @@ def response_from_hub(hub: HubResponse) -> dict:
     return hub
 
 
-def error_from_hub(status: int, message: str, code: str | None = None) -> bytes:
+def error_from_hub(status: int, message: str, code: str | None = None, param: str | None = None) -> bytes:
     kind = code or _ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    return json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()
+    return json.dumps({"error": {"message": message, "type": kind, "param": param, "code": code}}).encode()
 
 
 def error_to_hub(status: int, body: bytes) -> str:
