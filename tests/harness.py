@@ -3,6 +3,7 @@ the mock provider, and drives the `tollgate` CLI the way an operator would."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import json
@@ -85,11 +86,46 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+_forkserver: tuple[subprocess.Popen, str] | None = None
+
+
+def _forkserver_socket() -> str:
+    """The socket of tests/cli_forkserver.py, started once per test session (stopped when the session ends)."""
+    global _forkserver
+    if _forkserver is None or _forkserver[0].poll() is not None:
+        path = os.path.join(tempfile.mkdtemp(prefix="tollgate-cli-"), "forkserver.sock")
+        proc = subprocess.Popen([sys.executable, str(PROJECT / "tests" / "cli_forkserver.py"), path], env=clean_env(),
+                                cwd=PROJECT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+        if proc.stdout.readline() != b"ready\n":
+            raise RuntimeError("tests/cli_forkserver.py did not start")
+        atexit.register(proc.kill)
+        _forkserver = (proc, path)
+    return _forkserver[1]
+
+
+def run_tollgate(args: list[str], env: dict[str, str], input: str | None = None, timeout: float = 60,
+                 cwd: str | Path | None = None) -> subprocess.CompletedProcess:
+    """`tollgate ARGS` as subprocess.run(..., capture_output=True, text=True) runs it, in a process of its own
+    forked from one that has imported the CLI already (tests/cli_forkserver.py): the suite's thousands of runs
+    skip half a second of imports each, and nothing else."""
+    request = {"args": list(args), "env": env, "cwd": str(cwd or os.getcwd()), "input": input}
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(timeout)
+        try:
+            conn.connect(_forkserver_socket())
+            conn.sendall(json.dumps(request).encode() + b"\n")
+            reply = b"".join(iter(lambda: conn.recv(1 << 16), b""))
+        except TimeoutError:
+            raise subprocess.TimeoutExpired(["tollgate", *args], timeout) from None
+    done = json.loads(reply)
+    return subprocess.CompletedProcess(["tollgate", *args], done["returncode"], done["stdout"], done["stderr"])
+
+
 def tollgate_cli(env: dict[str, str]):
     """The `tollgate` command as a script runs it: run(*args) -> CompletedProcess, run.json(*args) -> data."""
 
     def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run([str(BIN / "tollgate"), *args], env=env, capture_output=True, text=True, timeout=60)
+        result = run_tollgate(list(args), env)
         if check:
             assert result.returncode == 0, result.stderr
         return result
@@ -148,8 +184,7 @@ class GatewayProcess:
         return self.confdir / "mitmproxy-ca-cert.pem"
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run([str(BIN / "tollgate"), *args], env=self.env, capture_output=True, text=True,
-                                timeout=60)
+        result = run_tollgate(list(args), self.env)
         if check and result.returncode != 0:
             raise AssertionError(f"tollgate {' '.join(args)} failed: {result.stderr}")
         return result

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 from mitmproxy.certs import CertStore
 
-from tests.harness import clean_env, tollgate_cli
+from tests.harness import BIN, clean_env, tollgate_cli
 
 pytestmark = pytest.mark.e2e  # runs the `tollgate` CLI as a process
 
@@ -17,6 +18,17 @@ def tollgate(tmp_path):
     return tollgate_cli(clean_env(TOLLGATE_DATABASE_URL=f"sqlite:///{tmp_path}/ledger.db", OPENAI_API_KEY="sk-x",
                                   TOLLGATE_RUNTIME_FILE=str(tmp_path / "no-gateway.json"),
                                   TOLLGATE_CA_BUNDLE=str(tmp_path / "ca-bundle.pem")))
+
+
+def test_the_installed_script_answers_as_the_suites_forked_runs_do(tmp_path, tollgate):
+    """The suite runs `tollgate` forked from tests/cli_forkserver.py; the console script itself, the same."""
+    env = clean_env(TOLLGATE_DATABASE_URL=f"sqlite:///{tmp_path}/ledger.db", COLUMNS="120")
+    tollgate("init")
+    for args in (["keys", "list", "--json"], ["wallet", "topup", "-5"], ["keys", "list"], ["nonsense"]):
+        script = subprocess.run([str(BIN / "tollgate"), *args], env=env, capture_output=True, text=True, timeout=60)
+        forked = tollgate_cli(env)(*args, check=False)
+        assert (script.returncode, script.stdout, script.stderr) == (forked.returncode, forked.stdout, forked.stderr)
+        assert "Traceback" not in script.stderr
 
 
 def test_init_creates_the_admin_key_once(tollgate):

@@ -35,7 +35,7 @@ from addons.proxy.auth_throttle import credential_digest
 from addons.proxy.gateway_addon import Gateway
 from pricing.cost import price
 from pricing.money import format_usd, to_nanos
-from tests.harness import BIN, OPENAI_CHAT, PROVIDER_KEYS, clean_env
+from tests.harness import OPENAI_CHAT, PROVIDER_KEYS, clean_env, run_tollgate
 
 MANAGED_KEY = "sk-managed-by-the-gateway"
 CHAT = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
@@ -293,8 +293,7 @@ def cli(tmp_path):
     env = clean_env(TOLLGATE_DATABASE_URL=f"sqlite:///{tmp_path}/ledger.db")
 
     def call(*args: str, stdin: str = "", check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run([str(BIN / "tollgate"), *args], env=env, input=stdin, capture_output=True, text=True,
-                                timeout=60)
+        result = run_tollgate(list(args), env, input=stdin)
         assert not check or result.returncode == 0, result.stderr
         return result
 
@@ -380,9 +379,9 @@ def chat(key: str):
 
 
 def register(gateway, key: str, account: str, *swap: str) -> dict:
-    result = subprocess.run([str(BIN / "tollgate"), "keys", "register-provider-key", "--account", account,
-                             "--provider", "openai", *swap, "--json"], env=gateway.env, input=key,
-                            capture_output=True, text=True, timeout=60, check=True)
+    result = run_tollgate(["keys", "register-provider-key", "--account", account, "--provider", "openai", *swap,
+                           "--json"], gateway.env, input=key)
+    assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
 
