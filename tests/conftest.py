@@ -22,6 +22,7 @@ from tests.harness import (  # noqa: F401
     private_redis,
 )
 from tests.inprocess_gateway import PROVIDER_KEY
+from tests.mock_bedrock import MockBedrock
 from tests.mock_provider import MockProvider
 
 MOCK_MODEL_PRICE = {"provider": "openai", "model": "mock-*", "input_mtok": "1.00", "output_mtok": "2.00"}
@@ -104,6 +105,14 @@ def gw(tmp_path, monkeypatch):
 def mock():
     with MockProvider() as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def bedrock():
+    """AWS Bedrock's mock (SigV4 checked against the operator's credentials), one per module that uses it."""
+    server = MockBedrock()
+    yield server
+    server.close()
 
 
 PAYHOOK_SECRET = "whsec_test_0123456789abcdef"

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg2
@@ -70,6 +71,29 @@ def fresh_postgres_database(name: str) -> str:
         cur.execute(f"CREATE DATABASE {name}")
     conn.close()
     return f"postgresql://postgres@127.0.0.1:5432/{name}"
+
+
+@contextlib.contextmanager
+def gateways_by_backend(tmp_path_factory, name: str, make: Callable[[Path, str], GatewayProcess]):
+    """A module's gateways by ledger backend: get("sqlite" | "postgresql") makes one with make(tmp, database_url),
+    funds and starts it the first time it is asked for; all are stopped at the end."""
+    running: dict[str, GatewayProcess] = {}
+
+    def get(backend: str) -> GatewayProcess:
+        if backend not in running:
+            tmp = tmp_path_factory.mktemp(f"{name}-{backend}")
+            url = f"sqlite:///{tmp}/ledger.db" if backend == "sqlite" else fresh_postgres_database(f"tollgate_{name}")
+            gateway = make(tmp, url)
+            gateway.fund("100")
+            gateway.start()
+            running[backend] = gateway
+        return running[backend]
+
+    try:
+        yield get
+    finally:
+        for gateway in running.values():
+            gateway.stop()
 
 
 def free_port() -> int:

@@ -57,13 +57,6 @@ CONVERSE_ARGS = {"modelId": MODEL, "messages": [{"role": "user", "content": [{"t
 
 
 @pytest.fixture(scope="module")
-def bedrock():
-    server = MockBedrock()
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
 def gateway(bedrock, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bedrock-gateway")
     gw = GatewayProcess(tmp, f"sqlite:///{tmp}/ledger.db", {"bedrock": bedrock.url})

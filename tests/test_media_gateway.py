@@ -21,7 +21,7 @@ from google import genai
 from google.genai import types
 
 from pricing.money import format_usd, to_nanos
-from tests.harness import GatewayProcess, fresh_postgres_database
+from tests.harness import GatewayProcess, gateways_by_backend
 from tests.ledger_reads import wait_for
 from tests.media_mock import (
     GEMINI_IMAGE_USAGE,
@@ -65,22 +65,14 @@ def media_mock():
 @pytest.fixture(scope="module")
 def gateways(media_mock, tmp_path_factory):
     """The module's gateways by ledger backend, each started when first asked for."""
-    running: dict[str, GatewayProcess] = {}
 
-    def get(backend: str) -> GatewayProcess:
-        if backend not in running:
-            tmp = tmp_path_factory.mktemp(f"media-{backend}")
-            url = f"sqlite:///{tmp}/ledger.db" if backend == "sqlite" else fresh_postgres_database("tollgate_media")
-            gw = GatewayProcess(tmp, url, {p: media_mock.url for p in MEDIA_PROVIDERS}, prices=[REPLICATE_PRICE])
-            gw.env.update(MEDIA_KEYS)
-            gw.fund("100")
-            gw.start()
-            running[backend] = gw
-        return running[backend]
+    def make(tmp, url):
+        gateway = GatewayProcess(tmp, url, {p: media_mock.url for p in MEDIA_PROVIDERS}, prices=[REPLICATE_PRICE])
+        gateway.env.update(MEDIA_KEYS)
+        return gateway
 
-    yield get
-    for gw in running.values():
-        gw.stop()
+    with gateways_by_backend(tmp_path_factory, "media", make) as get:
+        yield get
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -33,7 +33,7 @@ from addons.usage.readers import for_request
 from addons.usage.realtime import RealtimeReader
 from pricing.money import format_usd, to_nanos
 from pricing.usage import MediaUsage, TokenUsage
-from tests.harness import PROVIDER_KEYS, GatewayProcess, fresh_postgres_database
+from tests.harness import PROVIDER_KEYS, GatewayProcess, gateways_by_backend
 from tests.ledger_reads import wait_for
 from tests.realtime_mock import USAGES, RealtimeMock
 
@@ -51,24 +51,15 @@ def mock():
 
 @pytest.fixture(scope="module")
 def gateways(mock, tmp_path_factory):
-    running: dict[str, GatewayProcess] = {}
+    def make(tmp, url):
+        gateway = GatewayProcess(tmp, url, {"openai": mock.url, "azure": mock.url},
+                                 billing={"default_max_output_tokens": MAX_OUTPUT},
+                                 providers={"azure": {"resources": ["myres"], "deployments": {"rt-prod": MODEL}}})
+        gateway.env["AZURE_OPENAI_API_KEY"] = AZURE_KEY
+        return gateway
 
-    def get(backend: str) -> GatewayProcess:
-        if backend not in running:
-            tmp = tmp_path_factory.mktemp(f"realtime-{backend}")
-            url = f"sqlite:///{tmp}/ledger.db" if backend == "sqlite" else fresh_postgres_database("tollgate_realtime")
-            gw = GatewayProcess(tmp, url, {"openai": mock.url, "azure": mock.url},
-                                billing={"default_max_output_tokens": MAX_OUTPUT},
-                                providers={"azure": {"resources": ["myres"], "deployments": {"rt-prod": MODEL}}})
-            gw.env["AZURE_OPENAI_API_KEY"] = AZURE_KEY
-            gw.fund("100")
-            gw.start()
-            running[backend] = gw
-        return running[backend]
-
-    yield get
-    for gw in running.values():
-        gw.stop()
+    with gateways_by_backend(tmp_path_factory, "realtime", make) as get:
+        yield get
 
 
 def within(coro, seconds: float = 20):
@@ -263,6 +254,17 @@ def billed_customer(gw, balance_nanos: int) -> tuple[str, str]:
     return f"cus-{suffix}", token["token"]
 
 
+async def cut_after_two_responses(gw, credential: str, received: list[bytes]):
+    """A session that converses twice, then is closed by the gateway: the close frame it got."""
+    client = openai.AsyncOpenAI(api_key=credential, base_url=forward(gw))
+    async with client.realtime.connect(model=MODEL) as conn:
+        received.append(await conn.recv_bytes())
+        await converse(conn, 2, [], received)
+        with pytest.raises(ConnectionClosed) as closed:
+            await conn.recv_bytes()
+        return closed.value.rcvd
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_session_is_cut_when_the_balance_cannot_hold_its_third_response(gateways, mock, backend):
     gw = gateways(backend)
@@ -273,16 +275,7 @@ def test_session_is_cut_when_the_balance_cannot_hold_its_third_response(gateways
     customer, token = billed_customer(gw, balance)
     received: list[bytes] = []
 
-    async def run():
-        client = openai.AsyncOpenAI(api_key=token, base_url=forward(gw))
-        async with client.realtime.connect(model=MODEL) as conn:
-            received.append(await conn.recv_bytes())
-            await converse(conn, 2, [], received)
-            with pytest.raises(ConnectionClosed) as closed:
-                await conn.recv_bytes()
-            return closed.value.rcvd
-
-    close = within(run())
+    close = within(cut_after_two_responses(gw, token, received))
     error = json.loads(received[-1])
     assert error["type"] == "error" and error["error"]["code"] == "insufficient_balance"
     assert json.loads(received[-2])["type"] == "response.done"
@@ -303,16 +296,7 @@ def test_session_is_cut_when_its_key_is_out_of_requests_per_minute(gateways, moc
     key = gw.cli_json("keys", "create", "--name", f"rt-{uuid.uuid4().hex[:8]}", "--rpm", "2")["secret_key"]
     received: list[bytes] = []
 
-    async def run():
-        client = openai.AsyncOpenAI(api_key=key, base_url=forward(gw))
-        async with client.realtime.connect(model=MODEL) as conn:
-            received.append(await conn.recv_bytes())
-            await converse(conn, 2, [], received)
-            with pytest.raises(ConnectionClosed) as closed:
-                await conn.recv_bytes()
-            return closed.value.rcvd
-
-    close = within(run())
+    close = within(cut_after_two_responses(gw, key, received))
     assert json.loads(received[-1])["error"]["type"] == "rate_limit_error" and (close.code, close.reason) == (
         4429, json.loads(received[-1])["error"]["code"])
     assert len(session_rows(gw, json.loads(received[0])["session"]["id"], 2)) == 2

@@ -25,6 +25,7 @@ from botocore.exceptions import ClientError, EventStreamError
 from addons.rewrite import bedrock_format as b
 from addons.rewrite import hub as h
 from addons.rewrite.hub import Untranslatable
+from tests.hub_samples import tool_call_stream
 from tests.mock_bedrock import CONVERSE_USAGE, TEXT, MockBedrock
 
 MODEL = "anthropic.claude-3-5-sonnet-20240620-v1:0"
@@ -209,20 +210,7 @@ def test_answer_parsed_by_boto3():
 
 
 def hub_stream() -> list[dict[str, Any]]:
-    """A hub stream with text, two tool calls whose arguments come in fragments, a finish and usage."""
-    def c(delta: dict[str, Any] | None = None, finish: str | None = None) -> dict[str, Any]:
-        return h.chunk("chatcmpl-s", MODEL, 1700000000, delta, finish)
-    return [
-        c({"role": "assistant", "content": ""}), c({"content": "Checking"}), c({"content": " now."}),
-        c({"tool_calls": [{"index": 0, "id": "call_p", "type": "function",
-                           "function": {"name": "get_weather", "arguments": ""}}]}),
-        c({"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]}),
-        c({"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}),
-        c({"tool_calls": [{"index": 1, "id": "call_r", "type": "function",
-                           "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}}]}),
-        c({}, "tool_calls"),
-        h.usage_chunk("chatcmpl-s", MODEL, 1700000000, h.make_usage(50, 20, cached=10, cache_write=4)),
-    ]
+    return tool_call_stream(MODEL, h.make_usage(50, 20, cached=10, cache_write=4))
 
 
 def encode(chunks: list[dict[str, Any]]) -> list[bytes]:

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from addons.rewrite import gemini_format as g
 from addons.rewrite import hub as h
 from addons.rewrite.hub import Untranslatable
+from tests.hub_samples import tool_call_stream
 from tests.mock_provider import FULL_TEXT, STREAM_TEXT, MockProvider, wire_usage
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n fake image").decode()
@@ -240,20 +241,7 @@ def test_answer_parsed_by_google_genai():
 
 
 def hub_stream() -> list[dict[str, Any]]:
-    """A hub stream with text, two tool calls whose arguments come in fragments, a finish and usage."""
-    def c(delta: dict[str, Any] | None = None, finish: str | None = None) -> dict[str, Any]:
-        return h.chunk("chatcmpl-s", MODEL, 1700000000, delta, finish)
-    return [
-        c({"role": "assistant", "content": ""}), c({"content": "Checking"}), c({"content": " now."}),
-        c({"tool_calls": [{"index": 0, "id": "call_p", "type": "function",
-                           "function": {"name": "get_weather", "arguments": ""}}]}),
-        c({"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]}),
-        c({"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}),
-        c({"tool_calls": [{"index": 1, "id": "call_r", "type": "function",
-                           "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}}]}),
-        c({}, "tool_calls"),
-        h.usage_chunk("chatcmpl-s", MODEL, 1700000000, h.make_usage(50, 20, cached=10, reasoning=5)),
-    ]
+    return tool_call_stream(MODEL, h.make_usage(50, 20, cached=10, reasoning=5))
 
 
 def test_stream_parsed_by_google_genai_and_back_to_hub():

@@ -20,7 +20,7 @@ from openai.lib.streaming.chat import ChatCompletionStreamState
 
 from pricing.money import to_nanos
 from tests.harness import GatewayProcess
-from tests.mock_bedrock import CONVERSE_USAGE, OPERATOR, REGION, TEXT, TOOL_USE_ID, MockBedrock
+from tests.mock_bedrock import CONVERSE_USAGE, OPERATOR, REGION, TEXT, TOOL_USE_ID
 from tests.mock_provider import FULL_TEXT, TOOL_ARGUMENTS, MockProvider, wire_usage
 
 pytestmark = pytest.mark.e2e
@@ -29,13 +29,6 @@ MODEL = "anthropic.claude-3-5-sonnet-20240620-v1:0"
 BEDROCK_HOST = f"https://bedrock-runtime.{REGION}.amazonaws.com"
 CLAUDE = "claude-3-5-haiku-latest"
 ANTHROPIC_URL = "https://api.anthropic.com/v1/messages"
-
-
-@pytest.fixture(scope="module")
-def bedrock():
-    server = MockBedrock()
-    yield server
-    server.close()
 
 
 @pytest.fixture(scope="module")

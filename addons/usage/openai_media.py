@@ -46,11 +46,8 @@ def _true(value: Any) -> bool:
     return value is True or (isinstance(value, str) and value.lower() == "true")
 
 
-class ImagesReader(UsageReader):
-    """Images made: a JSON answer ({data: [...], usage?}), or a stream of partial images then a completed event."""
-
-    variant = "standard/" + _DEFAULT_SIZE  # "<quality>/<size>" asked for
-    images = 0  # images answered so far
+class _UploadReader(UsageReader):
+    """A media endpoint's request: a multipart form (an upload) or JSON, streamed when it says `stream`."""
 
     @classmethod
     def request_fields(cls, endpoint: str, body: bytes) -> dict[str, Any]:
@@ -59,6 +56,13 @@ class ImagesReader(UsageReader):
     @classmethod
     def streams(cls, endpoint: str, req: dict[str, Any]) -> bool:
         return _true(req.get("stream"))
+
+
+class ImagesReader(_UploadReader):
+    """Images made: a JSON answer ({data: [...], usage?}), or a stream of partial images then a completed event."""
+
+    variant = "standard/" + _DEFAULT_SIZE  # "<quality>/<size>" asked for
+    images = 0  # images answered so far
 
     def read_request(self, req: dict[str, Any], body: bytes) -> None:
         self.model = self.model or "dall-e-2"  # OpenAI's default image model
@@ -95,21 +99,13 @@ class ImagesReader(UsageReader):
         self._report(tokens_used, final)
 
 
-class TranscriptionReader(UsageReader):
+class TranscriptionReader(_UploadReader):
     """A transcript: JSON, verbose JSON, plain text (text, srt, vtt) or an SSE stream (gpt-4o transcribe models)."""
 
     file_seconds: Decimal | None = None  # the upload's length, measured
     reported_seconds: Decimal | None = None  # the length the answer reports
     audio_tokens = 0  # of the input tokens reported
     answered = False  # an answer that is no error came
-
-    @classmethod
-    def request_fields(cls, endpoint: str, body: bytes) -> dict[str, Any]:
-        return _multipart_or_json(endpoint, body)
-
-    @classmethod
-    def streams(cls, endpoint: str, req: dict[str, Any]) -> bool:
-        return _true(req.get("stream"))
 
     def read_request(self, req: dict[str, Any], body: bytes) -> None:
         self.model = self.model or "whisper-1"
