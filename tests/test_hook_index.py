@@ -3,9 +3,13 @@ addons that cannot handle it."""
 
 import asyncio
 import logging
+import uuid
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mitmproxy import exceptions, http, master, options
+from mitmproxy.coretypes import multidict
 from mitmproxy.proxy.layers.http import HttpRequestHook
 from mitmproxy.test import tflow
 
@@ -154,3 +158,36 @@ def test_the_lean_launcher_drops_mitmproxys_debug_only_type_checks(monkeypatch):
         request_with_a_str_port()
     mitmproxy_internals.drop_debug_type_checks()
     assert request_with_a_str_port().data.port == "80"
+
+
+HEADER_NAMES = st.sampled_from([b"Content-Type", b"content-type", b"X-Api-Key", b"x-API-key", b"Host", b"\xff\xfe",
+                                b"Set-Cookie", b"set-cookie"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(fields=st.lists(st.tuples(HEADER_NAMES, st.binary(max_size=8)), max_size=8),
+       asked=st.one_of(HEADER_NAMES, HEADER_NAMES.map(lambda name: name.decode("utf-8", "surrogateescape"))))
+def test_quicker_header_lookups_answer_as_mitmproxys_own(fields, asked):
+    """tollgate-proxy's header lookup (mitmproxy_internals.quicker_header_lookups) gives what mitmproxy's gives,
+    for any fields, names in any case, bytes or str, undecodable bytes included."""
+    headers = http.Headers(fields)
+    mitmproxys = [http._native(value) for value in multidict._MultiDict.get_all(headers, http._always_bytes(asked))]
+    assert mitmproxy_internals._header_values(headers, asked) == mitmproxys
+
+
+def test_the_lean_launcher_looks_headers_up_and_names_flows_its_own_way(monkeypatch):
+    """Both patches are in place under tollgate-proxy (fails if mitmproxy's targets move), and flow and connection
+    ids stay distinct version-4 UUID strings."""
+    from mitmproxy import connection
+    from mitmproxy import flow as mitmproxy_flow
+
+    monkeypatch.setattr(http.Headers, "get_all", http.Headers.get_all)  # restored after
+    monkeypatch.setattr(connection, "uuid", connection.uuid)
+    monkeypatch.setattr(mitmproxy_flow, "uuid", mitmproxy_flow.uuid)
+    mitmproxy_internals.quicker_header_lookups()
+    mitmproxy_internals.cheaper_flow_ids()
+    assert {"Headers.get_all", "mitmproxy.connection.uuid", "mitmproxy.flow.uuid"} <= mitmproxy_internals.patched()
+    assert http.Headers([(b"X-Key", b"v")])["x-key"] == "v"
+    ids = [tflow.tflow().id for _ in range(500)] + [tflow.tclient_conn().id for _ in range(500)]
+    assert len(set(ids)) == 1000 and {uuid.UUID(i).version for i in ids} == {4}
+    assert all(str(uuid.UUID(i)) == i for i in ids)

@@ -23,13 +23,17 @@ below, and the e2e tests named at each patch), then add the version to SUPPORTED
 from __future__ import annotations
 
 import logging
+import os
+import random
 import sys
+import uuid
 from collections.abc import Callable
 from typing import Protocol
 
 import wsproto
 import wsproto.events
 from mitmproxy import connection, ctx, http, version
+from mitmproxy import flow as mitmproxy_flow
 from mitmproxy.addons import proxyauth
 from mitmproxy.flow import Error
 from mitmproxy.net.http.http1 import expected_http_body_size
@@ -217,6 +221,44 @@ def drop_debug_type_checks() -> None:
         _replace("MessageData.__post_init__", http.MessageData, "__post_init__", lambda original: _no_type_check)
 
 
+def _header_values(self, name: str | bytes) -> list[str]:
+    key = (name.encode("utf-8", "surrogateescape") if isinstance(name, str) else http._always_bytes(name)).lower()
+    return [value.decode("utf-8", "surrogateescape") for field, value in self.fields if field.lower() == key]
+
+
+def quicker_header_lookups() -> None:
+    """Every header lookup (`headers.get`, `headers[...]`, `in`) goes through `Headers.get_all`, which lowercases
+    each field's name through a static method call per field (`_MultiDict.get_all` -> `self._kconv`); mitmproxy
+    and the gateway make dozens of lookups per request, a few % of the lean gateway's CPU (bench/profile.md).
+    The same lookup written out: the values, as str, of the fields whose name equals `name` ignoring case.
+    Checked against mitmproxy's own by tests/test_hook_index.py."""
+    if "get_all" in vars(http.Headers):
+        _replace("Headers.get_all", http.Headers, "get_all", lambda original: _header_values)
+
+
+class _CheaperIds:
+    """What mitmproxy.connection and mitmproxy.flow see as `uuid`: their one use is `str(uuid.uuid4())`."""
+
+    def __init__(self) -> None:
+        self._random = random.Random(os.urandom(32))
+
+    def uuid4(self) -> str:
+        bits = self._random.getrandbits(128) & ~(0xF000 << 64) & ~(0xC000 << 48) | (0x4000 << 64) | (0x8000 << 48)
+        h = "%032x" % bits
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def cheaper_flow_ids() -> None:
+    """Every flow and every connection gets an id, `str(uuid.uuid4())`: os.urandom, a UUID object and its str,
+    about 2% of the lean gateway's CPU (bench/profile.md). The ids name flows and connections within one process
+    (and in mitmweb's URLs, behind its login token): they must be unique, not secret. The same version-4 UUID
+    strings from a per-process generator seeded by os.urandom. Request ids (`req_...`) stay secrets-made."""
+    ids = _CheaperIds()
+    for module in (connection, mitmproxy_flow):
+        if getattr(module, "uuid", None) is uuid:
+            _replace(f"{module.__name__}.uuid", module, "uuid", lambda original: ids)
+
+
 def cancel_server_task(proxyserver, client: connection.Client, server: connection.Server, reason: str) -> bool:
     """Close `server` as mitmproxy does when it cannot write to it (`ConnectionHandler.drain_writers`): by
     cancelling the task that owns it, found through the Proxyserver addon's `connections` and the handler's
@@ -367,7 +409,7 @@ def mask_web_views() -> None:
 
 def install(*, lean: bool = False, web: bool = False) -> None:
     """Check the version, then put every patch in place (again: a no-op). `lean`: the tollgate-proxy
-    process (drop_debug_type_checks); `web`: under mitmweb (mask_web_views)."""
+    process (drop_debug_type_checks, quicker_header_lookups, cheaper_flow_ids); `web`: under mitmweb (mask_web_views)."""
     check_version()
     answer_errors_with(error_pages.json_error_response)
     reword_protocol_errors(error_pages.protocol_error_message)
@@ -376,5 +418,7 @@ def install(*, lean: bool = False, web: bool = False) -> None:
     compare_single_user_with(proxyauth_compare.same_credentials)
     if lean:
         drop_debug_type_checks()
+        quicker_header_lookups()
+        cheaper_flow_ids()
     if web:
         mask_web_views()
