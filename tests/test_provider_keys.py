@@ -368,6 +368,9 @@ def test_a_key_registered_twice_is_refused_naming_the_registration(cli):
     again = cli("keys", "register-provider-key", "--account", "other", "--provider", "openai", "--swap", stdin=key,
                 check=False)
     assert again.returncode != 0 and f"registered already as {first['id']}" in again.stderr
+    scripted = cli("keys", "register-provider-key", "--account", "other", "--provider", "openai", "--json", stdin=key,
+                   check=False)
+    assert json.loads(scripted.stdout)["error"]["code"] == "provider_key_registered"  # a conflict, not bad input
     assert key not in again.stderr and len(json.loads(cli("keys", "provider-keys", "--json").stdout)) == 1
 
 

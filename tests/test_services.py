@@ -65,9 +65,9 @@ def test_provider_keys_register_list_revoke(ledger):
     row = keys.register_provider_key("acme", "openai", "sk-proj-abcdefghijkl\n", swap=True)
     assert (row.account, row.provider, row.swap, row.revoked_at) == ("acme", "openai", True, None)
     assert keys.list_provider_keys() == [row]
-    with pytest.raises(BadRequest, match="registered already") as refused:
+    with pytest.raises(Conflict, match="registered already") as refused:
         keys.register_provider_key("other", "openai", "sk-proj-abcdefghijkl")
-    assert refused.value.code == "invalid_provider_key"
+    assert (refused.value.code, refused.value.status) == ("provider_key_registered", 409)
     with pytest.raises(NotFound, match="no provider 'nope' in the catalog"):
         keys.register_provider_key("acme", "nope", "sk-proj-abcdefghijkl")
     assert keys.revoke_provider_key(row.id).revoked_at is not None

@@ -170,7 +170,8 @@ class ProviderKeyRecord:
 
 
 def register_provider_key(account_name: str, provider: str, key: str, swap: bool = False) -> ProviderKeyRow:
-    """Map a provider key's fingerprint to an account; the key itself is not kept. ValueError: not a usable
+    """Map a provider key's fingerprint to an account; the key itself is not kept. AlreadyExists: the key has an
+    active registration. ValueError: not a usable
     provider key, or one registered already (its registration is named, never the key)."""
     key = key.strip()
     if not key:
@@ -187,8 +188,8 @@ def register_provider_key(account_name: str, provider: str, key: str, swap: bool
         existing = (ProviderKeyRow.select(ProviderKeyRow, Account.name.alias("account_name")).join(Account)
                     .where(ProviderKeyRow.key_hash == key_hash, ProviderKeyRow.revoked_at.is_null()).objects().first())
         if existing is not None:
-            raise ValueError(f"this key is registered already as {existing.id} (account {existing.account_name!r}, "
-                             f"provider {existing.provider}); revoke that registration first to change it")
+            raise AlreadyExists(f"this key is registered already as {existing.id} (account {existing.account_name!r}, "
+                                f"provider {existing.provider}); revoke that registration first to change it")
         return ProviderKeyRow.create(account=account, provider=provider, key_hash=key_hash,
                                      prefix=provider_key_prefix(key), swap=swap)
 

@@ -3,7 +3,7 @@
 NotFound     404  no such account, key, provider key registration, customer or meter
 BadRequest   400  input the ledger cannot take: a bad meter, provider key or token request
 Unauthorized 401  a secret key that is not an active Tollgate key
-Conflict     409  a customer or meter that exists already
+Conflict     409  a customer or meter that exists already, a provider key registered already
 
 Each carries a stable `code` (for scripts and the admin API) and a message meant for the operator.
 """

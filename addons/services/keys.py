@@ -290,6 +290,8 @@ def register_provider_key(account: str, provider: str, key: str, *, swap: bool =
     require_provider(provider)
     try:
         row = accounts.register_provider_key(account, provider, key, swap=swap)
+    except accounts.AlreadyExists as e:
+        raise Conflict("provider_key_registered", str(e)) from None
     except ValueError as e:
         raise BadRequest("invalid_provider_key", str(e)) from None
     return ProviderKeyInfo(row.id, account, row.provider, row.prefix, row.swap, row.created_at, row.revoked_at)
