@@ -15,6 +15,7 @@ import pytest
 
 from addons.auth.signed_tokens import verify_signed_token
 from addons.billing.charges import apply_charges
+from addons.ledger.accounts import ensure_account
 from addons.ledger.models import Account, Event, MeterRow, RequestRow, Wallet, database, open_database, utcnow
 from addons.ledger.writer import HoldRecord, UsageRecord, write_batch
 from tests.harness import clean_env, tollgate_cli
@@ -364,6 +365,22 @@ def test_usage_filters_by_time_and_customer(requests_ledger, args, groups, cost,
     assert {row["group"]: row["requests"] for row in usage["rows"]} == groups
     assert usage["totals"]["requests"] == sum(groups.values())
     assert (usage["totals"]["provider_cost"], usage["totals"]["margin"]) == (cost, margin)
+
+
+def test_usage_of_one_account(requests_ledger):
+    with ledger(requests_ledger):
+        other, _ = ensure_account("acme")
+        RequestRow.create(id="r5", created_at=datetime(2025, 2, 11), account=other, provider="mistral",
+                          endpoint="chat.completions", input_tokens=1, output_tokens=1, provider_cost_nanos=16_000_000,
+                          charged_nanos=16_000_000, usage_source="reported")
+    def groups(*args):
+        return {r["group"]: r["requests"] for r in requests_ledger.json("usage", *args)["rows"]}
+
+    assert groups() == {"openai": 3, "anthropic": 1, "mistral": 1}
+    assert groups("--account", "acme") == {"mistral": 1}
+    assert groups("--account", "default") == {"openai": 3, "anthropic": 1}
+    unknown = requests_ledger("usage", "--account", "nobody", check=False)
+    assert refused(unknown) and "nobody" in unknown.stderr
 
 
 def test_usage_margin_by_customer(requests_ledger):

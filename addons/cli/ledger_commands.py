@@ -261,7 +261,7 @@ def _group_cell(row: dict, by: str) -> str:
 
 
 def cmd_usage(args) -> None:
-    report = usage.usage(args.by, customer=args.customer, since=args.since, until=args.until)
+    report = usage.usage(args.by, customer=args.customer, since=args.since, until=args.until, account=args.account)
     rows = [_usage_row(r, report.by) for r in report.rows]
     totals = _unknown_cost(money_fields(asdict(report.totals)))
     columns = ["group", "requests", "input_tokens", "output_tokens", "provider_cost", "charged", "fee", "margin",

@@ -71,6 +71,7 @@ EXAMPLES = {
                  "tollgate requests --model 'gpt-4o*' --since 2025-06-01 --until 2025-06-02 --wide",
                  "tollgate requests --provider openai --csv > requests.csv"],
     "usage": ["tollgate usage --by key", "tollgate usage --by day --since 2025-06-01 --customer cus_42",
+              "tollgate usage --by model --account acme",
               "tollgate usage --by model --csv > usage.csv"],
     "customers create": ["tollgate customers create cus_42 --balance 5 --autopay-threshold 1 --autopay-amount 10"],
     "customers update": ["tollgate customers update cus_42 --spend-limit 5 --period day --rpm 20 --tpm none"],
@@ -212,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     requests.set_defaults(fn=cmd_requests)
     usage = sub.add_parser("usage", parents=[common, export], help="usage, cost, fees and margin roll-up")
     usage.add_argument("--by", choices=GROUPS, default="provider", help="one row per this (default: provider)")
+    usage.add_argument("--account", help="only this account's requests (default: every account's)")
     usage.add_argument("--customer", help="only this customer's requests")
     usage.add_argument("--since", type=_date, help="from this date or time (UTC, inclusive)")
     usage.add_argument("--until", type=_date, help="up to this date or time (UTC, exclusive)")
