@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import FrozenInstanceError
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -12,7 +12,7 @@ import pytest
 from addons.auth.credentials import ForwardToken, decode_forward_token
 from addons.billing.events import record_event
 from addons.ledger import accounts
-from addons.ledger.models import RequestRow, database, open_database
+from addons.ledger.models import Hold, RequestRow, database, open_database
 from addons.services import audit, bootstrap, customers, events, keys, meters, prices, requests, tokens, usage, wallets
 from addons.services.errors import BadRequest, Conflict, NotFound, Unauthorized
 
@@ -111,6 +111,40 @@ def test_customers(ledger):
     assert refused.value.code == "autopay_incomplete"
     with pytest.raises(NotFound, match="no customer 'zz' in account 'acme'"):
         customers.get("acme", "zz")
+
+
+def test_a_list_of_customers_reads_the_ledger_a_fixed_number_of_times(ledger, monkeypatch):
+    """Each customer's holds, cycle fees and requests are right, and fifty cost the queries one does."""
+    now = datetime.now(UTC).replace(tzinfo=None)
+    account = accounts.ensure_account("acme")[0]
+
+    def add(customer_id: str, n: int) -> None:
+        view = customers.create("acme", customer_id, balance_nanos=n * USD)
+        for i in range(n % 3):
+            Hold.create(request_id=f"h-{customer_id}-{i}", wallet=view.wallet, amount_nanos=(i + 1) * 1000,
+                        expires_at=now + timedelta(minutes=5))
+            RequestRow.create(id=f"r-{customer_id}-{i}", created_at=now, account=account, provider="openai",
+                              endpoint="chat.completions", customer_id=customer_id, fee_nanos=(i + 1) * 7)
+
+    def listed_with_queries() -> tuple[list, int]:
+        executed = []
+        real = database.obj.execute_sql
+        monkeypatch.setattr(database.obj, "execute_sql", lambda *a, **k: executed.append(a[0]) or real(*a, **k))
+        try:
+            return customers.list_customers("acme"), len(executed)
+        finally:
+            monkeypatch.undo()
+
+    add("c00", 1)
+    _, one = listed_with_queries()
+    for n in range(1, 50):
+        add(f"c{n:02d}", n)
+    listed, fifty = listed_with_queries()
+    assert fifty == one and len(listed) == 50
+    assert listed == [customers.get("acme", c.customer_id) for c in listed]  # as each customer's own view
+    c05 = next(c for c in listed if c.customer_id == "c05")  # 5 % 3 = 2 holds and requests
+    assert (c05.balance_nanos, c05.holds, c05.cycle_requests, c05.cycle_fees_nanos) == (
+        5 * USD, customers.Holds(2, 3000), 2, 21)
 
 
 def test_meters(ledger):

@@ -222,7 +222,7 @@ def decode_cursor(cursor: str) -> tuple:
 def paginate(listing: Listing, page: PageRequest, render: Callable[[Any], Any] = lambda result: result) -> dict:
     """A service's listing, newest first by (sort_field, id_field), keyset-paginated: rows written while a client
     pages never shift a page, so it neither skips nor repeats a row that existed when it started. Each row is
-    read as the service's result (listing.view), then rendered."""
+    read as the service's result (listing.views for the page at once, else listing.view), then rendered."""
     query, sort_field, id_field = listing.query, listing.sort_field, listing.id_field
     if page.after is not None:
         sort_value, row_id = page.after
@@ -234,4 +234,5 @@ def paginate(listing: Listing, page: PageRequest, render: Callable[[Any], Any] =
     if has_more:
         last = rows[-1]
         next_cursor = encode_cursor((getattr(last, sort_field.name), getattr(last, id_field.name)))
-    return {"data": [render(listing.view(row)) for row in rows], "has_more": has_more, "next_cursor": next_cursor}
+    results = listing.views(rows) if listing.views else [listing.view(row) for row in rows]
+    return {"data": [render(result) for result in results], "has_more": has_more, "next_cursor": next_cursor}

@@ -18,7 +18,7 @@ from addons.ledger.models import Account, Customer, new_id
 from addons.services import limits
 from addons.services.errors import BadRequest, Conflict, NotFound
 from addons.services.listing import Listing
-from addons.services.reports import customer_view
+from addons.services.reports import customer_views
 
 PROFILE_FIELDS = ("reference_id", "email", "phone", "name", "metadata")  # who the customer is, all optional
 SETTINGS = ("autopay_threshold_nanos", "autopay_amount_nanos", "overdraft_limit_nanos")
@@ -66,9 +66,13 @@ class CustomerDetail:
     view: CustomerView
 
 
+def _views(customers: list[Customer]) -> list[CustomerView]:
+    return [CustomerView(**{**view, "holds": Holds(**view["holds"])}, limits=accounts.limits_of(customer))
+            for customer, view in zip(customers, customer_views(customers), strict=True)]
+
+
 def _view(customer: Customer) -> CustomerView:
-    view = customer_view(customer)
-    return CustomerView(**{**view, "holds": Holds(**view["holds"])}, limits=accounts.limits_of(customer))
+    return _views([customer])[0]
 
 
 def limits_view(account: str, customer_id: str) -> limits.LimitsView:
@@ -77,10 +81,14 @@ def limits_view(account: str, customer_id: str) -> limits.LimitsView:
     return limits.customer_view(customer.account_id, customer.customer_id, accounts.limits_of(customer))
 
 
+def _details(customers: list[Customer]) -> list[CustomerDetail]:
+    return [CustomerDetail(customer.customer_id, customer.reference_id, customer.email, customer.phone, customer.name,
+                           None if customer.metadata is None else json.loads(customer.metadata), customer.created_at,
+                           view) for customer, view in zip(customers, _views(customers), strict=True)]
+
+
 def _detail(customer: Customer) -> CustomerDetail:
-    return CustomerDetail(customer.customer_id, customer.reference_id, customer.email, customer.phone, customer.name,
-                          None if customer.metadata is None else json.loads(customer.metadata), customer.created_at,
-                          _view(customer))
+    return _details([customer])[0]
 
 
 def _get(account: str, customer_id: str) -> Customer:
@@ -163,9 +171,9 @@ def _live(account: str):
 
 
 def list_customers(account: str) -> list[CustomerView]:
-    return [_view(customer) for customer in _live(account).order_by(Customer.customer_id)]
+    return _views(list(_live(account).order_by(Customer.customer_id)))
 
 
 def listing(account: str) -> Listing:
     """The account's live customers for the API's pages, newest first."""
-    return Listing(_live(account), Customer.created_at, Customer.id, _detail)
+    return Listing(_live(account), Customer.created_at, Customer.id, _detail, _details)

@@ -14,3 +14,4 @@ class Listing:
     sort_field: Any  # e.g. created_at
     id_field: Any  # unique, breaks ties of sort_field
     view: Callable[[Any], Any]  # a row -> the service's result for it
+    views: Callable[[list], list] | None = None  # a page's rows -> their results at once, where that is cheaper
