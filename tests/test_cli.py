@@ -97,3 +97,25 @@ def test_empty_ledger_reports(tollgate):
     for by in ("provider", "model", "key", "customer", "meter", "day"):
         usage = tollgate.json("usage", "--by", by)
         assert usage["rows"] == [] and usage["totals"]["requests"] == 0 and usage["totals"]["margin"] == "0.00"
+
+
+def test_webhooks_lifecycle(tollgate):
+    """`tollgate webhooks`: the secret once at creation, never after; update keeps it; delete stops the webhook."""
+    tollgate("init")
+    created = tollgate.json("webhooks", "create", "--name", "billing", "--url", "https://example.com/hooks")
+    assert created["id"].startswith("wh") and created["secret"].startswith("whsec_")
+    listed = tollgate.json("webhooks", "list")
+    assert [(w["id"], w["name"], w["url"]) for w in listed] == [(created["id"], "billing", "https://example.com/hooks")]
+    moved = tollgate.json("webhooks", "update", created["id"], "--url", "https://example.com/v2")
+    assert (moved["url"], moved["name"]) == ("https://example.com/v2", "billing")
+    shown = tollgate("webhooks", "show", created["id"]).stdout
+    assert "https://example.com/v2" in shown and created["secret"] not in shown + json.dumps(listed)
+    assert "not shown again" in tollgate("webhooks", "create", "--name", "b", "--url", "http://127.0.0.1:9/x").stdout
+    assert tollgate.json("webhooks", "delete", created["id"])["deleted"] is True
+    assert created["id"] not in [w["id"] for w in tollgate.json("webhooks", "list")]
+    for args, says in ((["show", created["id"]], "no webhook"),
+                       (["create", "--name", "x", "--url", "ftp://example.com"], "http:// or https://"),
+                       (["create", "--name", "x", "--url", "https://user:pw@example.com"], "credentials"),
+                       (["update", created["id"]], "--name or --url")):
+        refused = tollgate("webhooks", *args, check=False)
+        assert refused.returncode != 0 and says in refused.stderr and "Traceback" not in refused.stderr, args

@@ -17,7 +17,20 @@ from rich.console import Group
 from addons.cli.limit_flags import limit_changes
 from addons.cli.limit_output import limits_data, limits_line, limits_table
 from addons.cli.output import WIDE_WIDTH, compact_table, emit, money_fields, rows_table, table, text_block
-from addons.services import audit, bootstrap, customers, events, keys, meters, prices, requests, tokens, usage, wallets
+from addons.services import (
+    audit,
+    bootstrap,
+    customers,
+    events,
+    keys,
+    meters,
+    prices,
+    requests,
+    tokens,
+    usage,
+    wallets,
+    webhooks,
+)
 from addons.services.errors import BadRequest
 from pricing.money import format_usd, parse_usd
 
@@ -341,6 +354,31 @@ def cmd_meters(args) -> None:
     data = asdict(meter)
     tiers = [f"from {t['start']}: {t['rate']} USD per {meter.unit}" for t in data["tiers"]]
     emit(args, data, text=text_block({**data, "tiers": tiers}))
+
+
+def cmd_webhooks(args) -> None:
+    if args.action == "create":
+        created = webhooks.create(args.account, args.name, args.url)
+        data = {**asdict(created.webhook), "secret": created.secret}
+        emit(args, data, text=text_block(data) + "\nThe secret signs every event (x-tollgate-signature) and is not "
+                                                 "shown again: store it with the receiver.")
+        return
+    if args.action == "list":
+        rows = [asdict(w) for w in webhooks.list_webhooks(args.account)]
+        emit(args, rows, rows_table("Webhooks", ["id", "name", "url", "created_at"], rows), csv_rows=rows)
+        return
+    if args.action == "delete":
+        emit(args, {"id": webhooks.delete(args.account, args.id), "deleted": True},
+             text=f"Webhook {args.id} deleted: it receives no more events.")
+        return
+    if args.action == "update":
+        if args.name is None and args.url is None:
+            raise SystemExit("tollgate: webhooks update needs --name or --url")
+        hook = webhooks.update(args.account, args.id, name=args.name, url=args.url)
+    else:
+        hook = webhooks.get(args.account, args.id)
+    data = asdict(hook)
+    emit(args, data, text=text_block(data))
 
 
 def cmd_token(args) -> None:

@@ -31,6 +31,7 @@ from addons.cli.ledger_commands import (
     cmd_token,
     cmd_usage,
     cmd_wallet,
+    cmd_webhooks,
 )
 from addons.cli.limit_flags import add_limit_flags, clearable, positive, usd
 from addons.core.settings import load_settings
@@ -82,6 +83,11 @@ EXAMPLES = {
                       "tollgate meters create markup --rate-type percentage --unit tokens_1m --percentage 20"],
     "meters list": ["tollgate meters list"],
     "meters show": ["tollgate meters show chat"],
+    "webhooks create": ["tollgate webhooks create --name billing --url https://example.com/hooks/tollgate"],
+    "webhooks list": ["tollgate webhooks list --json"],
+    "webhooks show": ["tollgate webhooks show wh_0123456789ab"],
+    "webhooks update": ["tollgate webhooks update wh_0123456789ab --url https://example.com/hooks/v2"],
+    "webhooks delete": ["tollgate webhooks delete wh_0123456789ab"],
     "token": ["tollgate token --secret-key tg_sk_... --customer cus_42 --meter chat",
               "tollgate token --secret-key tg_sk_... --signed --expires-in 3600 --spend-cap 1.00"],
     "events": ["tollgate events --limit 10"],
@@ -265,6 +271,23 @@ def build_parser() -> argparse.ArgumentParser:
     mshow = msub.add_parser("show", parents=[common, account], help="one meter and its tiers")
     mshow.add_argument("slug", help="the meter's slug")
     meter_cmd.set_defaults(fn=cmd_meters)
+
+    hook_cmd = sub.add_parser("webhooks", parents=[common], help="where the account's billing events are sent")
+    hsub = hook_cmd.add_subparsers(dest="action", required=True)
+    hcreate = hsub.add_parser("create", parents=[common, account],
+                              help="a new webhook; its signing secret is shown once")
+    hcreate.add_argument("--name", required=True, help="a label for the webhook")
+    hcreate.add_argument("--url", required=True, help="the http(s) URL that receives every event, signed")
+    hsub.add_parser("list", parents=[common, account, export], help="the account's webhooks")
+    hshow = hsub.add_parser("show", parents=[common, account], help="one webhook (never its secret)")
+    hshow.add_argument("id", help="the webhook's id")
+    hupdate = hsub.add_parser("update", parents=[common, account], help="rename or move a webhook; its secret stays")
+    hupdate.add_argument("id", help="the webhook's id")
+    hupdate.add_argument("--name", help="a new label")
+    hupdate.add_argument("--url", help="a new URL: events from then on go there")
+    hdelete = hsub.add_parser("delete", parents=[common, account], help="stop sending events to a webhook")
+    hdelete.add_argument("id", help="the webhook's id")
+    hook_cmd.set_defaults(fn=cmd_webhooks)
 
     token = sub.add_parser("token", parents=[common], help="print a forward token")
     token.add_argument("--secret-key", required=True, help="the Tollgate secret key the token acts for")
