@@ -173,6 +173,10 @@ def test_quicker_header_lookups_answer_as_mitmproxys_own(fields, asked):
     headers = http.Headers(fields)
     mitmproxys = [http._native(value) for value in multidict._MultiDict.get_all(headers, http._always_bytes(asked))]
     assert mitmproxy_internals._header_values(headers, asked) == mitmproxys
+    folded = ", ".join(mitmproxys) if mitmproxys else None  # what Mapping.get gives through Headers.__getitem__
+    assert mitmproxy_internals._header_get(headers, asked) == folded
+    assert mitmproxy_internals._header_get(headers, asked, "x") == (folded if mitmproxys else "x")
+    assert mitmproxy_internals._header_in(headers, asked) is bool(mitmproxys)
 
 
 def test_the_lean_launcher_looks_headers_up_and_names_flows_its_own_way(monkeypatch):
@@ -182,12 +186,17 @@ def test_the_lean_launcher_looks_headers_up_and_names_flows_its_own_way(monkeypa
     from mitmproxy import flow as mitmproxy_flow
 
     monkeypatch.setattr(http.Headers, "get_all", http.Headers.get_all)  # restored after
+    monkeypatch.setattr(http.Headers, "get", http.Headers.get)
+    monkeypatch.setattr(http.Headers, "__contains__", http.Headers.__contains__)
     monkeypatch.setattr(connection, "uuid", connection.uuid)
     monkeypatch.setattr(mitmproxy_flow, "uuid", mitmproxy_flow.uuid)
     mitmproxy_internals.quicker_header_lookups()
     mitmproxy_internals.cheaper_flow_ids()
-    assert {"Headers.get_all", "mitmproxy.connection.uuid", "mitmproxy.flow.uuid"} <= mitmproxy_internals.patched()
-    assert http.Headers([(b"X-Key", b"v")])["x-key"] == "v"
+    assert {"Headers.get_all", "Headers.get", "Headers.__contains__", "mitmproxy.connection.uuid",
+            "mitmproxy.flow.uuid"} <= mitmproxy_internals.patched()
+    headers = http.Headers([(b"X-Key", b"v"), (b"x-key", b"w")])
+    assert (headers["x-key"], headers.get("X-KEY"), headers.get("nope", "-"), "x-KEY" in headers, "nope" in headers) == (
+        "v, w", "v, w", "-", True, False)
     ids = [tflow.tflow().id for _ in range(500)] + [tflow.tclient_conn().id for _ in range(500)]
     assert len(set(ids)) == 1000 and {uuid.UUID(i).version for i in ids} == {4}
     assert all(str(uuid.UUID(i)) == i for i in ids)

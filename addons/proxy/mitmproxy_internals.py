@@ -27,7 +27,7 @@ import os
 import random
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import wsproto
@@ -221,19 +221,38 @@ def drop_debug_type_checks() -> None:
         _replace("MessageData.__post_init__", http.MessageData, "__post_init__", lambda original: _no_type_check)
 
 
+def _header_key(name: str | bytes) -> bytes:
+    return (name.encode("utf-8", "surrogateescape") if isinstance(name, str) else http._always_bytes(name)).lower()
+
+
 def _header_values(self, name: str | bytes) -> list[str]:
-    key = (name.encode("utf-8", "surrogateescape") if isinstance(name, str) else http._always_bytes(name)).lower()
+    key = _header_key(name)
     return [value.decode("utf-8", "surrogateescape") for field, value in self.fields if field.lower() == key]
+
+
+def _header_get(self, name: str | bytes, default=None):
+    values = _header_values(self, name)
+    return ", ".join(values) if values else default  # folded as Headers._reduce_values folds them
+
+
+def _header_in(self, name: str | bytes) -> bool:
+    key = _header_key(name)
+    return any(field.lower() == key for field, _ in self.fields)
 
 
 def quicker_header_lookups() -> None:
     """Every header lookup (`headers.get`, `headers[...]`, `in`) goes through `Headers.get_all`, which lowercases
-    each field's name through a static method call per field (`_MultiDict.get_all` -> `self._kconv`); mitmproxy
-    and the gateway make dozens of lookups per request, a few % of the lean gateway's CPU (bench/profile.md).
-    The same lookup written out: the values, as str, of the fields whose name equals `name` ignoring case.
-    Checked against mitmproxy's own by tests/test_hook_index.py."""
+    each field's name through a static method call per field (`_MultiDict.get_all` -> `self._kconv`), and `get`
+    and `in` are the Mapping mixin's, which raise and catch a KeyError for every absent header; mitmproxy and the
+    gateway make dozens of lookups per request, most for headers a request lacks, several % of the lean
+    gateway's CPU (bench/profile.md). The same lookups written out: the values, as str, of the fields whose
+    name equals `name` ignoring case (`get` folds them with ", " as `headers[name]` does). Checked against
+    mitmproxy's own by tests/test_hook_index.py."""
     if "get_all" in vars(http.Headers):
         _replace("Headers.get_all", http.Headers, "get_all", lambda original: _header_values)
+    for name, fast in (("get", _header_get), ("__contains__", _header_in)):
+        if getattr(http.Headers, name) in (getattr(Mapping, name), fast):  # else mitmproxy has its own now
+            _replace(f"Headers.{name}", http.Headers, name, lambda original, fast=fast: fast)
 
 
 class _CheaperIds:

@@ -36,8 +36,8 @@ Hooks are dispatched by addons.runtime.hook_index.IndexedAddonManager: only to t
 
 mitmproxy's internals are patched by addons.proxy.mitmproxy_internals.install(lean=True), called
 before anything runs (it refuses an unsupported mitmproxy); `lean` also drops mitmproxy's debug-only
-per-field type checks of messages, looks headers up without a method call per field, and names flows and
-connections from a seeded generator rather than uuid4, in this process only.
+per-field type checks of messages, looks headers up without a method call per field or a KeyError per absent
+header, and names flows and connections from a seeded generator rather than uuid4, in this process only.
 
 mitmproxy logs every client and server connect/disconnect at INFO; here those show only at debug
 verbosity (`-v` or `--set termlog_verbosity=debug`), so a busy gateway writes no per-flow lines;
