@@ -171,8 +171,7 @@ class ProviderKeyRecord:
 
 def register_provider_key(account_name: str, provider: str, key: str, swap: bool = False) -> ProviderKeyRow:
     """Map a provider key's fingerprint to an account; the key itself is not kept. AlreadyExists: the key has an
-    active registration. ValueError: not a usable
-    provider key, or one registered already (its registration is named, never the key)."""
+    active registration (named, never the key). ValueError: not a usable provider key."""
     key = key.strip()
     if not key:
         raise ValueError("no provider key given (it is read from stdin)")
