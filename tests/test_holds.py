@@ -9,8 +9,9 @@ import os
 import pytest
 import redis
 
-from addons.billing.hold_stores import FailoverHolds, LocalHolds, RedisHolds
+from addons.billing.hold_stores import REDIS_AWAY, FailoverHolds, LocalHolds, RedisHolds
 from addons.billing.holds import HoldBook, InsufficientFunds
+from tests.harness import free_port
 
 TTL = 60.0
 
@@ -246,6 +247,41 @@ def test_redis_holds_release_a_committed_batch_in_one_call(url):
             assert await store.available("wallet") == 10_000 - 7
         finally:
             await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_redis_admissions_of_one_loop_turn_share_a_round_trip_and_keep_their_own_answers(url, monkeypatch):
+    """Admissions made while one is in flight go to Redis together, as one pipeline; each caller still gets its own
+    outcome (a hold, a refusal naming its pot, a stale wallet), and a dead Redis fails every one of them as a call
+    of its own would."""
+
+    async def scenario():
+        store = RedisHolds(url, hold_ttl=TTL)
+        pipelines = []
+        real_pipeline = store.redis.pipeline
+        monkeypatch.setattr(store.redis, "pipeline", lambda **kw: pipelines.append(kw) or real_pipeline(**kw))
+        try:
+            await store.confirm("wallet", 1_000, version=1)
+            await store.confirm("small", 10, version=1)
+            outcomes = await asyncio.gather(
+                *(store.hold(f"req_{i}", {"wallet": 100}) for i in range(8)),
+                store.hold("req_big", {"small": 50}), store.fresh_available("wallet", 60.0),
+                store.fresh_available("nobody", 60.0), return_exceptions=True)
+            assert len(pipelines) == 2  # the first hold and read go alone; the others, one pipeline per script
+            assert outcomes[:8] == [[]] * 8
+            assert isinstance(outcomes[8], InsufficientFunds) and outcomes[8].pot == "small"
+            assert outcomes[9] in (200, 1_000) and outcomes[10] is None  # read beside the holds, before or after
+            assert await store.available("wallet") == 200
+        finally:
+            await store.close()
+        dead = RedisHolds(f"redis://127.0.0.1:{free_port()}/0", hold_ttl=TTL)  # nothing listens there
+        try:
+            failed = await asyncio.gather(*(dead.fresh_available("wallet", 60.0) for _ in range(3)),
+                                          return_exceptions=True)
+            assert all(isinstance(e, REDIS_AWAY) for e in failed), failed
+        finally:
+            await dead.close()
 
     asyncio.run(scenario())
 
