@@ -364,7 +364,10 @@ def start_tollgate(kind: str, mock_port: int, launcher: str = "lean", workers: i
         if LIMITS_TOO and not baseline else None
     port = free_port()
     confdir = tmp / "mitmproxy"
-    common = ["-q", "--listen-host", "127.0.0.1", "--listen-port", str(port), "--set", f"confdir={confdir}"]
+    # each Tollgate's admin process (the REST API, started by default) on a port of its own: on the default 8082 all
+    # but the first would fail to bind and be restarted over and over, in the measured process tree
+    common = ["-q", "--listen-host", "127.0.0.1", "--listen-port", str(port), "--set", f"confdir={confdir}",
+              "--set", f"tollgate_admin_port={free_port()}"]
     if workers:
         argv = [str(venv_bin / "python"), "-m", "addons.runtime.workers", "--workers", str(workers), "--", *common]
     elif launcher == "script":
