@@ -428,7 +428,8 @@ def mask_web_views() -> None:
 
 def install(*, lean: bool = False, web: bool = False) -> None:
     """Check the version, then put every patch in place (again: a no-op). `lean`: the tollgate-proxy
-    process (drop_debug_type_checks, quicker_header_lookups, cheaper_flow_ids); `web`: under mitmweb (mask_web_views)."""
+    process (drop_debug_type_checks, quicker_header_lookups, cheaper_flow_ids); `web`: under mitmweb
+    (mask_web_views)."""
     check_version()
     answer_errors_with(error_pages.json_error_response)
     reword_protocol_errors(error_pages.protocol_error_message)

@@ -18,6 +18,7 @@ from addons.rewrite.hub import (
     HubResponse,
     HubUsage,
     Untranslatable,
+    call_arguments,
     chunk,
     make_usage,
     usage_chunk,
@@ -285,10 +286,7 @@ def _assistant_from_hub(message: dict, where: str) -> list[dict]:
     blocks = _content_from_hub(content, where) if content else []
     for k, call in enumerate(message.get("tool_calls") or []):
         function = call.get("function") or {}
-        try:
-            arguments = json.loads(function.get("arguments") or "{}")
-        except ValueError:
-            raise Untranslatable(f"{where}.tool_calls[{k}].function.arguments", "is not JSON") from None
+        arguments = call_arguments(call, f"{where}.tool_calls[{k}]")
         blocks.append({"type": "tool_use", "id": call.get("id"), "name": function.get("name"), "input": arguments})
     if message.get("function_call"):
         raise Untranslatable(f"{where}.function_call", "the legacy function_call has no counterpart; use tool_calls")

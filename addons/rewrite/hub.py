@@ -296,10 +296,10 @@ def user_parts_from_hub(content: Any, field: str, target: str,
         if kind == "text":
             parts.append({"text": str(part.get("text", ""))})
         elif kind == "image_url":
-            url = part.get("image_url") or {}
-            if url.get("detail") not in (None, "auto"):
+            image_url = part.get("image_url") or {}
+            if image_url.get("detail") not in (None, "auto"):
                 raise Untranslatable(f"{pf}.image_url.detail", f"{target} sets no per-image detail")
-            parts.append(image(str(url.get("url", "")), f"{pf}.image_url.url"))
+            parts.append(image(str(image_url.get("url", "")), f"{pf}.image_url.url"))
         else:
             raise Untranslatable(pf, f"content part {kind!r} has no {target} equivalent")
     return parts

@@ -7,9 +7,9 @@ that is about 130 empty calls per request, about a fifth of the process's CPU (p
 bench/README.md).
 
 This manager keeps, per hook name, the handlers of the chain entries that have it, and calls only
-those, directly: the hook's arguments are built once (from its fields, listed once per hook class), and an error is caught and logged as
-mitmproxy's `safecall` does ("Addon error", the traceback from the addon on; AddonHalt stops the
-hook, OptionsError goes up). An entry with child addons (the script loader with scripts loaded)
+those, directly: the hook's arguments are built once (from its fields, listed once per hook class),
+and an error is caught and logged as mitmproxy's `safecall` does ("Addon error", the traceback from
+the addon on; AddonHalt stops the hook, OptionsError goes up). An entry with child addons (the script loader with scripts loaded)
 goes through mitmproxy's own walk, because its children change at run time. The index is rebuilt
 after any register, add, remove or clear; mitmproxy registers every child it adds (the script
 loader registers each script, a script its module), so an entry without children when the index

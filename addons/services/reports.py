@@ -170,8 +170,8 @@ def missing_prices(since: datetime | None = None, until: datetime | None = None)
 
 
 def customer_views(customers: list[Customer]) -> list[dict]:
-    """Balance, open holds and this cycle's usage per meter of each customer (of one account): three grouped
-    queries for the whole list, however long, with the customers' wallets joined in."""
+    """Balance, open holds and this cycle's usage per meter of each customer (all of one account): four queries
+    for the whole list, however long (balances, holds, meter usage, fees), not four per customer."""
     if not customers:
         return []
     now = utcnow()
