@@ -1,26 +1,28 @@
 """What a key's limits cost a request without Redis, in process: CPU per request, every limit set versus none.
 
-Run by hand:  .venv/bin/python bench/limits_cost.py [--requests 200] [--rounds 100] [--profile]
+Run by hand:  .venv/bin/python bench/limits_cost.py [--requests 200] [--rounds 100] [--bytecodes]
 
 The Gateway addon runs in this process under mitmproxy's test context on a throwaway SQLite ledger (as the
-`gw` test fixture does); each request goes through its hooks (request, responseheaders, response) on one
-event loop with a canned OpenAI answer, and the ledger writer commits in its own thread as it does in the
-proxy. Blocks of requests alternate between a key with no limits and a key with every limit set (spend and
-request limits per month, rpm, tpm, a model and a provider allow-list), none of them reached. Each block's
-CPU time is taken for the event loop's thread (every hook and the cashier's settles) and for the process
-(the ledger writer's thread too); the figure is the mean of each key's fastest fifth of blocks, so blocks
-slowed by other work on the machine are left out. bench/run_bench.py --limits measures the same through
-real sockets, where a few microseconds drown in the noise of a whole request.
+`gw` test fixture does), with mitmproxy patched as tollgate-proxy patches it (the header lookups walk the
+limits' header fields); each request goes through its hooks (request, responseheaders, response) on one
+event loop with a canned OpenAI answer, the ledger writer commits in its own thread and its commits settle
+the holds on the loop, as in the proxy. Blocks of requests alternate between a key with no limits and a key
+with every limit set (spend and request limits per month, rpm, tpm, a model and a provider allow-list), none
+of them reached. Each block's CPU time is taken for the event loop's thread (every hook and the settles) and
+for the process (the ledger writer's thread too); the figure is the mean of each key's fastest fifth of
+blocks, so blocks slowed by other work on the machine are left out. `--bytecodes` counts instead what each
+request executes, by function: the same every run, for telling where the difference goes.
+bench/run_bench.py --limits measures the same through real sockets, where a few microseconds drown in the
+noise of a whole request.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import cProfile
+import collections
 import json
 import os
-import pstats
 import sys
 import tempfile
 import time
@@ -38,16 +40,40 @@ ANSWER = json.dumps({"id": "chatcmpl-1", "object": "chat.completion", "model": "
                      "usage": {"prompt_tokens": 14, "completion_tokens": 6, "total_tokens": 20}}).encode()
 
 
+def _bytecodes(loop, block, secret: str, n: int) -> collections.Counter:
+    """Bytecodes executed per request on the event loop (hooks and settles), by function: on this machine's
+    Python, CPU time follows them within a few per cent, and they do not move with the machine's load."""
+    counts: collections.Counter = collections.Counter()
+
+    def trace(frame, event, arg):
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            counts[f"{Path(frame.f_code.co_filename).name}:{frame.f_code.co_qualname}"] += 1
+        return trace
+
+    sys.settrace(trace)
+    try:
+        loop.run_until_complete(block(secret, n))
+    finally:
+        sys.settrace(None)
+    return collections.Counter({code: count / n for code, count in counts.items()})
+
+
 def _low(per_request: list[float]) -> float:
     fastest = sorted(per_request)[:max(len(per_request) // 5, 1)]
     return sum(fastest) / len(fastest)
+
+
+async def _running(gateway) -> None:
+    gateway.running()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=200, help="requests per key per block")
     ap.add_argument("--rounds", type=int, default=100, help="blocks per key, alternating")
-    ap.add_argument("--profile", action="store_true", help="print where a limited request's time goes")
+    ap.add_argument("--bytecodes", action="store_true",
+                    help="count, instead of timing, the bytecodes each request executes, by function (deterministic)")
     args = ap.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="tollgate-limits-cost-")
@@ -59,9 +85,11 @@ def main() -> None:
     from mitmproxy.test import taddons, tflow, tutils
 
     from addons.ledger.accounts import credit_wallet, ensure_account
+    from addons.proxy import mitmproxy_internals
     from addons.proxy.gateway_addon import Gateway
     from addons.services import keys
 
+    mitmproxy_internals.install(lean=True)  # as tollgate-proxy runs: the header lookups it patches see the limits' fields
     gateway = Gateway()
     with taddons.context(Proxyserver(), gateway) as tctx:
         tctx.configure(gateway)
@@ -71,6 +99,7 @@ def main() -> None:
                                         limits=LIMITS).secret_key
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
+        loop.run_until_complete(_running(gateway))  # the writer's commits settle on this loop, as in the proxy
         answer_headers = http.Headers(content_type="application/json")
 
         async def one(secret: str) -> None:
@@ -100,15 +129,16 @@ def main() -> None:
 
         loop.run_until_complete(block(plain, 2000))  # warm: caches, pots confirmed, the ledger's pages
         loop.run_until_complete(block(limited, 2000))
-        if args.profile:
-            for name, secret in (("no limits", plain), ("every limit", limited)):
-                profiler = cProfile.Profile()
-                profiler.enable()
-                loop.run_until_complete(block(secret, args.requests))
-                profiler.disable()
-                print(f"--- {name}")
-                pstats.Stats(profiler).sort_stats("cumtime").print_stats(
-                    r"addons/(billing|proxy|auth|usage|core|ledger|pricing)|pricing/")
+        if args.bytecodes:
+            counted = {name: _bytecodes(loop, block, secret, args.requests)
+                       for name, secret in (("no limits", plain), ("every limit", limited))}
+            plain_counts, limited_counts = counted["no limits"], counted["every limit"]
+            print(f"bytecodes per request on the event loop: no limits {sum(plain_counts.values()):.0f}, every limit "
+                  f"{sum(limited_counts.values()):.0f}; the difference by function:")
+            difference = {code: limited_counts[code] - plain_counts[code] for code in limited_counts | plain_counts}
+            for code, extra in sorted(difference.items(), key=lambda item: -abs(item[1]))[:30]:
+                print(f"{extra:+8.1f}  {code}")
+            return
         samples: dict[str, list[tuple[float, float]]] = {plain: [], limited: []}
         for r in range(args.rounds):
             for secret in (plain, limited) if r % 2 == 0 else (limited, plain):

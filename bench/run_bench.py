@@ -34,6 +34,7 @@ import shutil
 import signal
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import time
@@ -362,12 +363,12 @@ def start_tollgate(kind: str, mock_port: int, launcher: str = "lean", workers: i
     cli("wallet", "topup", "100000")
     limited = json.loads(cli("keys", "create", "--name", "limited", *LIMITED_KEY, "--json"))["secret_key"] \
         if LIMITS_TOO and not baseline else None
-    port = free_port()
+    port, admin_port = free_port(), free_port()
     confdir = tmp / "mitmproxy"
     # each Tollgate's admin process (the REST API, started by default) on a port of its own: on the default 8082 all
     # but the first would fail to bind and be restarted over and over, in the measured process tree
     common = ["-q", "--listen-host", "127.0.0.1", "--listen-port", str(port), "--set", f"confdir={confdir}",
-              "--set", f"tollgate_admin_port={free_port()}"]
+              "--set", f"tollgate_admin_port={admin_port}"]
     if workers:
         argv = [str(venv_bin / "python"), "-m", "addons.runtime.workers", "--workers", str(workers), "--", *common]
     elif launcher == "script":
@@ -382,7 +383,8 @@ def start_tollgate(kind: str, mock_port: int, launcher: str = "lean", workers: i
         log_text = tail(name, 100000)
         if "error in script" in log_text or "Addon error" in log_text:
             raise Unavailable(f"the gateway addon failed to load: {log_text[-800:]}")
-        return ca.exists() and http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+        return (ca.exists() and http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+                and http_get(f"http://127.0.0.1:{admin_port}/openapi.json")[0] == 200)  # idle RSS counts it too
 
     wait_ready(proc, name, ready, 60)
     startup = time.monotonic() - t0
@@ -758,7 +760,73 @@ def targets_check(targets: list[Target], r, up_ns1: float | None, up_ttfb1: floa
     return out
 
 
-def report(targets: list[Target], results: dict, unavailable: list[tuple[str, str]], args, meta: dict) -> str:
+def _spread(values: list[float], digits: int, suffix: str) -> str:
+    """The median of per-round figures, with their range: `1.52x (1.41x..1.60x, 6 rounds)`."""
+    if not values:
+        return "—"
+    median = statistics.median(values)
+    return (f"{median:.{digits}f}{suffix} ({min(values):.{digits}f}{suffix}..{max(values):.{digits}f}{suffix}, "
+            f"{len(values)} rounds)")
+
+
+def speed_targets(targets: list[Target], phases: dict, up_phases: dict) -> list[str]:
+    """Issue 16's targets with the spread of each across rounds: a figure per round, from the i-th phase of each
+    target in a cell (phases are interleaved round by round), as the median and range of those rounds."""
+    names = {t.name for t in targets}
+
+    def per_round(a: str, b: str, cell: tuple[str, int], of) -> list[float]:
+        if a not in names or b not in names:
+            return []
+        pairs = zip(phases.get((a, *cell), []), phases.get((b, *cell), []), strict=False)
+        return [of(x, y) for x, y in pairs if x.ok and y.ok and x.elapsed and y.elapsed]
+
+    def rps_ratio(x, y):
+        return (x.ok / x.elapsed) / (y.ok / y.elapsed)
+
+    def over_upstream(name, cell, which):
+        ups = up_phases.get(cell, [])
+        return [pct(getattr(x, which), 50) - pct(getattr(u, which), 50)
+                for x, u in zip(phases.get((name, *cell), []), ups, strict=False) if getattr(x, which) and getattr(u, which)]
+
+    def ratio_row(label, a, b, cell, target):
+        values = per_round(a, b, cell, rps_ratio)
+        met = None if not values else statistics.median(values) >= target
+        return label, _spread(values, 2, "x"), met
+
+    def latency_row(label, a, b, cell, which):
+        mine, theirs = over_upstream(a, cell, which), over_upstream(b, cell, which)
+        diffs = [(x - y) * 1000 for x, y in zip(mine, theirs, strict=False)]
+        met = None if not diffs else statistics.median(diffs) <= 0
+        return label, _spread(diffs, 2, " ms") + " (Tollgate's added p50 less theirs)", met
+
+    def limits_row(label, name, budget_ms):
+        values = per_round(f"{name}-limited", name, ("ns", 32), lambda x, y: (x.cpu / x.ok - y.cpu / y.ok) * 1000)
+        met = None if not values else statistics.median(values) <= budget_ms
+        return label, _spread(values, 3, " ms"), met
+
+    rows = [
+        ratio_row("forward endpoint (SQLite) ≥ 1.5x Portkey, req/s @32", "tollgate-sqlite-fwd", "portkey", ("ns", 32), 1.5),
+        ratio_row("forward endpoint (SQLite) ≥ 1.5x stock mitmdump, req/s @32", "tollgate-sqlite-fwd", "mitmdump",
+                  ("ns", 32), 1.5),
+        latency_row("added p50 @1 below Portkey's", "tollgate-sqlite-fwd", "portkey", ("ns", 1), "lat"),
+        ratio_row("PostgreSQL + Redis within 10 % of SQLite, req/s @32", "tollgate-pg-fwd", "tollgate-sqlite-fwd",
+                  ("ns", 32), 0.9),
+        ratio_row("HTTPS_PROXY within 15 % of the forward endpoint, req/s @32", "tollgate-sqlite-proxy",
+                  "tollgate-sqlite-fwd", ("ns", 32), 0.85),
+        latency_row("stream TTFB overhead @1 at or below stock mitmdump's streaming", "tollgate-sqlite-fwd",
+                    "mitmdump-stream", ("st", 1), "ttfb"),
+        limits_row("a key with every limit costs ≤ 0.02 ms of CPU per request (SQLite, in process; --limits)",
+                   "tollgate-sqlite-fwd", 0.02),
+        limits_row("... ≤ 0.1 ms with Redis (PostgreSQL + Redis; --limits)", "tollgate-pg-fwd", 0.1),
+    ]
+    out = ["\n## Targets (issue 16): ratios within this run, with their spread across rounds\n",
+           "| target | median (range, rounds) | |", "|---|---|---|"]
+    out += [f"| {label} | {value} | {'—' if met is None else 'met' if met else 'NOT met'} |" for label, value, met in rows]
+    return out
+
+
+def report(targets: list[Target], results: dict, unavailable: list[tuple[str, str]], args, meta: dict,
+           phases: dict | None = None) -> str:
     def r(t, w, c) -> PhaseResult | None:
         return results.get((t.name, w, c))
 
@@ -841,10 +909,12 @@ def report(targets: list[Target], results: dict, unavailable: list[tuple[str, st
                    f"{rps} | {cpu} | {other(a)} / {other(b)} | {errs} |")
 
     out.extend(targets_check(targets, r, up_ns1, up_ttfb[1]))
+    if phases:
+        out.extend(speed_targets(targets, phases, {cell: phases.get(("upstream", *cell), []) for cell in CELLS}))
 
     out.append("\n## Gateway process: memory and CPU\n")
-    out.append("RSS of the gateway's process tree: idle = started, before any request; after = when the whole run "
-               "ended; peak = largest seen after any phase. Idle CPU = over a quiet window before the run. "
+    out.append("RSS of the gateway's process tree: idle = started (its admin process answering), before any request; "
+               "after = when the whole run ended; peak = largest seen after any phase. Idle CPU = over a quiet window before the run. "
                "CPU ms/req @1 is higher than @32: at 1 client every request pays the event-loop wake-ups alone.\n")
     out.append("| gateway process | RSS idle (MB) | RSS after load (MB) | RSS peak (MB) | idle CPU | startup (s) | "
                "CPU ms/req non-streamed @1 | CPU ms/req non-streamed @32 |")
@@ -1309,9 +1379,11 @@ def main() -> int:
         except KeyboardInterrupt:  # report what was measured so far, then stop
             interrupted = True
             log("interrupted: reporting the phases measured so far")
+        kept: dict[tuple[str, str, int], list[PhaseResult]] = {}  # each cell's phases, round by round
         for key in set(quiet) | set(noisy):
             phases = quiet[key][:args.reps]
             fill = sorted(noisy[key], key=lambda x: x.foreign_pct)[:args.reps - len(phases)]
+            kept[key] = phases + fill
             cell = PhaseResult()
             for x in phases + fill:
                 cell.merge(x)
@@ -1332,7 +1404,7 @@ def main() -> int:
         if interrupted:
             unavailable.append(("remaining phases", "the run was interrupted (SIGINT/SIGTERM); figures are partial"))
             args.no_profile = True
-        text = report(targets, results, unavailable, args, meta) if not args.profile_only else ""
+        text = report(targets, results, unavailable, args, meta, kept) if not args.profile_only else ""
         print(text)
         if not args.profile_only:
             Path(args.out).write_text(text)

@@ -30,10 +30,10 @@ class PriceBound:
     input_per_mtok: int  # nanos per million input tokens, the dearest measured (rounded up)
     output_per_mtok: int
 
-    def cost(self, usage: TokenUsage) -> int:
-        """At least what `usage` (input and output tokens) costs."""
-        return (self.fixed + -(-usage.input_tokens * self.input_per_mtok // _MTOK)
-                + -(-usage.output_tokens * self.output_per_mtok // _MTOK))
+    def cost(self, input_tokens: int, output_tokens: int) -> int:
+        """At least what that many input and output tokens cost."""
+        return (self.fixed + -(-input_tokens * self.input_per_mtok // _MTOK)
+                + -(-output_tokens * self.output_per_mtok // _MTOK))
 
 
 def measure(price_at: Callable[[TokenUsage, datetime], int], now: float) -> PriceBound:

@@ -22,6 +22,8 @@ from addons.core.settings import parse_limits
 from addons.ledger.accounts import credit_wallet, ensure_account
 from addons.ledger.models import RequestRow
 from addons.proxy import metrics_recorder
+from addons.proxy.flow_keys import RETRIES_KEY
+from addons.proxy.stamped_headers import stamped
 from addons.services import customers, keys, meters, tokens
 from tests.harness import shared_redis
 from tests.inprocess_gateway import api_flow
@@ -227,10 +229,61 @@ def test_tokens_per_minute_reserve_input_and_max_tokens_then_true_up_to_the_usag
     assert first.response.headers["x-ratelimit-limit-tokens"] == "10000"
     reserved = 10_000 - int(first.response.headers["x-ratelimit-remaining-tokens"])
     assert 4000 < reserved < 4100  # max_tokens plus the input's estimate
-    assert outcome(d.send(secret, chat(4000))) == 200
-    assert outcome(d.send(secret, chat(4000))) == 429  # two reservations left too little
-    d.loop.run_until_complete(asyncio.sleep(0.1))  # the true-ups: each used 50 tokens, not ~4000
-    assert outcome(d.send(secret, chat(4000))) == 200
+    d.loop.run_until_complete(asyncio.sleep(0.1))  # the true-up (Redis: batched): it used 50 tokens, not ~4000
+    as_reserved = (reserved - 4000, 4000)  # nothing to true up
+    # 10,000 less 50 holds two more reservations, not a third; without the true-up, 10,000 less ~4,000 held one
+    assert [outcome(d.send(secret, chat(4000), usage=as_reserved)) for _ in range(3)] == [200, 200, 429]
+
+
+def test_a_limited_keys_rate_headers_replace_the_providers_and_the_request_id_is_always_the_gateways():
+    provider = ((b"Content-Type", b"application/json"), (b"X-RateLimit-Remaining-Requests", b"9"),
+                (b"X-Lava-Request-Id", b"the provider's"))
+    ids = ((b"x-lava-request-id", b"req_1"), (b"x-tollgate-request-id", b"req_1"))
+    ours = ((b"x-ratelimit-remaining-requests", b"59"),)
+    assert stamped(provider, "req_1", ours) == ((b"Content-Type", b"application/json"), *ids, *ours)
+    assert stamped(provider, "req_1", ()) == (*provider[:2], *ids)  # a key without limits: the provider's pass on
+
+
+def test_a_streamed_answer_has_the_keys_headers_in_its_head(drive):
+    d = drive()
+    body = json.dumps({"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+    flow = api_flow([("authorization", f"Bearer {key_with(rpm=60)}")], content=body.encode())
+
+    async def head():
+        await d.gw.request(flow)
+        flow.response = tutils.tresp(headers=http.Headers(content_type="text/event-stream"), content=b"")
+        d.gw.responseheaders(flow)  # a stream's head goes to the client now, before any event
+    d.loop.run_until_complete(head())
+    headers = flow.response.headers
+    assert flow.response.stream and headers["x-ratelimit-remaining-requests"] == "59"
+    assert headers["x-lava-request-id"].startswith("req_")
+    d.gw.response(flow)
+
+
+def test_an_answer_the_retries_put_in_place_carries_the_keys_headers_and_is_metered(drive):
+    """addons.proxy.upstream_retries, before the Gateway in the chain, swaps in the resent request's answer
+    between the Gateway's responseheaders and response hooks: the Gateway puts its headers on that answer, and
+    reads it as what it is (JSON here, where the first answer said SSE)."""
+    d = drive()
+    flow = api_flow([("authorization", f"Bearer {key_with(rpm=60)}")], content=chat())
+    answer = {"model": "gpt-4o-mini", "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}}
+
+    async def go():
+        await d.gw.request(flow)
+        flow.response = tutils.tresp(status_code=503, headers=http.Headers(content_type="text/event-stream"),
+                                     content=b"data: busy\n\n")
+        d.gw.responseheaders(flow)
+        flow.response = tutils.tresp(headers=http.Headers(content_type="application/json"),
+                                     content=json.dumps(answer).encode())
+        flow.metadata[RETRIES_KEY] = 1
+        d.gw.response(flow)
+    d.loop.run_until_complete(go())
+    headers = flow.response.headers
+    assert headers["x-lava-request-id"].startswith("req_") and headers["x-ratelimit-limit-requests"] == "60"
+    assert headers["x-ratelimit-remaining-requests"] == "59"
+    d.settle()
+    [row] = RequestRow.select()
+    assert (row.status, row.input_tokens, row.output_tokens) == (200, 7, 3)
 
 
 def test_a_request_larger_than_a_minutes_tokens_is_refused_with_its_size(drive):

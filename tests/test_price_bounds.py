@@ -30,13 +30,13 @@ def test_a_bound_is_never_below_the_price_during_the_minute_it_serves(model, inp
     provider, name = model
     bounds = PriceBounds(clock=lambda: start)
     usage = TokenUsage(input_tokens=input_tokens, output_tokens=output_tokens)
-    assert bounds.of(provider, provider, name, ()).cost(usage) >= exact(provider, name, usage, start + into)
+    assert bounds.of(provider, provider, name, ()).cost(usage.input_tokens, usage.output_tokens) >= exact(provider, name, usage, start + into)
 
 
 def test_a_flat_priced_models_bound_is_its_price():
     bound = PriceBounds().of("openai", "openai", "gpt-4o-mini", ())
     usage = TokenUsage(input_tokens=1234, output_tokens=567)
-    assert bound.cost(usage) == exact("openai", "gpt-4o-mini", usage, datetime.now(UTC).timestamp())
+    assert bound.cost(usage.input_tokens, usage.output_tokens) == exact("openai", "gpt-4o-mini", usage, datetime.now(UTC).timestamp())
 
 
 def test_the_off_peak_discount_is_not_held_into_the_minute_it_ends():
@@ -44,7 +44,7 @@ def test_the_off_peak_discount_is_not_held_into_the_minute_it_ends():
     before_end = PriceBounds(clock=lambda: OFF_PEAK_END - 30).of("deepseek", "deepseek", "deepseek-chat", ())
     assert exact("deepseek", "deepseek-chat", usage, OFF_PEAK_END - 30) < exact("deepseek", "deepseek-chat", usage,
                                                                                  OFF_PEAK_END)
-    assert before_end.cost(usage) == exact("deepseek", "deepseek-chat", usage, OFF_PEAK_END)
+    assert before_end.cost(usage.input_tokens, usage.output_tokens) == exact("deepseek", "deepseek-chat", usage, OFF_PEAK_END)
 
 
 def test_bounds_are_measured_again_after_their_minute_and_for_new_overrides():
@@ -54,8 +54,8 @@ def test_bounds_are_measured_again_after_their_minute_and_for_new_overrides():
     dear = (Override("openai", "my-model", input_mtok=Decimal(10), output_mtok=Decimal(20)),)
     usage = TokenUsage(input_tokens=1_000_000, output_tokens=1_000_000)
     first = bounds.of("openai", "openai", "my-model", cheap)
-    assert first.cost(usage) == 3 * 10**9
+    assert first.cost(usage.input_tokens, usage.output_tokens) == 3 * 10**9
     assert bounds.of("openai", "openai", "my-model", cheap) is first  # within its minute: not measured again
-    assert bounds.of("openai", "openai", "my-model", dear).cost(usage) == 30 * 10**9  # new overrides
+    assert bounds.of("openai", "openai", "my-model", dear).cost(usage.input_tokens, usage.output_tokens) == 30 * 10**9  # new overrides
     now[0] += BOUND_TTL
     assert bounds.of("openai", "openai", "my-model", dear) is not first

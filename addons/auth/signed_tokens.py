@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import json
@@ -137,11 +138,16 @@ def out_of_scope(allow_providers: tuple[str, ...], allow_models: tuple[str, ...]
     everything; a model pattern ending in * is a prefix. Signed tokens and keys share it."""
     if allow_providers and provider_id not in allow_providers:
         return f"provider {provider_id}"
-    if allow_models and not (model is not None and any(
-            model == allowed or (allowed.endswith("*") and model.startswith(allowed[:-1]))
-            for allowed in allow_models)):
+    if allow_models and not (model is not None and (model in allow_models
+                                                    or model.startswith(_model_prefixes(allow_models)))):
         return f"model {model or '(none)'}"
     return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _model_prefixes(allow_models: tuple[str, ...]) -> tuple[str, ...]:
+    """The prefixes of an allow-list's `...*` patterns (read on every request of a key or token with one)."""
+    return tuple(allowed[:-1] for allowed in allow_models if allowed.endswith("*"))
 
 
 def check_scope(claims: SignedClaims, provider_id: str, model: str | None) -> None:

@@ -56,6 +56,8 @@ ADD_LINGER = 0.002  # seconds incurred costs wait to share one hot-store call
 TRUE_UP_LINGER = 0.05  # seconds tokens-per-minute true-ups wait to share one (a minute's bucket barely moves)
 PENDING_MAX = 100_000  # requests whose limits await their commit; beyond, the oldest are forgotten (never committed)
 RENEW_WAIT = 5.0  # seconds `renew` waits for the last response's commit (a ledger outage: it holds on top)
+
+WorstCost = Callable[[int, int], int]  # what a request may cost (nanos) with that many input and output tokens
 log = logging.getLogger(__name__)
 
 
@@ -81,6 +83,7 @@ class Cashier:
         self.holds: LocalHolds | FailoverHolds = (
             FailoverHolds(RedisHolds(redis_url, settings.hold_ttl_seconds), local) if redis_url else local
         )
+        self._book = None if redis_url else local.book  # in process: called at once, nothing to await or batch
         self._overdraft: dict[str, int] = {}
         # request id -> (what it holds of its payer, when the hold expires): the holds in place, for metrics
         self.open_holds: dict[str, tuple[int, float]] = {}
@@ -119,43 +122,30 @@ class Cashier:
             await self.holds.confirm_new(pot.name, pot.limit - used, generation, resets, pot.limit)
         owner.confirmed = True
 
-    def worst_case_usage(self, reader: UsageReader) -> TokenUsage:
-        return TokenUsage(
-            input_tokens=tokens(reader.prompt_chars),  # the readers' own estimate
-            output_tokens=reader.max_output_tokens or self.settings.default_max_output_tokens,
-        )
-
-    async def admit(self, request_id: str, plan: BillingPlan, reader: UsageReader,
-                    cost_of: Callable[[TokenUsage], int], body_bytes: int = 0) -> tuple[tuple[bytes, bytes], ...] | None:
+    async def admit(self, request_id: str, plan: BillingPlan, reader: UsageReader, cost_of: WorstCost,
+                    body_bytes: int = 0) -> tuple[tuple[bytes, bytes], ...] | None:
         """Raise PaymentRequired or TooManyRequests, or hold the request's worst case in every pot that pays
         for it or limits it; returns the x-ratelimit-* headers of its rate limits, if it has any."""
         merchant = plan.key.wallet_id
         capped = plan.token is not None and plan.token.spend_cap_nanos is not None
         limited = plan.key.limits.any or plan.customer is not None
         if not (plan.bill_customer or capped or limited):
-            available = await self.holds.fresh_available(merchant, self.freshness)  # one round trip when fresh
+            if self._book is not None:  # in process: nothing to await
+                available = self._book.fresh_available(merchant, self.freshness)
+            else:
+                available = await self.holds.fresh_available(merchant, self.freshness)  # one round trip when fresh
             if available is None:
                 await self._fresh_wallet(merchant, force=True)
                 available = await self.holds.available(merchant)
             if plan.merchant_pays_provider and available <= 0:
                 raise _wallet_empty(available)
             return None
-        owners = self.limits.owners(plan) if limited else ()
-        worst_usage = self.worst_case_usage(reader)
-        buckets: list[Bucket] = []
-        tokens_held: list[Bucket] = []
-        for owner in owners:
-            if owner.rpm is not None:
-                buckets.append(owner.rpm)
-            if (tpm := owner.tpm) is not None:
-                reserved = worst_usage.input_tokens + worst_usage.output_tokens
-                if reserved > tpm.capacity:
-                    raise self.limits.too_large(tpm, reserved)
-                tokens_held.append(Bucket(tpm.name, tpm.per_minute, tpm.capacity, reserved))
-                buckets.append(tokens_held[-1])
+        # the worst case: the readers' estimate of the input, and max_tokens or the configured default
+        input_tokens = tokens(reader.prompt_chars)
+        output_tokens = reader.max_output_tokens or self.settings.default_max_output_tokens
         pots: dict[str, int] = {}
         if plan.bill_customer or capped:
-            merchant_amount, payer_amount = self._worst_charges(plan, reader, worst_usage, cost_of(worst_usage))
+            merchant_amount, payer_amount = self._worst_charges(plan, reader, input_tokens, output_tokens, cost_of)
             if plan.bill_customer:
                 await self._fresh_wallet(plan.customer.wallet_id, plan.customer.overdraft_limit_nanos)
                 pots[plan.customer.wallet_id] = max(payer_amount, 1)  # an empty balance admits nothing, even a free one
@@ -163,24 +153,35 @@ class Cashier:
                 pot = f"token:{plan.token.token_id}"
                 await self._known_token(pot, plan.token.token_id, plan.token.spend_cap_nanos)
                 pots[pot] = max(payer_amount, 1)
+        owners = self.limits.owners(plan) if limited else ()
+        buckets: list[Bucket] = []
+        tokens_held: list[Bucket] = []
         limit_pots: tuple[LimitPot, ...] = ()
-        limits: dict[str, int] = {}  # pots' limits, where this process holds against them for the first time
+        limits: dict[str, int] | None = None  # pots' limits, where this process holds against them for the first time
         spends = False
         for owner in owners:
+            if owner.rpm is not None:
+                buckets.append(owner.rpm)
+            if (tpm := owner.tpm) is not None:
+                reserved = input_tokens + output_tokens
+                if reserved > tpm.capacity:
+                    raise self.limits.too_large(tpm, reserved)
+                tpm = Bucket(tpm.name, tpm.per_minute, tpm.capacity, reserved)
+                tokens_held.append(tpm)
+                buckets.append(tpm)
             if not owner.pots or (owner.pots[0].what == CUSTOMER_SPEND and not plan.bill_customer):
                 continue
             if not owner.confirmed:  # new to this process, or its limits or period changed
                 await self._known_limits(owner)
-                limits.update(owner.limit_of)  # a changed limit moves its pot's room (relimit)
+                limits = {**(limits or {}), **owner.limit_of}  # a changed limit moves its pot's room (relimit)
             limit_pots += owner.pots
             spends = spends or owner.spends
         if limit_pots:
             if spends:
                 # A spend limit must hold: the input held at a bound (no text has more tokens than bytes), not an
                 # estimate
-                bound = TokenUsage(input_tokens=max(body_bytes, worst_usage.input_tokens),
-                                   output_tokens=worst_usage.output_tokens)
-                merchant_amount, payer_amount = self._worst_charges(plan, reader, bound, cost_of(bound))
+                merchant_amount, payer_amount = self._worst_charges(plan, reader, max(body_bytes, input_tokens),
+                                                                    output_tokens, cost_of)
             for limit in limit_pots:
                 what = limit.what
                 # a spent limit admits nothing, even a free-looking request
@@ -192,7 +193,10 @@ class Cashier:
             states = None
             for retry in range(3):
                 try:
-                    states = await self.holds.hold(request_id, pots, buckets, limits, wallet)
+                    if self._book is not None:  # in process: nothing to await
+                        states = self._book.hold(request_id, pots, buckets, limits, wallet)
+                    else:
+                        states = await self.holds.hold(request_id, pots, buckets, limits, wallet)
                     break
                 except WalletStale:
                     await self._fresh_wallet(merchant, force=True)
@@ -234,7 +238,7 @@ class Cashier:
         return rate_headers(buckets, states) if buckets else None
 
     async def renew(self, finished_id: str, request_id: str, plan: BillingPlan, reader: UsageReader,
-                    cost_of: Callable[[TokenUsage], int], wait: float = RENEW_WAIT) -> None:
+                    cost_of: WorstCost, wait: float = RENEW_WAIT) -> None:
         """The next response of a session: wait until `finished_id` (its last response, already submitted to
         the ledger writer) is committed and its hold released, then admit `request_id` as `admit` does (and
         raise as it does). Waiting makes the check exact: the balance then holds the real charge, not the
@@ -265,12 +269,15 @@ class Cashier:
         if len(table) > PENDING_MAX:  # requests that never commit (a ledger outage): forget the oldest
             del table[next(iter(table))]
 
-    def _worst_charges(self, plan: BillingPlan, reader: UsageReader, usage: TokenUsage, cost: int) -> tuple[int, int]:
-        """(the merchant's, the payer's) charge for `usage` costing `cost`: the payer is the billed customer (its
+    def _worst_charges(self, plan: BillingPlan, reader: UsageReader, input_tokens: int, output_tokens: int,
+                       cost_of: WorstCost) -> tuple[int, int]:
+        """(the merchant's, the payer's) charge for that many tokens: the payer is the billed customer (its
         meter's fee at the highest rate, plus a BYOK fee), else the merchant."""
+        cost = cost_of(input_tokens, output_tokens)
         merchant = cost if plan.merchant_pays_provider else (0 if plan.bill_customer else self._byok(cost))
         if not plan.bill_customer:
             return merchant, merchant
+        usage = TokenUsage(input_tokens=input_tokens, output_tokens=output_tokens)
         units = meters.units_of(plan.meter, reader.measured(usage))  # audio duration: not known yet
         return merchant, worst_case_fee(plan.meter, units, cost) + (self._byok(cost) if plan.byok else 0)
 
@@ -293,6 +300,10 @@ class Cashier:
         """A finished request used `tokens` (input and output): its tokens-per-minute reservation is trued up."""
         held = self._tokens_held.pop(request_id, None)
         if held is None or tokens == held[1]:
+            return
+        if self._book is not None:
+            for bucket in held[0]:
+                self._book.true_up(bucket, tokens - held[1])
             return
         if not self._true_ups:
             asyncio.get_running_loop().call_later(TRUE_UP_LINGER, self._flush_true_ups)
@@ -322,10 +333,13 @@ class Cashier:
             spends[f"token:{token_id}"] += amount
         for record in report.written:
             for limit in self._limit_pots.pop(record.id, ()):
-                fees = report.fees.get(record.id)
                 what = limit.what
-                spends[limit.name] += 1 if what == KEY_REQUESTS else record.charged_nanos if what == KEY_SPEND else (
-                    fees.fee_nanos if fees and what == CUSTOMER_SPEND else 0)
+                if what == KEY_REQUESTS:
+                    spends[limit.name] += 1
+                elif what == KEY_SPEND:
+                    spends[limit.name] += record.charged_nanos
+                elif (fees := report.fees.get(record.id)) is not None:  # CUSTOMER_SPEND: the customer's fee
+                    spends[limit.name] += fees.fee_nanos
         for request_id in report.request_ids:
             self._limit_pots.pop(request_id, None)
         if report.request_ids or spends:  # the spends land before the holds go, or the room would show twice

@@ -55,7 +55,7 @@ class LocalHolds:
         return self.book.available(pot)
 
     async def fresh_available(self, pot: str, max_age: float) -> int | None:
-        return self.book.available(pot) if self.book.is_fresh(pot, max_age) else None
+        return self.book.fresh_available(pot, max_age)
 
     async def hold(self, request_id: str, amounts: dict[str, int], buckets: Sequence[Bucket] = (),
                    limits: dict[str, int] | None = None, wallet: tuple[str, float, bool] | None = None

@@ -64,17 +64,6 @@ class RateLimited(Exception):
         self.remaining = remaining
 
 
-def refill(level: float | None, at: float, now: float, bucket: Bucket) -> float:
-    """A bucket's level at `now` (ms), from `level` at `at`; a bucket never seen is full."""
-    if level is None:
-        return float(bucket.capacity)
-    return min(float(bucket.capacity), level + max(now - at, 0.0) * bucket.rate)
-
-
-def state_after(level: float, bucket: Bucket) -> BucketState:
-    return BucketState(max(math.floor(level), 0), math.ceil((bucket.capacity - level) / bucket.rate))
-
-
 @dataclass(slots=True)
 class Pot:
     confirmed: int
@@ -156,11 +145,12 @@ class HoldBook:
 
     def take(self, buckets: Sequence[Bucket], now: float | None = None) -> list[BucketState]:
         """Each bucket's cost from it, or RateLimited naming the first without enough and nothing taken.
-        (refill and state_after written out, states as plain pairs: this runs for every rate-limited request.)
+        (The refill written out, states as plain pairs: this runs for every rate-limited request.)
         `now`: the book's clock."""
         now = (self._clock() if now is None else now) * 1000
         known = self._buckets
-        levels = []
+        states = []
+        taken = []
         for name, per_minute, capacity, cost in buckets:
             state = known.get(name)
             if state is None:
@@ -171,18 +161,35 @@ class HoldBook:
                     level = capacity
             if cost > level:
                 raise RateLimited(name, math.ceil((cost - level) * 60000 / per_minute), max(math.floor(level), 0))
-            levels.append(level - cost)
-        states = []
-        for (name, per_minute, capacity, _), level in zip(buckets, levels, strict=True):
-            known[name] = (level, now)
-            states.append((int(level) if level > 0 else 0, math.ceil((capacity - level) * 60000 / per_minute)))
+            level -= cost  # not below 0
+            taken.append((name, (level, now)))
+            states.append((int(level), math.ceil((capacity - level) * 60000 / per_minute)))
+        known.update(taken)  # every bucket had enough: all taken at once
         return states  # type: ignore[return-value]  # (remaining, reset_ms): BucketState's fields
 
     def true_up(self, bucket: Bucket, delta: int) -> None:
         """The bucket gives `delta` more (less, if negative) than the request took at admission."""
         now = self._clock() * 1000
-        level = refill(*self._buckets.get(bucket.name, (None, now)), now, bucket)
-        self._buckets[bucket.name] = (min(float(bucket.capacity), level - delta), now)
+        name, per_minute, capacity, _ = bucket
+        state = self._buckets.get(name)
+        if state is None:
+            level = capacity
+        else:  # the refill written out, as in take
+            level = state[0] + (now - state[1]) * per_minute / 60000 if now > state[1] else state[0]
+            if level > capacity:
+                level = capacity
+        level -= delta
+        self._buckets[name] = (level if level < capacity else float(capacity), now)
+
+    def fresh_available(self, pot: str, max_age: float) -> int | None:
+        """What the pot has available, or None if it was confirmed too long ago (or never)."""
+        known = self._pots.get(pot)
+        now = self._clock()
+        if known is None or now - known.confirmed_at >= max_age:
+            return None
+        if self._expiries and self._expiries[0][0] <= now:
+            self._expire(now)
+        return known.confirmed - known.held
 
     def available(self, pot: str) -> int:
         known = self._pots[pot]
@@ -221,23 +228,20 @@ class HoldBook:
         for every request with a balance, cap or limit to hold against.)"""
         now = self._clock()
         pots = self._pots
+        if self._expiries and self._expiries[0][0] <= now:
+            self._expire(now)
         if wallet is not None:
             name, max_age, positive = wallet
             known = pots.get(name)
             if known is None or now - known.confirmed_at >= max_age:
                 raise WalletStale(name)
-            if positive:
-                if self._expiries and self._expiries[0][0] <= now:
-                    self._expire(now)
-                if (available := known.confirmed - known.held) <= 0:
-                    raise WalletEmpty(available)
+            if positive and (available := known.confirmed - known.held) <= 0:
+                raise WalletEmpty(available)
         if limits:
             for name, limit in limits.items():
                 known = pots[name]
                 if known.limit is not None and known.limit != limit:
                     self.relimit(name, limit)
-        if self._expiries and self._expiries[0][0] <= now:
-            self._expire(now)
         held = []
         for name, amount in amounts.items():
             known = pots[name]

@@ -86,7 +86,8 @@ class RequestLimits:
         found = []
         if key.key_id is not None and key.limits.any:
             known = self._keys.get(key.key_id)
-            if known is None or not known.serves(key.limits, now):
+            if known is None or not (known.limits is key.limits and known.valid_from <= now < known.valid_until
+                                     or known.serves(key.limits, now)):
                 known = self._keys[key.key_id] = self._owner(
                     f"key:{key.key_id}", key.limits, self._key_pots(key.key_id, key.limits, now), self._keys)
             found.append(known)
@@ -182,20 +183,16 @@ RATE_HEADER_PREFIX = b"x-ratelimit-"
 def rate_headers(buckets: list[Bucket], states: list[BucketState]) -> tuple[tuple[bytes, bytes], ...]:
     """OpenAI's x-ratelimit-* headers (as raw header fields) from the first requests bucket and the first tokens
     bucket."""
-    fields: list[tuple[bytes, bytes]] = []
-    requests = tokens = False
+    fields: tuple[tuple[bytes, bytes], ...] = ()
+    named = ""
     for bucket, (remaining, reset_ms) in zip(buckets, states, strict=False):
-        if bucket.name[0] == "r":  # rpm:...
-            if requests:
-                continue
-            requests, names = True, _REQUESTS_HEADERS
-        else:  # tpm:...
-            if tokens:
-                continue
-            tokens, names = True, _TOKENS_HEADERS
-        fields += ((names[0], b"%d" % bucket.per_minute), (names[1], b"%d" % remaining),
-                   (names[2], b"%dms" % reset_ms if reset_ms < 1000 else go_duration(reset_ms).encode()))
-    return tuple(fields)
+        kind = bucket.name[0]  # r: rpm:..., t: tpm:...
+        if kind not in named:
+            named += kind
+            limit, left, reset = _REQUESTS_HEADERS if kind == "r" else _TOKENS_HEADERS
+            fields += ((limit, b"%d" % bucket.per_minute), (left, b"%d" % remaining),
+                       (reset, b"%dms" % reset_ms if reset_ms < 1000 else go_duration(reset_ms).encode()))
+    return fields
 
 
 def rate_limited(bucket: Bucket, retry_after_ms: int, remaining: int) -> TooManyRequests:

@@ -47,7 +47,7 @@ class BillingPlan:
 
     @property
     def merchant_pays_provider(self) -> bool:
-        return not self.byok
+        return self.provider_key is None  # not byok
 
 
 async def plan_for(caller: Caller, cache: AccountCache) -> BillingPlan:

@@ -14,7 +14,6 @@ import collections
 import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -30,9 +29,9 @@ from addons.auth.sigv4_callers import authenticate_sigv4
 from addons.auth.vertex_tokens import ServiceAccountTokens, TokenError
 from addons.billing import price_guard
 from addons.billing.autopay import AutoTopUp
-from addons.billing.cashier import Cashier
+from addons.billing.cashier import Cashier, WorstCost
 from addons.billing.charges import apply_charges, is_billable
-from addons.billing.limits import RATE_HEADER_PREFIX, RequestLimits
+from addons.billing.limits import RequestLimits
 from addons.billing.plan import plan_for
 from addons.core.catalog import Catalog, Provider
 from addons.core.errors import GatewayError, NotFound, ProviderNotConfigured, ShuttingDown, UpstreamUnreachable
@@ -51,14 +50,15 @@ from addons.proxy.flow_keys import (
     PRICE_SOURCE_KEY,
     PROVIDER_KEY,
     REFUSAL_KEY,
-    REQUEST_ID_HEADERS,
     REQUEST_ID_KEY,
+    RETRIES_KEY,
     STREAM_KEY,
 )
 from addons.proxy.forward import FORWARD_PATH, parse_forward_target, sdk_query, sdk_target
 from addons.proxy.gateway_config import SharedConfig
 from addons.proxy.metadata import parse_metadata
 from addons.proxy.routing import addressed_to_gateway, provider_and_host
+from addons.proxy.stamped_headers import stamped
 from addons.proxy.usage_record import Pending, unmetered_record, usage_record
 from addons.rewrite import endpoint as rewrite_endpoint
 from addons.rewrite.endpoint import REWRITE_PREFIX, Rewrite, RewriteStream
@@ -485,14 +485,7 @@ class Gateway:
             return
         response = flow.response
         state.reader.observe_headers(response.headers)
-        for name in REQUEST_ID_HEADERS:
-            response.headers[name] = state.request_id
-        if state.rate_headers:  # the key's limits replace the provider's own (raw fields: no per-header parsing)
-            fields = response.headers.fields
-            if any(name[:12].lower() == RATE_HEADER_PREFIX for name, _ in fields):
-                fields = tuple(field for field in fields if field[0][:12].lower() != RATE_HEADER_PREFIX)
-            response.headers.fields = fields + state.rate_headers
-        content_type = response.headers.get("content-type", "")
+        content_type = state.content_type = response.headers.get("content-type", "")
         is_stream = content_type.startswith("text/event-stream")
         if response.status_code < 400 and (is_stream or state.reader.stream_requested
                                            or state.reader.streams_response(content_type)):
@@ -502,6 +495,12 @@ class Gateway:
                 response.stream = RewriteStream(response.stream, state.rewrite)
                 response.headers["content-type"] = response.stream.encoder.content_type
                 response.headers.pop("content-length", None)
+            self._stamp(response, state)  # its headers leave now (else with the body, after `response`)
+
+    @staticmethod
+    def _stamp(response: http.Response, state: Pending) -> None:
+        """The gateway's own headers on the answer, set last: the lookups before need not walk them."""
+        response.headers.fields = stamped(response.headers.fields, state.request_id, state.rate_headers or ())
 
     def response(self, flow: http.HTTPFlow) -> None:
         self.in_flight.discard(flow.id)
@@ -509,10 +508,14 @@ class Gateway:
         if state is None:
             return
         if flow.response.status_code == 101 and isinstance(state.reader, RealtimeReader):
+            self._stamp(flow.response, state)
             self.realtime.start(flow, state)  # each response of the session is recorded as it finishes
             return
         if not state.streamed:
-            state.reader.observe_body(flow.response.content or b"", flow.response.headers.get("content-type"))
+            if RETRIES_KEY in flow.metadata:  # addons.proxy.upstream_retries put another answer in place
+                state.content_type = flow.response.headers.get("content-type", "")
+            state.reader.observe_body(flow.response.content or b"", state.content_type)
+            self._stamp(flow.response, state)
         self._record(flow, state, status=flow.response.status_code, error=None)
         if state.rewrite is not None and not state.streamed:
             self._translate_answer(flow, state.rewrite)
@@ -543,7 +546,7 @@ class Gateway:
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         self.realtime.end(flow)
 
-    def _session_worst_cost(self, upgrade: Pending) -> Callable[[TokenUsage], int]:
+    def _session_worst_cost(self, upgrade: Pending) -> WorstCost:
         return self._worst_cost(upgrade.provider, upgrade.reader)
 
     def error(self, flow: http.HTTPFlow) -> None:
@@ -599,15 +602,18 @@ class Gateway:
         flow.marked = flow_notes.METERED
         return record
 
-    def _worst_cost(self, provider: Provider, reader: UsageReader) -> Callable[[TokenUsage], int]:
-        """What the request may cost with a given usage, for its holds: for tokens, the model's price bound
-        (pricing/bounds.py, measured once a minute); a media request is priced with what it asks for."""
-        if (media := reader.expected_media) is not None:
-            return lambda usage: self._cost(provider, reader.model, usage, media=media).total_nanos
-        if isinstance(reader, RealtimeReader):  # every token may be audio, the dearest
-            return lambda usage: self._cost(provider, reader.model, usage, media=worst_media(usage)).total_nanos
-        return lambda usage: self.price_bounds.of(provider.id, provider.pricing_id, reader.model or "",
-                                                  self.prices).cost(usage)  # looked up only if a hold needs it
+    def _worst_cost(self, provider: Provider, reader: UsageReader) -> WorstCost:
+        """What the request may cost with so many input and output tokens, for its holds: for tokens, the model's
+        price bound (pricing/bounds.py, measured once a minute); a media request is priced with what it asks for."""
+        media = reader.expected_media
+        if media is not None or isinstance(reader, RealtimeReader):
+            def priced(input_tokens: int, output_tokens: int) -> int:
+                usage = TokenUsage(input_tokens=input_tokens, output_tokens=output_tokens)
+                worst = media if media is not None else worst_media(usage)  # Realtime: every token may be audio
+                return self._cost(provider, reader.model, usage, media=worst).total_nanos
+            return priced
+        return lambda input_tokens, output_tokens: self.price_bounds.of(  # looked up only if a hold needs it
+            provider.id, provider.pricing_id, reader.model or "", self.prices).cost(input_tokens, output_tokens)
 
     def _cost(self, provider: Provider, model: str | None, usage, at: datetime | None = None, media=None):
         return price(usage, model=model or "", provider_id=provider.id, pricing_id=provider.pricing_id,

@@ -227,7 +227,9 @@ def _header_key(name: str | bytes) -> bytes:
 
 def _header_values(self, name: str | bytes) -> list[str]:
     key = _header_key(name)
-    return [value.decode("utf-8", "surrogateescape") for field, value in self.fields if field.lower() == key]
+    size = len(key)  # bytes.lower() keeps the length: most fields are passed over without lowering them
+    return [value.decode("utf-8", "surrogateescape") for field, value in self.fields
+            if len(field) == size and field.lower() == key]
 
 
 def _header_get(self, name: str | bytes, default=None):
@@ -237,7 +239,8 @@ def _header_get(self, name: str | bytes, default=None):
 
 def _header_in(self, name: str | bytes) -> bool:
     key = _header_key(name)
-    return any(field.lower() == key for field, _ in self.fields)
+    size = len(key)
+    return any(len(field) == size and field.lower() == key for field, _ in self.fields)
 
 
 def quicker_header_lookups() -> None:
@@ -246,8 +249,8 @@ def quicker_header_lookups() -> None:
     and `in` are the Mapping mixin's, which raise and catch a KeyError for every absent header; mitmproxy and the
     gateway make dozens of lookups per request, most for headers a request lacks, several % of the lean
     gateway's CPU (bench/profile.md). The same lookups written out: the values, as str, of the fields whose
-    name equals `name` ignoring case (`get` folds them with ", " as `headers[name]` does). Checked against
-    mitmproxy's own by tests/test_hook_index.py."""
+    name equals `name` ignoring case, a field of another length passed over without lowering it (`get` folds
+    them with ", " as `headers[name]` does). Checked against mitmproxy's own by tests/test_hook_index.py."""
     if "get_all" in vars(http.Headers):
         _replace("Headers.get_all", http.Headers, "get_all", lambda original: _header_values)
     for name, fast in (("get", _header_get), ("__contains__", _header_in)):

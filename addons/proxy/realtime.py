@@ -33,14 +33,13 @@ from mitmproxy.proxy.layers.websocket import WebSocketMessageInjected
 from mitmproxy.websocket import WebSocketMessage
 from wsproto.frame_protocol import Opcode
 
-from addons.billing.cashier import Cashier
+from addons.billing.cashier import Cashier, WorstCost
 from addons.core.errors import GatewayError
 from addons.proxy import metrics_recorder, mitmproxy_internals
 from addons.proxy.error_pages import new_request_id
 from addons.proxy.usage_record import Pending
 from addons.usage.json_fields import as_dict, as_str
 from addons.usage.realtime import RealtimeReader, ResponseReader, server_event
-from pricing.usage import TokenUsage
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +49,6 @@ _OUTPUT_DELTAS = frozenset({"response.output_text.delta", "response.text.delta",
                             "response.audio_transcript.delta"})
 
 Record = Callable[[http.HTTPFlow, Pending, int | None, str | None], None]
-CostOf = Callable[[TokenUsage], int]
 
 
 def take_subprotocol_key(headers: http.Headers) -> str | None:
@@ -112,7 +110,7 @@ class RealtimeSessions:
     `cost_of` prices a usage as the session's worst case."""
 
     def __init__(self, cashier: Callable[[], Cashier], record: Record,
-                 cost_of: Callable[[Pending], CostOf], keep_messages: Callable[[], bool]):
+                 cost_of: Callable[[Pending], WorstCost], keep_messages: Callable[[], bool]):
         self._cashier = cashier
         self._record = record
         self._cost_of = cost_of

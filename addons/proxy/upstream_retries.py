@@ -49,7 +49,7 @@ from mitmproxy.proxy.mode_specs import UpstreamMode
 from mitmproxy.utils.asyncio_utils import create_task
 
 from addons.core.catalog import Timeouts
-from addons.proxy.flow_keys import ENDPOINT_KEY, PROVIDER_KEY, REQUEST_ID_HEADERS, RETRIES_KEY, STREAM_KEY
+from addons.proxy.flow_keys import ENDPOINT_KEY, PROVIDER_KEY, RETRIES_KEY, STREAM_KEY
 from addons.proxy.gateway_config import SharedConfig
 from addons.proxy.upstream_guard import RESOLVE_TIMEOUT_S, Resolver, is_public, resolve
 
@@ -195,15 +195,13 @@ class UpstreamRetries:
 
     @staticmethod
     def _take(response: http.Response, answer: httpx.Response, body: bytes) -> None:
-        """The resent request's answer in place of the last one, keeping the gateway's own headers."""
-        kept = [(name, response.headers[name]) for name in REQUEST_ID_HEADERS if name in response.headers]
+        """The resent request's answer in place of the last one (the Gateway, next in the chain, puts its own
+        headers on it again: the request id, a limited key's x-ratelimit-*)."""
         response.status_code = answer.status_code
         response.reason = answer.reason_phrase
         response.headers = http.Headers([(k, v) for k, v in answer.headers.raw
                                          if k.decode("latin-1").lower() not in HOP_BY_HOP])
         response.headers["content-length"] = str(len(body))
-        for name, value in kept:
-            response.headers[name] = value
         response.raw_content = body
         response.timestamp_end = time.time()
 

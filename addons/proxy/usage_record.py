@@ -37,6 +37,7 @@ class Pending:
     model: str | None = None  # the model the operator maps the request's deployment to (Azure), over the response's
     session_id: str | None = None  # a Realtime session's responses: the session they belong to
     rewrite: Rewrite | None = None  # a /v1/rewrite request's translation (addons/rewrite/endpoint.py)
+    content_type: str | None = None  # the response's, as the provider sent it
 
     @property
     def created_at(self) -> datetime:
