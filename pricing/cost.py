@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Context, Decimal, Inexact, InvalidOperation, getcontext, localcontext
 from fnmatch import fnmatchcase
 from fractions import Fraction
-from functools import cache, lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Literal
 
@@ -172,8 +172,32 @@ def shipped_overrides() -> tuple[Override, ...]:
     return load_overrides()
 
 
-@lru_cache(maxsize=4096)  # bounded: model names come from callers
+_MAX_ROUTES = 4096  # (provider, model) answers kept per overrides table: model names come from callers
+_routes: dict[int, tuple[tuple[Override, ...], dict]] = {}  # id(overrides) -> (overrides, answers)
+
+
 def _route(
+    provider_id: str, pricing_id: str | None, model: str, overrides: tuple[Override, ...]
+) -> Override | tuple[Provider, ModelInfo] | bool:
+    """Who prices this (provider, model), remembered per overrides table, found by identity (as _plan finds
+    its snapshot prices): a cache keyed by the table itself would hash every field of every override on each
+    request, more than routing costs."""
+    entry = _routes.get(id(overrides))
+    if entry is None:
+        if len(_routes) >= 16:  # tables replaced by config reloads
+            _routes.clear()
+        entry = _routes[id(overrides)] = (overrides, {})  # the entry holds the table: its id stays unique
+    answers = entry[1]
+    key = (provider_id, pricing_id, model)
+    answer = answers.get(key)
+    if answer is None:
+        if len(answers) >= _MAX_ROUTES:
+            answers.clear()
+        answer = answers[key] = _find_route(provider_id, pricing_id, model, overrides)
+    return answer
+
+
+def _find_route(
     provider_id: str, pricing_id: str | None, model: str, overrides: tuple[Override, ...]
 ) -> Override | tuple[Provider, ModelInfo] | bool:
     """Who prices this (provider, model): an Override, genai-prices' (provider, model), False for nobody."""

@@ -14,8 +14,8 @@ from addons.auth.credentials import (
     _credential_headers,
     decode_forward_token,
     encode_forward_token,
+    forwarded_headers,
     read_credential,
-    strip_gateway_credentials,
 )
 from addons.core.errors import BadRequest, Unauthorized
 from addons.core.secret_formats import hash_secret, new_secret_key
@@ -143,7 +143,7 @@ def test_error_messages_never_echo_the_credential(credential):
     assert "Secret123" not in str(e.value) and b"Secret123" not in e.value.body()
 
 
-def test_strip_gateway_credentials():
+def test_forwarded_headers_lose_every_credential_and_take_the_providers():
     headers = http.Headers(
         [
             (b"Authorization", b"Bearer a"),
@@ -154,18 +154,21 @@ def test_strip_gateway_credentials():
             (b"content-type", b"application/json"),
             (b"anthropic-version", b"2023-06-01"),
             (b"x-lavalamp", b"kept"),
+            (b"Accept-Encoding", b"gzip"),  # replaced, not doubled
         ]
     )
-    strip_gateway_credentials(headers)
+    forwarded_headers(headers, ((b"accept-encoding", b"identity"), (b"x-api-key", b"sk-provider")))
     assert headers.fields == (
         (b"content-type", b"application/json"),
         (b"anthropic-version", b"2023-06-01"),
         (b"x-lavalamp", b"kept"),
+        (b"accept-encoding", b"identity"),
+        (b"x-api-key", b"sk-provider"),
     )
 
 
 def _by_mitmproxy_lookups(headers: http.Headers) -> tuple[dict, tuple]:
-    """What read_credential saw and strip_gateway_credentials left when they used Headers' own lookups."""
+    """What read_credential saw and forwarded_headers left when they used Headers' own lookups."""
     seen = {name: headers[name] for name in CREDENTIAL_HEADERS if name in headers}
     copy = http.Headers(headers.fields)
     for name in CREDENTIAL_HEADERS:
@@ -188,7 +191,7 @@ def test_one_pass_header_scans_match_mitmproxys_lookups(fields):
     seen, left = _by_mitmproxy_lookups(http.Headers(fields))
     headers = http.Headers(fields)
     assert _credential_headers(headers) == seen
-    strip_gateway_credentials(headers)
+    forwarded_headers(headers)
     assert headers.fields == left
 
 

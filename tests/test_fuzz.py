@@ -28,7 +28,7 @@ from addons.core.errors import BadRequest, GatewayError, Unauthorized
 from addons.core.secret_formats import hash_secret
 from addons.proxy.forward import parse_forward_target
 from addons.proxy.metadata import parse_metadata
-from addons.usage import base
+from addons.usage import base, json_fields
 from addons.usage.readers import UsageReading, for_request
 from addons.usage.sse import SSEDecoder
 from tests.mock_provider import Headers, MockProvider, RecordedRequest
@@ -443,3 +443,28 @@ def test_a_large_unfinished_array_item_costs_linear_time():
     for _ in range(2000):  # 8 MB: 9 s before, 0.02 s now
         reader.feed(b"x}" * 2048)
     assert time.perf_counter() - start < 2 and reader.result().source == "estimated"
+
+
+def _json_loads_as_the_stdlib(data: bytes):
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _encoded(value, encoding: str, start: str) -> bytes:
+    return (start + json.dumps(value, ensure_ascii=False)).encode(encoding, "surrogatepass")
+
+
+@FUZZ
+@given(st.one_of(
+    st.binary(max_size=24),
+    st.builds(_encoded, json_values, st.sampled_from(["utf-8", "utf-16-le", "utf-16-be", "utf-32-le", "utf-32"]),
+              st.sampled_from(["", " ", "\n", "\ufeff"])),  # a BOM, or whitespace first
+))
+@example(b'{"a": "\xed\xa0\x80"}')  # a lone surrogate, as surrogatepass writes it
+@example(b'"\xff"')  # not UTF-8
+def test_json_fields_loads_reads_bytes_as_json_loads_does(data):
+    """json_fields.loads decodes plain UTF-8 itself (json.loads sniffs the encoding in Python, per call); any
+    bytes read as json.loads reads them, or as None where json.loads raises."""
+    assert repr(json_fields.loads(data)) == repr(_json_loads_as_the_stdlib(data))

@@ -151,12 +151,15 @@ def query_key(request) -> str | None:
     return request.query.get("key") if "key" in request.path else None
 
 
-def strip_gateway_credentials(headers) -> None:
-    """Remove every credential and gateway header so nothing of Tollgate's reaches a provider."""
+def forwarded_headers(headers, replacing: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    """Remove every credential and gateway header so nothing of Tollgate's reaches a provider, and set the
+    `replacing` fields (lower-case names) in place of any of those names: one pass over the raw fields, where
+    setting each header on its own walks and rebuilds them once per header."""
+    names = {name for name, _ in replacing}
     kept = tuple((raw_name, raw_value) for raw_name, raw_value in headers.fields
-                 if not _is_gateway_header(raw_name.lower()))
-    if len(kept) != len(headers.fields):
-        headers.fields = kept
+                 if not ((name := raw_name.lower()) in names or _is_gateway_header(name)))
+    if replacing or len(kept) != len(headers.fields):
+        headers.fields = kept + replacing
 
 
 def _is_gateway_header(name: bytes) -> bool:

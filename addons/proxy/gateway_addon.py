@@ -23,7 +23,7 @@ from mitmproxy.proxy import server_hooks
 
 from addons.auth.account_cache import AccountCache
 from addons.auth.authentication import authenticate, check_key_scope
-from addons.auth.credentials import is_captured, query_key, read_credential, strip_gateway_credentials
+from addons.auth.credentials import forwarded_headers, is_captured, query_key, read_credential
 from addons.auth.signed_tokens import check_scope
 from addons.auth.sigv4_callers import authenticate_sigv4
 from addons.auth.vertex_tokens import ServiceAccountTokens, TokenError
@@ -391,6 +391,7 @@ class Gateway:
         rewrite: Rewrite | None = None,
     ) -> None:
         request = flow.request
+        upgrade = "upgrade" in request.headers
         sigv4_host = host  # a rewrite request names its AWS host in its target URL
         if rewrite is not None and rewrite.signed_request is not None:  # boto3 signed what it sent, untranslated
             caller = await authenticate_sigv4(rewrite.signed_request, self.keys, rewrite_endpoint.SIGV4_SERVICE)
@@ -401,7 +402,7 @@ class Gateway:
         else:
             key_param = query_key(request)
             # a browser's WebSocket carries its key as a subprotocol (OpenAI Realtime): taken out, then read
-            subprotocol_key = realtime.take_subprotocol_key(request.headers) if "upgrade" in request.headers else None
+            subprotocol_key = realtime.take_subprotocol_key(request.headers) if upgrade else None
             credential = read_credential(request.headers, forward_key or key_param or subprotocol_key)
             if key_param is not None:
                 request.query.pop("key", None)
@@ -415,8 +416,7 @@ class Gateway:
         aws_credentials = bedrock.operator_credentials(provider) if provider.sigv4_service else None
         path, _, query = request.path.partition("?")
         family, read_path, path_model = vertex.reader_request(provider.api_family, path)
-        reader = for_request(family, request.method, read_path, query, request.raw_content or b"",
-                             upgrade="upgrade" in request.headers)
+        reader = for_request(family, request.method, read_path, query, request.raw_content or b"", upgrade=upgrade)
         reader.model = path_model or reader.model
         if pinned_model := deployment_model(provider, reader.model):
             reader.model = pinned_model
@@ -429,12 +429,17 @@ class Gateway:
                                                 len(request.raw_content or b""))
         if reader.request_body is not None:
             request.content = reader.request_body
-        strip_gateway_credentials(request.headers)
-        request.headers["accept-encoding"] = "identity"  # the usage reader reads bodies as they stream
+        replacing = ((b"accept-encoding", b"identity"),)  # the usage reader reads bodies as they stream
+        if aws_credentials is None and not provider.auth_query:  # the provider's key, in its header
+            scheme = f"{provider.auth_scheme} " if provider.auth_scheme else ""
+            replacing += ((provider.auth_header.lower().encode(),
+                           (scheme + provider_key).encode("utf-8", "surrogateescape")),)
+        forwarded_headers(request.headers, replacing)
         if aws_credentials is not None:
             bedrock.send_signed(flow, provider, sigv4_host, aws_credentials)  # last: the signature covers the body
         else:
-            self._inject_provider_key(request, provider, provider_key)
+            if provider.auth_query:
+                request.query[provider.auth_query] = provider_key
             request.scheme, request.host, request.port = provider.origin_for(host)
         self.pending[flow.id] = Pending(request_id, time.time(), provider, plan, reader, metadata,
                                         rate_headers=rate_headers, model=pinned_model, rewrite=rewrite)
@@ -465,17 +470,9 @@ class Gateway:
     @staticmethod
     def _metadata(headers) -> dict[str, str] | None:
         for name in METADATA_HEADERS:
-            if name in headers:
-                return parse_metadata(headers[name])
+            if (value := headers.get(name)) is not None:
+                return parse_metadata(value)
         return None
-
-    @staticmethod
-    def _inject_provider_key(request: http.Request, provider: Provider, provider_key: str) -> None:
-        if provider.auth_query:
-            request.query[provider.auth_query] = provider_key
-        else:
-            scheme = f"{provider.auth_scheme} " if provider.auth_scheme else ""
-            request.headers[provider.auth_header] = scheme + provider_key
 
     # -- response ------------------------------------------------------------------------
 

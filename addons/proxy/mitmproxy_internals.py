@@ -240,7 +240,10 @@ def _header_get(self, name: str | bytes, default=None):
 def _header_in(self, name: str | bytes) -> bool:
     key = _header_key(name)
     size = len(key)
-    return any(len(field) == size and field.lower() == key for field, _ in self.fields)
+    for field, _ in self.fields:  # a loop, not any() over a generator: most lookups walk every field
+        if len(field) == size and field.lower() == key:
+            return True
+    return False
 
 
 def quicker_header_lookups() -> None:

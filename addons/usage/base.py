@@ -118,6 +118,7 @@ class UsageReader:
         self._error = False
         self._fed = False
         self._finished = False
+        self._whole = False  # reading a whole JSON answer: any usage in it is the provider's last word
 
     # -- request side: the family's wire format, as class methods --------------------------
 
@@ -230,6 +231,7 @@ class UsageReader:
                 self._on_event(event)
         else:
             parsed = loads(body)
+            self._whole = True
             for item in parsed if isinstance(parsed, list) else [parsed]:
                 self._absorb(item)
             if (seconds := _audio_seconds(parsed)) is not None:

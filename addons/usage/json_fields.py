@@ -16,6 +16,9 @@ CHARS_PER_TOKEN = 4
 def loads(data: bytes | str) -> Any:
     """The parsed JSON, or None for anything that is not JSON (or nests too deep)."""
     try:
+        if isinstance(data, bytes) and len(data) > 1 and 0 < data[0] < 0x80 and data[1]:
+            # what json.loads decodes such bytes as (its encoding sniffing, in Python, says UTF-8), decoded here
+            data = data.decode("utf-8", "surrogatepass")
         return json.loads(data)
     except (ValueError, RecursionError):
         return None

@@ -50,8 +50,9 @@ class OpenAIReader(UsageReader):
     def _read(self, obj: dict[str, Any]) -> None:
         self._model(obj.get("model"))
         choices = obj.get("choices")
-        self._out_chars += text_chars(choices, _CHAT_OUT_KEYS)
         usage = obj.get("usage") or as_dict(obj.get("x_groq")).get("usage") or _choice_usage(choices)
+        if not (self._whole and isinstance(usage, dict)):  # the text, for an estimate: none needed past final usage
+            self._out_chars += text_chars(choices, _CHAT_OUT_KEYS)
         if isinstance(usage, dict):
             ends = not choices or any(as_dict(c).get("finish_reason") for c in as_list(choices))
             self._report(openai_usage(usage), ends)
