@@ -221,8 +221,16 @@ def drop_debug_type_checks() -> None:
         _replace("MessageData.__post_init__", http.MessageData, "__post_init__", lambda original: _no_type_check)
 
 
+_header_keys: dict[str | bytes, bytes] = {}  # a looked-up name -> its lowered bytes: names come from code
+
+
 def _header_key(name: str | bytes) -> bytes:
-    return (name.encode("utf-8", "surrogateescape") if isinstance(name, str) else http._always_bytes(name)).lower()
+    key = _header_keys.get(name)
+    if key is None:
+        key = (name.encode("utf-8", "surrogateescape") if isinstance(name, str) else http._always_bytes(name)).lower()
+        if len(_header_keys) < 1024:
+            _header_keys[name] = key
+    return key
 
 
 def _header_values(self, name: str | bytes) -> list[str]:

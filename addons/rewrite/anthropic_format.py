@@ -24,6 +24,7 @@ from addons.rewrite.hub import (
     usage_chunk,
 )
 from addons.rewrite.openai_format import error_message
+from addons.usage.json_fields import compact_json
 from addons.usage.sse import SSEDecoder
 
 STREAM_CONTENT_TYPE = "text/event-stream; charset=utf-8"
@@ -483,7 +484,7 @@ class StreamFromHub:
 
     @staticmethod
     def _event(kind: str, **fields: Any) -> bytes:
-        return f"event: {kind}\ndata: {json.dumps({'type': kind, **fields}, separators=(',', ':'))}\n\n".encode()
+        return f"event: {kind}\ndata: {compact_json({'type': kind, **fields})}\n\n".encode()
 
     def _start(self, hub_chunk: HubChunk) -> bytes:
         if self._started:

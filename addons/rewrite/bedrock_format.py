@@ -50,6 +50,7 @@ from addons.rewrite.hub import Untranslatable
 from addons.rewrite.hub import json_list as _list
 from addons.rewrite.hub import refuse_unknown as _refuse_unknown
 from addons.rewrite.hub import text_of as _text_of
+from addons.usage.json_fields import compact_json
 
 EVENT_STREAM = "application/vnd.amazon.eventstream"
 
@@ -519,7 +520,7 @@ def encode_event(event_type: str, payload: dict[str, Any], message_type: str = "
     kind = ":event-type" if message_type == "event" else ":exception-type"
     headers = _header(kind, event_type) + _header(":content-type", "application/json") \
         + _header(":message-type", message_type)
-    body = json.dumps(payload, separators=(",", ":")).encode()
+    body = compact_json(payload).encode()
     prelude = struct.pack("!II", 12 + len(headers) + len(body) + 4, len(headers))
     message = prelude + struct.pack("!I", binascii.crc32(prelude)) + headers + body
     return message + struct.pack("!I", binascii.crc32(message))

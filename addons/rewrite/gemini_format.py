@@ -53,6 +53,7 @@ from addons.rewrite.hub import Untranslatable
 from addons.rewrite.hub import json_list as _list
 from addons.rewrite.hub import refuse_unknown as _refuse_unknown
 from addons.rewrite.hub import text_of as _text_of
+from addons.usage.json_fields import compact_json
 
 SSE_CONTENT_TYPE = "text/event-stream"
 
@@ -839,7 +840,7 @@ class StreamFromHub:
         if "error" not in event:
             event["modelVersion"] = self.model
             event["responseId"] = self._id
-        return self._frame(json.dumps(event, separators=(",", ":")).encode())
+        return self._frame(compact_json(event).encode())
 
     def _frame(self, item: bytes) -> bytes:
         return b"data: " + item + b"\r\n\r\n"

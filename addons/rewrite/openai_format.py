@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from addons.rewrite.hub import HubChunk, HubRequest, HubResponse, Untranslatable
+from addons.usage.json_fields import compact_json
 from addons.usage.sse import SSEDecoder
 
 STREAM_CONTENT_TYPE = "text/event-stream; charset=utf-8"
@@ -111,7 +112,7 @@ class StreamFromHub:
         pass
 
     def feed(self, chunk: HubChunk) -> bytes:
-        return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+        return b"data: " + compact_json(chunk).encode() + b"\n\n"
 
     def close(self) -> bytes:
         return b"data: [DONE]\n\n"

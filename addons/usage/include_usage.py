@@ -9,9 +9,10 @@ unambiguously, or when a provider puts the usage in a content chunk.)
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
+
+from addons.usage.json_fields import compact_json
 
 _USAGE_KEY = b'"usage"'
 _NULL_LAST = re.compile(rb'"usage"[ \t]*:[ \t]*null(?=[ \t]*[,}])')  # after a comma
@@ -28,9 +29,9 @@ def ask_for_usage(req: dict[str, Any]) -> bytes | None:
         return None
     rewritten = {**req, "stream_options": {**options, "include_usage": True}}
     try:
-        return json.dumps(rewritten, separators=(",", ":"), ensure_ascii=False).encode()
+        return compact_json(rewritten, ensure_ascii=False).encode()
     except UnicodeEncodeError:  # lone surrogates survive only as \u escapes
-        return json.dumps(rewritten, separators=(",", ":")).encode()
+        return compact_json(rewritten).encode()
 
 
 def strip_null_usage(raw: bytes) -> bytes:
