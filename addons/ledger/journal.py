@@ -28,8 +28,8 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
 
+from addons.core.compact_json import compact_json
 from addons.ledger.writer import UsageRecord
-from addons.usage.json_fields import compact_json
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ import json
 import time
 from typing import Any
 
+from addons.core.compact_json import compact_json
 from addons.rewrite.hub import (
     HubChunk,
     HubRequest,
@@ -24,7 +25,6 @@ from addons.rewrite.hub import (
     usage_chunk,
 )
 from addons.rewrite.openai_format import error_message
-from addons.usage.json_fields import compact_json
 from addons.usage.sse import SSEDecoder
 
 STREAM_CONTENT_TYPE = "text/event-stream; charset=utf-8"

@@ -44,13 +44,13 @@ from urllib.parse import quote, unquote
 
 from botocore.eventstream import EventStreamBuffer, ParserError
 
+from addons.core.compact_json import compact_json
 from addons.rewrite import hub as h
 from addons.rewrite.data_urls import data_url, split_data_url
 from addons.rewrite.hub import Untranslatable
 from addons.rewrite.hub import json_list as _list
 from addons.rewrite.hub import refuse_unknown as _refuse_unknown
 from addons.rewrite.hub import text_of as _text_of
-from addons.usage.json_fields import compact_json
 
 EVENT_STREAM = "application/vnd.amazon.eventstream"
 

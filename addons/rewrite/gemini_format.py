@@ -47,13 +47,13 @@ import time
 import uuid
 from typing import Any
 
+from addons.core.compact_json import compact_json
 from addons.rewrite import hub as h
 from addons.rewrite.data_urls import data_url, guess_mime, split_data_url
 from addons.rewrite.hub import Untranslatable
 from addons.rewrite.hub import json_list as _list
 from addons.rewrite.hub import refuse_unknown as _refuse_unknown
 from addons.rewrite.hub import text_of as _text_of
-from addons.usage.json_fields import compact_json
 
 SSE_CONTENT_TYPE = "text/event-stream"
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from addons.core.compact_json import compact_json
 from addons.rewrite.hub import HubChunk, HubRequest, HubResponse, Untranslatable
-from addons.usage.json_fields import compact_json
 from addons.usage.sse import SSEDecoder
 
 STREAM_CONTENT_TYPE = "text/event-stream; charset=utf-8"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from addons.usage.json_fields import compact_json
+from addons.core.compact_json import compact_json
 
 _USAGE_KEY = b'"usage"'
 _NULL_LAST = re.compile(rb'"usage"[ \t]*:[ \t]*null(?=[ \t]*[,}])')  # after a comma

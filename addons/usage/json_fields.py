@@ -1,4 +1,4 @@
-"""Reading untrusted JSON: values of the wrong type count as empty, never raise (and writing it compactly).
+"""Reading untrusted JSON: values of the wrong type count as empty, never raise.
 
 Every usage reader reads provider answers through these, so a missing, null or odd field
 (a string count, NaN, a list where an object belongs) reads as zero or nothing.
@@ -22,16 +22,6 @@ def loads(data: bytes | str) -> Any:
         return json.loads(data)
     except (ValueError, RecursionError):
         return None
-
-
-_COMPACT = json.JSONEncoder(separators=(",", ":"))  # json.dumps builds an encoder per call when given an option
-_COMPACT_UNICODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-
-
-def compact_json(value: Any, *, ensure_ascii: bool = True) -> str:
-    """`value` as JSON without spaces (json.dumps(value, separators=(",", ":"))), from one shared encoder: this
-    runs per request and per stream event."""
-    return (_COMPACT if ensure_ascii else _COMPACT_UNICODE).encode(value)
 
 
 def count(value: Any) -> int:
