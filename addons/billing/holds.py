@@ -33,11 +33,6 @@ class Bucket(NamedTuple):  # tuples: made for every rate-limited request, where 
     capacity: int
     cost: int
 
-    @property
-    def rate(self) -> float:
-        """Tokens per millisecond."""
-        return self.per_minute / 60000
-
 
 class BucketState(NamedTuple):
     """After a request took its share: what is left, and in how many ms the bucket is full again."""
