@@ -1,6 +1,6 @@
 """What a key's limits cost a request without Redis, in process: CPU per request, every limit set versus none.
 
-Run by hand:  .venv/bin/python bench/limits_cost.py [--requests 200] [--rounds 100] [--bytecodes]
+Run by hand:  .venv/bin/python bench/limits_cost.py [--requests 200] [--rounds 100] [--bytecodes | --instructions]
 
 The Gateway addon runs in this process under mitmproxy's test context on a throwaway SQLite ledger (as the
 `gw` test fixture does), with mitmproxy patched as tollgate-proxy patches it (the header lookups walk the
@@ -11,7 +11,9 @@ with every limit set (spend and request limits per month, rpm, tpm, a model and 
 of them reached. Each block's CPU time is taken for the event loop's thread (every hook and the settles) and
 for the process (the ledger writer's thread too); the figure is the mean of each key's fastest fifth of
 blocks, so blocks slowed by other work on the machine are left out. `--bytecodes` counts instead what each
-request executes, by function: the same every run, for telling where the difference goes.
+request executes, by function: the same every run, for telling where the difference goes. `--instructions` runs
+the same blocks under valgrind (callgrind, counting switched on only around each block) and gives machine
+instructions per request, all threads: C work included (formatting, allocation), within a few per cent run to run.
 bench/run_bench.py --limits measures the same through real sockets, where a few microseconds drown in the
 noise of a whole request.
 """
@@ -23,6 +25,8 @@ import asyncio
 import collections
 import json
 import os
+import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -59,6 +63,38 @@ def _bytecodes(loop, block, secret: str, n: int) -> collections.Counter:
     return collections.Counter({code: count / n for code, count in counts.items()})
 
 
+def _callgrind(pid: int, *args: str) -> str:
+    return subprocess.run(["callgrind_control", *args, str(pid)], capture_output=True, text=True, timeout=300).stdout
+
+
+def _instructions(args) -> None:
+    """This script again under callgrind, counting only while a block runs; instructions per request, per key."""
+    child = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--dump-instr=no", "--callgrind-out-file=/dev/null",
+         sys.executable, __file__, "--counted", "--requests", str(args.requests)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    figures = {}
+    for line in child.stdout:
+        if line.startswith("block "):
+            _callgrind(child.pid, "-z")
+            _callgrind(child.pid, "-i", "on")
+            child.stdin.write("go\n")
+            child.stdin.flush()
+        elif line.startswith("done "):
+            totals = _callgrind(child.pid, "-e", "-b").partition("Totals:")[2].split("\n\n", 1)[0]
+            _callgrind(child.pid, "-i", "off")
+            threads = {int(th): int(n.replace(",", "")) for th, n in re.findall(r"^\s*Th\s+(\d+)\s+([\d,]+)", totals, re.M)}
+            figures[line.split()[1]] = (threads.get(1, 0) / args.requests, sum(threads.values()) / args.requests)
+            child.stdin.write("next\n")
+            child.stdin.flush()
+    if child.wait() != 0 or len(figures) != 2:
+        raise SystemExit(f"the counted run failed (exit {child.returncode})")
+    for index, what in ((0, "event loop"), (1, "process")):
+        plain, limited = figures["plain"][index], figures["limited"][index]
+        print(f"{what:>10}: no limits {plain:,.0f}, every limit {limited:,.0f} instructions per request: "
+              f"limits cost {limited - plain:+,.0f}")
+
+
 def _low(per_request: list[float]) -> float:
     fastest = sorted(per_request)[:max(len(per_request) // 5, 1)]
     return sum(fastest) / len(fastest)
@@ -74,7 +110,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=100, help="blocks per key, alternating")
     ap.add_argument("--bytecodes", action="store_true",
                     help="count, instead of timing, the bytecodes each request executes, by function (deterministic)")
+    ap.add_argument("--instructions", action="store_true",
+                    help="count, instead of timing, the machine instructions per request under valgrind")
+    ap.add_argument("--counted", action="store_true", help=argparse.SUPPRESS)  # the run --instructions counts
     args = ap.parse_args()
+    if args.instructions:
+        return _instructions(args)
 
     tmp = tempfile.mkdtemp(prefix="tollgate-limits-cost-")
     os.environ.update(TOLLGATE_DATABASE_URL=f"sqlite:///{tmp}/ledger.db", TOLLGATE_JOURNAL_DIR=f"{tmp}/journal",
@@ -127,8 +168,17 @@ def main() -> None:
             await asyncio.sleep(0.06)  # the commits' settles and the batched true-ups
             return (time.thread_time() - start) / n, (time.process_time() - start_all) / n
 
-        loop.run_until_complete(block(plain, 2000))  # warm: caches, pots confirmed, the ledger's pages
-        loop.run_until_complete(block(limited, 2000))
+        warm = 300 if args.counted else 2000  # under valgrind 50 times slower
+        loop.run_until_complete(block(plain, warm))  # warm: caches, pots confirmed, the ledger's pages
+        loop.run_until_complete(block(limited, warm))
+        if args.counted:  # bench/limits_cost.py --instructions counts each block
+            for name, secret in (("plain", plain), ("limited", limited)):
+                print(f"block {name}", flush=True)
+                sys.stdin.readline()
+                loop.run_until_complete(block(secret, args.requests))
+                print(f"done {name}", flush=True)
+                sys.stdin.readline()
+            return
         if args.bytecodes:
             counted = {name: _bytecodes(loop, block, secret, args.requests)
                        for name, secret in (("no limits", plain), ("every limit", limited))}

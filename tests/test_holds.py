@@ -4,6 +4,7 @@ Redis store's batched release; and the failover to the in-process book while Red
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 
 import pytest
@@ -124,6 +125,25 @@ def test_an_expired_hold_no_longer_blocks_admission(book, clock):
     clock.now += TTL + 1
     book.hold("req_b", {"wallet": 1_000})
     assert book.available("wallet") == 0
+
+
+def test_holds_run_out_in_the_order_they_were_last_taken(book, clock):
+    """A hold taken again (an incurred cost added to it) lasts from then: it runs out after those held before."""
+    start = clock.now
+    book.hold("req_a", {"wallet": 100})
+    clock.now += 10
+    book.hold("req_b", {"wallet": 200})
+    clock.now += 10
+    book.add("req_a", "wallet", 300)  # req_a's holds now last till 20 + TTL
+    clock.now = start + 10 + TTL  # req_b's time is up, req_a's not
+    assert book.available("wallet") == 1_000 - 400
+    book.hold("req_c", {"wallet": 600})  # the room req_b had is back
+    with pytest.raises(InsufficientFunds):
+        book.hold("req_d", {"wallet": 1})
+    clock.now = start + 20 + TTL
+    assert book.fresh_available("wallet", math.inf) == 1_000 - 600  # req_a's run out too
+    book.release("req_c")
+    assert book.available("wallet") == 1_000
 
 
 @pytest.mark.parametrize(

@@ -368,6 +368,27 @@ def test_a_customers_spend_limit_and_rpm_come_on_top_of_its_balance(drive, gw):
     assert outcome(d.send(token)) == 200
 
 
+def test_a_key_and_its_customer_both_limit_a_request_and_the_first_limit_of_each_kind_answers(drive):
+    d = drive()
+    meters.create("default", "per-call", rate_type="fixed", unit="requests", tiers=["0:0.01"])
+    customers.create("default", "cus_b", balance_nanos=10**9, limit_changes={"rpm": 2, "tpm": 100_000})
+    secret = key_with(rpm=10, request_limit=3, request_cycle="day")
+    token = tokens.issue_token(secret, customer="cus_b", meter="per-call").token
+    flows = [d.send(token) for _ in range(3)]
+    assert [outcome(flow) for flow in flows] == [200, 200, 429]
+    assert error(flows[2])["message"].startswith("this customer's limit of 2 requests per minute is reached")
+    answered = flows[1].response.headers
+    assert answered["x-ratelimit-limit-requests"] == "10"  # the key's requests per minute come first
+    assert answered["x-ratelimit-remaining-requests"] == "8"
+    assert answered["x-ratelimit-limit-tokens"] == "100000"  # the customer's: the key has none
+    assert len(answered.get_all("x-ratelimit-limit-requests")) == 1  # the customer's rpm adds none of its own
+    d.now += 60
+    assert outcome(d.send(token)) == 200  # the third the key's request limit admits (the refusal took none)
+    d.now += 60
+    refused = d.send(token)
+    assert outcome(refused) == 429 and error(refused)["code"] == "request_limit_reached"
+
+
 # -- shared through Redis ---------------------------------------------------------------------------
 
 @pytest.fixture

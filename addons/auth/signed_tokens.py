@@ -132,22 +132,17 @@ def verify_signed_token(token: str, signing_key: bytes, *, now: float | None = N
     return claims
 
 
+@functools.lru_cache(maxsize=4096)  # a key's or token's lists and the request's model: read on each of its requests
 def out_of_scope(allow_providers: tuple[str, ...], allow_models: tuple[str, ...], provider_id: str,
                  model: str | None) -> str | None:
     """What an allow-list refuses of this request ("provider X" or "model Y"), or None. Empty lists allow
     everything; a model pattern ending in * is a prefix. Signed tokens and keys share it."""
     if allow_providers and provider_id not in allow_providers:
         return f"provider {provider_id}"
-    if allow_models and not (model is not None and (model in allow_models
-                                                    or model.startswith(_model_prefixes(allow_models)))):
+    if allow_models and not (model is not None and (model in allow_models or model.startswith(
+            tuple(allowed[:-1] for allowed in allow_models if allowed.endswith("*"))))):
         return f"model {model or '(none)'}"
     return None
-
-
-@functools.lru_cache(maxsize=1024)
-def _model_prefixes(allow_models: tuple[str, ...]) -> tuple[str, ...]:
-    """The prefixes of an allow-list's `...*` patterns (read on every request of a key or token with one)."""
-    return tuple(allowed[:-1] for allowed in allow_models if allowed.endswith("*"))
 
 
 def check_scope(claims: SignedClaims, provider_id: str, model: str | None) -> None:

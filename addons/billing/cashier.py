@@ -29,14 +29,23 @@ from mitmproxy.utils.asyncio_utils import create_task
 from addons.auth.account_cache import AccountCache
 from addons.billing.charges import RequestCharges, request_charges
 from addons.billing.hold_stores import FailoverHolds, LocalHolds, RedisHolds
-from addons.billing.holds import Bucket, InsufficientFunds, RateLimited, WalletEmpty, WalletStale
+from addons.billing.holds import (
+    MERCHANT,
+    NO_SIZES,
+    PAYER,
+    REQUEST,
+    TOKENS,
+    Bucket,
+    InsufficientFunds,
+    RateLimited,
+    Sizes,
+    WalletEmpty,
+    WalletStale,
+)
 from addons.billing.limits import (
-    CUSTOMER_SPEND,
-    KEY_REQUESTS,
-    KEY_SPEND,
-    LimitPot,
     OwnerLimits,
     RequestLimits,
+    merged_heads,
     rate_headers,
     rate_limited,
 )
@@ -88,8 +97,8 @@ class Cashier:
         # request id -> (what it holds of its payer, when the hold expires): the holds in place, for metrics
         self.open_holds: dict[str, tuple[int, float]] = {}
         self._adds: list[tuple[str, str, int]] = []  # (request id, merchant wallet, amount), not yet sent
-        self._limit_pots: dict[str, list[LimitPot]] = {}  # request id -> the limits it holds against, till commit
-        self._tokens_held: dict[str, tuple[list[Bucket], int]] = {}  # request id -> tokens-per-minute reservation
+        # request id -> the limits it counts against and what it holds of them, till its commit
+        self._limited: dict[str, tuple[tuple[OwnerLimits, ...], Sizes]] = {}
         self._true_ups: list[tuple[Bucket, int]] = []  # not yet sent
         self._commit_waits: dict[str, asyncio.Future] = {}  # request id -> `renew` waiting for its commit
 
@@ -154,39 +163,26 @@ class Cashier:
                 await self._known_token(pot, plan.token.token_id, plan.token.spend_cap_nanos)
                 pots[pot] = max(payer_amount, 1)
         owners = self.limits.owners(plan) if limited else ()
-        buckets: list[Bucket] = []
-        tokens_held: list[Bucket] = []
-        limit_pots: tuple[LimitPot, ...] = ()
+        heads: tuple = ()  # the x-ratelimit-* fields its rate limits answer with
         limits: dict[str, int] | None = None  # pots' limits, where this process holds against them for the first time
         spends = False
         for owner in owners:
-            if owner.rpm is not None:
-                buckets.append(owner.rpm)
-            if (tpm := owner.tpm) is not None:
-                reserved = input_tokens + output_tokens
-                if reserved > tpm.capacity:
-                    raise self.limits.too_large(tpm, reserved)
-                tpm = Bucket(tpm.name, tpm.per_minute, tpm.capacity, reserved)
-                tokens_held.append(tpm)
-                buckets.append(tpm)
-            if not owner.pots or (owner.pots[0].what == CUSTOMER_SPEND and not plan.bill_customer):
-                continue
-            if not owner.confirmed:  # new to this process, or its limits or period changed
-                await self._known_limits(owner)
-                limits = {**(limits or {}), **owner.limit_of}  # a changed limit moves its pot's room (relimit)
-            limit_pots += owner.pots
-            spends = spends or owner.spends
-        if limit_pots:
-            if spends:
-                # A spend limit must hold: the input held at a bound (no text has more tokens than bytes), not an
-                # estimate
-                merchant_amount, payer_amount = self._worst_charges(plan, reader, max(body_bytes, input_tokens),
-                                                                    output_tokens, cost_of)
-            for limit in limit_pots:
-                what = limit.what
-                # a spent limit admits nothing, even a free-looking request
-                pots[limit.name] = 1 if what == KEY_REQUESTS else max(
-                    merchant_amount if what == KEY_SPEND else payer_amount, 1)
+            if owner.holds and (plan.bill_customer or owner.holds[0][1] != PAYER):  # a customer's, where billed
+                if not owner.confirmed:  # new to this process, or its limits or period changed
+                    await self._known_limits(owner)
+                    limits = {**(limits or {}), **owner.limit_of}  # a changed limit moves its pot's room (relimit)
+                spends = spends or owner.spends
+            if owner.heads:
+                heads = merged_heads(heads, owner.heads) if heads else owner.heads
+        reserved = input_tokens + output_tokens  # what a tokens-per-minute limit holds
+        if spends:
+            # A spend limit must hold: the input held at a bound (no text has more tokens than bytes), not an estimate
+            merchant_amount, payer_amount = self._worst_charges(plan, reader, max(body_bytes, input_tokens),
+                                                                output_tokens, cost_of)
+            # a spent limit admits nothing, even a free-looking request
+            sizes = (1, max(merchant_amount, 1), max(payer_amount, 1) if plan.bill_customer else None, reserved)
+        else:
+            sizes = (1, 0, None, reserved)
         # the merchant's wallet is checked in the same call: positive when it pays the provider, and fresh
         wallet = (merchant, self.freshness, plan.merchant_pays_provider)
         try:
@@ -194,9 +190,9 @@ class Cashier:
             for retry in range(3):
                 try:
                     if self._book is not None:  # in process: nothing to await
-                        states = self._book.hold(request_id, pots, buckets, limits, wallet)
+                        states = self._book.hold(request_id, pots, owners, sizes, limits, wallet)
                     else:
-                        states = await self.holds.hold(request_id, pots, buckets, limits, wallet)
+                        states = await self.holds.hold(request_id, pots, owners, sizes, limits, wallet)
                     break
                 except WalletStale:
                     await self._fresh_wallet(merchant, force=True)
@@ -215,7 +211,7 @@ class Cashier:
         except WalletEmpty as e:
             raise _wallet_empty(e.available) from None
         except InsufficientFunds as e:
-            if limit := next((limit for limit in limit_pots if limit.name == e.pot), None):
+            if limit := next((limit for owner in owners for limit in owner.pots if limit.name == e.pot), None):
                 raise self.limits.reached(limit, e.available) from None
             whose = "token spend cap" if e.pot.startswith("token:") else "customer balance"
             raise PaymentRequired(
@@ -224,18 +220,18 @@ class Cashier:
                 f"this request may cost up to {format_usd(pots[e.pot])} USD",
             ) from None
         except RateLimited as e:
-            bucket = next(bucket for bucket in buckets if bucket.name == e.bucket)
+            bucket = next(bucket for owner in owners for bucket in owner.buckets if bucket.name == e.bucket)
+            if bucket.cost == TOKENS and reserved > bucket.capacity:  # a reservation no minute could let through
+                raise self.limits.too_large(bucket, reserved) from None
             raise rate_limited(bucket, e.retry_after_ms, e.remaining) from None
-        if pots:
+        if pots:  # money set aside (a limit's reservation is none)
             self.open_holds[request_id] = (max(pots.values()), time.monotonic() + self.settings.hold_ttl_seconds)
-        if limit_pots:
-            self._remember(self._limit_pots, request_id, limit_pots)
-        if tokens_held:
-            self._remember(self._tokens_held, request_id, (tokens_held, tokens_held[0].cost))
+        if owners:
+            self._remember(self._limited, request_id, (owners, sizes))
         if plan.bill_customer:
             expires = datetime.now(UTC).replace(tzinfo=None) + timedelta(seconds=self.settings.hold_ttl_seconds)
             self.writer.submit(HoldRecord(request_id, plan.customer.wallet_id, pots[plan.customer.wallet_id], expires))
-        return rate_headers(buckets, states) if buckets else None
+        return rate_headers(heads, states) if heads else None
 
     async def renew(self, finished_id: str, request_id: str, plan: BillingPlan, reader: UsageReader,
                     cost_of: WorstCost, wait: float = RENEW_WAIT) -> None:
@@ -243,7 +239,9 @@ class Cashier:
         the ledger writer) is committed and its hold released, then admit `request_id` as `admit` does (and
         raise as it does). Waiting makes the check exact: the balance then holds the real charge, not the
         finished response's worst case besides the next one's."""
-        settling = finished_id in self.open_holds or finished_id in self._limit_pots
+        owners, sizes = self._limited.get(finished_id, ((), NO_SIZES))
+        settling = finished_id in self.open_holds or any(
+            sizes[kind] is not None for owner in owners for _, kind in owner.holds)  # money or a limit's room
         if settling and not self.writer.failing:  # in a ledger outage no commit comes: hold beside it at once
             future = self._commit_waits.setdefault(finished_id, asyncio.get_running_loop().create_future())
             try:
@@ -259,8 +257,7 @@ class Cashier:
         """Give back the hold of a request that never ran (a session that ended before its next response);
         the hot store's part runs in the background: await the task where the room must be back at once."""
         self.open_holds.pop(request_id, None)
-        self._limit_pots.pop(request_id, None)
-        self._tokens_held.pop(request_id, None)
+        self._limited.pop(request_id, None)
         return self._background(self.holds.release(request_id))
 
     @staticmethod
@@ -298,16 +295,18 @@ class Cashier:
 
     def used_tokens(self, request_id: str, tokens: int) -> None:
         """A finished request used `tokens` (input and output): its tokens-per-minute reservation is trued up."""
-        held = self._tokens_held.pop(request_id, None)
-        if held is None or tokens == held[1]:
+        limited = self._limited.get(request_id)  # kept for the commit's settle
+        if limited is None or not (delta := tokens - limited[1][3]):
             return
-        if self._book is not None:
-            for bucket in held[0]:
-                self._book.true_up(bucket, tokens - held[1])
-            return
-        if not self._true_ups:
-            asyncio.get_running_loop().call_later(TRUE_UP_LINGER, self._flush_true_ups)
-        self._true_ups.extend((bucket, tokens - held[1]) for bucket in held[0])
+        for owner in limited[0]:
+            for bucket in owner.buckets:
+                if bucket.cost == TOKENS:
+                    if self._book is not None:
+                        self._book.true_up(bucket, delta)
+                    else:
+                        if not self._true_ups:
+                            asyncio.get_running_loop().call_later(TRUE_UP_LINGER, self._flush_true_ups)
+                        self._true_ups.append((bucket, delta))
 
     def _flush_true_ups(self) -> None:
         if self._true_ups:
@@ -331,17 +330,21 @@ class Cashier:
         spends: dict[str, int] = defaultdict(int)
         for token_id, amount in report.token_charges.items():
             spends[f"token:{token_id}"] += amount
+        limited = self._limited
         for record in report.written:
-            for limit in self._limit_pots.pop(record.id, ()):
-                what = limit.what
-                if what == KEY_REQUESTS:
-                    spends[limit.name] += 1
-                elif what == KEY_SPEND:
-                    spends[limit.name] += record.charged_nanos
-                elif (fees := report.fees.get(record.id)) is not None:  # CUSTOMER_SPEND: the customer's fee
-                    spends[limit.name] += fees.fee_nanos
-        for request_id in report.request_ids:
-            self._limit_pots.pop(request_id, None)
+            if (held := limited.pop(record.id, None)) is not None:
+                owners, sizes = held
+                for owner in owners:
+                    for pot, kind in owner.holds:
+                        if kind == REQUEST:
+                            spends[pot] += 1
+                        elif kind == MERCHANT:
+                            spends[pot] += record.charged_nanos
+                        elif sizes[PAYER] is not None and (fees := report.fees.get(record.id)) is not None:
+                            spends[pot] += fees.fee_nanos  # a billed customer's spend limit: the fee it was charged
+        if limited:
+            for request_id in report.request_ids:
+                limited.pop(request_id, None)
         if report.request_ids or spends:  # the spends land before the holds go, or the room would show twice
             await self.holds.release(*report.request_ids, spends=tuple(spends.items()))
         for request_id in report.request_ids:  # once released: `renew` waits while a hold is open here

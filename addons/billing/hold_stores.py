@@ -26,7 +26,19 @@ from mitmproxy.utils.asyncio_utils import create_task
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from addons.billing.holds import Bucket, BucketState, HoldBook, InsufficientFunds, RateLimited, WalletEmpty, WalletStale
+from addons.billing.holds import (
+    NO_SIZES,
+    TOKENS,
+    Bucket,
+    BucketState,
+    HoldBook,
+    InsufficientFunds,
+    Limited,
+    RateLimited,
+    Sizes,
+    WalletEmpty,
+    WalletStale,
+)
 
 log = logging.getLogger(__name__)
 REDIS_AWAY = (RedisConnectionError, RedisTimeoutError)
@@ -57,10 +69,10 @@ class LocalHolds:
     async def fresh_available(self, pot: str, max_age: float) -> int | None:
         return self.book.fresh_available(pot, max_age)
 
-    async def hold(self, request_id: str, amounts: dict[str, int], buckets: Sequence[Bucket] = (),
-                   limits: dict[str, int] | None = None, wallet: tuple[str, float, bool] | None = None
-                   ) -> list[BucketState]:
-        return self.book.hold(request_id, amounts, buckets, limits, wallet)
+    async def hold(self, request_id: str, amounts: dict[str, int], owners: Sequence[Limited] = (),
+                   sizes: Sizes = NO_SIZES, limits: dict[str, int] | None = None,
+                   wallet: tuple[str, float, bool] | None = None) -> list[BucketState]:
+        return self.book.hold(request_id, amounts, owners, sizes, limits, wallet)
 
     async def true_up(self, *changes: tuple[Bucket, int]) -> None:
         for bucket, delta in changes:
@@ -358,16 +370,18 @@ class RedisHolds:
         value = await self._fresh_available([self.prefix, self._now(), pot, int(max_age * 1000)])
         return None if value is None else int(value)
 
-    async def hold(self, request_id: str, amounts: dict[str, int], buckets: Sequence[Bucket] = (),
-                   limits: dict[str, int] | None = None, wallet: tuple[str, float, bool] | None = None
-                   ) -> list[BucketState]:
+    async def hold(self, request_id: str, amounts: dict[str, int], owners: Sequence[Limited] = (),
+                   sizes: Sizes = NO_SIZES, limits: dict[str, int] | None = None,
+                   wallet: tuple[str, float, bool] | None = None) -> list[BucketState]:
         pots = list(amounts.items())
+        pots += [(pot, sizes[kind]) for owner in owners for pot, kind in owner.holds if sizes[kind] is not None]
+        buckets = [bucket for owner in owners for bucket in owner.buckets]
         args = [self.prefix, self._now(), self.ttl_ms, request_id, len(pots)]
         for pot, amount in pots:
             args += [pot, amount, (limits or {}).get(pot, -1)]
         args.append(len(buckets))
-        for bucket in buckets:
-            args += [bucket.name, bucket.per_minute, bucket.capacity, bucket.cost]
+        for name, per_minute, capacity, cost in buckets:
+            args += [name, per_minute, capacity, sizes[3] if cost == TOKENS else cost]
         if wallet is not None:
             pot, max_age, positive = wallet
             args += [pot, -1 if max_age == math.inf else int(max_age * 1000), int(positive)]
@@ -508,10 +522,10 @@ class FailoverHolds:
     async def fresh_available(self, pot: str, max_age: float) -> int | None:
         return await self._one("fresh_available", pot, max_age)
 
-    async def hold(self, request_id: str, amounts: dict[str, int], buckets: Sequence[Bucket] = (),
-                   limits: dict[str, int] | None = None, wallet: tuple[str, float, bool] | None = None
-                   ) -> list[BucketState]:
-        return await self._one("hold", request_id, amounts, buckets, limits, wallet)
+    async def hold(self, request_id: str, amounts: dict[str, int], owners: Sequence[Limited] = (),
+                   sizes: Sizes = NO_SIZES, limits: dict[str, int] | None = None,
+                   wallet: tuple[str, float, bool] | None = None) -> list[BucketState]:
+        return await self._one("hold", request_id, amounts, owners, sizes, limits, wallet)
 
     async def true_up(self, *changes: tuple[Bucket, int]) -> None:
         await self._one("true_up", *changes)

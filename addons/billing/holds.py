@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 
 class InsufficientFunds(Exception):
@@ -25,13 +25,30 @@ class InsufficientFunds(Exception):
         self.available = available
 
 
-class Bucket(NamedTuple):  # tuples: made for every rate-limited request, where a dataclass costs more
-    """A rate limit's token bucket: `per_minute` flows back in a minute, up to `capacity`; a request takes `cost`."""
+TOKENS = -1  # a bucket's cost: the request's token reservation (its input estimated, and max_tokens)
+REQUEST, MERCHANT, PAYER = 0, 1, 2  # what a limit pot holds of a request: 1, the merchant's worst case, the payer's
+
+
+class Bucket(NamedTuple):
+    """A rate limit's token bucket: `per_minute` flows back in a minute, up to `capacity`; a request takes `cost`
+    (1, or TOKENS)."""
 
     name: str
     per_minute: int
     capacity: int
     cost: int
+
+
+class Limited(Protocol):
+    """A key's or customer's limits as a hold takes them (addons/billing/limits.py OwnerLimits): made once per
+    owner and period, so a request only names its owners."""
+
+    holds: tuple[tuple[str, int], ...]  # (limit pot, REQUEST | MERCHANT | PAYER)
+    buckets: tuple[Bucket, ...]  # its rate limits: a cost of 1 (requests) or TOKENS
+
+
+Sizes = tuple[int, int, int | None, int]  # a request's REQUEST, MERCHANT and PAYER holds, and its TOKENS
+NO_SIZES: Sizes = (1, 0, None, 0)
 
 
 class BucketState(NamedTuple):
@@ -84,8 +101,10 @@ class HoldBook:
         self._wall = wall  # epoch seconds, as pots' expiries are given
         self._pot_expiries: list[tuple[float, str]] = []  # heap of (expires_at, pot)
         self._pots: dict[str, Pot] = {}
+        # every hold lasts hold_ttl from when it was taken, so in the order held (a hold renewed moves to the end)
+        # requests' holds also run out in order: the first to expire is the first here
         self._requests: dict[str, RequestHolds] = {}
-        self._expiries: list[tuple[float, str]] = []  # heap of (expires, request) as held; stale entries skipped
+        self._next_expiry = math.inf  # at most the first request's expiry
         self._spent: dict[str, int] = {}  # pot -> all spent on it, confirmed or not (confirm_new's generation)
         self._buckets: dict[str, tuple[float, float]] = {}  # bucket -> (level, at in ms)
 
@@ -138,43 +157,19 @@ class HoldBook:
             known.confirmed += limit - known.limit
             known.limit = limit
 
-    def take(self, buckets: Sequence[Bucket], now: float | None = None) -> list[BucketState]:
-        """Each bucket's cost from it, or RateLimited naming the first without enough and nothing taken.
-        (The refill written out, states as plain pairs: this runs for every rate-limited request.)
-        `now`: the book's clock."""
-        now = (self._clock() if now is None else now) * 1000
-        known = self._buckets
-        states = []
-        taken = []
-        for name, per_minute, capacity, cost in buckets:
-            state = known.get(name)
-            if state is None:
-                level = capacity
-            else:
-                level = state[0] + (now - state[1]) * per_minute / 60000 if now > state[1] else state[0]
-                if level > capacity:
-                    level = capacity
-            if cost > level:
-                raise RateLimited(name, math.ceil((cost - level) * 60000 / per_minute), max(math.floor(level), 0))
-            level -= cost  # not below 0
-            taken.append((name, (level, now)))
-            states.append((int(level), math.ceil((capacity - level) * 60000 / per_minute)))
-        known.update(taken)  # every bucket had enough: all taken at once
-        return states  # type: ignore[return-value]  # (remaining, reset_ms): BucketState's fields
-
     def true_up(self, bucket: Bucket, delta: int) -> None:
         """The bucket gives `delta` more (less, if negative) than the request took at admission."""
-        now = self._clock() * 1000
+        at = self._clock() * 1000
         name, per_minute, capacity, _ = bucket
         state = self._buckets.get(name)
         if state is None:
             level = capacity
-        else:  # the refill written out, as in take
-            level = state[0] + (now - state[1]) * per_minute / 60000 if now > state[1] else state[0]
+        else:  # the refill written out, as in hold
+            level = state[0] + (at - state[1]) * per_minute / 60000 if at > state[1] else state[0]
             if level > capacity:
                 level = capacity
         level -= delta
-        self._buckets[name] = (level if level < capacity else float(capacity), now)
+        self._buckets[name] = (level if level < capacity else float(capacity), at)
 
     def fresh_available(self, pot: str, max_age: float) -> int | None:
         """What the pot has available, or None if it was confirmed too long ago (or never)."""
@@ -182,7 +177,7 @@ class HoldBook:
         now = self._clock()
         if known is None or now - known.confirmed_at >= max_age:
             return None
-        if self._expiries and self._expiries[0][0] <= now:
+        if self._next_expiry <= now:
             self._expire(now)
         return known.confirmed - known.held
 
@@ -193,37 +188,42 @@ class HoldBook:
 
     def _expire(self, now: float) -> None:
         """Release the requests whose holds' time is up (a request refused or lost after its admission)."""
-        expiries = self._expiries
-        while expiries and expiries[0][0] <= now:
-            _, request_id = heapq.heappop(expiries)
-            held = self._requests.get(request_id)
-            if held is not None and held.expires <= now:
-                self.release(request_id)
+        expired = []
+        self._next_expiry = math.inf
+        for request_id, held in self._requests.items():
+            if held.expires > now:
+                self._next_expiry = held.expires
+                break
+            expired.append(request_id)
+        for request_id in expired:
+            self.release(request_id)
 
     def _held(self, request_id: str, amounts: list[tuple[Pot, int]], expires: float) -> None:
-        held = self._requests.get(request_id)
+        held = self._requests.pop(request_id, None)
         if held is None:
-            self._requests[request_id] = RequestHolds(expires, amounts)
+            held = RequestHolds(expires, amounts)
         else:
             held.expires = expires
             held.amounts += amounts
+        self._requests[request_id] = held  # at the end: the latest to expire
+        if expires < self._next_expiry:
+            self._next_expiry = expires
         for pot, amount in amounts:
             pot.held += amount
-        heapq.heappush(self._expiries, (expires, request_id))
-        if len(self._expiries) > 4 * len(self._requests) + 64:  # released requests' entries: rebuild, amortised O(1)
-            self._expiries = [(held.expires, rid) for rid, held in self._requests.items()]
-            heapq.heapify(self._expiries)
 
-    def hold(self, request_id: str, amounts: dict[str, int], buckets: Sequence[Bucket] = (),
-             limits: dict[str, int] | None = None, wallet: tuple[str, float, bool] | None = None) -> list[BucketState]:
+    def hold(self, request_id: str, amounts: dict[str, int], owners: Sequence[Limited] = (),
+             sizes: Sizes = NO_SIZES, limits: dict[str, int] | None = None,
+             wallet: tuple[str, float, bool] | None = None) -> list[BucketState]:
         """Reserve in every pot and take from every bucket, or do neither; InsufficientFunds names the first
-        pot short, RateLimited the first bucket. KeyError: a pot never confirmed. `limits`: the limit pots'
-        limits as they stand now (relimit). `wallet`: (the merchant's wallet, how old its figure may be, whether
-        it must be positive) checked first: WalletStale, WalletEmpty. (Written out, one clock read: this runs
-        for every request with a balance, cap or limit to hold against.)"""
+        pot short, RateLimited the first bucket. KeyError: a pot never confirmed. `amounts`: pot -> amount;
+        `owners`: the limits the request counts against, their pots held and buckets taken by `sizes` (what a
+        REQUEST, MERCHANT and PAYER pot holds, None: not held; then the TOKENS a bucket takes). `limits`: the
+        limit pots' limits as they stand now (relimit). `wallet`: (the merchant's wallet, how old its figure may
+        be, whether it must be positive) checked first: WalletStale, WalletEmpty. (Written out, one clock read:
+        this runs for every request with a balance, cap or limit to hold against.)"""
         now = self._clock()
         pots = self._pots
-        if self._expiries and self._expiries[0][0] <= now:
+        if self._next_expiry <= now:
             self._expire(now)
         if wallet is not None:
             name, max_age, positive = wallet
@@ -243,10 +243,40 @@ class HoldBook:
             if amount > (available := known.confirmed - known.held):
                 raise InsufficientFunds(name, max(available, 0))
             held.append((known, amount))
-        states = self.take(buckets, now) if buckets else []
+        states = []
+        if owners:  # every pot before any bucket, as in Redis
+            for owner in owners:
+                for name, kind in owner.holds:
+                    if (amount := sizes[kind]) is None:
+                        continue
+                    known = pots[name]
+                    if amount > (available := known.confirmed - known.held):
+                        raise InsufficientFunds(name, max(available, 0))
+                    held.append((known, amount))
+            at = now * 1000
+            levels = self._buckets
+            taken = []
+            for owner in owners:
+                for name, per_minute, capacity, cost in owner.buckets:
+                    if cost < 0:  # TOKENS
+                        cost = sizes[3]
+                    state = levels.get(name)
+                    if state is None:
+                        level = capacity
+                    else:  # refilled: per_minute more a minute since, up to capacity
+                        level = state[0] + (at - state[1]) * per_minute / 60000 if at > state[1] else state[0]
+                        if level > capacity:
+                            level = capacity
+                    if cost > level:
+                        raise RateLimited(name, math.ceil((cost - level) * 60000 / per_minute),
+                                          max(math.floor(level), 0))
+                    level -= cost  # not below 0
+                    taken.append((name, (level, at)))
+                    states.append((int(level), math.ceil((capacity - level) * 60000 / per_minute)))
+            levels.update(taken)  # every bucket had enough: all taken at once
         if held:
             self._held(request_id, held, now + self._hold_ttl)
-        return states
+        return states  # type: ignore[return-value]  # (remaining, reset_ms): BucketState's fields
 
     def add(self, request_id: str, pot: str, amount: int) -> None:
         """Reserve without checking: a charge already incurred, waiting for the writer."""

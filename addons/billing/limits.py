@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC
 from zoneinfo import ZoneInfo
 
-from addons.billing.holds import Bucket, BucketState
+from addons.billing.holds import MERCHANT, PAYER, REQUEST, TOKENS, Bucket, BucketState
 from addons.billing.plan import BillingPlan
 from addons.core.errors import PaymentRequired, TooManyRequests
 from addons.core.limits import TO_LAVA, Limits, Period, PeriodClock, epoch, go_duration
@@ -27,6 +27,7 @@ from addons.ledger.accounts import CustomerRecord, customer_period_spend, key_pe
 from pricing.money import format_usd
 
 KEY_SPEND, KEY_REQUESTS, CUSTOMER_SPEND = "key_spend", "key_requests", "customer_spend"
+_HELD = {KEY_REQUESTS: REQUEST, KEY_SPEND: MERCHANT, CUSTOMER_SPEND: PAYER}  # what a pot holds of a request
 CACHED_OWNERS = 10_000  # keys and customers whose current pots are kept
 
 
@@ -56,8 +57,9 @@ class OwnerLimits:
     valid_until: float  # the earliest reset
     pots: tuple[LimitPot, ...]
     limit_of: dict[str, int]  # pot name -> its limit, as the hold call takes them
-    rpm: Bucket | None
-    tpm: Bucket | None  # its cost set per request
+    holds: tuple[tuple[str, int], ...]  # its pots as a hold takes them: (name, REQUEST | MERCHANT | PAYER)
+    buckets: tuple[Bucket, ...]  # requests per minute (cost 1), then tokens per minute (cost TOKENS)
+    heads: tuple[RateHead, ...]  # the buckets' x-ratelimit-* fields, less the figures of the moment
     spends: bool  # a spend limit among its pots
     confirmed: bool = False
 
@@ -79,25 +81,25 @@ class RequestLimits:
         self._keys: dict[str, OwnerLimits] = {}  # key id -> its current limits
         self._customers: dict[str, OwnerLimits] = {}  # customer's wallet id -> its current limits
 
-    def owners(self, plan: BillingPlan) -> list[OwnerLimits]:
+    def owners(self, plan: BillingPlan) -> tuple[OwnerLimits, ...]:
         """The limits `plan`'s request counts against: the key's, then the customer's."""
         now = self.clock()
         key, customer = plan.key, plan.customer
-        found = []
-        if key.key_id is not None and key.limits.any:
+        found: tuple[OwnerLimits, ...] = ()
+        if key.limits.any and key.key_id is not None:
             known = self._keys.get(key.key_id)
             if known is None or not (known.limits is key.limits and known.valid_from <= now < known.valid_until
                                      or known.serves(key.limits, now)):
                 known = self._keys[key.key_id] = self._owner(
                     f"key:{key.key_id}", key.limits, self._key_pots(key.key_id, key.limits, now), self._keys)
-            found.append(known)
+            found = (known,)
         if customer is not None and customer.limits.any:
             known = self._customers.get(customer.wallet_id)
             if known is None or not known.serves(customer.limits, now):
                 known = self._customers[customer.wallet_id] = self._owner(
                     f"cus:{customer.wallet_id}", customer.limits,
                     self._customer_pots(key.account_id, customer, now), self._customers)
-            found.append(known)
+            found += (known,)
         return found
 
     def forget(self) -> None:
@@ -107,14 +109,18 @@ class RequestLimits:
 
     @staticmethod
     def _owner(name: str, limits: Limits, pots: list[LimitPot], table: dict) -> OwnerLimits:
-        rpm = None if limits.rpm is None else Bucket(f"rpm:{name}", limits.rpm, limits.burst or limits.rpm, 1)
-        tpm = None if limits.tpm is None else Bucket(f"tpm:{name}", limits.tpm, limits.tpm, 0)
+        buckets = []
+        if limits.rpm is not None:
+            buckets.append(Bucket(f"rpm:{name}", limits.rpm, limits.burst or limits.rpm, 1))
+        if limits.tpm is not None:
+            buckets.append(Bucket(f"tpm:{name}", limits.tpm, limits.tpm, TOKENS))
         starts = [epoch(pot.period.start) for pot in pots if pot.period.start is not None]
         ends = [epoch(pot.period.reset) for pot in pots if pot.period.reset is not None]
         if len(table) > CACHED_OWNERS:
             table.clear()
         return OwnerLimits(limits, max(starts, default=-math.inf), min(ends, default=math.inf), tuple(pots),
-                           {pot.name: pot.limit for pot in pots}, rpm, tpm,
+                           {pot.name: pot.limit for pot in pots}, tuple((pot.name, _HELD[pot.what]) for pot in pots),
+                           tuple(buckets), tuple(_rate_head(bucket) for bucket in buckets),
                            any(pot.what != KEY_REQUESTS for pot in pots))
 
     def _key_pots(self, key_id: str, limits: Limits, now: float) -> list[LimitPot]:
@@ -175,22 +181,29 @@ def _retry_after(period: Period, now: float) -> dict[str, str] | None:
     return {"retry-after": str(max(int(epoch(period.reset) - now) + 1, 1))}
 
 
-_REQUESTS_HEADERS = (b"x-ratelimit-limit-requests", b"x-ratelimit-remaining-requests", b"x-ratelimit-reset-requests")
-_TOKENS_HEADERS = (b"x-ratelimit-limit-tokens", b"x-ratelimit-remaining-tokens", b"x-ratelimit-reset-tokens")
 RATE_HEADER_PREFIX = b"x-ratelimit-"
+RateHead = tuple[tuple[bytes, bytes], bytes, bytes]  # (the limit's field, the remaining's name, the reset's name)
 
 
-def rate_headers(buckets: list[Bucket], states: list[BucketState]) -> tuple[tuple[bytes, bytes], ...]:
-    """OpenAI's x-ratelimit-* headers (as raw header fields) from the first requests bucket and the first tokens
-    bucket."""
-    fields: tuple[tuple[bytes, bytes], ...] = ()
-    named = ""
-    for bucket, (remaining, reset_ms) in zip(buckets, states, strict=False):
-        kind = bucket.name[0]  # r: rpm:..., t: tpm:...
-        if kind not in named:
-            named += kind
-            limit, left, reset = _REQUESTS_HEADERS if kind == "r" else _TOKENS_HEADERS
-            fields += ((limit, b"%d" % bucket.per_minute), (left, b"%d" % remaining),
+def _rate_head(bucket: Bucket) -> RateHead:
+    kind = b"requests" if bucket.name.startswith("rpm:") else b"tokens"
+    return ((b"x-ratelimit-limit-" + kind, b"%d" % bucket.per_minute), b"x-ratelimit-remaining-" + kind,
+            b"x-ratelimit-reset-" + kind)
+
+
+def merged_heads(heads: tuple[RateHead | None, ...], more: tuple[RateHead, ...]) -> tuple[RateHead | None, ...]:
+    """`more` after `heads`, where a kind `heads` has already is None: the first bucket of a kind answers."""
+    limits = {head[0][0] for head in heads if head is not None}
+    return heads + tuple(None if head[0][0] in limits else head for head in more)
+
+
+def rate_headers(heads: tuple[RateHead | None, ...], states: list[BucketState]) -> list[tuple[bytes, bytes]]:
+    """OpenAI's x-ratelimit-* headers (as raw header fields): each head's, with its bucket's state."""
+    fields = []
+    for head, (remaining, reset_ms) in zip(heads, states, strict=True):
+        if head is not None:
+            limit, left, reset = head
+            fields += (limit, (left, b"%d" % remaining),
                        (reset, b"%dms" % reset_ms if reset_ms < 1000 else go_duration(reset_ms).encode()))
     return fields
 
