@@ -1236,8 +1236,10 @@ def main() -> int:
     ap.add_argument("--profile-mode", choices=["nonblocking", "blocking"], default="blocking",
                     help="py-spy sampling mode (nonblocking drops many samples as errors on this machine)")
     ap.add_argument("--profile-only", action="store_true",
-                    help="start only the mock and Tollgate (SQLite) and write only the profile")
+                    help="start only the mock and the Tollgate profiled and write only the profile")
     ap.add_argument("--profile-requests", type=int, default=20000)
+    ap.add_argument("--profile-target", choices=["sqlite", "pg"], default="sqlite",
+                    help="profile Tollgate on SQLite or on PostgreSQL + Redis (the forward endpoint)")
     ap.add_argument("--profile-launcher", choices=["lean", "script"], default="lean",
                     help="profile Tollgate (SQLite) under tollgate-proxy (lean) or as mitmdump -s addons/gateway.py")
     ap.add_argument("--baseline", default="",
@@ -1265,9 +1267,11 @@ def main() -> int:
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     if not args.baseline:
         skip.add("baseline")
-    if args.profile_only:
-        skip |= {"mitmdump", "tollgate-pg", "tollgate-workers", "litellm", "portkey",
-                 "tollgate-sqlite" if args.profile_launcher == "script" else "tollgate-script"}
+    if args.profile_only:  # the mock and the Tollgate profiled, nothing else
+        profiled = "tollgate-pg" if args.profile_target == "pg" else (
+            "tollgate-script" if args.profile_launcher == "script" else "tollgate-sqlite")
+        skip |= {"mitmdump", "tollgate-sqlite", "tollgate-pg", "tollgate-script", "tollgate-workers", "litellm",
+                 "portkey"} - {profiled}
         args.reps = args.extra_reps = 0
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     t_start = time.monotonic()
@@ -1418,11 +1422,12 @@ def main() -> int:
                  for k, v in results.items()}, indent=1))
 
         if not args.no_profile:
-            wanted = "tollgate-sqlite-script-fwd" if args.profile_launcher == "script" else "tollgate-sqlite-fwd"
+            wanted = ("tollgate-pg-fwd" if args.profile_target == "pg" else
+                      "tollgate-sqlite-script-fwd" if args.profile_launcher == "script" else "tollgate-sqlite-fwd")
             tg = next((t for t in targets if t.name == wanted and not t.dead), None)
             try:
                 if tg is None:
-                    raise Unavailable("Tollgate (SQLite) is not running")
+                    raise Unavailable(f"{wanted} is not running")
                 log(f"profiling {tg.name} with py-spy for {args.profile_seconds}s ...")
                 prof = run_profile(tg, mock.pid, args)
                 Path(args.profile_out).write_text(prof)

@@ -61,9 +61,13 @@ from pricing import meters
 from pricing.money import format_usd
 from pricing.usage import TokenUsage
 
-ADD_LINGER = 0.002  # seconds incurred costs wait to share one hot-store call
+# seconds incurred costs wait to share one hot-store call: most are committed by then and never sent (the balance
+# their commit confirms has them); the merchant's wallet is only checked to be positive
+ADD_LINGER = 0.1
+GLANCE = 0.02  # seconds a positive merchant wallet, as Redis gave it, admits keys without limits on this instance
 TRUE_UP_LINGER = 0.05  # seconds tokens-per-minute true-ups wait to share one (a minute's bucket barely moves)
 PENDING_MAX = 100_000  # requests whose limits await their commit; beyond, the oldest are forgotten (never committed)
+CACHED_WALLETS = 10_000  # merchant wallets whose last glance is kept
 RENEW_WAIT = 5.0  # seconds `renew` waits for the last response's commit (a ledger outage: it holds on top)
 
 WorstCost = Callable[[int, int], int]  # what a request may cost (nanos) with that many input and output tokens
@@ -97,10 +101,13 @@ class Cashier:
         # request id -> (what it holds of its payer, when the hold expires): the holds in place, for metrics
         self.open_holds: dict[str, tuple[int, float]] = {}
         self._adds: list[tuple[str, str, int]] = []  # (request id, merchant wallet, amount), not yet sent
+        self._adds_due: asyncio.TimerHandle | None = None  # when they are sent
         # request id -> the limits it counts against and what it holds of them, till its commit
         self._limited: dict[str, tuple[tuple[OwnerLimits, ...], Sizes]] = {}
         self._true_ups: list[tuple[Bucket, int]] = []  # not yet sent
         self._commit_waits: dict[str, asyncio.Future] = {}  # request id -> `renew` waiting for its commit
+        self._glances: dict[str, tuple[int, float]] = {}  # merchant wallet -> (available, until), where positive
+        self._glancing: set[str] = set()  # merchant wallets a request is asking Redis for now
 
     # -- admission -------------------------------------------------------------------------
 
@@ -114,6 +121,28 @@ class Cashier:
                     return  # the ledger is away: its last balance, less what was held since, stands
                 raise
             await self.holds.confirm(wallet_id, balance + overdraft, version)
+
+    async def _glance(self, merchant: str) -> int | None:
+        """The merchant's wallet for a key without limits, which is only checked to be positive: as Redis last gave
+        it, for GLANCE seconds while positive, and while the one request that asks again waits for the answer (under
+        load a round trip takes longer than GLANCE). Not exact, and need not be: such a request holds nothing, so
+        those in flight on every instance may take the wallet below zero anyway; this adds at most GLANCE's worth
+        (and a round trip's) of this instance's requests to them."""
+        seen = self._glances.get(merchant)
+        if seen is not None and (time.monotonic() < seen[1] or merchant in self._glancing):
+            return seen[0]
+        self._glancing.add(merchant)
+        try:
+            available = await self.holds.fresh_available(merchant, self.freshness)
+        finally:
+            self._glancing.discard(merchant)
+        if available is not None and available > 0:
+            if len(self._glances) > CACHED_WALLETS:
+                self._glances.clear()
+            self._glances[merchant] = (available, time.monotonic() + GLANCE)  # from its answer
+        else:
+            self._glances.pop(merchant, None)
+        return available
 
     async def _known_token(self, pot: str, token_id: str, cap: int) -> None:
         """A token's spend is read once, then kept up to date from the writers' commits."""
@@ -142,7 +171,7 @@ class Cashier:
             if self._book is not None:  # in process: nothing to await
                 available = self._book.fresh_available(merchant, self.freshness)
             else:
-                available = await self.holds.fresh_available(merchant, self.freshness)  # one round trip when fresh
+                available = await self._glance(merchant)
             if available is None:
                 await self._fresh_wallet(merchant, force=True)
                 available = await self.holds.available(merchant)
@@ -288,8 +317,8 @@ class Cashier:
         debit is held until committed."""
         charged = request_charges(plan, cost_nanos, billable, self.settings)
         if charged.merchant_nanos > 0:
-            if not self._adds:
-                asyncio.get_running_loop().call_later(ADD_LINGER, self._flush_adds)
+            if self._adds_due is None:
+                self._adds_due = asyncio.get_running_loop().call_later(ADD_LINGER, self._flush_adds)
             self._adds.append((request_id, plan.key.wallet_id, charged.merchant_nanos))
         return charged
 
@@ -314,7 +343,9 @@ class Cashier:
             self._background(self.holds.true_up(*true_ups))
 
     def _flush_adds(self) -> None:
-        """The merchant's incurred costs of the last ADD_LINGER seconds, to the hot store in one call."""
+        """The merchant's incurred costs of the last ADD_LINGER seconds not committed since, to the hot store in one
+        call."""
+        self._adds_due = None
         if self._adds:
             adds, self._adds = self._adds, []
             self._background(self.holds.add(*adds))
@@ -324,7 +355,9 @@ class Cashier:
         self._background(self._settle(report))
 
     async def _settle(self, report: CommitReport) -> None:
-        self._flush_adds()  # an add must not land after its request's release
+        if self._adds:  # committed: in the balance confirmed below, never sent (nor would it land after the release)
+            committed = set(report.request_ids)
+            self._adds = [add for add in self._adds if add[0] not in committed]
         for wallet_id, (balance, version) in report.wallets.items():
             await self.holds.confirm(wallet_id, balance + self._overdraft.get(wallet_id, 0), version)
         spends: dict[str, int] = defaultdict(int)
