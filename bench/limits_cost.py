@@ -5,7 +5,7 @@ Run by hand:  .venv/bin/python bench/limits_cost.py [--requests 200] [--rounds 1
 The Gateway addon runs in this process under mitmproxy's test context on a throwaway SQLite ledger (as the
 `gw` test fixture does), with mitmproxy patched as tollgate-proxy patches it (the header lookups walk the
 limits' header fields); each request goes through its hooks (request, responseheaders, response) on one
-event loop with a canned OpenAI answer, the ledger writer commits in its own thread and its commits settle
+event loop with a canned OpenAI answer whose head is then assembled as mitmproxy sends it, the ledger writer commits in its own thread and its commits settle
 the holds on the loop, as in the proxy. Blocks of requests alternate between a key with no limits and a key
 with every limit set (spend and request limits per month, rpm, tpm, a model and a provider allow-list), none
 of them reached. Each block's CPU time is taken for the event loop's thread (every hook and the settles) and
@@ -123,6 +123,7 @@ def main() -> None:
     os.environ.pop("TOLLGATE_CONFIG", None)
     from mitmproxy import http
     from mitmproxy.addons.proxyserver import Proxyserver
+    from mitmproxy.net.http.http1 import assemble_response_head
     from mitmproxy.test import taddons, tflow, tutils
 
     from addons.ledger.accounts import credit_wallet, ensure_account
@@ -155,6 +156,7 @@ def main() -> None:
             flow.response = tutils.tresp(headers=answer_headers.copy(), content=ANSWER)
             gateway.responseheaders(flow)
             gateway.response(flow)
+            assemble_response_head(flow.response)  # the head as mitmproxy writes it to the client: the rate headers too
 
         async def block(secret: str, n: int) -> tuple[float, float]:
             """CPU seconds per request: the event loop's thread alone (every hook, the settles), and the whole

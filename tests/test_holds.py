@@ -306,6 +306,39 @@ def test_redis_admissions_of_one_loop_turn_share_a_round_trip_and_keep_their_own
     asyncio.run(scenario())
 
 
+def test_coalesced_admissions_check_no_script_and_survive_redis_losing_it(url):
+    """A pipeline of admissions calls its script by sha alone (no SCRIPT EXISTS round trip before each); when Redis
+    has lost the script (a restart, SCRIPT FLUSH), each call loads it again and every caller still gets its answer."""
+
+    def script_checks() -> int:
+        return redis.Redis.from_url(url).info("commandstats").get("cmdstat_script|exists", {}).get("calls", 0)
+
+    async def pipelined(store: RedisHolds, amounts: list[int]) -> list:
+        store._hold.busy = True  # as while a call is in flight: the calls wait for it, then go as one pipeline
+        calls = asyncio.gather(*(store.hold(f"req_{amount}_{i}", {"wallet": amount}) for i, amount in enumerate(amounts)),
+                               return_exceptions=True)
+        await asyncio.sleep(0)  # every call is waiting
+        store._hold._next()
+        return await calls
+
+    async def scenario():
+        store = RedisHolds(url, hold_ttl=TTL)
+        try:
+            await store.confirm("wallet", 1_000, version=1)
+            await store.hold("req_first", {"wallet": 1})  # the script, loaded
+            checks = script_checks()
+            assert await pipelined(store, [100] * 5) == [[]] * 5
+            assert script_checks() == checks
+            redis.Redis.from_url(url).script_flush()
+            outcomes = await pipelined(store, [10, 10, 10, 900])
+            assert outcomes[:3] == [[]] * 3 and isinstance(outcomes[3], InsufficientFunds)
+            assert await store.available("wallet") == 1_000 - 1 - 500 - 30
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+
+
 def test_redis_fresh_available_is_none_until_confirmed_and_after_max_age(url):
 
     async def scenario():

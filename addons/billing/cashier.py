@@ -161,7 +161,7 @@ class Cashier:
         owner.confirmed = True
 
     async def admit(self, request_id: str, plan: BillingPlan, reader: UsageReader, cost_of: WorstCost,
-                    body_bytes: int = 0) -> tuple[tuple[bytes, bytes], ...] | None:
+                    body_bytes: int = 0) -> list[tuple[bytes, bytes]] | None:
         """Raise PaymentRequired or TooManyRequests, or hold the request's worst case in every pot that pays
         for it or limits it; returns the x-ratelimit-* headers of its rate limits, if it has any."""
         merchant = plan.key.wallet_id

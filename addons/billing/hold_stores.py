@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import redis.asyncio as aioredis
 from mitmproxy.utils.asyncio_utils import create_task
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from addons.billing.holds import (
@@ -299,9 +300,12 @@ class _Coalesced:
     async def _run(self, batch: list[tuple[list, asyncio.Future]]) -> None:
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                for args, _ in batch:
-                    await self.script(args=args, client=pipe)
+                for args, _ in batch:  # by its sha: a script the pipeline registers costs a SCRIPT EXISTS round trip
+                    pipe.evalsha(self.script.sha, 0, *args)
                 results = await pipe.execute(raise_on_error=False)
+            if any(isinstance(result, NoScriptError) for result in results):  # Redis lost it (a restart, a flush)
+                results = [await self.script(args=args) if isinstance(result, NoScriptError) else result
+                           for (args, _), result in zip(batch, results, strict=True)]  # loads it again
         except Exception as e:  # noqa: BLE001 - every caller gets it, as its own call would have
             results = [e] * len(batch)
         finally:

@@ -33,7 +33,7 @@ class Pending:
     reader: UsageReader
     metadata: dict[str, str] | None
     streamed: bool = False
-    rate_headers: tuple[tuple[bytes, bytes], ...] | None = None  # x-ratelimit-* of the key's or customer's rate limits
+    rate_headers: list[tuple[bytes, bytes]] | None = None  # x-ratelimit-* of the key's or customer's rate limits
     model: str | None = None  # the model the operator maps the request's deployment to (Azure), over the response's
     session_id: str | None = None  # a Realtime session's responses: the session they belong to
     rewrite: Rewrite | None = None  # a /v1/rewrite request's translation (addons/rewrite/endpoint.py)
