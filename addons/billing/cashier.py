@@ -34,6 +34,7 @@ from addons.billing.holds import (
     NO_SIZES,
     PAYER,
     REQUEST,
+    RESERVED,
     TOKENS,
     Bucket,
     InsufficientFunds,
@@ -41,6 +42,7 @@ from addons.billing.holds import (
     Sizes,
     WalletEmpty,
     WalletStale,
+    held_limits,
 )
 from addons.billing.limits import (
     OwnerLimits,
@@ -268,9 +270,8 @@ class Cashier:
         the ledger writer) is committed and its hold released, then admit `request_id` as `admit` does (and
         raise as it does). Waiting makes the check exact: the balance then holds the real charge, not the
         finished response's worst case besides the next one's."""
-        owners, sizes = self._limited.get(finished_id, ((), NO_SIZES))
-        settling = finished_id in self.open_holds or any(
-            sizes[kind] is not None for owner in owners for _, kind in owner.holds)  # money or a limit's room
+        settling = finished_id in self.open_holds or bool(
+            held_limits(*self._limited.get(finished_id, ((), NO_SIZES))))  # money or a limit's room
         if settling and not self.writer.failing:  # in a ledger outage no commit comes: hold beside it at once
             future = self._commit_waits.setdefault(finished_id, asyncio.get_running_loop().create_future())
             try:
@@ -325,17 +326,16 @@ class Cashier:
     def used_tokens(self, request_id: str, tokens: int) -> None:
         """A finished request used `tokens` (input and output): its tokens-per-minute reservation is trued up."""
         limited = self._limited.get(request_id)  # kept for the commit's settle
-        if limited is None or not (delta := tokens - limited[1][3]):
+        if limited is None or not (delta := tokens - limited[1][RESERVED]):
             return
-        for owner in limited[0]:
-            for bucket in owner.buckets:
-                if bucket.cost == TOKENS:
-                    if self._book is not None:
-                        self._book.true_up(bucket, delta)
-                    else:
-                        if not self._true_ups:
-                            asyncio.get_running_loop().call_later(TRUE_UP_LINGER, self._flush_true_ups)
-                        self._true_ups.append((bucket, delta))
+        true_ups = [(bucket, delta) for owner in limited[0] for bucket in owner.buckets if bucket.cost == TOKENS]
+        if self._book is not None:
+            for bucket, change in true_ups:
+                self._book.true_up(bucket, change)
+        elif true_ups:
+            if not self._true_ups:
+                asyncio.get_running_loop().call_later(TRUE_UP_LINGER, self._flush_true_ups)
+            self._true_ups += true_ups
 
     def _flush_true_ups(self) -> None:
         if self._true_ups:

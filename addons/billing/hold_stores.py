@@ -29,6 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from addons.billing.holds import (
     NO_SIZES,
+    RESERVED,
     TOKENS,
     Bucket,
     BucketState,
@@ -39,6 +40,7 @@ from addons.billing.holds import (
     Sizes,
     WalletEmpty,
     WalletStale,
+    held_limits,
 )
 
 log = logging.getLogger(__name__)
@@ -377,15 +379,14 @@ class RedisHolds:
     async def hold(self, request_id: str, amounts: dict[str, int], owners: Sequence[Limited] = (),
                    sizes: Sizes = NO_SIZES, limits: dict[str, int] | None = None,
                    wallet: tuple[str, float, bool] | None = None) -> list[BucketState]:
-        pots = list(amounts.items())
-        pots += [(pot, sizes[kind]) for owner in owners for pot, kind in owner.holds if sizes[kind] is not None]
+        pots = [*amounts.items(), *held_limits(owners, sizes)]
         buckets = [bucket for owner in owners for bucket in owner.buckets]
         args = [self.prefix, self._now(), self.ttl_ms, request_id, len(pots)]
         for pot, amount in pots:
             args += [pot, amount, (limits or {}).get(pot, -1)]
         args.append(len(buckets))
         for name, per_minute, capacity, cost in buckets:
-            args += [name, per_minute, capacity, sizes[3] if cost == TOKENS else cost]
+            args += [name, per_minute, capacity, sizes[RESERVED] if cost == TOKENS else cost]
         if wallet is not None:
             pot, max_age, positive = wallet
             args += [pot, -1 if max_age == math.inf else int(max_age * 1000), int(positive)]

@@ -47,8 +47,15 @@ class Limited(Protocol):
     buckets: tuple[Bucket, ...]  # its rate limits: a cost of 1 (requests) or TOKENS
 
 
-Sizes = tuple[int, int, int | None, int]  # a request's REQUEST, MERCHANT and PAYER holds, and its TOKENS
+Sizes = tuple[int, int, int | None, int]  # a request's REQUEST, MERCHANT and PAYER holds, and its RESERVED tokens
+RESERVED = 3  # sizes[RESERVED]: what a bucket of cost TOKENS takes
 NO_SIZES: Sizes = (1, 0, None, 0)
+
+
+def held_limits(owners: Sequence[Limited], sizes: Sizes) -> list[tuple[str, int]]:
+    """The limit pots `owners` hold of a request, and how much: a size of None holds nothing (a customer's spend
+    limit where the customer is not billed). HoldBook.hold writes the same rule out."""
+    return [(pot, sizes[kind]) for owner in owners for pot, kind in owner.holds if sizes[kind] is not None]
 
 
 class BucketState(NamedTuple):
@@ -246,7 +253,7 @@ class HoldBook:
         states = []
         if owners:  # every pot before any bucket, as in Redis
             for owner in owners:
-                for name, kind in owner.holds:
+                for name, kind in owner.holds:  # held_limits, written out: this runs for every limited request
                     if (amount := sizes[kind]) is None:
                         continue
                     known = pots[name]
@@ -259,7 +266,7 @@ class HoldBook:
             for owner in owners:
                 for name, per_minute, capacity, cost in owner.buckets:
                     if cost < 0:  # TOKENS
-                        cost = sizes[3]
+                        cost = sizes[RESERVED]
                     state = levels.get(name)
                     if state is None:
                         level = capacity
