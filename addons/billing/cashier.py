@@ -104,6 +104,7 @@ class Cashier:
         self.open_holds: dict[str, tuple[int, float]] = {}
         self._adds: list[tuple[str, str, int]] = []  # (request id, merchant wallet, amount), not yet sent
         self._adds_due: asyncio.TimerHandle | None = None  # when they are sent
+        self._added: dict[str, None] = {}  # requests whose incurred cost was sent, till their commit releases it
         # request id -> the limits it counts against and what it holds of them, till its commit
         self._limited: dict[str, tuple[tuple[OwnerLimits, ...], Sizes]] = {}
         self._true_ups: list[tuple[Bucket, int]] = []  # not yet sent
@@ -348,6 +349,8 @@ class Cashier:
         self._adds_due = None
         if self._adds:
             adds, self._adds = self._adds, []
+            for request_id, _, _ in adds:
+                self._remember(self._added, request_id, None)
             self._background(self.holds.add(*adds))
 
     def settled(self, report: CommitReport) -> None:
@@ -355,18 +358,22 @@ class Cashier:
         self._background(self._settle(report))
 
     async def _settle(self, report: CommitReport) -> None:
+        """One hot-store call: the wallets' new balances, the spends on limits and token caps, and the holds of the
+        requests that have any (money, a limit's room, an incurred cost sent) released."""
         if self._adds:  # committed: in the balance confirmed below, never sent (nor would it land after the release)
             committed = set(report.request_ids)
             self._adds = [add for add in self._adds if add[0] not in committed]
-        for wallet_id, (balance, version) in report.wallets.items():
-            await self.holds.confirm(wallet_id, balance + self._overdraft.get(wallet_id, 0), version)
+        confirms = [(wallet_id, balance + self._overdraft.get(wallet_id, 0), version)
+                    for wallet_id, (balance, version) in report.wallets.items()]
+        limited, held, added = self._limited, self.open_holds, self._added
+        released = [request_id for request_id in report.request_ids
+                    if request_id in held or request_id in limited or request_id in added]
         spends: dict[str, int] = defaultdict(int)
         for token_id, amount in report.token_charges.items():
             spends[f"token:{token_id}"] += amount
-        limited = self._limited
         for record in report.written:
-            if (held := limited.pop(record.id, None)) is not None:
-                owners, sizes = held
+            if (limits := limited.pop(record.id, None)) is not None:
+                owners, sizes = limits
                 for owner in owners:
                     for pot, kind in owner.holds:
                         if kind == REQUEST:
@@ -375,13 +382,20 @@ class Cashier:
                             spends[pot] += record.charged_nanos
                         elif sizes[PAYER] is not None and (fees := report.fees.get(record.id)) is not None:
                             spends[pot] += fees.fee_nanos  # a billed customer's spend limit: the fee it was charged
-        if limited:
-            for request_id in report.request_ids:
-                limited.pop(request_id, None)
-        if report.request_ids or spends:  # the spends land before the holds go, or the room would show twice
-            await self.holds.release(*report.request_ids, spends=tuple(spends.items()))
-        for request_id in report.request_ids:  # once released: `renew` waits while a hold is open here
-            self.open_holds.pop(request_id, None)
+        if confirms or released or spends:  # the spends land before the holds go, or the room would show twice
+            available = await self.holds.settle(confirms, tuple(spends.items()), released)
+            if self._glances:  # a wallet's figure as a glance would read it now
+                until = time.monotonic() + GLANCE
+                for (wallet_id, _, _), figure in zip(confirms, available, strict=True):
+                    if wallet_id in self._glances:
+                        if figure > 0:
+                            self._glances[wallet_id] = (figure, until)
+                        else:
+                            del self._glances[wallet_id]
+        for request_id in released:  # once released: `renew` waits while a hold is open here
+            held.pop(request_id, None)
+            limited.pop(request_id, None)
+            added.pop(request_id, None)
         if self._commit_waits:
             for request_id in report.request_ids:
                 if (future := self._commit_waits.get(request_id)) is not None and not future.done():

@@ -92,6 +92,14 @@ class LocalHolds:
         for request_id in request_ids:
             self.book.release(request_id)
 
+    async def settle(self, confirms: Sequence[tuple[str, int, int]], spends: Sequence[tuple[str, int]] = (),
+                     request_ids: Sequence[str] = ()) -> list[int]:
+        """A ledger commit (RedisHolds.settle): the confirmed pots' available after."""
+        for pot, amount, version in confirms:
+            self.book.confirm(pot, amount, version)
+        await self.release(*request_ids, spends=spends)
+        return [self.book.available(pot) for pot, _, _ in confirms]
+
     async def close(self) -> None:
         pass
 
@@ -224,32 +232,35 @@ end
 return 1
 """
 
-# ARGV: prefix, now_ms, ttl_ms, n, then n (pot, amount) pairs of committed spends on versionless pots (n counts
-# them whether or not the pot is confirmed: HoldBook.confirm_new), then the request ids to release
-_RELEASE = _POTS + """
-local ttl, n = tonumber(ARGV[3]), tonumber(ARGV[4])
-for i = 5, 4 + 2 * n, 2 do
+# ARGV: prefix, now_ms, ttl_ms, c, then c (pot, amount, version) triples: ledger figures, an older version than the
+# one held ignored; n, then n (pot, amount) pairs of committed spends on versionless pots (n counts them whether or not
+# the pot is confirmed: HoldBook.confirm_new); then the request ids to release. Answers each confirmed pot's
+# available after: a ledger commit settles in one round trip, and its wallets' figures come back with it.
+_SETTLE = _POTS + """
+local now, ttl, c = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+for i = 5, 4 + 3 * c, 3 do
+  local key = k('pot', ARGV[i])
+  local known = redis.call('HGET', key, 'v')
+  if (not redis.call('HGET', key, 'c')) or (not known) or tonumber(ARGV[i + 2]) >= tonumber(known) then
+    redis.call('HSET', key, 'c', ARGV[i + 1], 'v', ARGV[i + 2], 't', ARGV[2])
+  end
+end
+local s = 5 + 3 * c
+local n = tonumber(ARGV[s])
+for i = s + 1, s + 2 * n, 2 do
   local key = k('pot', ARGV[i])
   redis.call('HINCRBY', key, 'n', ARGV[i + 1])
   if redis.call('HEXISTS', key, 'c') == 1 then redis.call('HINCRBY', key, 'c', -tonumber(ARGV[i + 1])) end
 end
-for i = 5 + 2 * n, #ARGV do
+for i = s + 1 + 2 * n, #ARGV do
   local rid = ARGV[i]
   redis.call('SET', k('done', rid), '1', 'PX', ttl + 60000)
   for _, pot in ipairs(redis.call('SMEMBERS', k('req', rid))) do drop(pot, rid) end
   redis.call('DEL', k('req', rid))
 end
-return 1
-"""
-
-# ARGV: prefix, now_ms, pot, amount, version
-_CONFIRM = _POTS + """
-local key = k('pot', ARGV[3])
-local known = redis.call('HGET', key, 'v')
-if (not redis.call('HGET', key, 'c')) or (not known) or tonumber(ARGV[5]) >= tonumber(known) then
-  redis.call('HSET', key, 'c', ARGV[4], 'v', ARGV[5], 't', ARGV[2])
-end
-return 1
+local out = {}
+for i = 5, 4 + 3 * c, 3 do out[#out + 1] = available(ARGV[i], now) end
+return out
 """
 
 # ARGV: prefix, now_ms, pot  -> confirmed - held, or false when the pot is unknown
@@ -333,8 +344,7 @@ class RedisHolds:
         self._true_up = self.redis.register_script(_TRUE_UP)
         self._confirm_new = self.redis.register_script(_CONFIRM_NEW)
         self._add = self.redis.register_script(_ADD)
-        self._release = self.redis.register_script(_RELEASE)
-        self._confirm = self.redis.register_script(_CONFIRM)
+        self._settle = self.redis.register_script(_SETTLE)
         self._available = self.redis.register_script(_AVAILABLE)
         self._fresh_available = _Coalesced(self.redis, self.redis.register_script(_FRESH_AVAILABLE))
 
@@ -346,7 +356,7 @@ class RedisHolds:
         return at is not None and (max_age == float("inf") or self._now() - int(at) < max_age * 1000)
 
     async def confirm(self, pot: str, amount: int, version: int) -> None:
-        await self._confirm(args=[self.prefix, self._now(), pot, amount, version])
+        await self.settle(((pot, amount, version),))
 
     async def generation(self, pot: str) -> int:
         return int(await self.redis.hget(f"{self.prefix}:pot:{pot}", "n") or 0)
@@ -419,14 +429,23 @@ class RedisHolds:
             await self._add(args=[self.prefix, self._now(), self.ttl_ms, *args[i:i + 3 * RELEASE_BATCH]])
 
     async def release(self, *request_ids: str, spends: Sequence[tuple[str, int]] = ()) -> None:
-        """One round trip per RELEASE_BATCH requests, the spends with the first: a ledger commit settles a whole
-        batch."""
-        pairs = [value for spend in spends for value in spend]
-        for i in range(0, max(len(request_ids), 1), RELEASE_BATCH):
-            batch = request_ids[i:i + RELEASE_BATCH]
-            if batch or pairs:
-                await self._release(args=[self.prefix, self._now(), self.ttl_ms, len(pairs) // 2, *pairs, *batch])
-            pairs = []
+        await self.settle((), spends, request_ids)
+
+    async def settle(self, confirms: Sequence[tuple[str, int, int]], spends: Sequence[tuple[str, int]] = (),
+                     request_ids: Sequence[str] = ()) -> list[int]:
+        """A ledger commit: its wallets' figures (pot, amount, version), its spends on versionless pots, its
+        requests' holds released; one round trip per RELEASE_BATCH requests, the figures and spends with the first.
+        The confirmed pots' available after."""
+        head = [self.prefix, self._now(), self.ttl_ms, len(confirms)]
+        for confirm in confirms:
+            head += confirm
+        head.append(len(spends))
+        for spend in spends:
+            head += spend
+        available = await self._settle(args=[*head, *request_ids[:RELEASE_BATCH]])
+        for i in range(RELEASE_BATCH, len(request_ids), RELEASE_BATCH):
+            await self._settle(args=[self.prefix, self._now(), self.ttl_ms, 0, 0, *request_ids[i:i + RELEASE_BATCH]])
+        return [int(value) for value in available]
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -467,17 +486,6 @@ class FailoverHolds:
             except _Away:
                 pass
         return await getattr(self.local, name)(*args)
-
-    async def _both(self, name: str, *args, **kwargs) -> bool:
-        """The call on both stores; False when Redis missed it."""
-        await getattr(self.local, name)(*args, **kwargs)
-        if self.redis_up:
-            try:
-                await self._remote(name, *args, **kwargs)
-                return True
-            except _Away:
-                pass
-        return False
 
     async def _unconfirm_missed(self) -> None:
         """Redis is back, without the spends it missed: those pots are confirmed from the ledger again."""
@@ -547,11 +555,22 @@ class FailoverHolds:
         await self._one("add", *charges)
 
     async def confirm(self, pot: str, amount: int, version: int) -> None:
-        await self._both("confirm", pot, amount, version)
+        await self.settle(((pot, amount, version),))
 
     async def release(self, *request_ids: str, spends: Sequence[tuple[str, int]] = ()) -> None:
-        if not await self._both("release", *request_ids, spends=spends):
-            self._missed.update(pot for pot, _ in spends)
+        await self.settle((), spends, request_ids)
+
+    async def settle(self, confirms: Sequence[tuple[str, int, int]], spends: Sequence[tuple[str, int]] = (),
+                     request_ids: Sequence[str] = ()) -> list[int]:
+        """On both stores, as `confirm` and `release`: the figures of the one admitting now."""
+        available = await self.local.settle(confirms, spends, request_ids)
+        if self.redis_up:
+            try:
+                return await self._remote("settle", confirms, spends, request_ids)
+            except _Away:
+                pass
+        self._missed.update(pot for pot, _ in spends)
+        return available
 
     async def close(self) -> None:
         await self.remote.close()
