@@ -139,13 +139,17 @@ class Cashier:
             available = await self.holds.fresh_available(merchant, self.freshness)
         finally:
             self._glancing.discard(merchant)
+        self._saw(merchant, available)
+        return available
+
+    def _saw(self, merchant: str, available: int | None) -> None:
+        """Redis's figure for the merchant's wallet, glanced at for GLANCE seconds from now while positive."""
         if available is not None and available > 0:
             if len(self._glances) > CACHED_WALLETS:
                 self._glances.clear()
-            self._glances[merchant] = (available, time.monotonic() + GLANCE)  # from its answer
+            self._glances[merchant] = (available, time.monotonic() + GLANCE)
         else:
             self._glances.pop(merchant, None)
-        return available
 
     async def _known_token(self, pot: str, token_id: str, cap: int) -> None:
         """A token's spend is read once, then kept up to date from the writers' commits."""
@@ -384,14 +388,9 @@ class Cashier:
                             spends[pot] += fees.fee_nanos  # a billed customer's spend limit: the fee it was charged
         if confirms or released or spends:  # the spends land before the holds go, or the room would show twice
             available = await self.holds.settle(confirms, tuple(spends.items()), released)
-            if self._glances:  # a wallet's figure as a glance would read it now
-                until = time.monotonic() + GLANCE
-                for (wallet_id, _, _), figure in zip(confirms, available, strict=True):
-                    if wallet_id in self._glances:
-                        if figure > 0:
-                            self._glances[wallet_id] = (figure, until)
-                        else:
-                            del self._glances[wallet_id]
+            for (wallet_id, _, _), figure in zip(confirms, available, strict=True):
+                if wallet_id in self._glances:  # a wallet's figure as a glance would read it now
+                    self._saw(wallet_id, figure)
         for request_id in released:  # once released: `renew` waits while a hold is open here
             held.pop(request_id, None)
             limited.pop(request_id, None)
