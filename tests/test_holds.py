@@ -271,27 +271,30 @@ def test_redis_holds_release_a_committed_batch_in_one_call(url):
     asyncio.run(scenario())
 
 
-def test_redis_admissions_of_one_loop_turn_share_a_round_trip_and_keep_their_own_answers(url, monkeypatch):
-    """Admissions made while one is in flight go to Redis together, as one pipeline; each caller still gets its own
-    outcome (a hold, a refusal naming its pot, a stale wallet), and a dead Redis fails every one of them as a call
-    of its own would."""
+def test_redis_admissions_of_one_loop_turn_share_a_write_and_keep_their_own_answers(url, monkeypatch):
+    """Admissions made in the same loop turn leave for Redis as one write on the store's one connection; each caller
+    still gets its own outcome (a hold, a refusal naming its pot, a read), and a dead Redis fails every one of them
+    as a call of its own would."""
 
     async def scenario():
         store = RedisHolds(url, hold_ttl=TTL)
-        pipelines = []
-        real_pipeline = store.redis.pipeline
-        monkeypatch.setattr(store.redis, "pipeline", lambda **kw: pipelines.append(kw) or real_pipeline(**kw))
         try:
             await store.confirm("wallet", 1_000, version=1)
             await store.confirm("small", 10, version=1)
+            await store.hold("req_warm", {"wallet": 0})
+            await store.fresh_available("wallet", 60.0)  # both scripts loaded: each is sent by its sha alone
+            writes = []
+            transport = store.wire._transport
+            real_write = transport.write
+            monkeypatch.setattr(transport, "write", lambda data: writes.append(data) or real_write(data))
             outcomes = await asyncio.gather(
                 *(store.hold(f"req_{i}", {"wallet": 100}) for i in range(8)),
                 store.hold("req_big", {"small": 50}), store.fresh_available("wallet", 60.0),
                 store.fresh_available("nobody", 60.0), return_exceptions=True)
-            assert len(pipelines) == 2  # the first hold and read go alone; the others, one pipeline per script
+            assert len(writes) == 1 and writes[0].count(b"EVALSHA") == 11
             assert outcomes[:8] == [[]] * 8
             assert isinstance(outcomes[8], InsufficientFunds) and outcomes[8].pot == "small"
-            assert outcomes[9] in (200, 1_000) and outcomes[10] is None  # read beside the holds, before or after
+            assert outcomes[9] == 200 and outcomes[10] is None  # answered in the order sent
             assert await store.available("wallet") == 200
         finally:
             await store.close()
@@ -306,20 +309,16 @@ def test_redis_admissions_of_one_loop_turn_share_a_round_trip_and_keep_their_own
     asyncio.run(scenario())
 
 
-def test_coalesced_admissions_check_no_script_and_survive_redis_losing_it(url):
-    """A pipeline of admissions calls its script by sha alone (no SCRIPT EXISTS round trip before each); when Redis
-    has lost the script (a restart, SCRIPT FLUSH), each call loads it again and every caller still gets its answer."""
+def test_admissions_call_their_script_by_sha_and_survive_redis_losing_it(url):
+    """Admissions call their script by sha alone (no SCRIPT EXISTS round trip before each); when Redis has lost the
+    script (a restart, SCRIPT FLUSH), each call sends it again and every caller still gets its answer."""
 
     def script_checks() -> int:
         return redis.Redis.from_url(url).info("commandstats").get("cmdstat_script|exists", {}).get("calls", 0)
 
-    async def pipelined(store: RedisHolds, amounts: list[int]) -> list:
-        store._hold.busy = True  # as while a call is in flight: the calls wait for it, then go as one pipeline
-        calls = asyncio.gather(*(store.hold(f"req_{amount}_{i}", {"wallet": amount}) for i, amount in enumerate(amounts)),
-                               return_exceptions=True)
-        await asyncio.sleep(0)  # every call is waiting
-        store._hold._next()
-        return await calls
+    def together(store: RedisHolds, amounts: list[int]):
+        return asyncio.gather(*(store.hold(f"req_{amount}_{i}", {"wallet": amount}) for i, amount in enumerate(amounts)),
+                              return_exceptions=True)
 
     async def scenario():
         store = RedisHolds(url, hold_ttl=TTL)
@@ -327,10 +326,10 @@ def test_coalesced_admissions_check_no_script_and_survive_redis_losing_it(url):
             await store.confirm("wallet", 1_000, version=1)
             await store.hold("req_first", {"wallet": 1})  # the script, loaded
             checks = script_checks()
-            assert await pipelined(store, [100] * 5) == [[]] * 5
+            assert await together(store, [100] * 5) == [[]] * 5
             assert script_checks() == checks
             redis.Redis.from_url(url).script_flush()
-            outcomes = await pipelined(store, [10, 10, 10, 900])
+            outcomes = await together(store, [10, 10, 10, 900])
             assert outcomes[:3] == [[]] * 3 and isinstance(outcomes[3], InsufficientFunds)
             assert await store.available("wallet") == 1_000 - 1 - 500 - 30
         finally:

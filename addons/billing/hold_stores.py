@@ -21,10 +21,8 @@ import math
 import time
 from collections.abc import Sequence
 
-import redis.asyncio as aioredis
 from mitmproxy.utils.asyncio_utils import create_task
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from addons.billing.holds import (
@@ -42,6 +40,7 @@ from addons.billing.holds import (
     WalletStale,
     held_limits,
 )
+from addons.billing.redis_wire import RedisWire, Script
 
 log = logging.getLogger(__name__)
 REDIS_AWAY = (RedisConnectionError, RedisTimeoutError)
@@ -147,7 +146,7 @@ end
 # bucket's remaining and reset_ms}, {0, pot index, available}, {-1, pot index} (unconfirmed), {2, bucket index,
 # retry_after_ms, remaining}, {-3} (the wallet's figure is too old) or {-4, available} (the wallet is empty).
 # A limit pot whose limit changed moves by the difference first.
-_HOLD = _POTS + """
+_HOLD = Script(_POTS + """
 local now, ttl, rid, n = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
 local m = tonumber(ARGV[6 + 3 * n] or '0')
 local w = 7 + 3 * n + 4 * m
@@ -194,22 +193,22 @@ for j = 0, m - 1 do
   out[#out + 1] = math.ceil((cap - levels[j + 1]) / rate)
 end
 return out
-"""
+""")
 
 # ARGV: prefix, now_ms, then (bucket, per_minute, capacity, delta) quads: each bucket gives delta more back
-_TRUE_UP = _POTS + """
+_TRUE_UP = Script(_POTS + """
 local now = tonumber(ARGV[2])
 for i = 3, #ARGV, 4 do
   local rate, cap = tonumber(ARGV[i + 1]) / 60000, tonumber(ARGV[i + 2])
   store(ARGV[i], now, rate, cap, math.min(cap, refill(ARGV[i], now, rate, cap) - tonumber(ARGV[i + 3])))
 end
 return 1
-"""
+""")
 
 # ARGV: prefix, now_ms, pot, amount, generation, expire_at_ms (0: never), limit (-1: none). Only a pot not
 # confirmed yet is set: the spends counted since `generation` was read are taken off
 # (addons.billing.holds.HoldBook.confirm_new). Written with %.0f: Lua would write a large number as 1e+14.
-_CONFIRM_NEW = """
+_CONFIRM_NEW = Script("""
 local key = ARGV[1] .. ':pot:' .. ARGV[3]
 if redis.call('HEXISTS', key, 'c') == 1 then return 0 end
 local spent = tonumber(redis.call('HGET', key, 'n') or '0') - tonumber(ARGV[5])
@@ -217,10 +216,10 @@ redis.call('HSET', key, 'c', string.format('%.0f', tonumber(ARGV[4]) - spent), '
 if tonumber(ARGV[7]) >= 0 then redis.call('HSET', key, 'l', ARGV[7]) end
 if tonumber(ARGV[6]) > 0 then redis.call('PEXPIREAT', key, ARGV[6]) end
 return 1
-"""
+""")
 
 # ARGV: prefix, now_ms, ttl_ms, then (request_id, pot, amount) triples; a settled request is skipped
-_ADD = _POTS + """
+_ADD = Script(_POTS + """
 local now, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
 for i = 4, #ARGV, 3 do
   local rid, pot = ARGV[i], ARGV[i + 1]
@@ -230,13 +229,13 @@ for i = 4, #ARGV, 3 do
   end
 end
 return 1
-"""
+""")
 
 # ARGV: prefix, now_ms, ttl_ms, c, then c (pot, amount, version) triples: ledger figures, an older version than the
 # one held ignored; n, then n (pot, amount) pairs of committed spends on versionless pots (n counts them whether or not
 # the pot is confirmed: HoldBook.confirm_new); then the request ids to release. Answers each confirmed pot's
 # available after: a ledger commit settles in one round trip, and its wallets' figures come back with it.
-_SETTLE = _POTS + """
+_SETTLE = Script(_POTS + """
 local now, ttl, c = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 for i = 5, 4 + 3 * c, 3 do
   local key = k('pot', ARGV[i])
@@ -261,129 +260,63 @@ end
 local out = {}
 for i = 5, 4 + 3 * c, 3 do out[#out + 1] = available(ARGV[i], now) end
 return out
-"""
+""")
 
 # ARGV: prefix, now_ms, pot  -> confirmed - held, or false when the pot is unknown
-_AVAILABLE = _POTS + """
+_AVAILABLE = Script(_POTS + """
 return available(ARGV[3], tonumber(ARGV[2]))
-"""
+""")
 
 # ARGV: prefix, now_ms, pot, max_age_ms  -> as _AVAILABLE, or false when the pot was confirmed too long ago
-_FRESH_AVAILABLE = _POTS + """
+_FRESH_AVAILABLE = Script(_POTS + """
 local at = redis.call('HGET', k('pot', ARGV[3]), 't')
 if (not at) or tonumber(ARGV[2]) - tonumber(at) >= tonumber(ARGV[4]) then return false end
 return available(ARGV[3], tonumber(ARGV[2]))
-"""
+""")
 
-POOL_SIZE = 64  # Redis connections per process
-POOL_WAIT = 5.0  # seconds a call waits for a free connection before Redis counts as away
 RELEASE_BATCH = 500  # request ids per release script call, so one call never holds Redis for long
-
-
-class _Coalesced:
-    """One script's calls, at most one round trip in flight: a call made while none is goes at once, as it is;
-    the calls made while one is wait for it and then go together, as one pipeline. A lone request pays nothing
-    for this; under load an admission's round trip costs a third of the CPU (redis-py spends most of a call's
-    70 us outside Redis: bench/redis_admission_cost.py). Each caller gets its own answer or error, a
-    connection error included, so the fallback to the process's book works per call as before."""
-
-    def __init__(self, redis: aioredis.Redis, script) -> None:
-        self.redis, self.script = redis, script
-        self.pending: list[tuple[list, asyncio.Future]] = []
-        self.busy = False
-
-    async def __call__(self, args: list):
-        if self.busy:
-            answer = asyncio.get_running_loop().create_future()
-            self.pending.append((args, answer))
-            return await answer
-        self.busy = True
-        try:
-            return await self.script(args=args)
-        finally:
-            self._next()
-
-    def _next(self) -> None:
-        if not self.pending:
-            self.busy = False
-            return
-        batch, self.pending = self.pending, []
-        create_task(self._run(batch), name="tollgate-redis-batch", keep_ref=True)
-
-    async def _run(self, batch: list[tuple[list, asyncio.Future]]) -> None:
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for args, _ in batch:  # by its sha: a script the pipeline registers costs a SCRIPT EXISTS round trip
-                    pipe.evalsha(self.script.sha, 0, *args)
-                results = await pipe.execute(raise_on_error=False)
-            if any(isinstance(result, NoScriptError) for result in results):  # Redis lost it (a restart, a flush)
-                results = [await self.script(args=args) if isinstance(result, NoScriptError) else result
-                           for (args, _), result in zip(batch, results, strict=True)]  # loads it again
-        except Exception as e:  # noqa: BLE001 - every caller gets it, as its own call would have
-            results = [e] * len(batch)
-        finally:
-            self._next()
-        for (_, answer), result in zip(batch, results, strict=True):
-            if not answer.done():  # its request may have been cancelled meanwhile
-                if isinstance(result, BaseException):
-                    answer.set_exception(result)
-                else:
-                    answer.set_result(result)
 
 
 class RedisHolds:
     def __init__(self, url: str, hold_ttl: float, prefix: str = "tollgate"):
-        # A burst of requests waits for one of the pool's connections rather than failing over (redis-py's default
-        # pool raises MaxConnectionsError, a ConnectionError, past 100 calls in flight)
-        self.redis = aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=POOL_SIZE, timeout=POOL_WAIT, socket_timeout=1.0, socket_connect_timeout=1.0))
+        self.wire = RedisWire(url, timeout=1.0)
         self.prefix = prefix
         self.ttl_ms = int(hold_ttl * 1000)
         self.clock = time.time
-        self._hold = _Coalesced(self.redis, self.redis.register_script(_HOLD))  # the two calls of every admission
-        self._true_up = self.redis.register_script(_TRUE_UP)
-        self._confirm_new = self.redis.register_script(_CONFIRM_NEW)
-        self._add = self.redis.register_script(_ADD)
-        self._settle = self.redis.register_script(_SETTLE)
-        self._available = self.redis.register_script(_AVAILABLE)
-        self._fresh_available = _Coalesced(self.redis, self.redis.register_script(_FRESH_AVAILABLE))
 
     def _now(self) -> int:
         return int(self.clock() * 1000)
 
     async def is_fresh(self, pot: str, max_age: float) -> bool:
-        at = await self.redis.hget(f"{self.prefix}:pot:{pot}", "t")
+        at = await self.wire.call("HGET", f"{self.prefix}:pot:{pot}", "t")
         return at is not None and (max_age == float("inf") or self._now() - int(at) < max_age * 1000)
 
     async def confirm(self, pot: str, amount: int, version: int) -> None:
         await self.settle(((pot, amount, version),))
 
     async def generation(self, pot: str) -> int:
-        return int(await self.redis.hget(f"{self.prefix}:pot:{pot}", "n") or 0)
+        return int(await self.wire.call("HGET", f"{self.prefix}:pot:{pot}", "n") or 0)
 
     async def confirm_new(self, pot: str, amount: int, generation: int, expires_at: float | None = None,
                           limit: int | None = None) -> None:
         """expires_at (epoch seconds): when Redis may forget the pot (a limit's period has ended)."""
         expire_ms = 0 if expires_at is None else math.ceil(expires_at * 1000)
-        await self._confirm_new(args=[self.prefix, self._now(), pot, amount, generation, expire_ms,
-                                      -1 if limit is None else limit])
+        await self.wire.script(_CONFIRM_NEW, self.prefix, self._now(), pot, amount, generation, expire_ms,
+                               -1 if limit is None else limit)
 
     async def unconfirm(self, *pots: str) -> None:
         """Forget the pots' figures (holds stay): the next admission confirms them from the ledger again."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for pot in pots:
-                pipe.hdel(f"{self.prefix}:pot:{pot}", "c", "t")
-            await pipe.execute()
+        await asyncio.gather(*(self.wire.call("HDEL", f"{self.prefix}:pot:{pot}", "c", "t") for pot in pots))
 
     async def available(self, pot: str) -> int:
-        value = await self._available(args=[self.prefix, self._now(), pot])
+        value = await self.wire.script(_AVAILABLE, self.prefix, self._now(), pot)
         if value is None:
             raise KeyError(pot)
         return int(value)
 
     async def fresh_available(self, pot: str, max_age: float) -> int | None:
         """`available`, in the same round trip as the freshness check; None when not fresh."""
-        value = await self._fresh_available([self.prefix, self._now(), pot, int(max_age * 1000)])
+        value = await self.wire.script(_FRESH_AVAILABLE, self.prefix, self._now(), pot, int(max_age * 1000))
         return None if value is None else int(value)
 
     async def hold(self, request_id: str, amounts: dict[str, int], owners: Sequence[Limited] = (),
@@ -400,7 +333,7 @@ class RedisHolds:
         if wallet is not None:
             pot, max_age, positive = wallet
             args += [pot, -1 if max_age == math.inf else int(max_age * 1000), int(positive)]
-        result = await self._hold(args)
+        result = await self.wire.script(_HOLD, *args)
         outcome = int(result[0])
         if outcome == -3:
             raise WalletStale(wallet[0])
@@ -420,13 +353,13 @@ class RedisHolds:
         for bucket, delta in changes:
             args += [bucket.name, bucket.per_minute, bucket.capacity, delta]
         if changes:
-            await self._true_up(args=args)
+            await self.wire.script(_TRUE_UP, *args)
 
     async def add(self, *charges: tuple[str, str, int]) -> None:
         """Costs already incurred, (request id, pot, amount) each: one round trip per RELEASE_BATCH."""
         args = [value for charge in charges if charge[2] > 0 for value in charge]
         for i in range(0, len(args), 3 * RELEASE_BATCH):
-            await self._add(args=[self.prefix, self._now(), self.ttl_ms, *args[i:i + 3 * RELEASE_BATCH]])
+            await self.wire.script(_ADD, self.prefix, self._now(), self.ttl_ms, *args[i:i + 3 * RELEASE_BATCH])
 
     async def release(self, *request_ids: str, spends: Sequence[tuple[str, int]] = ()) -> None:
         await self.settle((), spends, request_ids)
@@ -442,13 +375,13 @@ class RedisHolds:
         head.append(len(spends))
         for spend in spends:
             head += spend
-        available = await self._settle(args=[*head, *request_ids[:RELEASE_BATCH]])
+        available = await self.wire.script(_SETTLE, *head, *request_ids[:RELEASE_BATCH])
         for i in range(RELEASE_BATCH, len(request_ids), RELEASE_BATCH):
-            await self._settle(args=[self.prefix, self._now(), self.ttl_ms, 0, 0, *request_ids[i:i + RELEASE_BATCH]])
+            await self.wire.script(_SETTLE, self.prefix, self._now(), self.ttl_ms, 0, 0, *request_ids[i:i + RELEASE_BATCH])
         return [int(value) for value in available]
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        await self.wire.close()
 
 
 class _Away(Exception):
@@ -521,9 +454,6 @@ class FailoverHolds:
         if self._down_since is None:
             log.error("tollgate: Redis is unreachable (%s); holding in this process until it answers",
                       type(error).__name__)
-        # The pool's other connections went with the server: drop them, or each would fail once more
-        # after Redis is back and send holds here again.
-        create_task(self.remote.redis.connection_pool.disconnect(), name="tollgate-redis-reset", keep_ref=True)
         self._down_since = self._clock()
 
     async def is_fresh(self, pot: str, max_age: float) -> bool:
