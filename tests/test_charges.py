@@ -385,6 +385,19 @@ def test_a_hold_record_is_mirrored_and_its_request_removes_it(shop):
     assert audit_wallets() == []
 
 
+def test_a_customer_request_that_is_not_billed_still_removes_its_hold(shop):
+    """A billed customer's request the provider refused is not charged (bill_customer is False on its record), but
+    it was held at admission: its row goes all the same. A request of no customer has no hold row to look for."""
+    wallet = add_customer()
+    expires = T0 + timedelta(minutes=10)
+    write_batch([HoldRecord("req_refused", wallet, CENT, expires), HoldRecord("req_other", wallet, CENT, expires)],
+                apply_charges)
+    write_batch([usage(shop, "req_refused", customer="cus_1", wallet=wallet, bill=False), usage(shop, "req_plain")],
+                apply_charges)
+    assert [h.request_id for h in Hold.select()] == ["req_other"]
+    assert balance(wallet) == CUSTOMER_START and audit_wallets() == []
+
+
 def test_a_hold_and_its_request_in_one_batch_leave_no_hold(shop):
     wallet = add_customer()
     meter = add_meter(shop, "per-req", "fixed", "requests", ["0:0.01"])

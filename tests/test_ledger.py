@@ -18,6 +18,7 @@ from addons.ledger.accounts import (
     revoke_key,
     wallet_balance,
 )
+from addons.ledger.bulk import on_postgres
 from addons.ledger.models import LedgerEntry, RequestRow, Wallet, database, open_database, utcnow
 from addons.ledger.writer import LedgerWriter, RequestFees, UsageRecord, write_batch
 
@@ -148,6 +149,44 @@ def test_writer_sets_aside_a_record_the_database_refuses_and_writes_the_rest(wal
     assert wallet_balance(wallet.id) == START - 20 and audit_wallets() == []
     rejected = [json.loads(line) for line in (tmp_path / "rejected.jsonl").read_text().splitlines()]
     assert [r["record"]["id"] for r in rejected] == ["req_bad"]
+
+
+AWKWARD = ["tab\there", "line\nbreak\r\nand back", "back\\slash \\N \\t", "quote ' and \"", "\\", "\\N", "", "é 漢字 🎉"]
+
+
+def test_caller_text_of_every_kind_is_stored_as_sent(wallet):
+    """Metadata and a model name come from the client: tabs, line breaks, backslashes (COPY's escapes, and its
+    NULL marker as text), quotes and any Unicode are stored exactly, next to NULLs, booleans and timestamps."""
+    at = utcnow()
+    records = [record(wallet, f"req_{i}", 1) for i in range(len(AWKWARD))]
+    for text, usage in zip(AWKWARD, records, strict=True):
+        usage.metadata, usage.model, usage.created_at, usage.streamed = {"note": text, text: "k"}, text or None, at, True
+    write_batch(records, apply_charges)
+    stored = {row.id: row for row in RequestRow.select()}
+    for text, usage in zip(AWKWARD, records, strict=True):
+        row = stored[usage.id]
+        assert (json.loads(row.metadata), row.model, row.created_at, row.streamed) == (usage.metadata, text or None,
+                                                                                       at, True)
+    assert wallet_balance(wallet.id) == START - len(AWKWARD)
+
+
+def test_a_value_only_the_driver_writes_goes_in_as_it_would_and_a_nul_is_refused_by_postgresql(wallet, tmp_path):
+    odd = record(wallet, "req_float", 7)
+    odd.input_tokens = 12.0  # a float in an integer column: the driver's own conversion writes it
+    nul = record(wallet, "req_nul", 5)
+    nul.model = "gpt\x00"  # PostgreSQL stores no NUL in text (SQLite does)
+    writer = LedgerWriter(apply_charges, dead_letters=tmp_path / "rejected.jsonl")
+    for usage in (odd, nul):
+        writer.submit(usage)
+    assert writer.flush(timeout=30) and writer.close()
+    stored = {r.id: (r.input_tokens, r.model) for r in RequestRow.select()}
+    assert stored.pop("req_float") == (12, None) and audit_wallets() == []
+    if on_postgres():
+        assert stored == {} and wallet_balance(wallet.id) == START - 7
+        rejected = [json.loads(line) for line in (tmp_path / "rejected.jsonl").read_text().splitlines()]
+        assert [r["record"]["id"] for r in rejected] == ["req_nul"]
+    else:
+        assert stored == {"req_nul": (0, "gpt\x00")} and wallet_balance(wallet.id) == START - 12
 
 
 def test_credit_wallet_returns_the_new_balance(ledger):

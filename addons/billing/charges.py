@@ -115,11 +115,16 @@ def apply_charges(records: list[UsageRecord]) -> CommitReport:
     report = CommitReport(request_ids=[r.id for r in records])
     now = utcnow()
     customer_wallets = {r.customer_wallet_id for r in records if r.customer_wallet_id}
-    wallet_ids = sorted({r.wallet_id for r in records} | customer_wallets)
-    balances = dict(execute('SELECT "id", "balance_nanos" FROM "wallet" WHERE "id" IN %(list)s ORDER BY "id"'
-                            + for_update(), wallet_ids))
-    overdraft = dict(execute('SELECT "wallet_id", "overdraft_limit_nanos" FROM "customer" WHERE "wallet_id" IN %(list)s',
-                             customer_wallets)) if customer_wallets else {}
+    # A customer's fee is capped by its balance, read under lock; the merchants', every wallet locked in id order
+    # as the debits below take them, so concurrent writers never wait on each other in a circle. Without a
+    # customer nothing is read: the debits lock the merchants' wallets themselves, in the same order.
+    balances: dict[str, int] = defaultdict(int)
+    overdraft: dict[str, int] = {}
+    if customer_wallets:
+        balances.update(execute('SELECT "id", "balance_nanos" FROM "wallet" WHERE "id" IN %(list)s ORDER BY "id"'
+                                + for_update(), sorted({r.wallet_id for r in records} | customer_wallets)))
+        overdraft = dict(execute('SELECT "wallet_id", "overdraft_limit_nanos" FROM "customer" '
+                                 'WHERE "wallet_id" IN %(list)s', customer_wallets))
     totals = RunningTotals(records)
     debits: dict[str, int] = defaultdict(int)
     entries = []
@@ -147,10 +152,9 @@ def apply_charges(records: list[UsageRecord]) -> CommitReport:
             report.token_charges[record.token_id] += fees.token_spend_nanos
     totals.write()
     bulk_insert(LedgerEntry, ENTRY_COLUMNS, entries)
-    for wallet_id, amount in debits.items():
-        execute('UPDATE "wallet" SET "balance_nanos" = "balance_nanos" - %s, "version" = "version" + 1 WHERE "id" = %s',
-                amount, wallet_id)
-    if debits:
-        report.wallets = {wallet_id: (balance, version) for wallet_id, balance, version in execute(
-            'SELECT "id", "balance_nanos", "version" FROM "wallet" WHERE "id" IN %(list)s', list(debits))}
+    for wallet_id in sorted(debits):
+        for balance, version in execute('UPDATE "wallet" SET "balance_nanos" = "balance_nanos" - %s, '
+                                        '"version" = "version" + 1 WHERE "id" = %s RETURNING "balance_nanos", "version"',
+                                        debits[wallet_id], wallet_id):
+            report.wallets[wallet_id] = (balance, version)
     return report

@@ -128,7 +128,8 @@ def write_batch(items: list[UsageRecord | HoldRecord], charge: Charge) -> Commit
         fresh = sorted((r for r in records if r.id not in present), key=lambda r: r.created_at)
         report = charge(fresh) if fresh else CommitReport()
         bulk_insert(RequestRow, _COLUMNS, [r.values(report.fees.get(r.id, NO_FEES)) for r in fresh])
-        execute('DELETE FROM "hold" WHERE "request_id" IN %(list)s', ids)
+        if held := [r.id for r in records if r.customer_wallet_id]:  # only a customer's request has a hold row
+            execute('DELETE FROM "hold" WHERE "request_id" IN %(list)s', held)
         report.request_ids, report.written = ids, fresh
         return report
 
