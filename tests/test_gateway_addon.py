@@ -8,6 +8,7 @@ from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.exceptions import OptionsError
 from mitmproxy.test import taddons, tflow, tutils
 
+from addons.billing.hold_stores import FailoverHolds
 from addons.ledger.accounts import ensure_account, wallet_balance
 from addons.ledger.models import RequestRow, database
 from addons.proxy import error_pages
@@ -54,6 +55,17 @@ def test_bad_options_are_refused(gw, options):
     with pytest.raises(OptionsError):
         gw.tctx.configure(gw, **options)
     assert (gw.tctx.options.tollgate_cache_ttl_ms, gw.tctx.options.tollgate_database_url) == (1000, "")  # rolled back
+    assert run(gw, api_flow([("authorization", f"Bearer {secret_key()}")])).response is None  # and still serving
+
+
+@pytest.mark.parametrize("url, says", [("http://:hunter2@cache:6379/0", "starts with redis://"),
+                                       ("redis://:hunter2@cache:port/0", "Port could not be cast")])
+def test_a_redis_url_that_is_not_one_is_refused_without_echoing_it(gw, url, says):
+    with pytest.raises(OptionsError, match=f"^tollgate_redis_url: .*{says}") as refused:
+        gw.tctx.configure(gw, tollgate_redis_url=url)
+    assert "hunter2" not in str(refused.value)
+    assert gw.tctx.options.tollgate_redis_url == ""  # rolled back
+    assert gw.cashier.keys is gw.keys and not isinstance(gw.cashier.holds, FailoverHolds)  # as before, in process
     assert run(gw, api_flow([("authorization", f"Bearer {secret_key()}")])).response is None  # and still serving
 
 

@@ -5,9 +5,15 @@ FailoverHolds takes as Redis being away, followed by a fresh connection on the n
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import subprocess
+import time
 
 import pytest
 import redis
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from mitmproxy import certs
 from redis.exceptions import AuthenticationError, ConnectionError, NoScriptError, ResponseError, TimeoutError
 
 from addons.billing.redis_wire import RedisWire, Script
@@ -146,6 +152,46 @@ def test_nothing_listening_is_a_connection_error_naming_only_the_address():
         assert str(failed[0]) == f"cannot connect to Redis at 127.0.0.1:{port}: ConnectionRefusedError"
 
     asyncio.run(scenario())
+
+
+@pytest.mark.e2e
+def test_rediss_is_tls_verified_against_the_system_or_a_given_ca_unless_told_not_to(tmp_path):
+    """A Redis behind TLS with a private CA: refused as unverified by default, reached with ssl_ca_certs (redis-py's
+    option) naming that CA, or with ssl_cert_reqs=none."""
+    ca = certs.CertStore.from_store(tmp_path, "test-ca", 2048)
+    server = ca.get_cert("127.0.0.1", [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))], None)
+    (tmp_path / "server.pem").write_bytes(server.cert.to_pem())
+    (tmp_path / "server.key").write_bytes(server.privatekey.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+                             "--tls-cert-file", str(tmp_path / "server.pem"), "--tls-key-file", str(tmp_path / "server.key"),
+                             "--tls-ca-cert-file", str(tmp_path / "test-ca-ca-cert.pem"), "--tls-auth-clients", "no",
+                             "--save", ""], stdout=subprocess.DEVNULL)
+
+    async def answer(url: str):
+        wire = RedisWire(url)
+        try:
+            return await wire.call("PING")
+        except ConnectionError as e:
+            return str(e)
+        finally:
+            await wire.close()
+
+    async def scenario():
+        base = f"rediss://127.0.0.1:{port}/0"
+        deadline = time.monotonic() + 10
+        while "ConnectionRefusedError" in (refused := await answer(base)) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # starting
+        assert refused == f"cannot connect to Redis at 127.0.0.1:{port}: SSLCertVerificationError"
+        assert await answer(f"{base}?ssl_ca_certs={tmp_path}/test-ca-ca-cert.pem") == "PONG"
+        assert await answer(f"{base}?ssl_cert_reqs=none") == "PONG"
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        proc.kill()
+        proc.wait(10)
 
 
 @pytest.mark.parametrize("url, where", [

@@ -218,13 +218,18 @@ class Gateway:
         """The key and balance cache, and the cashier that holds balances through it: built on the first
         configure, built again when their options change."""
         if {"tollgate_cache_ttl_ms", "tollgate_redis_url", "tollgate_ledger_outage"} & set(updated) or self.keys is None:
+            ttl = ctx.options.tollgate_cache_ttl_ms / 1000
+            keys = AccountCache(ttl=ttl, serve_stale=ctx.options.tollgate_ledger_outage == "serve")
+            try:
+                cashier = Cashier(self.settings.billing, keys, self.writer, freshness=ttl,
+                                  redis_url=ctx.options.tollgate_redis_url or self.settings.redis_url,
+                                  limits=RequestLimits(self.settings.limits.zone))
+            except ValueError as e:  # the URL itself is never echoed: it may hold a password
+                keys.close()
+                raise OptionsError(f"tollgate_redis_url: {e}") from None
             if self.keys is not None:
                 self.keys.close()
-            ttl = ctx.options.tollgate_cache_ttl_ms / 1000
-            self.keys = AccountCache(ttl=ttl, serve_stale=ctx.options.tollgate_ledger_outage == "serve")
-            self.cashier = Cashier(self.settings.billing, self.keys, self.writer, freshness=ttl,
-                                   redis_url=ctx.options.tollgate_redis_url or self.settings.redis_url,
-                                   limits=RequestLimits(self.settings.limits.zone))
+            self.keys, self.cashier = keys, cashier
 
     def _metric_sources(self) -> tuple[LedgerWriter | None, Journal | None, Cashier | None]:
         """What the metrics' gauges read (addons.proxy.metrics_recorder), on the recorder's thread."""
