@@ -6,12 +6,23 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+from typing import NamedTuple
 
 import pytest
 import redis
 
 from addons.billing.hold_stores import REDIS_AWAY, FailoverHolds, LocalHolds, RedisHolds
-from addons.billing.holds import HoldBook, InsufficientFunds
+from addons.billing.holds import (
+    MERCHANT,
+    PAYER,
+    REQUEST,
+    TOKENS,
+    Bucket,
+    BucketState,
+    HoldBook,
+    InsufficientFunds,
+    RateLimited,
+)
 from tests.harness import free_port
 
 TTL = 60.0
@@ -416,3 +427,53 @@ def test_failover_returns_to_redis_once_under_load_after_a_restart(private_redis
     asyncio.run(scenario())
     events = [r.getMessage().split(";")[0] for r in caplog.records if "Redis" in r.getMessage()]
     assert events == ["tollgate: Redis is unreachable (ConnectionError)", "tollgate: Redis answers again"]
+
+
+class Owner(NamedTuple):
+    """A key's limits as a hold takes them (addons/billing/limits.py OwnerLimits)."""
+
+    holds: tuple[tuple[str, int], ...]
+    buckets: tuple[Bucket, ...]
+
+
+OWNER = Owner((("lim:req", REQUEST), ("lim:spend", MERCHANT), ("lim:cus", PAYER)),
+              (Bucket("rpm:k", 60, 2, 1), Bucket("tpm:k", 600, 1_000, TOKENS)))
+
+
+@pytest.mark.parametrize("where", ["in-process", "redis"])
+def test_an_owners_pots_and_buckets_are_held_alike_in_process_and_in_redis(where, request):
+    """Each limit pot holds the request's size of its kind (none where that size is None: a customer not billed),
+    each bucket takes 1 or the reserved tokens; a short pot or an empty bucket is named whatever came before it, and
+    a changed limit moves its pot's room. The same on both stores, Redis packing an owner's part once."""
+
+    async def scenario(store):
+        for pot, figure in (("lim:req", 3), ("lim:spend", 500), ("lim:cus", 50)):
+            await store.confirm_new(pot, figure, 0, limit=figure)
+        states = await store.hold("r1", {}, [OWNER], (1, 200, None, 300))
+        assert states == [BucketState(1, 1000), BucketState(700, 30_000)]
+        assert [await store.available(pot) for pot in ("lim:req", "lim:spend", "lim:cus")] == [2, 300, 50]
+        with pytest.raises(InsufficientFunds) as short:  # the payer's size, now held, is over its pot
+            await store.hold("r2", {}, [OWNER], (1, 10, 60, 10))
+        assert (short.value.pot, short.value.available) == ("lim:cus", 50)
+        with pytest.raises(RateLimited) as limited:
+            await store.hold("r3", {}, [OWNER], (1, 10, 10, 800))
+        assert limited.value.bucket == "tpm:k"
+        await store.hold("r4", {}, [OWNER], (1, 10, 10, 10), limits={"lim:spend": 900})  # raised by 400
+        assert [await store.available(pot) for pot in ("lim:req", "lim:spend", "lim:cus")] == [1, 690, 40]
+        with pytest.raises(RateLimited) as limited:  # the burst of 2 is taken
+            await store.hold("r5", {}, [OWNER], (1, 10, 10, 10))
+        assert limited.value.bucket == "rpm:k"
+
+    async def on(store):
+        try:
+            await scenario(store)
+        finally:
+            await store.close()
+
+    if where == "redis":
+        store = RedisHolds(request.getfixturevalue("url"), hold_ttl=TTL)
+        store.clock = lambda: 1_000.0  # no refill between holds
+    else:
+        store = LocalHolds(TTL)
+        store.book._clock = lambda: 1_000.0
+    asyncio.run(on(store))

@@ -27,8 +27,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from addons.billing.holds import (
     NO_SIZES,
-    RESERVED,
-    TOKENS,
     Bucket,
     BucketState,
     HoldBook,
@@ -38,9 +36,8 @@ from addons.billing.holds import (
     Sizes,
     WalletEmpty,
     WalletStale,
-    held_limits,
 )
-from addons.billing.redis_wire import RedisWire, Script
+from addons.billing.redis_wire import Packed, RedisWire, Script, packed
 
 log = logging.getLogger(__name__)
 REDIS_AWAY = (RedisConnectionError, RedisTimeoutError)
@@ -140,53 +137,67 @@ local function available(pot, now)
 end
 """
 
-# ARGV: prefix, now_ms, ttl_ms, request_id, n, then n triples of (pot, amount, limit or -1), m, then m quads
-# of (bucket, per_minute, capacity, cost), then the merchant's wallet ('' for none), its max age in ms (-1: any)
-# and 1 if it must be positive: every pot held and every bucket taken from, or none. Answers {1, then each
-# bucket's remaining and reset_ms}, {0, pot index, available}, {-1, pot index} (unconfirmed), {2, bucket index,
-# retry_after_ms, remaining}, {-3} (the wallet's figure is too old) or {-4, available} (the wallet is empty).
-# A limit pot whose limit changed moves by the difference first.
+# ARGV: prefix, now_ms, ttl_ms, request_id; the request's sizes: what a REQUEST, a MERCHANT and a PAYER pot hold
+# of it (-1: not held) and the tokens a TOKENS bucket takes; the merchant's wallet ('' for none), its max age in ms
+# (-1: any) and 1 if it must be positive; n, then n triples of (pot, amount, limit or -1), where an amount 'k'..kind
+# is the size of that kind (a limit pot: the same text every request, packed once per owner); m, then m quads of
+# (bucket, per_minute, capacity, cost, -1 for the TOKENS size). Every pot held and every bucket taken from, or none.
+# Answers {1, then each bucket's remaining and reset_ms}, {0, pot index, available}, {-1, pot index} (unconfirmed),
+# {2, bucket index, retry_after_ms, remaining}, {-3} (the wallet's figure is too old) or {-4, available} (the wallet
+# is empty). A limit pot whose limit changed moves by the difference first.
 _HOLD = Script(_POTS + """
-local now, ttl, rid, n = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
-local m = tonumber(ARGV[6 + 3 * n] or '0')
-local w = 7 + 3 * n + 4 * m
-if ARGV[w] and ARGV[w] ~= '' then
-  local at = redis.call('HGET', k('pot', ARGV[w]), 't')
-  if (not at) or (tonumber(ARGV[w + 1]) >= 0 and now - tonumber(at) >= tonumber(ARGV[w + 1])) then return {-3} end
-  local wallet = available(ARGV[w], now)
-  if ARGV[w + 2] == '1' and wallet <= 0 then return {-4, wallet} end
+local now, ttl, rid = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local size = {tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])}
+local n = tonumber(ARGV[12])
+local m = tonumber(ARGV[13 + 3 * n])
+if ARGV[9] ~= '' then
+  local at = redis.call('HGET', k('pot', ARGV[9]), 't')
+  if (not at) or (tonumber(ARGV[10]) >= 0 and now - tonumber(at) >= tonumber(ARGV[10])) then return {-3} end
+  local wallet = available(ARGV[9], now)
+  if ARGV[11] == '1' and wallet <= 0 then return {-4, wallet} end
 end
 if redis.call('EXISTS', k('done', rid)) == 1 then return {1} end
+local amounts = {}
 for i = 0, n - 1 do
-  local pot, amount, limit = ARGV[6 + 3 * i], tonumber(ARGV[7 + 3 * i]), tonumber(ARGV[8 + 3 * i])
-  expire(pot, now)
-  local was = redis.call('HGET', k('pot', pot), 'l')
-  if limit >= 0 and was and tonumber(was) ~= limit then
-    redis.call('HINCRBY', k('pot', pot), 'c', limit - tonumber(was))
-    redis.call('HSET', k('pot', pot), 'l', ARGV[8 + 3 * i])
-  end
-  local confirmed = redis.call('HGET', k('pot', pot), 'c')
-  if not confirmed then return {-1, i, 0} end
-  local held = tonumber(redis.call('HGET', k('pot', pot), 'h') or '0')
-  local mine = tonumber(redis.call('HGET', k('hold', pot), rid) or '0')
-  local available = tonumber(confirmed) - held + mine
-  if amount > available then return {0, i, available} end
+  local amount = ARGV[14 + 3 * i]
+  if string.byte(amount, 1) == 107 then amounts[i] = size[tonumber(string.sub(amount, 2)) + 1]  -- 'k': a size
+  else amounts[i] = tonumber(amount) end
 end
-local base, levels = 6 + 3 * n, {}
+for i = 0, n - 1 do
+  local pot, amount, limit = ARGV[13 + 3 * i], amounts[i], tonumber(ARGV[15 + 3 * i])
+  if amount >= 0 then
+    expire(pot, now)
+    local was = redis.call('HGET', k('pot', pot), 'l')
+    if limit >= 0 and was and tonumber(was) ~= limit then
+      redis.call('HINCRBY', k('pot', pot), 'c', limit - tonumber(was))
+      redis.call('HSET', k('pot', pot), 'l', ARGV[15 + 3 * i])
+    end
+    local confirmed = redis.call('HGET', k('pot', pot), 'c')
+    if not confirmed then return {-1, i, 0} end
+    local held = tonumber(redis.call('HGET', k('pot', pot), 'h') or '0')
+    local mine = tonumber(redis.call('HGET', k('hold', pot), rid) or '0')
+    local available = tonumber(confirmed) - held + mine
+    if amount > available then return {0, i, available} end
+  end
+end
+local base, levels = 14 + 3 * n, {}
 for j = 0, m - 1 do
-  local at = base + 1 + 4 * j
+  local at = base + 4 * j
   local rate, cap, cost = tonumber(ARGV[at + 1]) / 60000, tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
+  if cost < 0 then cost = size[4] end
   local level = refill(ARGV[at], now, rate, cap)
   if cost > level then return {2, j, math.ceil((cost - level) / rate), math.max(math.floor(level), 0)} end
   levels[j + 1] = level - cost
 end
 for i = 0, n - 1 do
-  local pot, amount = ARGV[6 + 3 * i], tonumber(ARGV[7 + 3 * i])
-  put(pot, rid, amount - tonumber(redis.call('HGET', k('hold', pot), rid) or '0'), now, ttl)
+  local pot = ARGV[13 + 3 * i]
+  if amounts[i] >= 0 then
+    put(pot, rid, amounts[i] - tonumber(redis.call('HGET', k('hold', pot), rid) or '0'), now, ttl)
+  end
 end
 local out = {1}
 for j = 0, m - 1 do
-  local at = base + 1 + 4 * j
+  local at = base + 4 * j
   local rate, cap = tonumber(ARGV[at + 1]) / 60000, tonumber(ARGV[at + 2])
   store(ARGV[at], now, rate, cap, levels[j + 1])
   out[#out + 1] = math.max(math.floor(levels[j + 1]), 0)
@@ -275,11 +286,13 @@ return available(ARGV[3], tonumber(ARGV[2]))
 """)
 
 RELEASE_BATCH = 500  # request ids per release script call, so one call never holds Redis for long
+PACKED_OWNERS = 10_000  # owners whose hold arguments are kept packed
 
 
 class RedisHolds:
     def __init__(self, url: str, hold_ttl: float, prefix: str = "tollgate"):
         self.wire = RedisWire(url, timeout=1.0)
+        self._packed: dict[int, tuple[Limited, tuple[int, Packed, int, Packed]]] = {}  # id(owner) -> its segments
         self.prefix = prefix
         self.ttl_ms = int(hold_ttl * 1000)
         self.clock = time.time
@@ -322,31 +335,50 @@ class RedisHolds:
     async def hold(self, request_id: str, amounts: dict[str, int], owners: Sequence[Limited] = (),
                    sizes: Sizes = NO_SIZES, limits: dict[str, int] | None = None,
                    wallet: tuple[str, float, bool] | None = None) -> list[BucketState]:
-        pots = [*amounts.items(), *held_limits(owners, sizes)]
-        buckets = [bucket for owner in owners for bucket in owner.buckets]
-        args = [self.prefix, self._now(), self.ttl_ms, request_id, len(pots)]
-        for pot, amount in pots:
-            args += [pot, amount, (limits or {}).get(pot, -1)]
-        args.append(len(buckets))
-        for name, per_minute, capacity, cost in buckets:
-            args += [name, per_minute, capacity, sizes[RESERVED] if cost == TOKENS else cost]
-        if wallet is not None:
+        segments = [self._segments(owner, limits) for owner in owners]
+        n = len(amounts) + sum(segment[0] for segment in segments)
+        request, merchant, payer, reserved = sizes
+        head = [self.prefix, self._now(), self.ttl_ms, request_id, request, merchant, -1 if payer is None else payer,
+                reserved]
+        if wallet is None:
+            head += ["", -1, 0, n]
+        else:
             pot, max_age, positive = wallet
-            args += [pot, -1 if max_age == math.inf else int(max_age * 1000), int(positive)]
-        result = await self.wire.script(_HOLD, *args)
+            head += [pot, -1 if max_age == math.inf else int(max_age * 1000), int(positive), n]
+        for pot, amount in amounts.items():
+            head += [pot, amount, -1]
+        result = await self.wire.run(_HOLD, packed(*head), *[segment[1] for segment in segments],
+                                     packed(sum(segment[2] for segment in segments)),
+                                     *[segment[3] for segment in segments])
         outcome = int(result[0])
+        if outcome == 1:
+            figures = result[1:]
+            return [BucketState(figures[i], figures[i + 1]) for i in range(0, len(figures), 2)]
         if outcome == -3:
             raise WalletStale(wallet[0])
         if outcome == -4:
             raise WalletEmpty(int(result[1]))
+        pots = [*amounts, *(pot for owner in owners for pot, _ in owner.holds)]
         if outcome == -1:  # flushed between the cashier's confirm and this hold
-            raise KeyError(pots[int(result[1])][0])
+            raise KeyError(pots[int(result[1])])
         if outcome == 0:
-            raise InsufficientFunds(pots[int(result[1])][0], max(int(result[2]), 0))
-        if outcome == 2:
-            raise RateLimited(buckets[int(result[1])].name, int(result[2]), int(result[3]))
-        figures = [int(value) for value in result[1:]]
-        return [BucketState(figures[2 * i], figures[2 * i + 1]) for i in range(len(figures) // 2)]
+            raise InsufficientFunds(pots[int(result[1])], max(int(result[2]), 0))
+        buckets = [bucket for owner in owners for bucket in owner.buckets]
+        raise RateLimited(buckets[int(result[1])].name, int(result[2]), int(result[3]))
+
+    def _segments(self, owner: Limited, limits: dict[str, int] | None) -> tuple[int, Packed, int, Packed]:
+        """An owner's pots (as many, then their triples) and buckets (as many, then their quads) as the hold
+        script takes them: the same every request, so packed once per owner (but where `limits` moves a pot's)."""
+        if limits is None and (known := self._packed.get(id(owner))) is not None and known[0] is owner:
+            return known[1]
+        pots = [value for pot, kind in owner.holds for value in (pot, f"k{kind}", (limits or {}).get(pot, -1))]
+        buckets = [value for bucket in owner.buckets for value in bucket]
+        segments = (len(owner.holds), packed(*pots), len(owner.buckets), packed(*buckets))
+        if limits is None:
+            if len(self._packed) > PACKED_OWNERS:
+                self._packed.clear()
+            self._packed[id(owner)] = (owner, segments)  # the owner kept: its id is not reused meanwhile
+        return segments
 
     async def true_up(self, *changes: tuple[Bucket, int]) -> None:
         args = [self.prefix, self._now()]

@@ -54,7 +54,8 @@ NO_SIZES: Sizes = (1, 0, None, 0)
 
 def held_limits(owners: Sequence[Limited], sizes: Sizes) -> list[tuple[str, int]]:
     """The limit pots `owners` hold of a request, and how much: a size of None holds nothing (a customer's spend
-    limit where the customer is not billed). HoldBook.hold writes the same rule out."""
+    limit where the customer is not billed). HoldBook.hold writes the same rule out, and the Redis hold script
+    applies it (addons/billing/hold_stores.py: a size of None is sent as -1)."""
     return [(pot, sizes[kind]) for owner in owners for pot, kind in owner.holds if sizes[kind] is not None]
 
 

@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import ssl
 from collections import deque
+from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from redis.exceptions import AuthenticationError, ConnectionError, NoScriptError, ResponseError, TimeoutError
@@ -31,12 +32,25 @@ class Script:
     def __init__(self, text: str) -> None:
         self.text = text.encode()
         self.sha = hashlib.sha1(self.text).hexdigest().encode()
+        self.by_sha = packed(b"EVALSHA", self.sha, 0)  # no keys: they are built in the script
+        self.by_text = packed(b"EVAL", self.text, 0)
 
 
-def _pack(args: tuple) -> bytes:
-    """A command as RESP: an array of bulk strings (str as UTF-8, int in decimal)."""
+class Packed(NamedTuple):
+    """Arguments already in RESP, to be sent as they are: what stays the same from call to call is packed once."""
+
+    count: int
+    data: bytes
+
+
+def packed(*args: str | bytes | int) -> Packed:
+    """Arguments as RESP bulk strings (str as UTF-8, int in decimal)."""
     parts = [arg if type(arg) is bytes else arg.encode() if type(arg) is str else b"%d" % arg for arg in args]
-    return b"*%d\r\n" % len(parts) + b"".join([b"$%d\r\n%b\r\n" % (len(part), part) for part in parts])
+    return Packed(len(parts), b"".join([b"$%d\r\n%b\r\n" % (len(part), part) for part in parts]))
+
+
+def _command(*parts: Packed) -> bytes:
+    return b"*%d\r\n" % sum(part.count for part in parts) + b"".join([part.data for part in parts])
 
 
 def _reply(buffer: bytearray, at: int) -> tuple[object, int]:
@@ -105,25 +119,33 @@ class RedisWire:
 
     def call(self, *args: str | bytes | int):
         """The command's reply, awaited."""
-        if self._transport is None:
-            return self._call_connecting(args)
-        return self._send(_pack(args))
+        return self.send(packed(*args))
 
-    async def script(self, script: Script, *args: str | bytes | int):
+    def send(self, *parts: Packed):
+        """The reply to the command the parts make, awaited."""
+        if self._transport is None:
+            return self._send_connecting(parts)
+        return self._send(_command(*parts))
+
+    def script(self, script: Script, *args: str | bytes | int):
+        return self.run(script, packed(*args))
+
+    async def run(self, script: Script, *parts: Packed):
+        """The script's reply to the arguments the parts make."""
         try:
-            return await self.call(b"EVALSHA", script.sha, 0, *args)
+            return await self.send(script.by_sha, *parts)
         except NoScriptError:  # Redis lost it (a restart, SCRIPT FLUSH): EVAL caches it again
-            return await self.call(b"EVAL", script.text, 0, *args)
+            return await self.send(script.by_text, *parts)
 
     async def close(self) -> None:
         if self._transport is not None:
             self._transport.abort()  # its _lost fails what waits
 
-    async def _call_connecting(self, args: tuple):
+    async def _send_connecting(self, parts: tuple[Packed, ...]):
         await self._connected()
         if self._transport is None:  # lost again before this caller woke
             raise ConnectionError("Redis closed the connection")
-        return await self._send(_pack(args))
+        return await self._send(_command(*parts))
 
     def _send(self, packed: bytes) -> asyncio.Future:
         loop = asyncio.get_running_loop()
@@ -165,9 +187,9 @@ class RedisWire:
         except (OSError, asyncio.TimeoutError, ssl.SSLError) as e:
             raise ConnectionError(f"cannot connect to Redis at {where}: {type(e).__name__}") from None
         self._transport, self._replies = transport, replies
-        hello = [self._send(_pack((b"AUTH", *self.auth)))] if self.auth else []
+        hello = [self._send(_command(packed(b"AUTH", *self.auth)))] if self.auth else []
         if self.db:
-            hello.append(self._send(_pack((b"SELECT", self.db))))
+            hello.append(self._send(_command(packed(b"SELECT", self.db))))
         try:
             await asyncio.gather(*hello)
         except ResponseError as e:
