@@ -21,13 +21,14 @@ from collections import deque
 from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
 
+from mitmproxy.utils.asyncio_utils import create_task
 from redis.exceptions import AuthenticationError, ConnectionError, NoScriptError, ResponseError, TimeoutError
 
 _INCOMPLETE = -1
 
 
 class Script:
-    """A Lua script, called by its sha while Redis has it."""
+    """A Lua script, called by its sha while Redis has it, else sent whole (which caches it again)."""
 
     def __init__(self, text: str) -> None:
         self.text = text.encode()
@@ -147,14 +148,14 @@ class RedisWire:
             raise ConnectionError("Redis closed the connection")
         return await self._send(_command(*parts))
 
-    def _send(self, packed: bytes) -> asyncio.Future:
+    def _send(self, command: bytes) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         answer = loop.create_future()
         now = loop.time()
         self._waiting.append((answer, now))
         if not self._out:
             loop.call_soon(self._flush)  # what else this loop turn sends goes in the same write
-        self._out.append(packed)
+        self._out.append(command)
         if self._watch is None:
             self._watch = loop.call_at(now + self.timeout, self._overdue)
         return answer
@@ -166,7 +167,7 @@ class RedisWire:
 
     async def _connected(self) -> None:
         if self._connecting is None:
-            self._connecting = asyncio.ensure_future(self._connect())
+            self._connecting = create_task(self._connect(), name="tollgate-redis-connect", keep_ref=True)
             self._connecting.add_done_callback(self._connect_done)
         await asyncio.shield(self._connecting)
 
