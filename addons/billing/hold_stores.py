@@ -113,11 +113,13 @@ end
 local function expire(pot, now)
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', k('exp', pot), '-inf', now)) do drop(pot, id) end
 end
-local function put(pot, rid, delta, now, ttl)  -- the request's hold in the pot grows by delta
+local function put(pot, rid, delta, now, ttl)  -- the request's hold in the pot grows by delta (then: kept)
   redis.call('HINCRBY', k('hold', pot), rid, delta)
   redis.call('HINCRBY', k('pot', pot), 'h', delta)
   redis.call('ZADD', k('exp', pot), now + ttl, rid)
   redis.call('SADD', k('req', rid), pot)
+end
+local function kept(rid, ttl)  -- the request's set of pots outlives its holds
   redis.call('PEXPIRE', k('req', rid), ttl + 60000)
 end
 local function refill(name, now, rate, cap)  -- a rate limit's bucket level at now; never seen: full
@@ -131,9 +133,9 @@ local function store(name, now, rate, cap, level)
 end
 local function available(pot, now)
   expire(pot, now)
-  local confirmed = redis.call('HGET', k('pot', pot), 'c')
-  if not confirmed then return false end
-  return tonumber(confirmed) - tonumber(redis.call('HGET', k('pot', pot), 'h') or '0')
+  local figures = redis.call('HMGET', k('pot', pot), 'c', 'h')
+  if not figures[1] then return false end
+  return tonumber(figures[1]) - tonumber(figures[2] or '0')
 end
 """
 
@@ -151,13 +153,16 @@ local size = {tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(
 local n = tonumber(ARGV[12])
 local m = tonumber(ARGV[13 + 3 * n])
 if ARGV[9] ~= '' then
-  local at = redis.call('HGET', k('pot', ARGV[9]), 't')
-  if (not at) or (tonumber(ARGV[10]) >= 0 and now - tonumber(at) >= tonumber(ARGV[10])) then return {-3} end
-  local wallet = available(ARGV[9], now)
+  expire(ARGV[9], now)
+  local at, confirmed, held = unpack(redis.call('HMGET', k('pot', ARGV[9]), 't', 'c', 'h'))
+  if (not at) or (not confirmed) or (tonumber(ARGV[10]) >= 0 and now - tonumber(at) >= tonumber(ARGV[10])) then
+    return {-3}
+  end
+  local wallet = tonumber(confirmed) - tonumber(held or '0')
   if ARGV[11] == '1' and wallet <= 0 then return {-4, wallet} end
 end
 if redis.call('EXISTS', k('done', rid)) == 1 then return {1} end
-local amounts = {}
+local amounts, mine = {}, {}
 for i = 0, n - 1 do
   local amount = ARGV[14 + 3 * i]
   if string.byte(amount, 1) == 107 then amounts[i] = size[tonumber(string.sub(amount, 2)) + 1]  -- 'k': a size
@@ -167,16 +172,15 @@ for i = 0, n - 1 do
   local pot, amount, limit = ARGV[13 + 3 * i], amounts[i], tonumber(ARGV[15 + 3 * i])
   if amount >= 0 then
     expire(pot, now)
-    local was = redis.call('HGET', k('pot', pot), 'l')
+    local was, confirmed, held = unpack(redis.call('HMGET', k('pot', pot), 'l', 'c', 'h'))
     if limit >= 0 and was and tonumber(was) ~= limit then
       redis.call('HINCRBY', k('pot', pot), 'c', limit - tonumber(was))
       redis.call('HSET', k('pot', pot), 'l', ARGV[15 + 3 * i])
+      confirmed = redis.call('HGET', k('pot', pot), 'c')
     end
-    local confirmed = redis.call('HGET', k('pot', pot), 'c')
     if not confirmed then return {-1, i, 0} end
-    local held = tonumber(redis.call('HGET', k('pot', pot), 'h') or '0')
-    local mine = tonumber(redis.call('HGET', k('hold', pot), rid) or '0')
-    local available = tonumber(confirmed) - held + mine
+    mine[i] = tonumber(redis.call('HGET', k('hold', pot), rid) or '0')
+    local available = tonumber(confirmed) - tonumber(held or '0') + mine[i]
     if amount > available then return {0, i, available} end
   end
 end
@@ -189,12 +193,14 @@ for j = 0, m - 1 do
   if cost > level then return {2, j, math.ceil((cost - level) / rate), math.max(math.floor(level), 0)} end
   levels[j + 1] = level - cost
 end
+local held = false
 for i = 0, n - 1 do
-  local pot = ARGV[13 + 3 * i]
-  if amounts[i] >= 0 then
-    put(pot, rid, amounts[i] - tonumber(redis.call('HGET', k('hold', pot), rid) or '0'), now, ttl)
+  if amounts[i] >= 0 then  -- pots are distinct: what each held before is as read above
+    put(ARGV[13 + 3 * i], rid, amounts[i] - mine[i], now, ttl)
+    held = true
   end
 end
+if held then kept(rid, ttl) end
 local out = {1}
 for j = 0, m - 1 do
   local at = base + 4 * j
@@ -237,6 +243,7 @@ for i = 4, #ARGV, 3 do
   if redis.call('EXISTS', k('done', rid)) == 0 then
     expire(pot, now)
     put(pot, rid, tonumber(ARGV[i + 2]), now, ttl)
+    kept(rid, ttl)
   end
 end
 return 1
@@ -250,8 +257,8 @@ _SETTLE = Script(_POTS + """
 local now, ttl, c = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 for i = 5, 4 + 3 * c, 3 do
   local key = k('pot', ARGV[i])
-  local known = redis.call('HGET', key, 'v')
-  if (not redis.call('HGET', key, 'c')) or (not known) or tonumber(ARGV[i + 2]) >= tonumber(known) then
+  local known, confirmed = unpack(redis.call('HMGET', key, 'v', 'c'))
+  if (not confirmed) or (not known) or tonumber(ARGV[i + 2]) >= tonumber(known) then
     redis.call('HSET', key, 'c', ARGV[i + 1], 'v', ARGV[i + 2], 't', ARGV[2])
   end
 end
@@ -280,9 +287,11 @@ return available(ARGV[3], tonumber(ARGV[2]))
 
 # ARGV: prefix, now_ms, pot, max_age_ms  -> as _AVAILABLE, or false when the pot was confirmed too long ago
 _FRESH_AVAILABLE = Script(_POTS + """
-local at = redis.call('HGET', k('pot', ARGV[3]), 't')
-if (not at) or tonumber(ARGV[2]) - tonumber(at) >= tonumber(ARGV[4]) then return false end
-return available(ARGV[3], tonumber(ARGV[2]))
+local now = tonumber(ARGV[2])
+expire(ARGV[3], now)
+local at, confirmed, held = unpack(redis.call('HMGET', k('pot', ARGV[3]), 't', 'c', 'h'))
+if (not at) or (not confirmed) or now - tonumber(at) >= tonumber(ARGV[4]) then return false end
+return tonumber(confirmed) - tonumber(held or '0')
 """)
 
 RELEASE_BATCH = 500  # request ids per release script call, so one call never holds Redis for long
