@@ -14,6 +14,7 @@ from addons.ledger.models import RequestRow, database
 from addons.proxy import error_pages
 from addons.proxy.gateway_addon import Gateway, StreamTap
 from addons.usage.readers import UsageReader, for_request
+from tests.harness import shared_redis
 from tests.inprocess_gateway import CHAT, PROVIDER_KEY, STREAM_CHAT, api_flow, run, secret_key
 
 
@@ -261,3 +262,20 @@ def test_stream_tap_passes_unmetered_chunks_through():
     tap = StreamTap(for_request("anthropic", "POST", "/v1/messages", "", b'{"stream":true}'))
     assert tap(b"event: ping\n") == (b"event: ping\n",)
     assert tap(b"") == ()
+
+
+def test_a_cashier_replaced_by_new_options_lets_go_of_its_redis_connection(gw):
+    shared_redis(5)
+    url = "redis://127.0.0.1:6379/5"
+
+    async def scenario():
+        gw.running()
+        gw.tctx.configure(gw, tollgate_redis_url=url)
+        first = gw.cashier.holds.remote.wire
+        assert await first.call("PING") == "PONG"
+        gw.tctx.configure(gw, tollgate_cache_ttl_ms=2000)
+        await asyncio.sleep(0.05)
+        assert first._transport is None and gw.cashier.holds.remote.wire is not first
+        await gw.cashier.close()
+
+    asyncio.run(scenario())

@@ -229,6 +229,8 @@ class Gateway:
                 raise OptionsError(f"tollgate_redis_url: {e}") from None
             if self.keys is not None:
                 self.keys.close()
+            if self.cashier is not None and self.loop is not None and self.loop.is_running():
+                asyncio.run_coroutine_threadsafe(self.cashier.close(), self.loop)  # its Redis connection goes too
             self.keys, self.cashier = keys, cashier
 
     def _metric_sources(self) -> tuple[LedgerWriter | None, Journal | None, Cashier | None]:
