@@ -243,6 +243,7 @@ class Target:
     tunnel_host: str | None = None  # HTTPS_PROXY: CONNECT to this host:443 through the proxy, then TLS
     ssl_ctx: ssl.SSLContext | None = None
     pg_db: str | None = None  # also account PostgreSQL backend CPU of this database
+    redis: bool = False  # also account the CPU of the machine's redis-server (127.0.0.1:6379), its hold store
     dead: str | None = None
     startup_s: float | None = None
     rss_idle: float | None = None
@@ -402,21 +403,37 @@ def start_tollgate(kind: str, mock_port: int, launcher: str = "lean", workers: i
            ", mitmdump -s addons/gateway.py" if launcher == "script" else "") + (f", baseline {baseline.name}"
                                                                                  if baseline else "")
     pg = PG_DB if kind == "pg" else None
+    held_in_redis = "TOLLGATE_REDIS_URL" in extra
     fwd = Target(f"{name}-fwd", f"Tollgate ({db_label}{how}), forward endpoint", port,
                  "/v1/forward?u=https://api.openai.com/v1/chat/completions", auth, proc.pid, name,
-                 pg_db=pg, startup_s=startup)
+                 pg_db=pg, redis=held_in_redis, startup_s=startup)
     prx = Target(f"{name}-proxy", f"Tollgate ({db_label}{how}), HTTPS_PROXY", port, "/v1/chat/completions", auth,
-                 proc.pid, name, tunnel_host="api.openai.com", ssl_ctx=ctx, pg_db=pg, startup_s=startup)
+                 proc.pid, name, tunnel_host="api.openai.com", ssl_ctx=ctx, pg_db=pg, redis=held_in_redis,
+                 startup_s=startup)
     more = []
     if limited is not None:
         more.append(Target(f"{name}-fwd-limited", f"Tollgate ({db_label}{how}), forward endpoint, key with every limit",
                            port, fwd.path, {"Authorization": f"Bearer {limited}"}, proc.pid, name, pg_db=pg,
-                           startup_s=startup))
+                           redis=held_in_redis, startup_s=startup))
     if REWRITE_TOO and not baseline:
         more.append(Target(f"{name}-rewrite", f"Tollgate ({db_label}{how}), rewrite endpoint, OpenAI format to "
                                               "Anthropic", port, "/v1/rewrite/openai/https://api.anthropic.com/v1/messages",
-                           auth, proc.pid, name, pg_db=pg, startup_s=startup, model=REWRITE_MODEL))
+                           auth, proc.pid, name, pg_db=pg, redis=held_in_redis, startup_s=startup,
+                           model=REWRITE_MODEL))
     return fwd, prx, *more
+
+
+def redis_server_pids() -> list[int]:
+    """The machine's redis-server on port 6379 (the hold store of the Tollgate targets that use Redis)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes() if entry.isdigit() else b""
+        except OSError:
+            continue
+        if b"redis-server" in cmdline and b":6379" in cmdline:
+            found.append(int(entry))
+    return found
 
 
 def fresh_redis_db(db: int) -> str:
@@ -540,6 +557,7 @@ class PhaseResult:
     elapsed: float = 0.0
     cpu: float = 0.0  # gateway process tree
     pg_cpu: float = 0.0
+    redis_cpu: float = 0.0  # the machine's redis-server, for targets that hold in it
     client_cpu: float = 0.0  # load generator + mock (CPU 0) while requests were timed
     capped: bool = False
     planned: int = 0
@@ -557,7 +575,8 @@ class PhaseResult:
     def merge(self, o: "PhaseResult") -> None:
         self.lat += o.lat
         self.ttfb += o.ttfb
-        for f in ("ok", "errors", "elapsed", "cpu", "pg_cpu", "client_cpu", "planned", "window", "foreign"):
+        for f in ("ok", "errors", "elapsed", "cpu", "pg_cpu", "redis_cpu", "client_cpu", "planned", "window",
+                  "foreign"):
             setattr(self, f, getattr(self, f) + getattr(o, f))
         self.capped |= o.capped
         self.sample_error = self.sample_error or o.sample_error
@@ -668,8 +687,9 @@ def measured_phase(t: Target, mock_pid: int, stream: bool, conc: int, n: int, ca
     pid = t.proc_pid
     pids = tree(pid) if pid else []
     pg = pg_backend_pids(t.pg_db) if t.pg_db else []
+    redis = redis_server_pids() if t.redis else []
     w0, b0 = time.monotonic(), system_busy()
-    c0, pg0 = cpu_seconds(pids), cpu_seconds(pg)
+    c0, pg0, r0 = cpu_seconds(pids), cpu_seconds(pg), cpu_seconds(redis)
     m0, s0 = tree_cpu(mock_pid), time.process_time()
     res = asyncio.run(load(t, stream, conc, n, cap, mock_pid=mock_pid))
     s1 = time.process_time()
@@ -677,9 +697,10 @@ def measured_phase(t: Target, mock_pid: int, stream: bool, conc: int, n: int, ca
     pids = tree(pid) if pid else []
     res.cpu = cpu_seconds(pids) - c0
     res.pg_cpu = cpu_seconds(pg) - pg0 if pg else 0.0
+    res.redis_cpu = cpu_seconds(redis) - r0 if redis else 0.0
     client_all = (tree_cpu(mock_pid) - m0) + (s1 - s0)  # with connection set-up, for the machine's balance
     res.window = time.monotonic() - w0
-    res.foreign = max(0.0, system_busy() - b0 - res.cpu - res.pg_cpu - client_all)
+    res.foreign = max(0.0, system_busy() - b0 - res.cpu - res.pg_cpu - res.redis_cpu - client_all)
     if pid:
         rss = tree_rss_mb(pid)
         t.rss_peak = max(t.rss_peak, rss)
@@ -715,10 +736,12 @@ CELLS = [("ns", 1), ("ns", 32), ("st", 1), ("st", 32)]
 
 
 def cpu_cell(t: Target, x: PhaseResult | None) -> str:
-    """Gateway CPU ms per completed request, plus its PostgreSQL backends' where it has them."""
+    """Gateway CPU ms per completed request, plus its PostgreSQL backends' and Redis's where it has them."""
     if not (x and x.ok and t.proc_pid):
         return "—"
-    return f"{x.cpu / x.ok * 1000:.2f}" + (f" (+{x.pg_cpu / x.ok * 1000:.2f} PG)" if t.pg_db else "")
+    more = ([f"+{x.pg_cpu / x.ok * 1000:.2f} PG"] if t.pg_db else []) + (
+        [f"+{x.redis_cpu / x.ok * 1000:.2f} Redis"] if t.redis else [])
+    return f"{x.cpu / x.ok * 1000:.2f}" + (f" ({', '.join(more)})" if more else "")
 
 
 def rate_cell(x: PhaseResult | None) -> str:
@@ -808,6 +831,10 @@ def speed_targets(targets: list[Target], phases: dict, up_phases: dict) -> list[
     def limits_row(label, name, budget_ms):
         values = per_round(f"{name}-limited", name, ("ns", 32), lambda x, y: (x.cpu / x.ok - y.cpu / y.ok) * 1000)
         met = None if not values else statistics.median(values) <= budget_ms
+        redis = per_round(f"{name}-limited", name, ("ns", 32),
+                          lambda x, y: (x.redis_cpu / x.ok - y.redis_cpu / y.ok) * 1000)
+        if values and any(redis):  # the gateway's figure is the target; what Redis itself did is said beside it
+            return label, f"{_spread(values, 3, ' ms')}; Redis's own CPU {_spread(redis, 3, ' ms')}", met
         return label, _spread(values, 3, " ms"), met
 
     rows = [
@@ -962,7 +989,9 @@ def report(targets: list[Target], results: dict, unavailable: list[tuple[str, st
                f"{args.requests} requests is the 20th-slowest.\n"
                "- `gateway CPU ms/req` = (CPU time of the gateway process tree, to the ns, before/after each phase, "
                "including trailing background work such as ledger writes) / completed requests. For Tollgate on "
-               "PostgreSQL, `+x PG` is the CPU of the PostgreSQL server backends serving its database (not pinned).\n"
+               "PostgreSQL, `+x PG` is the CPU of the PostgreSQL server backends serving its database (not pinned), "
+               "and `+y Redis` that of the redis-server holding its holds (127.0.0.1:6379, not pinned; counted "
+               "for the phases of the targets that use it, not as other load).\n"
                "- `CPU0 busy` is the load generator plus the mock: near 100% means the client side, not the "
                "gateway, bounded req/s for that row (always the case for the upstream-direct row).\n"
                "- `other load` is the CPU used by everything else on the machine during those phases, in % of one "
@@ -1421,7 +1450,7 @@ def main() -> int:
             log(f"wrote {args.out}")
             (WORK / "results.json").write_text(json.dumps(
                 {f"{k[0]} {k[1]}@{k[2]}": {"ok": v.ok, "errors": v.errors, "elapsed": v.elapsed, "cpu": v.cpu,
-                                           "pg_cpu": v.pg_cpu, "client_cpu": v.client_cpu,
+                                           "pg_cpu": v.pg_cpu, "redis_cpu": v.redis_cpu, "client_cpu": v.client_cpu,
                                            "p50": pct(v.lat, 50), "p99": pct(v.lat, 99), "ttfb_p50": pct(v.ttfb, 50),
                                            "window": v.window, "foreign": v.foreign, "noisy_used": v.noisy_used,
                                            "discarded": v.discarded}
