@@ -238,6 +238,38 @@ def test_tokens_per_minute_reserve_input_and_max_tokens_then_true_up_to_the_usag
     assert [outcome(d.send(secret, chat(4000), usage=as_reserved)) for _ in range(3)] == [200, 200, 429]
 
 
+def test_the_true_ups_of_concurrent_requests_go_to_redis_netted_per_bucket(drive, monkeypatch):
+    """Redis gets a tokens-per-minute bucket's true-ups of one linger as one net change, not one per request; the
+    bucket ends where it would have (in process each is applied at once)."""
+    d = drive()
+    secret = key_with(tpm=100_000)
+    sent = []
+    holds = d.gw.cashier.holds
+    real = holds.true_up
+    monkeypatch.setattr(holds, "true_up", lambda *changes: sent.append(changes) or real(*changes))
+
+    async def three():
+        flows = [api_flow([("authorization", f"Bearer {secret}")], content=chat(100)) for _ in range(3)]
+        await asyncio.gather(*(d.gw.request(flow) for flow in flows))
+        for flow, used in zip(flows, (10, 20, 30), strict=True):
+            body = {"model": "gpt-4o-mini", "choices": [], "usage": {"prompt_tokens": used, "completion_tokens": 0}}
+            flow.response = tutils.tresp(headers=http.Headers(content_type="application/json"),
+                                         content=json.dumps(body).encode())
+            d.gw.responseheaders(flow)
+            d.gw.response(flow)
+        await asyncio.sleep(0.1)
+        return flows
+
+    flows = d.loop.run_until_complete(three())
+    reserved = 100_000 - int(flows[0].response.headers["x-ratelimit-remaining-tokens"])
+    after = d.send(secret, chat(100), usage=(1, 0))  # its own reservation, as large as each of the three
+    assert int(after.response.headers["x-ratelimit-remaining-tokens"]) == 100_000 - 60 - reserved
+    if isinstance(holds, FailoverHolds):
+        assert [[delta for _, delta in changes] for changes in sent] == [[60 - 3 * reserved]]
+    else:
+        assert sent == []  # applied at once, in the process's book
+
+
 def test_a_limited_keys_rate_headers_replace_the_providers_and_the_request_id_is_always_the_gateways():
     provider = ((b"Content-Type", b"application/json"), (b"X-RateLimit-Remaining-Requests", b"9"),
                 (b"X-Lava-Request-Id", b"the provider's"))

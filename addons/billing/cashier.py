@@ -67,7 +67,7 @@ from pricing.usage import TokenUsage
 # their commit confirms has them); the merchant's wallet is only checked to be positive
 ADD_LINGER = 0.1
 GLANCE = 0.02  # seconds a positive merchant wallet, as Redis gave it, admits keys without limits on this instance
-TRUE_UP_LINGER = 0.05  # seconds tokens-per-minute true-ups wait to share one (a minute's bucket barely moves)
+TRUE_UP_LINGER = 0.05  # seconds tokens-per-minute true-ups wait to go as one change per bucket
 PENDING_MAX = 100_000  # requests whose limits await their commit; beyond, the oldest are forgotten (never committed)
 CACHED_WALLETS = 10_000  # merchant wallets whose last glance is kept
 RENEW_WAIT = 5.0  # seconds `renew` waits for the last response's commit (a ledger outage: it holds on top)
@@ -107,7 +107,7 @@ class Cashier:
         self._added: dict[str, None] = {}  # requests whose incurred cost was sent, till their commit releases it
         # request id -> the limits it counts against and what it holds of them, till its commit
         self._limited: dict[str, tuple[tuple[OwnerLimits, ...], Sizes]] = {}
-        self._true_ups: list[tuple[Bucket, int]] = []  # not yet sent
+        self._true_ups: dict[Bucket, int] = {}  # not yet sent: each bucket's net change
         self._commit_waits: dict[str, asyncio.Future] = {}  # request id -> `renew` waiting for its commit
         self._glances: dict[str, tuple[int, float]] = {}  # merchant wallet -> (available, until), where positive
         self._glancing: set[str] = set()  # merchant wallets a request is asking Redis for now
@@ -333,19 +333,20 @@ class Cashier:
         limited = self._limited.get(request_id)  # kept for the commit's settle
         if limited is None or not (delta := tokens - limited[1][RESERVED]):
             return
-        true_ups = [(bucket, delta) for owner in limited[0] for bucket in owner.buckets if bucket.cost == TOKENS]
+        true_ups = [bucket for owner in limited[0] for bucket in owner.buckets if bucket.cost == TOKENS]
         if self._book is not None:
-            for bucket, change in true_ups:
-                self._book.true_up(bucket, change)
+            for bucket in true_ups:
+                self._book.true_up(bucket, delta)
         elif true_ups:
             if not self._true_ups:
                 asyncio.get_running_loop().call_later(TRUE_UP_LINGER, self._flush_true_ups)
-            self._true_ups += true_ups
+            for bucket in true_ups:  # netted: a bucket's true-ups of one linger go to Redis as one change
+                self._true_ups[bucket] = self._true_ups.get(bucket, 0) + delta
 
     def _flush_true_ups(self) -> None:
-        if self._true_ups:
-            true_ups, self._true_ups = self._true_ups, []
-            self._background(self.holds.true_up(*true_ups))
+        true_ups, self._true_ups = self._true_ups, {}
+        if changes := [(bucket, delta) for bucket, delta in true_ups.items() if delta]:
+            self._background(self.holds.true_up(*changes))
 
     def _flush_adds(self) -> None:
         """The merchant's incurred costs of the last ADD_LINGER seconds not committed since, to the hot store in one
