@@ -115,9 +115,9 @@ def apply_charges(records: list[UsageRecord]) -> CommitReport:
     report = CommitReport(request_ids=[r.id for r in records])
     now = utcnow()
     customer_wallets = {r.customer_wallet_id for r in records if r.customer_wallet_id}
-    # A customer's fee is capped by its balance, read under lock; the merchants', every wallet locked in id order
-    # as the debits below take them, so concurrent writers never wait on each other in a circle. Without a
-    # customer nothing is read: the debits lock the merchants' wallets themselves, in the same order.
+    # A customer's fee is capped by its balance, so with customers every wallet of the batch is read and locked
+    # first, in id order. Without one nothing is read: each debit below locks its merchant's wallet, in the same
+    # order, so concurrent writers never wait on each other in a circle.
     balances: dict[str, int] = defaultdict(int)
     overdraft: dict[str, int] = {}
     if customer_wallets:
