@@ -1,7 +1,7 @@
 """One pipelined Redis connection for the hold scripts, every request's admission and commit.
 
 redis-py spends about 45 us of the gateway's CPU on a script call even when calls are coalesced into pipelines
-(its pool's Condition, pipeline bookkeeping, a pure-Python RESP3 parser: bench/redis_admission_cost.py), three
+(its pool's Condition, pipeline bookkeeping, a pure-Python RESP parser: bench/redis_admission_cost.py), three
 times what Redis itself spends running it. Here a call is packed RESP written to one socket, and its future waits
 in a FIFO for the reply, which Redis sends in order: calls made in the same loop turn leave as one write, however
 many requests are in flight, and a lone call waits for nothing.
