@@ -19,9 +19,10 @@ import hashlib
 import ssl
 from collections import deque
 from typing import NamedTuple
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from mitmproxy.utils.asyncio_utils import create_task
+from redis.connection import parse_url
 from redis.exceptions import AuthenticationError, ConnectionError, NoScriptError, ResponseError, TimeoutError
 
 _INCOMPLETE = -1
@@ -100,15 +101,16 @@ class _Replies(asyncio.Protocol):
 
 class RedisWire:
     def __init__(self, url: str, timeout: float = 1.0) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss", "unix"):
+        scheme = urlsplit(url).scheme
+        if scheme not in ("redis", "rediss", "unix"):
             raise ValueError("a Redis URL starts with redis://, rediss:// or unix://")
-        query = dict(pair.split("=", 1) for pair in parts.query.split("&") if "=" in pair)
-        self.path = unquote(parts.path) if parts.scheme == "unix" else None
-        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 6379
-        self.db = int(query.get("db") or (parts.path.strip("/") if parts.scheme != "unix" else "") or 0)
-        self.auth = [unquote(v) for v in (parts.username, parts.password) if v] if parts.password else []
-        self.tls = _tls(query) if parts.scheme == "rediss" else None
+        options = parse_url(url)  # as redis-py reads it: the database from the path or ?db=, the parts unquoted
+        self.path = options.get("path")
+        self.host, self.port = options.get("host") or "127.0.0.1", options.get("port") or 6379
+        self.db = options.get("db") or 0
+        password = options.get("password")
+        self.auth = [value for value in (options.get("username"), password) if value] if password else []
+        self.tls = _tls(options) if scheme == "rediss" else None
         self.timeout = timeout
         self._replies: _Replies | None = None  # the open connection's
         self._transport: asyncio.Transport | None = None
@@ -242,10 +244,10 @@ class RedisWire:
             transport.abort()
 
 
-def _tls(query: dict[str, str]) -> ssl.SSLContext:
+def _tls(options: dict) -> ssl.SSLContext:
     """rediss://: verified as a browser would, unless the URL says ssl_cert_reqs=none (redis-py's option)."""
-    context = ssl.create_default_context(cafile=unquote(query["ssl_ca_certs"]) if "ssl_ca_certs" in query else None)
-    if query.get("ssl_cert_reqs", "required").lower() in ("none", "optional"):
+    context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
+    if str(options.get("ssl_cert_reqs", "required")).lower() in ("none", "optional"):
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
