@@ -137,6 +137,12 @@ local function available(pot, now)
   if not figures[1] then return false end
   return tonumber(figures[1]) - tonumber(figures[2] or '0')
 end
+local function fresh(pot, now, max_age)  -- as available, or false when confirmed max_age ms ago or more (-1: any)
+  expire(pot, now)
+  local at, confirmed, held = unpack(redis.call('HMGET', k('pot', pot), 't', 'c', 'h'))
+  if (not at) or (not confirmed) or (max_age >= 0 and now - tonumber(at) >= max_age) then return false end
+  return tonumber(confirmed) - tonumber(held or '0')
+end
 """
 
 # ARGV: prefix, now_ms, ttl_ms, request_id; the request's sizes: what a REQUEST, a MERCHANT and a PAYER pot hold
@@ -153,12 +159,8 @@ local size = {tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(
 local n = tonumber(ARGV[12])
 local m = tonumber(ARGV[13 + 3 * n])
 if ARGV[9] ~= '' then
-  expire(ARGV[9], now)
-  local at, confirmed, held = unpack(redis.call('HMGET', k('pot', ARGV[9]), 't', 'c', 'h'))
-  if (not at) or (not confirmed) or (tonumber(ARGV[10]) >= 0 and now - tonumber(at) >= tonumber(ARGV[10])) then
-    return {-3}
-  end
-  local wallet = tonumber(confirmed) - tonumber(held or '0')
+  local wallet = fresh(ARGV[9], now, tonumber(ARGV[10]))
+  if not wallet then return {-3} end
   if ARGV[11] == '1' and wallet <= 0 then return {-4, wallet} end
 end
 if redis.call('EXISTS', k('done', rid)) == 1 then return {1} end
@@ -287,11 +289,7 @@ return available(ARGV[3], tonumber(ARGV[2]))
 
 # ARGV: prefix, now_ms, pot, max_age_ms  -> as _AVAILABLE, or false when the pot was confirmed too long ago
 _FRESH_AVAILABLE = Script(_POTS + """
-local now = tonumber(ARGV[2])
-expire(ARGV[3], now)
-local at, confirmed, held = unpack(redis.call('HMGET', k('pot', ARGV[3]), 't', 'c', 'h'))
-if (not at) or (not confirmed) or now - tonumber(at) >= tonumber(ARGV[4]) then return false end
-return tonumber(confirmed) - tonumber(held or '0')
+return fresh(ARGV[3], tonumber(ARGV[2]), tonumber(ARGV[4]))
 """)
 
 RELEASE_BATCH = 500  # request ids per release script call, so one call never holds Redis for long
