@@ -6,9 +6,9 @@ The Gateway addon runs in this process under mitmproxy's test context on a throw
 `gw` test fixture does), with mitmproxy patched as tollgate-proxy patches it (the header lookups walk the
 limits' header fields); each request goes through its hooks (request, responseheaders, response) on one
 event loop with a canned OpenAI answer whose head is then assembled as mitmproxy sends it, the ledger writer
-commits in its own thread and its commits settle the holds on the loop, as in the proxy. Blocks of requests alternate between a key with no limits and a key
-with every limit set (spend and request limits per month, rpm, tpm, a model and a provider allow-list), none
-of them reached. Each block's CPU time is taken for the event loop's thread (every hook and the settles) and
+commits in its own thread and its commits settle the holds on the loop, as in the proxy. Blocks of requests
+alternate between a key with no limits and a key with every limit set (spend and request limits per month,
+rpm, tpm, a model and a provider allow-list), none of them reached. Each block's CPU time is taken for the event loop's thread (every hook and the settles) and
 for the process (the ledger writer's thread too); the figure is the mean of each key's fastest fifth of
 blocks, so blocks slowed by other work on the machine are left out. `--bytecodes` counts instead what each
 request executes, by function: the same every run, for telling where the difference goes. `--instructions` runs
