@@ -174,12 +174,11 @@ def test_confirm_ignores_older_versions(clock, version, amount, confirmed):
 
 def test_spend_lowers_a_versionless_pot(book):
     book.hold("req_a", {"token": 100})
-    book.spend("token", 120)  # the commit charged 120
-    book.release("req_a")
+    book.settle(spends=[("token", 120)], request_ids=["req_a"])  # the commit charged 120
     assert book.available("token") == 180  # 300 - 120
-    book.spend("token", 200)
+    book.settle(spends=[("token", 200)])
     assert book.available("token") == -20  # 180 - 200: spent beyond the cap shows as negative
-    book.spend("token:unknown", 5)  # a pot never confirmed: nothing to lower, no error
+    book.settle(spends=[("token:unknown", 5)])  # a pot never confirmed: nothing to lower, no error
 
 
 def test_a_past_periods_pot_is_forgotten_once_a_new_one_is_confirmed(clock):

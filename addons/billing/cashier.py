@@ -333,7 +333,7 @@ class Cashier:
         limited = self._limited.get(request_id)  # kept for the commit's settle
         if limited is None or not (delta := tokens - limited[1][RESERVED]):
             return
-        true_ups = [bucket for owner in limited[0] for bucket in owner.buckets if bucket.cost == TOKENS]
+        true_ups = [bucket for owner in limited[0] for bucket in owner.token_buckets]
         if self._book is not None:
             for bucket in true_ups:
                 self._book.true_up(bucket, delta)

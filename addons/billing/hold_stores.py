@@ -83,18 +83,12 @@ class LocalHolds:
 
     async def release(self, *request_ids: str, spends: Sequence[tuple[str, int]] = ()) -> None:
         """Committed requests: their versionless pots' spends (token caps, limits) first, then their holds go."""
-        for pot, amount in spends:
-            self.book.spend(pot, amount)
-        for request_id in request_ids:
-            self.book.release(request_id)
+        self.book.settle((), spends, request_ids)
 
     async def settle(self, confirms: Sequence[tuple[str, int, int]], spends: Sequence[tuple[str, int]] = (),
                      request_ids: Sequence[str] = ()) -> list[int]:
         """A ledger commit (RedisHolds.settle): the confirmed pots' available after."""
-        for pot, amount, version in confirms:
-            self.book.confirm(pot, amount, version)
-        await self.release(*request_ids, spends=spends)
-        return [self.book.available(pot) for pot, _, _ in confirms]
+        return self.book.settle(confirms, spends, request_ids)
 
     async def close(self) -> None:
         pass

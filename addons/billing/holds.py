@@ -128,11 +128,24 @@ class HoldBook:
         elif version >= known.version:
             known.confirmed, known.version, known.confirmed_at = amount, version, self._clock()
 
-    def spend(self, pot: str, amount: int) -> None:
-        """A committed charge on a pot whose ledger figure has no version (a token's or a limit's spend)."""
-        self._spent[pot] = self._spent.get(pot, 0) + amount
-        if pot in self._pots:
-            self._pots[pot].confirmed -= amount
+    def settle(self, confirms: Sequence[tuple[str, int, int]] = (), spends: Sequence[tuple[str, int]] = (),
+               request_ids: Sequence[str] = ()) -> list[int]:
+        """A ledger commit: the wallets' new figures (pot, amount, version), the charges committed on pots whose
+        figure has no version (a token's or a limit's spend), then the requests' holds released; the spends land
+        first, or the room would show twice. Returns the confirmed pots' available after."""
+        for pot, amount, version in confirms:
+            self.confirm(pot, amount, version)
+        spent, pots = self._spent, self._pots
+        for pot, amount in spends:
+            spent[pot] = spent.get(pot, 0) + amount
+            if (known := pots.get(pot)) is not None:
+                known.confirmed -= amount
+        requests = self._requests
+        for request_id in request_ids:  # release, written out: once per committed request with a hold
+            if (held := requests.pop(request_id, None)) is not None:
+                for known, amount in held.amounts:
+                    known.held -= amount
+        return [self.available(pot) for pot, _, _ in confirms] if confirms else []
 
     def generation(self, pot: str) -> int:
         """How much has been spent on the pot so far; read before the ledger, handed to confirm_new."""
@@ -294,7 +307,4 @@ class HoldBook:
         self._held(request_id, [(known, amount)], self._clock() + self._hold_ttl)
 
     def release(self, request_id: str) -> None:
-        held = self._requests.pop(request_id, None)
-        if held is not None:
-            for pot, amount in held.amounts:
-                pot.held -= amount
+        self.settle(request_ids=(request_id,))

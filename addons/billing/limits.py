@@ -59,6 +59,7 @@ class OwnerLimits:
     limit_of: dict[str, int]  # pot name -> its limit, as the hold call takes them
     holds: tuple[tuple[str, int], ...]  # its pots as a hold takes them: (name, REQUEST | MERCHANT | PAYER)
     buckets: tuple[Bucket, ...]  # requests per minute (cost 1), then tokens per minute (cost TOKENS)
+    token_buckets: tuple[Bucket, ...]  # those of cost TOKENS: trued up to the request's usage
     heads: tuple[RateHead, ...]  # the buckets' x-ratelimit-* fields, less the figures of the moment
     spends: bool  # a spend limit among its pots
     confirmed: bool = False
@@ -120,7 +121,8 @@ class RequestLimits:
             table.clear()
         return OwnerLimits(limits, max(starts, default=-math.inf), min(ends, default=math.inf), tuple(pots),
                            {pot.name: pot.limit for pot in pots}, tuple((pot.name, _HELD[pot.what]) for pot in pots),
-                           tuple(buckets), tuple(_rate_head(bucket) for bucket in buckets),
+                           tuple(buckets), tuple(bucket for bucket in buckets if bucket.cost == TOKENS),
+                           tuple(_rate_head(bucket) for bucket in buckets),
                            any(pot.what != KEY_REQUESTS for pot in pots))
 
     def _key_pots(self, key_id: str, limits: Limits, now: float) -> list[LimitPot]:
