@@ -121,7 +121,7 @@ def test_an_admin_listener_beyond_loopback_is_refused_in_one_line(tmp_path):
     result = subprocess.run([str(BIN / "tollgate-proxy"), "--listen-host", "127.0.0.1", "--listen-port",
                              str(free_port()), "--admin-host", "0.0.0.0", "--set", f"confdir={tmp_path}/conf"],
                             env=env, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1
+    assert result.returncode == 78  # EX_CONFIG: wrong settings
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("tollgate-proxy: refusing to run an open admin listener")
     assert "tollgate_allow_open_admin=true" in lines[0]

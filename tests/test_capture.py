@@ -452,7 +452,7 @@ def gateway_refusal(tmp_path: Path, *args: str, wrap: tuple[str, ...] = ()) -> t
 
 def assert_one_line_refusal(result: subprocess.CompletedProcess, elapsed: float, *says: str) -> None:
     output = (result.stdout + result.stderr).strip()
-    assert result.returncode == 1 and elapsed < 15, output
+    assert result.returncode == 78 and elapsed < 15, output  # EX_CONFIG: refused before starting
     assert len(output.splitlines()) == 1 and output.startswith("tollgate-proxy: "), output
     for words in says:
         assert words in output, output

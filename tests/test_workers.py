@@ -262,6 +262,18 @@ def test_workers_that_cannot_start_make_the_supervisor_give_up(bare):
     assert "worker 2 started" not in log  # the others wait for the first one to listen
 
 
+def test_a_worker_with_wrong_settings_makes_the_supervisor_give_up_at_once(bare):
+    """Wrong settings fail every start the same way: the supervisor says so once and exits with the worker's
+    status 78 (EX_CONFIG, which a service manager can be told not to restart), without retrying."""
+    bare.launch([sys.executable, "-m", "addons.runtime.workers", "--workers", "2", "--", *bare.proxy_args(),
+                 "--set", "tollgate_redis_url=http://127.0.0.1:6379"])
+    assert bare.proc.wait(30) == 78
+    log = bare.log.read_text()
+    assert log.count("tollgate_redis_url: a Redis URL starts with redis://, rediss:// or unix://") == 1, log
+    assert "worker 1 exited with status 78 before listening; its settings are wrong" in log
+    assert "restarting" not in log and "worker 2 started" not in log
+
+
 def test_several_workers_need_redis_and_auto_falls_back_to_one(bare):
     del bare.env["TOLLGATE_REDIS_URL"]
     refused = subprocess.run([sys.executable, "-m", "addons.runtime.workers", "--workers", "2", "--", *bare.proxy_args()],

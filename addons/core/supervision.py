@@ -10,6 +10,7 @@ import signal
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 30.0  # a child that ran this long before dying is not in a crash loop
+CONFIG_ERROR = 78  # sysexits.h EX_CONFIG, the gateway's exit status for wrong settings: no restart mends them
 PR_SET_PDEATHSIG = 1
 try:
     _prctl = ctypes.CDLL(None, use_errno=True).prctl

@@ -93,6 +93,7 @@ from mitmproxy.tools.main import process_options
 from mitmproxy.utils import asyncio_utils, debug
 
 from addons.core import metrics_dir
+from addons.core.supervision import CONFIG_ERROR
 from addons.host import capture_modes
 from addons.proxy import mitmproxy_internals
 from addons.proxy.chain import gateway_chain
@@ -379,7 +380,7 @@ async def _run(argv: Sequence[str]) -> int:
             m.addons.add(ReadySignal(args.ready_fd))
     except exceptions.OptionsError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
-        return 1
+        return CONFIG_ERROR
 
     event_loop = "uvloop" if any(c.__module__.startswith("uvloop") for c in type(loop).__mro__) else "asyncio"
     logging.info(f"Tollgate gateway (pid {os.getpid()}, {event_loop} event loop"
@@ -404,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         mitmproxy_internals.install(lean=True)
     except mitmproxy_internals.UnsupportedMitmproxy as e:
         print(f"{PROG}: {e}", file=sys.stderr)
-        return 1
+        return CONFIG_ERROR
     # The loop exists before the full parser (which needs a Master, which needs the loop).
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--reuse-port", action="store_true")

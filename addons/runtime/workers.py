@@ -13,8 +13,9 @@ worker starts when N is given, and run as one process with `--workers auto`.
   pipe the supervisor gives it (`--ready-fd`).
 - Restarts: a worker that exits while the supervisor runs is started again after a backoff that
   doubles (0.5 s up to 30 s) while it keeps dying within 30 s of its start, so a crash loop never
-  spins. If workers die before listening `--max-start-failures` times in a row (bad settings, port
-  taken), the supervisor stops the others and exits 1.
+  spins. If workers die before listening `--max-start-failures` times in a row (port taken), the
+  supervisor stops the others and exits 1; at once if a worker exits with CONFIG_ERROR (78: its
+  settings are wrong, the same for every start).
 - Stop: SIGTERM or SIGINT is passed on to every worker, whose `done` flushes its ledger writer;
   a worker still running after `--stop-timeout` seconds is killed. Exit status 0 when every worker
   stopped cleanly. Workers get SIGTERM should the supervisor itself die (PR_SET_PDEATHSIG, Linux).
@@ -38,7 +39,7 @@ from pathlib import Path
 
 from addons.core import metrics_dir  # stdlib-only modules: the supervisor stays light
 from addons.core.process_env import PID_ENV, WORKER_ENV, passthrough_secret
-from addons.core.supervision import BACKOFF_FIRST, BACKOFF_MAX, STABLE_AFTER, die_with_parent
+from addons.core.supervision import BACKOFF_FIRST, BACKOFF_MAX, CONFIG_ERROR, STABLE_AFTER, die_with_parent
 
 PROG = "tollgate-workers"
 
@@ -71,6 +72,7 @@ class Supervisor:
         self.first_ready = False
         self.stop_signal: int | None = None
         self.failed = False
+        self.misconfigured = False  # a worker exited with CONFIG_ERROR: so does the supervisor
 
     # -- workers ---------------------------------------------------------------------------
 
@@ -107,10 +109,12 @@ class Supervisor:
         how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
         if not slot.ready:
             self.start_failures += 1
-            if self.start_failures >= self.max_start_failures:
-                say(f"worker {slot.number} {how} before listening; {self.start_failures} failed starts "
-                    "in a row, giving up")
+            if code == CONFIG_ERROR or self.start_failures >= self.max_start_failures:
+                why = ("its settings are wrong (said above), which no restart mends" if code == CONFIG_ERROR
+                       else f"{self.start_failures} failed starts in a row")
+                say(f"worker {slot.number} {how} before listening; {why}, giving up")
                 self.failed = True
+                self.misconfigured = code == CONFIG_ERROR
                 self.stop(signal.SIGTERM)
                 return
         slot.backoff = BACKOFF_FIRST if slot.ready and lived >= STABLE_AFTER else slot.backoff
@@ -193,7 +197,7 @@ class Supervisor:
                 say(f"worker {slot.number} stopped with status {code}")
             slot.proc = None
         say("all workers stopped" if clean else "stopped, not cleanly")
-        return 0 if clean else 1
+        return CONFIG_ERROR if self.misconfigured else 0 if clean else 1
 
 
 def _redis_configured(worker_args: Sequence[str]) -> bool:
