@@ -1247,10 +1247,10 @@ def versions() -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--requests", type=int, default=2000, help="non-streamed requests per target per concurrency")
-    ap.add_argument("--stream-requests-c1", type=int, default=120, help="streamed requests per target at 1 client")
+    ap.add_argument("--requests", type=int, default=6000, help="non-streamed requests per target per concurrency")
+    ap.add_argument("--stream-requests-c1", type=int, default=300, help="streamed requests per target at 1 client")
     ap.add_argument("--stream-requests-c32", type=int, default=800, help="streamed requests per target at 32 clients")
-    ap.add_argument("--reps", type=int, default=4, help="round-robin repetitions the counts are split over")
+    ap.add_argument("--reps", type=int, default=6, help="round-robin repetitions the counts are split over")
     ap.add_argument("--noise-pct", type=float, default=10.0,
                     help="set aside (and measure again later) a phase during which other processes used more "
                          "than this %% of a CPU")
