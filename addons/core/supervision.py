@@ -1,5 +1,6 @@
 """What the processes that supervise others share (the workers' supervisor, the admin process's starter):
-the restart backoff, and children that die with their parent. Standard library only."""
+the restart backoff, the exit status that stops restarts, and children that die with their parent.
+Standard library only."""
 
 from __future__ import annotations
 
