@@ -24,6 +24,7 @@ from tests.harness import OPENAI_CHAT, OPENAI_EMBEDDINGS, GatewayProcess
 from tests.mock_provider import FULL_TEXT
 
 AZURE_KEY = "azure-operator-key-0123456789abcdef"
+EU_KEY = "azure-eu-resource-key-0123456789abcdef"  # eures has a key of its own (AZURE_OPENAI_API_KEY_EU)
 API_VERSION = "2024-10-21"
 DEPLOYMENTS = {"prod-4o": "gpt-4o", "embed-small": "text-embedding-3-small"}
 
@@ -31,8 +32,12 @@ DEPLOYMENTS = {"prod-4o": "gpt-4o", "embed-small": "text-embedding-3-small"}
 @pytest.fixture(scope="module")
 def azure_gateway(mock, tmp_path_factory):
     gw = GatewayProcess(tmp_path_factory.mktemp("azure"), f"sqlite:///{tmp_path_factory.mktemp('azure-db')}/l.db",
-                        {"azure": mock.url}, providers={"azure": {"resources": ["myres"], "deployments": DEPLOYMENTS}})
+                        {"azure": mock.url}, providers={"azure": {
+                            "resources": {"myres": None, "eures": "AZURE_OPENAI_API_KEY_EU",
+                                          "keyless": "AZURE_OPENAI_API_KEY_UNSET"},
+                            "deployments": DEPLOYMENTS}})
     gw.env["AZURE_OPENAI_API_KEY"] = AZURE_KEY
+    gw.env["AZURE_OPENAI_API_KEY_EU"] = EU_KEY
     gw.fund("10")
     gw.start()
     yield gw
@@ -148,19 +153,39 @@ def test_forward_endpoint(azure_gateway, mock, stream):
                    endpoint="chat.completions", streamed=stream)
 
 
+def chat_at(gw, resource: str, way: str) -> httpx.Response:
+    """A chat request to `resource`'s deployment prod-4o with the Tollgate key, through HTTPS_PROXY or forward."""
+    headers = {"api-key": gw.admin_key}
+    body = {"messages": [{"role": "user", "content": "hi"}]}
+    target = f"https://{resource}.openai.azure.com/openai/deployments/prod-4o/chat/completions?api-version={API_VERSION}"
+    if way == "proxy":
+        with httpx.Client(proxy=gw.url, verify=ssl.create_default_context(cafile=str(gw.ca)), trust_env=False) as http:
+            return http.post(target, headers=headers, json=body)
+    return httpx.post(f"{gw.url}/v1/forward", params={"u": target}, headers=headers, json=body, trust_env=False)
+
+
+@pytest.mark.parametrize("way", ["proxy", "forward"])
+def test_each_resource_is_sent_its_own_key_where_the_operator_gave_it_one(azure_gateway, mock, way):
+    """gateway.yaml maps resources to the variables of their keys (null: AZURE_OPENAI_API_KEY); a listed
+    resource whose variable is not set is a 503 naming the variable and the host, and nothing is sent."""
+    for resource, key in (("eures", EU_KEY), ("myres", AZURE_KEY)):
+        mock.reset()
+        answer = chat_at(azure_gateway, resource, way)
+        assert answer.status_code == 200, answer.text
+        assert mock.last.headers["api-key"] == key
+    mock.reset()
+    answer = chat_at(azure_gateway, "keyless", way)
+    error = answer.json()["error"]
+    assert (answer.status_code, error["code"]) == (503, "provider_key_missing")
+    assert error["message"] == ("no Azure OpenAI key is configured for keyless.openai.azure.com "
+                                "(AZURE_OPENAI_API_KEY_UNSET is not set)")
+    assert mock.requests == [] and AZURE_KEY not in answer.text and EU_KEY not in answer.text
+
+
 @pytest.mark.parametrize("way", ["proxy", "forward"])
 def test_a_resource_the_operator_did_not_list_is_refused_before_anything_is_sent(azure_gateway, mock, way):
     mock.reset()
-    headers = {"api-key": azure_gateway.admin_key}
-    body = {"messages": [{"role": "user", "content": "hi"}]}
-    target = f"https://attacker.openai.azure.com/openai/deployments/prod-4o/chat/completions?api-version={API_VERSION}"
-    if way == "proxy":
-        with httpx.Client(proxy=azure_gateway.url, verify=ssl.create_default_context(cafile=str(azure_gateway.ca)),
-                          trust_env=False) as http:
-            answer = http.post(target, headers=headers, json=body)
-    else:
-        answer = httpx.post(f"{azure_gateway.url}/v1/forward", params={"u": target}, headers=headers, json=body,
-                            trust_env=False)
+    answer = chat_at(azure_gateway, "attacker", way)
     assert answer.status_code == 403 and answer.json()["error"]["code"] == "resource_not_allowed"
     assert azure_gateway.admin_key not in answer.text and AZURE_KEY not in answer.text
     assert mock.requests == []
@@ -207,12 +232,24 @@ def pattern_entry(**changes):
     ({"base_url": "https://{account}.other.test/v1"}, "base_url host"),
     ({"base_url": "https://*.acme.test/v1"}, "not a valid URL|base_url host"),
     ({"resources": ["My_Res"]}, "resources must be a list of host labels"),
+    ({"resources": {"My_Res": "ACME_KEY_EU"}}, "resources must be a list of host labels"),
+    ({"resources": {"eu": "acme-key"}}, "resources.eu must name an environment variable"),
+    ({"resources": {"eu": 3}}, "resources.eu must name an environment variable"),
     ({"deployments": {"d": 4}}, "deployments must map"),
     ({"credential_type": "password"}, "credential_type 'password'"),
 ])
 def test_bad_patterns_are_refused(changes, message):
     with pytest.raises(ValueError, match=message):
         parse_providers({"providers": [pattern_entry(**changes)]})
+
+
+def test_a_resources_own_key_is_read_from_its_variable_and_counts_as_configured():
+    provider, = parse_providers({"providers": [pattern_entry(resources={"us": None, "eu": "ACME_KEY_EU"})]})
+    assert provider.resources == {"us", "eu"}
+    assert [provider.credential_env_for(host) for host in ("eu.acme.test", "EU.acme.test.", "us.acme.test")] == [
+        "ACME_KEY_EU", "ACME_KEY_EU", "ACME_KEY"]
+    assert provider.credential_configured({"ACME_KEY_EU": "k"}) and provider.credential_configured({"ACME_KEY": "k"})
+    assert not provider.credential_configured({"OTHER": "k"})
 
 
 def test_a_host_under_another_providers_pattern_is_refused():

@@ -97,6 +97,9 @@ class Provider:
     # (Azure OpenAI's per-account `{resource}.openai.azure.com`).
     host_suffixes: tuple[str, ...] = ()
     resources: frozenset[str] = frozenset()  # the labels a pattern may stand for with the operator's key
+    # label -> the environment variable holding that resource's own key (Azure: one key per resource); a
+    # resource not named here uses credential_env
+    resource_keys: tuple[tuple[str, str], ...] = ()
     deployments: tuple[tuple[str, str], ...] = ()  # deployment name -> the model it serves, for pricing
     credential_type: str = "api_key"  # or google_service_account: credential_env names a key file
     service_account_file: str | None = None  # the operator's key file, over credential_env's
@@ -111,7 +114,18 @@ class Provider:
 
     def credential_configured(self, environ: Mapping[str, str]) -> bool:
         """Whether the operator gave the gateway a credential for this provider (never which)."""
-        return bool(self.service_account_file or environ.get(self.credential_env))
+        return bool(self.service_account_file or environ.get(self.credential_env)
+                    or any(environ.get(env) for _, env in self.resource_keys))
+
+    def credential_env_for(self, host: str) -> str:
+        """The environment variable the operator's key for `host` is read from: its resource's own, else
+        credential_env."""
+        if self.resource_keys:
+            label = pattern_label(host.lower().rstrip("."), self.host_suffixes)
+            for resource, env in self.resource_keys:
+                if resource == label:
+                    return env
+        return self.credential_env
 
     def origin_for(self, host: str | None) -> Origin:
         """Where a request the client sent to `host` goes: the configured upstream, else that host itself
@@ -209,8 +223,18 @@ def _parse_provider(index: int, entry: object) -> Provider:
     if len(set(suffixes)) != len(suffixes):
         raise ValueError(f"{where}: host_patterns lists a pattern twice")
     resources = entry.get("resources", [])
+    resource_keys: dict[str, str] = {}
+    if isinstance(resources, Mapping):  # label -> the environment variable of its own key, or null
+        for label, env in resources.items():
+            if env is not None and (not isinstance(env, str) or not _ENV.fullmatch(env)):
+                raise ValueError(f"{where}: resources.{label} must name an environment variable like "
+                                 "AZURE_OPENAI_API_KEY_EU (the resource's own key), or be null (credential_env)")
+            if env is not None:
+                resource_keys[label] = env
+        resources = list(resources)
     if not isinstance(resources, list) or not all(isinstance(r, str) and _LABEL.fullmatch(r) for r in resources):
-        raise ValueError(f"{where}: resources must be a list of host labels (the names a host pattern's * stands for)")
+        raise ValueError(f"{where}: resources must be a list of host labels (the names a host pattern's * stands "
+                         "for), or map each to the environment variable of its own key")
     if resources and not suffixes:
         raise ValueError(f"{where}: resources needs host_patterns")
 
@@ -262,6 +286,7 @@ def _parse_provider(index: int, entry: object) -> Provider:
         timeouts=timeouts,
         host_suffixes=suffixes,
         resources=frozenset(resources),
+        resource_keys=tuple(sorted(resource_keys.items())),
         deployments=tuple(sorted(deployments.items())),
         credential_type=credential_type,
         service_account_file=sa_file,

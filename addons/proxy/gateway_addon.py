@@ -419,7 +419,7 @@ class Gateway:
         plan = await plan_for(caller, self.keys)
         check_resource(provider, host, callers_key=plan.provider_key is not None)
         metadata = self._metadata(request.headers)
-        provider_key = plan.provider_key or await self._operator_key(provider)
+        provider_key = plan.provider_key or await self._operator_key(provider, host)
         aws_credentials = bedrock.operator_credentials(provider) if provider.sigv4_service else None
         path, _, query = request.path.partition("?")
         family, read_path, path_model = vertex.reader_request(provider.api_family, path)
@@ -453,15 +453,17 @@ class Gateway:
         flow.metadata[PROVIDER_KEY] = provider.id
         flow.metadata[ENDPOINT_KEY], flow.metadata[STREAM_KEY] = reader.endpoint, reader.stream_requested
 
-    async def _operator_key(self, provider: Provider) -> str:
-        """The operator's credential for `provider`: its key from the environment, or for a Google service
-        account an access token minted from the key file (off the event loop)."""
+    async def _operator_key(self, provider: Provider, host: str) -> str:
+        """The operator's credential for `provider`: its key from the environment (the one for `host`'s resource
+        where each has its own), or for a Google service account an access token minted from the key file (off
+        the event loop)."""
         if provider.credential_type != "google_service_account":
-            if key := os.environ.get(provider.credential_env):
+            env = provider.credential_env_for(host)
+            if key := os.environ.get(env):
                 return key
-            raise ProviderNotConfigured(
-                "provider_key_missing", f"no {provider.name} key is configured ({provider.credential_env} is not set)"
-            )
+            whose = f" for {host}" if env != provider.credential_env else ""  # a resource with a key of its own
+            raise ProviderNotConfigured("provider_key_missing",
+                                        f"no {provider.name} key is configured{whose} ({env} is not set)")
         key_file = provider.service_account_file or os.environ.get(provider.credential_env)
         if not key_file:
             raise ProviderNotConfigured(
