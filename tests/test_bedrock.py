@@ -14,6 +14,7 @@ import base64
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from decimal import Decimal
 
@@ -307,13 +308,58 @@ def test_old_or_misdirected_signatures_are_refused(change, code):
     assert refused.value.code == code
 
 
-def test_forward_endpoint_cannot_carry_a_signature(gateway):
-    url = f"{gateway.url}/v1/forward?u=https://{HOST}/model/{MODEL}/converse"
-    request = urllib.request.Request(url, data=b"{}", method="POST", headers={"content-type": "application/json"})
+def _forward(gateway, action: str, headers: dict[str, str]):
+    """Converse through the forward endpoint, as a plain HTTP client posts it (no boto3: nothing signs it)."""
+    target = f"https://{HOST}/model/{MODEL.replace(':', '%3A')}/{action}"
+    body = json.dumps({k: v for k, v in CONVERSE_ARGS.items() if k != "modelId"}).encode()  # the id is in the URL
+    request = urllib.request.Request(f"{gateway.url}/v1/forward?u={urllib.parse.quote(target, safe='')}", data=body,
+                                     method="POST", headers={"content-type": "application/json", **headers})
+    return urllib.request.urlopen(request, timeout=10)
+
+
+@pytest.mark.parametrize("action", ["converse", "converse-stream"])
+def test_the_forward_endpoint_reaches_bedrock_with_the_tollgate_key(gateway, bedrock, action):
+    """The forward endpoint takes the Tollgate key as for any provider (nothing to sign on the caller's side); the
+    gateway signs for the region the target URL names, with the operator's credentials only."""
+    with _forward(gateway, action, {"authorization": f"Bearer {gateway.key['secret_key']}"}) as answer:
+        assert answer.status == 200
+        raw, request_id = answer.read(), answer.headers["x-tollgate-request-id"]
+    _assert_signed_by_operator_only(bedrock, gateway)
+    if action == "converse":
+        reply = json.loads(raw)
+        assert reply["output"]["message"]["content"][0]["text"] == "".join(TEXT) and reply["usage"] == CONVERSE_USAGE
+        _assert_row(gateway, request_id, "converse", False, _converse_usage())
+    else:
+        assert raw == bedrock.sent[-1]  # the event stream, byte for byte
+        _assert_row(gateway, request_id, "converse_stream", True, _converse_usage())
+
+
+def test_a_forward_token_bills_a_customer_for_bedrock(gateway, bedrock):
+    """Through the forward endpoint a Bedrock request can carry a forward token, so a customer's meter is billed
+    (HTTPS_PROXY callers sign with a key, which names no customer)."""
+    gateway.cli("customers", "create", "bedrock-customer", "--balance", "1.00")
+    gateway.cli("meters", "create", "bedrock-per-request", "--rate-type", "fixed", "--unit", "requests",
+                "--tier", "0:0.01")
+    token = gateway.cli_json("token", "--secret-key", gateway.key["secret_key"], "--customer", "bedrock-customer",
+                             "--meter", "bedrock-per-request")["token"]
+    with _forward(gateway, "converse", {"authorization": f"Bearer {token}"}) as answer:
+        assert answer.status == 200
+        request_id = answer.headers["x-tollgate-request-id"]
+    _assert_row(gateway, request_id, "converse", False, _converse_usage())
+    row = gateway.request_row(request_id)
+    assert (row["customer_id"], row["meter_slug"], row["fee"]) == ("bedrock-customer", "bedrock-per-request", "0.01")
+    assert Decimal(gateway.ledger.balance("bedrock-customer")) == Decimal("0.99")
+
+
+def test_a_signature_sent_to_the_forward_endpoint_is_refused_saying_how(gateway, bedrock):
+    calls = len(bedrock.requests)
+    signed = {"authorization": f"AWS4-HMAC-SHA256 Credential={gateway.key['id']}/20250101/{REGION}/bedrock/"
+                               "aws4_request, SignedHeaders=host, Signature=" + "0" * 64}
     with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(request, timeout=5)
-    assert refused.value.code == 400
-    assert json.loads(refused.value.read())["error"]["code"] == "sigv4_needs_proxy"
+        _forward(gateway, "converse", signed)
+    error = json.loads(refused.value.read())["error"]
+    assert (refused.value.code, error["code"]) == (400, "sigv4_needs_proxy")
+    assert "Authorization: Bearer" in error["message"] and len(bedrock.requests) == calls
 
 
 def test_catalog_lists_bedrock_regions_with_sigv4():

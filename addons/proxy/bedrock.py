@@ -40,16 +40,24 @@ def region_of(host: str) -> str:
     return m[1]
 
 
-def meant_host(flow: http.HTTPFlow, provider: Provider) -> str:
-    """The Bedrock host the caller addressed (routing found it by SNI, Host header or request host)."""
+def meant_host(flow: http.HTTPFlow, provider: Provider) -> str | None:
+    """The Bedrock host the caller addressed (routing found it by SNI, Host header or request host); None for a
+    request addressed to the gateway itself (the forward endpoint, whose target URL names the host)."""
     request = flow.request
     host_header = (request.host_header or "").rpartition(":")[0] or request.host_header
     for candidate in (flow.client_conn.sni, host_header, request.host):
         if candidate and candidate.lower().rstrip(".") in provider.hosts:
             return candidate.lower().rstrip(".")
-    raise BadRequest("sigv4_needs_proxy", f"{provider.name} is reached through HTTPS_PROXY (or system-wide "
-                                          "capture) with its own endpoint; the forward endpoint cannot carry an "
-                                          "AWS signature")
+    return None
+
+
+def refuse_a_forwarded_signature(request: http.Request, provider: Provider) -> None:
+    """A SigV4 signature sent to the forward endpoint was made for the gateway's URL, not Bedrock's: say how it
+    is done instead, rather than refusing it as a malformed credential."""
+    if (request.headers.get("authorization") or "").lstrip().startswith("AWS4-HMAC-SHA256"):
+        raise BadRequest("sigv4_needs_proxy", f"a request signed for AWS reaches {provider.name} through HTTPS_PROXY "
+                                              "(or system-wide capture) with its own endpoint; through the forward "
+                                              "endpoint, send the Tollgate key (Authorization: Bearer) unsigned")
 
 
 def operator_credentials(provider: Provider) -> Credentials:

@@ -403,10 +403,12 @@ class Gateway:
         if rewrite is not None and rewrite.signed_request is not None:  # boto3 signed what it sent, untranslated
             caller = await authenticate_sigv4(rewrite.signed_request, self.keys, rewrite_endpoint.SIGV4_SERVICE)
             rewrite.signed_request = None  # checked: the copy is not kept for the rest of the request
-        elif provider.sigv4_service and rewrite is None:  # AWS: the caller signed with its Tollgate key; signed again
-            sigv4_host = bedrock.meant_host(flow, provider)
+        elif provider.sigv4_service and rewrite is None and (meant := bedrock.meant_host(flow, provider)):
+            sigv4_host = meant  # AWS through HTTPS_PROXY: the caller signed with its Tollgate key; signed again
             caller = await authenticate_sigv4(request, self.keys, provider.sigv4_service)
-        else:
+        else:  # any provider's Tollgate credential; AWS's through the forward endpoint too (signed for it below)
+            if provider.sigv4_service:
+                bedrock.refuse_a_forwarded_signature(request, provider)
             key_param = query_key(request)
             # a browser's WebSocket carries its key as a subprotocol (OpenAI Realtime): taken out, then read
             subprotocol_key = realtime.take_subprotocol_key(request.headers) if upgrade else None
