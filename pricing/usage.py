@@ -3,7 +3,8 @@ quantities a customer's meter may count (Measured)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, fields
 from decimal import Decimal
 
 
@@ -74,6 +75,16 @@ class MediaUsage:
         if min(counts) < 0 or not all(d.is_finite() and d >= 0 for d in decimals):
             raise ValueError(f"media usage must be non-negative: {self}")
 
+    def to_json(self) -> str:
+        """The quantities set, as the ledger keeps them to price the request again (Decimals as text: exact)."""
+        return json.dumps({f.name: str(value) if isinstance(value, Decimal) else value for f in fields(self)
+                           if (value := getattr(self, f.name)) != f.default}, separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> MediaUsage:
+        return cls(**{name: Decimal(value) if name in _DECIMAL_FIELDS else value
+                      for name, value in json.loads(text).items()})
+
     def genai_prices_usage(self) -> dict[str, int | Decimal]:
         """The genai-prices Usage fields these quantities fill (its unit names), only those used."""
         fields = {
@@ -88,3 +99,6 @@ class MediaUsage:
             "rerank_searches": self.search_units,
         }
         return {name: value for name, value in fields.items() if value}
+
+
+_DECIMAL_FIELDS = frozenset({"audio_seconds", "megapixels", "compute_seconds"})

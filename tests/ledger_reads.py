@@ -53,6 +53,7 @@ def _usd(row: dict) -> dict:
 def _request_as_listed(row: dict) -> dict:
     row = _usd(row)
     row["metadata"] = json.loads(row["metadata"]) if row["metadata"] else None
+    row["media_usage"] = json.loads(row["media_usage"]) if row["media_usage"] else None
     if row["price_source"] in UNKNOWN_COST:
         row["provider_cost"] = None  # not known, which is not $0.00
     return row

@@ -135,6 +135,7 @@ def test_dall_e_3_is_priced_per_image_by_quality_and_size(gw, quality, size):
     row = gw.request_row(raw.headers["x-lava-request-id"])
     assert (row["images"], row["input_tokens"], row["output_tokens"]) == (1, 0, 0)
     assert_cost(row, usd(override("openai", "dall-e-3")["per_image"][f"{quality}/{size}"]), "reported", "override")
+    assert row["media_usage"] == {"images": 1, "image_variant": f"{quality}/{size}"}  # what reprice would price
 
 
 def test_gemini_image_output_tokens_are_priced_at_the_image_rate(gw, media_mock):

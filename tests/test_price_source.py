@@ -33,6 +33,7 @@ from addons.usage.base import UsageReader, price_basis
 from addons.usage.readers import for_request
 from pricing import meters
 from pricing.cost import parse_overrides, price_source
+from pricing.usage import MediaUsage
 from tests.conftest import MOCK_MODEL_PRICE
 from tests.harness import GatewayProcess, fresh_postgres_database
 
@@ -391,6 +392,43 @@ def test_reprice_charges_what_unpriced_requests_cost_once(flagging):
     assert len(ledger_entries(flagging, billed["id"])) == 2
     assert flagging.ledger.audit_ok() is True
     assert UNPRICED_MODEL not in {r["model"] for r in flagging.cli_json("prices", "missing")}
+
+
+# -- reprice in-process: media rows and bring-your-own-key rows ----------------------------------
+
+
+def test_reprice_prices_a_media_row_by_every_quantity_and_leaves_one_recorded_without_them(ledger):
+    """An image row is priced again by its images and their quality and size (media_usage), not by its tokens
+    alone ($0); an older row whose media were not kept whole stays unpriced rather than priced short."""
+    _, wallet = ensure_account()
+    credit_wallet(wallet.id, 10**9)
+    media = MediaUsage(images=2, image_variant="hd/1024x1024")
+    common = dict(created_at=utcnow(), account=wallet.account_id, wallet_id=wallet.id, key=None, provider="openai",
+                  endpoint="images.generations", model="img-unreleased-x", status=200, usage_source="reported",
+                  price_source="unpriced", images=2)
+    write_batch([UsageRecord(id="req_img", media_usage=media.to_json(), **common),
+                 UsageRecord(id="req_img_older", **common)], apply_charges)
+    overrides = parse_overrides({"models": [{"provider": "openai", "model": "img-unreleased-*",
+                                             "per_image": {"standard/1024x1024": "0.04", "hd/1024x1024": "0.08"}}]})
+    done, left = reprice(since=datetime(2020, 1, 1), until=None, pricing_ids={"openai": "openai"},
+                         overrides=overrides, billing=BillingSettings())
+    assert (left, [(r.request_id, r.provider_cost_nanos, r.merchant_nanos) for r in done]) == (
+        1, [("req_img", 160_000_000, 160_000_000)])  # 2 x $0.08
+    assert wallet_balance(wallet.id) == 10**9 - 160_000_000
+    rows = {row.id: row for row in RequestRow.select()}
+    assert (rows["req_img"].price_source, rows["req_img_older"].price_source) == ("override", "unpriced")
+    assert MediaUsage.from_json(rows["req_img"].media_usage) == media
+    assert audit_wallets() == []
+
+
+def test_media_usage_round_trips_through_its_json_exactly():
+    media = MediaUsage(characters=12, audio_seconds=Decimal("61.25"), images=3, image_variant="hd/1024x1792",
+                       megapixels=Decimal(4), search_units=2, compute_seconds=Decimal("0.000001"),
+                       input_audio_tokens=7, output_audio_tokens=9, cache_audio_read_tokens=1, cache_image_read_tokens=2,
+                       input_image_tokens=5, output_image_tokens=6)
+    assert MediaUsage.from_json(media.to_json()) == media
+    assert MediaUsage.from_json(MediaUsage(images=1).to_json()) == MediaUsage(images=1)
+    assert MediaUsage(images=1).to_json() == '{"images":1}'  # only what is set
 
 
 # -- reprice in-process: bring-your-own-key rows ----------------------------------------------

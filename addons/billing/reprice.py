@@ -2,7 +2,9 @@
 
 Once the operator has added a price (pricing/overrides.yaml or the settings' `prices:`), each
 request row with price_source `unpriced` in the window is priced again from its recorded token
-counts, at the prices in force when it ran. Where a price is now found, in one transaction per
+counts and media quantities (images, characters, audio, ...), at the prices in force when it ran. A
+media row recorded before its media quantities were kept whole (media_usage NULL) stays unpriced:
+its tokens alone would price it short. Where a price is now found, in one transaction per
 request:
 
 - the row's provider_cost_nanos and price_source are updated (the row is a report, not money);
@@ -31,7 +33,7 @@ from addons.ledger.bulk import execute, for_update
 from addons.ledger.models import Customer, LedgerEntry, MeterRow, RequestRow, Wallet, database, utcnow
 from pricing import meters
 from pricing.cost import Override, price
-from pricing.usage import TokenUsage
+from pricing.usage import MediaUsage, TokenUsage
 
 REASON = "reprice"
 
@@ -51,8 +53,15 @@ class Repriced:
 def _cost(row: RequestRow, pricing_ids: Mapping[str, str | None], overrides: tuple[Override, ...]):
     usage = TokenUsage(row.input_tokens, row.cache_read_tokens, row.cache_write_tokens, row.output_tokens,
                        row.reasoning_tokens)
+    media = MediaUsage.from_json(row.media_usage) if row.media_usage else None
     return price(usage, model=row.model or "", provider_id=row.provider, pricing_id=pricing_ids.get(row.provider),
-                 overrides=overrides, at=row.created_at.replace(tzinfo=UTC))
+                 overrides=overrides, at=row.created_at.replace(tzinfo=UTC), media=media)
+
+
+def _media_lost(row: RequestRow) -> bool:
+    """A media row recorded before its full media quantities were kept: its tokens alone would price it short."""
+    return row.media_usage is None and bool(row.images or row.search_units or row.input_characters
+                                            or row.input_duration_ms)
 
 
 def _charges(row: RequestRow, cost: int, billing: BillingSettings) -> tuple[int, int]:
@@ -88,7 +97,7 @@ def _apply(request_id: str, pricing_ids, overrides, billing: BillingSettings, dr
     # Locked first (SQLite: the transaction is IMMEDIATE), so two runs cannot both charge the row.
     execute('SELECT "id" FROM "request" WHERE "id" = %s' + for_update(), request_id)
     row = RequestRow.select().where(RequestRow.id == request_id, RequestRow.price_source == "unpriced").first()
-    if row is None:  # another run took it meanwhile
+    if row is None or _media_lost(row):  # another run took it meanwhile; or it cannot be priced exactly
         return None
     cost = _cost(row, pricing_ids, overrides)
     if cost.source == "unpriced":

@@ -202,6 +202,7 @@ FLAG_LEGEND = "flags: S streamed, E usage estimated (a cut stream), U provider c
 def _request_row(record: requests.RequestRecord, names: dict[str, str]) -> dict:
     row = money_fields(asdict(record))
     row["metadata"] = json.loads(row["metadata"]) if row["metadata"] else None
+    row["media_usage"] = json.loads(row["media_usage"]) if row["media_usage"] else None
     if row["price_source"] in UNKNOWN_COST:
         row["provider_cost"] = None  # not known, which is not $0.00
     row["key_name"] = names.get(record.key)

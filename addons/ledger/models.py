@@ -250,6 +250,10 @@ class RequestRow(BaseModel):
     # older ledgers on start (_add_missing_columns), their rows 0.
     images = IntegerField(default=0)
     search_units = IntegerField(default=0)
+    # Every media quantity the request was priced with (pricing.usage.MediaUsage.to_json: image size and quality,
+    # megapixels, audio and image tokens, compute time too), so `tollgate prices reprice` prices it again exactly.
+    # NULL: a request without media, or one recorded before this column (added like `images`).
+    media_usage = TextField(null=True)
     # An OpenAI Realtime session's id (the provider's, else one Tollgate made), on each of its responses' rows:
     # a session is charged per response (addons/proxy/realtime.py). Added to older ledgers on start, NULL there.
     session_id = CharField(null=True)

@@ -98,7 +98,7 @@ def _media_columns(result: UsageReading) -> dict[str, int]:
         return {}
     seconds = media.audio_seconds
     return {"images": media.images, "search_units": media.search_units, "input_characters": media.characters,
-            "input_duration_ms": int(seconds * 1000) if seconds is not None else 0}
+            "input_duration_ms": int(seconds * 1000) if seconds is not None else 0, "media_usage": media.to_json()}
 
 
 def unmetered_record(state: Pending, status: int | None) -> UsageRecord:
