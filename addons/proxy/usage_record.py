@@ -91,7 +91,7 @@ def usage_record(state: Pending, result: UsageReading, response: http.Response |
     )
 
 
-def _media_columns(result: UsageReading) -> dict[str, int]:
+def _media_columns(result: UsageReading) -> dict[str, int | str]:
     """The quantities of an image, audio, speech or rerank request, in the columns that record them."""
     media = result.media
     if media is None:
