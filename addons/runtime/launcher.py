@@ -43,6 +43,9 @@ mitmproxy logs every client and server connect/disconnect at INFO; here those sh
 verbosity (`-v` or `--set termlog_verbosity=debug`), so a busy gateway writes no per-flow lines;
 peewee's per-statement SQL lines never show (addons.ledger.models.open_database quiets them, under mitmdump too).
 
+The process keeps to two glibc malloc arenas rather than one per thread (addons/runtime/malloc_arenas.py),
+so its RSS stays flat under load.
+
 The event loop is uvloop's when uvloop is installed (an optional speed-up; asyncio's own loop
 otherwise). `TOLLGATE_UVLOOP=0` turns it off. The startup line names the loop in use.
 
@@ -99,6 +102,7 @@ from addons.proxy import mitmproxy_internals
 from addons.proxy.chain import gateway_chain
 from addons.proxy.gateway_addon import Gateway
 from addons.runtime.hook_index import IndexedAddonManager
+from addons.runtime.malloc_arenas import limit_malloc_arenas
 
 PROG = "tollgate-proxy"
 GATEWAY_SCRIPT = Path(__file__).resolve().parents[1] / "gateway.py"
@@ -399,6 +403,7 @@ async def _run(argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    limit_malloc_arenas()  # first: before any thread allocates
     argv = list(sys.argv[1:] if argv is None else argv)
     metrics_dir.prepare()  # a worker keeps its supervisor's
     try:
