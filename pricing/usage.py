@@ -87,7 +87,7 @@ class MediaUsage:
 
     def genai_prices_usage(self) -> dict[str, int | Decimal]:
         """The genai-prices Usage fields these quantities fill (its unit names), only those used."""
-        fields = {
+        quantities = {
             "input_characters": self.characters,
             "audio_seconds": self.audio_seconds,
             "input_image_tokens": self.input_image_tokens,
@@ -98,7 +98,7 @@ class MediaUsage:
             "cache_image_read_tokens": self.cache_image_read_tokens,
             "rerank_searches": self.search_units,
         }
-        return {name: value for name, value in fields.items() if value}
+        return {name: value for name, value in quantities.items() if value}
 
 
 _DECIMAL_FIELDS = frozenset({"audio_seconds", "megapixels", "compute_seconds"})

@@ -145,7 +145,7 @@ class HoldBook:
             if (held := requests.pop(request_id, None)) is not None:
                 for known, amount in held.amounts:
                     known.held -= amount
-        return [self.available(pot) for pot, _, _ in confirms] if confirms else []
+        return [self.available(pot) for pot, _, _ in confirms]
 
     def generation(self, pot: str) -> int:
         """How much has been spent on the pot so far; read before the ledger, handed to confirm_new."""

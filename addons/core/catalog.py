@@ -120,12 +120,10 @@ class Provider:
     def credential_env_for(self, host: str) -> str:
         """The environment variable the operator's key for `host` is read from: its resource's own, else
         credential_env."""
-        if self.resource_keys:
-            label = pattern_label(host.lower().rstrip("."), self.host_suffixes)
-            for resource, env in self.resource_keys:
-                if resource == label:
-                    return env
-        return self.credential_env
+        if not self.resource_keys:
+            return self.credential_env
+        label = pattern_label(host.lower().rstrip("."), self.host_suffixes)
+        return dict(self.resource_keys).get(label, self.credential_env)  # as model_of_deployment reads deployments
 
     def origin_for(self, host: str | None) -> Origin:
         """Where a request the client sent to `host` goes: the configured upstream, else that host itself
@@ -226,11 +224,12 @@ def _parse_provider(index: int, entry: object) -> Provider:
     resource_keys: dict[str, str] = {}
     if isinstance(resources, Mapping):  # label -> the environment variable of its own key, or null
         for label, env in resources.items():
-            if env is not None and (not isinstance(env, str) or not _ENV.fullmatch(env)):
+            if env is None:
+                continue
+            if not isinstance(env, str) or not _ENV.fullmatch(env):
                 raise ValueError(f"{where}: resources.{label} must name an environment variable like "
                                  "AZURE_OPENAI_API_KEY_EU (the resource's own key), or be null (credential_env)")
-            if env is not None:
-                resource_keys[label] = env
+            resource_keys[label] = env
         resources = list(resources)
     if not isinstance(resources, list) or not all(isinstance(r, str) and _LABEL.fullmatch(r) for r in resources):
         raise ValueError(f"{where}: resources must be a list of host labels (the names a host pattern's * stands "
