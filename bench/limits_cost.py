@@ -8,10 +8,12 @@ limits' header fields); each request goes through its hooks (request, responsehe
 event loop with a canned OpenAI answer whose head is then assembled as mitmproxy sends it, the ledger writer
 commits in its own thread and its commits settle the holds on the loop, as in the proxy. Blocks of requests
 alternate between a key with no limits and a key with every limit set (spend and request limits per month,
-rpm, tpm, a model and a provider allow-list), none of them reached. Each block's CPU time is taken for the event loop's thread (every hook and the settles) and
-for the process (the ledger writer's thread too); the figure is the mean of each key's fastest fifth of
-blocks, so blocks slowed by other work on the machine are left out. `--bytecodes` counts instead what each
-request executes, by function: the same every run, for telling where the difference goes. `--instructions` runs
+rpm, tpm, a model and a provider allow-list), none of them reached. Each block's CPU time is taken for the
+event loop's thread (every hook and the settles) and for the process (the ledger writer's thread too); the
+figure is the mean of each key's fastest fifth of blocks, so blocks slowed by other work on the machine are
+left out. `--bytecodes` counts instead what each request executes, by function, for telling where the
+difference goes: the hooks' counts are the same every run, the settles' and the event loop's move by a few
+hundred a request with how the writer happens to batch its commits. `--instructions` runs
 the same blocks under valgrind (callgrind, counting switched on only around each block) and gives machine
 instructions per request, all threads: C work included (formatting, allocation), within a few per cent run to run.
 bench/run_bench.py --limits measures the same through real sockets, where a few microseconds drown in the

@@ -4,8 +4,8 @@ glibc gives each thread that allocates an arena of its own (up to eight per core
 freed in it. The gateway's threads (the ledger writer, the database readers, event delivery, the
 journal's fsync, ...) each allocated into their own, and the process's RSS crept up under load: a
 10-minute soak (bench/streams_and_memory.py --only soak) grew 4.4 % after its warm-up and ended 10.8 %
-above idle; with two arenas, 2.4–3.1 % and 8.6–9.4 % (two runs). Those threads mostly wait, so two arenas cost them no
-lock contention worth measuring. Set before any thread starts; MALLOC_ARENA_MAX in the environment
+above idle; with two arenas, 2.4–3.1 % and 8.6–9.4 % (two runs). Those threads mostly wait, so two
+arenas cost them no lock contention worth measuring. Set before any thread starts; MALLOC_ARENA_MAX in the environment
 still decides, and other C libraries are left alone.
 """
 
