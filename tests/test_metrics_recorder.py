@@ -3,7 +3,6 @@ files and when, how processes add up, the metrics directory of a gateway start, 
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
 import time
@@ -284,7 +283,7 @@ def test_the_cashier_counts_holds_until_released_or_expired(gw):
     assert cashier.holds_in_place() == (2, 1_200)
     assert "req_old" not in cashier.open_holds
 
-    asyncio.run(cashier._settle(CommitReport(request_ids=["req_a"])))
+    cashier.settled(CommitReport(request_ids=["req_a"]))
     assert cashier.holds_in_place() == (1, 700)
 
 

@@ -435,7 +435,7 @@ def test_renew_holds_the_next_response_once_the_last_ones_charge_is_committed(ca
         renewal = asyncio.ensure_future(cashier.renew("req_1", "req_2", None, None, None))
         await asyncio.sleep(0.05)
         assert cashier.admitted == []  # its hold and charge would both count against the balance
-        await cashier._settle(CommitReport(request_ids=["req_1"]))
+        cashier.settled(CommitReport(request_ids=["req_1"]))
         await asyncio.wait_for(renewal, 1)
         assert cashier.admitted == ["req_2"] and not cashier._commit_waits
 

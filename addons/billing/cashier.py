@@ -333,11 +333,11 @@ class Cashier:
         limited = self._limited.get(request_id)  # kept for the commit's settle
         if limited is None or not (delta := tokens - limited[1][RESERVED]):
             return
-        true_ups = [bucket for owner in limited[0] for bucket in owner.token_buckets]
         if self._book is not None:
-            for bucket in true_ups:
-                self._book.true_up(bucket, delta)
-        elif true_ups:
+            for owner in limited[0]:
+                for bucket in owner.token_buckets:
+                    self._book.true_up(bucket, delta)
+        elif true_ups := [bucket for owner in limited[0] for bucket in owner.token_buckets]:
             if not self._true_ups:
                 asyncio.get_running_loop().call_later(TRUE_UP_LINGER, self._flush_true_ups)
             for bucket in true_ups:  # netted: a bucket's true-ups of one linger go to Redis as one change
@@ -359,12 +359,17 @@ class Cashier:
             self._background(self.holds.add(*adds))
 
     def settled(self, report: CommitReport) -> None:
-        """On the event loop: the writer committed; take its balances and drop the requests' holds."""
-        self._background(self._settle(report))
+        """On the event loop: the writer committed; take its balances and drop the requests' holds (in process at
+        once, else in one hot-store call in the background)."""
+        confirms, spends, released = self._settlement(report)
+        if self._book is not None:  # in process: nothing to await, no task to make per commit
+            self._released(report, confirms, released, self._book.settle(confirms, spends, released))
+        else:
+            self._background(self._settle(report, confirms, spends, released))
 
-    async def _settle(self, report: CommitReport) -> None:
-        """One hot-store call: the wallets' new balances, the spends on limits and token caps, and the holds of the
-        requests that have any (money, a limit's room, an incurred cost sent) released."""
+    def _settlement(self, report: CommitReport) -> tuple[list, tuple, list]:
+        """What a commit settles: the wallets' new balances, the spends on limits and token caps, and the requests
+        that hold anything (money, a limit's room, an incurred cost sent), to release."""
         if self._adds:  # committed: in the balance confirmed below, never sent (nor would it land after the release)
             committed = set(report.request_ids)
             self._adds = [add for add in self._adds if add[0] not in committed]
@@ -387,12 +392,21 @@ class Cashier:
                             spends[pot] += record.charged_nanos
                         elif sizes[PAYER] is not None and (fees := report.fees.get(record.id)) is not None:
                             spends[pot] += fees.fee_nanos  # a billed customer's spend limit: the fee it was charged
-        if confirms or released or spends:  # the spends land before the holds go, or the room would show twice
-            available = await self.holds.settle(confirms, tuple(spends.items()), released)
-            for (wallet_id, _, _), figure in zip(confirms, available, strict=True):
-                if wallet_id in self._glances:  # a wallet's figure as a glance would read it now
-                    self._saw(wallet_id, figure)
-        for request_id in released:  # once released: `renew` waits while a hold is open here
+        return confirms, tuple(spends.items()), released
+
+    async def _settle(self, report: CommitReport, confirms: list, spends: tuple, released: list) -> None:
+        available = await self.holds.settle(confirms, spends, released) if confirms or released or spends else []
+        self._released(report, confirms, released, available)
+
+    def _released(self, report: CommitReport, confirms: list, released: list, available: list) -> None:
+        """After the hot store settled (the spends landed before the holds went, or the room would show twice):
+        the glanced wallets' figures, and the released requests forgotten here (`renew` waits while a hold is
+        open here)."""
+        for (wallet_id, _, _), figure in zip(confirms, available, strict=True):
+            if wallet_id in self._glances:  # a wallet's figure as a glance would read it now
+                self._saw(wallet_id, figure)
+        held, limited, added = self.open_holds, self._limited, self._added
+        for request_id in released:
             held.pop(request_id, None)
             limited.pop(request_id, None)
             added.pop(request_id, None)

@@ -113,8 +113,8 @@ class HoldBook:
         # requests' holds also run out in order: the first to expire is the first here
         self._requests: dict[str, RequestHolds] = {}
         self._next_expiry = math.inf  # at most the first request's expiry
-        self._spent: dict[str, int] = {}  # pot -> all spent on it, confirmed or not (confirm_new's generation)
-        self._buckets: dict[str, tuple[float, float]] = {}  # bucket -> (level, at in ms)
+        self._spent: dict[str, int] = {}  # pot -> spent on it while not confirmed here (confirm_new's generation)
+        self._buckets: dict[str, list[float]] = {}  # bucket -> [level, at in ms]
 
     def is_fresh(self, pot: str, max_age: float) -> bool:
         known = self._pots.get(pot)
@@ -137,9 +137,10 @@ class HoldBook:
             self.confirm(pot, amount, version)
         spent, pots = self._spent, self._pots
         for pot, amount in spends:
-            spent[pot] = spent.get(pot, 0) + amount
             if (known := pots.get(pot)) is not None:
                 known.confirmed -= amount
+            else:  # not confirmed here (yet): confirm_new takes off what lands while its ledger read runs
+                spent[pot] = spent.get(pot, 0) + amount
         requests = self._requests
         for request_id in request_ids:  # release, written out: once per committed request with a hold
             if (held := requests.pop(request_id, None)) is not None:
@@ -148,7 +149,8 @@ class HoldBook:
         return [self.available(pot) for pot, _, _ in confirms]
 
     def generation(self, pot: str) -> int:
-        """How much has been spent on the pot so far; read before the ledger, handed to confirm_new."""
+        """How much has been spent on the pot while it was not confirmed here; read before the ledger, handed to
+        confirm_new."""
         return self._spent.get(pot, 0)
 
     def confirm_new(self, pot: str, amount: int, generation: int, limit: int | None = None,
@@ -158,7 +160,7 @@ class HoldBook:
         too little by what committed during the read). A pot already confirmed stays as it is. `expires_at`
         (epoch seconds): when the pot is forgotten, a period's limit once its period and holds are over."""
         if pot not in self._pots:
-            self._pots[pot] = Pot(amount - (self._spent.get(pot, 0) - generation), 0, self._clock(), limit=limit)
+            self._pots[pot] = Pot(amount - (self._spent.pop(pot, 0) - generation), 0, self._clock(), limit=limit)
             if expires_at is not None:
                 heapq.heappush(self._pot_expiries, (expires_at, pot))
             self._forget_expired_pots()
@@ -180,17 +182,21 @@ class HoldBook:
 
     def true_up(self, bucket: Bucket, delta: int) -> None:
         """The bucket gives `delta` more (less, if negative) than the request took at admission."""
+        state = self._buckets.get(bucket.name)
+        if delta < 0:  # tokens given back: the level as of its time, capped; the refill since is the same either way
+            if state is not None:
+                level = state[0] - delta
+                state[0] = level if level < bucket.capacity else float(bucket.capacity)
+            return
         at = self._clock() * 1000
-        name, per_minute, capacity, _ = bucket
-        state = self._buckets.get(name)
+        _, per_minute, capacity, _ = bucket
         if state is None:
             level = capacity
         else:  # the refill written out, as in hold
             level = state[0] + (at - state[1]) * per_minute / 60000 if at > state[1] else state[0]
             if level > capacity:
                 level = capacity
-        level -= delta
-        self._buckets[name] = (level if level < capacity else float(capacity), at)
+        self._buckets[bucket.name] = [level - delta, at]
 
     def fresh_available(self, pot: str, max_age: float) -> int | None:
         """What the pot has available, or None if it was confirmed too long ago (or never)."""
@@ -268,12 +274,11 @@ class HoldBook:
         if owners:  # every pot before any bucket, as in Redis
             for owner in owners:
                 for name, kind in owner.holds:  # held_limits, written out: this runs for every limited request
-                    if (amount := sizes[kind]) is None:
-                        continue
-                    known = pots[name]
-                    if amount > (available := known.confirmed - known.held):
-                        raise InsufficientFunds(name, max(available, 0))
-                    held.append((known, amount))
+                    if (amount := sizes[kind]) is not None:
+                        known = pots[name]
+                        if amount > known.confirmed - known.held:
+                            raise InsufficientFunds(name, max(known.confirmed - known.held, 0))
+                        held.append((known, amount))
             at = now * 1000
             levels = self._buckets
             taken = []
@@ -281,22 +286,35 @@ class HoldBook:
                 for name, per_minute, capacity, cost in owner.buckets:
                     if cost < 0:  # TOKENS
                         cost = sizes[RESERVED]
-                    state = levels.get(name)
-                    if state is None:
+                    if (state := levels.get(name)) is None:
                         level = capacity
-                    else:  # refilled: per_minute more a minute since, up to capacity
-                        level = state[0] + (at - state[1]) * per_minute / 60000 if at > state[1] else state[0]
-                        if level > capacity:
+                    elif at > state[1]:  # refilled: per_minute more a minute since, up to capacity
+                        if (level := state[0] + (at - state[1]) * per_minute / 60000) > capacity:
                             level = capacity
+                    else:
+                        level = state[0]
                     if cost > level:
                         raise RateLimited(name, math.ceil((cost - level) * 60000 / per_minute),
                                           max(math.floor(level), 0))
                     level -= cost  # not below 0
-                    taken.append((name, (level, at)))
+                    taken.append((name, state, level))
                     states.append((int(level), math.ceil((capacity - level) * 60000 / per_minute)))
-            levels.update(taken)  # every bucket had enough: all taken at once
+            for name, state, level in taken:  # every bucket had enough: all taken at once
+                if state is None:
+                    levels[name] = [level, at]
+                else:
+                    state[0] = level
+                    state[1] = at
         if held:
-            self._held(request_id, held, now + self._hold_ttl)
+            expires = now + self._hold_ttl
+            if request_id in self._requests:  # held before (a session's next response): its holds added, renewed
+                self._held(request_id, held, expires)
+            else:  # _held, written out
+                self._requests[request_id] = RequestHolds(expires, held)
+                if expires < self._next_expiry:
+                    self._next_expiry = expires
+                for known, amount in held:
+                    known.held += amount
         return states  # type: ignore[return-value]  # (remaining, reset_ms): BucketState's fields
 
     def add(self, request_id: str, pot: str, amount: int) -> None:

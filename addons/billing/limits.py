@@ -202,11 +202,12 @@ def merged_heads(heads: tuple[RateHead | None, ...], more: tuple[RateHead, ...])
 def rate_headers(heads: tuple[RateHead | None, ...], states: list[BucketState]) -> list[tuple[bytes, bytes]]:
     """OpenAI's x-ratelimit-* headers (as raw header fields): each head's, with its bucket's state."""
     fields = []
-    for head, (remaining, reset_ms) in zip(heads, states, strict=True):
+    for index, head in enumerate(heads):  # a state per head: the bucket's (this runs for every limited request)
         if head is not None:
-            limit, left, reset = head
-            fields += (limit, (left, b"%d" % remaining),
-                       (reset, b"%dms" % reset_ms if reset_ms < 1000 else go_duration(reset_ms).encode()))
+            remaining, reset_ms = states[index]
+            fields.append(head[0])
+            fields.append((head[1], b"%d" % remaining))
+            fields.append((head[2], b"%dms" % reset_ms if reset_ms < 1000 else go_duration(reset_ms).encode()))
     return fields
 
 
