@@ -93,12 +93,10 @@ class Pot:
     held: int = 0  # the sum of the holds in place on it, kept as they change: admission reads it, never sums
 
 
-@dataclass(slots=True)
-class RequestHolds:
-    """What one request holds: on which pots and how much, until when (its latest hold's time is up)."""
-
-    expires: float
-    amounts: list[tuple[Pot, int]]
+# What one request holds: until when (its latest hold's time is up), and on which pots how much. A plain tuple, made
+# for every request that holds anything: a class's __init__ would cost a Python call each time.
+RequestHolds = tuple[float, list[tuple[Pot, int]]]
+EXPIRES, AMOUNTS = 0, 1
 
 
 class HoldBook:
@@ -144,7 +142,7 @@ class HoldBook:
         requests = self._requests
         for request_id in request_ids:  # release, written out: once per committed request with a hold
             if (held := requests.pop(request_id, None)) is not None:
-                for known, amount in held.amounts:
+                for known, amount in held[AMOUNTS]:
                     known.held -= amount
         return [self.available(pot) for pot, _, _ in confirms]
 
@@ -218,8 +216,8 @@ class HoldBook:
         expired = []
         self._next_expiry = math.inf
         for request_id, held in self._requests.items():
-            if held.expires > now:
-                self._next_expiry = held.expires
+            if held[EXPIRES] > now:
+                self._next_expiry = held[EXPIRES]
                 break
             expired.append(request_id)
         for request_id in expired:
@@ -227,12 +225,8 @@ class HoldBook:
 
     def _held(self, request_id: str, amounts: list[tuple[Pot, int]], expires: float) -> None:
         held = self._requests.pop(request_id, None)
-        if held is None:
-            held = RequestHolds(expires, amounts)
-        else:
-            held.expires = expires
-            held.amounts += amounts
-        self._requests[request_id] = held  # at the end: the latest to expire
+        # at the end: the latest to expire
+        self._requests[request_id] = (expires, amounts if held is None else held[AMOUNTS] + amounts)
         if expires < self._next_expiry:
             self._next_expiry = expires
         for pot, amount in amounts:
@@ -310,7 +304,7 @@ class HoldBook:
             if request_id in self._requests:  # held before (a session's next response): its holds added, renewed
                 self._held(request_id, held, expires)
             else:  # _held, written out
-                self._requests[request_id] = RequestHolds(expires, held)
+                self._requests[request_id] = (expires, held)
                 if expires < self._next_expiry:
                     self._next_expiry = expires
                 for known, amount in held:
