@@ -8,6 +8,9 @@ OpenAI      POST /v1/images/generations (JSON), /v1/images/edits (multipart): gp
             verbose_json (duration) or text; gpt-4o-*-transcribe json with token usage.
             POST /v1/audio/speech: chunked audio; the first chunk, then (held until `release_speech` is set,
             at most 5 s) the rest; stream_format "sse": audio deltas and `speech.audio.done` with usage.
+            response_format mp3 (the default: constant 128 kbit/s frames), wav (a streamed header, whose
+            sizes say 0xFFFFFFFF), pcm (24 kHz 16-bit mono, no header), opus (Ogg pages): SPEECH_SECONDS
+            of audio in each but opus.
 Gemini      POST /{version}/models/{model}:generateContent: an inline PNG and usageMetadata whose
             candidatesTokensDetails count the image tokens (GEMINI_IMAGE_USAGE).
 Cohere      POST /v2/rerank: meta.billed_units.search_units (one per 100 documents, as Cohere counts).
@@ -50,7 +53,12 @@ GEMINI_IMAGE_USAGE = {"promptTokenCount": 12, "candidatesTokenCount": 1290, "tot
 RETRIEVAL_TOKENS = 37
 REPLICATE_PREDICT_TIME = 2.613
 SPEECH_CHUNKS = 4
-CHUNK = b"\xff\xfb\x90\x64" + bytes(2044)  # an MP3-looking 2 KiB piece of audio
+CHUNK = b"\xff\xfb\x90\x64" + bytes(2044)  # an MP3-looking 2 KiB piece of audio: 128 kbit/s
+SPEECH_SECONDS = {"mp3": SPEECH_CHUNKS * len(CHUNK) * 8 / 128_000, "wav": 1.5, "pcm": 1.25}
+# a WAV as a streaming encoder writes it: 24 kHz 16-bit mono, the RIFF and data sizes unknown (0xFFFFFFFF)
+WAV_STREAM_HEADER = (b"RIFF\xff\xff\xff\xffWAVEfmt " + (16).to_bytes(4, "little") + (1).to_bytes(2, "little")
+                     + (1).to_bytes(2, "little") + (24_000).to_bytes(4, "little") + (48_000).to_bytes(4, "little")
+                     + (2).to_bytes(2, "little") + (16).to_bytes(2, "little") + b"data\xff\xff\xff\xff")
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(64)).decode()
 FAL_SIZES = {"square_hd": (1024, 1024), "square": (512, 512), "portrait_4_3": (768, 1024),
              "portrait_16_9": (576, 1024), "landscape_4_3": (1024, 768), "landscape_16_9": (1024, 576)}
@@ -171,7 +179,17 @@ class _Handler(BaseHTTPRequestHandler):
             events.append({"type": "speech.audio.done", "usage": SPEECH_USAGE})
             return self._audio([f"data: {json.dumps(e)}\n\n".encode() for e in events], "text/event-stream", {},
                                gate=False)
-        self._audio([CHUNK] * SPEECH_CHUNKS, "audio/mpeg", {}, gate=True)
+        fmt = req.get("response_format", "mp3")
+        if fmt == "wav":
+            data = WAV_STREAM_HEADER + bytes(round(SPEECH_SECONDS["wav"] * 48_000))
+        elif fmt == "pcm":
+            data = bytes(round(SPEECH_SECONDS["pcm"] * 48_000))
+        elif fmt == "opus":
+            data = b"OggS" + bytes(6000)
+        else:
+            return self._audio([CHUNK] * SPEECH_CHUNKS, "audio/mpeg", {}, gate=True)
+        pieces = [data[i:i + 4096] for i in range(0, len(data), 4096)]
+        self._audio(pieces, {"wav": "audio/wav", "pcm": "audio/pcm", "opus": "audio/opus"}[fmt], {}, gate=True)
 
     def _retrieval(self, path: str, req: dict[str, Any]) -> None:
         model = req["model"]

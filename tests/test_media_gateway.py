@@ -249,6 +249,38 @@ def test_gpt_4o_mini_tts_sse_stream_is_priced_by_its_reported_tokens(gw):
     assert_cost(row, expected, "reported", "catalog")
 
 
+# OpenAI's own figure for gpt-4o-mini-tts: $12 per million audio tokens, about $0.015 a minute
+AUDIO_TOKENS_PER_MINUTE = Decimal("0.015") / Decimal(12) * 1_000_000
+
+
+@pytest.mark.parametrize("response_format", ["mp3", "wav", "pcm", "opus"])
+def test_gpt_4o_mini_tts_without_sse_is_billed_for_the_audio_it_made(gw, response_format):
+    """Without SSE the provider reports no usage: the output audio tokens are billed by how long the audio plays
+    (mp3 at its bit rate, wav by its byte rate, pcm at 24 kHz 16-bit), and where the format does not say (opus),
+    by how long the text takes to speak; the input tokens by the text and the instructions."""
+    text, instructions = "Tollgate bills speech by how long it plays, not only by its text.", "Speak calmly."
+    client = openai.OpenAI(api_key=gw.admin_key, base_url=forward(gw, "https://api.openai.com/v1"))
+    with client.audio.speech.with_streaming_response.create(
+            model="gpt-4o-mini-tts", voice="alloy", input=text, instructions=instructions,
+            response_format=response_format) as response:
+        audio = response.read()
+        request_id = response.headers["x-lava-request-id"]
+    seconds = {"mp3": Decimal(len(audio) * 8) / 128_000,  # the mock's frames: 128 kbit/s
+               "wav": Decimal(len(audio) - 44) / 48_000,  # 24 kHz 16-bit mono after a 44-byte header
+               "pcm": Decimal(len(audio)) / 48_000,
+               "opus": Decimal(len(text)) / 15}[response_format]  # 15 characters a second at speed 1.0
+    output_tokens = math.ceil(seconds * AUDIO_TOKENS_PER_MINUTE / 60)
+    input_tokens = math.ceil((len(text) + len(instructions)) / 4)
+    row = gw.request_row(request_id)
+    assert (row["input_tokens"], row["output_tokens"], row["input_characters"]) == (input_tokens, output_tokens,
+                                                                                      len(text))
+    expected = calc_price(Usage(input_tokens=input_tokens, output_tokens=output_tokens), "gpt-4o-mini-tts",
+                          provider_id="openai").total_price
+    assert_cost(row, expected, "estimated", "catalog")
+    assert to_nanos(expected) > 2 * to_nanos(calc_price(Usage(input_tokens=input_tokens), "gpt-4o-mini-tts",
+                                                        provider_id="openai").total_price)  # the audio is most of it
+
+
 @pytest.mark.parametrize("path", ["/v1/text-to-speech/voice-1", "/v1/text-to-speech/voice-1/stream"])
 def test_elevenlabs_speech_streams_and_is_priced_per_character(gw, media_mock, path):
     text = "Bonjour tout le monde"

@@ -4,6 +4,8 @@ their overrides, the meter units, and each media reader on its provider's answer
 from __future__ import annotations
 
 import io
+import json
+import math
 import struct
 import tracemalloc
 import wave
@@ -248,6 +250,30 @@ def test_speech_audio_passes_through_counted_not_parsed():
     assert [reader.feed(c) for c in chunks] == chunks and reader.feed(b"") == b""
     result = reader.result()
     assert (result.source, result.media.characters, reader.measured(result.usage).characters) == ("estimated", 11, 11)
+
+
+def test_streamed_audio_has_its_length_read_from_its_first_bytes_and_its_size():
+    mp3 = mp3_cbr(30)
+    assert len(mp3) > audio_length.HEAD_KEPT  # only its head is kept as it streams past
+    assert audio_length.seconds(mp3[:audio_length.HEAD_KEPT], len(mp3)) == Decimal("30.000")
+    wav = make_wav(3.0, rate=24_000)
+    streamed = wav[:4] + b"\xff\xff\xff\xff" + wav[8:40] + b"\xff\xff\xff\xff" + wav[44:]  # sizes unknown
+    assert audio_length.seconds(streamed[:1000], len(streamed)) == Decimal("3.000")
+    assert audio_length.pcm_seconds(60_000, 24_000) == Decimal("1.250")
+
+
+@pytest.mark.parametrize("speed, seconds", [(2, Decimal(2)), (0.5, Decimal(8)), ("fast", Decimal(4)),
+                                            (10, Decimal(4)), (None, Decimal(4))])
+def test_speech_whose_length_the_format_hides_is_billed_as_the_text_takes_to_speak(speed, seconds):
+    """60 characters are 4 s at speed 1.0 (15 a second); speed 2 halves it; a speed the API refuses is 1.0."""
+    body = {"model": "gpt-4o-mini-tts", "input": "x" * 60, "voice": "alloy", "response_format": "opus"}
+    if speed is not None:
+        body["speed"] = speed
+    reader = for_request("openai", "POST", "/v1/audio/speech", "", json.dumps(body).encode())
+    assert reader.max_output_tokens == 2 * math.ceil(seconds * 1250 / 60)  # a hold's worst case: twice as long
+    reader.feed(b"OggS" + bytes(5000))
+    reader.feed(b"")
+    assert reader.result().usage.output_tokens == math.ceil(seconds * 1250 / 60)
 
 
 def test_cohere_rerank_reads_search_units():

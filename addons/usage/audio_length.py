@@ -3,7 +3,9 @@ billed by when the provider's answer does not say (a duration measured here is f
 
 Cheap by design: WAV and FLAC state it in their header; MP3 in its Xing/Info or VBRI frame, else it
 is taken as constant bit rate from the first frame. Anything else is unknown (None). Reads a
-memoryview (a multipart part in place) and touches only the first few kilobytes.
+memoryview (a multipart part in place) and touches only the first few kilobytes. The same reads the
+length of speech a provider answers with, from the first kilobytes kept as it streams past and the
+count of all its bytes (`seconds(head, total)`), and raw PCM's from its count alone.
 """
 
 from __future__ import annotations
@@ -19,29 +21,39 @@ _MPEG2_L3 = (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160, 0)
 _RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}  # by version bits
 
 
-def seconds(data: memoryview | bytes) -> Decimal | None:
-    """The duration in seconds (to the millisecond), or None when the format or its header is not understood."""
+HEAD_KEPT = _SCAN + 4096  # bytes of streamed audio to keep for `seconds`: an ID3 tag's worth, and a frame
+
+
+def seconds(data: memoryview | bytes, total: int | None = None) -> Decimal | None:
+    """The duration in seconds (to the millisecond), or None when the format or its header is not understood.
+    `total`: the whole audio's length in bytes, where `data` is only its first HEAD_KEPT bytes."""
     head = bytes(data[:12])
+    size = len(data) if total is None else total
     try:
         if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
-            value = _wav(data)
+            value = _wav(data, size)
         elif head[:4] == b"fLaC":
             value = _flac(data)
         else:
-            value = _mp3(data)
+            value = _mp3(data, size)
     except (struct.error, IndexError, ZeroDivisionError):
         return None
     return None if value is None or value < 0 else value.quantize(Decimal("0.001"))
 
 
-def _wav(data: memoryview | bytes) -> Decimal | None:
+def pcm_seconds(size: int, rate: int, sample_bytes: int = 2, channels: int = 1) -> Decimal:
+    """Raw PCM has no header: its length is its size over its byte rate."""
+    return (Decimal(size) / Decimal(rate * sample_bytes * channels)).quantize(Decimal("0.001"))
+
+
+def _wav(data: memoryview | bytes, total: int) -> Decimal | None:
     pos, byte_rate = 12, None
     while pos + 8 <= min(len(data), _SCAN):
         chunk_id, size = bytes(data[pos:pos + 4]), struct.unpack_from("<I", data, pos + 4)[0]
         if chunk_id == b"fmt ":
             byte_rate = struct.unpack_from("<I", data, pos + 16)[0]
         elif chunk_id == b"data" and byte_rate:
-            size = min(size, len(data) - pos - 8)  # a streamed WAV may say 0xFFFFFFFF
+            size = min(size, total - pos - 8)  # a streamed WAV may say 0xFFFFFFFF
             return Decimal(size) / Decimal(byte_rate)
         pos += 8 + size + (size & 1)
     return None
@@ -54,7 +66,7 @@ def _flac(data: memoryview | bytes) -> Decimal | None:
     return Decimal(total) / Decimal(rate) if rate and total else None
 
 
-def _mp3(data: memoryview | bytes) -> Decimal | None:
+def _mp3(data: memoryview | bytes, total: int) -> Decimal | None:
     start = 0
     if bytes(data[:3]) == b"ID3":  # ID3v2 tag: its size is four 7-bit bytes
         size = bytes(data[6:10])
@@ -64,7 +76,7 @@ def _mp3(data: memoryview | bytes) -> Decimal | None:
         if window[i] == 0xFF and window[i + 1] & 0xE0 == 0xE0:
             frame = _frame(window[i:i + 4])
             if frame is not None:
-                return _mp3_length(window, i, len(data) - start - i, *frame)
+                return _mp3_length(window, i, total - start - i, *frame)
     return None
 
 

@@ -8,15 +8,18 @@ OpenAI-compatible provider gets them.
   or usage {type: duration}), else the uploaded file's, measured here and flagged "estimated".
   gpt-4o-*-transcribe models report token usage (audio tokens within it).
 - Speech: tts-1 is priced per character of input, measured from the request ("estimated");
-  gpt-4o-mini-tts reports tokens only in its SSE stream (stream_format "sse"), else its input tokens
-  are estimated from the text. The audio passes through as it comes (streams_response).
+  gpt-4o-mini-tts is priced per token and reports them only in its SSE stream (stream_format "sse").
+  Otherwise its input tokens are estimated from the text, and its output audio tokens from the length
+  of the audio it answered with (read from the audio's header and size as it passes: mp3, wav, flac,
+  pcm), or, for opus and aac, from the text at the rate speech is spoken. The audio passes through as
+  it comes (streams_response).
 
 Uploads are multipart: only their small fields are decoded, the file is read in place (multipart.py).
 """
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 from addons.usage import audio_length, multipart
@@ -141,6 +144,13 @@ class TranscriptionReader(_UploadReader):
         return UsageReading(reading.model, TokenUsage(), source, self.media)
 
 
+# OpenAI prices gpt-4o-mini-tts's audio at $12 per million tokens and puts it at $0.015 a minute: 1,250 tokens
+AUDIO_TOKENS_PER_MINUTE = 1250
+CHARACTERS_PER_SECOND = 15  # speech at speed 1.0 (4,096 characters make 256 to 268 s of audio)
+PCM_RATE = 24_000  # OpenAI's pcm: 24 kHz, 16-bit signed, mono, no header
+_LENGTH_READ = frozenset({"mp3", "wav", "flac"})  # formats whose length audio_length reads (opus, aac: not)
+
+
 class SpeechReader(UsageReader):
     """Audio made from text: raw audio bytes passed on as they come, or (stream_format "sse") audio deltas
     and a final `speech.audio.done` event with the token usage."""
@@ -154,14 +164,21 @@ class SpeechReader(UsageReader):
     def read_request(self, req: dict[str, Any], body: bytes) -> None:
         self.prompt_chars = len(as_str(req.get("input")) or "")  # what is billed: the characters spoken
         self.expected_media = MediaUsage(characters=self.prompt_chars)
+        self.instruction_chars = len(as_str(req.get("instructions")) or "")  # input tokens too (gpt-4o-mini-tts)
+        self.response_format = as_str(req.get("response_format")) or "mp3"
+        speed = req.get("speed")  # 0.25 to 4.0; anything else is refused by the provider, or taken as 1.0 here
+        usable = isinstance(speed, (int, float)) and not isinstance(speed, bool) and 0.25 <= speed <= 4
+        self.speed = Decimal(str(speed)) if usable else Decimal(1)
+        self.head = bytearray()  # the audio's first bytes, where its format states its length
+        self.max_output_tokens = 2 * _audio_tokens(self._spoken_seconds())  # a hold's worst case: twice as slow
 
     def streams_response(self, content_type: str) -> bool:
         return True
 
     def feed(self, chunk: bytes) -> bytes:
-        if not self.stream_requested:  # audio: counted, never parsed or held
+        if not self.stream_requested:  # audio: counted, its head kept, never parsed or held
             if chunk:
-                self.audio_bytes += len(chunk)
+                self._audio(chunk)
                 self._fed = True
                 return chunk
             self._finished = True
@@ -172,12 +189,28 @@ class SpeechReader(UsageReader):
         if "json" in (content_type or "") or "event-stream" in (content_type or ""):
             super().observe_body(body, content_type)
         elif body:
-            self.audio_bytes += len(body)
+            self._audio(body)
             self._finished = True
+
+    def _audio(self, data: bytes) -> None:
+        self.audio_bytes += len(data)
+        if len(self.head) < audio_length.HEAD_KEPT:
+            self.head += data[:audio_length.HEAD_KEPT - len(self.head)]
 
     def _read(self, obj: dict[str, Any]) -> None:
         if obj.get("type") == "speech.audio.done" and isinstance(obj.get("usage"), dict):
             self._report(openai_usage(obj["usage"]), True)
+
+    def audio_seconds(self) -> Decimal | None:
+        """How long the audio answered plays, where its format says (None: opus, aac, or not understood)."""
+        if self.response_format == "pcm":
+            return audio_length.pcm_seconds(self.audio_bytes, PCM_RATE)
+        if self.response_format in _LENGTH_READ:
+            return audio_length.seconds(self.head, self.audio_bytes)
+        return None
+
+    def _spoken_seconds(self) -> Decimal:
+        return Decimal(self.prompt_chars) / (CHARACTERS_PER_SECOND * self.speed)
 
     def result(self) -> UsageReading:
         reading = super().result()
@@ -186,8 +219,17 @@ class SpeechReader(UsageReader):
         self.media = MediaUsage(characters=self.prompt_chars)
         if reading.source == "reported":
             return UsageReading(reading.model, reading.usage, "reported", self.media)
-        # characters are measured from the request; a token-priced model's input tokens estimated from them
-        return UsageReading(reading.model, TokenUsage(input_tokens=tokens(self.prompt_chars)), "estimated", self.media)
+        # characters are measured from the request; a token-priced model's input tokens estimated from them (and
+        # its instructions), its output audio tokens from the audio's length (a character-priced model's price
+        # counts neither)
+        seconds = self.audio_seconds()
+        usage = TokenUsage(input_tokens=tokens(self.prompt_chars + self.instruction_chars),
+                           output_tokens=_audio_tokens(seconds if seconds is not None else self._spoken_seconds()))
+        return UsageReading(reading.model, usage, "estimated", self.media)
+
+
+def _audio_tokens(seconds: Decimal) -> int:
+    return int((seconds * AUDIO_TOKENS_PER_MINUTE / 60).to_integral_value(ROUND_CEILING))
 
 
 MEDIA_ENDPOINTS = (
