@@ -153,11 +153,46 @@ def test_forward_endpoint(azure_gateway, mock, stream):
                    endpoint="chat.completions", streamed=stream)
 
 
-def chat_at(gw, resource: str, way: str) -> httpx.Response:
-    """A chat request to `resource`'s deployment prod-4o with the Tollgate key, through HTTPS_PROXY or forward."""
+AZURE_SUFFIXES = ["openai.azure.com", "cognitiveservices.azure.com", "services.ai.azure.com"]
+
+
+@pytest.mark.parametrize("suffix", AZURE_SUFFIXES[1:])
+def test_an_azure_ai_services_resource_is_reached_at_its_other_hosts(azure_gateway, mock, monkeypatch, suffix):
+    """An Azure AI services (Foundry) resource answers the same API at {resource}.cognitiveservices.azure.com and
+    {resource}.services.ai.azure.com: the same resource (myres), the same key, metered as on openai.azure.com."""
+    monkeypatch.setenv("HTTPS_PROXY", azure_gateway.url)
+    monkeypatch.setenv("SSL_CERT_FILE", str(azure_gateway.ca))
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    mock.reset()
+    client = openai.AzureOpenAI(azure_endpoint=f"https://myres.{suffix}", api_key=azure_gateway.admin_key,
+                                api_version=API_VERSION, max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(model="prod-4o", messages=[{"role": "user", "content": "hi"}])
+    assert mock.last.path == "/openai/deployments/prod-4o/chat/completions"
+    assert_azure_saw_only_its_key(mock, azure_gateway.admin_key)
+    assert_metered(azure_gateway, raw.headers["x-tollgate-request-id"], "gpt-4o", OPENAI_CHAT,
+                   endpoint="chat.completions", streamed=False)
+
+
+@pytest.mark.parametrize("way", ["proxy", "forward"])
+def test_foundrys_model_inference_api_names_the_model_in_the_body(azure_gateway, mock, way):
+    """`/models/chat/completions` on {resource}.services.ai.azure.com (Azure AI model inference): no deployment in
+    the path, the body's model is priced."""
+    mock.reset()
+    answer = chat_at(azure_gateway, "myres", way, suffix="services.ai.azure.com",
+                     path="/models/chat/completions?api-version=2024-05-01-preview", model="gpt-4o-mini")
+    assert answer.status_code == 200, answer.text
+    assert mock.last.path == "/models/chat/completions" and mock.last.headers["api-key"] == AZURE_KEY
+    assert_metered(azure_gateway, answer.headers["x-tollgate-request-id"], "gpt-4o-mini", OPENAI_CHAT,
+                   endpoint="chat.completions", streamed=False)
+
+
+def chat_at(gw, resource: str, way: str, suffix: str = "openai.azure.com",
+            path: str = f"/openai/deployments/prod-4o/chat/completions?api-version={API_VERSION}",
+            model: str | None = None) -> httpx.Response:
+    """A chat request to `resource` (its deployment prod-4o) with the Tollgate key, through HTTPS_PROXY or forward."""
     headers = {"api-key": gw.admin_key}
-    body = {"messages": [{"role": "user", "content": "hi"}]}
-    target = f"https://{resource}.openai.azure.com/openai/deployments/prod-4o/chat/completions?api-version={API_VERSION}"
+    body = {"messages": [{"role": "user", "content": "hi"}], **({"model": model} if model else {})}
+    target = f"https://{resource}.{suffix}{path}"
     if way == "proxy":
         with httpx.Client(proxy=gw.url, verify=ssl.create_default_context(cafile=str(gw.ca)), trust_env=False) as http:
             return http.post(target, headers=headers, json=body)
@@ -166,13 +201,15 @@ def chat_at(gw, resource: str, way: str) -> httpx.Response:
 
 @pytest.mark.parametrize("way", ["proxy", "forward"])
 def test_each_resource_is_sent_its_own_key_where_the_operator_gave_it_one(azure_gateway, mock, way):
-    """gateway.yaml maps resources to the variables of their keys (null: AZURE_OPENAI_API_KEY); a listed
-    resource whose variable is not set is a 503 naming the variable and the host, and nothing is sent."""
-    for resource, key in (("eures", EU_KEY), ("myres", AZURE_KEY)):
-        mock.reset()
-        answer = chat_at(azure_gateway, resource, way)
-        assert answer.status_code == 200, answer.text
-        assert mock.last.headers["api-key"] == key
+    """gateway.yaml maps resources to the variables of their keys (null: AZURE_OPENAI_API_KEY), under every Azure
+    suffix; a listed resource whose variable is not set is a 503 naming the variable and the host, and nothing
+    is sent."""
+    for suffix in AZURE_SUFFIXES:
+        for resource, key in (("eures", EU_KEY), ("myres", AZURE_KEY)):
+            mock.reset()
+            answer = chat_at(azure_gateway, resource, way, suffix=suffix)
+            assert answer.status_code == 200, answer.text
+            assert mock.last.headers["api-key"] == key, (resource, suffix)
     mock.reset()
     answer = chat_at(azure_gateway, "keyless", way)
     error = answer.json()["error"]
@@ -182,10 +219,11 @@ def test_each_resource_is_sent_its_own_key_where_the_operator_gave_it_one(azure_
     assert mock.requests == [] and AZURE_KEY not in answer.text and EU_KEY not in answer.text
 
 
+@pytest.mark.parametrize("suffix", AZURE_SUFFIXES)
 @pytest.mark.parametrize("way", ["proxy", "forward"])
-def test_a_resource_the_operator_did_not_list_is_refused_before_anything_is_sent(azure_gateway, mock, way):
+def test_a_resource_the_operator_did_not_list_is_refused_before_anything_is_sent(azure_gateway, mock, way, suffix):
     mock.reset()
-    answer = chat_at(azure_gateway, "attacker", way)
+    answer = chat_at(azure_gateway, "attacker", way, suffix=suffix)
     assert answer.status_code == 403 and answer.json()["error"]["code"] == "resource_not_allowed"
     assert azure_gateway.admin_key not in answer.text and AZURE_KEY not in answer.text
     assert mock.requests == []
@@ -263,6 +301,9 @@ def test_a_host_under_another_providers_pattern_is_refused():
     ("myres.openai.azure.com", True), ("MyRes.OpenAI.Azure.com.", True), ("x-1.openai.azure.com", True),
     ("a.b.openai.azure.com", False), ("openai.azure.com", False), ("-x.openai.azure.com", False),
     ("myres.openai.azure.com.evil.net", False), ("myresopenai.azure.com", False), ("my_res.openai.azure.com", False),
+    ("myres.cognitiveservices.azure.com", True), ("myres.services.ai.azure.com", True),
+    ("cognitiveservices.azure.com", False), ("a.myres.services.ai.azure.com", False), ("services.ai.azure.com", False),
+    ("myres.ai.azure.com", False), ("myres.azure.com", False),
 ])
 def test_by_host_matches_one_label_before_the_suffix(host, found):
     catalog = load_catalog()
@@ -287,7 +328,8 @@ def test_the_clouds_are_priced_by_the_genai_prices_provider_their_hosts_belong_t
 
     patterns = {p.id: p.api_pattern for p in genai_providers}
     catalog = load_catalog()
-    assert re.match(patterns[catalog.by_id("azure").pricing_id], "https://myres.openai.azure.com/")
+    azure = catalog.by_id("azure")
+    assert all(re.match(patterns[azure.pricing_id], f"https://myres.{suffix}/") for suffix in azure.host_suffixes)
     vertex = catalog.by_id("vertex")
     assert vertex.pricing_id == "google" and len(vertex.hosts) > 20
     assert all(re.match(patterns["google"], f"https://{host}/") for host in vertex.hosts)
