@@ -249,8 +249,7 @@ def test_gpt_4o_mini_tts_sse_stream_is_priced_by_its_reported_tokens(gw):
     assert_cost(row, expected, "reported", "catalog")
 
 
-# OpenAI's own figure for gpt-4o-mini-tts: $12 per million audio tokens, about $0.015 a minute
-AUDIO_TOKENS_PER_MINUTE = Decimal("0.015") / Decimal(12) * 1_000_000
+AUDIO_TOKENS_PER_SECOND = 20  # OpenAI counts output audio at one token per 50 ms
 
 
 @pytest.mark.parametrize("response_format", ["mp3", "wav", "pcm", "opus"])
@@ -269,7 +268,7 @@ def test_gpt_4o_mini_tts_without_sse_is_billed_for_the_audio_it_made(gw, respons
                "wav": Decimal(len(audio) - 44) / 48_000,  # 24 kHz 16-bit mono after a 44-byte header
                "pcm": Decimal(len(audio)) / 48_000,
                "opus": Decimal(len(text)) / 15}[response_format]  # 15 characters a second at speed 1.0
-    output_tokens = math.ceil(seconds * AUDIO_TOKENS_PER_MINUTE / 60)
+    output_tokens = math.ceil(seconds * AUDIO_TOKENS_PER_SECOND)
     input_tokens = math.ceil((len(text) + len(instructions)) / 4)
     row = gw.request_row(request_id)
     assert (row["input_tokens"], row["output_tokens"], row["input_characters"]) == (input_tokens, output_tokens,

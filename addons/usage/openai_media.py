@@ -9,9 +9,9 @@ OpenAI-compatible provider gets them.
   gpt-4o-*-transcribe models report token usage (audio tokens within it).
 - Speech: tts-1 is priced per character of input, measured from the request ("estimated");
   gpt-4o-mini-tts is priced per token and reports them only in its SSE stream (stream_format "sse").
-  Otherwise its input tokens are estimated from the text, and its output audio tokens from the length
-  of the audio it answered with (read from the audio's header and size as it passes: mp3, wav, flac,
-  pcm), or, for opus and aac, from the text at the rate speech is spoken. The audio passes through as
+  Otherwise its input tokens are estimated from the text, and its output audio tokens (20 a second) from
+  the length of the audio it answered with (read from the audio's header and size as it passes: mp3,
+  wav, flac, pcm), or, for opus and aac, from the text at the rate speech is spoken. The audio passes through as
   it comes (streams_response).
 
 Uploads are multipart: only their small fields are decoded, the file is read in place (multipart.py).
@@ -26,6 +26,7 @@ from addons.usage import audio_length, multipart
 from addons.usage.base import UsageReader, UsageReading
 from addons.usage.json_fields import as_dict, as_list, as_str, count, loads, tokens
 from addons.usage.openai import OpenAIReader, openai_usage
+from addons.usage.realtime import AUDIO_TOKENS_PER_SECOND
 from pricing.usage import MediaUsage, TokenUsage
 
 _IMAGE_DONE = frozenset({"image_generation.completed", "image_edit.completed"})
@@ -144,8 +145,6 @@ class TranscriptionReader(_UploadReader):
         return UsageReading(reading.model, TokenUsage(), source, self.media)
 
 
-# OpenAI prices gpt-4o-mini-tts's audio at $12 per million tokens and puts it at $0.015 a minute: 1,250 tokens
-AUDIO_TOKENS_PER_MINUTE = 1250
 CHARACTERS_PER_SECOND = 15  # speech at speed 1.0 (4,096 characters make 256 to 268 s of audio)
 PCM_RATE = 24_000  # OpenAI's pcm: 24 kHz, 16-bit signed, mono, no header
 _LENGTH_READ = frozenset({"mp3", "wav", "flac"})  # formats whose length audio_length reads (opus, aac: not)
@@ -229,7 +228,10 @@ class SpeechReader(UsageReader):
 
 
 def _audio_tokens(seconds: Decimal) -> int:
-    return int((seconds * AUDIO_TOKENS_PER_MINUTE / 60).to_integral_value(ROUND_CEILING))
+    """Output audio tokens as OpenAI counts them, about one per 50 ms (as for Realtime, realtime.py): a 268 s
+    gpt-4o-mini-tts clip has been seen billed 5,392 tokens, 20.1 a second; OpenAI's own estimate, $0.015 a
+    minute at $12 per million, is 20.8."""
+    return int((seconds * AUDIO_TOKENS_PER_SECOND).to_integral_value(ROUND_CEILING))
 
 
 MEDIA_ENDPOINTS = (
