@@ -12,6 +12,7 @@ Fields = tuple[tuple[bytes, bytes], ...]
 _ID_NAMES = tuple(name.encode() for name in REQUEST_ID_HEADERS)
 _ID_SIZES = frozenset(len(name) for name in _ID_NAMES)  # a field of another length is none of them: not lowered
 _PREFIX_SIZE = len(RATE_HEADER_PREFIX)
+_X = (b"x", b"X")  # every name replaced starts with an x: the rest are passed over on their first byte
 
 
 def _is_request_id(name: bytes) -> bool:
@@ -24,9 +25,8 @@ def _is_id_or_rate(name: bytes) -> bool:
 
 def stamped(fields: Fields, request_id: str, rate_fields: Fields) -> Fields:
     """`fields` with the request id headers set to `request_id` and, where `rate_fields` are given, every
-    x-ratelimit-* field the provider sent replaced by them."""
+    x-ratelimit-* field the provider sent replaced by them (OpenAI sends six, and an x-request-id)."""
     replaced = _is_id_or_rate if rate_fields else _is_request_id
-    if any(replaced(name) for name, _ in fields):
-        fields = tuple(field for field in fields if not replaced(field[0]))
     value = request_id.encode()
-    return (*fields, *((name, value) for name in _ID_NAMES), *rate_fields)
+    return (*[field for field in fields if not (field[0][:1] in _X and replaced(field[0]))],
+            (_ID_NAMES[0], value), (_ID_NAMES[1], value), *rate_fields)
