@@ -5,17 +5,18 @@ Run by hand:  .venv/bin/python bench/limits_cost.py [--requests 200] [--rounds 1
 The Gateway addon runs in this process under mitmproxy's test context on a throwaway SQLite ledger (as the
 `gw` test fixture does), with mitmproxy patched as tollgate-proxy patches it (the header lookups walk the
 limits' header fields); each request goes through its hooks (request, responseheaders, response) on one
-event loop with a canned OpenAI answer whose head is then assembled as mitmproxy sends it, the ledger writer
-commits in its own thread and its commits settle the holds on the loop, as in the proxy. Blocks of requests
-alternate between a key with no limits and a key with every limit set (spend and request limits per month,
-rpm, tpm, a model and a provider allow-list), none of them reached. Each block's CPU time is taken for the
-event loop's thread (every hook and the settles) and for the process (the ledger writer's thread too); the
-figure is the mean of each key's fastest fifth of blocks, so blocks slowed by other work on the machine are
-left out. `--bytecodes` counts instead what each request executes, by function, for telling where the
-difference goes: the hooks' counts are the same every run, the settles' and the event loop's move by a few
-hundred a request with how the writer happens to batch its commits. `--instructions` runs
-the same blocks under valgrind (callgrind, counting switched on only around each block) and gives machine
-instructions per request, all threads: C work included (formatting, allocation), within a few per cent run to run.
+event loop with a canned OpenAI answer (OpenAI's headers, its rate headers among them) whose head is then
+assembled as mitmproxy sends it, the ledger writer commits in its own thread and its commits settle the holds
+on the loop, as in the proxy. Blocks of requests alternate between a key with no limits and a key with every
+limit set (spend and request limits per month, rpm, tpm, a model and a provider allow-list), none of them
+reached. Each block's CPU time is taken for the event loop's thread (every hook and the settles) and for the
+process (the ledger writer's thread too); the figure is the mean of each key's fastest fifth of blocks, so
+blocks slowed by other work on the machine are left out. `--bytecodes` counts instead what each request
+executes, by function, for telling where the difference goes: the hooks' counts are the same every run, the
+settles' and the event loop's move by a few hundred a request with how the writer happens to batch its
+commits. `--instructions` runs the same blocks under valgrind (callgrind, counting switched on only around
+each block) and gives machine instructions per request, all threads: C work included (formatting,
+allocation), within a few per cent run to run.
 bench/run_bench.py --limits measures the same through real sockets, where a few microseconds drown in the
 noise of a whole request.
 """
@@ -40,6 +41,13 @@ LIMITS = {"spend_limit_nanos": 10**15, "spend_cycle": "month", "request_limit": 
           "rpm": 10**9, "tpm": 2 * 10**9}
 BODY = json.dumps({"model": "gpt-4o-mini", "max_tokens": 64,
                    "messages": [{"role": "user", "content": "Say hello in one short sentence."}]}).encode()
+# the head OpenAI answers a chat completion with: a limited key's x-ratelimit-* replace its own
+OPENAI_ANSWER_HEADERS = [(name.encode(), value.encode()) for name, value in (
+    ("content-type", "application/json"), ("openai-organization", "org-bench"), ("openai-processing-ms", "412"),
+    ("openai-version", "2020-10-01"), ("x-ratelimit-limit-requests", "10000"),
+    ("x-ratelimit-limit-tokens", "30000000"), ("x-ratelimit-remaining-requests", "9999"),
+    ("x-ratelimit-remaining-tokens", "29999980"), ("x-ratelimit-reset-requests", "6ms"),
+    ("x-ratelimit-reset-tokens", "0s"), ("x-request-id", "req_0123456789abcdef0123456789abcdef"))]
 ANSWER = json.dumps({"id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-4o-mini-2024-07-18",
                      "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from the mock."},
                                   "finish_reason": "stop"}],
@@ -144,7 +152,7 @@ def main() -> None:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         loop.run_until_complete(_running(gateway))  # the writer's commits settle on this loop, as in the proxy
-        answer_headers = http.Headers(content_type="application/json")
+        answer_headers = http.Headers(OPENAI_ANSWER_HEADERS)
 
         async def one(secret: str) -> None:
             request = tutils.treq(host="api.openai.com", port=443, scheme="https", method="POST",
