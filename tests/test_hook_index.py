@@ -3,15 +3,20 @@ addons that cannot handle it."""
 
 import asyncio
 import logging
+import time
 import uuid
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mitmproxy import exceptions, http, master, options
+from mitmproxy import exceptions, hooks, http, master, options
 from mitmproxy.coretypes import multidict
-from mitmproxy.proxy.layers.http import HttpRequestHook
+from mitmproxy.net import check
+from mitmproxy.net.http import url
+from mitmproxy.proxy.layers.http import HttpErrorHook, HttpRequestHook, HttpResponseHook
+from mitmproxy.proxy.server_hooks import ClientConnectedHook, ServerConnectHook, ServerConnectionHookData
 from mitmproxy.test import tflow
+from mitmproxy.utils import asyncio_utils
 
 from addons.proxy import mitmproxy_internals
 from addons.runtime.hook_index import IndexedAddonManager
@@ -200,3 +205,51 @@ def test_the_lean_launcher_looks_headers_up_and_names_flows_its_own_way(monkeypa
     ids = [tflow.tflow().id for _ in range(500)] + [tflow.tclient_conn().id for _ in range(500)]
     assert len(set(ids)) == 1000 and {uuid.UUID(i).version for i in ids} == {4}
     assert all(str(uuid.UUID(i)) == i for i in ids)
+
+
+def test_the_lean_launchers_hook_arguments_task_names_and_host_checks_are_mitmproxys(monkeypatch):
+    """cheaper_hook_args, plainer_task_names and remembered_valid_hosts are in place under tollgate-proxy (fails if
+    mitmproxy's targets move) and answer as mitmproxy's own: every hook's arguments, a task's name, creation time
+    and client, and whether a host is valid, asked once or again."""
+    monkeypatch.setattr(hooks.Hook, "args", hooks.Hook.args)  # restored after
+    monkeypatch.setattr(asyncio_utils, "set_task_debug_info", asyncio_utils.set_task_debug_info)
+    monkeypatch.setattr(check, "is_valid_host", check.is_valid_host)
+    monkeypatch.setattr(url, "is_valid_host", url.is_valid_host)
+    mitmproxys_valid = check.is_valid_host
+    flow = tflow.tflow(resp=True)
+    every_hook = [HttpRequestHook(flow), HttpResponseHook(flow), HttpErrorHook(flow), ClientConnectedHook(flow.client_conn),
+                  ServerConnectHook(ServerConnectionHookData(flow.server_conn, flow.client_conn)), hooks.RunningHook(),
+                  hooks.UpdateHook([flow])]
+    mitmproxys_args = [hook.args() for hook in every_hook]
+
+    mitmproxy_internals.cheaper_hook_args()
+    mitmproxy_internals.plainer_task_names()
+    mitmproxy_internals.remembered_valid_hosts()
+    assert {"Hook.args", "asyncio_utils.set_task_debug_info", "check.is_valid_host",
+            "url.is_valid_host"} <= mitmproxy_internals.patched()
+    assert [hook.args() for hook in every_hook] == mitmproxys_args
+    hosts = [b"api.openai.com", "api.openai.com", b"127.0.0.1", b"::1", b"-bad-", b"a..b", b"x" * 300, "b\u00fccher.de",
+             b"api.openai.com.", b""]
+    assert [check.is_valid_host(host) for host in hosts * 2] == [mitmproxys_valid(host) for host in hosts * 2]
+    assert url.parse_authority("api.openai.com:443", check=True) == ("api.openai.com", 443)
+    with pytest.raises(ValueError):
+        url.parse_authority("bad host:443", check=True)
+
+    async def named() -> asyncio.Task:
+        task = asyncio_utils.create_task(asyncio.sleep(0), name="tollgate-test", keep_ref=False, client=("10.0.0.1", 5))
+        await task
+        return task
+
+    before = time.time()
+    task = asyncio.run(named())
+    assert (task.get_name(), task.client, before <= task.created <= time.time()) == (
+        "tollgate-test", ("10.0.0.1", 5), True)
+
+
+def test_a_remembered_host_check_keeps_a_bounded_number_of_hosts():
+    """Clients choose the hosts they send: beyond _VALID_HOSTS_KEPT, hosts are checked each time, not remembered."""
+    asked = []
+    remembered = mitmproxy_internals._remembering(lambda host: asked.append(host) or True)
+    hosts = [f"h{i}.test" for i in range(mitmproxy_internals._VALID_HOSTS_KEPT + 10)]
+    assert all(remembered(host) for host in hosts * 2)
+    assert len(asked) == len(hosts) + 10  # the first 1,024 once, the 10 beyond twice
