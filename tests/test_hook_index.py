@@ -9,7 +9,7 @@ import uuid
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mitmproxy import exceptions, hooks, http, master, options
+from mitmproxy import exceptions, hooks, http, master, options, optmanager
 from mitmproxy.coretypes import multidict
 from mitmproxy.net import check
 from mitmproxy.net.http import url
@@ -253,3 +253,18 @@ def test_a_remembered_host_check_keeps_a_bounded_number_of_hosts():
     hosts = [f"h{i}.test" for i in range(mitmproxy_internals._VALID_HOSTS_KEPT + 10)]
     assert all(remembered(host) for host in hosts * 2)
     assert len(asked) == len(hosts) + 10  # the first 1,024 once, the 10 beyond twice
+
+
+def test_the_lean_launchers_option_reads_give_what_mitmproxys_give(monkeypatch):
+    """cheaper_option_reads answers every option as mitmproxy does: numbers, strings and None as they are, anything
+    else a copy the reader may change without changing the option."""
+    monkeypatch.setattr(optmanager._Option, "current", optmanager._Option.current)  # restored after
+    opts = options.Options()
+    opts.update(ignore_hosts=["^example\\.com:443$"], listen_port=8081)
+    mitmproxys = {name: getattr(opts, name) for name in opts._options}
+    mitmproxy_internals.cheaper_option_reads()
+    assert "_Option.current" in mitmproxy_internals.patched()
+    assert {name: getattr(opts, name) for name in opts._options} == mitmproxys
+    opts.ignore_hosts.append("changed")
+    opts.mode.append("changed")
+    assert (opts.ignore_hosts, opts.mode) == (["^example\\.com:443$"], mitmproxys["mode"])

@@ -93,11 +93,14 @@ def redact_request(request: http.Request, header_names: frozenset[str], query_na
     live flow once it is sent, addons/proxy/web_redaction.py to what mitmweb shows of a flow in flight.
     """
     found: list[str] = []
-    fields = request.headers.fields  # one pass over the raw headers: this runs on every request
-    if any(name.lower().decode("latin-1") in header_names for name, _ in fields):
-        masked_fields = tuple(_masked_field(name, value, header_names, found) for name, value in fields)
+    fields = request.headers.fields
+    names = _byte_names(header_names)  # the raw names compared as bytes, most passed over: this runs on every request
+    if hits := [index for index, (name, _) in enumerate(fields) if name.lower() in names]:
+        masked_fields = list(fields)
+        for index in hits:
+            masked_fields[index] = _masked_field(*fields[index], header_names, found)
         if found:
-            request.headers.fields = masked_fields
+            request.headers.fields = tuple(masked_fields)
     if "?" in request.path:
         query = request.query
         for name in list(query.keys()):
@@ -112,6 +115,18 @@ def redact_request(request: http.Request, header_names: frozenset[str], query_na
                 if len(found) > before:
                     query.set_all(name, urls)
     return found
+
+
+_byte_name_sets: dict[frozenset[str], frozenset[bytes]] = {}  # header names -> the same as raw names (a few sets)
+
+
+def _byte_names(names: frozenset[str]) -> frozenset[bytes]:
+    raw = _byte_name_sets.get(names)  # a frozenset's hash is kept: one lookup
+    if raw is None:
+        if len(_byte_name_sets) >= 16:  # a new set per catalog reload: the old ones go
+            _byte_name_sets.clear()
+        raw = _byte_name_sets[names] = frozenset(name.encode("latin-1") for name in names)
+    return raw
 
 
 def _masked_field(name: bytes, value: bytes, header_names, found: list[str]) -> tuple[bytes, bytes]:
