@@ -439,6 +439,27 @@ OWNER = Owner((("lim:req", REQUEST), ("lim:spend", MERCHANT), ("lim:cus", PAYER)
               (Bucket("rpm:k", 60, 2, 1), Bucket("tpm:k", 600, 1_000, TOKENS)))
 
 
+def run_on_store(where: str, request, scenario, clock=None) -> None:
+    """`scenario(store)` on the in-process store or on Redis, `clock` (epoch seconds) its time where given; the store
+    closed after."""
+    if where == "redis":
+        store = RedisHolds(request.getfixturevalue("url"), hold_ttl=TTL)
+        if clock is not None:
+            store.clock = clock
+    else:
+        store = LocalHolds(TTL)
+        if clock is not None:
+            store.book._clock = clock
+
+    async def on():
+        try:
+            await scenario(store)
+        finally:
+            await store.close()
+
+    asyncio.run(on())
+
+
 @pytest.mark.parametrize("where", ["in-process", "redis"])
 def test_an_owners_pots_and_buckets_are_held_alike_in_process_and_in_redis(where, request):
     """Each limit pot holds the request's size of its kind (none where that size is None: a customer not billed),
@@ -463,19 +484,7 @@ def test_an_owners_pots_and_buckets_are_held_alike_in_process_and_in_redis(where
             await store.hold("r5", {}, [OWNER], (1, 10, 10, 10))
         assert limited.value.bucket == "rpm:k"
 
-    async def on(store):
-        try:
-            await scenario(store)
-        finally:
-            await store.close()
-
-    if where == "redis":
-        store = RedisHolds(request.getfixturevalue("url"), hold_ttl=TTL)
-        store.clock = lambda: 1_000.0  # no refill between holds
-    else:
-        store = LocalHolds(TTL)
-        store.book._clock = lambda: 1_000.0
-    asyncio.run(on(store))
+    run_on_store(where, request, scenario, clock=lambda: 1_000.0)  # no refill between holds
 
 
 @pytest.mark.parametrize("where", ["in-process", "redis"])
@@ -497,19 +506,7 @@ def test_a_true_up_moves_a_bucket_as_if_the_usage_had_been_taken_at_admission(wh
             await store.hold("r3", {}, [owner], (1, 0, None, 51))
         assert await store.hold("r4", {}, [owner], (1, 0, None, 50)) == [BucketState(0, 100_000)]
 
-    async def on(store):
-        try:
-            await scenario(store)
-        finally:
-            await store.close()
-
-    if where == "redis":
-        store = RedisHolds(request.getfixturevalue("url"), hold_ttl=TTL)
-        store.clock = lambda: now[0]
-    else:
-        store = LocalHolds(TTL)
-        store.book._clock = lambda: now[0]
-    asyncio.run(on(store))
+    run_on_store(where, request, scenario, clock=lambda: now[0])
 
 
 @pytest.mark.parametrize("where", ["in-process", "redis"])
@@ -528,11 +525,4 @@ def test_a_spend_committed_while_a_pot_is_read_from_the_ledger_is_taken_off_its_
         await store.confirm_new("token:t", 100, generation)  # already confirmed: stays as it is
         assert await store.available("token:t") == 65
 
-    async def on(store):
-        try:
-            await scenario(store)
-        finally:
-            await store.close()
-
-    store = RedisHolds(request.getfixturevalue("url"), hold_ttl=TTL) if where == "redis" else LocalHolds(TTL)
-    asyncio.run(on(store))
+    run_on_store(where, request, scenario)
