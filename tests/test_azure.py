@@ -166,7 +166,8 @@ def test_an_azure_ai_services_resource_is_reached_at_its_other_hosts(azure_gatew
     mock.reset()
     client = openai.AzureOpenAI(azure_endpoint=f"https://myres.{suffix}", api_key=azure_gateway.admin_key,
                                 api_version=API_VERSION, max_retries=0)
-    raw = client.chat.completions.with_raw_response.create(model="prod-4o", messages=[{"role": "user", "content": "hi"}])
+    raw = client.chat.completions.with_raw_response.create(model="prod-4o",
+                                                           messages=[{"role": "user", "content": "hi"}])
     assert mock.last.path == "/openai/deployments/prod-4o/chat/completions"
     assert_azure_saw_only_its_key(mock, azure_gateway.admin_key)
     assert_metered(azure_gateway, raw.headers["x-tollgate-request-id"], "gpt-4o", OPENAI_CHAT,

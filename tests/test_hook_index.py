@@ -217,7 +217,8 @@ def test_the_lean_launchers_hook_arguments_task_names_and_host_checks_are_mitmpr
     monkeypatch.setattr(url, "is_valid_host", url.is_valid_host)
     mitmproxys_valid = check.is_valid_host
     flow = tflow.tflow(resp=True)
-    every_hook = [HttpRequestHook(flow), HttpResponseHook(flow), HttpErrorHook(flow), ClientConnectedHook(flow.client_conn),
+    every_hook = [HttpRequestHook(flow), HttpResponseHook(flow), HttpErrorHook(flow),
+                  ClientConnectedHook(flow.client_conn),
                   ServerConnectHook(ServerConnectionHookData(flow.server_conn, flow.client_conn)), hooks.RunningHook(),
                   hooks.UpdateHook([flow])]
     mitmproxys_args = [hook.args() for hook in every_hook]

@@ -11,8 +11,8 @@ OpenAI-compatible provider gets them.
   gpt-4o-mini-tts is priced per token and reports them only in its SSE stream (stream_format "sse").
   Otherwise its input tokens are estimated from the text, and its output audio tokens (20 a second) from
   the length of the audio it answered with (read from the audio's header and size as it passes: mp3,
-  wav, flac, pcm), or, for opus and aac, from the text at the rate speech is spoken. The audio passes through as
-  it comes (streams_response).
+  wav, flac, pcm), or, for opus and aac, from the text at the rate speech is spoken. The audio passes
+  through as it comes (streams_response).
 
 Uploads are multipart: only their small fields are decoded, the file is read in place (multipart.py).
 """
