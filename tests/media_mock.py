@@ -8,9 +8,9 @@ OpenAI      POST /v1/images/generations (JSON), /v1/images/edits (multipart): gp
             verbose_json (duration) or text; gpt-4o-*-transcribe json with token usage.
             POST /v1/audio/speech: chunked audio; the first chunk, then (held until `release_speech` is set,
             at most 5 s) the rest; stream_format "sse": audio deltas and `speech.audio.done` with usage.
-            response_format mp3 (the default: constant 128 kbit/s frames), wav (a streamed header, whose
-            sizes say 0xFFFFFFFF), pcm (24 kHz 16-bit mono, no header), opus (Ogg pages): SPEECH_SECONDS
-            of audio in each but opus.
+            response_format mp3 (the default: SPEECH_CHUNKS constant 128 kbit/s frames), wav (a streamed
+            header, whose sizes say 0xFFFFFFFF) and pcm (24 kHz 16-bit mono, no header), SPEECH_SECONDS of
+            audio each, opus (Ogg pages).
 Gemini      POST /{version}/models/{model}:generateContent: an inline PNG and usageMetadata whose
             candidatesTokensDetails count the image tokens (GEMINI_IMAGE_USAGE).
 Cohere      POST /v2/rerank: meta.billed_units.search_units (one per 100 documents, as Cohere counts).
@@ -54,7 +54,7 @@ RETRIEVAL_TOKENS = 37
 REPLICATE_PREDICT_TIME = 2.613
 SPEECH_CHUNKS = 4
 CHUNK = b"\xff\xfb\x90\x64" + bytes(2044)  # an MP3-looking 2 KiB piece of audio: 128 kbit/s
-SPEECH_SECONDS = {"mp3": SPEECH_CHUNKS * len(CHUNK) * 8 / 128_000, "wav": 1.5, "pcm": 1.25}
+SPEECH_SECONDS = {"wav": 1.5, "pcm": 1.25}  # of the audio answered in these formats
 # a WAV as a streaming encoder writes it: 24 kHz 16-bit mono, the RIFF and data sizes unknown (0xFFFFFFFF)
 WAV_STREAM_HEADER = (b"RIFF\xff\xff\xff\xffWAVEfmt " + (16).to_bytes(4, "little") + (1).to_bytes(2, "little")
                      + (1).to_bytes(2, "little") + (24_000).to_bytes(4, "little") + (48_000).to_bytes(4, "little")
