@@ -1,6 +1,7 @@
 """What a key's limits cost a request without Redis, in process: CPU per request, every limit set versus none.
 
 Run by hand:  .venv/bin/python bench/limits_cost.py [--requests 200] [--rounds 100] [--bytecodes | --instructions]
+              .venv/bin/python bench/limits_cost.py --redis [URL]   (holds in Redis: the budget with Redis)
 
 The Gateway addon runs in this process under mitmproxy's test context on a throwaway SQLite ledger (as the
 `gw` test fixture does), with mitmproxy patched as tollgate-proxy patches it (the header lookups walk the
@@ -17,6 +18,9 @@ settles' and the event loop's move by a few hundred a request with how the write
 commits. `--instructions` runs the same blocks under valgrind (callgrind, counting switched on only around
 each block) and gives machine instructions per request, all threads: C work included (formatting,
 allocation), within a few per cent run to run.
+`--redis` holds in Redis (db 9 of the local redis-server, emptied) as several instances do: requests then run
+in waves of `--concurrency` (32) as under load, their Redis calls of one loop turn sharing a write, and besides
+the gateway's CPU the figure gives redis-server's own, read from its INFO (microseconds).
 bench/run_bench.py --limits measures the same through real sockets, where a few microseconds drown in the
 noise of a whole request.
 """
@@ -122,6 +126,9 @@ def main() -> None:
                     help="count, instead of timing, the bytecodes each request executes, by function (deterministic)")
     ap.add_argument("--instructions", action="store_true",
                     help="count, instead of timing, the machine instructions per request under valgrind")
+    ap.add_argument("--redis", nargs="?", const="redis://127.0.0.1:6379/9", metavar="URL",
+                    help="hold in Redis (default db 9 of the local server, emptied first)")
+    ap.add_argument("--concurrency", type=int, default=32, help="with --redis: requests in flight at once")
     ap.add_argument("--counted", action="store_true", help=argparse.SUPPRESS)  # the run --instructions counts
     args = ap.parse_args()
     if args.instructions:
@@ -131,6 +138,13 @@ def main() -> None:
     os.environ.update(TOLLGATE_DATABASE_URL=f"sqlite:///{tmp}/ledger.db", TOLLGATE_JOURNAL_DIR=f"{tmp}/journal",
                       OPENAI_API_KEY="sk-bench-provider-key")
     os.environ.pop("TOLLGATE_CONFIG", None)
+    redis_server = None
+    if args.redis:
+        import redis
+
+        redis_server = redis.Redis.from_url(args.redis)
+        redis_server.flushdb()
+        os.environ["TOLLGATE_REDIS_URL"] = args.redis
     from mitmproxy import http
     from mitmproxy.addons.proxyserver import Proxyserver
     from mitmproxy.net.http.http1 import assemble_response_head
@@ -168,17 +182,26 @@ def main() -> None:
             gateway.response(flow)
             assemble_response_head(flow.response)  # the head as mitmproxy writes it to the client: the rate headers too
 
-        async def block(secret: str, n: int) -> tuple[float, float]:
-            """CPU seconds per request: the event loop's thread alone (every hook, the settles), and the whole
-            process (the ledger writer's thread too)."""
-            start, start_all = time.thread_time(), time.process_time()
-            for i in range(n):
-                await one(secret)
-                if i % 100 == 99:
-                    await asyncio.sleep(0)  # the cashier's background settles run, as they would between requests
+        def redis_cpu() -> float:
+            cpu = redis_server.info("cpu") if redis_server is not None else {}
+            return cpu.get("used_cpu_user", 0.0) + cpu.get("used_cpu_sys", 0.0)
+
+        async def block(secret: str, n: int) -> tuple[float, float, float]:
+            """CPU seconds per request: the event loop's thread alone (every hook, the settles), the whole
+            process (the ledger writer's thread too), and redis-server's (with --redis)."""
+            start, start_all, start_redis = time.thread_time(), time.process_time(), redis_cpu()
+            if redis_server is None:
+                for i in range(n):
+                    await one(secret)
+                    if i % 100 == 99:
+                        await asyncio.sleep(0)  # the cashier's background settles run, as between requests
+            else:
+                for i in range(0, n, args.concurrency):
+                    await asyncio.gather(*(one(secret) for _ in range(min(args.concurrency, n - i))))
             gateway.writer.flush(timeout=60)
             await asyncio.sleep(0.06)  # the commits' settles and the batched true-ups
-            return (time.thread_time() - start) / n, (time.process_time() - start_all) / n
+            return ((time.thread_time() - start) / n, (time.process_time() - start_all) / n,
+                    (redis_cpu() - start_redis) / n)
 
         warm = 300 if args.counted else 2000  # under valgrind 50 times slower
         loop.run_until_complete(block(plain, warm))  # warm: caches, pots confirmed, the ledger's pages
@@ -201,11 +224,13 @@ def main() -> None:
             for code, extra in sorted(difference.items(), key=lambda item: -abs(item[1]))[:30]:
                 print(f"{extra:+8.1f}  {code}")
             return
-        samples: dict[str, list[tuple[float, float]]] = {plain: [], limited: []}
+        samples: dict[str, list[tuple[float, float, float]]] = {plain: [], limited: []}
         for r in range(args.rounds):
             for secret in (plain, limited) if r % 2 == 0 else (limited, plain):
                 samples[secret].append(loop.run_until_complete(block(secret, args.requests)))
-        for index, what in ((0, "event loop"), (1, "process")):
+        for index, what in ((0, "event loop"), (1, "process"), (2, "Redis")):
+            if index == 2 and redis_server is None:
+                break
             low = {secret: _low([sample[index] for sample in taken]) for secret, taken in samples.items()}
             print(f"{what:>10}: no limits {low[plain] * 1e6:6.1f} us, every limit {low[limited] * 1e6:6.1f} us of "
                   f"CPU per request: limits cost {(low[limited] - low[plain]) * 1e6:+.1f} us")
