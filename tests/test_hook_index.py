@@ -9,10 +9,11 @@ import uuid
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mitmproxy import exceptions, hooks, http, master, options, optmanager
+from mitmproxy import connection, exceptions, hooks, http, master, options, optmanager
 from mitmproxy.coretypes import multidict
 from mitmproxy.net import check
 from mitmproxy.net.http import url
+from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers.http import HttpErrorHook, HttpRequestHook, HttpResponseHook
 from mitmproxy.proxy.server_hooks import ClientConnectedHook, ServerConnectHook, ServerConnectionHookData
 from mitmproxy.test import tflow
@@ -269,3 +270,21 @@ def test_the_lean_launchers_option_reads_give_what_mitmproxys_give(monkeypatch):
     opts.ignore_hosts.append("changed")
     opts.mode.append("changed")
     assert (opts.ignore_hosts, opts.mode) == (["^example\\.com:443$"], mitmproxys["mode"])
+
+
+def test_the_lean_launchers_context_forks_are_mitmproxys(monkeypatch):
+    """thriftier_context_forks gives a fork with exactly the attributes mitmproxy's fork gives (fails if
+    Context.__init__ gains one), the parent's client, options and server, and a copy of its layers."""
+    monkeypatch.setattr(Context, "fork", Context.fork)  # restored after
+    parent = Context(tflow.tclient_conn(), options.Options())
+    parent.server = connection.Server(address=("api.openai.com", 443))
+    parent.layers = [object(), object()]
+    mitmproxys = parent.fork()
+    mitmproxy_internals.thriftier_context_forks()
+    assert "Context.fork" in mitmproxy_internals.patched()
+    forked = parent.fork()
+    assert type(forked) is Context and vars(forked).keys() == vars(mitmproxys).keys()
+    assert all(getattr(forked, name) is getattr(parent, name) for name in ("client", "options", "server"))
+    assert forked.layers == parent.layers and forked.layers is not parent.layers
+    forked.layers.append(object())
+    assert len(parent.layers) == 2

@@ -43,7 +43,7 @@ from mitmproxy.flow import Error
 from mitmproxy.net import check
 from mitmproxy.net.http import url
 from mitmproxy.net.http.http1 import expected_http_body_size
-from mitmproxy.proxy import commands, events
+from mitmproxy.proxy import commands, context, events
 from mitmproxy.proxy.layer import Layer
 from mitmproxy.proxy.layers import http as http_layer
 from mitmproxy.proxy.layers import websocket as websocket_layer
@@ -372,6 +372,20 @@ def cheaper_option_reads() -> None:
     _replace("_Option.current", optmanager._Option, "current", lambda original: _option_current)
 
 
+def _fork(self: context.Context) -> context.Context:
+    forked = object.__new__(type(self))
+    forked.client, forked.options, forked.server, forked.layers = self.client, self.options, self.server, self.layers.copy()
+    return forked
+
+
+def thriftier_context_forks() -> None:
+    """Every request's stream (and every new connection's layer) starts from `Context.fork`, which runs
+    `Context.__init__` and so builds a `Server` (about twenty checked attribute writes and an id) only to
+    replace it with the parent's at once: 5.8 us a fork. The same context, made without the Server nobody sees.
+    Checked by tests/test_hook_index.py."""
+    _replace("Context.fork", context.Context, "fork", lambda original: _fork)
+
+
 def cancel_server_task(proxyserver, client: connection.Client, server: connection.Server, reason: str) -> bool:
     """Close `server` as mitmproxy does when it cannot write to it (`ConnectionHandler.drain_writers`): by
     cancelling the task that owns it, found through the Proxyserver addon's `connections` and the handler's
@@ -523,7 +537,7 @@ def mask_web_views() -> None:
 def install(*, lean: bool = False, web: bool = False) -> None:
     """Check the version, then put every patch in place (again: a no-op). `lean`: the tollgate-proxy
     process (drop_debug_type_checks, quicker_header_lookups, cheaper_flow_ids, cheaper_hook_args,
-    plainer_task_names, remembered_valid_hosts, cheaper_option_reads); `web`: under mitmweb (mask_web_views)."""
+    plainer_task_names, remembered_valid_hosts, cheaper_option_reads, thriftier_context_forks); `web`: under mitmweb (mask_web_views)."""
     check_version()
     answer_errors_with(error_pages.json_error_response)
     reword_protocol_errors(error_pages.protocol_error_message)
@@ -538,5 +552,6 @@ def install(*, lean: bool = False, web: bool = False) -> None:
         plainer_task_names()
         remembered_valid_hosts()
         cheaper_option_reads()
+        thriftier_context_forks()
     if web:
         mask_web_views()
