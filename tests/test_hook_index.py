@@ -288,3 +288,21 @@ def test_the_lean_launchers_context_forks_are_mitmproxys(monkeypatch):
     assert forked.layers == parent.layers and forked.layers is not parent.layers
     forked.layers.append(object())
     assert len(parent.layers) == 2
+
+
+@pytest.mark.parametrize("http_version", ["HTTP/1.1", "HTTP/2.0"])
+def test_aiming_a_request_rewrites_its_host_header_and_authority_as_mitmproxys_setters_do(http_version):
+    """mitmproxy_internals.aim gives the request the target, Host header and authority that setting scheme, host
+    and port one by one gives (fails if mitmproxy's setters come to do more than the one update aim makes)."""
+    def made():
+        request = tflow.treq(host="127.0.0.1", port=8080, scheme="http", http_version=http_version,
+                             authority=b"127.0.0.1:8080" if http_version == "HTTP/2.0" else b"")
+        request.headers["Host"] = "127.0.0.1:8080"
+        return request
+
+    for target in (("https", "api.openai.com", 443), ("http", "mock.local", 8081), ("https", "10.0.0.1", 8443)):
+        mitmproxys, ours = made(), made()
+        mitmproxys.scheme, mitmproxys.host, mitmproxys.port = target
+        mitmproxy_internals.aim(ours, *target)
+        assert ours.get_state() == mitmproxys.get_state()
+        assert (ours.url, ours.headers["Host"]) == (mitmproxys.url, mitmproxys.headers["Host"])

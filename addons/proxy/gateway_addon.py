@@ -16,9 +16,11 @@ import os
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 from mitmproxy import ctx, hooks, http
 from mitmproxy.exceptions import OptionsError
+from mitmproxy.net.http import url
 from mitmproxy.proxy import server_hooks
 
 from addons.auth.account_cache import AccountCache
@@ -39,7 +41,7 @@ from addons.core.settings import Settings, resolve_database_url
 from addons.ledger.journal import Journal
 from addons.ledger.models import open_database
 from addons.ledger.writer import CommitReport, LedgerWriter, UsageRecord
-from addons.proxy import bedrock, error_pages, flow_notes, metrics_recorder, realtime, vertex
+from addons.proxy import bedrock, error_pages, flow_notes, metrics_recorder, mitmproxy_internals, realtime, vertex
 from addons.proxy.azure import check_resource, deployment_model
 from addons.proxy.error_pages import json_response, new_request_id
 from addons.proxy.flow_keys import (
@@ -353,7 +355,8 @@ class Gateway:
     ) -> tuple[Provider, str | None, str, Rewrite | None] | None:
         """Answer /healthz, or aim a /v1/forward or /v1/rewrite request at its provider; returns it, `key`, the
         host the target URL names, and for a rewrite what translating its answer needs."""
-        path = flow.request.path.partition("?")[0]
+        target_path = flow.request.path
+        path = target_path.partition("?")[0]
         if path == "/healthz":
             flow.response = json_response(200, b'{"status":"ok"}', request_id)
             return None
@@ -361,10 +364,10 @@ class Gateway:
             return self._route_rewrite(flow)
         if path != FORWARD_PATH and not path.startswith(FORWARD_PATH + "/"):  # SDKs add to a base_url's path
             raise NotFound("not_found", "the gateway serves only /v1/forward, /v1/rewrite and /healthz")
-        # Read once: every lookup on the live `request.query` view parses the query string again.
+        # Read once, from the path: the live `request.query` view builds the whole URL and parses it at every lookup.
         query: dict[str, str] = {}
         params = []  # what the SDK added beside u and key
-        for name, value in sdk_query(flow.request.query.fields):
+        for name, value in sdk_query(tuple(url.decode(urlsplit(target_path).query))):
             query.setdefault(name, value)  # the first value, as query.get() gives
             if name not in ("u", "key"):
                 params.append((name, value))
@@ -449,7 +452,7 @@ class Gateway:
         else:
             if provider.auth_query:
                 request.query[provider.auth_query] = provider_key
-            request.scheme, request.host, request.port = provider.origin_for(host)
+            mitmproxy_internals.aim(request, *provider.origin_for(host))
         self.pending[flow.id] = Pending(request_id, time.time(), provider, plan, reader, metadata,
                                         rate_headers=rate_headers, model=pinned_model, rewrite=rewrite)
         flow.metadata[PROVIDER_KEY] = provider.id

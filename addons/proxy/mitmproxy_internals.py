@@ -386,6 +386,14 @@ def thriftier_context_forks() -> None:
     _replace("Context.fork", context.Context, "fork", lambda original: _fork)
 
 
+def aim(request: http.Request, scheme: str, host: str, port: int) -> None:
+    """`request.scheme, request.host, request.port = scheme, host, port`, with its Host header and authority
+    written once instead of twice (the host and the port setters each rewrite them: 2 us). `host` is a str."""
+    request.scheme = scheme
+    request.data.host, request.data.port = host, port
+    request._update_host_and_authority()
+
+
 def cancel_server_task(proxyserver, client: connection.Client, server: connection.Server, reason: str) -> bool:
     """Close `server` as mitmproxy does when it cannot write to it (`ConnectionHandler.drain_writers`): by
     cancelling the task that owns it, found through the Proxyserver addon's `connections` and the handler's
