@@ -1,6 +1,8 @@
 from decimal import Decimal
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pricing.money import Refusals, format_usd, non_negative_decimal, parse_usd, to_nanos, to_usd
 
@@ -37,6 +39,15 @@ def test_to_nanos_rounds_half_up(usd, nanos):
 )
 def test_format_usd(nanos, text):
     assert format_usd(nanos) == text
+
+
+@given(st.integers(min_value=-(2**63), max_value=2**63 - 1))
+def test_format_usd_writes_the_exact_decimal_amount(nanos):
+    """Integer formatting gives the Decimal amount exactly: at least two places, no trailing zeros beyond."""
+    text = format_usd(nanos)
+    whole, _, frac = text.partition(".")
+    assert Decimal(text) == Decimal(nanos).scaleb(-9)
+    assert len(frac) >= 2 and (len(frac) == 2 or not frac.endswith("0")) and whole.lstrip("-").isdigit()
 
 
 @pytest.mark.parametrize("nanos", [0, 1, 1500, 10**9, 123_456_789_012, -7])
