@@ -374,7 +374,8 @@ def cheaper_option_reads() -> None:
 
 def _fork(self: context.Context) -> context.Context:
     forked = object.__new__(type(self))
-    forked.client, forked.options, forked.server, forked.layers = self.client, self.options, self.server, self.layers.copy()
+    forked.client, forked.options, forked.server = self.client, self.options, self.server
+    forked.layers = self.layers.copy()
     return forked
 
 
@@ -545,7 +546,8 @@ def mask_web_views() -> None:
 def install(*, lean: bool = False, web: bool = False) -> None:
     """Check the version, then put every patch in place (again: a no-op). `lean`: the tollgate-proxy
     process (drop_debug_type_checks, quicker_header_lookups, cheaper_flow_ids, cheaper_hook_args,
-    plainer_task_names, remembered_valid_hosts, cheaper_option_reads, thriftier_context_forks); `web`: under mitmweb (mask_web_views)."""
+    plainer_task_names, remembered_valid_hosts, cheaper_option_reads, thriftier_context_forks); `web`: under
+    mitmweb (mask_web_views)."""
     check_version()
     answer_errors_with(error_pages.json_error_response)
     reword_protocol_errors(error_pages.protocol_error_message)
