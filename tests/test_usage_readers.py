@@ -83,7 +83,23 @@ def test_request_rewrite(extra, expected):
         return
     rewritten = json.loads(reader.request_body)
     assert rewritten == {**json.loads(chat_request(**extra)), "stream_options": expected}
-    assert 'wörld"'.encode() in reader.request_body and b", " not in reader.request_body
+    if "stream_options" not in extra:  # the client's bytes as they are, the one member added
+        assert reader.request_body == b'{"stream_options":{"include_usage":true},' + chat_request(**extra)[1:]
+    else:  # encoded anew, compact
+        assert 'wörld"'.encode() in reader.request_body and b", " not in reader.request_body
+
+
+@pytest.mark.parametrize("body", [
+    b' \r\n\t{"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}',
+    '{"model":"m","stream":true,"messages":[{"role":"user","content":"wörld \\ud800"}]}'.encode(),
+    '{"model":"m","stream":true,"messages":[]}'.encode("utf-16-le"),
+])
+def test_usage_is_asked_for_in_whatever_json_the_client_sent(body):
+    """Leading whitespace, escapes and lone surrogates, UTF-16: the rewritten body is JSON the provider can read,
+    the client's request with stream_options.include_usage set."""
+    reader = openai_reader(body)
+    rewritten = json.loads(reader.request_body)
+    assert rewritten == {**json.loads(body), "stream_options": {"include_usage": True}}
 
 
 def test_rewrite_keeps_lone_surrogates_as_escapes():

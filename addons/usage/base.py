@@ -133,7 +133,7 @@ class UsageReader:
         stream = kind.streams(endpoint, req)
         rewritten = None
         if inject_usage and stream and endpoint in cls.ASKS_FOR_USAGE:
-            rewritten = ask_for_usage(req)
+            rewritten = ask_for_usage(req, body)
         reader = kind(
             family,
             endpoint,
