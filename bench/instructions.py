@@ -17,8 +17,13 @@ Not counted: the kernel's share (system calls, fsync). Timers run in wall time w
 runs ~50x slower, so the ledger writer's batches are smaller than at full speed and its share is
 overstated. See bench/README.md.
 
+`--limits` also counts, on the same Tollgate, requests with a key that has every limit set (run_bench.py's
+LIMITED_KEY, none reached), before and after the plain key's: issue 13's budgets are a difference of a few
+tens of microseconds, which run_bench.py's timings cannot resolve, and instructions can.
+
 Run:  .venv/bin/python bench/instructions.py [--requests 640] [--clients 32] [--only mitmdump,tollgate]
       .venv/bin/python bench/instructions.py --only tollgate --tree before=/tmp/tollgate-before
+      .venv/bin/python bench/instructions.py --only tollgate --limits
 Needs valgrind (Debian package `valgrind`).
 """
 
@@ -82,14 +87,16 @@ def measure(target: rb.Target, warmup: int, requests: int, clients: int) -> floa
     return total / requests
 
 
-def start_tollgate_from(label: str, tree: str | None, mock_port: int) -> rb.Target:
-    """Tollgate (SQLite) with its own work directory, from `tree` when given (first on PYTHONPATH)."""
+def start_tollgate_from(label: str, tree: str | None, mock_port: int) -> tuple[rb.Target, ...]:
+    """Tollgate (SQLite) with its own work directory, from `tree` when given (first on PYTHONPATH): its forward
+    endpoint, and with rb.LIMITS_TOO its limited key's (the last)."""
     base = rb.WORK
     rb.WORK = base / f"instructions-{label}"
     if tree:
         rb.clean_env = lambda **kw: {**clean_env_plain(**kw), "PYTHONPATH": tree}
     try:
-        return rb.start_tollgate("sqlite", mock_port)[0]
+        fwd, _, *more = rb.start_tollgate("sqlite", mock_port)
+        return (fwd, *more)
     finally:
         rb.WORK, rb.clean_env = base, clean_env_plain
 
@@ -102,7 +109,10 @@ def main() -> int:
     parser.add_argument("--only", default="mitmdump,tollgate", help="of mitmdump, tollgate (this checkout)")
     parser.add_argument("--tree", action="append", default=[], metavar="LABEL=DIR",
                         help="also Tollgate from the source tree DIR (repeatable)")
+    parser.add_argument("--limits", action="store_true",
+                        help="also a key with every limit set, on the same Tollgate (the difference is issue 13's cost)")
     args = parser.parse_args()
+    rb.LIMITS_TOO = args.limits
     if not shutil.which("valgrind"):
         print("valgrind is not installed (apt-get install valgrind)")
         return 2
@@ -117,9 +127,18 @@ def main() -> int:
             print(f"mitmdump: {measure(target, args.warmup, args.requests, args.clients) / 1e6:.3f} M instructions "
                   f"per request ({args.requests} requests, {args.clients} clients)", flush=True)
         for label, tree in trees:
-            target = start_tollgate_from(label, tree, mock_port)
-            print(f"{label}: {measure(target, args.warmup, args.requests, args.clients) / 1e6:.3f} M instructions "
-                  f"per request ({args.requests} requests, {args.clients} clients)", flush=True)
+            target, *limited = start_tollgate_from(label, tree, mock_port)
+            if not args.limits:
+                print(f"{label}: {measure(target, args.warmup, args.requests, args.clients) / 1e6:.3f} M "
+                      f"instructions per request ({args.requests} requests, {args.clients} clients)", flush=True)
+                continue
+            counts: dict[str, list[float]] = {"no limits": [], "every limit": []}
+            for key, keyed in (("no limits", target), ("every limit", limited[-1])) * 2:  # each twice, alternating
+                counts[key].append(measure(keyed, args.warmup, args.requests, args.clients))
+            plain, every = (sum(counts[key]) / 2 for key in ("no limits", "every limit"))
+            print(f"{label}: no limits {plain / 1e6:.3f} M, every limit {every / 1e6:.3f} M instructions per request "
+                  f"(each the mean of two blocks of {args.requests} requests, {args.clients} clients): limits cost "
+                  f"{every - plain:+,.0f}", flush=True)
     finally:
         rb.stop_all()
     return 0
