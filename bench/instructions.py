@@ -23,7 +23,7 @@ tens of microseconds, which run_bench.py's timings cannot resolve, and instructi
 
 Run:  .venv/bin/python bench/instructions.py [--requests 640] [--clients 32] [--only mitmdump,tollgate]
       .venv/bin/python bench/instructions.py --only tollgate --tree before=/tmp/tollgate-before
-      .venv/bin/python bench/instructions.py --only tollgate --limits
+      .venv/bin/python bench/instructions.py --only tollgate --limits [--kind pg]
 Needs valgrind (Debian package `valgrind`).
 """
 
@@ -87,15 +87,16 @@ def measure(target: rb.Target, warmup: int, requests: int, clients: int) -> floa
     return total / requests
 
 
-def start_tollgate_from(label: str, tree: str | None, mock_port: int) -> tuple[rb.Target, ...]:
-    """Tollgate (SQLite) with its own work directory, from `tree` when given (first on PYTHONPATH): its forward
-    endpoint, and with rb.LIMITS_TOO its limited key's (the last)."""
+def start_tollgate_from(label: str, tree: str | None, mock_port: int,
+                        kind: str = "sqlite") -> tuple[rb.Target, ...]:
+    """Tollgate (`kind`: sqlite, or pg for PostgreSQL + Redis) with its own work directory, from `tree` when given
+    (first on PYTHONPATH): its forward endpoint, and with rb.LIMITS_TOO its limited key's (the last)."""
     base = rb.WORK
     rb.WORK = base / f"instructions-{label}"
     if tree:
         rb.clean_env = lambda **kw: {**clean_env_plain(**kw), "PYTHONPATH": tree}
     try:
-        fwd, _, *more = rb.start_tollgate("sqlite", mock_port)
+        fwd, _, *more = rb.start_tollgate(kind, mock_port)
         return (fwd, *more)
     finally:
         rb.WORK, rb.clean_env = base, clean_env_plain
@@ -109,6 +110,9 @@ def main() -> int:
     parser.add_argument("--only", default="mitmdump,tollgate", help="of mitmdump, tollgate (this checkout)")
     parser.add_argument("--tree", action="append", default=[], metavar="LABEL=DIR",
                         help="also Tollgate from the source tree DIR (repeatable)")
+    parser.add_argument("--kind", choices=("sqlite", "pg"), default="sqlite",
+                        help="Tollgate's ledger and hold store: SQLite, or PostgreSQL + Redis (the kernel's share of "
+                             "its Redis round trips is not counted)")
     parser.add_argument("--limits", action="store_true",
                         help="also a key with every limit set, on the same Tollgate (the difference is issue 13's cost)")
     args = parser.parse_args()
@@ -127,7 +131,7 @@ def main() -> int:
             print(f"mitmdump: {measure(target, args.warmup, args.requests, args.clients) / 1e6:.3f} M instructions "
                   f"per request ({args.requests} requests, {args.clients} clients)", flush=True)
         for label, tree in trees:
-            target, *limited = start_tollgate_from(label, tree, mock_port)
+            target, *limited = start_tollgate_from(label, tree, mock_port, args.kind)
             if not args.limits:
                 print(f"{label}: {measure(target, args.warmup, args.requests, args.clients) / 1e6:.3f} M "
                       f"instructions per request ({args.requests} requests, {args.clients} clients)", flush=True)
