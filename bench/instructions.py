@@ -114,7 +114,7 @@ def main() -> int:
                         help="Tollgate's ledger and hold store: SQLite, or PostgreSQL + Redis (the kernel's share of "
                              "its Redis round trips is not counted)")
     parser.add_argument("--limits", action="store_true",
-                        help="also a key with every limit set, on the same Tollgate (the difference is issue 13's cost)")
+                        help="also a key with every limit set, on the same Tollgate (the difference: issue 13's cost)")
     args = parser.parse_args()
     rb.LIMITS_TOO = args.limits
     if not shutil.which("valgrind"):

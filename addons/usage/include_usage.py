@@ -4,8 +4,8 @@ Such streams report usage only when asked (`stream_options.include_usage`). The 
 (ask_for_usage rewrites the request: where the client sent no stream_options, by adding the one member to
 its bytes as they are, so a long prompt is not encoded again before the stream can start) and the client
 still gets the stream it asked for: the usage-only chunk is dropped and strip_null_usage removes the
-`"usage":null` member every other chunk then carries, byte-exactly. (A chunk is left as is when that member cannot be located
-unambiguously, or when a provider puts the usage in a content chunk.)
+`"usage":null` member every other chunk then carries, byte-exactly. (A chunk is left as is when that member
+cannot be located unambiguously, or when a provider puts the usage in a content chunk.)
 """
 
 from __future__ import annotations
