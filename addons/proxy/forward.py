@@ -8,6 +8,7 @@ operator's internal network.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
@@ -33,7 +34,7 @@ def _refuse(why: str) -> BadRequest:
     return BadRequest("invalid_forward_url", f"u {why}")
 
 
-def sdk_query(fields: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
+def sdk_query(fields: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
     """The forward endpoint's query parameters. google-genai adds its own query with a second "?"
     (":streamGenerateContent?alt=sse?u=<base>"), which hides `u` inside another parameter's value."""
     if any(name == "u" for name, _ in fields):

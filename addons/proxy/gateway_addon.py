@@ -367,7 +367,7 @@ class Gateway:
         # Read once, from the path: the live `request.query` view builds the whole URL and parses it at every lookup.
         query: dict[str, str] = {}
         params = []  # what the SDK added beside u and key
-        for name, value in sdk_query(tuple(url.decode(urlsplit(target_path).query))):
+        for name, value in sdk_query(url.decode(urlsplit(target_path).query)):
             query.setdefault(name, value)  # the first value, as query.get() gives
             if name not in ("u", "key"):
                 params.append((name, value))
