@@ -1,4 +1,4 @@
-"""What a key's limits cost a request without Redis, in process: CPU per request, every limit set versus none.
+"""What a key's limits cost a request in process (holds in it, or in Redis): CPU per request, every limit versus none.
 
 Run by hand:  .venv/bin/python bench/limits_cost.py [--requests 200] [--rounds 100] [--bytecodes | --instructions]
               .venv/bin/python bench/limits_cost.py --redis [URL]   (holds in Redis: the budget with Redis)
@@ -85,7 +85,8 @@ def _instructions(args) -> None:
     """This script again under callgrind, counting only while a block runs; instructions per request, per key."""
     child = subprocess.Popen(
         ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--dump-instr=no", "--callgrind-out-file=/dev/null",
-         sys.executable, __file__, "--counted", "--requests", str(args.requests)],
+         sys.executable, __file__, "--counted", "--requests", str(args.requests),
+         *(["--redis", args.redis] if args.redis else [])],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     figures = {}
     for line in child.stdout:
