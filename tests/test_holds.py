@@ -526,3 +526,25 @@ def test_a_spend_committed_while_a_pot_is_read_from_the_ledger_is_taken_off_its_
         assert await store.available("token:t") == 65
 
     run_on_store(where, request, scenario)
+
+
+@pytest.mark.parametrize("where", ["in-process", "redis"])
+def test_a_request_held_again_holds_more_and_is_released_whole(where, request):
+    """A top-up (Cashier.top_up: a Realtime session's next response growing as the client adds audio) holds the
+    request again: the amounts add up, checked against what is left besides the first hold, on any of its pots or
+    a new one; one release gives all of it back. Both stores alike."""
+
+    async def scenario(store):
+        await store.confirm("wallet", 100, 1)
+        await store.confirm_new("lim:spend", 80, 0, limit=80)
+        await store.hold("r1", {"wallet": 40})
+        await store.hold("r1", {"wallet": 30, "lim:spend": 50})
+        assert [await store.available(pot) for pot in ("wallet", "lim:spend")] == [30, 30]
+        with pytest.raises(InsufficientFunds) as short:  # 31 is over what r1's two holds left
+            await store.hold("r1", {"wallet": 31})
+        assert (short.value.pot, short.value.available) == ("wallet", 30)
+        assert await store.available("wallet") == 30  # a refused top-up holds nothing
+        await store.release("r1")
+        assert [await store.available(pot) for pot in ("wallet", "lim:spend")] == [100, 80]
+
+    run_on_store(where, request, scenario)

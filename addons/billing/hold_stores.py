@@ -111,9 +111,9 @@ local function put(pot, rid, delta, now, ttl)  -- the request's hold in the pot 
   redis.call('HINCRBY', k('hold', pot), rid, delta)
   redis.call('HINCRBY', k('pot', pot), 'h', delta)
   redis.call('ZADD', k('exp', pot), now + ttl, rid)
-  redis.call('SADD', k('req', rid), pot)
 end
-local function kept(rid, ttl)  -- the request's set of pots outlives its holds
+local function kept(rid, ttl, pots)  -- the request's set of pots, which outlives its holds
+  redis.call('SADD', k('req', rid), unpack(pots))
   redis.call('PEXPIRE', k('req', rid), ttl + 60000)
 end
 local function refill(name, now, rate, cap)  -- a rate limit's bucket level at now; never seen: full
@@ -146,7 +146,8 @@ end
 # (bucket, per_minute, capacity, cost, -1 for the TOKENS size). Every pot held and every bucket taken from, or none.
 # Answers {1, then each bucket's remaining and reset_ms}, {0, pot index, available}, {-1, pot index} (unconfirmed),
 # {2, bucket index, retry_after_ms, remaining}, {-3} (the wallet's figure is too old) or {-4, available} (the wallet
-# is empty). A limit pot whose limit changed moves by the difference first.
+# is empty). A limit pot whose limit changed moves by the difference first. A request held again (Cashier.top_up)
+# holds that much more, as in HoldBook.
 _HOLD = Script(_POTS + """
 local now, ttl, rid = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local size = {tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])}
@@ -158,7 +159,7 @@ if ARGV[9] ~= '' then
   if ARGV[11] == '1' and wallet <= 0 then return {-4, wallet} end
 end
 if redis.call('EXISTS', k('done', rid)) == 1 then return {1} end
-local amounts, mine = {}, {}
+local amounts = {}
 for i = 0, n - 1 do
   local amount = ARGV[14 + 3 * i]
   if string.byte(amount, 1) == 107 then amounts[i] = size[tonumber(string.sub(amount, 2)) + 1]  -- 'k': a size
@@ -175,8 +176,7 @@ for i = 0, n - 1 do
       confirmed = redis.call('HGET', k('pot', pot), 'c')
     end
     if not confirmed then return {-1, i, 0} end
-    mine[i] = tonumber(redis.call('HGET', k('hold', pot), rid) or '0')
-    local available = tonumber(confirmed) - tonumber(held or '0') + mine[i]
+    local available = tonumber(confirmed) - tonumber(held or '0')
     if amount > available then return {0, i, available} end
   end
 end
@@ -189,14 +189,14 @@ for j = 0, m - 1 do
   if cost > level then return {2, j, math.ceil((cost - level) / rate), math.max(math.floor(level), 0)} end
   levels[j + 1] = level - cost
 end
-local held = false
+local held = {}
 for i = 0, n - 1 do
-  if amounts[i] >= 0 then  -- pots are distinct: what each held before is as read above
-    put(ARGV[13 + 3 * i], rid, amounts[i] - mine[i], now, ttl)
-    held = true
+  if amounts[i] >= 0 then  -- a request held again (a top-up) holds more: its holds add up
+    put(ARGV[13 + 3 * i], rid, amounts[i], now, ttl)
+    held[#held + 1] = ARGV[13 + 3 * i]
   end
 end
-if held then kept(rid, ttl) end
+if #held > 0 then kept(rid, ttl, held) end
 local out = {1}
 for j = 0, m - 1 do
   local at = base + 4 * j
@@ -239,7 +239,7 @@ for i = 4, #ARGV, 3 do
   if redis.call('EXISTS', k('done', rid)) == 0 then
     expire(pot, now)
     put(pot, rid, tonumber(ARGV[i + 2]), now, ttl)
-    kept(rid, ttl)
+    kept(rid, ttl, {pot})
   end
 end
 return 1
