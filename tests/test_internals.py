@@ -12,7 +12,7 @@ from addons.proxy import error_pages, mitmproxy_internals, proxyauth_compare
 from pricing import genai_prices_internals
 
 ALWAYS = {"_http1.make_error_response", "HttpStream.handle_protocol_error", "HttpStream.check_body_size",
-          "Http1Server.read_headers", "proxyauth.SingleUser.__call__"}
+          "Http1Server.read_headers", "proxyauth.SingleUser.__call__", "ConnectionHandler.handle_connection"}
 
 
 @pytest.fixture

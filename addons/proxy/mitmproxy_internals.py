@@ -43,7 +43,7 @@ from mitmproxy.flow import Error
 from mitmproxy.net import check
 from mitmproxy.net.http import url
 from mitmproxy.net.http.http1 import expected_http_body_size
-from mitmproxy.proxy import commands, context, events
+from mitmproxy.proxy import commands, context, events, server
 from mitmproxy.proxy.layer import Layer
 from mitmproxy.proxy.layers import http as http_layer
 from mitmproxy.proxy.layers import websocket as websocket_layer
@@ -212,6 +212,31 @@ def compare_single_user_with(same: Callable[[str, str, str, str], bool]) -> None
         return single_user
 
     _replace("proxyauth.SingleUser.__call__", proxyauth.SingleUser, "__call__", make)
+
+
+def close_connections_cancelled_mid_event() -> None:
+    """mitmproxy closes a connection by command (CloseConnection: a WebSocket the gateway closed, a killed flow)
+    by cancelling the task reading it. Where that task is waiting for the server-event lock, because the event
+    that closed it was being handled when the connection's next data arrived (a client still sending, as a
+    Realtime client streaming audio), the cancellation lands in `await self.server_event(DataReceived)`, outside
+    the read loop's CancelledError handling: `ConnectionHandler.handle_connection` ends without closing its
+    writer or forgetting its transport. The socket then stays open and unread: the client never gets its close
+    frame nor EOF, and waits. This wraps it to close what it left. Covered by tests/test_realtime.py (a client
+    sending audio in a burst when its session is refused)."""
+
+    def wrap(original):
+        async def handle_connection(self, connection):
+            try:
+                await original(self, connection)
+            except asyncio.CancelledError:
+                io = self.transports.pop(connection, None)  # None: handle_connection closed it itself
+                if io is not None and io.writer is not None:
+                    io.writer.close()
+                raise
+
+        return handle_connection
+
+    _replace("ConnectionHandler.handle_connection", server.ConnectionHandler, "handle_connection", wrap)
 
 
 def _no_type_check(self) -> None:
@@ -554,6 +579,7 @@ def install(*, lean: bool = False, web: bool = False) -> None:
     limit_request_bodies(request_limits.body_limit, request_limits.BODY_TOO_LARGE, request_limits.body_refusal)
     limit_request_heads(request_limits.header_limit, request_limits.head_refusal, request_limits.HEAD_TOO_LARGE)
     compare_single_user_with(proxyauth_compare.same_credentials)
+    close_connections_cancelled_mid_event()
     if lean:
         drop_debug_type_checks()
         quicker_header_lookups()
