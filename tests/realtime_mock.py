@@ -4,6 +4,10 @@ its own thread (the `websockets` package) speaking the real event protocol.
 On connect      session.created (the model from the URL's `model`, output audio as 24 kHz PCM).
 session.update  session.updated with the session merged.
 conversation.item.create   conversation.item.created (the item with an id and status "completed").
+input_audio_buffer.append  the audio (base64) is buffered; nothing is answered, as OpenAI answers nothing.
+input_audio_buffer.commit  input_audio_buffer.committed and conversation.item.created (the buffer as an item):
+                the conversation now holds that audio, which every later response reads as input: its usage
+                counts one input audio token per 100 ms of it (24 kHz pcm16, 4,800 bytes), as OpenAI counts.
 response.create response.created, response.output_item.added, two response.output_text.delta and two
                 response.output_audio.delta (base64 PCM) with their response.output_audio_transcript.delta,
                 response.output_item.done, then response.done whose `response.usage` is the next of USAGES
@@ -45,6 +49,7 @@ USAGES = (
      "output_token_details": {"text_tokens": 70, "audio_tokens": 280}},
 )
 AUDIO_CHUNK = bytes(range(256)) * 19  # 4864 bytes of "PCM"
+AUDIO_BYTES_PER_TOKEN = 4_800  # of the client's 24 kHz pcm16 audio: one token per 100 ms
 TEXT_DELTAS = ("Hello", " there!")
 
 
@@ -56,9 +61,21 @@ class MockSession:
     received: list[str] = field(default_factory=list)
     sent: list[str] = field(default_factory=list)
     done_events: list[dict] = field(default_factory=list)
+    audio_bytes: int = 0  # the client's audio received (appended), decoded
+    heard_tokens: int = 0  # input audio tokens of the audio committed to the conversation
     close_code: int | None = None
     close_reason: str | None = None
     closed: threading.Event = field(default_factory=threading.Event)
+
+
+def heard(usage: dict, audio_tokens: int) -> dict:
+    """`usage` with the conversation's committed audio added to its input, as audio tokens."""
+    if not audio_tokens:
+        return usage
+    details = usage["input_token_details"]
+    return {**usage, "total_tokens": usage["total_tokens"] + audio_tokens,
+            "input_tokens": usage["input_tokens"] + audio_tokens,
+            "input_token_details": {**details, "audio_tokens": details["audio_tokens"] + audio_tokens}}
 
 
 def _realtime_if_offered(connection: ServerConnection, offered) -> str | None:
@@ -115,7 +132,7 @@ class RealtimeMock:
         session = {"id": _id("sess"), "object": "realtime.session", "type": "realtime", "model": model,
                    "output_modalities": ["audio"], "instructions": "", "max_output_tokens": "inf",
                    "audio": {"output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "alloy"}}}
-        responses = 0
+        responses = buffered = 0
         try:
             await self._send(ws, record, {"type": "session.created", "session": session})
             async for message in ws:
@@ -131,10 +148,23 @@ class RealtimeMock:
                     item = {**event["item"], "id": _id("item"), "object": "realtime.item", "status": "completed"}
                     await self._send(ws, record, {"type": "conversation.item.created", "previous_item_id": None,
                                                   "item": item})
+                elif kind == "input_audio_buffer.append":
+                    audio = len(base64.b64decode(event["audio"]))
+                    buffered += audio
+                    record.audio_bytes += audio
+                elif kind == "input_audio_buffer.commit":
+                    record.heard_tokens += -(-buffered // AUDIO_BYTES_PER_TOKEN)
+                    buffered, item_id = 0, _id("item")
+                    await self._send(ws, record, {"type": "input_audio_buffer.committed", "previous_item_id": None,
+                                                  "item_id": item_id})
+                    await self._send(ws, record, {"type": "conversation.item.created", "previous_item_id": None,
+                                                  "item": {"id": item_id, "object": "realtime.item",
+                                                           "type": "message", "role": "user", "status": "completed",
+                                                           "content": [{"type": "input_audio", "transcript": None}]}})
                 elif kind == "response.create":
                     options = event.get("response") or {}
                     cut = (options.get("metadata") or {}).get("mock")
-                    await self._respond(ws, record, USAGES[responses % len(USAGES)], cut)
+                    await self._respond(ws, record, heard(USAGES[responses % len(USAGES)], record.heard_tokens), cut)
                     responses += 1
         except ConnectionClosed:
             pass

@@ -26,11 +26,18 @@ from addons.billing.cashier import Cashier
 from addons.core.errors import PaymentRequired, TooManyRequests
 from addons.core.settings import BillingSettings
 from addons.ledger.writer import CommitReport
-from addons.proxy.realtime import RealtimeSessions, Session, close_code, error_event, take_subprotocol_key
+from addons.proxy.realtime import (
+    TOP_UP_CHARS,
+    RealtimeSessions,
+    Session,
+    close_code,
+    error_event,
+    take_subprotocol_key,
+)
 from addons.proxy.redaction import HEADERS, REDACTED, redact_request
 from addons.proxy.usage_record import Pending
 from addons.usage.readers import for_request
-from addons.usage.realtime import RealtimeReader
+from addons.usage.realtime import RealtimeReader, input_chars
 from pricing.money import format_usd, to_nanos
 from pricing.usage import MediaUsage, TokenUsage
 from tests.harness import PROVIDER_KEYS, GatewayProcess, gateways_by_backend
@@ -289,6 +296,64 @@ def test_session_is_cut_when_the_balance_cannot_hold_its_third_response(gateways
     assert len(gw.ledger.requests(customer=customer)) == 2
 
 
+def audio_price(audio_tokens: int) -> Decimal:
+    """What that much of the client's audio costs as input, by genai-prices."""
+    usage = Usage(input_tokens=audio_tokens, input_audio_tokens=audio_tokens)
+    return calc_price(usage, MODEL, provider_id="openai").total_price
+
+
+SECOND_OF_AUDIO = base64.b64encode(bytes(48_000)).decode()  # 24 kHz pcm16: 10 input tokens
+
+
+async def speak_until_cut(gw, credential: str, seconds: int, received: list[bytes]):
+    """A session that appends `seconds` of audio a second at a time, commits it, asks for a response and reads till
+    the gateway closes it: the close frame it sent."""
+    client = openai.AsyncOpenAI(api_key=credential, base_url=forward(gw))
+    async with client.realtime.connect(model=MODEL) as conn:
+        received.append(await conn.recv_bytes())
+        try:
+            for _ in range(seconds):  # paced, as a client streaming speech: a burst may lose the close frame
+                await conn.send_raw(json.dumps({"type": "input_audio_buffer.append", "audio": SECOND_OF_AUDIO}))
+                await asyncio.sleep(0.02)
+            await conn.send_raw(json.dumps({"type": "input_audio_buffer.commit"}))
+            await conn.send_raw(json.dumps({"type": "response.create"}))
+            while True:
+                received.append(await conn.recv_bytes())
+        except ConnectionClosed as closed:
+            return closed.rcvd
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("payer", ["customer balance", "key spend limit"])
+def test_audio_the_balance_or_spend_limit_cannot_hold_never_reaches_the_provider(gateways, mock, backend, payer):
+    """The client's audio is held before it passes (the waiting hold topped up a few seconds ahead): once what is
+    left cannot hold more, the append is dropped and the session closed with 4402, before any response could read
+    it. Room is left for 275 tokens (27.5 s) of audio; the client sends 60 s."""
+    gw = gateways(backend)
+    room = 275
+    first_hold = to_nanos(worst(0))  # the upgrade's: no conversation yet, MAX_OUTPUT of output
+    allowed = first_hold + to_nanos(audio_price(room))
+    if payer == "customer balance":
+        customer, credential = billed_customer(gw, allowed)
+        code = "insufficient_balance"
+    else:
+        credential = gw.cli_json("keys", "create", "--name", f"rt-{uuid.uuid4().hex[:8]}", "--spend-limit",
+                                 format_usd(allowed), "--period", "total")["secret_key"]
+        code = "spend_limit_reached"
+    received: list[bytes] = []
+
+    close = within(speak_until_cut(gw, credential, 60, received))
+    assert (close.code, close.reason) == (4402, code)
+    upstream = mock.sessions[-1]
+    assert upstream.closed.wait(5) and upstream.close_code == 4402 and not upstream.done_events
+    heard = upstream.audio_bytes // 4_800  # input tokens of the audio the provider got
+    assert room - TOP_UP_CHARS // 4 < heard <= room  # all the room held (to one top-up's worth), and no more
+    session_id = json.loads(received[0])["session"]["id"]
+    assert not [r for r in gw.ledger.requests() if r["session_id"] == session_id]  # no response: nothing charged
+    if payer == "customer balance":
+        assert gw.ledger.balance(customer) == format_usd(allowed)
+
+
 def test_session_is_cut_when_its_key_is_out_of_requests_per_minute(gateways, mock):
     """Every response is a request to the key's limits: with 2 a minute, the upgrade holds the first and the
     second takes the other; the third cannot be held."""
@@ -300,6 +365,31 @@ def test_session_is_cut_when_its_key_is_out_of_requests_per_minute(gateways, moc
     assert json.loads(received[-1])["error"]["type"] == "rate_limit_error" and (close.code, close.reason) == (
         4429, json.loads(received[-1])["error"]["code"])
     assert len(session_rows(gw, json.loads(received[0])["session"]["id"], 2)) == 2
+
+
+def test_a_client_sending_a_burst_when_its_session_is_refused_is_not_left_waiting(gateways, mock):
+    """The refusal's close lands while the client's audio is still arriving (mitmproxy cancels the connection's
+    reader mid-event: addons/proxy/mitmproxy_internals.py close_connections_cancelled_mid_event): the connection
+    is closed, with the close frame or (its frame overtaken by the reset of unread data) without, never left
+    open and unread."""
+    gw = gateways("sqlite")
+
+    async def burst():
+        key = gw.cli_json("keys", "create", "--name", f"rt-{uuid.uuid4().hex[:8]}", "--rpm", "1")["secret_key"]
+        client = openai.AsyncOpenAI(api_key=key, base_url=forward(gw))
+        async with client.realtime.connect(model=MODEL) as conn:
+            await conn.recv_bytes()
+            with pytest.raises(ConnectionClosed) as closed:
+                await conn.send_raw(json.dumps({"type": "response.create"}))  # its renewal is refused: 1 a minute
+                for _ in range(40):
+                    await conn.send_raw(json.dumps({"type": "input_audio_buffer.append", "audio": SECOND_OF_AUDIO}))
+                while True:
+                    await conn.recv_bytes()
+            return closed.value.rcvd
+
+    for _ in range(3):
+        close = within(burst(), 15)
+        assert close is None or (close.code, close.reason) == (4429, "rate_limited")
 
 
 def test_response_cut_by_the_provider_is_recorded_as_estimated(gateways, mock):
@@ -483,3 +573,97 @@ def test_a_hold_left_idle_for_half_its_life_is_given_back_and_taken_afresh_when_
     assert fresh.responses["resp_1"].request_id == "req_upgrade"  # the hold the upgrade took
     [release, (verb, renewed)] = teller.calls
     assert release == ("release", "req_idle") and verb == "admit" and idle.responses["resp_2"].request_id == renewed
+
+
+def append(seconds: float) -> dict:
+    return {"type": "input_audio_buffer.append", "audio": base64.b64encode(bytes(int(48_000 * seconds))).decode()}
+
+
+@pytest.mark.parametrize("event, chars", [
+    (append(1), 40),  # 10 input tokens a second of 24 kHz pcm16, four characters each
+    (append(0.05), 4),  # half a token: one
+    (user_item("hello"), 5),
+    ({"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [
+        {"type": "input_audio", "audio": append(2)["audio"]}, {"type": "input_text", "text": "and this"}]}}, 88),
+    ({"type": "conversation.item.create", "item": {"type": "function_call_output", "output": "{\"t\": 21}"}}, 9),
+    ({"type": "response.create", "response": {"instructions": "be brief", "input": [user_item("hi")["item"]]}}, 10),
+    ({"type": "session.update", "session": {"instructions": "x" * 100}}, 0),
+    ({"type": "input_audio_buffer.append", "audio": 7}, 0),  # junk adds nothing
+])
+def test_client_events_add_their_input_as_the_cashier_counts_it(event, chars):
+    assert input_chars(event, 48_000) == chars
+
+
+def test_g711_audio_is_counted_at_its_own_byte_rate():
+    reader = RealtimeReader.from_upgrade("openai", "model=gpt-realtime")
+    reader.session_configured({"audio": {"input": {"format": {"type": "audio/pcmu"}}}})
+    assert input_chars({"type": "input_audio_buffer.append", "audio": base64.b64encode(bytes(8_000)).decode()},
+                       reader.input_audio_bytes_per_second) == 40  # a second of G.711: 8,000 bytes
+
+
+class _ToppingTeller(_Teller):
+    def __init__(self, refuse_after: int | None = None):
+        super().__init__()
+        self.refuse_after = refuse_after
+
+    def holds_for(self, plan) -> bool:
+        return True
+
+    async def top_up(self, request_id, plan, reader, cost_of, extra_tokens):
+        if self.refuse_after is not None and len([c for c in self.calls if c[0] == "top_up"]) >= self.refuse_after:
+            raise PaymentRequired("insufficient_balance", "customer balance available is 0.00 USD")
+        self.calls.append(("top_up", request_id, extra_tokens))
+
+
+class _Message:
+    def __init__(self):
+        self.dropped = False
+
+    def drop(self):
+        self.dropped = True
+
+
+def test_input_is_held_under_the_waiting_hold_then_under_the_running_response_and_read_by_the_next():
+    """Appended audio tops up the waiting hold a few seconds ahead; while a response runs, that response's hold,
+    and the response after it reads the audio as input (context_after keeps it)."""
+    teller = _ToppingTeller()
+    sessions = RealtimeSessions(lambda: teller, record=lambda *a: None, cost_of=lambda upgrade: None,
+                                keep_messages=lambda: True)
+    upgrade = Pending("req_upgrade", 0.0, None, None, RealtimeReader.from_upgrade("openai", "model=gpt-realtime"), None)
+    session = Session(upgrade, "sess_1", "req_upgrade")
+    reader = session.reader
+    ahead = TOP_UP_CHARS // 4  # tokens a top-up holds at least
+
+    async def scenario():
+        for _ in range(3):  # 3 s: 30 tokens, within the first top-up
+            await sessions._client_event(None, session, _Message(), append(1))
+        assert teller.calls == [("top_up", "req_upgrade", ahead)] and reader.prompt_chars == 120
+        await sessions._client_event(None, session, _Message(), append(ahead / 10))  # past it: topped up again
+        assert teller.calls[-1] == ("top_up", "req_upgrade", ahead) and reader.prompt_chars == 120 + ahead * 4
+        await sessions._response_started(None, session, {"id": "resp_1"})
+        await sessions._client_event(None, session, _Message(), append(10))  # 100 tokens while resp_1 runs
+        assert teller.calls[-1] == ("top_up", "req_upgrade", 100 - (2 * ahead - 30 - ahead))
+        assert reader.pending_chars == 400
+        reader.context_after(TokenUsage(input_tokens=1_000, output_tokens=200))
+        assert (reader.prompt_chars, reader.pending_chars) == (1_200 * 4 + 400, 0)
+
+    asyncio.run(scenario())
+
+
+def test_input_a_top_up_cannot_hold_is_dropped_and_the_session_refused(monkeypatch):
+    teller = _ToppingTeller(refuse_after=1)
+    sessions = RealtimeSessions(lambda: teller, record=lambda *a: None, cost_of=lambda upgrade: None,
+                                keep_messages=lambda: True)
+    refused = []
+    monkeypatch.setattr(sessions, "_refuse", lambda flow, session, error: refused.append(error.code))
+    upgrade = Pending("req_upgrade", 0.0, None, None, RealtimeReader.from_upgrade("openai", "model=gpt-realtime"), None)
+    session = Session(upgrade, "sess_1", "req_upgrade")
+    kept, dropped = _Message(), _Message()
+
+    async def scenario():
+        await sessions._client_event(None, session, kept, append(5))
+        await sessions._client_event(None, session, dropped, append(1))
+
+    asyncio.run(scenario())
+    assert (kept.dropped, dropped.dropped, refused) == (False, True, ["insufficient_balance"])
+    assert session.reader.prompt_chars == 200  # the dropped audio is not in the conversation

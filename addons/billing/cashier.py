@@ -9,8 +9,9 @@ ledger writer has committed the real charge, so concurrent requests see each oth
 every pot and bucket is checked and taken in one atomic call.
 
 A session of many responses (OpenAI Realtime) is admitted response by response: `renew` holds the next
-response once the last one's charge is committed, so the balance it is checked against is exact; `release`
-gives back a hold no response used.
+response once the last one's charge is committed, so the balance it is checked against is exact; `top_up`
+holds more under a held request as the client adds input to the conversation; `release` gives back a hold no
+response used.
 """
 
 from __future__ import annotations
@@ -234,27 +235,13 @@ class Cashier:
                     await self._fresh_wallet(merchant, force=True)
                     wallet = (merchant, math.inf, plan.merchant_pays_provider)  # as read (or kept in an outage)
                 except KeyError:  # the hot store lost a pot (flushed): confirm it from the ledger again
-                    if plan.bill_customer:
-                        await self._fresh_wallet(plan.customer.wallet_id, plan.customer.overdraft_limit_nanos,
-                                                 force=True)
-                    if capped:
-                        await self._known_token(f"token:{plan.token.token_id}", plan.token.token_id,
-                                                plan.token.spend_cap_nanos)
-                    for owner in owners:
-                        await self._known_limits(owner)
+                    await self._confirm_again(plan, owners)
             if states is None:
                 raise LedgerUnavailable("ledger_unavailable", "balances could not be confirmed; retry")
         except WalletEmpty as e:
             raise _wallet_empty(e.available) from None
         except InsufficientFunds as e:
-            if limit := next((limit for owner in owners for limit in owner.pots if limit.name == e.pot), None):
-                raise self.limits.reached(limit, e.available) from None
-            whose = "token spend cap" if e.pot.startswith("token:") else "customer balance"
-            raise PaymentRequired(
-                "insufficient_balance",
-                f"{whose} available is {format_usd(e.available)} USD (after open holds); "
-                f"this request may cost up to {format_usd(pots[e.pot])} USD",
-            ) from None
+            raise self._short(e, owners, pots) from None
         except RateLimited as e:
             bucket = next(bucket for owner in owners for bucket in owner.buckets if bucket.name == e.bucket)
             if bucket.cost == TOKENS and reserved > bucket.capacity:  # a reservation no minute could let through
@@ -268,6 +255,72 @@ class Cashier:
             expires = datetime.now(UTC).replace(tzinfo=None) + timedelta(seconds=self.settings.hold_ttl_seconds)
             self.writer.submit(HoldRecord(request_id, plan.customer.wallet_id, pots[plan.customer.wallet_id], expires))
         return rate_headers(heads, states) if heads else None
+
+    async def _confirm_again(self, plan: BillingPlan, owners: tuple[OwnerLimits, ...]) -> None:
+        """The hot store lost a pot the request holds against (flushed): each is confirmed from the ledger again."""
+        if plan.bill_customer:
+            await self._fresh_wallet(plan.customer.wallet_id, plan.customer.overdraft_limit_nanos, force=True)
+        if plan.token is not None and plan.token.spend_cap_nanos is not None:
+            await self._known_token(f"token:{plan.token.token_id}", plan.token.token_id, plan.token.spend_cap_nanos)
+        for owner in owners:
+            await self._known_limits(owner)
+
+    def _short(self, e: InsufficientFunds, owners: tuple[OwnerLimits, ...], pots: dict[str, int]) -> PaymentRequired:
+        """The refusal of a hold a pot could not take: a limit reached, or a balance or token cap too low."""
+        if limit := next((limit for owner in owners for limit in owner.pots if limit.name == e.pot), None):
+            return self.limits.reached(limit, e.available)
+        whose = "token spend cap" if e.pot.startswith("token:") else "customer balance"
+        return PaymentRequired(
+            "insufficient_balance",
+            f"{whose} available is {format_usd(e.available)} USD (after open holds); "
+            f"this request may cost up to {format_usd(pots[e.pot])} USD",
+        )
+
+    @staticmethod
+    def holds_for(plan: BillingPlan) -> bool:
+        """Whether a request of `plan` holds anything: a customer's balance, a token's cap, a key's or customer's
+        limits (else admission only checks the merchant's wallet is positive)."""
+        return (plan.bill_customer or plan.token is not None and plan.token.spend_cap_nanos is not None
+                or plan.key.limits.any or plan.customer is not None)
+
+    async def top_up(self, request_id: str, plan: BillingPlan, reader: UsageReader, cost_of: WorstCost,
+                     extra_input_tokens: int) -> None:
+        """A request already held will read `extra_input_tokens` more input than `reader.prompt_chars` says (a
+        Realtime session's next response, as the client adds audio or items): its worst case grows by what they
+        may cost, held on the same pots as its admission (balance, token cap, spend limits), checked as admission
+        checks. No request is counted again and no rate limit taken. Raises PaymentRequired as `admit` does."""
+        if extra_input_tokens <= 0 or not self.holds_for(plan):
+            return
+        base = tokens(reader.prompt_chars)
+        output_tokens = reader.max_output_tokens or self.settings.default_max_output_tokens
+        before = self._worst_charges(plan, reader, base, output_tokens, cost_of)
+        after = self._worst_charges(plan, reader, base + extra_input_tokens, output_tokens, cost_of)
+        merchant, payer = after[0] - before[0], after[1] - before[1]
+        pots: dict[str, int] = {}
+        if plan.bill_customer and payer > 0:
+            pots[plan.customer.wallet_id] = payer
+        if plan.token is not None and plan.token.spend_cap_nanos is not None and payer > 0:
+            pots[f"token:{plan.token.token_id}"] = payer
+        owners = self.limits.owners(plan) if plan.key.limits.any or plan.customer is not None else ()
+        for owner in owners:
+            for pot, kind in owner.holds:
+                amount = merchant if kind == MERCHANT else payer if kind == PAYER and plan.bill_customer else 0
+                if amount > 0:
+                    pots[pot] = amount
+        if not pots:
+            return
+        for _ in range(3):
+            try:
+                await self.holds.hold(request_id, pots)
+                break
+            except KeyError:  # a pot lost (flushed), or a new period's: confirmed again
+                await self._confirm_again(plan, owners)
+            except InsufficientFunds as e:
+                raise self._short(e, owners, pots) from None
+        else:
+            raise LedgerUnavailable("ledger_unavailable", "balances could not be confirmed; retry")
+        if (held := self.open_holds.get(request_id)) is not None:
+            self.open_holds[request_id] = (held[0] + max(pots.values()), held[1])
 
     async def renew(self, finished_id: str, request_id: str, plan: BillingPlan, reader: UsageReader,
                     cost_of: WorstCost, wait: float = RENEW_WAIT) -> None:

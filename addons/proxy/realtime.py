@@ -12,6 +12,10 @@ priced, and held for one response's worst case. Once the provider answers 101, t
   cannot be held (a balance, spend limit or rate limit), the client gets an OpenAI-shaped `error` event and
   the session is closed on both sides, with close code 4000 + the HTTP status of the refusal (4402, 4429)
   and the error's code as the reason; whatever either side sends after that is dropped;
+- what the client adds to the conversation (appended audio, items, a response's own input) is held before it
+  is passed on: the waiting hold, or while a response runs that response's, is topped up (`Cashier.top_up`, a
+  few seconds of audio ahead), so a response never reads input no hold covered. A top-up that cannot be held
+  drops the event and closes the session as above;
 - when the session ends, however it ends, a response still running is recorded from what it carried
   (flagged "estimated"), and a hold no response used is given back.
 
@@ -38,8 +42,14 @@ from addons.core.errors import GatewayError
 from addons.proxy import metrics_recorder, mitmproxy_internals
 from addons.proxy.error_pages import new_request_id
 from addons.proxy.usage_record import Pending
-from addons.usage.json_fields import as_dict, as_str
-from addons.usage.realtime import RealtimeReader, ResponseReader, server_event
+from addons.usage.json_fields import as_dict, as_str, tokens
+from addons.usage.realtime import (
+    INPUT_AUDIO_TOKENS_PER_SECOND,
+    RealtimeReader,
+    ResponseReader,
+    input_chars,
+    server_event,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +57,9 @@ SUBPROTOCOL_KEY_PREFIX = "openai-insecure-api-key."
 _OUTPUT_DELTAS = frozenset({"response.output_text.delta", "response.text.delta", "response.output_audio.delta",
                             "response.audio.delta", "response.output_audio_transcript.delta",
                             "response.audio_transcript.delta"})
+
+# input a top-up holds at least (five seconds of the client's audio): one top-up per few seconds of speech
+TOP_UP_CHARS = 5 * INPUT_AUDIO_TOKENS_PER_SECOND * 4
 
 Record = Callable[[http.HTTPFlow, Pending, int | None, str | None], None]
 
@@ -99,6 +112,9 @@ class Session:
     responses: dict[str, Response] = field(default_factory=dict)  # response id -> its request
     refusal: GatewayError | None = None  # set: the error event is on its way, then the close
     ended: bool = False
+    holds: bool = True  # whether its requests hold anything (a balance, cap or limit): else no top-ups
+    topped: str | None = None  # the request id top-ups last held more under
+    ahead: int = 0  # input (characters) that request's top-ups hold beyond what the client has added
 
     @property
     def reader(self) -> RealtimeReader:
@@ -119,7 +135,8 @@ class RealtimeSessions:
 
     def start(self, flow: http.HTTPFlow, upgrade: Pending) -> None:
         """The provider accepted the upgrade: the session's hold, taken at admission, waits for its first response."""
-        self.sessions[flow.id] = Session(upgrade, f"rts_{secrets.token_hex(12)}", upgrade.request_id)
+        self.sessions[flow.id] = Session(upgrade, f"rts_{secrets.token_hex(12)}", upgrade.request_id,
+                                         holds=self._cashier().holds_for(upgrade.plan))
 
     async def message(self, flow: http.HTTPFlow) -> None:
         session = self.sessions.get(flow.id)
@@ -129,9 +146,13 @@ class RealtimeSessions:
         try:
             if session.refusal is not None:
                 self._while_closing(flow, session, message)
-            elif not message.from_client and message.is_text:
+            elif not message.is_text:
+                pass
+            elif not message.from_client:
                 if (event := server_event(message.content)) is not None:
                     await self._server_event(flow, session, event)
+            elif session.holds and (event := server_event(message.content)) is not None:
+                await self._client_event(flow, session, message, event)
         except Exception:  # a metering bug must not cut a session: log it, the frames still pass
             log.exception("tollgate: metering failed on a Realtime event of session %s", session.session_id)
         finally:
@@ -151,6 +172,38 @@ class RealtimeSessions:
             await self._response_started(flow, session, as_dict(event.get("response")))
         elif kind == "response.done":
             await self._response_done(flow, session, as_dict(event.get("response")))
+
+    async def _client_event(self, flow: http.HTTPFlow, session: Session, message: WebSocketMessage,
+                            event: dict) -> None:
+        """Input the client adds is held before it passes: the waiting hold is topped up, or, while a response
+        runs, that response's (its commit releases it, and the next hold counts the input again)."""
+        reader = session.reader
+        if not (chars := input_chars(event, reader.input_audio_bytes_per_second)):
+            return
+        running = next(reversed(session.responses.values()), None)
+        target = session.held or (running.request_id if running is not None else None)
+        if target is not None:
+            if session.topped != target:
+                session.topped, session.ahead = target, 0
+            if chars > session.ahead:
+                more = max(chars - session.ahead, TOP_UP_CHARS)
+                try:
+                    await self._cashier().top_up(target, session.upgrade.plan, reader,
+                                                 self._cost_of(session.upgrade), tokens(more))
+                except Exception as e:  # fail closed: input no hold covers does not reach the provider
+                    message.drop()
+                    if not isinstance(e, GatewayError):
+                        log.exception("tollgate: topping up the hold of Realtime session %s failed",
+                                      session.session_id)
+                        e = GatewayError("internal_error", "the gateway failed to hold the session's input")
+                    self._refuse(flow, session, e)
+                    return
+                session.ahead += more
+            session.ahead -= chars
+        if session.held is not None:  # the next response reads it
+            reader.prompt_chars += chars
+        else:  # the one after the response running now
+            reader.pending_chars += chars
 
     async def _response_started(self, flow: http.HTTPFlow, session: Session, response: dict) -> None:
         response_id = as_str(response.get("id")) or f"anonymous-{len(session.responses)}"

@@ -11,7 +11,8 @@ input (`input_token_details.cached_tokens_details`). Tollgate charges every resp
   session's max_output_tokens (else billing's default), all of it at the model's audio rates (cost_of_worst).
 - ResponseReader: one response. Its usage from `response.done` ("reported"); cut before that, an estimate from
   the text and audio it carried ("estimated").
-- server_event(): a server message as a JSON object, or None for what is not one.
+- server_event(): a message as a JSON object, or None for what is not one.
+- input_chars(): what a client event adds to the input of the session's next response, for its top-up.
 
 GA event names (`response.output_audio.delta`, `max_output_tokens`) and the beta's (`response.audio.delta`,
 `max_response_output_tokens`) are both read.
@@ -24,7 +25,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from addons.usage.base import UsageReader, UsageReading
-from addons.usage.json_fields import as_dict, as_str, count, tokens
+from addons.usage.json_fields import CHARS_PER_TOKEN, as_dict, as_str, count, tokens
 from pricing.usage import MediaUsage, TokenUsage
 
 ENDPOINT = "realtime"
@@ -38,6 +39,7 @@ _AUDIO_DELTAS = frozenset({"response.output_audio.delta", "response.audio.delta"
 _AUDIO_BYTES_PER_SECOND = {"pcm16": 48_000, "audio/pcm": 48_000, "g711_ulaw": 8_000, "g711_alaw": 8_000,
                            "audio/pcmu": 8_000, "audio/pcma": 8_000}
 AUDIO_TOKENS_PER_SECOND = 20
+INPUT_AUDIO_TOKENS_PER_SECOND = 10  # the client's audio: OpenAI counts one token per 100 ms of it
 
 
 def is_realtime_path(path: str) -> bool:
@@ -47,7 +49,8 @@ def is_realtime_path(path: str) -> bool:
 
 
 def server_event(content: bytes | str) -> dict[str, Any] | None:
-    """A server message as its JSON object; None for anything else (binary frames, junk, a huge message)."""
+    """A message (the server's, or the client's) as its JSON object; None for anything else (binary frames, junk,
+    a huge message)."""
     if len(content) > MAX_EVENT:
         return None
     try:
@@ -73,6 +76,44 @@ def response_usage(usage: dict[str, Any]) -> tuple[TokenUsage, MediaUsage]:
     return totals, media
 
 
+def input_chars(event: dict[str, Any], audio_bytes_per_second: int) -> int:
+    """What a client event adds to the input of the session's next response, in characters as the cashier reads
+    them (four a token): an input_audio_buffer.append's audio, a conversation.item.create's item, a
+    response.create's own instructions and input items. Other events add nothing."""
+    kind = event["type"]
+    if kind == "input_audio_buffer.append":
+        return _audio_chars(event.get("audio"), audio_bytes_per_second)
+    if kind == "conversation.item.create":
+        return _item_chars(as_dict(event.get("item")), audio_bytes_per_second)
+    if kind == "response.create":
+        response = as_dict(event.get("response"))
+        items = response.get("input")
+        return len(as_str(response.get("instructions")) or "") + (sum(
+            _item_chars(as_dict(item), audio_bytes_per_second) for item in items) if isinstance(items, list) else 0)
+    return 0
+
+
+def _audio_chars(audio: Any, bytes_per_second: int) -> int:
+    """Base64 audio as input tokens (INPUT_AUDIO_TOKENS_PER_SECOND), four characters each."""
+    if not isinstance(audio, str):
+        return 0
+    audio_bytes = len(audio) * 3 // 4 - audio[-2:].count("=")  # less the padding
+    return -(-audio_bytes * INPUT_AUDIO_TOKENS_PER_SECOND // bytes_per_second) * CHARS_PER_TOKEN
+
+
+def _item_chars(item: dict[str, Any], audio_bytes_per_second: int) -> int:
+    """A conversation item's input: its content's text and audio, a function call's arguments or output."""
+    chars = sum(len(value) for name in ("arguments", "output") if isinstance(value := item.get(name), str))
+    content = item.get("content")
+    for part in content if isinstance(content, list) else ():
+        part = as_dict(part)
+        if isinstance(audio := part.get("audio"), str):
+            chars += _audio_chars(audio, audio_bytes_per_second)
+        elif isinstance(text := part.get("text") or part.get("transcript"), str):
+            chars += len(text)
+    return chars
+
+
 def worst_media(usage: TokenUsage) -> MediaUsage:
     """The dearest reading of `usage` a Realtime model can have: every token audio, none of it cached."""
     return MediaUsage(input_audio_tokens=usage.input_tokens, output_audio_tokens=usage.output_tokens)
@@ -86,6 +127,8 @@ class RealtimeReader(UsageReader):
     """
 
     audio_format = "pcm16"  # of the output audio, as the session last set it
+    input_audio_bytes_per_second = 48_000  # of the client's audio (24 kHz pcm16 unless the session says)
+    pending_chars = 0  # input added while a response ran: the response after it reads it too
 
     @classmethod
     def from_upgrade(cls, family: str, query: str) -> RealtimeReader:
@@ -101,14 +144,21 @@ class RealtimeReader(UsageReader):
         cap = session.get("max_output_tokens", session.get("max_response_output_tokens"))
         if cap is not None:  # "inf" lifts a cap set before
             self.max_output_tokens = count(cap) or None
-        audio_out = as_dict(as_dict(session.get("audio")).get("output"))
-        audio_format = as_dict(audio_out.get("format")).get("type") or session.get("output_audio_format")
+        audio = as_dict(session.get("audio"))
+        audio_format = as_dict(as_dict(audio.get("output")).get("format")).get("type") or session.get(
+            "output_audio_format")
         if isinstance(audio_format, str):
             self.audio_format = audio_format
+        audio_format = as_dict(as_dict(audio.get("input")).get("format")).get("type") or session.get(
+            "input_audio_format")
+        if isinstance(audio_format, str):
+            self.input_audio_bytes_per_second = _AUDIO_BYTES_PER_SECOND.get(audio_format, 48_000)
 
     def context_after(self, usage: TokenUsage) -> None:
-        """A response finished with `usage`: the next one reads all of it again (its input and its output)."""
-        self.prompt_chars = (usage.input_tokens + usage.output_tokens) * 4
+        """A response finished with `usage`: the next one reads all of it again (its input and its output), and
+        what the client added while it ran."""
+        self.prompt_chars = (usage.input_tokens + usage.output_tokens) * CHARS_PER_TOKEN + self.pending_chars
+        self.pending_chars = 0
 
     def response(self, max_output_tokens: int | None) -> ResponseReader:
         """The reader of the session's next response (its own cap, where response.create named one)."""
