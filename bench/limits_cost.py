@@ -20,7 +20,8 @@ each block) and gives machine instructions per request, all threads: C work incl
 allocation), within a few per cent run to run.
 `--redis` holds in Redis (db 9 of the local redis-server, emptied) as several instances do: requests then run
 in waves of `--concurrency` (32) as under load, their Redis calls of one loop turn sharing a write, and besides
-the gateway's CPU the figure gives redis-server's own, read from its INFO (microseconds).
+the gateway's CPU the figure gives redis-server's own, read from its INFO (microseconds), and the commands it ran
+per request (its commandstats, the hold and settle scripts' calls counted), a figure that does not move.
 bench/run_bench.py --limits measures the same through real sockets, where a few microseconds drown in the
 noise of a whole request.
 """
@@ -187,10 +188,18 @@ def main() -> None:
             cpu = redis_server.info("cpu") if redis_server is not None else {}
             return cpu.get("used_cpu_user", 0.0) + cpu.get("used_cpu_sys", 0.0)
 
-        async def block(secret: str, n: int) -> tuple[float, float, float]:
+        def redis_commands() -> int:
+            """Commands redis-server ran, those inside scripts included (the scripts' own calls and INFO not)."""
+            stats = redis_server.info("commandstats") if redis_server is not None else {}
+            return sum(stat["calls"] for name, stat in stats.items()
+                       if name not in ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_info"))
+
+        async def block(secret: str, n: int) -> tuple[float, float, float, float]:
             """CPU seconds per request: the event loop's thread alone (every hook, the settles), the whole
-            process (the ledger writer's thread too), and redis-server's (with --redis)."""
+            process (the ledger writer's thread too), and redis-server's (with --redis); then Redis commands
+            per request."""
             start, start_all, start_redis = time.thread_time(), time.process_time(), redis_cpu()
+            start_commands = redis_commands()
             if redis_server is None:
                 for i in range(n):
                     await one(secret)
@@ -202,7 +211,7 @@ def main() -> None:
             gateway.writer.flush(timeout=60)
             await asyncio.sleep(0.06)  # the commits' settles and the batched true-ups
             return ((time.thread_time() - start) / n, (time.process_time() - start_all) / n,
-                    (redis_cpu() - start_redis) / n)
+                    (redis_cpu() - start_redis) / n, (redis_commands() - start_commands) / n)
 
         warm = 300 if args.counted else 2000  # under valgrind 50 times slower
         loop.run_until_complete(block(plain, warm))  # warm: caches, pots confirmed, the ledger's pages
@@ -225,7 +234,7 @@ def main() -> None:
             for code, extra in sorted(difference.items(), key=lambda item: -abs(item[1]))[:30]:
                 print(f"{extra:+8.1f}  {code}")
             return
-        samples: dict[str, list[tuple[float, float, float]]] = {plain: [], limited: []}
+        samples: dict[str, list[tuple[float, float, float, float]]] = {plain: [], limited: []}
         for r in range(args.rounds):
             for secret in (plain, limited) if r % 2 == 0 else (limited, plain):
                 samples[secret].append(loop.run_until_complete(block(secret, args.requests)))
@@ -237,6 +246,10 @@ def main() -> None:
                   f"CPU per request: limits cost {(low[limited] - low[plain]) * 1e6:+.1f} us")
         print(f"(each the mean of the fastest fifth of {args.rounds} blocks of {args.requests} requests per key: "
               f"blocks slowed by other work on the machine are left out)")
+        if redis_server is not None:  # a count, the same every run: what redis-server's CPU is spent on
+            commands = {secret: sum(sample[3] for sample in taken) / len(taken) for secret, taken in samples.items()}
+            print(f"Redis commands per request (inside the scripts too): no limits {commands[plain]:.1f}, every limit "
+                  f"{commands[limited]:.1f}")
         loop.run_until_complete(gateway.cashier.close())
         gateway.done()
 
