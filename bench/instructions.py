@@ -24,6 +24,7 @@ tens of microseconds, which run_bench.py's timings cannot resolve, and instructi
 Run:  .venv/bin/python bench/instructions.py [--requests 640] [--clients 32] [--only mitmdump,tollgate]
       .venv/bin/python bench/instructions.py --only tollgate --tree before=/tmp/tollgate-before
       .venv/bin/python bench/instructions.py --only tollgate --limits [--kind pg]
+      .venv/bin/python bench/instructions.py --only tollgate --proxy   (then callgrind_annotate each way's dump)
 Needs valgrind (Debian package `valgrind`).
 """
 
@@ -87,6 +88,13 @@ def measure(target: rb.Target, warmup: int, requests: int, clients: int) -> floa
     return total / requests
 
 
+_PROXIES: dict[str, rb.Target] = {}
+
+
+def proxy_of(target: rb.Target) -> rb.Target:
+    return _PROXIES[target.name]
+
+
 def start_tollgate_from(label: str, tree: str | None, mock_port: int,
                         kind: str = "sqlite") -> tuple[rb.Target, ...]:
     """Tollgate (`kind`: sqlite, or pg for PostgreSQL + Redis) with its own work directory, from `tree` when given
@@ -96,7 +104,8 @@ def start_tollgate_from(label: str, tree: str | None, mock_port: int,
     if tree:
         rb.clean_env = lambda **kw: {**clean_env_plain(**kw), "PYTHONPATH": tree}
     try:
-        fwd, _, *more = rb.start_tollgate(kind, mock_port)
+        fwd, proxy, *more = rb.start_tollgate(kind, mock_port)
+        _PROXIES[fwd.name] = proxy
         return (fwd, *more)
     finally:
         rb.WORK, rb.clean_env = base, clean_env_plain
@@ -115,6 +124,9 @@ def main() -> int:
                              "its Redis round trips is not counted)")
     parser.add_argument("--limits", action="store_true",
                         help="also a key with every limit set, on the same Tollgate (the difference: issue 13's cost)")
+    parser.add_argument("--proxy", action="store_true",
+                        help="also Tollgate's HTTPS_PROXY way in (CONNECT + TLS), on the same Tollgate: the tunnel's "
+                             "cost over the forward endpoint; each way's counts kept as a callgrind dump")
     args = parser.parse_args()
     rb.LIMITS_TOO = args.limits
     if not shutil.which("valgrind"):
@@ -132,6 +144,13 @@ def main() -> int:
                   f"per request ({args.requests} requests, {args.clients} clients)", flush=True)
         for label, tree in trees:
             target, *limited = start_tollgate_from(label, tree, mock_port, args.kind)
+            if args.proxy:
+                for way in (target, proxy_of(target), target, proxy_of(target)):  # each twice, alternating
+                    counted = measure(way, args.warmup, args.requests, args.clients)
+                    dump = callgrind(way.proc_pid, "-d", way.name)  # callgrind_annotate reads it
+                    print(f"{label} {way.name}: {counted / 1e6:.3f} M instructions per request ({args.requests} "
+                          f"requests, {args.clients} clients); {dump.strip() or 'dumped'}", flush=True)
+                continue
             if not args.limits:
                 print(f"{label}: {measure(target, args.warmup, args.requests, args.clients) / 1e6:.3f} M "
                       f"instructions per request ({args.requests} requests, {args.clients} clients)", flush=True)

@@ -1,5 +1,6 @@
 import asyncio
 import json
+import re
 from urllib.parse import quote
 
 import pytest
@@ -26,8 +27,14 @@ def error_of(flow):
 
 
 def test_configure_confines_interception(gw):
-    assert gw.tctx.options.allow_hosts == gw.catalog.allow_hosts_patterns()
-    assert r"^api\.openai\.com:\d+$" in gw.tctx.options.allow_hosts
+    """allow_hosts is the catalog's patterns as one alternation: a host is let in exactly when one of them matches."""
+    [option] = gw.tctx.options.allow_hosts
+    assert r"(?:^api\.openai\.com:\d+$)" in option
+    patterns = gw.catalog.allow_hosts_patterns()
+    for host in ("api.openai.com:443", "API.Anthropic.com:443", "myres.openai.azure.com:443", "example.com:443",
+                 "api.openai.com.evil.test:443", "xapi.openai.com:443", "127.0.0.1:443"):
+        assert bool(re.search(option, host, re.IGNORECASE)) == any(re.search(p, host, re.IGNORECASE) for p in patterns)
+    assert re.search(option, "api.openai.com:443") and not re.search(option, "example.com:443")
     assert gw.tctx.options.connection_strategy == "lazy"
 
 

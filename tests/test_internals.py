@@ -3,8 +3,14 @@ version with a readable line, and (mitmproxy) one idempotent install that puts e
 
 from __future__ import annotations
 
+import datetime
+
 import pytest
-from mitmproxy import http, version
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+from mitmproxy import certs, http, version
 from mitmproxy.addons import proxyauth
 from mitmproxy.proxy.layers.http import HttpStream, _http1
 
@@ -12,7 +18,8 @@ from addons.proxy import error_pages, mitmproxy_internals, proxyauth_compare
 from pricing import genai_prices_internals
 
 ALWAYS = {"_http1.make_error_response", "HttpStream.handle_protocol_error", "HttpStream.check_body_size",
-          "Http1Server.read_headers", "proxyauth.SingleUser.__call__", "ConnectionHandler.handle_connection"}
+          "Http1Server.read_headers", "proxyauth.SingleUser.__call__", "ConnectionHandler.handle_connection",
+          "certs.create_ca"}
 
 
 @pytest.fixture
@@ -55,6 +62,35 @@ def test_install_puts_every_patch_in_place_once(type_checks_kept):
     assert placed == {"make_error_response": _http1.make_error_response, "handle": HttpStream.handle_protocol_error,
                       "body": HttpStream.check_body_size, "head": _http1.Http1Server.read_headers,
                       "auth": proxyauth.SingleUser.__call__, "types": http.MessageData.__post_init__}
+
+
+def test_a_new_ca_has_an_ecdsa_key_and_an_existing_one_is_kept(tmp_path):
+    """The CA mitmproxy creates on first start signs every intercepted handshake: P-256, with mitmproxy's own
+    names and extensions; a CA already there (clients trust it) is loaded as it is, RSA or not."""
+    mitmproxy_internals.install()
+    store = certs.CertStore.from_store(tmp_path / "new", "mitmproxy", 2048)
+    assert store.default_ca.keyinfo == ("EC (secp256r1)", 256)
+    ca = x509.load_pem_x509_certificate((tmp_path / "new" / "mitmproxy-ca-cert.pem").read_bytes())
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert ca.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
+    assert ca.subject.rfc4514_string() == "O=mitmproxy,CN=mitmproxy"
+    ca.verify_directly_issued_by(ca)  # self-signed with the EC key
+    leaf = store.get_cert("api.openai.com", [x509.DNSName("api.openai.com")]).cert
+    assert leaf.keyinfo == ("EC (secp256r1)", 256) and leaf.issuer == store.default_ca.subject
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)  # an RSA CA made before
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "old")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "mitmproxy-ca.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                          serialization.NoEncryption()) + cert.public_bytes(serialization.Encoding.PEM))
+    kept = certs.CertStore.from_store(tmp_path / "old", "mitmproxy", 2048)
+    assert kept.default_ca.keyinfo == ("RSA", 2048) and kept.default_ca.cn == "old"
 
 
 def test_install_wraps_again_what_was_put_back(monkeypatch):

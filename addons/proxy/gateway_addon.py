@@ -298,7 +298,7 @@ class Gateway:
         """Decrypt only catalog hosts, and connect upstream only where the addon routes to."""
         updates = {}
         if not ctx.options.allow_hosts and not ctx.options.ignore_hosts:
-            updates["allow_hosts"] = self.catalog.allow_hosts_patterns()
+            updates["allow_hosts"] = self.catalog.allow_hosts_option()
         if ctx.options.connection_strategy != "lazy":
             updates["connection_strategy"] = "lazy"
         if updates:

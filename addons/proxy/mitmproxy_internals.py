@@ -36,7 +36,10 @@ from typing import Protocol
 
 import wsproto
 import wsproto.events
-from mitmproxy import connection, ctx, hooks, http, optmanager, version
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from mitmproxy import certs, connection, ctx, hooks, http, optmanager, version
 from mitmproxy import flow as mitmproxy_flow
 from mitmproxy.addons import proxyauth
 from mitmproxy.flow import Error
@@ -212,6 +215,35 @@ def compare_single_user_with(same: Callable[[str, str, str, str], bool]) -> None
         return single_user
 
     _replace("proxyauth.SingleUser.__call__", proxyauth.SingleUser, "__call__", make)
+
+
+def ecdsa_certificate_authority() -> None:
+    """The CA mitmproxy creates on its first start (confdir's mitmproxy-ca.pem) gets an ECDSA P-256 key, not RSA
+    2048. mitmproxy signs every intercepted TLS handshake with the CA's own key (its generated certificates carry
+    the CA's public key): an RSA-2048 signature is about 10M instructions, which made a new HTTPS_PROXY connection
+    cost as much as five requests; a P-256 signature is a small fraction of that (bench/instructions.py --proxy).
+    Every TLS client of the last fifteen years accepts P-256. The certificate is mitmproxy's own (its names,
+    validity and extensions), signed anew with the EC key. A CA already in confdir is kept, whatever its key: clients
+    trust it. Covered by tests/test_internals.py and every HTTPS_PROXY test."""
+
+    def wrap(original):
+        def create_ca(organization: str, cn: str, key_size: int):
+            _, template = original(organization=organization, cn=cn, key_size=key_size)
+            key = ec.generate_private_key(ec.SECP256R1())
+            builder = x509.CertificateBuilder(
+                issuer_name=template.issuer, subject_name=template.subject, public_key=key.public_key(),
+                serial_number=template.serial_number, not_valid_before=template.not_valid_before_utc,
+                not_valid_after=template.not_valid_after_utc)
+            for extension in template.extensions:
+                value = extension.value
+                if isinstance(value, x509.SubjectKeyIdentifier):
+                    value = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+                builder = builder.add_extension(value, extension.critical)
+            return key, builder.sign(private_key=key, algorithm=hashes.SHA256())
+
+        return create_ca
+
+    _replace("certs.create_ca", certs, "create_ca", wrap)
 
 
 def close_connections_cancelled_mid_event() -> None:
@@ -580,6 +612,7 @@ def install(*, lean: bool = False, web: bool = False) -> None:
     limit_request_heads(request_limits.header_limit, request_limits.head_refusal, request_limits.HEAD_TOO_LARGE)
     compare_single_user_with(proxyauth_compare.same_credentials)
     close_connections_cancelled_mid_event()
+    ecdsa_certificate_authority()
     if lean:
         drop_debug_type_checks()
         quicker_header_lookups()
