@@ -220,8 +220,8 @@ def compare_single_user_with(same: Callable[[str, str, str, str], bool]) -> None
 def ecdsa_certificate_authority() -> None:
     """The CA mitmproxy creates on its first start (confdir's mitmproxy-ca.pem) gets an ECDSA P-256 key, not RSA
     2048. mitmproxy signs every intercepted TLS handshake with the CA's own key (its generated certificates carry
-    the CA's public key): an RSA-2048 signature is about 10M instructions, which made a new HTTPS_PROXY connection
-    cost as much as five requests; a P-256 signature is a small fraction of that (bench/instructions.py --proxy).
+    the CA's public key): an RSA-2048 signature is about 10M instructions, as much as two or three whole requests;
+    a P-256 signature is a small fraction of that (bench/instructions.py --proxy).
     Every TLS client of the last fifteen years accepts P-256. The certificate is mitmproxy's own (its names,
     validity and extensions), signed anew with the EC key. A CA already in confdir is kept, whatever its key: clients
     trust it. Covered by tests/test_internals.py and every HTTPS_PROXY test."""
