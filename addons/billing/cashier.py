@@ -53,7 +53,7 @@ from addons.billing.limits import (
     rate_limited,
 )
 from addons.billing.plan import BillingPlan, byok_fee, worst_case_fee
-from addons.core.errors import LedgerUnavailable, PaymentRequired
+from addons.core.errors import LedgerUnavailable, PaymentRequired, TooManyRequests
 from addons.core.limits import epoch
 from addons.core.settings import BillingSettings
 from addons.ledger.accounts import token_spent, wallet_state
@@ -265,7 +265,8 @@ class Cashier:
         for owner in owners:
             await self._known_limits(owner)
 
-    def _short(self, e: InsufficientFunds, owners: tuple[OwnerLimits, ...], pots: dict[str, int]) -> PaymentRequired:
+    def _short(self, e: InsufficientFunds, owners: tuple[OwnerLimits, ...],
+               pots: dict[str, int]) -> PaymentRequired | TooManyRequests:
         """The refusal of a hold a pot could not take: a limit reached, or a balance or token cap too low."""
         if limit := next((limit for owner in owners for limit in owner.pots if limit.name == e.pot), None):
             return self.limits.reached(limit, e.available)

@@ -42,7 +42,7 @@ from addons.core.errors import GatewayError
 from addons.proxy import metrics_recorder, mitmproxy_internals
 from addons.proxy.error_pages import new_request_id
 from addons.proxy.usage_record import Pending
-from addons.usage.json_fields import as_dict, as_str, tokens
+from addons.usage.json_fields import CHARS_PER_TOKEN, as_dict, as_str, tokens
 from addons.usage.realtime import (
     INPUT_AUDIO_TOKENS_PER_SECOND,
     RealtimeReader,
@@ -59,7 +59,7 @@ _OUTPUT_DELTAS = frozenset({"response.output_text.delta", "response.text.delta",
                             "response.audio_transcript.delta"})
 
 # input a top-up holds at least (five seconds of the client's audio): one top-up per few seconds of speech
-TOP_UP_CHARS = 5 * INPUT_AUDIO_TOKENS_PER_SECOND * 4
+TOP_UP_CHARS = 5 * INPUT_AUDIO_TOKENS_PER_SECOND * CHARS_PER_TOKEN
 
 Record = Callable[[http.HTTPFlow, Pending, int | None, str | None], None]
 
