@@ -385,6 +385,23 @@ def test_a_hold_record_is_mirrored_and_its_request_removes_it(shop):
     assert audit_wallets() == []
 
 
+def test_a_top_up_adds_to_its_requests_mirrored_hold_and_goes_with_it(shop):
+    """A Realtime session's next response held more as the client spoke (Cashier.top_up): its row shows the sum and
+    the later expiry; once the request is charged the row goes, and a top-up arriving after that adds no row."""
+    wallet = add_customer()
+    meter = add_meter(shop, "per-req", "fixed", "requests", ["0:0.01"])
+    first, later = T0 + timedelta(minutes=10), T0 + timedelta(minutes=12)
+    write_batch([HoldRecord("req_a", wallet, CENT, first), HoldRecord("req_a", wallet, 3 * CENT, later, added=True)],
+                apply_charges)
+    write_batch([HoldRecord("req_a", wallet, 2 * CENT, later, added=True)], apply_charges)
+    [row] = Hold.select()
+    assert (row.request_id, row.amount_nanos, row.expires_at) == ("req_a", 6 * CENT, later)
+    write_batch([usage(shop, "req_a", charged=10, customer="cus_1", wallet=wallet, meter=meter, units=1)],
+                apply_charges)
+    write_batch([HoldRecord("req_a", wallet, CENT, later, added=True)], apply_charges)  # too late: nothing to add to
+    assert Hold.select().count() == 0 and audit_wallets() == []
+
+
 def test_a_customer_request_that_is_not_billed_still_removes_its_hold(shop):
     """A billed customer's request the provider refused is not charged (bill_customer is False on its record), but
     it was held at admission: its row goes all the same. A request of no customer has no hold row to look for."""

@@ -322,6 +322,9 @@ class Cashier:
             raise LedgerUnavailable("ledger_unavailable", "balances could not be confirmed; retry")
         if (held := self.open_holds.get(request_id)) is not None:
             self.open_holds[request_id] = (held[0] + max(pots.values()), held[1])
+        if plan.bill_customer and (amount := pots.get(plan.customer.wallet_id)):
+            expires = datetime.now(UTC).replace(tzinfo=None) + timedelta(seconds=self.settings.hold_ttl_seconds)
+            self.writer.submit(HoldRecord(request_id, plan.customer.wallet_id, amount, expires, added=True))
 
     async def renew(self, finished_id: str, request_id: str, plan: BillingPlan, reader: UsageReader,
                     cost_of: WorstCost, wait: float = RENEW_WAIT) -> None:

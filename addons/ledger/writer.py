@@ -107,20 +107,27 @@ _HOLD_COLUMNS = ("request_id", "wallet", "amount_nanos", "expires_at")
 
 @dataclass(slots=True)
 class HoldRecord:
-    """A hold the proxy opened, mirrored into the ledger for `tollgate customers show`."""
+    """A hold the proxy opened, mirrored into the ledger for `tollgate customers show`; `added`: more held under a
+    request mirrored already (a Realtime top-up), added to its row."""
 
     request_id: str
     wallet_id: str
     amount_nanos: int
     expires_at: datetime
+    added: bool = False
 
 
 def write_batch(items: list[UsageRecord | HoldRecord], charge: Charge) -> CommitReport:
     """Request rows and their charges go in together, so a request already present is skipped whole."""
-    holds = [(h.request_id, h.wallet_id, h.amount_nanos, h.expires_at) for h in items if isinstance(h, HoldRecord)]
+    holds = [(h.request_id, h.wallet_id, h.amount_nanos, h.expires_at)
+             for h in items if isinstance(h, HoldRecord) and not h.added]
     records = list({r.id: r for r in reversed(items) if isinstance(r, UsageRecord)}.values())  # one per request id
     with database.atomic():
         bulk_insert(Hold, _HOLD_COLUMNS, holds, ignore_duplicates=True)
+        for h in items:
+            if isinstance(h, HoldRecord) and h.added:  # rare: a row per Realtime top-up of a customer's hold
+                execute('UPDATE "hold" SET "amount_nanos" = "amount_nanos" + %s, "expires_at" = %s '
+                        'WHERE "request_id" = %s', h.amount_nanos, h.expires_at, h.request_id)
         if not records:
             return CommitReport()
         ids = [r.id for r in records]
