@@ -88,25 +88,17 @@ def measure(target: rb.Target, warmup: int, requests: int, clients: int) -> floa
     return total / requests
 
 
-_PROXIES: dict[str, rb.Target] = {}
-
-
-def proxy_of(target: rb.Target) -> rb.Target:
-    return _PROXIES[target.name]
-
-
 def start_tollgate_from(label: str, tree: str | None, mock_port: int,
                         kind: str = "sqlite") -> tuple[rb.Target, ...]:
     """Tollgate (`kind`: sqlite, or pg for PostgreSQL + Redis) with its own work directory, from `tree` when given
-    (first on PYTHONPATH): its forward endpoint, and with rb.LIMITS_TOO its limited key's (the last)."""
+    (first on PYTHONPATH): its forward endpoint, its HTTPS_PROXY way in, and with rb.LIMITS_TOO its limited key's
+    (the last)."""
     base = rb.WORK
     rb.WORK = base / f"instructions-{label}"
     if tree:
         rb.clean_env = lambda **kw: {**clean_env_plain(**kw), "PYTHONPATH": tree}
     try:
-        fwd, proxy, *more = rb.start_tollgate(kind, mock_port)
-        _PROXIES[fwd.name] = proxy
-        return (fwd, *more)
+        return rb.start_tollgate(kind, mock_port)
     finally:
         rb.WORK, rb.clean_env = base, clean_env_plain
 
@@ -143,9 +135,9 @@ def main() -> int:
             print(f"mitmdump: {measure(target, args.warmup, args.requests, args.clients) / 1e6:.3f} M instructions "
                   f"per request ({args.requests} requests, {args.clients} clients)", flush=True)
         for label, tree in trees:
-            target, *limited = start_tollgate_from(label, tree, mock_port, args.kind)
+            target, proxy, *limited = start_tollgate_from(label, tree, mock_port, args.kind)
             if args.proxy:
-                for way in (target, proxy_of(target), target, proxy_of(target)):  # each twice, alternating
+                for way in (target, proxy) * 2:  # each twice, alternating
                     counted = measure(way, args.warmup, args.requests, args.clients)
                     dump = callgrind(way.proc_pid, "-d", way.name)  # callgrind_annotate reads it
                     print(f"{label} {way.name}: {counted / 1e6:.3f} M instructions per request ({args.requests} "

@@ -173,8 +173,7 @@ class Cashier:
         """Raise PaymentRequired or TooManyRequests, or hold the request's worst case in every pot that pays
         for it or limits it; returns the x-ratelimit-* headers of its rate limits, if it has any."""
         merchant = plan.key.wallet_id
-        capped = plan.token is not None and plan.token.spend_cap_nanos is not None
-        limited = plan.key.limits.any or plan.customer is not None
+        capped, limited = plan.capped, plan.limited
         if not (plan.bill_customer or capped or limited):
             if self._book is not None:  # in process: nothing to await
                 available = self._book.fresh_available(merchant, self.freshness)
@@ -260,7 +259,7 @@ class Cashier:
         """The hot store lost a pot the request holds against (flushed): each is confirmed from the ledger again."""
         if plan.bill_customer:
             await self._fresh_wallet(plan.customer.wallet_id, plan.customer.overdraft_limit_nanos, force=True)
-        if plan.token is not None and plan.token.spend_cap_nanos is not None:
+        if plan.capped:
             await self._known_token(f"token:{plan.token.token_id}", plan.token.token_id, plan.token.spend_cap_nanos)
         for owner in owners:
             await self._known_limits(owner)
@@ -281,8 +280,7 @@ class Cashier:
     def holds_for(plan: BillingPlan) -> bool:
         """Whether a request of `plan` holds anything: a customer's balance, a token's cap, a key's or customer's
         limits (else admission only checks the merchant's wallet is positive)."""
-        return (plan.bill_customer or plan.token is not None and plan.token.spend_cap_nanos is not None
-                or plan.key.limits.any or plan.customer is not None)
+        return plan.bill_customer or plan.capped or plan.limited
 
     async def top_up(self, request_id: str, plan: BillingPlan, reader: UsageReader, cost_of: WorstCost,
                      extra_input_tokens: int) -> None:
@@ -300,9 +298,9 @@ class Cashier:
         pots: dict[str, int] = {}
         if plan.bill_customer and payer > 0:
             pots[plan.customer.wallet_id] = payer
-        if plan.token is not None and plan.token.spend_cap_nanos is not None and payer > 0:
+        if plan.capped and payer > 0:
             pots[f"token:{plan.token.token_id}"] = payer
-        owners = self.limits.owners(plan) if plan.key.limits.any or plan.customer is not None else ()
+        owners = self.limits.owners(plan) if plan.limited else ()
         for owner in owners:
             for pot, kind in owner.holds:
                 amount = merchant if kind == MERCHANT else payer if kind == PAYER and plan.bill_customer else 0

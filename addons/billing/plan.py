@@ -49,6 +49,16 @@ class BillingPlan:
     def merchant_pays_provider(self) -> bool:
         return self.provider_key is None  # not byok
 
+    @property
+    def capped(self) -> bool:
+        """A signed token with a spend cap pays: its cap is a pot its requests hold against."""
+        return self.token is not None and self.token.spend_cap_nanos is not None
+
+    @property
+    def limited(self) -> bool:
+        """The key's limits, or a customer's, may apply (addons/billing/limits.py RequestLimits.owners)."""
+        return self.key.limits.any or self.customer is not None
+
 
 async def plan_for(caller: Caller, cache: AccountCache) -> BillingPlan:
     """The caller's billing, checked against its key's account: the customer and meter must be the account's."""
