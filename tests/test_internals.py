@@ -3,6 +3,7 @@ version with a readable line, and (mitmproxy) one idempotent install that puts e
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 
 import pytest
@@ -11,8 +12,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from mitmproxy import certs, http, version
+from mitmproxy.addons.next_layer import NextLayer
+from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.addons import proxyauth
 from mitmproxy.proxy.layers.http import HttpStream, _http1
+from mitmproxy.test import taddons
 
 from addons.proxy import error_pages, mitmproxy_internals, proxyauth_compare
 from pricing import genai_prices_internals
@@ -113,6 +117,61 @@ def test_single_user_goes_through_the_policy():
     assert proxyauth.SingleUser("user:pass")("user", "pass")
     assert proxyauth_compare.same_credentials("user", "pass", "user", "pass")
     assert not proxyauth_compare.same_credentials("user", "pass", "user", "pasS")
+
+
+async def _answer_each_path(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """An HTTP/1.1 server that answers every request, kept alive, with its own path."""
+    while head := await reader.readuntil(b"\r\n\r\n"):
+        path = head.split(b" ")[1]
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(path), path))
+        await writer.drain()
+
+
+async def _response(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    size = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0]) if b"content-length" in head.lower() else 0
+    return head.split(b"\r\n")[0] + b" " + await reader.readexactly(size)
+
+
+async def _requests_in_a_connect_tunnel() -> tuple[list[bytes], list[str], bool]:
+    upstream = await asyncio.start_server(_answer_each_path, "127.0.0.1", 0)
+    up_port = upstream.sockets[0].getsockname()[1]
+    proxyserver = Proxyserver()
+    with taddons.context(proxyserver, NextLayer()) as tctx:
+        tctx.configure(proxyserver, listen_host="127.0.0.1", listen_port=0, connection_strategy="lazy")
+        assert await proxyserver.setup_servers()
+        proxyserver.running()
+        reader, writer = await asyncio.open_connection(*proxyserver.listen_addrs()[0][:2])
+        # the first request sent with the CONNECT, before its answer: held by the Http1Server, then passed on
+        writer.write(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\n\r\nGET /first HTTP/1.1\r\nHost: a\r\n\r\n" % up_port)
+        answers = [(await reader.readuntil(b"\r\n\r\n")).split(b"\r\n")[0], await _response(reader)]
+        mode = next(iter(proxyserver.connections.values())).layer  # the mode layer: HttpProxy
+        stacks = [mode._handle_event.__qualname__]
+        for path in (b"/second", b"/third"):
+            writer.write(b"GET %s HTTP/1.1\r\nHost: a\r\n\r\n" % path)
+            answers.append(await _response(reader))
+        writer.close()
+        for _ in range(200):  # the client's close reaches the proxy and through it the upstream
+            if not proxyserver.connections:
+                break
+            await asyncio.sleep(0.01)
+        closed = not proxyserver.connections
+        tctx.configure(proxyserver, server=False)
+        await asyncio.sleep(0)
+    upstream.close()
+    return answers, stacks, closed
+
+
+def test_an_http1_connect_tunnel_skips_the_layers_that_only_relay_it(type_checks_kept):
+    """Once the CONNECT is answered, the mode layer hands events straight to the tunnel: requests sent with the
+    CONNECT, after it, and the client's close all arrive as before."""
+    mitmproxy_internals.install(lean=True)
+    assert "HttpStream.handle_connect_finish" in mitmproxy_internals.patched()
+    answers, stacks, closed = asyncio.run(_requests_in_a_connect_tunnel())
+    assert answers == [b"HTTP/1.1 200 Connection established", b"HTTP/1.1 200 OK /first",
+                       b"HTTP/1.1 200 OK /second", b"HTTP/1.1 200 OK /third"]
+    assert stacks == ["_tunnel_events.<locals>.handle_event"]
+    assert closed
 
 
 class ShowNothing:
