@@ -12,9 +12,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from mitmproxy import certs, http, version
+from mitmproxy.addons import proxyauth
 from mitmproxy.addons.next_layer import NextLayer
 from mitmproxy.addons.proxyserver import Proxyserver
-from mitmproxy.addons import proxyauth
 from mitmproxy.proxy.layers.http import HttpStream, _http1
 from mitmproxy.test import taddons
 
