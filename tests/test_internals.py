@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import ssl
 
 import pytest
 from cryptography import x509
@@ -12,9 +13,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from mitmproxy import certs, http, version
-from mitmproxy.addons import proxyauth
+from mitmproxy.addons import next_layer, proxyauth
 from mitmproxy.addons.next_layer import NextLayer
 from mitmproxy.addons.proxyserver import Proxyserver
+from mitmproxy.proxy.layers import tls as tls_layer
 from mitmproxy.proxy.layers.http import HttpStream, _http1
 from mitmproxy.test import taddons
 
@@ -172,6 +174,32 @@ def test_an_http1_connect_tunnel_skips_the_layers_that_only_relay_it(type_checks
                        b"HTTP/1.1 200 OK /second", b"HTTP/1.1 200 OK /third"]
     assert stacks == ["_tunnel_events.<locals>.handle_event"]
     assert closed
+
+
+def _client_hello(server_name: str) -> bytes:
+    """The first flight of a real TLS client: its ClientHello record."""
+    tls = ssl.create_default_context().wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO(),
+                                                server_hostname=server_name)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def test_a_client_hello_is_parsed_once_for_the_next_layer_decision_and_the_tls_layer(type_checks_kept):
+    mitmproxy_internals.install(lean=True)
+    assert {"tls.parse_client_hello", "next_layer.parse_client_hello"} <= mitmproxy_internals.patched()
+    assert next_layer.parse_client_hello is tls_layer.parse_client_hello  # one memory for both
+    record = _client_hello("api.openai.com")
+    first = next_layer.parse_client_hello(record)  # the next_layer addon, for allow_hosts
+    assert first.sni == "api.openai.com"
+    assert tls_layer.parse_client_hello(bytearray(record)) is first  # the ClientTLSLayer's buffer: not parsed again
+    again = tls_layer.parse_client_hello(record)  # asked for a third time: parsed afresh, and equal
+    assert again is not first and again.raw_bytes() == first.raw_bytes()
+    assert tls_layer.parse_client_hello(record[:40]) is None  # incomplete: nothing kept
+    other = _client_hello("api.anthropic.com")
+    assert tls_layer.parse_client_hello(other).sni == "api.anthropic.com"
+    with pytest.raises(ValueError):
+        tls_layer.parse_client_hello(record[:5] + bytes(len(record) - 5))  # a record of junk: refused as before
 
 
 class ShowNothing:

@@ -39,9 +39,9 @@ import wsproto.events
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from mitmproxy import certs, connection, ctx, hooks, http, optmanager, version
+from mitmproxy import certs, connection, ctx, hooks, http, optmanager, tls, version
 from mitmproxy import flow as mitmproxy_flow
-from mitmproxy.addons import proxyauth
+from mitmproxy.addons import next_layer, proxyauth
 from mitmproxy.flow import Error
 from mitmproxy.net import check
 from mitmproxy.net.http import url
@@ -50,6 +50,7 @@ from mitmproxy.proxy import commands, context, events, server
 from mitmproxy.proxy.layer import Layer
 from mitmproxy.proxy.layers import http as http_layer
 from mitmproxy.proxy.layers import modes
+from mitmproxy.proxy.layers import tls as tls_layer
 from mitmproxy.proxy.layers import websocket as websocket_layer
 from mitmproxy.proxy.layers.http import _http1
 from mitmproxy.utils import asyncio_utils, human
@@ -414,6 +415,37 @@ def remembered_valid_hosts() -> None:
     _replace("url.is_valid_host", url, "is_valid_host", lambda original: remembered)
 
 
+_HELLOS_WAITING = 64  # ClientHellos parsed once and not asked for again yet, at most
+
+
+def _parsed_once(parse: Callable[[bytes], tls.ClientHello | None]) -> Callable[[bytes], tls.ClientHello | None]:
+    waiting: dict[bytes, tls.ClientHello] = {}
+
+    def parse_client_hello(data: bytes) -> tls.ClientHello | None:
+        key = bytes(data)
+        if (hello := waiting.pop(key, None)) is not None:
+            return hello
+        hello = parse(data)
+        if hello is not None:
+            if len(waiting) >= _HELLOS_WAITING:  # connections ignored after the first parse never ask again
+                del waiting[next(iter(waiting))]
+            waiting[key] = hello
+        return hello
+
+    return parse_client_hello
+
+
+def parse_each_client_hello_once() -> None:
+    """Every intercepted TLS connection's ClientHello is parsed twice from the same bytes: by the next_layer addon
+    (its SNI, for allow_hosts) and by the ClientTLSLayer it decides on (for the tls_clienthello hook), each a
+    Kaitai parse in pure Python of about 150 reads. The second parse of the same bytes gets the first's
+    ClientHello: the parse is a function of the bytes alone, and nothing changes a ClientHello. Checked by
+    tests/test_internals.py."""
+    _replace("tls.parse_client_hello", tls_layer, "parse_client_hello", _parsed_once)
+    once = tls_layer.parse_client_hello
+    _replace("next_layer.parse_client_hello", next_layer, "parse_client_hello", lambda original: once)
+
+
 _ATOMIC = frozenset({type(None), bool, int, float, str, bytes})  # deepcopy gives these back as they are
 
 
@@ -645,7 +677,7 @@ def install(*, lean: bool = False, web: bool = False) -> None:
     """Check the version, then put every patch in place (again: a no-op). `lean`: the tollgate-proxy
     process (drop_debug_type_checks, quicker_header_lookups, cheaper_flow_ids, cheaper_hook_args,
     plainer_task_names, remembered_valid_hosts, cheaper_option_reads, thriftier_context_forks,
-    shorter_connect_tunnels); `web`: under
+    shorter_connect_tunnels, parse_each_client_hello_once); `web`: under
     mitmweb (mask_web_views)."""
     check_version()
     answer_errors_with(error_pages.json_error_response)
@@ -665,5 +697,6 @@ def install(*, lean: bool = False, web: bool = False) -> None:
         cheaper_option_reads()
         thriftier_context_forks()
         shorter_connect_tunnels()
+        parse_each_client_hello_once()
     if web:
         mask_web_views()
