@@ -587,7 +587,11 @@ def append(seconds: float) -> dict:
         {"type": "input_audio", "audio": append(2)["audio"]}, {"type": "input_text", "text": "and this"}]}}, 88),
     ({"type": "conversation.item.create", "item": {"type": "function_call_output", "output": "{\"t\": 21}"}}, 9),
     ({"type": "response.create", "response": {"instructions": "be brief", "input": [user_item("hi")["item"]]}}, 10),
-    ({"type": "session.update", "session": {"instructions": "x" * 100}}, 0),
+    ({"type": "response.create", "response": {"tools": [{"type": "function", "name": "f"}]}}, 32),
+    ({"type": "session.update", "session": {"instructions": "x" * 100}}, 100),  # every response reads them
+    ({"type": "session.update", "session": {"instructions": "be brief", "tools": [
+        {"type": "function", "name": "weather", "parameters": {"type": "object"}}]}}, 8 + 69),
+    ({"type": "session.update", "session": {"voice": "marin", "tools": []}}, 0),
     ({"type": "input_audio_buffer.append", "audio": 7}, 0),  # junk adds nothing
 ])
 def test_client_events_add_their_input_as_the_cashier_counts_it(event, chars):

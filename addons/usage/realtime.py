@@ -79,7 +79,9 @@ def response_usage(usage: dict[str, Any]) -> tuple[TokenUsage, MediaUsage]:
 def input_chars(event: dict[str, Any], audio_bytes_per_second: int) -> int:
     """What a client event adds to the input of the session's next response, in characters as the cashier reads
     them (four a token): an input_audio_buffer.append's audio, a conversation.item.create's item, a
-    response.create's own instructions and input items. Other events add nothing."""
+    response.create's own instructions, tools and input items, a session.update's instructions and tools (every
+    response reads them; counted in full each time they are sent, as the previous response's usage may not hold
+    them yet). Other events add nothing."""
     kind = event["type"]
     if kind == "input_audio_buffer.append":
         return _audio_chars(event.get("audio"), audio_bytes_per_second)
@@ -88,9 +90,18 @@ def input_chars(event: dict[str, Any], audio_bytes_per_second: int) -> int:
     if kind == "response.create":
         response = as_dict(event.get("response"))
         items = response.get("input")
-        return len(as_str(response.get("instructions")) or "") + (sum(
+        return _setup_chars(response) + (sum(
             _item_chars(as_dict(item), audio_bytes_per_second) for item in items) if isinstance(items, list) else 0)
+    if kind == "session.update":
+        return _setup_chars(as_dict(event.get("session")))
     return 0
+
+
+def _setup_chars(setup: dict[str, Any]) -> int:
+    """A session's or response's instructions, and its tools as the JSON they are sent as."""
+    tools = setup.get("tools")
+    return len(as_str(setup.get("instructions")) or "") + (
+        len(json.dumps(tools, separators=(",", ":"))) if isinstance(tools, list) and tools else 0)
 
 
 def _audio_chars(audio: Any, bytes_per_second: int) -> int:
