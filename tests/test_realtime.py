@@ -610,9 +610,6 @@ class _ToppingTeller(_Teller):
         super().__init__()
         self.refuse_after = refuse_after
 
-    def holds_for(self, plan) -> bool:
-        return True
-
     async def top_up(self, request_id, plan, reader, cost_of, extra_tokens):
         if self.refuse_after is not None and len([c for c in self.calls if c[0] == "top_up"]) >= self.refuse_after:
             raise PaymentRequired("insufficient_balance", "customer balance available is 0.00 USD")

@@ -276,19 +276,13 @@ class Cashier:
             f"this request may cost up to {format_usd(pots[e.pot])} USD",
         )
 
-    @staticmethod
-    def holds_for(plan: BillingPlan) -> bool:
-        """Whether a request of `plan` holds anything: a customer's balance, a token's cap, a key's or customer's
-        limits (else admission only checks the merchant's wallet is positive)."""
-        return plan.bill_customer or plan.capped or plan.limited
-
     async def top_up(self, request_id: str, plan: BillingPlan, reader: UsageReader, cost_of: WorstCost,
                      extra_input_tokens: int) -> None:
         """A request already held will read `extra_input_tokens` more input than `reader.prompt_chars` says (a
         Realtime session's next response, as the client adds audio or items): its worst case grows by what they
         may cost, held on the same pots as its admission (balance, token cap, spend limits), checked as admission
         checks. No request is counted again and no rate limit taken. Raises PaymentRequired as `admit` does."""
-        if extra_input_tokens <= 0 or not self.holds_for(plan):
+        if extra_input_tokens <= 0 or not plan.holds:
             return
         base = tokens(reader.prompt_chars)
         output_tokens = reader.max_output_tokens or self.settings.default_max_output_tokens
@@ -301,11 +295,10 @@ class Cashier:
         if plan.capped and payer > 0:
             pots[f"token:{plan.token.token_id}"] = payer
         owners = self.limits.owners(plan) if plan.limited else ()
-        for owner in owners:
-            for pot, kind in owner.holds:
-                amount = merchant if kind == MERCHANT else payer if kind == PAYER and plan.bill_customer else 0
-                if amount > 0:
-                    pots[pot] = amount
+        # a limit holds the merchant's or the payer's difference (a customer's, where billed); no request again
+        for pot, amount in held_limits(owners, (0, merchant, payer if plan.bill_customer else None, 0)):
+            if amount > 0:
+                pots[pot] = amount
         if not pots:
             return
         for _ in range(3):

@@ -59,6 +59,12 @@ class BillingPlan:
         """The key's limits, or a customer's, may apply (addons/billing/limits.py RequestLimits.owners)."""
         return self.key.limits.any or self.customer is not None
 
+    @property
+    def holds(self) -> bool:
+        """Whether its requests hold anything: a customer's balance, a token's cap, a key's or customer's limits
+        (else admission only checks the merchant's wallet is positive)."""
+        return self.bill_customer or self.capped or self.limited
+
 
 async def plan_for(caller: Caller, cache: AccountCache) -> BillingPlan:
     """The caller's billing, checked against its key's account: the customer and meter must be the account's."""

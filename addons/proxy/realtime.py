@@ -136,7 +136,7 @@ class RealtimeSessions:
     def start(self, flow: http.HTTPFlow, upgrade: Pending) -> None:
         """The provider accepted the upgrade: the session's hold, taken at admission, waits for its first response."""
         self.sessions[flow.id] = Session(upgrade, f"rts_{secrets.token_hex(12)}", upgrade.request_id,
-                                         holds=self._cashier().holds_for(upgrade.plan))
+                                         holds=upgrade.plan.holds)
 
     async def message(self, flow: http.HTTPFlow) -> None:
         session = self.sessions.get(flow.id)
