@@ -27,14 +27,16 @@ import run_bench as rb  # noqa: E402  the same mock, targets and client
 START, DUMP = signal.SIGRTMIN + 3, signal.SIGRTMIN + 4
 PROFILED = f"""
 import cProfile, os, signal, sys
-profile = None
+profile, dumps = None, 0
 def start(*_):
     global profile
     profile = cProfile.Profile()
     profile.enable()
 def dump(*_):
+    global dumps
     profile.disable()
-    profile.dump_stats(os.environ["CALL_COUNTS_OUT"] + "." + str(len(os.listdir(os.environ["CALL_COUNTS_DIR"]))))
+    profile.dump_stats(os.environ["CALL_COUNTS_OUT"] + "." + str(dumps))
+    dumps += 1
 signal.signal({START}, start)
 signal.signal({DUMP}, dump)
 sys.argv[0] = "tollgate-proxy"
@@ -43,21 +45,20 @@ sys.exit(main())
 """
 
 
-def counted(target: rb.Target, requests: int, out: Path) -> dict[str, tuple[float, float]]:
-    """function -> (calls, profiled seconds) over `requests` requests through `target`."""
+def counted(target: rb.Target, requests: int, dumped: Path) -> dict[str, tuple[float, float]]:
+    """function -> (calls, profiled seconds) over `requests` requests through `target`, dumped to `dumped`."""
     asyncio.run(rb.load(target, stream=False, conc=32, n=200, cap=600))  # warm-up
     os.kill(target.proc_pid, START)
     time.sleep(0.5)
     result = asyncio.run(rb.load(target, stream=False, conc=32, n=requests, cap=600))
     time.sleep(1.0)  # trailing work: the ledger writer's batch
-    dumps = len(list(out.iterdir()))
     os.kill(target.proc_pid, DUMP)
-    while len(list(out.iterdir())) == dumps:
+    while not dumped.exists():
         time.sleep(0.1)
-    time.sleep(0.5)
+    time.sleep(0.5)  # written whole
     if result.ok != requests:
         raise RuntimeError(f"{target.name}: {result.errors} errors: {result.sample_error}")
-    stats = pstats.Stats(str(max(out.iterdir(), key=lambda p: p.stat().st_mtime))).stats
+    stats = pstats.Stats(str(dumped)).stats
     return {f"{path.split('site-packages/')[-1].replace(str(rb.PROJECT) + '/', '')}:{line}:{name}": (calls, own)
             for (path, line, name), (_, calls, own, _, _) in stats.items()}
 
@@ -76,7 +77,7 @@ def main() -> int:
     def profiled(name, argv, env, cpu, cwd=None):
         if argv[0].endswith("tollgate-proxy"):
             argv = [str(rb.VENV_BIN / "python"), "-c", PROFILED, *argv[1:]]
-            env = {**env, "CALL_COUNTS_OUT": str(out / "profile"), "CALL_COUNTS_DIR": str(out)}
+            env = {**env, "CALL_COUNTS_OUT": str(out / "profile")}
         return spawn(name, argv, env, cpu, cwd)
 
     rb.spawn = profiled
@@ -84,7 +85,7 @@ def main() -> int:
     try:
         _, mock_port = rb.start_mock(0.0)
         forward, proxy, *_ = rb.start_tollgate("sqlite", mock_port)
-        ways = [counted(way, args.requests, out) for way in (forward, proxy)]
+        ways = [counted(way, args.requests, out / f"profile.{i}") for i, way in enumerate((forward, proxy))]
     finally:
         rb.stop_all()
     n = args.requests
