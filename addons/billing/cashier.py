@@ -222,21 +222,13 @@ class Cashier:
         # the merchant's wallet is checked in the same call: positive when it pays the provider, and fresh
         wallet = (merchant, self.freshness, plan.merchant_pays_provider)
         try:
-            states = None
-            for retry in range(3):
-                try:
-                    if self._book is not None:  # in process: nothing to await
-                        states = self._book.hold(request_id, pots, owners, sizes, limits, wallet)
-                    else:
-                        states = await self.holds.hold(request_id, pots, owners, sizes, limits, wallet)
-                    break
-                except WalletStale:
-                    await self._fresh_wallet(merchant, force=True)
-                    wallet = (merchant, math.inf, plan.merchant_pays_provider)  # as read (or kept in an outage)
-                except KeyError:  # the hot store lost a pot (flushed): confirm it from the ledger again
-                    await self._confirm_again(plan, owners)
-            if states is None:
-                raise LedgerUnavailable("ledger_unavailable", "balances could not be confirmed; retry")
+            try:
+                if self._book is not None:  # in process: nothing to await
+                    states = self._book.hold(request_id, pots, owners, sizes, limits, wallet)
+                else:
+                    states = await self.holds.hold(request_id, pots, owners, sizes, limits, wallet)
+            except (WalletStale, KeyError) as e:
+                states = await self._hold_again(e, request_id, plan, pots, owners, sizes, limits)
         except WalletEmpty as e:
             raise _wallet_empty(e.available) from None
         except InsufficientFunds as e:
@@ -248,12 +240,33 @@ class Cashier:
             raise rate_limited(bucket, e.retry_after_ms, e.remaining) from None
         if pots:  # money set aside (a limit's reservation is none)
             self.open_holds[request_id] = (max(pots.values()), time.monotonic() + self.settings.hold_ttl_seconds)
-        if owners:
-            self._remember(self._limited, request_id, (owners, sizes))
+        if owners:  # _remember, written out (every limited request)
+            self._limited[request_id] = (owners, sizes)
+            if len(self._limited) > PENDING_MAX:
+                del self._limited[next(iter(self._limited))]
         if plan.bill_customer:
             expires = datetime.now(UTC).replace(tzinfo=None) + timedelta(seconds=self.settings.hold_ttl_seconds)
             self.writer.submit(HoldRecord(request_id, plan.customer.wallet_id, pots[plan.customer.wallet_id], expires))
         return rate_headers(heads, states) if heads else None
+
+    async def _hold_again(self, e: Exception, request_id: str, plan: BillingPlan, pots: dict[str, int],
+                          owners: tuple[OwnerLimits, ...], sizes: Sizes, limits: dict[str, int] | None) -> list:
+        """The hold `admit` tried was refused for want of a figure (`e`): the merchant's wallet was stale
+        (WalletStale), or the hot store lost a pot (KeyError: flushed). It is read from the ledger again and the
+        hold tried again, twice at most."""
+        merchant = plan.key.wallet_id
+        wallet = (merchant, self.freshness, plan.merchant_pays_provider)
+        for _ in range(2):
+            if isinstance(e, WalletStale):
+                await self._fresh_wallet(merchant, force=True)
+                wallet = (merchant, math.inf, plan.merchant_pays_provider)  # as read (or kept in an outage)
+            else:
+                await self._confirm_again(plan, owners)
+            try:
+                return await self.holds.hold(request_id, pots, owners, sizes, limits, wallet)
+            except (WalletStale, KeyError) as again:
+                e = again
+        raise LedgerUnavailable("ledger_unavailable", "balances could not be confirmed; retry")
 
     async def _confirm_again(self, plan: BillingPlan, owners: tuple[OwnerLimits, ...]) -> None:
         """The hot store lost a pot the request holds against (flushed): each is confirmed from the ledger again."""

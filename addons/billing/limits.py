@@ -63,6 +63,7 @@ class OwnerLimits:
     heads: tuple[RateHead, ...]  # the buckets' x-ratelimit-* fields, less the figures of the moment
     spends: bool  # a spend limit among its pots
     confirmed: bool = False
+    alone: tuple[OwnerLimits, ...] = ()  # (itself): the owners of a request of its key with no customer, made once
 
     def serves(self, limits: Limits, now: float) -> bool:
         """Whether these are still the owner's limits (the cache's record of them, or an equal one) and periods."""
@@ -93,7 +94,9 @@ class RequestLimits:
                                      or known.serves(key.limits, now)):
                 known = self._keys[key.key_id] = self._owner(
                     f"key:{key.key_id}", key.limits, self._key_pots(key.key_id, key.limits, now), self._keys)
-            found = (known,)
+            if customer is None:
+                return known.alone
+            found = known.alone
         if customer is not None and customer.limits.any:
             known = self._customers.get(customer.wallet_id)
             if known is None or not known.serves(customer.limits, now):
@@ -119,11 +122,13 @@ class RequestLimits:
         ends = [epoch(pot.period.reset) for pot in pots if pot.period.reset is not None]
         if len(table) > CACHED_OWNERS:
             table.clear()
-        return OwnerLimits(limits, max(starts, default=-math.inf), min(ends, default=math.inf), tuple(pots),
-                           {pot.name: pot.limit for pot in pots}, tuple((pot.name, _HELD[pot.what]) for pot in pots),
-                           tuple(buckets), tuple(bucket for bucket in buckets if bucket.cost == TOKENS),
-                           tuple(_rate_head(bucket) for bucket in buckets),
-                           any(pot.what != KEY_REQUESTS for pot in pots))
+        owner = OwnerLimits(limits, max(starts, default=-math.inf), min(ends, default=math.inf), tuple(pots),
+                            {pot.name: pot.limit for pot in pots}, tuple((pot.name, _HELD[pot.what]) for pot in pots),
+                            tuple(buckets), tuple(bucket for bucket in buckets if bucket.cost == TOKENS),
+                            tuple(_rate_head(bucket) for bucket in buckets),
+                            any(pot.what != KEY_REQUESTS for pot in pots))
+        owner.alone = (owner,)
+        return owner
 
     def _key_pots(self, key_id: str, limits: Limits, now: float) -> list[LimitPot]:
         pots = []
@@ -201,13 +206,11 @@ def merged_heads(heads: tuple[RateHead | None, ...], more: tuple[RateHead, ...])
 
 def rate_headers(heads: tuple[RateHead | None, ...], states: list[BucketState]) -> list[tuple[bytes, bytes]]:
     """OpenAI's x-ratelimit-* headers (as raw header fields): each head's, with its bucket's state."""
-    fields = []
-    for index, head in enumerate(heads):  # a state per head: the bucket's (this runs for every limited request)
+    fields: list[tuple[bytes, bytes]] = []
+    for head, (remaining, reset_ms) in zip(heads, states):  # a state per head: its bucket's (every limited request)
         if head is not None:
-            remaining, reset_ms = states[index]
-            fields.append(head[0])
-            fields.append((head[1], b"%d" % remaining))
-            fields.append((head[2], b"%dms" % reset_ms if reset_ms < 1000 else go_duration(reset_ms).encode()))
+            fields += (head[0], (head[1], b"%d" % remaining),
+                       (head[2], b"%dms" % reset_ms if reset_ms < 1000 else go_duration(reset_ms).encode()))
     return fields
 
 
