@@ -4,6 +4,7 @@ import re
 from urllib.parse import quote
 
 import pytest
+from genai_prices import data_snapshot
 from mitmproxy import http
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.exceptions import OptionsError
@@ -47,6 +48,20 @@ def test_configure_keeps_the_operators_own_host_filter(tmp_path, monkeypatch):
         tctx.configure(gateway)
         assert tctx.options.allow_hosts == [] and tctx.options.ignore_hosts == ["^example\\.com:"]
         assert tctx.options.connection_strategy == "lazy"
+        gateway.done()
+    database.close()
+
+
+def test_the_price_data_is_read_when_the_gateway_starts_not_by_its_first_request(tmp_path, monkeypatch):
+    """genai-prices reads its bundled data on first use: about 110 ms of the event loop, in the first request's
+    time."""
+    monkeypatch.setenv("TOLLGATE_DATABASE_URL", f"sqlite:///{tmp_path}/l.db")
+    monkeypatch.delenv("TOLLGATE_CONFIG", raising=False)
+    data_snapshot._bundled_snapshot.cache_clear()
+    gateway = Gateway()
+    with taddons.context(Proxyserver(), gateway) as tctx:
+        tctx.configure(gateway)
+        assert data_snapshot._bundled_snapshot.cache_info().currsize == 1
         gateway.done()
     database.close()
 

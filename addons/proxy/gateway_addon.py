@@ -67,6 +67,7 @@ from addons.rewrite.endpoint import REWRITE_PREFIX, Rewrite, RewriteStream
 from addons.rewrite.hub import Untranslatable
 from addons.usage.readers import UsageReader, for_request
 from addons.usage.realtime import RealtimeReader, worst_media
+from pricing import genai_prices_internals
 from pricing.bounds import PriceBounds
 from pricing.cost import Override, price, price_source
 from pricing.money import format_usd
@@ -207,6 +208,7 @@ class Gateway:
                 raise OptionsError(f"{name} must not be negative")
         if "tollgate_database_url" in updated or self.writer is None:
             self._load_config()
+            genai_prices_internals.load_snapshot()  # at start, not in the first request's time
             self.done()  # what the previous ledger was owed is written there before switching
             database_url = self._open_ledger()
             self._start_ledger_services(database_url)
