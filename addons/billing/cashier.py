@@ -228,7 +228,7 @@ class Cashier:
                 else:
                     states = await self.holds.hold(request_id, pots, owners, sizes, limits, wallet)
             except (WalletStale, KeyError) as e:
-                states = await self._hold_again(e, request_id, plan, pots, owners, sizes, limits)
+                states = await self._hold_again(e, request_id, plan, pots, owners, sizes, limits, wallet)
         except WalletEmpty as e:
             raise _wallet_empty(e.available) from None
         except InsufficientFunds as e:
@@ -240,22 +240,20 @@ class Cashier:
             raise rate_limited(bucket, e.retry_after_ms, e.remaining) from None
         if pots:  # money set aside (a limit's reservation is none)
             self.open_holds[request_id] = (max(pots.values()), time.monotonic() + self.settings.hold_ttl_seconds)
-        if owners:  # _remember, written out (every limited request)
-            self._limited[request_id] = (owners, sizes)
-            if len(self._limited) > PENDING_MAX:
-                del self._limited[next(iter(self._limited))]
+        if owners:
+            self._remember(self._limited, request_id, (owners, sizes))
         if plan.bill_customer:
             expires = datetime.now(UTC).replace(tzinfo=None) + timedelta(seconds=self.settings.hold_ttl_seconds)
             self.writer.submit(HoldRecord(request_id, plan.customer.wallet_id, pots[plan.customer.wallet_id], expires))
         return rate_headers(heads, states) if heads else None
 
     async def _hold_again(self, e: Exception, request_id: str, plan: BillingPlan, pots: dict[str, int],
-                          owners: tuple[OwnerLimits, ...], sizes: Sizes, limits: dict[str, int] | None) -> list:
+                          owners: tuple[OwnerLimits, ...], sizes: Sizes, limits: dict[str, int] | None,
+                          wallet: tuple[str, float, bool]) -> list:
         """The hold `admit` tried was refused for want of a figure (`e`): the merchant's wallet was stale
         (WalletStale), or the hot store lost a pot (KeyError: flushed). It is read from the ledger again and the
         hold tried again, twice at most."""
-        merchant = plan.key.wallet_id
-        wallet = (merchant, self.freshness, plan.merchant_pays_provider)
+        merchant = wallet[0]
         for _ in range(2):
             if isinstance(e, WalletStale):
                 await self._fresh_wallet(merchant, force=True)

@@ -63,7 +63,6 @@ class OwnerLimits:
     heads: tuple[RateHead, ...]  # the buckets' x-ratelimit-* fields, less the figures of the moment
     spends: bool  # a spend limit among its pots
     confirmed: bool = False
-    alone: tuple[OwnerLimits, ...] = ()  # (itself): the owners of a request of its key with no customer, made once
 
     def serves(self, limits: Limits, now: float) -> bool:
         """Whether these are still the owner's limits (the cache's record of them, or an equal one) and periods."""
@@ -94,9 +93,7 @@ class RequestLimits:
                                      or known.serves(key.limits, now)):
                 known = self._keys[key.key_id] = self._owner(
                     f"key:{key.key_id}", key.limits, self._key_pots(key.key_id, key.limits, now), self._keys)
-            if customer is None:
-                return known.alone
-            found = known.alone
+            found = (known,)
         if customer is not None and customer.limits.any:
             known = self._customers.get(customer.wallet_id)
             if known is None or not known.serves(customer.limits, now):
@@ -122,13 +119,11 @@ class RequestLimits:
         ends = [epoch(pot.period.reset) for pot in pots if pot.period.reset is not None]
         if len(table) > CACHED_OWNERS:
             table.clear()
-        owner = OwnerLimits(limits, max(starts, default=-math.inf), min(ends, default=math.inf), tuple(pots),
-                            {pot.name: pot.limit for pot in pots}, tuple((pot.name, _HELD[pot.what]) for pot in pots),
-                            tuple(buckets), tuple(bucket for bucket in buckets if bucket.cost == TOKENS),
-                            tuple(_rate_head(bucket) for bucket in buckets),
-                            any(pot.what != KEY_REQUESTS for pot in pots))
-        owner.alone = (owner,)
-        return owner
+        return OwnerLimits(limits, max(starts, default=-math.inf), min(ends, default=math.inf), tuple(pots),
+                           {pot.name: pot.limit for pot in pots}, tuple((pot.name, _HELD[pot.what]) for pot in pots),
+                           tuple(buckets), tuple(bucket for bucket in buckets if bucket.cost == TOKENS),
+                           tuple(_rate_head(bucket) for bucket in buckets),
+                           any(pot.what != KEY_REQUESTS for pot in pots))
 
     def _key_pots(self, key_id: str, limits: Limits, now: float) -> list[LimitPot]:
         pots = []
