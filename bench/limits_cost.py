@@ -41,6 +41,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_bench import fastest_fifth  # noqa: E402  the estimator run_bench --limits takes too
 
 LIMITS = {"spend_limit_nanos": 10**15, "spend_cycle": "month", "request_limit": 10**9, "request_cycle": "month",
           "rpm": 10**9, "tpm": 2 * 10**9}
@@ -109,11 +111,6 @@ def _instructions(args) -> None:
         plain, limited = figures["plain"][index], figures["limited"][index]
         print(f"{what:>10}: no limits {plain:,.0f}, every limit {limited:,.0f} instructions per request: "
               f"limits cost {limited - plain:+,.0f}")
-
-
-def _low(per_request: list[float]) -> float:
-    fastest = sorted(per_request)[:max(len(per_request) // 5, 1)]
-    return sum(fastest) / len(fastest)
 
 
 async def _running(gateway) -> None:
@@ -241,7 +238,7 @@ def main() -> None:
         for index, what in ((0, "event loop"), (1, "process"), (2, "Redis")):
             if index == 2 and redis_server is None:
                 break
-            low = {secret: _low([sample[index] for sample in taken]) for secret, taken in samples.items()}
+            low = {secret: fastest_fifth([sample[index] for sample in taken]) for secret, taken in samples.items()}
             print(f"{what:>10}: no limits {low[plain] * 1e6:6.1f} us, every limit {low[limited] * 1e6:6.1f} us of "
                   f"CPU per request: limits cost {(low[limited] - low[plain]) * 1e6:+.1f} us")
         print(f"(each the mean of the fastest fifth of {args.rounds} blocks of {args.requests} requests per key: "

@@ -818,6 +818,13 @@ def targets_check(targets: list[Target], r, up_ns1: float | None, up_ttfb1: floa
     return out
 
 
+def fastest_fifth(per_request: list[float]) -> float:
+    """The mean of the fastest fifth (at least one): work on the machine besides the gateway only ever slows a
+    phase, so the fastest phases are the nearest to what the gateway itself costs (bench/limits_cost.py's way)."""
+    fastest = sorted(per_request)[:max(len(per_request) // 5, 1)]
+    return sum(fastest) / len(fastest)
+
+
 def _spread(values: list[float], digits: int, suffix: str, of: str = "rounds") -> str:
     """The median of per-round figures, with their range: `1.52x (1.41x..1.60x, 6 rounds)`."""
     if not values:
@@ -869,13 +876,19 @@ def speed_targets(targets: list[Target], phases: dict, up_phases: dict,
         if pairs := (paired or {}).get(name):
             values, redis = [cpu(lim, plain) for plain, lim in pairs], [redis_cpu(lim, plain) for plain, lim in pairs]
             of = f"back-to-back pairs of {pairs[0][0].ok} requests"
+            figure = (fastest_fifth([lim.cpu / lim.ok for _, lim in pairs])
+                      - fastest_fifth([plain.cpu / plain.ok for plain, _ in pairs])) * 1000
+            shown = f"{figure:.3f} ms by the fastest fifth of each key's phases; the pairs' differences " + _spread(
+                values, 3, " ms", of)
         else:
             values = per_round(f"{name}-limited", name, ("ns", 32), cpu)
             redis, of = per_round(f"{name}-limited", name, ("ns", 32), redis_cpu), "rounds"
-        met = None if not values else statistics.median(values) <= budget_ms
+            figure = statistics.median(values) if values else None
+            shown = _spread(values, 3, " ms", of)
+        met = None if figure is None else figure <= budget_ms
         if values and any(redis):  # the gateway's figure is the target; what Redis itself did is said beside it
-            return label, f"{_spread(values, 3, ' ms', of)}; Redis's own CPU {_spread(redis, 3, ' ms', of)}", met
-        return label, _spread(values, 3, " ms", of), met
+            return label, f"{shown}; Redis's own CPU {_spread(redis, 3, ' ms', of)}", met
+        return label, shown, met
 
     rows = [
         ratio_row("forward endpoint (SQLite) ≥ 1.5x Portkey, req/s @32", "tollgate-sqlite-fwd", "portkey", ("ns", 32), 1.5),
@@ -1323,9 +1336,9 @@ def main() -> int:
                          "baseline-sqlite-* targets, interleaved with this tree's, for an A/B in one run")
     ap.add_argument("--limits", action="store_true",
                     help="also load each Tollgate target through a key with every limit set (the -fwd-limited rows)")
-    ap.add_argument("--limits-pairs", type=int, default=8,
+    ap.add_argument("--limits-pairs", type=int, default=20,
                     help="with --limits: back-to-back pairs of phases (plain key, limited key) for issue 13's budgets")
-    ap.add_argument("--limits-requests", type=int, default=2000, help="with --limits: requests per phase of a pair")
+    ap.add_argument("--limits-requests", type=int, default=1000, help="with --limits: requests per phase of a pair")
     ap.add_argument("--rewrite", action="store_true",
                     help="also load each Tollgate through /v1/rewrite/openai/ to the Anthropic mock (the -rewrite rows)")
     ap.add_argument("--out", default=str(BENCH / "results.md"))

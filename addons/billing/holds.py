@@ -112,7 +112,9 @@ class HoldBook:
         self._requests: dict[str, RequestHolds] = {}
         self._next_expiry = math.inf  # at most the first request's expiry
         self._spent: dict[str, int] = {}  # pot -> spent on it while not confirmed here (confirm_new's generation)
-        self._buckets: dict[str, list[float]] = {}  # bucket -> [level, at in ms]
+        # bucket -> when it is full again, in ms (a bucket's level is kept as that time: its capacity less the units
+        # still to flow back; one float per bucket, taken from by moving it on)
+        self._buckets: dict[str, float] = {}
 
     def is_fresh(self, pot: str, max_age: float) -> bool:
         known = self._pots.get(pot)
@@ -179,22 +181,14 @@ class HoldBook:
             known.limit = limit
 
     def true_up(self, bucket: Bucket, delta: int) -> None:
-        """The bucket gives `delta` more (less, if negative) than the request took at admission."""
-        state = self._buckets.get(bucket.name)
-        if delta < 0:  # tokens given back: the level as of its time, capped; the refill since is the same either way
-            if state is not None:
-                level = state[0] - delta
-                state[0] = level if level < bucket.capacity else float(bucket.capacity)
-            return
+        """The bucket gives `delta` more (less, if negative) than the request took at admission: tokens given
+        back land as of the bucket's own time (never more than full, as refilled till now), more taken from it
+        as it stands now."""
         at = self._clock() * 1000
-        _, per_minute, capacity, _ = bucket
-        if state is None:
-            level = capacity
-        else:  # the refill written out, as in hold
-            level = state[0] + (at - state[1]) * per_minute / 60000 if at > state[1] else state[0]
-            if level > capacity:
-                level = capacity
-        self._buckets[bucket.name] = [level - delta, at]
+        full = self._buckets.get(bucket.name, at)
+        if delta > 0 and full < at:
+            full = at
+        self._buckets[bucket.name] = full + delta * 60000 / bucket.per_minute
 
     def fresh_available(self, pot: str, max_age: float) -> int | None:
         """What the pot has available, or None if it was confirmed too long ago (or never)."""
@@ -223,14 +217,21 @@ class HoldBook:
         for request_id in expired:
             self.release(request_id)
 
-    def _held(self, request_id: str, amounts: list[tuple[Pot, int]], expires: float) -> None:
+    def _record(self, request_id: str, amounts: list[tuple[Pot, int]], expires: float) -> None:
+        """The request holds `amounts` (already added to their pots) until `expires`, besides what it held."""
         held = self._requests.pop(request_id, None)
         # at the end: the latest to expire
         self._requests[request_id] = (expires, amounts if held is None else held[AMOUNTS] + amounts)
         if expires < self._next_expiry:
             self._next_expiry = expires
-        for pot, amount in amounts:
-            pot.held += amount
+
+    def _untake(self, owners: Sequence[Limited], sizes: Sizes, refused: str) -> None:
+        """`hold` takes from each bucket as it goes: those before the bucket that `refused` get it back."""
+        for owner in owners:
+            for name, per_minute, _, cost in owner.buckets:
+                if name == refused:
+                    return
+                self._buckets[name] -= (sizes[RESERVED] if cost < 0 else cost) * 60000 / per_minute
 
     def hold(self, request_id: str, amounts: dict[str, int], owners: Sequence[Limited] = (),
              sizes: Sizes = NO_SIZES, limits: dict[str, int] | None = None,
@@ -258,57 +259,52 @@ class HoldBook:
                 known = pots[name]
                 if known.limit is not None and known.limit != limit:
                     self.relimit(name, limit)
-        held = []
-        for name, amount in amounts.items():
-            known = pots[name]
-            if amount > (available := known.confirmed - known.held):
-                raise InsufficientFunds(name, max(available, 0))
-            held.append((known, amount))
+        held = []  # each pot's hold is in place as soon as it is checked: given back if anything after fails
         states = []
-        if owners:  # every pot before any bucket, as in Redis
-            for owner in owners:
-                for name, kind in owner.holds:  # held_limits, written out: this runs for every limited request
-                    if (amount := sizes[kind]) is not None:
-                        known = pots[name]
-                        if amount > known.confirmed - known.held:
-                            raise InsufficientFunds(name, max(known.confirmed - known.held, 0))
-                        held.append((known, amount))
-            at = now * 1000
-            levels = self._buckets
-            taken = []
-            for owner in owners:
-                for name, per_minute, capacity, cost in owner.buckets:
-                    if cost < 0:  # TOKENS
-                        cost = sizes[RESERVED]
-                    if (state := levels.get(name)) is None:
-                        level = capacity
-                    elif at > state[1]:  # refilled: per_minute more a minute since, up to capacity
-                        if (level := state[0] + (at - state[1]) * per_minute / 60000) > capacity:
-                            level = capacity
-                    else:
-                        level = state[0]
-                    if cost > level:
-                        raise RateLimited(name, math.ceil((cost - level) * 60000 / per_minute),
-                                          max(math.floor(level), 0))
-                    level -= cost  # not below 0
-                    taken.append((name, state, level))
-                    states.append((int(level), math.ceil((capacity - level) * 60000 / per_minute)))
-            for name, state, level in taken:  # every bucket had enough: all taken at once
-                if state is None:
-                    levels[name] = [level, at]
-                else:
-                    state[0] = level
-                    state[1] = at
+        try:
+            for name, amount in amounts.items():
+                known = pots[name]
+                if amount > (available := known.confirmed - known.held):
+                    raise InsufficientFunds(name, max(available, 0))
+                known.held += amount
+                held.append((known, amount))
+            if owners:  # every pot before any bucket, as in Redis
+                for owner in owners:
+                    for name, kind in owner.holds:  # held_limits, written out: this runs for every limited request
+                        if (amount := sizes[kind]) is not None:
+                            known = pots[name]
+                            if amount > (available := known.confirmed - known.held):
+                                raise InsufficientFunds(name, max(available, 0))
+                            known.held += amount
+                            held.append((known, amount))
+                at = now * 1000
+                fulls = self._buckets
+                for owner in owners:
+                    for name, per_minute, capacity, cost in owner.buckets:
+                        if cost < 0:  # TOKENS
+                            cost = sizes[RESERVED]
+                        each = 60000 / per_minute  # ms a unit takes to flow back
+                        if (full := fulls.get(name, at)) < at:  # when it is full again; full (or never taken): now
+                            full = at
+                        full += cost * each
+                        if full - at > capacity * each:  # more than it holds
+                            self._untake(owners, sizes, name)
+                            raise RateLimited(name, math.ceil(full - at - capacity * each),
+                                              max(math.floor(capacity + cost - (full - at) / each), 0))
+                        fulls[name] = full
+                        states.append((int(capacity - (full - at) / each), math.ceil(full - at)))
+        except Exception:
+            for known, amount in held:
+                known.held -= amount
+            raise
         if held:
             expires = now + self._hold_ttl
             if request_id in self._requests:  # held before (a session's next response): its holds added, renewed
-                self._held(request_id, held, expires)
-            else:  # _held, written out
+                self._record(request_id, held, expires)
+            else:  # _record, written out
                 self._requests[request_id] = (expires, held)
                 if expires < self._next_expiry:
                     self._next_expiry = expires
-                for known, amount in held:
-                    known.held += amount
         return states  # type: ignore[return-value]  # (remaining, reset_ms): BucketState's fields
 
     def add(self, request_id: str, pot: str, amount: int) -> None:
@@ -316,7 +312,8 @@ class HoldBook:
         known = self._pots.get(pot)
         if known is None or amount <= 0:
             return
-        self._held(request_id, [(known, amount)], self._clock() + self._hold_ttl)
+        known.held += amount
+        self._record(request_id, [(known, amount)], self._clock() + self._hold_ttl)
 
     def release(self, request_id: str) -> None:
         self.settle(request_ids=(request_id,))
