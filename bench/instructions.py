@@ -19,7 +19,8 @@ overstated. See bench/README.md.
 
 `--limits` also counts, on the same Tollgate, requests with a key that has every limit set (run_bench.py's
 LIMITED_KEY, none reached), before and after the plain key's: issue 13's budgets are a difference of a few
-tens of microseconds, which run_bench.py's timings cannot resolve, and instructions can.
+tens of microseconds, which run_bench.py's timings cannot resolve, and instructions can. Each block's counts
+are kept as a callgrind dump, for callgrind_annotate to say where the difference goes.
 
 Run:  .venv/bin/python bench/instructions.py [--requests 640] [--clients 32] [--only mitmdump,tollgate]
       .venv/bin/python bench/instructions.py --only tollgate --tree before=/tmp/tollgate-before
@@ -150,6 +151,9 @@ def main() -> int:
             counts: dict[str, list[float]] = {"no limits": [], "every limit": []}
             for key, keyed in (("no limits", target), ("every limit", limited[-1])) * 2:  # each twice, alternating
                 counts[key].append(measure(keyed, args.warmup, args.requests, args.clients))
+                dump = callgrind(keyed.proc_pid, "-d", key.replace(" ", "-"))  # callgrind_annotate reads it
+                print(f"{label} {key}: {counts[key][-1] / 1e6:.3f} M instructions per request; "
+                      f"{dump.strip() or 'dumped'}", flush=True)
             plain, every = (sum(counts[key]) / 2 for key in ("no limits", "every limit"))
             print(f"{label}: no limits {plain / 1e6:.3f} M, every limit {every / 1e6:.3f} M instructions per request "
                   f"(each the mean of two blocks of {args.requests} requests, {args.clients} clients): limits cost "
