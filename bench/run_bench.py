@@ -820,7 +820,8 @@ def targets_check(targets: list[Target], r, up_ns1: float | None, up_ttfb1: floa
 
 def fastest_fifth(per_request: list[float]) -> float:
     """The mean of the fastest fifth (at least one): work on the machine besides the gateway only ever slows a
-    phase, so the fastest phases are the nearest to what the gateway itself costs (bench/limits_cost.py's way)."""
+    phase, so the fastest phases are the nearest to what the gateway itself costs (limits_cost.py reads its
+    blocks with it too)."""
     fastest = sorted(per_request)[:max(len(per_request) // 5, 1)]
     return sum(fastest) / len(fastest)
 
