@@ -44,7 +44,8 @@ def test_create_with_every_limit_reads_back(tollgate, kind):
                             *(["--spend-key"] if kind == "spend" else []))
     key = created["id"]
     shown = tollgate.json("keys", "show", key)
-    assert created["secret_key"].startswith("tg_sk_") and configured(created["limits"]) == configured(shown["limits"])
+    assert created["secret_key"].startswith("tg_sk_") and created["limits"] == shown["limits"]  # the periods' use too
+    assert created["limits"]["requests"]["used"] == 0 and created["limits"]["requests"]["remaining"] == 50
     assert configured(shown["limits"]) == {"spend": {"limit": "10.00", "period": "month"},
                                            "requests": {"limit": 50, "period": "day"},
                                            "rpm": 60, "burst": 5, "tpm": 1000}
@@ -58,6 +59,8 @@ def test_create_with_every_limit_reads_back(tollgate, kind):
 def test_create_shows_the_limits_set_and_refuses_an_expiry_already_past(tollgate):
     text = tollgate("keys", "create", "--name", "app", "--spend-limit", "10", "--period", "month", "--rpm", "60").stdout
     assert "Secret (shown once)" in text and "10.00 USD" in text and "requests a minute" in text
+    spend_row = next(line for line in text.splitlines() if "│ spend" in line)
+    assert "0.00" in spend_row and "10.00 " in spend_row.split("│")[5]  # used, remaining: as `keys show` has them
     past = tollgate("keys", "create", "--name", "late", "--expires-at", "2020-01-01T00:00:00Z", check=False)
     assert past.returncode != 0 and "has already passed" in past.stderr
     assert [k["name"] for k in tollgate.json("keys", "list")].count("late") == 0

@@ -73,7 +73,7 @@ def cmd_keys_create(args) -> None:
     else:
         key = keys.create_key(args.name, args.account, args.role, **scope)
     info = keys.account_key(None, key.id, None)
-    data = {**_key_data(info), "secret_key": key.secret_key}
+    data = {**_key_data(info, keys.key_limits_view(info)), "secret_key": key.secret_key}  # as `keys show` has them
     shown = limits_table(data["limits"])
     created = f"Key {key.id} created. Secret (shown once): {key.secret_key}"
     emit(args, data, Group(created, shown) if shown else created)
