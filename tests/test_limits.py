@@ -132,6 +132,7 @@ def test_a_request_limit_admits_exactly_its_count_in_the_period(drive):
     assert error(refused) | {"message": ""} == {
         "type": "rate_limit_error", "code": "request_limit_reached", "message": "", "limit": 3, "used": 3,
         "limit_period": "daily", "resets_at": f"{TOMORROW}T00:00:00Z"}
+    assert error(refused)["message"] == f"this key's request limit of 3 per day is reached; it resets at {TOMORROW}T00:00:00Z"
     assert refused.response.headers["retry-after"] == str(12 * 3600 + 1)
     d.settle()
     assert RequestRow.select().count() == 3  # the refusal wrote nothing
@@ -175,6 +176,7 @@ def test_a_spend_limit_holds_each_requests_worst_case_so_concurrent_requests_can
     assert (outcome(first), outcome(second), outcome(third)) == (200, 200, 402)
     assert error(third)["code"] == "spend_limit_reached" and error(third)["limit"] == "0.0015"
     assert error(third)["resets_at"] is None and error(third)["limit_period"] == "total"
+    assert "spend limit of 0.0015 USD in total is reached" in error(third)["message"]
     d.settle()  # each really cost $0.000555: the room left is $0.00039, less than a worst case
     assert outcome(d.send(secret, chat(1000))) == 402
     assert outcome(d.send(secret, chat(100))) == 200  # a smaller worst case fits

@@ -160,15 +160,16 @@ class RequestLimits:
         reset = pot.period.reset.replace(tzinfo=UTC).isoformat().replace("+00:00", "Z") if pot.period.reset else None
         whose = "customer" if pot.what == CUSTOMER_SPEND else "key"
         when = f"it resets at {reset}" if reset else "it never resets (period total)"
+        per = "in total" if pot.cycle == "total" else f"per {pot.cycle}"  # "50 per day", "50 in total"
         details = {"limit_period": TO_LAVA[pot.cycle], "resets_at": reset}
         if pot.what == KEY_REQUESTS:
             return TooManyRequests(
-                "request_limit_reached", f"this key's request limit of {pot.limit} per {pot.cycle} is reached; {when}",
+                "request_limit_reached", f"this key's request limit of {pot.limit} {per} is reached; {when}",
                 details={"limit": pot.limit, "used": used, **details},
                 headers=_retry_after(pot.period, self.clock()))
         return PaymentRequired(
             "spend_limit_reached",
-            f"this {whose}'s spend limit of {format_usd(pot.limit)} USD per {pot.cycle} is reached "
+            f"this {whose}'s spend limit of {format_usd(pot.limit)} USD {per} is reached "
             f"({format_usd(used)} USD used, requests in flight included); {when}",
             details={"limit": format_usd(pot.limit), "used": format_usd(used), **details})
 
