@@ -17,6 +17,7 @@ from pathlib import PurePosixPath
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from tests.harness import PROJECT
 
@@ -44,29 +45,26 @@ for module in given["modules"]:
 """
 
 
-def _name(requirement: str) -> str:
-    return Requirement(requirement).name.lower().replace("_", "-")
-
-
 def runtime_closure() -> set[str]:
     """The distributions `pip install .` installs: tollgate's requirements without extras, and theirs, markers
     evaluated for this interpreter (a requirement's own extras followed, as `google-auth[requests]`)."""
     seen: set[str] = set()
-    todo: list[tuple[str, frozenset[str]]] = [("tollgate", frozenset())]
+    visited: set[tuple[str, frozenset[str]]] = set()
+    todo = [("tollgate", frozenset[str]())]
     while todo:
         name, extras = todo.pop()
+        if (name, extras) in visited:
+            continue
+        visited.add((name, extras))
         try:
             dist = metadata.distribution(name)
         except metadata.PackageNotFoundError:
             continue  # required on another platform, or by a marker that left it out
         seen.add(name)
-        for text in dist.requires or ():
-            requirement = Requirement(text)
-            wanted = any(requirement.marker.evaluate({"extra": extra}) for extra in extras | {""}) \
-                if requirement.marker else True
-            key = requirement.name.lower().replace("_", "-")
-            if wanted and (key not in seen or requirement.extras):
-                todo.append((key, frozenset(requirement.extras)))
+        for requirement in map(Requirement, dist.requires or ()):
+            if requirement.marker is None or any(requirement.marker.evaluate({"extra": extra})
+                                                 for extra in extras | {""}):
+                todo.append((canonicalize_name(requirement.name), frozenset(requirement.extras)))
     return seen
 
 
@@ -83,7 +81,7 @@ def modules_only_tests_install(closure: set[str]) -> set[str]:
     do not."""
     owners: dict[str, set[str]] = {}
     for dist in metadata.distributions():
-        name = _name(dist.metadata["Name"])
+        name = canonicalize_name(dist.metadata["Name"])
         for file in dist.files or ():
             path = PurePosixPath(str(file))
             if path.suffix not in (".py", ".so") or ".." in path.parts or path.parts[0].endswith((".dist-info", ".data")):

@@ -44,7 +44,8 @@ verbosity (`-v` or `--set termlog_verbosity=debug`), so a busy gateway writes no
 peewee's per-statement SQL lines never show (addons.ledger.models.open_database quiets them, under mitmdump too).
 
 The process keeps to two glibc malloc arenas rather than one per thread (addons/runtime/malloc_arenas.py),
-so its RSS stays flat under load.
+so its RSS stays flat under load. Once it runs, what it loaded at start is frozen out of Python's cyclic
+collector (addons/runtime/heap_freeze.py), so no full collection holds the event loop for a tenth of a second.
 
 The event loop is uvloop's when uvloop is installed (an optional speed-up; asyncio's own loop
 otherwise). `TOLLGATE_UVLOOP=0` turns it off. The startup line names the loop in use.
@@ -101,6 +102,7 @@ from addons.host import capture_modes
 from addons.proxy import mitmproxy_internals
 from addons.proxy.chain import gateway_chain
 from addons.proxy.gateway_addon import Gateway
+from addons.runtime.heap_freeze import HeapFreeze
 from addons.runtime.hook_index import IndexedAddonManager
 from addons.runtime.malloc_arenas import limit_malloc_arenas
 
@@ -240,6 +242,7 @@ class GatewayMaster(master.Master):
         self.addons.add(*installed)
         for addon in installed:
             self.addons.invoke_addon_sync(addon, hooks.ConfigureHook(set(self.options.keys())))
+        self.addons.add(HeapFreeze())  # last: its `running` comes after everything the others set up in theirs
 
 
 def make_parser(opts: options.Options) -> argparse.ArgumentParser:
