@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import gc
 import ssl
+import weakref
 
 import pytest
 from cryptography import x509
@@ -16,6 +18,7 @@ from mitmproxy import certs, http, version
 from mitmproxy.addons import next_layer, proxyauth
 from mitmproxy.addons.next_layer import NextLayer
 from mitmproxy.addons.proxyserver import Proxyserver
+from mitmproxy.proxy.layers import http as http_layer
 from mitmproxy.proxy.layers import tls as tls_layer
 from mitmproxy.proxy.layers.http import HttpStream, _http1
 from mitmproxy.test import taddons
@@ -174,6 +177,57 @@ def test_an_http1_connect_tunnel_skips_the_layers_that_only_relay_it(type_checks
                        b"HTTP/1.1 200 OK /second", b"HTTP/1.1 200 OK /third"]
     assert stacks == ["_tunnel_events.<locals>.handle_event"]
     assert closed
+
+
+class _KeepsWeakFlows:
+    """An addon that remembers each finished flow only weakly."""
+
+    def __init__(self) -> None:
+        self.flows: list[weakref.ref] = []
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self.flows.append(weakref.ref(flow))
+
+
+async def _finished_flows_alive(requests: int) -> tuple[list[bytes], int, int]:
+    """Requests through a reverse proxy with the cyclic collector off: the answers, then how many flows are
+    still alive once the proxy has taken a turn after the last answer, and how many were seen."""
+    upstream = await asyncio.start_server(_answer_each_path, "127.0.0.1", 0)
+    up_port = upstream.sockets[0].getsockname()[1]
+    proxyserver, kept = Proxyserver(), _KeepsWeakFlows()
+    with taddons.context(proxyserver, NextLayer(), kept) as tctx:
+        tctx.configure(proxyserver, listen_host="127.0.0.1", listen_port=0, mode=[f"reverse:http://127.0.0.1:{up_port}"])
+        assert await proxyserver.setup_servers()
+        proxyserver.running()
+        reader, writer = await asyncio.open_connection(*proxyserver.listen_addrs()[0][:2])
+        answers = []
+        for n in range(requests):
+            writer.write(b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % n)
+            answers.append(await _response(reader))
+        await asyncio.sleep(0.05)  # the proxy's turns after the last answer went out
+        alive = sum(flow() is not None for flow in kept.flows)
+        writer.close()
+        tctx.configure(proxyserver, server=False)
+        await asyncio.sleep(0)
+    upstream.close()
+    return answers, alive, len(kept.flows)
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_a_finished_stream_is_freed_by_reference_counting(type_checks_kept, monkeypatch, lean):
+    """Once its stream is dropped, a request's stream, flow, messages and context are unlinked and freed at once,
+    not left in reference cycles for the cyclic collector (what mitmproxy does: the `lean=False` case)."""
+    stock = getattr(http_layer.HttpLayer.__init__, "__wrapped__", http_layer.HttpLayer.__init__)
+    monkeypatch.setattr(http_layer.HttpLayer, "__init__", stock)  # put back after, whatever was there
+    mitmproxy_internals.install(lean=lean)
+    gc.collect()
+    gc.disable()
+    try:
+        answers, alive, seen = asyncio.run(_finished_flows_alive(5))
+    finally:
+        gc.enable()
+    assert answers == [b"HTTP/1.1 200 OK /%d" % n for n in range(5)] and seen == 5
+    assert alive == (0 if lean else 5)
 
 
 def _client_hello(server_name: str) -> bytes:
