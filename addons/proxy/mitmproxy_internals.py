@@ -537,10 +537,10 @@ class _Streams(dict):
 
     __slots__ = ()
 
-    def pop(self, stream_id, default=None):
-        stream = dict.pop(self, stream_id, default)
-        if stream is not None and (loop := asyncio.events._get_running_loop()) is not None:  # none: a layer test
-            loop.call_soon(_unlink, stream)
+    def pop(self, stream_id, *default):
+        stream = dict.pop(self, stream_id, *default)
+        if type(stream) is http_layer.HttpStream and (loop := asyncio.events._get_running_loop()) is not None:
+            loop.call_soon(_unlink, stream)  # no loop: a layer test, left to the collector
         return stream
 
 
