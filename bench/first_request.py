@@ -27,15 +27,12 @@ BODY = json.dumps({"model": rb.MODEL, "messages": [{"role": "user", "content": "
 
 def first_answers(label: str, tree: str | None, requests: int) -> list[float]:
     """Start the mock and Tollgate (from `tree` when given), time `requests` requests, stop both."""
-    clean_env = rb.clean_env
     rb.WORK = rb.BENCH / "work" / f"first-request-{label}"
     rb.LOGS = rb.WORK / "logs"
     rb.LOGS.mkdir(parents=True, exist_ok=True)
-    if tree:
-        rb.clean_env = lambda **kw: {**clean_env(**kw), "PYTHONPATH": tree}
     try:
         _, mock_port = rb.start_mock(0.0)
-        forward = rb.start_tollgate("sqlite", mock_port)[0]
+        forward = rb.start_tollgate("sqlite", mock_port, more_env={"PYTHONPATH": tree} if tree else None)[0]
         times = []
         for _ in range(requests):
             connection = http.client.HTTPConnection("127.0.0.1", forward.port, timeout=60)
@@ -49,7 +46,6 @@ def first_answers(label: str, tree: str | None, requests: int) -> list[float]:
                 raise SystemExit(f"{label}: the gateway answered {answer.status}")
         return times
     finally:
-        rb.clean_env = clean_env
         rb.stop_all()
         rb.STARTED.clear()
 

@@ -54,12 +54,10 @@ def main() -> int:
     site = Path(tempfile.mkdtemp(prefix="gc-pauses-"))
     (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
     out = site / "collections"
-    plain_env = rb.clean_env
     path = os.pathsep.join([str(site), *([args.tree] if args.tree else [])])
-    rb.clean_env = lambda **kw: {**plain_env(**kw), "PYTHONPATH": path, "GC_PAUSES_OUT": str(out)}
     try:
         _, mock_port = rb.start_mock(0.0)
-        target, *_ = rb.start_tollgate("sqlite", mock_port)
+        target, *_ = rb.start_tollgate("sqlite", mock_port, more_env={"PYTHONPATH": path, "GC_PAUSES_OUT": str(out)})
         asyncio.run(rb.load(target, stream=False, conc=32, n=2000, cap=3600))  # warm
         started, cpu = time.time(), rb.tree_cpu(target.proc_pid)
         result = asyncio.run(rb.load(target, stream=False, conc=32, n=args.requests, cap=3600))

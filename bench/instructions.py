@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run_bench as rb  # noqa: E402  the same mock, targets and client
 
 STARTUP_TIMEOUT = 600.0  # valgrind starts mitmproxy in about a minute
-spawn_plain, wait_ready_plain, clean_env_plain = rb.spawn, rb.wait_ready, rb.clean_env
+spawn_plain, wait_ready_plain = rb.spawn, rb.wait_ready
 
 
 def spawn_under_callgrind(name, argv, env, cpu, cwd=None):
@@ -96,12 +96,10 @@ def start_tollgate_from(label: str, tree: str | None, mock_port: int,
     (the last)."""
     base = rb.WORK
     rb.WORK = base / f"instructions-{label}"
-    if tree:
-        rb.clean_env = lambda **kw: {**clean_env_plain(**kw), "PYTHONPATH": tree}
     try:
-        return rb.start_tollgate(kind, mock_port)
+        return rb.start_tollgate(kind, mock_port, more_env={"PYTHONPATH": tree} if tree else None)
     finally:
-        rb.WORK, rb.clean_env = base, clean_env_plain
+        rb.WORK = base
 
 
 def main() -> int:

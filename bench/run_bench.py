@@ -334,12 +334,13 @@ def pg_backend_pids(db: str) -> list[int]:
 
 
 def start_tollgate(kind: str, mock_port: int, launcher: str = "lean", workers: int = 0,
-                   baseline: Path | None = None) -> tuple[Target, Target]:
+                   baseline: Path | None = None, more_env: dict[str, str] | None = None) -> tuple[Target, Target]:
     """kind: sqlite | pg (PostgreSQL + Redis). launcher: lean (`tollgate-proxy`, what run_proxy.sh runs) or
     script (`mitmdump -s addons/gateway.py`, the reference for the lean launcher's gain). workers > 0: run
     through the worker supervisor (`python -m addons.runtime.workers --workers N`, as `run_proxy.sh --workers N`),
     with Redis, on both CPUs. baseline: another checkout (an earlier commit, with its own .venv) run the same
-    way, for an A/B in one interleaved run."""
+    way, for an A/B in one interleaved run. more_env: set for the gateway and its CLI calls (the other bench
+    scripts' PYTHONPATH: another source tree, a sitecustomize)."""
     import yaml
     name = ("baseline" if baseline else "tollgate") + f"-{kind}" + ("-script" if launcher == "script" else "") + (
         f"-w{workers}" if workers else "")
@@ -358,7 +359,8 @@ def start_tollgate(kind: str, mock_port: int, launcher: str = "lean", workers: i
     extra = {}
     if kind == "pg" or workers:
         extra["TOLLGATE_REDIS_URL"] = fresh_redis_db(REDIS_DBS[name])
-    env = clean_env(TOLLGATE_DATABASE_URL=url, TOLLGATE_CONFIG=str(config), **PROVIDER_KEYS, **extra)
+    env = clean_env(TOLLGATE_DATABASE_URL=url, TOLLGATE_CONFIG=str(config), **PROVIDER_KEYS, **extra,
+                    **(more_env or {}))
 
     def cli(*args):
         r = subprocess.run([str(venv_bin / "tollgate"), *args], env=env, capture_output=True, text=True, timeout=120)
