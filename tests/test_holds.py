@@ -22,6 +22,7 @@ from addons.billing.holds import (
     HoldBook,
     InsufficientFunds,
     RateLimited,
+    rates_of,
 )
 from tests.harness import free_port
 
@@ -433,6 +434,10 @@ class Owner(NamedTuple):
 
     holds: tuple[tuple[str, int], ...]
     buckets: tuple[Bucket, ...]
+
+    @property
+    def rates(self):
+        return rates_of(self.buckets)
 
 
 OWNER = Owner((("lim:req", REQUEST), ("lim:spend", MERCHANT), ("lim:cus", PAYER)),

@@ -39,12 +39,23 @@ class Bucket(NamedTuple):
     cost: int
 
 
+# A bucket as HoldBook takes from it: (name, ms a unit takes to flow back, its capacity in those ms, capacity, cost)
+Rate = tuple[str, float, float, int, int]
+
+
+def rates_of(buckets: Sequence[Bucket]) -> tuple[Rate, ...]:
+    """The buckets' constants, worked out once per owner rather than on every request that takes from them."""
+    return tuple((name, 60000 / per_minute, capacity * (60000 / per_minute), capacity, cost)
+                 for name, per_minute, capacity, cost in buckets)
+
+
 class Limited(Protocol):
     """A key's or customer's limits as a hold takes them (addons/billing/limits.py OwnerLimits): made once per
     owner and period, so a request only names its owners."""
 
     holds: tuple[tuple[str, int], ...]  # (limit pot, REQUEST | MERCHANT | PAYER)
     buckets: tuple[Bucket, ...]  # its rate limits: a cost of 1 (requests) or TOKENS
+    rates: tuple[Rate, ...]  # the same buckets as HoldBook takes from them (rates_of)
 
 
 Sizes = tuple[int, int, int | None, int]  # a request's REQUEST, MERCHANT and PAYER holds, and its RESERVED tokens
@@ -228,10 +239,10 @@ class HoldBook:
     def _untake(self, owners: Sequence[Limited], sizes: Sizes, refused: str) -> None:
         """`hold` takes from each bucket as it goes: those before the bucket that `refused` get it back."""
         for owner in owners:
-            for name, per_minute, _, cost in owner.buckets:
+            for name, each, _, _, cost in owner.rates:
                 if name == refused:
                     return
-                self._buckets[name] -= (sizes[RESERVED] if cost < 0 else cost) * 60000 / per_minute
+                self._buckets[name] -= (sizes[RESERVED] if cost < 0 else cost) * each
 
     def hold(self, request_id: str, amounts: dict[str, int], owners: Sequence[Limited] = (),
              sizes: Sizes = NO_SIZES, limits: dict[str, int] | None = None,
@@ -279,20 +290,19 @@ class HoldBook:
                             held.append((known, amount))
                 at = now * 1000
                 fulls = self._buckets
+                reserved = sizes[RESERVED]
                 for owner in owners:
-                    for name, per_minute, capacity, cost in owner.buckets:
+                    for name, each, room, capacity, cost in owner.rates:
                         if cost < 0:  # TOKENS
-                            cost = sizes[RESERVED]
-                        each = 60000 / per_minute  # ms a unit takes to flow back
+                            cost = reserved
                         if (full := fulls.get(name, at)) < at:  # when it is full again; full (or never taken): now
                             full = at
                         full += cost * each
-                        if full - at > capacity * each:  # more than it holds
+                        if (lag := full - at) > room:  # more than it holds
                             self._untake(owners, sizes, name)
-                            raise RateLimited(name, math.ceil(full - at - capacity * each),
-                                              max(math.floor(capacity + cost - (full - at) / each), 0))
+                            raise RateLimited(name, math.ceil(lag - room), max(math.floor(capacity + cost - lag / each), 0))
                         fulls[name] = full
-                        states.append((int(capacity - (full - at) / each), math.ceil(full - at)))
+                        states.append((int(capacity - lag / each), math.ceil(lag)))
         except Exception:
             for known, amount in held:
                 known.held -= amount

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC
 from zoneinfo import ZoneInfo
 
-from addons.billing.holds import MERCHANT, PAYER, REQUEST, TOKENS, Bucket, BucketState
+from addons.billing.holds import MERCHANT, PAYER, REQUEST, TOKENS, Bucket, BucketState, Rate, rates_of
 from addons.billing.plan import BillingPlan
 from addons.core.errors import PaymentRequired, TooManyRequests
 from addons.core.limits import TO_LAVA, Limits, Period, PeriodClock, epoch, go_duration
@@ -59,6 +59,7 @@ class OwnerLimits:
     limit_of: dict[str, int]  # pot name -> its limit, as the hold call takes them
     holds: tuple[tuple[str, int], ...]  # its pots as a hold takes them: (name, REQUEST | MERCHANT | PAYER)
     buckets: tuple[Bucket, ...]  # requests per minute (cost 1), then tokens per minute (cost TOKENS)
+    rates: tuple[Rate, ...]  # the buckets as the in-process book takes from them
     token_buckets: tuple[Bucket, ...]  # those of cost TOKENS: trued up to the request's usage
     heads: tuple[RateHead, ...]  # the buckets' x-ratelimit-* fields, less the figures of the moment
     spends: bool  # a spend limit among its pots
@@ -121,7 +122,7 @@ class RequestLimits:
             table.clear()
         return OwnerLimits(limits, max(starts, default=-math.inf), min(ends, default=math.inf), tuple(pots),
                            {pot.name: pot.limit for pot in pots}, tuple((pot.name, _HELD[pot.what]) for pot in pots),
-                           tuple(buckets), tuple(bucket for bucket in buckets if bucket.cost == TOKENS),
+                           tuple(buckets), rates_of(buckets), tuple(bucket for bucket in buckets if bucket.cost == TOKENS),
                            tuple(_rate_head(bucket) for bucket in buckets),
                            any(pot.what != KEY_REQUESTS for pot in pots))
 
@@ -200,13 +201,16 @@ def merged_heads(heads: tuple[RateHead | None, ...], more: tuple[RateHead, ...])
     return heads + tuple(None if head[0][0] in limits else head for head in more)
 
 
+_MS = tuple(b"%dms" % ms for ms in range(1000))  # a reset under a second, as go_duration writes it: formatted once
+
+
 def rate_headers(heads: tuple[RateHead | None, ...], states: list[BucketState]) -> list[tuple[bytes, bytes]]:
     """OpenAI's x-ratelimit-* headers (as raw header fields): each head's, with its bucket's state."""
     fields: list[tuple[bytes, bytes]] = []
     for head, (remaining, reset_ms) in zip(heads, states):  # a state per head: its bucket's (every limited request)
         if head is not None:
             fields += (head[0], (head[1], b"%d" % remaining),
-                       (head[2], b"%dms" % reset_ms if reset_ms < 1000 else go_duration(reset_ms).encode()))
+                       (head[2], _MS[reset_ms] if reset_ms < 1000 else go_duration(reset_ms).encode()))
     return fields
 
 

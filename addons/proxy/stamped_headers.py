@@ -21,6 +21,6 @@ def stamped(fields: Fields, request_id: str, rate_fields: Fields) -> Fields:
     written out in the comprehension: a function called per field cost more than the test (every answer)."""
     value = request_id.encode()
     kept = [field for field in fields if (name := field[0])[:1] not in _X or not (
-        rate_fields and name[:_PREFIX_SIZE].lower() == RATE_HEADER_PREFIX
+        rate_fields and (name.startswith(RATE_HEADER_PREFIX) or name[:_PREFIX_SIZE].lower() == RATE_HEADER_PREFIX)
         or len(name) in _ID_SIZES and name.lower() in _ID_NAMES)]
     return (*kept, (_ID_NAMES[0], value), (_ID_NAMES[1], value), *rate_fields)
