@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
 from mitmproxy import http
 from mitmproxy.test import tutils
 
+from addons.auth.credentials import ForwardToken, encode_forward_token
 from addons.billing.cashier import Cashier
 from addons.billing.hold_stores import FailoverHolds, RedisHolds
 from addons.billing.limits import RequestLimits
+from addons.billing.plan import byok_fee
 from addons.core.limits import Limits, PeriodClock, go_duration, period_of
 from addons.core.settings import parse_limits
 from addons.ledger.accounts import credit_wallet, ensure_account
@@ -183,6 +187,28 @@ def test_a_spend_limit_holds_each_requests_worst_case_so_concurrent_requests_can
     d.settle()
     spent = sum(row.charged_nanos for row in RequestRow.select())
     assert spent <= 1_500_000
+
+
+def test_a_spend_limit_on_requests_that_bring_their_own_provider_key_holds_and_counts_the_byok_fee(drive, gw):
+    """With the caller's own provider key the merchant pays the BYOK fee, not the provider: that fee is what the
+    key's spend limit holds (the worst case's) and counts, so the limit admits requests the provider's price
+    would not fit, and never more than it allows."""
+    d = drive()
+    gw.cashier.settings = replace(gw.cashier.settings, byok_fee_percent=Decimal(10), byok_fee_per_request_nanos=1_000)
+    key = keys.create_spend_key("team", limits={"spend_limit_nanos": 500_000, "spend_cycle": "total"})
+    # gpt-4o-mini's worst case with max_tokens 1000 is about $0.0006: over the $0.0005 limit when the operator pays
+    assert outcome(d.send(key.secret_key, chat(1000), usage=(100, 900))) == 402
+    own_key = encode_forward_token(ForwardToken(key.secret_key, provider_key="sk-own-provider-key"))
+    admitted = 0
+    while outcome(flow := d.send(own_key, chat(1000), usage=(100, 900))) == 200 and admitted < 20:
+        admitted += 1
+        d.settle()
+    assert error(flow)["code"] == "spend_limit_reached"
+    fees = {row.charged_nanos for row in RequestRow.select()}
+    assert len(fees) == 1 and RequestRow.select().count() == admitted  # each charged the same BYOK fee
+    fee = fees.pop()
+    assert fee == byok_fee(555_000, Decimal(10), 1_000)  # 10 % of its real $0.000555, and $0.000001
+    assert admitted * fee <= 500_000 < (admitted + 1.2) * fee  # up to the limit, less than a worst case's fee left
 
 
 def test_changing_a_limit_takes_effect_once_the_key_cache_lets_go(drive, gw):

@@ -218,7 +218,7 @@ class Cashier:
             if plan.bill_customer:
                 merchant_amount, payer_amount = self._worst_charges(plan, reader, bound, output_tokens, cost_of)
                 sizes = (1, max(merchant_amount, 1), max(payer_amount, 1), reserved)
-            else:  # the merchant's charge alone (_worst_charges', written out: every request of a key with a spend limit)
+            else:  # the merchant's charge alone: _worst_charges', written out (every request of a spend-limited key)
                 cost = cost_of(bound, output_tokens)
                 sizes = (1, max(cost if plan.provider_key is None else self._byok(cost), 1), None, reserved)
         else:

@@ -300,7 +300,8 @@ class HoldBook:
                         full += cost * each
                         if (lag := full - at) > room:  # more than it holds
                             self._untake(owners, sizes, name)
-                            raise RateLimited(name, math.ceil(lag - room), max(math.floor(capacity + cost - lag / each), 0))
+                            raise RateLimited(name, math.ceil(lag - room),
+                                              max(math.floor(capacity + cost - lag / each), 0))
                         fulls[name] = full
                         states.append((int(capacity - lag / each), math.ceil(lag)))
         except Exception:

@@ -122,7 +122,8 @@ class RequestLimits:
             table.clear()
         return OwnerLimits(limits, max(starts, default=-math.inf), min(ends, default=math.inf), tuple(pots),
                            {pot.name: pot.limit for pot in pots}, tuple((pot.name, _HELD[pot.what]) for pot in pots),
-                           tuple(buckets), rates_of(buckets), tuple(bucket for bucket in buckets if bucket.cost == TOKENS),
+                           tuple(buckets), rates_of(buckets),
+                           tuple(bucket for bucket in buckets if bucket.cost == TOKENS),
                            tuple(_rate_head(bucket) for bucket in buckets),
                            any(pot.what != KEY_REQUESTS for pot in pots))
 
