@@ -212,15 +212,11 @@ class Cashier:
                 heads = merged_heads(heads, owner.heads) if heads else owner.heads
         reserved = input_tokens + output_tokens  # what a tokens-per-minute limit holds
         if spends:
-            # A spend limit must hold: the input held at a bound (no text has more tokens than bytes), not an estimate;
+            # A spend limit must hold: the input held at a bound (no text has more tokens than bytes), not an estimate
+            merchant_amount, payer_amount = self._worst_charges(plan, reader, max(body_bytes, input_tokens),
+                                                                output_tokens, cost_of)
             # a spent limit admits nothing, even a free-looking request
-            bound = body_bytes if body_bytes > input_tokens else input_tokens
-            if plan.bill_customer:
-                merchant_amount, payer_amount = self._worst_charges(plan, reader, bound, output_tokens, cost_of)
-                sizes = (1, max(merchant_amount, 1), max(payer_amount, 1), reserved)
-            else:  # the merchant's charge alone: _worst_charges', written out (every request of a spend-limited key)
-                cost = cost_of(bound, output_tokens)
-                sizes = (1, max(cost if plan.provider_key is None else self._byok(cost), 1), None, reserved)
+            sizes = (1, max(merchant_amount, 1), max(payer_amount, 1) if plan.bill_customer else None, reserved)
         else:
             sizes = (1, 0, None, reserved)
         # the merchant's wallet is checked in the same call: positive when it pays the provider, and fresh

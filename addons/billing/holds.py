@@ -199,7 +199,7 @@ class HoldBook:
         full = self._buckets.get(bucket.name, at)
         if delta > 0 and full < at:
             full = at
-        self._buckets[bucket.name] = full + delta * 60000 / bucket.per_minute
+        self._buckets[bucket.name] = full + delta * (60000 / bucket.per_minute)  # ms a unit, as rates_of has it
 
     def fresh_available(self, pot: str, max_age: float) -> int | None:
         """What the pot has available, or None if it was confirmed too long ago (or never)."""
